@@ -1,0 +1,72 @@
+"""Shared CLI plumbing: global options, config loading, JSON envelope, consoles.
+
+Only typer/rich and the stdlib are imported here: ``status`` must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from aster_agents.config import FleetConfig
+
+JSON_VERSION: Final = 1
+
+
+@dataclass
+class CliState:
+    config_dir: Path | None = None
+    state_dir: Path | None = None
+    _fleet: FleetConfig | None = None
+
+    def fleet(self) -> FleetConfig:
+        if self._fleet is None:
+            from aster_agents.config import load_fleet
+
+            self._fleet = load_fleet(self.config_dir)
+        return self._fleet
+
+    def resolved_state_dir(self) -> Path:
+        return self.fleet().state_dir(self.state_dir)
+
+
+def state(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState()
+    return root.obj
+
+
+def _default(value: object) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def emit_json(document: dict[str, Any]) -> None:
+    """Print one JSON document with the versioned envelope."""
+    payload = {"version": JSON_VERSION, **document}
+    sys.stdout.write(json.dumps(payload, default=_default, indent=2, sort_keys=False) + "\n")
+
+
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def err_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)

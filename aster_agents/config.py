@@ -1,0 +1,384 @@
+"""``agents.d/`` YAML -> frozen, validated config objects (the only yaml import).
+
+Every problem is reported as one line naming the file, the key path and what is expected,
+e.g. ``agents.d/agent-3.yaml: trading.min_confidence: must be <= 1, got 1.7``. All files are
+checked and all problems collected before anything is raised, so ``agents validate`` shows
+the whole list at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from aster_agents.errors import ConfigError
+
+CONFIG_ENV: Final = "ASTER_AGENTS_CONFIG"
+STATE_ENV: Final = "ASTER_AGENTS_STATE"
+PORTFOLIO_FILE: Final = "_portfolio.yaml"
+KLINE_INTERVALS: Final = (
+    "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
+)  # fmt: skip
+DEFAULT_BASE_URL: Final = "https://fapi.asterdex.com"
+
+_ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_RAW_KEY_RE: Final = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+_ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_HINT: Final = "use signer_key_env (an environment variable) or signer_keystore (an encrypted keystore)"
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS_RE.match(value):
+        raise ValueError("must be a 0x-prefixed 40-hex-digit address")
+    from aster_agents.signing import checksum_address
+
+    checksummed = checksum_address(value)
+    mixed_case = value[2:] not in (value[2:].lower(), value[2:].upper())
+    if mixed_case and checksummed != value:
+        raise ValueError("has an invalid EIP-55 checksum (mixed case that does not match)")
+    return checksummed
+
+
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ExchangeConfig(_Model):
+    user: Address
+    signer: Address
+    signer_key_env: str | None = Field(default=None, pattern=_ENV_NAME_RE.pattern)
+    signer_keystore: str | None = Field(default=None, min_length=1)
+    signer_keystore_password_env: str | None = Field(default=None, pattern=_ENV_NAME_RE.pattern)
+    base_url: str = Field(default=DEFAULT_BASE_URL, pattern=r"^https?://[^\s/?#]+(:\d+)?/?$")
+    chain_id: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ExchangeConfig:
+        if (self.signer_key_env is None) == (self.signer_keystore is None):
+            raise ValueError("set exactly one of signer_key_env or signer_keystore")
+        if self.signer_keystore is not None and self.signer_keystore_password_env is None:
+            raise ValueError("signer_keystore needs signer_keystore_password_env")
+        return self
+
+    @property
+    def effective_chain_id(self) -> int:
+        from aster_agents.signing import chain_id_for
+
+        return self.chain_id if self.chain_id is not None else chain_id_for(self.base_url)
+
+
+class TradingConfig(_Model):
+    strategy: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    symbols: tuple[Annotated[str, Field(pattern=r"^[A-Z0-9]{2,30}$")], ...] = Field(min_length=1)
+    interval: Literal[
+        "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"
+    ] = "5m"  # fmt: skip
+    scan_interval_seconds: float = Field(default=60, gt=0, le=86400)
+    max_positions: int = Field(default=1, ge=1, le=100)
+    min_confidence: float = Field(default=0.6, ge=0, le=1)
+    position_size_pct: float = Field(default=0.1, gt=0, le=1)
+    leverage: int = Field(default=1, ge=1, le=125)
+    stop_loss_pct: float = Field(default=0.02, gt=0, lt=1)
+    take_profit_pct: float = Field(default=0.04, gt=0, le=10)
+
+    @field_validator("symbols")
+    @classmethod
+    def _unique_symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("must not list a symbol twice")
+        return value
+
+
+class AllocationConfig(_Model):
+    capital_pct: float = Field(gt=0, le=1)
+
+
+class AgentConfig(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,19}$")
+    name: str = Field(min_length=1, max_length=60)
+    enabled: bool = True
+    exchange: ExchangeConfig
+    trading: TradingConfig
+    allocation: AllocationConfig
+
+
+class LimitsConfig(_Model):
+    max_total_positions: int = Field(default=10, ge=1, le=1000)
+    max_gross_leverage: float = Field(default=3.0, gt=0, le=125)
+
+
+class RebalanceConfig(_Model):
+    enabled: bool = False
+    interval_minutes: float | None = Field(default=None, gt=0)
+    lookback_days: float = Field(default=30, gt=0)
+    min_track_record_days: float = Field(default=7, ge=0)
+    cooldown_hours: float = Field(default=24, ge=0)
+    hysteresis: float = Field(default=0.02, ge=0, lt=1)
+    max_step: float = Field(default=0.05, gt=0, le=1)
+    floor: float = Field(default=0.02, ge=0, le=1)
+    cap: float = Field(default=0.25, gt=0, le=1)
+    probation_drawdown: float = Field(default=0.10, gt=0, lt=1)
+    kill_drawdown: float = Field(default=0.20, gt=0, lt=1)
+    portfolio_kill_drawdown: float = Field(default=0.25, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RebalanceConfig:
+        if self.floor > self.cap:
+            raise ValueError(f"floor ({self.floor}) must not exceed cap ({self.cap})")
+        if self.probation_drawdown > self.kill_drawdown:
+            raise ValueError("probation_drawdown must not exceed kill_drawdown")
+        return self
+
+
+class PortfolioConfig(_Model):
+    state_dir: str = "state"
+    limits: LimitsConfig = LimitsConfig()
+    symbol_policy: Literal["exclusive"] = "exclusive"
+    rebalance: RebalanceConfig = RebalanceConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """Everything in one ``agents.d``: the agents (sorted by id) and the portfolio settings."""
+
+    config_dir: Path
+    portfolio: PortfolioConfig
+    agents: tuple[AgentConfig, ...]
+    files: Mapping[str, Path]
+
+    @property
+    def root(self) -> Path:
+        """The directory relative paths (state dir, keystores) are resolved against."""
+        return self.config_dir.resolve().parent
+
+    @property
+    def enabled_agents(self) -> tuple[AgentConfig, ...]:
+        return tuple(a for a in self.agents if a.enabled)
+
+    def agent(self, agent_id: str) -> AgentConfig:
+        for agent in self.agents:
+            if agent.id == agent_id:
+                return agent
+        known = ", ".join(a.id for a in self.agents) or "none"
+        raise ConfigError(f"{self.config_dir}: no agent with id {agent_id!r} (known: {known})")
+
+    def state_dir(self, override: str | Path | None = None) -> Path:
+        """``--state-dir``, then ``$ASTER_AGENTS_STATE``, then ``_portfolio.yaml``, then ./state."""
+        chosen = override or os.environ.get(STATE_ENV) or self.portfolio.state_dir
+        path = Path(chosen).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+
+def resolve_config_dir(option: str | Path | None = None) -> Path:
+    """``--config-dir``, then ``$ASTER_AGENTS_CONFIG``, then ``./agents.d``."""
+    return Path(option or os.environ.get(CONFIG_ENV) or "agents.d").expanduser()
+
+
+def load_fleet(config_dir: str | Path | None = None, *, check_strategies: bool = True) -> FleetConfig:
+    """Load and validate every file in ``config_dir``; ConfigError lists every problem."""
+    directory = resolve_config_dir(config_dir)
+    if not directory.is_dir():
+        raise ConfigError(
+            f"{directory}: config directory not found; pass --config-dir or set {CONFIG_ENV}"
+        )
+    problems: list[str] = []
+    portfolio = _load_portfolio(directory / PORTFOLIO_FILE, problems)
+    agents: list[AgentConfig] = []
+    files: dict[str, Path] = {}
+    for path in sorted(directory.glob("*.y*ml")):
+        if path.suffix not in (".yaml", ".yml") or path.name.startswith(("_", ".")):
+            continue
+        agent = _load_agent(path, problems, check_strategies)
+        if agent is not None:
+            agents.append(agent)
+            files[agent.id] = path
+    _check_fleet(agents, files, problems)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in {directory}", problems)
+    return FleetConfig(directory, portfolio, tuple(sorted(agents, key=lambda a: a.id)), files)
+
+
+def _read_yaml(path: Path, problems: list[str]) -> object:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{path}: cannot read file: {exc}")
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        what = getattr(exc, "problem", None) or "invalid YAML"
+        problems.append(f"{path}: {where}YAML syntax error: {what}")
+        return None
+
+
+def _load_portfolio(path: Path, problems: list[str]) -> PortfolioConfig:
+    if not path.exists():
+        return PortfolioConfig()
+    data = _read_yaml(path, problems)
+    if data is None:
+        return PortfolioConfig()
+    before = len(problems)
+    _find_raw_keys(path, data, (), problems)
+    if len(problems) > before:
+        return PortfolioConfig()
+    if not isinstance(data, dict):
+        problems.append(f"{path}: must be a mapping of settings, got {type(data).__name__}")
+        return PortfolioConfig()
+    try:
+        return PortfolioConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe(path, exc))
+        return PortfolioConfig()
+
+
+def _load_agent(path: Path, problems: list[str], check_strategies: bool) -> AgentConfig | None:
+    data = _read_yaml(path, problems)
+    if data is None and not problems:
+        problems.append(f"{path}: file is empty; expected an agent mapping (id, name, exchange, ...)")
+        return None
+    if data is None:
+        return None
+    before = len(problems)
+    _find_raw_keys(path, data, (), problems)
+    if len(problems) > before:
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path}: must be a mapping (id, name, exchange, ...), got {type(data).__name__}")
+        return None
+    try:
+        agent = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_describe(path, exc))
+        return None
+    if agent.id != path.stem:
+        problems.append(f"{path}: id: must equal the file name stem {path.stem!r}, got {agent.id!r}")
+    if check_strategies:
+        _check_strategy(path, agent, problems)
+    return agent
+
+
+def _check_strategy(path: Path, agent: AgentConfig, problems: list[str]) -> None:
+    from aster_agents.strategies import get_strategy
+
+    try:
+        get_strategy(agent.trading.strategy, agent.trading.params)
+    except ConfigError as exc:
+        problems.extend(f"{path}: {line}" for line in exc.problems)
+
+
+def _check_fleet(agents: Sequence[AgentConfig], files: Mapping[str, Path], problems: list[str]) -> None:
+    seen_ids: dict[str, AgentConfig] = {}
+    signers: dict[str, str] = {}
+    totals: dict[str, float] = {}
+    for agent in agents:
+        path = files[agent.id]
+        if agent.id in seen_ids:
+            problems.append(f"{path}: id: duplicate agent id {agent.id!r}")
+        seen_ids[agent.id] = agent
+        signer = agent.exchange.signer.lower()
+        if signer in signers:
+            problems.append(
+                f"{path}: exchange.signer: API wallet already used by agent {signers[signer]!r}; "
+                "give every agent its own API wallet"
+            )
+        signers.setdefault(signer, agent.id)
+        if agent.enabled:
+            user = agent.exchange.user
+            totals[user] = totals.get(user, 0.0) + agent.allocation.capital_pct
+    for user, total in totals.items():
+        if total > 1.0 + 1e-9:
+            problems.append(
+                f"allocation.capital_pct: enabled agents of account {user} add up to "
+                f"{total:.0%}, must be at most 100%"
+            )
+
+
+def _find_raw_keys(path: Path, data: object, where: tuple[str | int, ...], problems: list[str]) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _find_raw_keys(path, value, (*where, str(key)), problems)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            _find_raw_keys(path, value, (*where, index), problems)
+    elif isinstance(data, str | int) and _looks_like_key(data):
+        problems.append(
+            f"{path}: {_dotted(where) or '<root>'}: looks like a raw private key; "
+            f"never put keys in YAML, {_SECRET_HINT}"
+        )
+
+
+def _looks_like_key(value: str | int) -> bool:
+    if isinstance(value, int):  # unquoted 0x... hex is parsed by YAML as a (huge) integer
+        return value.bit_length() > 160
+    return bool(_RAW_KEY_RE.match(value.strip()))
+
+
+def _dotted(where: Sequence[str | int]) -> str:
+    out = ""
+    for part in where:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(path: Path, exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = _dotted(loc) or "<root>"
+        message = _humanize(err)
+        if err["type"] == "missing":
+            lines.append(f"{path}: {key}: required key is missing")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"{path}: {key}: unknown key (check the spelling; see README 'Configuration')")
+        else:
+            lines.append(f"{path}: {key}: {message}, got {_show(err.get('input'))}")
+    return lines
+
+
+def _humanize(err: Any) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    ctx = err.get("ctx") or {}
+    kind = err["type"]
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}"
+    return {
+        "greater_than": f"must be > {ctx.get('gt')}",
+        "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than": f"must be < {ctx.get('lt')}",
+        "less_than_equal": f"must be <= {ctx.get('le')}",
+    }.get(kind, msg[0].lower() + msg[1:] if msg else msg)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str) and _looks_like_key(value):
+        return "<redacted>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
