@@ -110,7 +110,20 @@ class IpBanned(RateLimited):
 
 
 class UnknownOutcome(TransientExchangeError):
-    """The request may have been executed: resolve by querying, never by resending."""
+    """The request may have been executed: resolve by querying, never by resending.
+
+    ``client_order_id`` names the order whose fate is unknown (None for non-order requests).
+    """
+
+    def __init__(
+        self,
+        msg: str,
+        code: int | None = None,
+        status: int | None = None,
+        client_order_id: str | None = None,
+    ) -> None:
+        super().__init__(msg, code, status)
+        self.client_order_id = client_order_id
 
 
 class OrderRejected(ExchangeError):

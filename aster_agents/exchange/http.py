@@ -1,0 +1,643 @@
+"""The Aster Futures V3 REST client: the only module that imports httpx or sees raw error codes.
+
+Every request goes through the host-wide ``RequestBudget`` first and reports the exchange's
+``X-MBX-*`` counters back to it. Signed requests carry ``nonce``, ``user`` (when set) and
+``signer`` after the business parameters and are signed over exactly the string that is sent
+(``shared/aster-v3-api.md`` 1.3); the signature goes last. Errors are translated here, once, into
+the reaction-named tree of ``aster_agents.errors``:
+
+- 429 / 418 (and -1003/-1015)        -> ``RateLimited`` / ``IpBanned`` after ``budget.pause``
+- 5xx, timeouts, dropped connections -> ``TransientExchangeError``, retried with backoff
+- -1022, -2014, -2015, 401, 403      -> ``AuthError`` (-4225/-1021 nonce: one retry first)
+- -2018/-2019, -2013, other order codes -> ``InsufficientMargin``, ``OrderNotFound``,
+  ``OrderRejected``
+- -1100 family, unparseable 4xx      -> ``BadRequest``
+
+A new order is never sent twice blindly: when its outcome is unknown (timeout after sending,
+5xx, dropped connection) the client asks for it by client order id and returns it if it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import Enum
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+
+from aster_agents.errors import (
+    AuthError,
+    BadRequest,
+    ConfigError,
+    ExchangeError,
+    InsufficientMargin,
+    IpBanned,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    TransientExchangeError,
+    UnknownOutcome,
+)
+from aster_agents.exchange import parse
+from aster_agents.exchange.base import NullBudget, RequestBudget
+from aster_agents.models import (
+    AccountInfo,
+    Balance,
+    BookTicker,
+    ExchangeInfo,
+    Income,
+    Kline,
+    MarginType,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    Position,
+    PositionSide,
+    PremiumIndex,
+    TickerPrice,
+    UserTrade,
+)
+from aster_agents.signing import NonceSource, Signer
+
+ParamValue = str | int | Decimal | bool | Enum
+Params = Sequence[tuple[str, ParamValue]]
+
+_FORM: Final = "application/x-www-form-urlencoded"
+_CLIENT_ORDER_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+_BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
+_DEFAULT_PAUSE_S: Final = {429: 60.0, 418: 120.0}
+
+_NONCE_CODES: Final = frozenset({-4225, -1021})
+_AUTH_CODES: Final = frozenset({-1002, -1022, -2014, -2015})
+_TRANSIENT_CODES: Final = frozenset({-1000, -1001, -1006, -1007, -1008})
+_RATE_CODES: Final = frozenset({-1003, -1015})
+_MARGIN_CODES: Final = frozenset({-2018, -2019})
+_ORDER_LEVEL_1XXX: Final = frozenset({-1111, -1121, -1013})
+_NO_CHANGE_MARGIN_TYPE: Final = -4046
+_NO_CHANGE_POSITION_SIDE: Final = -4059
+_PATH_MISSING_CODES: Final = frozenset({-1121, -5000})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLog:
+    """One exchange request attempt, for the runtime's one-line-per-request log."""
+
+    method: str
+    path: str
+    status: int | None
+    weight: int
+    elapsed_ms: float
+    error_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    path: str
+    weight: int
+    signed: bool = True
+    orders: int = 0
+
+
+_TIME = _Call("GET", "/fapi/v3/time", 1, signed=False)
+_EXCHANGE_INFO = _Call("GET", "/fapi/v3/exchangeInfo", 1, signed=False)
+_PREMIUM_INDEX = _Call("GET", "/fapi/v3/premiumIndex", 1, signed=False)
+_TICKER_PRICE = _Call("GET", "/fapi/v3/ticker/price", 1, signed=False)
+_BOOK_TICKER = _Call("GET", "/fapi/v3/ticker/bookTicker", 1, signed=False)
+_BALANCE = _Call("GET", "/fapi/v3/balance", 5)
+_ACCOUNT = _Call("GET", "/fapi/v3/accountWithJoinMargin", 5)
+_ACCOUNT_LEGACY = _Call("GET", "/fapi/v3/account", 5)
+_POSITION_RISK = _Call("GET", "/fapi/v3/positionRisk", 5)
+_GET_DUAL = _Call("GET", "/fapi/v3/positionSide/dual", 30)
+_SET_DUAL = _Call("POST", "/fapi/v3/positionSide/dual", 1)
+_LEVERAGE = _Call("POST", "/fapi/v3/leverage", 1)
+_MARGIN_TYPE = _Call("POST", "/fapi/v3/marginType", 1)
+_NEW_ORDER = _Call("POST", "/fapi/v3/order", 1, orders=1)
+_QUERY_ORDER = _Call("GET", "/fapi/v3/order", 1)
+_CANCEL_ORDER = _Call("DELETE", "/fapi/v3/order", 1)
+_CANCEL_ALL = _Call("DELETE", "/fapi/v3/allOpenOrders", 1)
+_USER_TRADES = _Call("GET", "/fapi/v3/userTrades", 5)
+_INCOME = _Call("GET", "/fapi/v3/income", 30)
+
+
+class _NotSent(TransientExchangeError):
+    """The request never reached the exchange (connect failure): safe to send again."""
+
+
+class _NonceRefused(AuthError):
+    """-4225/-1021: the nonce was refused; one retry with a fresh nonce is allowed."""
+
+
+def klines_weight(limit: int) -> int:
+    """Request weight of ``GET /fapi/v3/klines`` for ``limit`` candles."""
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+def _fmt(value: ParamValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def encode_params(pairs: Sequence[tuple[str, str]]) -> str:
+    """``k=v&...`` in the given order, percent-encoded; the same bytes are signed and sent."""
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return None
+
+
+def _header_int(headers: httpx.Headers, name: str) -> int | None:
+    return _as_int(headers.get(name))
+
+
+def _snippet(response: httpx.Response) -> str:
+    text = re.sub(r"<[^>]*>", " ", response.text)
+    text = " ".join(text.split())
+    return (text[:120] + "...") if len(text) > 120 else text or "<empty body>"
+
+
+def _json(response: httpx.Response) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return False, None
+
+
+def _code_msg(body: object) -> tuple[int | None, str]:
+    if isinstance(body, dict):
+        return _as_int(body.get("code")), str(body.get("msg", ""))
+    return None, ""
+
+
+def _error_for(status: int, code: int, msg: str, where: str) -> ExchangeError:
+    """The one place an exchange error code becomes an exception class."""
+    text = f"{where}: {msg or 'no message'}"
+    cls: type[ExchangeError]
+    if code in _NONCE_CODES:
+        cls = _NonceRefused
+    elif code in _AUTH_CODES or status in (401, 403):
+        cls = AuthError
+    elif code in _TRANSIENT_CODES:
+        cls = TransientExchangeError
+    elif code in _MARGIN_CODES:
+        cls = InsufficientMargin
+    elif code == -2013:
+        cls = OrderNotFound
+    elif code in _ORDER_LEVEL_1XXX or code <= -2000:
+        cls = OrderRejected
+    elif status >= 500:
+        cls = TransientExchangeError
+    else:
+        cls = BadRequest
+    return cls(text, code, status)
+
+
+def _path_missing(exc: ExchangeError) -> bool:
+    return exc.status == 404 or (exc.code in _PATH_MISSING_CODES and "path" in exc.msg.lower())
+
+
+class AsterClient:
+    """Synchronous client for the Aster Futures V3 REST API (one per agent process)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        user: str | None,
+        signer: Signer | None,
+        nonces: NonceSource,
+        budget: RequestBudget | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+        agent_id: str | None = None,
+        on_request: Callable[[RequestLog], None] | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._user = user
+        self._signer = signer
+        self._nonces = nonces
+        self._budget: RequestBudget = budget if budget is not None else NullBudget()
+        self._max_retries = max_retries
+        self._on_request = on_request
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._sleep = sleep
+        self._clock = clock
+        self._prefix = f"agent {agent_id}: " if agent_id else ""
+        self._legacy_account = False
+        self._http = httpx.Client(
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "aster-agents/0.1"},
+        )
+
+    def __repr__(self) -> str:
+        return f"AsterClient(base_url={str(self._http.base_url)!r}, signer={self._signer!r})"
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> AsterClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- public market data --------------------------------------------------------------
+
+    def server_time(self) -> int:
+        return parse.server_time(self._request(_TIME))
+
+    def exchange_info(self) -> ExchangeInfo:
+        return parse.exchange_info(self._request(_EXCHANGE_INFO))
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        limit: int = 500,
+        start_time: int | None = None,
+        end_time: int | None = None,
+    ) -> list[Kline]:
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
+        params += _optional(startTime=start_time, endTime=end_time)
+        params.append(("limit", limit))
+        call = _Call("GET", "/fapi/v3/klines", klines_weight(limit), signed=False)
+        return parse.klines(self._request(call, params))
+
+    def premium_index(self, symbol: str) -> PremiumIndex:
+        return parse.premium_index(self._request(_PREMIUM_INDEX, [("symbol", symbol)]))
+
+    def ticker_price(self, symbol: str) -> TickerPrice:
+        return parse.ticker_price(self._request(_TICKER_PRICE, [("symbol", symbol)]))
+
+    def book_ticker(self, symbol: str) -> BookTicker:
+        return parse.book_ticker(self._request(_BOOK_TICKER, [("symbol", symbol)]))
+
+    # --- account -------------------------------------------------------------------------
+
+    def balances(self) -> list[Balance]:
+        return parse.balances(self._request(_BALANCE))
+
+    def account(self) -> AccountInfo:
+        """``accountWithJoinMargin``; falls back to the pre-2026-03-28 ``account`` path once."""
+        if not self._legacy_account:
+            try:
+                return parse.account(self._request(_ACCOUNT))
+            except (BadRequest, OrderRejected) as exc:
+                if not _path_missing(exc):
+                    raise
+                self._legacy_account = True
+        return parse.account(self._request(_ACCOUNT_LEGACY))
+
+    def position_risk(self, symbol: str | None = None) -> list[Position]:
+        return parse.positions(self._request(_POSITION_RISK, _optional(symbol=symbol)))
+
+    def get_position_mode(self) -> bool:
+        """True when the account is in hedge (dual-side) mode."""
+        return parse.position_mode(self._request(_GET_DUAL))
+
+    def set_position_mode(self, dual: bool) -> None:
+        try:
+            self._request(_SET_DUAL, [("dualSidePosition", dual)])
+        except OrderRejected as exc:
+            if exc.code != _NO_CHANGE_POSITION_SIDE:
+                raise
+
+    def set_leverage(self, symbol: str, leverage: int) -> int:
+        data = self._request(_LEVERAGE, [("symbol", symbol), ("leverage", leverage)])
+        return parse.leverage(data)
+
+    def set_margin_type(self, symbol: str, margin_type: MarginType) -> None:
+        try:
+            self._request(_MARGIN_TYPE, [("symbol", symbol), ("marginType", margin_type)])
+        except OrderRejected as exc:
+            if exc.code != _NO_CHANGE_MARGIN_TYPE:
+                raise
+
+    # --- orders --------------------------------------------------------------------------
+
+    def new_order(self, request: OrderRequest) -> Order:
+        """Place an order; an unknown outcome is resolved by client order id, never resent."""
+        params = order_params(request)
+        try:
+            data = self._request(_NEW_ORDER, params, idempotent=False)
+        except (RateLimited, _NotSent):
+            raise
+        except TransientExchangeError as exc:
+            return self._resolve_order(request, exc)
+        try:
+            return parse.order(data)
+        except parse.MalformedPayload as exc:
+            return self._resolve_order(request, exc)
+
+    def query_order(
+        self, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None
+    ) -> Order:
+        params = _order_ref(symbol, order_id, client_order_id)
+        return parse.order(self._request(_QUERY_ORDER, params))
+
+    def cancel_order(
+        self, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None
+    ) -> Order:
+        """Cancel one order; if a retry finds it gone because the first try worked, say so."""
+        params = _order_ref(symbol, order_id, client_order_id)
+
+        def after_retry(exc: ExchangeError) -> Any:
+            data = self._request(_QUERY_ORDER, params)
+            if parse.order(data).status is not OrderStatus.CANCELED:
+                raise exc
+            return data
+
+        return parse.order(self._request(_CANCEL_ORDER, params, after_retry=after_retry))
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        call = _Call("GET", "/fapi/v3/openOrders", 1 if symbol else 40)
+        return parse.orders(self._request(call, _optional(symbol=symbol)))
+
+    def cancel_all_open_orders(self, symbol: str) -> None:
+        self._request(_CANCEL_ALL, [("symbol", symbol)])
+
+    def user_trades(
+        self,
+        symbol: str,
+        *,
+        start_time: int | None = None,
+        from_id: int | None = None,
+        limit: int = 500,
+    ) -> list[UserTrade]:
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol)]
+        params += _optional(startTime=start_time, fromId=from_id)
+        params.append(("limit", limit))
+        return parse.user_trades(self._request(_USER_TRADES, params))
+
+    def income(
+        self,
+        symbol: str | None = None,
+        income_type: str | None = None,
+        start_time: int | None = None,
+        limit: int = 100,
+    ) -> list[Income]:
+        params = _optional(symbol=symbol, incomeType=income_type, startTime=start_time)
+        params.append(("limit", limit))
+        return parse.incomes(self._request(_INCOME, params))
+
+    # --- unknown outcomes ----------------------------------------------------------------
+
+    def _resolve_order(self, request: OrderRequest, cause: TransientExchangeError) -> Order:
+        coid = request.client_order_id
+        where = f"{self._prefix}POST /fapi/v3/order {coid}"
+        ref = _order_ref(request.symbol, None, coid)
+        not_found = False
+        for attempt in range(self._max_retries + 1):
+            self._backoff(attempt)
+            try:
+                return parse.order(self._request(_QUERY_ORDER, ref, retries=0))
+            except OrderNotFound:
+                not_found = True
+            except RateLimited:
+                not_found = False
+                break
+            except TransientExchangeError:
+                not_found = False
+        if not_found:
+            raise TransientExchangeError(
+                f"{where}: not placed after '{cause.msg}' (the exchange does not know it); "
+                "safe to send again with the same client order id",
+                -2013,
+                cause.status,
+            ) from cause
+        raise UnknownOutcome(
+            f"{where}: outcome unknown after '{cause.msg}' and the query by client order id "
+            "kept failing; resolve it by querying this client order id before sending again",
+            cause.code,
+            cause.status,
+            client_order_id=coid,
+        ) from cause
+
+    # --- the request pipeline ------------------------------------------------------------
+
+    def _request(
+        self,
+        call: _Call,
+        params: Params = (),
+        *,
+        idempotent: bool = True,
+        retries: int | None = None,
+        after_retry: Callable[[ExchangeError], Any] | None = None,
+    ) -> Any:
+        max_retries = self._max_retries if retries is None else retries
+        attempt = 0
+        nonce_retry_left = True
+        while True:
+            try:
+                return self._attempt(call, params)
+            except RateLimited:
+                raise
+            except _NonceRefused as exc:
+                if not nonce_retry_left:
+                    raise AuthError(
+                        f"{exc.msg}; the nonce was refused twice: check that the system clock "
+                        "is within 10 s of the exchange's",
+                        exc.code,
+                        exc.status,
+                    ) from exc
+                nonce_retry_left = False
+            except TransientExchangeError as exc:
+                if not (idempotent or isinstance(exc, _NotSent)) or attempt >= max_retries:
+                    raise
+                self._backoff(attempt)
+                attempt += 1
+            except ExchangeError as exc:
+                if attempt == 0 or after_retry is None:
+                    raise
+                return after_retry(exc)
+
+    def _backoff(self, attempt: int) -> None:
+        delay = min(self._backoff_max, self._backoff_base * 2**attempt)
+        if delay > 0:
+            self._sleep(delay * (0.5 + random.random() / 2))
+
+    def _attempt(self, call: _Call, params: Params) -> Any:
+        self._budget.acquire(call.weight, call.orders)
+        request = self._build(call, params)
+        started = time.perf_counter()
+        status: int | None = None
+        code: int | None = None
+        try:
+            response = self._send(call, request)
+            status = response.status_code
+            return self._interpret(call, response)
+        except ExchangeError as exc:
+            code = exc.code
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            self._log(RequestLog(call.method, call.path, status, call.weight, elapsed_ms, code))
+
+    def _log(self, entry: RequestLog) -> None:
+        if self._on_request is not None:
+            self._on_request(entry)
+
+    def _build(self, call: _Call, params: Params) -> httpx.Request:
+        pairs = [(k, _fmt(v)) for k, v in params]
+        if call.signed:
+            signer = self._require_signer(call)
+            msg = encode_params(pairs + self._auth_pairs(signer))
+            query = f"{msg}&signature={signer.sign(msg)}"
+        else:
+            query = encode_params(pairs)
+        if call.method == "GET":
+            url = f"{call.path}?{query}" if query else call.path
+            return self._http.build_request("GET", url)
+        headers = {"Content-Type": _FORM}
+        return self._http.build_request(
+            call.method, call.path, content=query.encode("ascii"), headers=headers
+        )
+
+    def _require_signer(self, call: _Call) -> Signer:
+        if self._signer is None:
+            raise ConfigError(
+                f"{self._prefix}{call.method} {call.path} needs a signed request but the client "
+                "has no signer; set exchange.signer_key_env or signer_keystore in the agent config"
+            )
+        return self._signer
+
+    def _auth_pairs(self, signer: Signer) -> list[tuple[str, str]]:
+        pairs = [("nonce", str(self._nonces.next()))]
+        if self._user:
+            pairs.append(("user", self._user))
+        pairs.append(("signer", signer.address))
+        return pairs
+
+    def _send(self, call: _Call, request: httpx.Request) -> httpx.Response:
+        where = f"{self._prefix}{call.method} {call.path}"
+        try:
+            return self._http.send(request)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _NotSent(f"{where}: could not connect ({type(exc).__name__})") from None
+        except httpx.TimeoutException as exc:
+            raise TransientExchangeError(
+                f"{where}: no reply in time ({type(exc).__name__})"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransientExchangeError(
+                f"{where}: connection dropped ({type(exc).__name__})"
+            ) from None
+
+    def _interpret(self, call: _Call, response: httpx.Response) -> Any:
+        where = f"{self._prefix}{call.method} {call.path}"
+        headers = response.headers
+        self._budget.observe(
+            _header_int(headers, "X-MBX-USED-WEIGHT-1M"),
+            _header_int(headers, "X-MBX-ORDER-COUNT-10S"),
+            _header_int(headers, "X-MBX-ORDER-COUNT-1M"),
+        )
+        status = response.status_code
+        ok, body = _json(response)
+        code, msg = _code_msg(body)
+        if status in (429, 418) or code in _RATE_CODES:
+            raise self._rate_limited(where, response, code, msg)
+        if 200 <= status < 300 and ok and (code is None or code >= 0):
+            return body
+        if code is not None and code < 0:
+            raise _error_for(status, code, msg, where)
+        detail = f"HTTP {status}: {_snippet(response)}"
+        if status >= 500 or 200 <= status < 300:
+            raise TransientExchangeError(f"{where}: unreadable reply, {detail}", None, status)
+        if status in (401, 403):
+            raise AuthError(f"{where}: credentials refused, {detail}", None, status)
+        raise BadRequest(f"{where}: request refused, {detail}", None, status)
+
+    def _rate_limited(
+        self, where: str, response: httpx.Response, code: int | None, msg: str
+    ) -> RateLimited:
+        status = response.status_code
+        banned = status == 418 or "banned until" in msg
+        now = self._clock()
+        retry_at = now + _DEFAULT_PAUSE_S[418 if banned else 429]
+        retry_after = response.headers.get("Retry-After", "").strip()
+        match = _BANNED_UNTIL.search(msg)
+        if re.fullmatch(r"\d+(\.\d+)?", retry_after):
+            retry_at = now + float(retry_after)
+        elif match:
+            retry_at = int(match.group(1)) / 1000
+        reason = f"{where}: HTTP {status} {msg or 'rate limit'}".strip()
+        self._budget.pause(retry_at, reason)
+        cls = IpBanned if banned else RateLimited
+        text = f"{reason}; every agent on this host pauses until {retry_at:.0f} (epoch s)"
+        return cls(text, retry_at, code, status)
+
+
+def _optional(**values: ParamValue | None) -> list[tuple[str, ParamValue]]:
+    return [(k, v) for k, v in values.items() if v is not None]
+
+
+def _order_ref(
+    symbol: str, order_id: int | None, client_order_id: str | None
+) -> list[tuple[str, ParamValue]]:
+    if order_id is None and client_order_id is None:
+        raise BadRequest(f"an order of {symbol} needs order_id or client_order_id to be named")
+    params: list[tuple[str, ParamValue]] = [("symbol", symbol)]
+    params += _optional(orderId=order_id, origClientOrderId=client_order_id)
+    return params
+
+
+def order_params(request: OrderRequest) -> list[tuple[str, ParamValue]]:
+    """``POST /fapi/v3/order`` parameters for ``request``, in the order they are sent."""
+    if not _CLIENT_ORDER_ID.fullmatch(request.client_order_id):
+        raise BadRequest(
+            f"client order id {request.client_order_id!r} must be 1-36 characters of "
+            "[A-Za-z0-9._:/-]"
+        )
+    params: list[tuple[str, ParamValue]] = [
+        ("symbol", request.symbol),
+        ("side", request.side),
+        ("type", request.type),
+    ]
+    if request.position_side is not PositionSide.BOTH:
+        params.append(("positionSide", request.position_side))
+    params += _optional(
+        timeInForce=request.time_in_force,
+        quantity=request.quantity,
+        price=request.price,
+        stopPrice=request.stop_price,
+        reduceOnly=True if request.reduce_only else None,
+        closePosition=True if request.close_position else None,
+        workingType=request.working_type,
+    )
+    params.append(("newClientOrderId", request.client_order_id))
+    params.append(("newOrderRespType", "RESULT"))
+    return params
