@@ -1,0 +1,167 @@
+"""Cross-process token buckets for the exchange's limits, stored in the ledger (design 6).
+
+Buckets: request weight per IP (host-wide), orders per account per 10 s and per minute.
+Each bucket holds ``limit * safety`` tokens and refills linearly over its window. A 429/418
+pauses every process on the host until the stated time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from aster_agents.errors import RateLimited
+from aster_agents.ledger.store import Store
+
+MAX_PAUSE_WAIT_S: Final = 5.0
+MAX_SLEEP_S: Final = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class _Bucket:
+    key: str
+    capacity: float
+    window_s: float
+    cost_name: str
+
+
+class SharedBudget:
+    """Implements ``aster_agents.exchange.base.RequestBudget`` across processes."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        user: str,
+        weight_per_minute: int = 2400,
+        orders_per_10s: int = 300,
+        orders_per_minute: int = 1200,
+        safety: float = 0.8,
+        max_pause_wait_s: float = MAX_PAUSE_WAIT_S,
+    ) -> None:
+        self.store = Store(Path(state_dir))
+        self.user = user
+        self.max_pause_wait_s = max_pause_wait_s
+        self._buckets = (
+            _Bucket("weight:ip", weight_per_minute * safety, 60.0, "weight"),
+            _Bucket(f"orders10s:{user}", orders_per_10s * safety, 10.0, "orders"),
+            _Bucket(f"orders1m:{user}", orders_per_minute * safety, 60.0, "orders"),
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+    def acquire(self, weight: int, orders: int = 0) -> None:
+        """Block until the tokens are there; raise ``RateLimited`` if paused for too long."""
+        costs = {"weight": float(weight), "orders": float(orders)}
+        for bucket in self._buckets:
+            if costs[bucket.cost_name] > bucket.capacity:
+                raise ValueError(
+                    f"request cost {costs[bucket.cost_name]} exceeds bucket {bucket.key} "
+                    f"capacity {bucket.capacity}: lower the cost or raise safety"
+                )
+        while True:
+            wait = self._try_take(costs)
+            if wait <= 0:
+                return
+            time.sleep(min(wait, MAX_SLEEP_S))
+
+    def _try_take(self, costs: dict[str, float]) -> float:
+        with self.store.write() as conn:
+            now = time.time()
+            paused = self._pause_row(conn)
+            if paused is not None and paused[0] > now:
+                if paused[0] - now > self.max_pause_wait_s:
+                    raise RateLimited(
+                        f"host paused until {paused[0]:.0f} ({paused[1]})", retry_at=paused[0]
+                    )
+                return paused[0] - now
+            levels = {b.key: self._level(conn, b, now) for b in self._buckets}
+            waits = [
+                (costs[b.cost_name] - levels[b.key]) * b.window_s / b.capacity
+                for b in self._buckets
+            ]
+            if max(waits) > 0:
+                return max(waits)
+            for b in self._buckets:
+                self._store_level(conn, b, levels[b.key] - costs[b.cost_name], now)
+            return 0.0
+
+    @staticmethod
+    def _pause_row(conn: sqlite3.Connection) -> tuple[float, str] | None:
+        row = conn.execute("SELECT until_s, reason FROM host_pause WHERE id = 1").fetchone()
+        return None if row is None else (float(row[0]), str(row[1]))
+
+    @staticmethod
+    def _level(conn: sqlite3.Connection, bucket: _Bucket, now: float) -> float:
+        row = conn.execute(
+            "SELECT tokens, updated_s FROM budgets WHERE key = ?", (bucket.key,)
+        ).fetchone()
+        if row is None:
+            return bucket.capacity
+        refill = max(0.0, now - float(row[1])) * bucket.capacity / bucket.window_s
+        return float(min(bucket.capacity, float(row[0]) + refill))
+
+    @staticmethod
+    def _store_level(conn: sqlite3.Connection, bucket: _Bucket, tokens: float, now: float) -> None:
+        conn.execute(
+            "INSERT INTO budgets (key, tokens, capacity, refill_per_s, updated_s) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, "
+            "capacity = excluded.capacity, refill_per_s = excluded.refill_per_s, "
+            "updated_s = excluded.updated_s",
+            (bucket.key, tokens, bucket.capacity, bucket.capacity / bucket.window_s, now),
+        )
+
+    def observe(
+        self,
+        used_weight_1m: int | None,
+        order_count_10s: int | None,
+        order_count_1m: int | None,
+    ) -> None:
+        """Lower the buckets to what the exchange's headers say is left."""
+        used = (used_weight_1m, order_count_10s, order_count_1m)
+        if all(u is None for u in used):
+            return
+        with self.store.write() as conn:
+            now = time.time()
+            for bucket, count in zip(self._buckets, used, strict=True):
+                if count is not None:
+                    level = self._level(conn, bucket, now)
+                    left = max(0.0, bucket.capacity - count)
+                    self._store_level(conn, bucket, min(level, left), now)
+
+    def pause(self, until: float, reason: str) -> None:
+        """Pause every process on this host until ``until`` (epoch seconds); never shortens."""
+        with self.store.write() as conn:
+            conn.execute(
+                "INSERT INTO host_pause (id, until_s, reason) VALUES (1, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET reason = CASE WHEN excluded.until_s > until_s "
+                "THEN excluded.reason ELSE reason END, until_s = MAX(until_s, excluded.until_s)",
+                (until, reason),
+            )
+            conn.execute(
+                "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, NULL, 'pause', ?)",
+                (int(time.time() * 1000), json.dumps({"until": until, "reason": reason})),
+            )
+
+    def paused_until(self) -> float | None:
+        row = self._pause_row(self.store.conn)
+        return row[0] if row is not None and row[0] > time.time() else None
+
+    def state(self) -> dict[str, Any]:
+        """Bucket levels and the pause, for ``status``."""
+        now = time.time()
+        with self.store.read() as conn:
+            levels = {b.key: round(self._level(conn, b, now), 3) for b in self._buckets}
+            paused = self._pause_row(conn)
+        active = paused is not None and paused[0] > now
+        return {
+            "buckets": levels,
+            "capacity": {b.key: b.capacity for b in self._buckets},
+            "paused_until": paused[0] if active and paused else None,
+            "pause_reason": paused[1] if active and paused else None,
+        }

@@ -1,0 +1,92 @@
+"""Shared market-data cache: N processes reading one (symbol, interval) cost one fetch.
+
+Each key is a file under ``<state_dir>/cache/``; a per-key flock makes one process fetch
+while the others wait and then read what it stored. The ledger lock is never involved.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+_HEADER: Final = struct.Struct("<qqB")  # fetched_ms, fresh_until_ms, is_text
+_SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class MarketDataCache:
+    """``get_or_fetch`` serves a stored value while the clock is before its ``fresh_until_ms``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / "cache"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self.dir / f"{_SAFE.sub('_', key)[:80]}-{digest}"
+
+    def get_or_fetch(
+        self,
+        key: str,
+        fresh_until_ms: int,
+        fetch: Callable[[], bytes | str],
+        *,
+        now_ms: int | None = None,
+    ) -> bytes | str:
+        """The stored value for ``key`` while fresh, else ``fetch()``'s, stored with its times.
+
+        ``fresh_until_ms`` is when a value fetched now goes stale (e.g. the current candle's close).
+        """
+        path = self._path(key)
+        hit = self._read(path, now_ms)
+        if hit is not None:
+            return hit[0]
+        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            hit = self._read(path, now_ms)
+            if hit is not None:
+                return hit[0]
+            value = fetch()
+            self._write(path, value, fresh_until_ms)
+            return value
+        finally:
+            os.close(fd)
+
+    def fetched_ms(self, key: str) -> int | None:
+        """When the stored value for ``key`` was fetched, if any."""
+        try:
+            data = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return int(_HEADER.unpack_from(data)[0])
+
+    @staticmethod
+    def _read(path: Path, now_ms: int | None) -> tuple[bytes | str, int] | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(data) < _HEADER.size:
+            return None
+        fetched, fresh_until, is_text = _HEADER.unpack_from(data)
+        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        if now >= fresh_until:
+            return None
+        body = data[_HEADER.size :]
+        return (body.decode() if is_text else body), fetched
+
+    @staticmethod
+    def _write(path: Path, value: bytes | str, fresh_until_ms: int) -> None:
+        is_text = isinstance(value, str)
+        body = value.encode() if isinstance(value, str) else value
+        header = _HEADER.pack(time.time_ns() // 1_000_000, fresh_until_ms, int(is_text))
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(header + body)
+        os.replace(tmp, path)

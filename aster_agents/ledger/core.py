@@ -1,0 +1,873 @@
+"""The shared ledger: agents, limits, write-ahead intents, fills, P&L and heartbeats.
+
+Invariants kept under concurrency (design.md section 5): an agent's slots (distinct symbols
+with an open position or an active ``open`` intent) never exceed ``max_positions``; an
+account's slots never exceed ``max_total_positions``; with the exclusive symbol policy a
+symbol belongs to at most one agent per account; every state change leaves an audit row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+from aster_agents.errors import LedgerError, ReservationDenied
+from aster_agents.ledger.liveness import PidLiveness
+from aster_agents.ledger.rows import (
+    ACTIVE_STATES,
+    AGENT_STATES,
+    FINAL_STATES,
+    INTENT_KINDS,
+    AccountLimits,
+    AgentRow,
+    AuditEntry,
+    Intent,
+    LedgerPosition,
+)
+from aster_agents.ledger.store import Store, now_ms
+from aster_agents.models import Side
+
+ZERO: Final = Decimal(0)
+MAX_NONCE_SLOTS: Final = 64
+AGENT_ID_RE: Final = re.compile(r"[a-z0-9-]{1,20}")
+CLIENT_ORDER_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,36}")
+STALE_HEARTBEAT_S: Final = 120.0
+
+_INTENT_COLS: Final = (
+    "client_order_id, seq, agent_id, user, symbol, side, kind, margin, notional, state, pid, "
+    "created_ms, expires_ms, updated_ms, sent, reason"
+)
+_POSITION_COLS: Final = "agent_id, user, symbol, qty, entry_price, margin, opened_ms, updated_ms"
+_AGENT_COLS: Final = (
+    "a.agent_id, a.user, a.nonce_slot, a.max_positions, a.enabled, a.state, a.state_reason, "
+    "a.capital, a.units, a.realized_pnl, a.fees, a.funding, a.hb_pid, a.hb_ms, a.hb_error, "
+    "a.ticks, (SELECT COUNT(*) FROM positions p WHERE p.agent_id = a.agent_id), "
+    "(SELECT COUNT(*) FROM intents i WHERE i.agent_id = a.agent_id "
+    "AND i.state IN ('reserved', 'confirmed'))"
+)
+
+
+def make_client_order_id(agent_id: str, seq: int, kind: str) -> str:
+    """``<agent>-<seq, 6+ digits>-<kind>``; the kind shrinks to one letter past 36 chars."""
+    coid = f"{agent_id}-{seq:06d}-{kind}"
+    if len(coid) > 36:
+        coid = f"{agent_id}-{seq:06d}-{kind[0]}"
+    if not CLIENT_ORDER_ID_RE.fullmatch(coid):
+        raise LedgerError(f"cannot build a client order id from agent {agent_id!r} and seq {seq}")
+    return coid
+
+
+def _dec(value: Any) -> Decimal:
+    return Decimal(str(value))
+
+
+def _intent(row: tuple[Any, ...]) -> Intent:
+    return Intent(
+        client_order_id=row[0],
+        seq=row[1],
+        agent_id=row[2],
+        user=row[3],
+        symbol=row[4],
+        side=Side(row[5]),
+        kind=row[6],
+        margin=_dec(row[7]),
+        notional=_dec(row[8]),
+        state=row[9],
+        pid=row[10],
+        created_ms=row[11],
+        expires_ms=row[12],
+        updated_ms=row[13],
+        sent=bool(row[14]),
+        reason=row[15],
+    )
+
+
+def _position(row: tuple[Any, ...]) -> LedgerPosition:
+    return LedgerPosition(
+        agent_id=row[0],
+        user=row[1],
+        symbol=row[2],
+        qty=_dec(row[3]),
+        entry_price=_dec(row[4]),
+        margin=_dec(row[5]),
+        opened_ms=row[6],
+        updated_ms=row[7],
+    )
+
+
+def _agent(row: tuple[Any, ...]) -> AgentRow:
+    return AgentRow(
+        agent_id=row[0],
+        user=row[1],
+        nonce_slot=row[2],
+        max_positions=row[3],
+        enabled=bool(row[4]),
+        state=row[5],
+        state_reason=row[6],
+        capital=_dec(row[7]),
+        units=_dec(row[8]),
+        realized_pnl=_dec(row[9]),
+        fees=_dec(row[10]),
+        funding=_dec(row[11]),
+        heartbeat_pid=row[12],
+        heartbeat_ms=row[13],
+        heartbeat_error=row[14],
+        ticks=row[15],
+        positions=row[16],
+        reserved=row[17],
+    )
+
+
+def _audit(conn: sqlite3.Connection, agent_id: str | None, event: str, **detail: Any) -> None:
+    conn.execute(
+        "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, ?, ?, ?)",
+        (now_ms(), agent_id, event, json.dumps(detail, default=str, sort_keys=True)),
+    )
+
+
+def apply_fill(
+    qty: Decimal, entry: Decimal, fill_qty: Decimal, price: Decimal
+) -> tuple[Decimal, Decimal]:
+    """(signed qty, entry) after a signed fill: average in, keep on reduce, reset on flip."""
+    new_qty = qty + fill_qty
+    if new_qty == 0:
+        return ZERO, ZERO
+    if qty == 0 or (qty > 0) == (fill_qty > 0):
+        return new_qty, (abs(qty) * entry + abs(fill_qty) * price) / abs(new_qty)
+    if (new_qty > 0) == (qty > 0):
+        return new_qty, entry
+    return new_qty, price
+
+
+class Ledger:
+    """The shared ledger at ``<state_dir>/ledger.sqlite3``; one instance per process."""
+
+    def __init__(self, state_dir: Path, *, stale_heartbeat_s: float = STALE_HEARTBEAT_S) -> None:
+        self.store = Store(Path(state_dir))
+        self.state_dir = self.store.state_dir
+        self._liveness = PidLiveness()
+        self._stale_heartbeat_ms = int(stale_heartbeat_s * 1000)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- agents and accounts
+
+    def register_agent(
+        self,
+        agent_id: str,
+        user: str,
+        *,
+        max_positions: int,
+        capital: Decimal | None = None,
+        enabled: bool = True,
+    ) -> int:
+        """Insert or update an agent; returns its nonce slot (0..63, unique per user)."""
+        if not AGENT_ID_RE.fullmatch(agent_id):
+            raise LedgerError(f"agent id {agent_id!r} must match [a-z0-9-]{{1,20}}")
+        if max_positions < 0:
+            raise LedgerError(f"agent {agent_id}: max_positions must be >= 0")
+        with self.store.write() as conn:
+            row = conn.execute(
+                "SELECT user, nonce_slot FROM agents WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+            if row is None:
+                return self._insert_agent(conn, agent_id, user, max_positions, capital, enabled)
+            slot = int(row[1]) if row[0] == user else self._free_slot(conn, user, agent_id)
+            conn.execute(
+                "UPDATE agents SET user = ?, nonce_slot = ?, max_positions = ?, enabled = ?, "
+                "state = CASE WHEN ? THEN (CASE state WHEN 'disabled' THEN 'active' ELSE state "
+                "END) ELSE 'disabled' END WHERE agent_id = ?",
+                (user, slot, max_positions, int(enabled), int(enabled), agent_id),
+            )
+            if capital is not None:
+                self._allocate(conn, agent_id, capital, None)
+            _audit(conn, agent_id, "agent_updated", user=user, max_positions=max_positions)
+            return slot
+
+    def _insert_agent(
+        self,
+        conn: sqlite3.Connection,
+        agent_id: str,
+        user: str,
+        max_positions: int,
+        capital: Decimal | None,
+        enabled: bool,
+    ) -> int:
+        slot = self._free_slot(conn, user, agent_id)
+        cap = capital if capital is not None else ZERO
+        conn.execute(
+            "INSERT INTO agents (agent_id, user, nonce_slot, max_positions, enabled, state, "
+            "capital, units, realized_pnl, fees, funding, created_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '0', '0', '0', ?)",
+            (
+                agent_id,
+                user,
+                slot,
+                max_positions,
+                int(enabled),
+                "active" if enabled else "disabled",
+                str(cap),
+                str(cap),
+                now_ms(),
+            ),
+        )
+        _audit(conn, agent_id, "agent_registered", user=user, slot=slot, capital=cap)
+        return slot
+
+    @staticmethod
+    def _free_slot(conn: sqlite3.Connection, user: str, agent_id: str) -> int:
+        used = {
+            r[0]
+            for r in conn.execute(
+                "SELECT nonce_slot FROM agents WHERE user = ? AND agent_id != ?", (user, agent_id)
+            )
+        }
+        for slot in range(MAX_NONCE_SLOTS):
+            if slot not in used:
+                return slot
+        raise LedgerError(
+            f"account {user} already has {MAX_NONCE_SLOTS} agents: no nonce slot left for "
+            f"{agent_id}; remove an agent from the ledger first"
+        )
+
+    def set_account_limits(
+        self,
+        user: str,
+        *,
+        max_total_positions: int,
+        max_gross_leverage: Decimal,
+        equity: Decimal | None = None,
+    ) -> None:
+        """Set the limits every agent of ``user`` shares; ``equity`` enables the leverage check."""
+        with self.store.write() as conn:
+            conn.execute(
+                "INSERT INTO accounts (user, max_total_positions, max_gross_leverage, equity) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (user) DO UPDATE SET "
+                "max_total_positions = excluded.max_total_positions, "
+                "max_gross_leverage = excluded.max_gross_leverage, equity = excluded.equity",
+                (
+                    user,
+                    max_total_positions,
+                    str(max_gross_leverage),
+                    None if equity is None else str(equity),
+                ),
+            )
+            _audit(
+                conn,
+                None,
+                "account_limits",
+                user=user,
+                max_total_positions=max_total_positions,
+                max_gross_leverage=max_gross_leverage,
+                equity=equity,
+            )
+
+    def account_limits(self, user: str) -> AccountLimits | None:
+        row = self.store.conn.execute(
+            "SELECT user, max_total_positions, max_gross_leverage, equity FROM accounts "
+            "WHERE user = ?",
+            (user,),
+        ).fetchone()
+        if row is None:
+            return None
+        equity = None if row[3] is None else _dec(row[3])
+        return AccountLimits(row[0], row[1], _dec(row[2]), equity)
+
+    def set_enabled(self, agent_id: str, enabled: bool, reason: str) -> None:
+        """Enable (state active) or disable (state disabled: opens nothing) an agent."""
+        self.set_state(agent_id, "active" if enabled else "disabled", reason)
+
+    def set_state(self, agent_id: str, state: str, reason: str) -> None:
+        """Set active / probation / disabled; only ``disabled`` stops new openings."""
+        if state not in AGENT_STATES:
+            raise LedgerError(f"agent state {state!r} is not one of {', '.join(AGENT_STATES)}")
+        with self.store.write() as conn:
+            cur = conn.execute(
+                "UPDATE agents SET enabled = ?, state = ?, state_reason = ? WHERE agent_id = ?",
+                (int(state != "disabled"), state, reason, agent_id),
+            )
+            self._require(cur.rowcount, agent_id)
+            _audit(conn, agent_id, "agent_state", state=state, reason=reason)
+
+    @staticmethod
+    def _require(rowcount: int, agent_id: str) -> None:
+        if rowcount == 0:
+            raise LedgerError(
+                f"agent {agent_id} is not registered in the ledger: register_agent first"
+            )
+
+    def allocate(self, agent_id: str, capital: Decimal, *, equity: Decimal | None = None) -> None:
+        """Set the agent's capital, issuing/redeeming units at the current NAV per unit.
+
+        ``equity`` is the sleeve's equity including unrealized P&L, if the caller knows it;
+        otherwise the book equity (capital + realized - fees + funding) prices the units.
+        """
+        with self.store.write() as conn:
+            self._allocate(conn, agent_id, capital, equity)
+
+    def _allocate(
+        self, conn: sqlite3.Connection, agent_id: str, capital: Decimal, equity: Decimal | None
+    ) -> None:
+        row = conn.execute(
+            "SELECT capital, units, realized_pnl, fees, funding FROM agents WHERE agent_id = ?",
+            (agent_id,),
+        ).fetchone()
+        if row is None:
+            self._require(0, agent_id)
+        old_cap, units = _dec(row[0]), _dec(row[1])
+        book = old_cap + _dec(row[2]) - _dec(row[3]) + _dec(row[4])
+        sleeve = book if equity is None else equity
+        nav = sleeve / units if units > 0 and sleeve > 0 else Decimal(1)
+        new_units = max(ZERO, units + (capital - old_cap) / nav)
+        conn.execute(
+            "UPDATE agents SET capital = ?, units = ? WHERE agent_id = ?",
+            (str(capital), str(new_units), agent_id),
+        )
+        _audit(conn, agent_id, "allocate", capital=capital, units=new_units, nav=nav)
+
+    # ----------------------------------------------------------------- reservations
+
+    def reserve(
+        self,
+        agent_id: str,
+        symbol: str,
+        side: Side,
+        *,
+        margin: Decimal,
+        notional: Decimal,
+        kind: str = "open",
+        ttl_seconds: float = 60,
+        pid: int | None = None,
+    ) -> Intent:
+        """Check every limit and write a ``reserved`` intent, in one transaction.
+
+        Raises ``ReservationDenied`` with the reason when a limit says no.
+        """
+        if kind not in INTENT_KINDS:
+            raise LedgerError(f"intent kind {kind!r} is not one of {', '.join(INTENT_KINDS)}")
+        if margin < 0 or notional < 0:
+            raise LedgerError(f"agent {agent_id}: margin and notional must be >= 0")
+        pid = os.getpid() if pid is None else pid
+        with self.store.write() as conn:
+            now = now_ms()
+            self._reap(conn, now)
+            reason = self._check(conn, agent_id, symbol, kind, margin, notional)
+            if reason is None:
+                return self._insert_intent(
+                    conn, agent_id, symbol, side, kind, margin, notional, pid, now, ttl_seconds
+                )
+        raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {reason}")
+
+    def _insert_intent(
+        self,
+        conn: sqlite3.Connection,
+        agent_id: str,
+        symbol: str,
+        side: Side,
+        kind: str,
+        margin: Decimal,
+        notional: Decimal,
+        pid: int,
+        now: int,
+        ttl_seconds: float,
+    ) -> Intent:
+        user = conn.execute("SELECT user FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()[0]
+        seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM intents").fetchone()[0])
+        coid = make_client_order_id(agent_id, seq, kind)
+        expires = now + int(ttl_seconds * 1000)
+        conn.execute(
+            "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, kind, "
+            "margin, notional, state, pid, created_ms, expires_ms, updated_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
+            (
+                seq,
+                coid,
+                agent_id,
+                user,
+                symbol,
+                side.value,
+                kind,
+                str(margin),
+                str(notional),
+                pid,
+                now,
+                expires,
+                now,
+            ),
+        )
+        _audit(conn, agent_id, "reserve", coid=coid, symbol=symbol, kind=kind, pid=pid)
+        return Intent(
+            coid, seq, agent_id, user, symbol, side, kind, margin, notional, "reserved", pid,
+            now, expires, now, False, None,
+        )  # fmt: skip
+
+    def _reap(self, conn: sqlite3.Connection, now: int) -> None:
+        rows = conn.execute(
+            "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
+            "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
+            "WHERE i.state = 'reserved'"
+        ).fetchall()
+        for coid, agent_id, pid, expires, hb_pid, hb_ms in rows:
+            why = self._reap_reason(now, pid, expires, hb_pid, hb_ms)
+            if why is not None:
+                conn.execute(
+                    "UPDATE intents SET state = 'expired', reason = ?, updated_ms = ? "
+                    "WHERE client_order_id = ?",
+                    (why, now, coid),
+                )
+                _audit(conn, agent_id, "reap", coid=coid, reason=why, pid=pid)
+
+    def _reap_reason(
+        self, now: int, pid: int, expires: int, hb_pid: int | None, hb_ms: int | None
+    ) -> str | None:
+        if expires <= now:
+            return "ttl"
+        if pid != os.getpid() and not self._liveness.alive(pid):
+            return "pid dead"
+        if hb_pid == pid and hb_ms is not None and now - hb_ms > self._stale_heartbeat_ms:
+            return "heartbeat stale"
+        return None
+
+    def _check(
+        self,
+        conn: sqlite3.Connection,
+        agent_id: str,
+        symbol: str,
+        kind: str,
+        margin: Decimal,
+        notional: Decimal,
+    ) -> str | None:
+        agent = conn.execute(
+            "SELECT user, enabled, max_positions, capital, realized_pnl, fees, funding "
+            "FROM agents WHERE agent_id = ?",
+            (agent_id,),
+        ).fetchone()
+        if agent is None:
+            return "agent not registered"
+        user = agent[0]
+        positions = conn.execute(
+            "SELECT agent_id, symbol, qty, entry_price, margin FROM positions WHERE user = ?",
+            (user,),
+        ).fetchall()
+        intents = conn.execute(
+            "SELECT agent_id, symbol, margin, notional, margin_booked FROM intents "
+            "WHERE state IN ('reserved', 'confirmed') AND kind = 'open' AND user = ?",
+            (user,),
+        ).fetchall()
+        owners = {(r[1], r[0]) for r in positions} | {(r[1], r[0]) for r in intents}
+        if kind != "open":
+            return None if (symbol, agent_id) in owners else "agent holds no position on symbol"
+        return self._check_open(conn, agent, agent_id, symbol, margin, notional, positions, intents)
+
+    def _check_open(
+        self,
+        conn: sqlite3.Connection,
+        agent: tuple[Any, ...],
+        agent_id: str,
+        symbol: str,
+        margin: Decimal,
+        notional: Decimal,
+        positions: list[tuple[Any, ...]],
+        intents: list[tuple[Any, ...]],
+    ) -> str | None:
+        user, enabled, max_positions = agent[0], agent[1], agent[2]
+        if not enabled:
+            return "agent disabled"
+        slots = {(r[1], r[0]) for r in positions} | {(r[1], r[0]) for r in intents}
+        other_owner = {a for s, a in slots if s == symbol and a != agent_id}
+        if other_owner:
+            return f"symbol owned by {sorted(other_owner)[0]}"
+        if (symbol, agent_id) not in slots:
+            reason = self._slot_reason(conn, user, agent_id, max_positions, slots)
+            if reason is not None:
+                return reason
+        reason = self._leverage_reason(conn, user, notional, positions, intents)
+        if reason is not None:
+            return reason
+        capital = _dec(agent[3]) + _dec(agent[4]) - _dec(agent[5]) + _dec(agent[6])
+        used = sum((_dec(r[4]) for r in positions if r[0] == agent_id), ZERO)
+        used += sum((_dec(r[2]) for r in intents if r[0] == agent_id and not r[4]), ZERO)
+        if margin > capital - used:
+            return f"margin {margin} exceeds free capital {capital - used}"
+        return None
+
+    @staticmethod
+    def _slot_reason(
+        conn: sqlite3.Connection,
+        user: str,
+        agent_id: str,
+        max_positions: int,
+        slots: set[tuple[str, str]],
+    ) -> str | None:
+        mine = sum(1 for _, a in slots if a == agent_id)
+        if mine >= max_positions:
+            return f"agent at max_positions ({mine} open+reserved of {max_positions})"
+        limit = conn.execute(
+            "SELECT max_total_positions FROM accounts WHERE user = ?", (user,)
+        ).fetchone()
+        if limit is None:
+            return f"account {user} has no limits: set_account_limits first"
+        if len(slots) >= limit[0]:
+            return f"account at max_total_positions ({len(slots)} of {limit[0]})"
+        return None
+
+    @staticmethod
+    def _leverage_reason(
+        conn: sqlite3.Connection,
+        user: str,
+        notional: Decimal,
+        positions: list[tuple[Any, ...]],
+        intents: list[tuple[Any, ...]],
+    ) -> str | None:
+        row = conn.execute(
+            "SELECT max_gross_leverage, equity FROM accounts WHERE user = ?", (user,)
+        ).fetchone()
+        if row is None or row[1] is None:
+            return None
+        limit = _dec(row[0]) * _dec(row[1])
+        gross = sum((abs(_dec(r[2])) * _dec(r[3]) for r in positions), ZERO)
+        gross += sum((_dec(r[3]) for r in intents if not r[4]), ZERO)
+        if gross + notional > limit:
+            return f"gross notional {gross + notional} would exceed {row[0]}x equity ({limit})"
+        return None
+
+    def confirm(self, client_order_id: str) -> bool:
+        """Mark a reserved intent as sent and accepted; False if it expired or was released."""
+        return self._transition(client_order_id, ("reserved",), "confirmed", None)
+
+    def release(self, client_order_id: str, reason: str) -> bool:
+        """Give back a reserved or confirmed intent that did not become an order."""
+        return self._transition(client_order_id, ACTIVE_STATES, "released", reason)
+
+    def finish_intent(self, client_order_id: str, state: str) -> None:
+        """Close an intent with a final state (filled, canceled, rejected, ...)."""
+        if state not in FINAL_STATES:
+            raise LedgerError(f"final intent state {state!r} is not one of {FINAL_STATES}")
+        with self.store.write() as conn:
+            row = conn.execute(
+                "SELECT agent_id, state FROM intents WHERE client_order_id = ?",
+                (client_order_id,),
+            ).fetchone()
+            if row is None:
+                raise LedgerError(f"no intent with client order id {client_order_id}")
+            if row[1] == state:
+                return
+            conn.execute(
+                "UPDATE intents SET state = ?, updated_ms = ? WHERE client_order_id = ?",
+                (state, now_ms(), client_order_id),
+            )
+            _audit(conn, row[0], "intent_" + state, coid=client_order_id, was=row[1])
+
+    def _transition(
+        self, coid: str, from_states: tuple[str, ...], to: str, reason: str | None
+    ) -> bool:
+        marks = ", ".join("?" * len(from_states))
+        with self.store.write() as conn:
+            row = conn.execute(
+                f"UPDATE intents SET state = ?, reason = COALESCE(?, reason), updated_ms = ? "
+                f"WHERE client_order_id = ? AND state IN ({marks}) RETURNING agent_id",
+                (to, reason, now_ms(), coid, *from_states),
+            ).fetchone()
+            if row is None:
+                return False
+            _audit(conn, row[0], to, coid=coid, reason=reason)
+            return True
+
+    def mark_sent(self, client_order_id: str) -> None:
+        """Record that the order is about to go on the wire (crash-recovery hint)."""
+        with self.store.write() as conn:
+            row = conn.execute(
+                "UPDATE intents SET sent = 1, updated_ms = ? WHERE client_order_id = ? "
+                "RETURNING agent_id",
+                (now_ms(), client_order_id),
+            ).fetchone()
+            if row is None:
+                raise LedgerError(f"no intent with client order id {client_order_id}")
+            _audit(conn, row[0], "sent", coid=client_order_id)
+
+    def intent(self, client_order_id: str) -> Intent | None:
+        row = self.store.conn.execute(
+            f"SELECT {_INTENT_COLS} FROM intents WHERE client_order_id = ?", (client_order_id,)
+        ).fetchone()
+        return None if row is None else _intent(row)
+
+    def unresolved_intents(self, agent_id: str) -> list[Intent]:
+        """Intents still reserved or confirmed, plus reaped ones that were marked sent."""
+        rows = self.store.conn.execute(
+            f"SELECT {_INTENT_COLS} FROM intents WHERE agent_id = ? AND "
+            "(state IN ('reserved', 'confirmed') OR (state = 'expired' AND sent = 1)) "
+            "ORDER BY seq",
+            (agent_id,),
+        ).fetchall()
+        return [_intent(r) for r in rows]
+
+    # ----------------------------------------------------------------- fills and funding
+
+    def book_fill(
+        self,
+        client_order_id: str,
+        *,
+        trade_id: int,
+        symbol: str,
+        side: Side,
+        qty: Decimal,
+        price: Decimal,
+        realized_pnl: Decimal,
+        commission: Decimal,
+        time_ms: int,
+    ) -> bool:
+        """Book one trade of the order ``client_order_id``; False if already booked."""
+        if qty <= 0:
+            raise LedgerError(f"fill {trade_id} of {client_order_id}: qty must be > 0")
+        with self.store.write() as conn:
+            intent = conn.execute(
+                "SELECT agent_id, user, kind, margin, margin_booked FROM intents "
+                "WHERE client_order_id = ?",
+                (client_order_id,),
+            ).fetchone()
+            if intent is None:
+                raise LedgerError(
+                    f"fill {trade_id}: no intent with client order id {client_order_id}; "
+                    "run reconcile to adopt foreign orders"
+                )
+            agent_id, user = intent[0], intent[1]
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO fills (agent_id, trade_id, client_order_id, symbol, side, "
+                "qty, price, realized_pnl, commission, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    agent_id,
+                    trade_id,
+                    client_order_id,
+                    symbol,
+                    side.value,
+                    str(qty),
+                    str(price),
+                    str(realized_pnl),
+                    str(commission),
+                    time_ms,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            signed = qty if side is Side.BUY else -qty
+            extra_margin = ZERO
+            if intent[2] == "open" and not intent[4]:
+                extra_margin = _dec(intent[3])
+                conn.execute(
+                    "UPDATE intents SET margin_booked = 1 WHERE client_order_id = ?",
+                    (client_order_id,),
+                )
+            self._move_position(conn, agent_id, user, symbol, signed, price, extra_margin)
+            self._add_pnl(conn, agent_id, realized_pnl, commission)
+            _audit(conn, agent_id, "fill", coid=client_order_id, trade_id=trade_id, qty=signed)
+            return True
+
+    @staticmethod
+    def _move_position(
+        conn: sqlite3.Connection,
+        agent_id: str,
+        user: str,
+        symbol: str,
+        signed: Decimal,
+        price: Decimal,
+        extra_margin: Decimal,
+    ) -> None:
+        now = now_ms()
+        row = conn.execute(
+            "SELECT qty, entry_price, margin FROM positions WHERE agent_id = ? AND symbol = ?",
+            (agent_id, symbol),
+        ).fetchone()
+        qty, entry, margin = (ZERO, ZERO, ZERO) if row is None else tuple(map(_dec, row))
+        new_qty, new_entry = apply_fill(qty, entry, signed, price)
+        if new_qty == 0:
+            conn.execute(
+                "DELETE FROM positions WHERE agent_id = ? AND symbol = ?", (agent_id, symbol)
+            )
+            _audit(conn, agent_id, "position_closed", symbol=symbol)
+            return
+        conn.execute(
+            "INSERT INTO positions (agent_id, symbol, user, qty, entry_price, margin, opened_ms, "
+            "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, symbol) DO UPDATE "
+            "SET qty = excluded.qty, entry_price = excluded.entry_price, "
+            "margin = excluded.margin, updated_ms = excluded.updated_ms",
+            (
+                agent_id,
+                symbol,
+                user,
+                str(new_qty),
+                str(new_entry),
+                str(margin + extra_margin),
+                now,
+                now,
+            ),
+        )
+
+    @staticmethod
+    def _add_pnl(
+        conn: sqlite3.Connection, agent_id: str, realized: Decimal, commission: Decimal
+    ) -> None:
+        row = conn.execute(
+            "SELECT realized_pnl, fees FROM agents WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        conn.execute(
+            "UPDATE agents SET realized_pnl = ?, fees = ? WHERE agent_id = ?",
+            (str(_dec(row[0]) + realized), str(_dec(row[1]) + commission), agent_id),
+        )
+
+    def close_position(self, agent_id: str, symbol: str, reason: str) -> bool:
+        """Drop a position without a fill (reconcile found it flat); frees slot and symbol."""
+        with self.store.write() as conn:
+            cur = conn.execute(
+                "DELETE FROM positions WHERE agent_id = ? AND symbol = ?", (agent_id, symbol)
+            )
+            if cur.rowcount == 0:
+                return False
+            _audit(conn, agent_id, "position_closed", symbol=symbol, reason=reason)
+            return True
+
+    def book_funding(
+        self, agent_id: str, symbol: str, amount: Decimal, tran_id: int, time_ms: int
+    ) -> bool:
+        """Book one funding payment (signed: + received); False if already booked."""
+        with self.store.write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO funding (agent_id, tran_id, symbol, amount, time_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (agent_id, tran_id, symbol, str(amount), time_ms),
+            )
+            if cur.rowcount == 0:
+                return False
+            row = conn.execute(
+                "SELECT funding FROM agents WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+            if row is None:
+                self._require(0, agent_id)
+            conn.execute(
+                "UPDATE agents SET funding = ? WHERE agent_id = ?",
+                (str(_dec(row[0]) + amount), agent_id),
+            )
+            _audit(conn, agent_id, "funding", symbol=symbol, amount=amount, tran_id=tran_id)
+            return True
+
+    # ----------------------------------------------------------------- queries
+
+    def positions(
+        self, agent_id: str | None = None, user: str | None = None
+    ) -> list[LedgerPosition]:
+        """Open positions, optionally of one agent and/or one account."""
+        sql = f"SELECT {_POSITION_COLS} FROM positions WHERE 1 = 1"
+        args: list[str] = []
+        if agent_id is not None:
+            sql += " AND agent_id = ?"
+            args.append(agent_id)
+        if user is not None:
+            sql += " AND user = ?"
+            args.append(user)
+        rows = self.store.conn.execute(sql + " ORDER BY agent_id, symbol", args).fetchall()
+        return [_position(r) for r in rows]
+
+    def symbol_owner(self, user: str, symbol: str) -> str | None:
+        """The agent holding ``symbol`` on ``user`` (position or active open intent)."""
+        with self.store.read() as conn:
+            row = conn.execute(
+                "SELECT agent_id FROM positions WHERE user = ? AND symbol = ? LIMIT 1",
+                (user, symbol),
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    "SELECT agent_id FROM intents WHERE state IN ('reserved', 'confirmed') "
+                    "AND kind = 'open' AND user = ? AND symbol = ? LIMIT 1",
+                    (user, symbol),
+                ).fetchone()
+        return None if row is None else str(row[0])
+
+    def counts(self, user: str) -> tuple[int, int]:
+        """(open positions, slots reserved by open intents on symbols not yet held)."""
+        with self.store.read() as conn:
+            held = {
+                (r[0], r[1])
+                for r in conn.execute(
+                    "SELECT agent_id, symbol FROM positions WHERE user = ?", (user,)
+                )
+            }
+            pending = {
+                (r[0], r[1])
+                for r in conn.execute(
+                    "SELECT agent_id, symbol FROM intents WHERE state IN ('reserved', "
+                    "'confirmed') AND kind = 'open' AND user = ?",
+                    (user,),
+                )
+            }
+        return len(held), len(pending - held)
+
+    # ----------------------------------------------------------------- heartbeats, equity, audit
+
+    def heartbeat(
+        self, agent_id: str, pid: int, *, error: str | None = None, tick: bool = False
+    ) -> None:
+        """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None)."""
+        with self.store.write() as conn:
+            cur = conn.execute(
+                "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ? "
+                "WHERE agent_id = ?",
+                (pid, now_ms(), error, int(tick), agent_id),
+            )
+            self._require(cur.rowcount, agent_id)
+            if error is not None:
+                _audit(conn, agent_id, "error", pid=pid, error=error)
+
+    def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
+        with self.store.write() as conn:
+            conn.execute(
+                "INSERT INTO equity (agent_id, time_ms, equity) VALUES (?, ?, ?)",
+                (agent_id, now_ms() if time_ms is None else time_ms, str(equity)),
+            )
+
+    def equity_history(self, agent_id: str) -> list[tuple[int, Decimal]]:
+        rows = self.store.conn.execute(
+            "SELECT time_ms, equity FROM equity WHERE agent_id = ? ORDER BY time_ms, rowid",
+            (agent_id,),
+        ).fetchall()
+        return [(int(r[0]), _dec(r[1])) for r in rows]
+
+    def agent(self, agent_id: str) -> AgentRow | None:
+        row = self.store.conn.execute(
+            f"SELECT {_AGENT_COLS} FROM agents a WHERE a.agent_id = ?", (agent_id,)
+        ).fetchone()
+        return None if row is None else _agent(row)
+
+    def agent_rows(self) -> list[AgentRow]:
+        rows = self.store.conn.execute(
+            f"SELECT {_AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id"
+        ).fetchall()
+        return [_agent(r) for r in rows]
+
+    def audit(self, limit: int = 100, agent_id: str | None = None) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries, newest first."""
+        where, args = ("WHERE agent_id = ?", [agent_id]) if agent_id else ("", [])
+        rows = self.store.conn.execute(
+            f"SELECT id, time_ms, agent_id, event, detail FROM audit {where} "
+            "ORDER BY id DESC LIMIT ?",
+            [*args, limit],
+        ).fetchall()
+        return [AuditEntry(*r) for r in rows]
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` result (``ok`` when healthy)."""
+        return str(self.store.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def schema_version(self) -> int:
+        row = self.store.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0])

@@ -1,0 +1,241 @@
+"""The SQLite file, its flock and its migrations: the only place that opens a connection.
+
+Every write is one short ``BEGIN IMMEDIATE`` transaction taken while holding a blocking
+``fcntl.flock`` on ``ledger.lock``; the flock queues writers fairly in the kernel, so SQLite's
+busy-polling never runs on the hot path. Reads use plain WAL snapshots and take no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from aster_agents.errors import LedgerError
+
+DB_NAME: Final = "ledger.sqlite3"
+LOCK_NAME: Final = "ledger.lock"
+BUSY_TIMEOUT_MS: Final = 10_000
+
+MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
+    (
+        "initial",
+        """
+        CREATE TABLE accounts (
+            user TEXT PRIMARY KEY,
+            max_total_positions INTEGER NOT NULL,
+            max_gross_leverage TEXT NOT NULL,
+            equity TEXT
+        );
+        CREATE TABLE agents (
+            agent_id TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            nonce_slot INTEGER NOT NULL,
+            max_positions INTEGER NOT NULL,
+            enabled INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            state_reason TEXT,
+            capital TEXT NOT NULL,
+            units TEXT NOT NULL,
+            realized_pnl TEXT NOT NULL,
+            fees TEXT NOT NULL,
+            funding TEXT NOT NULL,
+            hb_pid INTEGER,
+            hb_ms INTEGER,
+            hb_error TEXT,
+            ticks INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL,
+            UNIQUE (user, nonce_slot)
+        );
+        CREATE TABLE intents (
+            seq INTEGER PRIMARY KEY,
+            client_order_id TEXT NOT NULL UNIQUE,
+            agent_id TEXT NOT NULL,
+            user TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            side TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            margin TEXT NOT NULL,
+            notional TEXT NOT NULL,
+            state TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0,
+            margin_booked INTEGER NOT NULL DEFAULT 0,
+            reason TEXT
+        );
+        CREATE INDEX intents_by_state ON intents (state, expires_ms);
+        CREATE INDEX intents_by_agent ON intents (agent_id, state);
+        CREATE TABLE positions (
+            agent_id TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            user TEXT NOT NULL,
+            qty TEXT NOT NULL,
+            entry_price TEXT NOT NULL,
+            margin TEXT NOT NULL,
+            opened_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, symbol)
+        );
+        CREATE INDEX positions_by_user ON positions (user, symbol);
+        CREATE TABLE fills (
+            agent_id TEXT NOT NULL,
+            trade_id INTEGER NOT NULL,
+            client_order_id TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            side TEXT NOT NULL,
+            qty TEXT NOT NULL,
+            price TEXT NOT NULL,
+            realized_pnl TEXT NOT NULL,
+            commission TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, trade_id)
+        );
+        CREATE TABLE funding (
+            agent_id TEXT NOT NULL,
+            tran_id INTEGER NOT NULL,
+            symbol TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, tran_id)
+        );
+        CREATE TABLE equity (
+            agent_id TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            equity TEXT NOT NULL
+        );
+        CREATE INDEX equity_by_agent ON equity (agent_id, time_ms);
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            agent_id TEXT,
+            event TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE TABLE budgets (
+            key TEXT PRIMARY KEY,
+            tokens REAL NOT NULL,
+            capacity REAL NOT NULL,
+            refill_per_s REAL NOT NULL,
+            updated_s REAL NOT NULL
+        );
+        CREATE TABLE host_pause (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            until_s REAL NOT NULL,
+            reason TEXT NOT NULL
+        );
+        """,
+    ),
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Store:
+    """One connection to ``<state_dir>/ledger.sqlite3`` plus the writer flock."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.state_dir / DB_NAME
+        self._lock_fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        self._thread_lock = threading.RLock()
+        try:
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10
+            )
+            self._configure()
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise LedgerError(
+                f"cannot open ledger {self.path}: {exc}; check the file or move it aside"
+            ) from exc
+        except LedgerError:
+            self.close()
+            raise
+
+    def _configure(self) -> None:
+        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        with self._flock():
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise LedgerError(f"ledger {self.path}: could not switch to WAL mode (got {mode})")
+        self.conn.execute("PRAGMA synchronous = FULL")
+
+    def _migrate(self) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ms INTEGER NOT NULL)"
+            )
+            row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+            current = int(row[0])
+            if current > len(MIGRATIONS):
+                raise LedgerError(
+                    f"ledger {self.path} has schema version {current}, newer than this "
+                    f"aster-agents knows ({len(MIGRATIONS)}): upgrade aster-agents, "
+                    "or use another --state-dir"
+                )
+            for version, (name, sql) in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    self._apply(conn, version, name, sql)
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, version: int, name: str, sql: str) -> None:
+        for statement in sql.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
+            (version, name, now_ms()),
+        )
+
+    @contextmanager
+    def _flock(self) -> Iterator[None]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction under the flock; rolled back on any error."""
+        with self._thread_lock, self._flock():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent WAL snapshot for several SELECTs; takes no lock."""
+        with self._thread_lock:
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            conn.close()
+            del self.conn
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
