@@ -1,0 +1,198 @@
+"""The strategy contract: what the runner passes in and what a strategy hands back.
+
+A strategy is pure: ``decide(market, position) -> Signal`` reads no clock, network, disk or
+global random state, and never raises for any kline series (too few klines, flat or odd
+prices give ``HOLD`` with a reason).
+
+Confidence conventions shared by every rule-based strategy:
+
+* ``LONG``/``SHORT``: 0.5 when the entry rule is only just met, rising linearly towards 1.0
+  as the signal strengthens (each module documents its own measure). The runner acts only when
+  confidence >= ``trading.min_confidence`` (0.70 in the examples).
+* ``CLOSE``: always 1.0, so reducing risk is never filtered out by ``min_confidence``.
+* ``HOLD``: 0.0.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+
+from aster_agents.errors import ConfigError
+from aster_agents.models import Kline
+
+
+class Action(StrEnum):
+    """What the strategy wants done for one symbol this tick."""
+
+    LONG = "long"
+    SHORT = "short"
+    CLOSE = "close"
+    HOLD = "hold"
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A decision: the action, a confidence in [0, 1] and a short human reason."""
+
+    action: Action
+    confidence: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PositionView:
+    """The agent's position in the symbol: ``qty`` > 0 long, < 0 short, 0 flat."""
+
+    qty: Decimal
+    entry_price: Decimal
+    opened_at_ms: int | None
+
+
+FLAT = PositionView(qty=Decimal(0), entry_price=Decimal(0), opened_at_ms=None)
+
+
+@dataclass(frozen=True, slots=True)
+class MarketSnapshot:
+    """Closed klines (oldest first) plus the live mark price, for one symbol and interval."""
+
+    symbol: str
+    interval: str
+    klines: tuple[Kline, ...]
+    mark_price: Decimal
+    time_ms: int
+
+
+class Strategy(Protocol):
+    """What the runner calls. ``min_klines`` is how much history ``decide`` needs."""
+
+    name: str
+    min_klines: int
+
+    def decide(self, market: MarketSnapshot, position: PositionView) -> Signal: ...
+
+
+def hold(reason: str) -> Signal:
+    """A HOLD signal (confidence 0)."""
+    return Signal(Action.HOLD, 0.0, reason)
+
+
+def close(reason: str) -> Signal:
+    """A CLOSE signal (confidence 1: exits are never filtered by min_confidence)."""
+    return Signal(Action.CLOSE, 1.0, reason)
+
+
+def enter(side: int, confidence: float, reason: str) -> Signal:
+    """A LONG (side > 0) or SHORT (side < 0) signal, confidence clamped into [0, 1]."""
+    action = Action.LONG if side > 0 else Action.SHORT
+    return Signal(action, min(1.0, max(0.0, confidence)), reason)
+
+
+def signed_pct(fraction: float) -> str:
+    """Format a fraction as a signed percentage: 0.0042 -> '+0.42%'."""
+    return f"{fraction * 100:+.2f}%"
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Kline columns converted to float once; prices are finite and > 0."""
+
+    opens: tuple[float, ...]
+    highs: tuple[float, ...]
+    lows: tuple[float, ...]
+    closes: tuple[float, ...]
+    volumes: tuple[float, ...]
+
+    @classmethod
+    def from_klines(cls, klines: tuple[Kline, ...]) -> Series | None:
+        """Convert klines, or None when any price is not a finite positive number."""
+        cols = [[float(getattr(k, f)) for k in klines] for f in ("open", "high", "low", "close")]
+        if not all(math.isfinite(v) and v > 0.0 for col in cols for v in col):
+            return None
+        volumes = tuple(max(0.0, float(k.volume)) for k in klines)
+        if not all(math.isfinite(v) for v in volumes):
+            volumes = tuple(0.0 for _ in klines)
+        opens, highs, lows, closes = (tuple(c) for c in cols)
+        return cls(opens, highs, lows, closes, volumes)
+
+    @property
+    def last(self) -> float:
+        """The last close."""
+        return self.closes[-1]
+
+
+class RuleStrategy(ABC):
+    """Template for the indicator strategies: history check, then entry or exit rules.
+
+    Subclasses implement :meth:`entry` (flat: LONG, SHORT or HOLD) and :meth:`exit`
+    (in a position: CLOSE or HOLD). ``side`` is +1 for a long position, -1 for a short one.
+    """
+
+    name: str = "rule"
+    min_klines: int = 1
+
+    def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
+        """Entry rules when flat, exit rules in a position; HOLD when history is short."""
+        have = len(market.klines)
+        if have < self.min_klines:
+            return hold(f"need {self.min_klines} closed klines, have {have}")
+        series = Series.from_klines(market.klines)
+        if series is None:
+            return hold("klines contain non-positive or non-finite prices")
+        if position.qty == 0:
+            return self.entry(series)
+        side = 1 if position.qty > 0 else -1
+        return self.exit(series, side, _entry_price(position))
+
+    @abstractmethod
+    def entry(self, s: Series) -> Signal:
+        """Flat: LONG, SHORT or HOLD."""
+
+    @abstractmethod
+    def exit(self, s: Series, side: int, entry_price: float) -> Signal:
+        """In a position (side +1 long, -1 short): CLOSE or HOLD. entry_price 0 if unknown."""
+
+
+def _entry_price(position: PositionView) -> float:
+    value = float(position.entry_price)
+    return value if math.isfinite(value) and value > 0.0 else 0.0
+
+
+class StrategyParams(BaseModel):
+    """Base for per-strategy params: unknown keys refused, no type coercion, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+P = TypeVar("P", bound=StrategyParams)
+
+PARAMS_PATH = "trading.params"
+
+
+def parse_params(model: type[P], params: Mapping[str, object]) -> P:
+    """Validate ``params`` into ``model`` or raise ConfigError naming each bad key path."""
+    if not isinstance(params, Mapping):
+        line = f"{PARAMS_PATH}: must be a mapping of parameter names to values, got {params!r}"
+        raise ConfigError(line)
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as exc:
+        problems = [_problem_line(model, err) for err in exc.errors()]
+        raise ConfigError("; ".join(problems), problems) from None
+
+
+def _problem_line(model: type[StrategyParams], err: ErrorDetails) -> str:
+    path = ".".join([PARAMS_PATH, *(str(p) for p in err["loc"])])
+    if err["type"] == "extra_forbidden":
+        valid = ", ".join(model.model_fields) or "none"
+        return f"{path}: unknown key (valid keys: {valid}), got {err['input']!r}"
+    msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    return f"{path}: {msg}, got {err['input']!r}"
