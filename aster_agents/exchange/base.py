@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from aster_agents.models import (
+        AccountInfo,
+        Balance,
+        BookTicker,
+        ExchangeInfo,
+        Income,
+        Kline,
+        MarginType,
+        Order,
+        OrderRequest,
+        Position,
+        PremiumIndex,
+        TickerPrice,
+        UserTrade,
+    )
 
 
 class RequestBudget(Protocol):
@@ -50,3 +67,78 @@ class NullBudget:
 
     def pause(self, until: float, reason: str) -> None:
         return None
+
+
+class Exchange(Protocol):
+    """What the runner needs from an exchange; ``exchange.http.AsterClient`` implements it.
+
+    Errors are the reaction-named classes of ``aster_agents.errors``. ``new_order`` never
+    duplicates an order: an unknown outcome is resolved by client order id or raised as
+    ``UnknownOutcome`` carrying that id.
+    """
+
+    def server_time(self) -> int: ...
+
+    def exchange_info(self) -> ExchangeInfo: ...
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        limit: int = 500,
+        start_time: int | None = None,
+        end_time: int | None = None,
+    ) -> list[Kline]: ...
+
+    def premium_index(self, symbol: str) -> PremiumIndex: ...
+
+    def ticker_price(self, symbol: str) -> TickerPrice: ...
+
+    def book_ticker(self, symbol: str) -> BookTicker: ...
+
+    def balances(self) -> list[Balance]: ...
+
+    def account(self) -> AccountInfo: ...
+
+    def position_risk(self, symbol: str | None = None) -> list[Position]: ...
+
+    def get_position_mode(self) -> bool: ...
+
+    def set_position_mode(self, dual: bool) -> None: ...
+
+    def set_leverage(self, symbol: str, leverage: int) -> int: ...
+
+    def set_margin_type(self, symbol: str, margin_type: MarginType) -> None: ...
+
+    def new_order(self, request: OrderRequest) -> Order: ...
+
+    def query_order(
+        self, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None
+    ) -> Order: ...
+
+    def cancel_order(
+        self, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None
+    ) -> Order: ...
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]: ...
+
+    def cancel_all_open_orders(self, symbol: str) -> None: ...
+
+    def user_trades(
+        self,
+        symbol: str,
+        *,
+        start_time: int | None = None,
+        from_id: int | None = None,
+        limit: int = 500,
+    ) -> list[UserTrade]: ...
+
+    def income(
+        self,
+        symbol: str | None = None,
+        income_type: str | None = None,
+        start_time: int | None = None,
+        limit: int = 100,
+    ) -> list[Income]: ...
+
+    def close(self) -> None: ...

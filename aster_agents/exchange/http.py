@@ -47,7 +47,7 @@ from aster_agents.errors import (
     UnknownOutcome,
 )
 from aster_agents.exchange import parse
-from aster_agents.exchange.base import NullBudget, RequestBudget
+from aster_agents.exchange.base import Exchange, NullBudget, RequestBudget
 from aster_agents.models import (
     AccountInfo,
     Balance,
@@ -641,3 +641,8 @@ def order_params(request: OrderRequest) -> list[tuple[str, ParamValue]]:
     params.append(("newClientOrderId", request.client_order_id))
     params.append(("newOrderRespType", "RESULT"))
     return params
+
+
+def as_exchange(client: AsterClient) -> Exchange:
+    """``client`` typed as the runner's ``Exchange`` contract (mypy checks the fit here)."""
+    return client
