@@ -77,7 +77,7 @@ def _qty_problems(filters: SymbolFilters, qty: Decimal, market: bool) -> list[st
         problems.append(f"{kind} {qty} is below the minimum {lot.min}")
     if lot.max > 0 and qty > lot.max:
         problems.append(f"{kind} {qty} is above the maximum {lot.max}")
-    if qty > 0 and not _on_grid(qty, lot.min, lot.step):
+    if qty >= lot.min and qty > 0 and not _on_grid(qty, lot.min, lot.step):
         problems.append(f"{kind} {qty} is not a multiple of the step {lot.step}")
     return problems
 
