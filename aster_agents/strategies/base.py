@@ -134,6 +134,8 @@ class RuleStrategy(ABC):
 
     Subclasses implement :meth:`entry` (flat: LONG, SHORT or HOLD) and :meth:`exit`
     (in a position: CLOSE or HOLD). ``side`` is +1 for a long position, -1 for a short one.
+    Rules read closed candles only (``mark_price`` is ignored) so that a decision can be
+    replayed exactly from kline history.
     """
 
     name: str = "rule"

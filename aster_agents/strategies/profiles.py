@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pydantic import Field, ValidationInfo, field_validator
 
 from aster_agents.strategies.base import (
+    Action,
     RuleStrategy,
     Series,
     Signal,
@@ -89,17 +90,17 @@ class ConservativeStrategy(RuleStrategy):
     def entry(self, s: Series) -> Signal:
         """Enter only when trend and momentum point the same way."""
         trend = self.trend.entry(s)
-        if trend.action not in ("long", "short"):
+        if trend.action not in (Action.LONG, Action.SHORT):
             return trend
         side, mom_conf, mom_reason = self.momentum.signal(s)
-        if side != (1 if trend.action == "long" else -1):
+        if side != (1 if trend.action == Action.LONG else -1):
             return hold(f"trend without momentum agreement ({mom_reason})")
         return enter(side, min(trend.confidence, mom_conf), f"{trend.reason}; {mom_reason}")
 
     def exit(self, s: Series, side: int, entry_price: float) -> Signal:
         """Close when the trend crosses back or momentum fades."""
         trend_exit = self.trend.exit(s, side, entry_price)
-        if trend_exit.action == "close":
+        if trend_exit.action == Action.CLOSE:
             return trend_exit
         faded = self.momentum.faded(s, side)
         return close(faded) if faded else hold("trend and momentum intact")
