@@ -17,7 +17,8 @@ def account(
     """Show balances, positions and open orders as the exchange reports them."""
     from aster_agents.services import account_snapshot
 
-    snapshot = account_snapshot(state(ctx).fleet(), agent_id)
+    cli = state(ctx)
+    snapshot = account_snapshot(cli.fleet(), agent_id, cli.resolved_state_dir())
     if as_json:
         emit_json(snapshot)
         return

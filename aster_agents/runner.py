@@ -1,0 +1,613 @@
+"""One agent process: the tick loop around the reservation protocol.
+
+The runner owns no state of its own that matters after a crash: every decision that
+must survive (reservations, sent orders, fills, positions) is in the ledger, written
+*before* the network call that depends on it, and the exchange is the truth it is
+reconciled against at start-up and on every tick.
+
+Order of a new position::
+
+    reserve (ledger) -> mark_sent -> POST order with newClientOrderId -> confirm/release
+    -> book fills from userTrades by client order id -> protective STOP/TAKE_PROFIT orders
+
+A crash between any two steps leaves an intent the next start resolves by asking the
+exchange about its client order id. An intent whose order is not on the exchange is only
+released once the exchange's nonce window has passed, so a request still in flight when
+the process died can never land after it was written off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Final
+
+from aster_agents.config import KLINE_INTERVALS, AgentConfig, FleetConfig
+from aster_agents.errors import (
+    AsterAgentsError,
+    AuthError,
+    ConfigError,
+    ExchangeError,
+    OrderNotFound,
+    OrderRejected,
+    RateLimited,
+    ReservationDenied,
+    TransientExchangeError,
+    UnknownOutcome,
+)
+from aster_agents.exchange.http import AsterClient
+from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
+from aster_agents.logs import logger
+from aster_agents.models import (
+    ZERO,
+    ExchangeInfo,
+    Kline,
+    MarginType,
+    Order,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+    SymbolInfo,
+)
+from aster_agents.sizing import entry_size, protective_prices
+from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal, Strategy
+
+NONCE_WINDOW_MS: Final = 12_000  # the exchange accepts a nonce for 10 s; 2 s of margin
+KLINE_FLOOR: Final = 60
+KLINE_LIMIT_MAX: Final = 499  # under 500 keeps the request at weight 2
+SPEED_ENV: Final = "ASTER_AGENTS_MARKET_SPEED"  # simulator market-time multiplier (demo only)
+INTERVAL_MS: Final = {
+    "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
+    "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000,
+    "1M": 2_592_000_000,
+}  # fmt: skip
+assert set(INTERVAL_MS) == set(KLINE_INTERVALS)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class TickReport:
+    """What one tick did, for logs and tests."""
+
+    opened: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+class AgentRunner:
+    """Runs one agent: ``start()`` once, then ``tick()`` every scan interval."""
+
+    def __init__(
+        self,
+        fleet: FleetConfig,
+        agent: AgentConfig,
+        *,
+        client: AsterClient,
+        ledger: Ledger,
+        cache: MarketDataCache,
+        strategy: Strategy,
+        stop: threading.Event | None = None,
+        market_speed: float = 1.0,
+    ) -> None:
+        self.fleet = fleet
+        self.agent = agent
+        self.client = client
+        self.ledger = ledger
+        self.cache = cache
+        self.strategy = strategy
+        self.stop = stop or threading.Event()
+        self.market_speed = market_speed
+        self.pid = os.getpid()
+        self.info: ExchangeInfo | None = None
+        self.orders: dict[int, str] = {}  # exchange order id -> our client order id
+        self.last_prices: dict[str, Decimal] = {}
+
+    # ------------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        """Exchange info, position mode, margin type, capital, then resolve old intents."""
+        self.info = self.client.exchange_info()
+        trading = self.agent.trading
+        missing = [s for s in trading.symbols if s not in self.info.symbols]
+        if missing:
+            raise ConfigError(
+                f"{self._file()}: trading.symbols: {', '.join(missing)} not offered by "
+                f"{self.agent.exchange.base_url}"
+            )
+        self._ensure_one_way_mode()
+        for symbol in trading.symbols:
+            self._quietly(f"set margin type on {symbol}", self.client.set_margin_type, symbol,
+                          MarginType.CROSSED)  # fmt: skip
+        self._ensure_capital()
+        self.recover()
+        logger.info(
+            "started: strategy {} on {} ({}), every {}s",
+            trading.strategy, ",".join(trading.symbols), trading.interval,
+            trading.scan_interval_seconds,
+        )  # fmt: skip
+
+    def _file(self) -> str:
+        return str(self.fleet.files.get(self.agent.id, self.fleet.config_dir))
+
+    def _ensure_one_way_mode(self) -> None:
+        if not self.client.get_position_mode():
+            return
+        try:
+            self.client.set_position_mode(False)
+        except OrderRejected as exc:
+            raise ConfigError(
+                f"account {self.agent.exchange.user} is in hedge mode and cannot be switched to "
+                f"one-way mode ({exc.msg}); close its positions or switch it in the web UI"
+            ) from None
+        logger.warning("switched account {} to one-way position mode", self.agent.exchange.user)
+
+    def _quietly(self, what: str, fn: Callable[..., object], *args: object) -> None:
+        try:
+            fn(*args)
+        except (OrderRejected, TransientExchangeError) as exc:
+            logger.warning("{} failed: {}", what, exc)
+
+    def _ensure_capital(self) -> None:
+        account = self.client.account()
+        equity = account.total_margin_balance
+        limits = self.fleet.portfolio.limits
+        self.ledger.set_account_limits(
+            self.agent.exchange.user,
+            max_total_positions=limits.max_total_positions,
+            max_gross_leverage=Decimal(str(limits.max_gross_leverage)),
+            equity=equity,
+        )
+        row = self.ledger.agent(self.agent.id)
+        if row is not None and row.capital == 0 and row.units == 0:
+            capital = (equity * Decimal(str(self.agent.allocation.capital_pct))).quantize(
+                Decimal("0.01")
+            )
+            self.ledger.allocate(self.agent.id, capital)
+            logger.info("allocated {} USDT ({:.0%} of {})", capital,
+                        self.agent.allocation.capital_pct, equity)  # fmt: skip
+
+    # ------------------------------------------------------------------ recovery
+
+    def recover(self) -> None:
+        """Resolve this agent's unfinished intents against the exchange."""
+        for intent in self.ledger.unresolved_intents(self.agent.id):
+            if self.stop.is_set():
+                return
+            self._resolve(intent)
+
+    def _resolve(self, intent: Intent) -> None:
+        coid = intent.client_order_id
+        try:
+            order = self.client.query_order(intent.symbol, client_order_id=coid)
+        except OrderNotFound:
+            self._not_on_exchange(intent)
+            return
+        self.orders[order.order_id] = coid
+        if intent.state == "reserved":
+            self.ledger.confirm(coid)
+        if order.executed_qty > 0:
+            self._sync_fills(intent.symbol, since_ms=intent.created_ms)
+        if not order.status.is_open:
+            self.ledger.finish_intent(coid, _final_state(order.status))
+
+    def _not_on_exchange(self, intent: Intent) -> None:
+        age = now_ms() - intent.created_ms
+        if intent.sent and age < NONCE_WINDOW_MS:
+            logger.info("intent {} not on the exchange yet; deciding after the nonce window",
+                        intent.client_order_id)  # fmt: skip
+            return
+        if intent.state in ("reserved", "confirmed"):
+            self.ledger.release(intent.client_order_id, "not on the exchange")
+        else:
+            self.ledger.finish_intent(intent.client_order_id, "rejected")
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        """Tick until ``stop`` is set; a failing tick is logged and the loop goes on."""
+        interval = self.agent.trading.scan_interval_seconds
+        while not self.stop.is_set():
+            started = time.monotonic()
+            self.safe_tick()
+            self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        logger.info("stopped")
+
+    def safe_tick(self) -> TickReport | None:
+        try:
+            return self.tick()
+        except (AuthError, ConfigError):
+            raise
+        except RateLimited as exc:
+            self._tick_failed(f"rate limited until {time.strftime('%H:%M:%S', time.localtime(exc.retry_at))}")
+        except AsterAgentsError as exc:
+            self._tick_failed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - the loop must survive any bug in one tick
+            logger.exception("tick failed")
+            self._tick_failed(f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _tick_failed(self, message: str) -> None:
+        logger.error("tick failed: {}", message)
+        self.ledger.heartbeat(self.agent.id, self.pid, error=message[:500])
+
+    def tick(self) -> TickReport:
+        report = TickReport()
+        self.ledger.heartbeat(self.agent.id, self.pid, tick=True)
+        if self.ledger.unresolved_intents(self.agent.id):
+            self.recover()
+        for symbol in self.agent.trading.symbols:
+            if self.stop.is_set():
+                break
+            self._tick_symbol(symbol, report)
+        self._snapshot()
+        return report
+
+    def _tick_symbol(self, symbol: str, report: TickReport) -> None:
+        klines = self.market_data(symbol)
+        if not klines:
+            report.skipped.append(f"{symbol}: no market data")
+            return
+        price = klines[-1].close
+        self.last_prices[symbol] = price
+        position = self._position(symbol)
+        if position is not None:
+            self._check_protection(symbol, position)
+            position = self._position(symbol)
+        view = _view(position)
+        snapshot = MarketSnapshot(symbol, self.agent.trading.interval, tuple(klines), price, now_ms())
+        signal = self.strategy.decide(snapshot, view)
+        if signal.confidence < self.agent.trading.min_confidence or signal.action is Action.HOLD:
+            return
+        if position is not None:
+            if _is_exit(signal, position.qty):
+                self._close(symbol, position, signal, report)
+        elif signal.action in (Action.LONG, Action.SHORT):
+            side = Side.BUY if signal.action is Action.LONG else Side.SELL
+            self._open(symbol, side, price, signal, report)
+
+    # ------------------------------------------------------------------ market data
+
+    def market_data(self, symbol: str) -> list[Kline]:
+        """Closed klines for the agent's interval, shared with every agent on the host."""
+        interval = self.agent.trading.interval
+        limit = min(KLINE_LIMIT_MAX, max(KLINE_FLOOR, self.strategy.min_klines + 2))
+        ttl_ms = max(1000, int(INTERVAL_MS[interval] / self.market_speed / 4))
+        key = f"klines:{self.agent.exchange.base_url}:{symbol}:{interval}:{limit}"
+
+        def fetch() -> str:
+            return _dump_klines(self.client.klines(symbol, interval, limit=limit))
+
+        raw = self.cache.get_or_fetch(key, now_ms() + ttl_ms, fetch)
+        klines = _load_klines(raw)
+        return klines[:-1]  # the last one is the candle still forming
+
+    # ------------------------------------------------------------------ entries
+
+    def _symbol(self, symbol: str) -> SymbolInfo:
+        assert self.info is not None, "start() loads exchange info"
+        return self.info.symbols[symbol]
+
+    def _open(self, symbol: str, side: Side, price: Decimal, signal: Signal, report: TickReport) -> None:
+        trading = self.agent.trading
+        row = self.ledger.agent(self.agent.id)
+        capital = row.capital if row is not None else ZERO
+        size = entry_size(capital, trading.position_size_pct, trading.leverage, price,
+                          self._symbol(symbol).filters)  # fmt: skip
+        if size.skip_reason is not None:
+            logger.info("skip {} {}: {}", side.value, symbol, size.skip_reason)
+            report.skipped.append(f"{symbol}: {size.skip_reason}")
+            return
+        try:
+            intent = self.ledger.reserve(self.agent.id, symbol, side, margin=size.margin,
+                                         notional=size.notional, kind="open")  # fmt: skip
+        except ReservationDenied as exc:
+            logger.info("skip {} {}: {}", side.value, symbol, exc.reason)
+            report.skipped.append(f"{symbol}: {exc.reason}")
+            return
+        try:
+            self.client.set_leverage(symbol, trading.leverage)
+        except (OrderRejected, TransientExchangeError) as exc:
+            self.ledger.release(intent.client_order_id, f"set leverage failed: {exc}")
+            raise
+        request = OrderRequest(symbol, side, OrderType.MARKET, intent.client_order_id,
+                               quantity=size.qty)  # fmt: skip
+        order = self._send(intent, request)
+        if order is None:
+            return
+        logger.info("opened {} {} {} @~{} ({}; confidence {:.2f})", side.value, size.qty, symbol,
+                    price, signal.reason, signal.confidence)  # fmt: skip
+        report.opened.append(symbol)
+        self._sync_fills(symbol, since_ms=intent.created_ms)
+        self._after_order(intent, order)
+        position = self._position(symbol)
+        if position is not None:
+            self._protect(symbol, position)
+
+    def _send(self, intent: Intent, request: OrderRequest) -> Order | None:
+        """Send an order for a reserved intent; None when it was refused or its fate is open."""
+        coid = intent.client_order_id
+        self.ledger.mark_sent(coid)
+        try:
+            order = self.client.new_order(request)
+        except OrderRejected as exc:
+            self.ledger.release(coid, f"rejected: {exc.msg}"[:200])
+            logger.warning("order {} rejected: {}", coid, exc)
+            raise
+        except (UnknownOutcome, TransientExchangeError) as exc:
+            logger.warning("order {} outcome unknown ({}); resolving by client order id later", coid, exc)
+            return None
+        self.orders[order.order_id] = coid
+        if not self.ledger.confirm(coid):
+            logger.warning("intent {} expired before confirm; the order stands and is booked", coid)
+        return order
+
+    def _after_order(self, intent: Intent, order: Order) -> None:
+        if not order.status.is_open:
+            try:
+                current = self.client.query_order(intent.symbol, order_id=order.order_id)
+            except OrderNotFound:
+                current = order
+            if not current.status.is_open and self._fills_booked(current):
+                self.ledger.finish_intent(intent.client_order_id, _final_state(current.status))
+
+    def _fills_booked(self, order: Order) -> bool:
+        return order.executed_qty == self.ledger.filled_qty(self.orders.get(order.order_id, ""))
+
+    # ------------------------------------------------------------------ exits
+
+    def _close(self, symbol: str, position: LedgerPosition, signal: Signal, report: TickReport) -> None:
+        self._cancel_protection(symbol)
+        side = Side.SELL if position.qty > 0 else Side.BUY
+        try:
+            intent = self.ledger.reserve(self.agent.id, symbol, side, margin=ZERO,
+                                         notional=ZERO, kind="close")  # fmt: skip
+        except ReservationDenied as exc:
+            report.skipped.append(f"{symbol}: {exc.reason}")
+            return
+        request = OrderRequest(symbol, side, OrderType.MARKET, intent.client_order_id,
+                               quantity=abs(position.qty), reduce_only=True)  # fmt: skip
+        order = self._send(intent, request)
+        if order is None:
+            return
+        logger.info("closed {} {} ({}; confidence {:.2f})", symbol, position.qty, signal.reason,
+                    signal.confidence)  # fmt: skip
+        report.closed.append(symbol)
+        self._sync_fills(symbol, since_ms=intent.created_ms)
+        self._after_order(intent, order)
+
+    # ------------------------------------------------------------------ protection
+
+    def _protective(self, symbol: str) -> list[Intent]:
+        return [i for i in self.ledger.unresolved_intents(self.agent.id)
+                if i.symbol == symbol and i.kind == "protect"]  # fmt: skip
+
+    def _check_protection(self, symbol: str, position: LedgerPosition) -> None:
+        """Book triggered stops, drop dead ones, and put back what is missing."""
+        live = {o.client_order_id: o for o in self.client.open_orders(symbol)}
+        pending = self._protective(symbol)
+        gone = [i for i in pending if i.client_order_id not in live and i.state == "confirmed"]
+        if gone:
+            self._cancel_protection(symbol, keep=set())
+            self._sync_fills(symbol, since_ms=min(i.created_ms for i in gone))
+            for intent in gone:
+                self._resolve(intent)
+            if self._position(symbol) is None:
+                return
+            pending = self._protective(symbol)
+        if not any(i.state == "confirmed" for i in pending):
+            self._protect(symbol, position)
+
+    def _protect(self, symbol: str, position: LedgerPosition) -> None:
+        """A STOP_MARKET and a TAKE_PROFIT_MARKET that close the position on the exchange."""
+        trading = self.agent.trading
+        entry_side = Side.BUY if position.qty > 0 else Side.SELL
+        exit_side = entry_side.opposite
+        stop, take = protective_prices(entry_side, position.entry_price, trading.stop_loss_pct,
+                                       trading.take_profit_pct,
+                                       self._symbol(symbol).filters.tick_size)  # fmt: skip
+        for order_type, price in ((OrderType.STOP_MARKET, stop), (OrderType.TAKE_PROFIT_MARKET, take)):
+            intent = self.ledger.reserve(self.agent.id, symbol, exit_side, margin=ZERO,
+                                         notional=ZERO, kind="protect")  # fmt: skip
+            request = OrderRequest(symbol, exit_side, order_type, intent.client_order_id,
+                                   stop_price=price, close_position=True,
+                                   working_type="MARK_PRICE")  # fmt: skip
+            try:
+                self._send(intent, request)
+            except OrderRejected as exc:
+                if exc.code == -2021 and order_type is OrderType.STOP_MARKET:
+                    logger.warning("{} already past its stop {}: closing now", symbol, stop)
+                    self._close(symbol, position, Signal(Action.CLOSE, 1.0, "stop already crossed"),
+                                TickReport())  # fmt: skip
+                    return
+                logger.warning("protective {} on {} refused: {}", order_type.value, symbol, exc)
+
+    def _cancel_protection(self, symbol: str, keep: set[str] | None = None) -> None:
+        """Cancel this agent's protective orders on ``symbol`` before the position goes away."""
+        for intent in self._protective(symbol):
+            coid = intent.client_order_id
+            if keep and coid in keep:
+                continue
+            if intent.state == "reserved" and not intent.sent:
+                self.ledger.release(coid, "position closing")
+                continue
+            try:
+                order = self.client.cancel_order(symbol, client_order_id=coid)
+            except OrderNotFound:
+                self._resolve(intent)
+                continue
+            self.orders[order.order_id] = coid
+            if order.executed_qty > 0:
+                self._sync_fills(symbol, since_ms=intent.created_ms)
+            self.ledger.finish_intent(coid, _final_state(order.status))
+
+    # ------------------------------------------------------------------ fills
+
+    def _sync_fills(self, symbol: str, since_ms: int) -> int:
+        """Book every trade of our orders on ``symbol`` since ``since_ms``; returns how many."""
+        booked = 0
+        for trade in self.client.user_trades(symbol, start_time=max(0, since_ms - 1000), limit=1000):
+            coid = self.orders.get(trade.order_id)
+            if coid is None:
+                continue
+            if self.ledger.book_fill(
+                coid, trade_id=trade.id, symbol=symbol, side=trade.side, qty=trade.qty,
+                price=trade.price, realized_pnl=trade.realized_pnl,
+                commission=trade.commission, time_ms=trade.time,
+            ):  # fmt: skip
+                booked += 1
+        return booked
+
+    def _position(self, symbol: str) -> LedgerPosition | None:
+        for position in self.ledger.positions(agent_id=self.agent.id):
+            if position.symbol == symbol:
+                return position
+        return None
+
+    # ------------------------------------------------------------------ equity
+
+    def _snapshot(self) -> None:
+        row = self.ledger.agent(self.agent.id)
+        if row is None:
+            return
+        unrealized = ZERO
+        for position in self.ledger.positions(agent_id=self.agent.id):
+            mark = self.last_prices.get(position.symbol, position.entry_price)
+            unrealized += (mark - position.entry_price) * position.qty
+        equity = row.capital + row.realized_pnl - row.fees + row.funding + unrealized
+        self.ledger.snapshot_equity(self.agent.id, equity.quantize(Decimal("0.00000001")))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _final_state(status: OrderStatus) -> str:
+    return {
+        OrderStatus.FILLED: "filled",
+        OrderStatus.CANCELED: "canceled",
+        OrderStatus.EXPIRED: "canceled",
+        OrderStatus.REJECTED: "rejected",
+    }.get(status, "canceled")
+
+
+def _view(position: LedgerPosition | None) -> PositionView:
+    if position is None:
+        return PositionView(ZERO, ZERO, None)
+    return PositionView(position.qty, position.entry_price, position.opened_ms)
+
+
+def _is_exit(signal: Signal, qty: Decimal) -> bool:
+    if signal.action is Action.CLOSE:
+        return True
+    return (signal.action is Action.LONG and qty < 0) or (signal.action is Action.SHORT and qty > 0)
+
+
+def _dump_klines(klines: list[Kline]) -> str:
+    return json.dumps([[k.open_time, str(k.open), str(k.high), str(k.low), str(k.close),
+                        str(k.volume), k.close_time] for k in klines])  # fmt: skip
+
+
+def _load_klines(raw: bytes | str) -> list[Kline]:
+    rows = json.loads(raw)
+    return [Kline(int(r[0]), Decimal(r[1]), Decimal(r[2]), Decimal(r[3]), Decimal(r[4]),
+                  Decimal(r[5]), int(r[6])) for r in rows]  # fmt: skip
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``; the loop finishes its current step and returns."""
+
+    def handler(signum: int, _frame: object) -> None:
+        logger.info("received {}, stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def market_speed() -> float:
+    try:
+        return max(1e-6, float(os.environ.get(SPEED_ENV, "1")))
+    except ValueError:
+        return 1.0
+
+
+def run_agent(fleet: FleetConfig, agent_id: str, state_dir: Path, *, log_json: bool = False) -> int:
+    """The whole life of ``aster-agent run``: lock, key, ledger, client, start, loop."""
+    from aster_agents.keys import loose_permissions, resolve_signer
+    from aster_agents.ledger import AgentLock, SharedBudget
+    from aster_agents.logs import setup_logging
+    from aster_agents.signing import NonceSource
+    from aster_agents.strategies import get_strategy
+
+    agent = fleet.agent(agent_id)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with AgentLock(state_dir, agent.id):
+        setup_logging(agent.id, state_dir, json_lines=log_json)
+        signer = resolve_signer(fleet, agent)
+        if agent.exchange.signer_keystore is not None:
+            keystore = fleet.resolve_path(agent.exchange.signer_keystore)
+            if loose_permissions(keystore):
+                logger.warning("keystore {} is readable by group or others; chmod 600 it", keystore)
+        strategy = get_strategy(agent.trading.strategy, agent.trading.params,
+                                seed=_seed(agent.id))  # fmt: skip
+        stop = threading.Event()
+        with stop_on_signals(stop), Ledger(state_dir) as ledger:
+            slot = ledger.register_agent(agent.id, agent.exchange.user,
+                                         max_positions=agent.trading.max_positions,
+                                         enabled=agent.enabled)  # fmt: skip
+            budget = SharedBudget(state_dir, user=agent.exchange.user)
+            client = AsterClient(
+                agent.exchange.base_url, user=agent.exchange.user, signer=signer,
+                nonces=NonceSource(slot), budget=budget, agent_id=agent.id,
+                on_request=_log_request, timeout=5.0,
+            )  # fmt: skip
+            with client:
+                runner = AgentRunner(fleet, agent, client=client, ledger=ledger,
+                                     cache=MarketDataCache(state_dir), strategy=strategy,
+                                     stop=stop, market_speed=market_speed())  # fmt: skip
+                _start_with_retries(runner)
+                runner.run()
+    return 0
+
+
+def _start_with_retries(runner: AgentRunner) -> None:
+    delay = 1.0
+    while not runner.stop.is_set():
+        try:
+            runner.start()
+            return
+        except (AuthError, ConfigError):
+            raise
+        except (TransientExchangeError, ExchangeError) as exc:
+            logger.error("start-up failed: {}; retrying in {:.0f}s", exc, delay)
+            runner.ledger.heartbeat(runner.agent.id, runner.pid, error=f"start-up: {exc}"[:500])
+            runner.stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _seed(agent_id: str) -> int:
+    import zlib
+
+    return zlib.crc32(agent_id.encode())
+
+
+def _log_request(entry: object) -> None:
+    logger.debug("request {}", entry)
