@@ -1,0 +1,108 @@
+"""``aster-agent sim``: run the simulated Aster exchange in the foreground."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _error_rates(values: list[str]) -> dict[int, float]:
+    rates: dict[int, float] = {}
+    for value in values:
+        status, sep, rate = value.partition("=")
+        try:
+            rates[int(status)] = float(rate)
+        except ValueError:
+            raise typer.BadParameter(
+                f"--error-rate {value!r}: expected STATUS=RATE, e.g. 503=0.05"
+            ) from None
+        if not sep:
+            raise typer.BadParameter(f"--error-rate {value!r}: expected STATUS=RATE")
+    return rates
+
+
+def sim(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", help="Listen address (loopback unless --allow-remote)."),
+    port: int = typer.Option(
+        0, help="Port; 0 picks a free one. The base URL is stdout's first line."
+    ),
+    seed: int = typer.Option(1, help="Market generator seed (same seed, same prices)."),
+    speed: float = typer.Option(
+        1.0, help="Market time per wall-clock second (nonces use the wall clock)."
+    ),
+    accounts: Annotated[
+        Path | None, typer.Option("--accounts", help="YAML list of {user, signers, balance_usdt}.")
+    ] = None,
+    config_dir: Annotated[
+        Path | None, typer.Option("--config-dir", help="Register every agent in this agents.d.")
+    ] = None,
+    balance: str = typer.Option(
+        "10000", "--default-balance", help="USDT for --config-dir accounts."
+    ),
+    allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback --host."),
+    chain_id: int = typer.Option(1666, help="EIP-712 chain id (1666 mainnet, 714 testnet)."),
+    no_decode_fallback: bool = typer.Option(False, help="Verify only the raw signed string."),
+    weight_limit: int = typer.Option(2400, help="Request weight per IP per window."),
+    weight_window: float = typer.Option(60.0, help="Weight window in seconds."),
+    orders_10s: int = typer.Option(300, "--orders-10s", help="Orders per account per 10 s."),
+    orders_1m: int = typer.Option(1200, "--orders-1m", help="Orders per account per minute."),
+    ban_seconds: float = typer.Option(120.0, help="First 418 ban length; doubles on repeat."),
+    error_rate: Annotated[
+        list[str] | None, typer.Option("--error-rate", help="STATUS=RATE, repeatable.")
+    ] = None,
+    latency_ms: float = typer.Option(0.0, help="Added latency per request (ms)."),
+    latency_jitter_ms: float = typer.Option(0.0, help="Random extra latency up to this (ms)."),
+    unknown_outcome_rate: float = typer.Option(0.0, help="Share of accepted orders answered 503."),
+    drop_rate: float = typer.Option(0.0, help="Share of requests whose connection is dropped."),
+    fault_seed: int = typer.Option(0, help="Seed for fault injection."),
+) -> None:
+    """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
+    import signal
+    import sys
+    import threading
+
+    from aster_agents.sim.accounts import accounts_from_config_dir, load_accounts_file
+    from aster_agents.sim.faults import FaultConfig
+    from aster_agents.sim.limits import LimitConfig
+    from aster_agents.sim.server import SimConfig, SimServer
+
+    default_balance = Decimal(balance)
+    registered = load_accounts_file(accounts, default_balance) if accounts else []
+    chosen_dir = config_dir or getattr(ctx.obj, "config_dir", None)
+    if chosen_dir is not None:
+        registered += accounts_from_config_dir(Path(chosen_dir), default_balance)
+    try:
+        faults = FaultConfig(
+            _error_rates(error_rate or []), latency_ms, latency_jitter_ms, unknown_outcome_rate,
+            drop_rate, fault_seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    limits = LimitConfig(
+        weight_limit, weight_window, orders_10s, 10.0, orders_1m, 60.0, ban_seconds
+    )
+    config = SimConfig(
+        host, port, seed, speed, tuple(registered), faults, limits, chain_id,
+        not no_decode_fallback, allow_remote=allow_remote,
+    )  # fmt: skip
+    server = SimServer(config)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    url = server.start()
+    print(url, flush=True)
+    users = ", ".join(a.user for a in registered) or "none (use --accounts or --config-dir)"
+    print(f"sim: seed={seed} speed={speed} accounts: {users}", file=sys.stderr, flush=True)
+    try:
+        server.serve_until(stop)
+    finally:
+        server.stop()
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``sim`` command to ``app``."""
+    app.command("sim")(sim)

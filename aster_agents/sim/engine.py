@@ -1,0 +1,1033 @@
+"""The simulated exchange's trading engine: accounts, orders, positions, fills.
+
+Pure logic over a :class:`~aster_agents.sim.market.Market`; every public method takes the one
+engine lock, so the HTTP front may call it from many threads. Prices, quantities and money
+are ``Decimal``. Requests arrive as the raw string parameters of the V3 API and leave as the
+JSON-ready dicts the real exchange returns (numbers as strings, ids and times as ints).
+
+Fill model: infinite liquidity at the top of a simulated book around the mark price. Takers
+fill at the ask (BUY) or bid (SELL); resting LIMIT orders fill at their own price (maker) as
+soon as the book crosses it; STOP_MARKET and TAKE_PROFIT_MARKET trigger on the mark price and
+then execute as takers. No liquidations, no funding.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Final
+
+from aster_agents.sim.market import Market
+from aster_agents.sim.symbols import SYMBOLS, SimSymbol
+
+ZERO: Final = Decimal(0)
+MONEY: Final = Decimal("0.00000001")
+DEFAULT_LEVERAGE: Final = 20
+TAKER_FEE: Final = Decimal("0.00035")
+MAKER_FEE: Final = Decimal("0.0001")
+_CLIENT_ID_RE: Final = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+_CONDITIONAL: Final = ("STOP_MARKET", "TAKE_PROFIT_MARKET")
+_SUPPORTED_TYPES: Final = ("LIMIT", "MARKET", *_CONDITIONAL)
+
+
+class ApiError(Exception):
+    """An error the exchange reports as ``{"code": ..., "msg": ...}`` with an HTTP status."""
+
+    def __init__(
+        self, code: int, msg: str, status: int = 400, retry_after: int | None = None
+    ) -> None:
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+        self.msg = msg
+        self.status = status
+        self.retry_after = retry_after
+
+
+def missing(name: str) -> ApiError:
+    return ApiError(
+        -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed."
+    )
+
+
+def fmt(value: Decimal) -> str:
+    """Plain decimal text without exponent or trailing zeros (``"0"`` for zero)."""
+    if value == 0:
+        return "0"
+    return f"{value.normalize():f}"
+
+
+def money(value: Decimal) -> str:
+    return f"{value.quantize(MONEY):f}"
+
+
+def _places(step: Decimal) -> int:
+    return max(0, -int(step.normalize().as_tuple().exponent))
+
+
+@dataclass(slots=True)
+class SimOrder:
+    order_id: int
+    user: str
+    symbol: str
+    side: str
+    type: str
+    time_in_force: str
+    quantity: Decimal
+    price: Decimal
+    stop_price: Decimal
+    reduce_only: bool
+    close_position: bool
+    position_side: str
+    client_order_id: str
+    time: int
+    working_type: str = "CONTRACT_PRICE"
+    price_protect: bool = False
+    status: str = "NEW"
+    executed_qty: Decimal = ZERO
+    cum_quote: Decimal = ZERO
+    update_time: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in ("NEW", "PARTIALLY_FILLED")
+
+    def to_json(self, with_time: bool = True) -> dict[str, object]:
+        avg = self.cum_quote / self.executed_qty if self.executed_qty else ZERO
+        out: dict[str, object] = {
+            "orderId": self.order_id,
+            "symbol": self.symbol,
+            "status": self.status,
+            "clientOrderId": self.client_order_id,
+            "price": fmt(self.price),
+            "avgPrice": fmt(avg.quantize(Decimal("0.00001")) if avg else ZERO),
+            "origQty": fmt(self.quantity),
+            "executedQty": fmt(self.executed_qty),
+            "cumQty": fmt(self.executed_qty),
+            "cumQuote": fmt(self.cum_quote),
+            "timeInForce": self.time_in_force,
+            "type": self.type,
+            "origType": self.type,
+            "reduceOnly": self.reduce_only,
+            "closePosition": self.close_position,
+            "side": self.side,
+            "positionSide": self.position_side,
+            "stopPrice": fmt(self.stop_price),
+            "workingType": self.working_type,
+            "priceProtect": self.price_protect,
+            "updateTime": self.update_time,
+        }
+        if with_time:
+            out["time"] = self.time
+        return out
+
+
+@dataclass(slots=True)
+class SimPosition:
+    amount: Decimal = ZERO  # signed; SHORT positions in hedge mode are negative
+    entry_price: Decimal = ZERO
+    update_time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SimTrade:
+    id: int
+    order_id: int
+    user: str
+    symbol: str
+    side: str
+    position_side: str
+    price: Decimal
+    qty: Decimal
+    realized_pnl: Decimal
+    commission: Decimal
+    maker: bool
+    time: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "orderId": self.order_id,
+            "symbol": self.symbol,
+            "side": self.side,
+            "positionSide": self.position_side,
+            "price": fmt(self.price),
+            "qty": fmt(self.qty),
+            "quoteQty": fmt(self.price * self.qty),
+            "realizedPnl": money(self.realized_pnl),
+            "marginAsset": "USDT",
+            "commission": money(self.commission),
+            "commissionAsset": "USDT",
+            "buyer": self.side == "BUY",
+            "maker": self.maker,
+            "time": self.time,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SimIncome:
+    tran_id: int
+    symbol: str
+    income_type: str
+    income: Decimal
+    trade_id: str
+    time: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "symbol": self.symbol,
+            "incomeType": self.income_type,
+            "income": money(self.income),
+            "asset": "USDT",
+            "info": "",
+            "time": self.time,
+            "tranId": self.tran_id,
+            "tradeId": self.trade_id,
+        }
+
+
+@dataclass(slots=True)
+class SimAccountState:
+    user: str
+    balance: Decimal
+    dual_side: bool = False
+    leverage: dict[str, int] = field(default_factory=dict)
+    isolated: dict[str, bool] = field(default_factory=dict)
+    positions: dict[tuple[str, str], SimPosition] = field(default_factory=dict)
+    open_orders: dict[int, SimOrder] = field(default_factory=dict)
+    orders: list[SimOrder] = field(default_factory=list)
+    trades: list[SimTrade] = field(default_factory=list)
+    income: list[SimIncome] = field(default_factory=list)
+
+    def lev(self, symbol: str) -> int:
+        return self.leverage.get(symbol, DEFAULT_LEVERAGE)
+
+
+def _dec(params: Mapping[str, str], name: str, required: bool = False) -> Decimal | None:
+    text = params.get(name)
+    if text is None or text == "":
+        if required:
+            raise missing(name)
+        return None
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise missing(name) from None
+    if not value.is_finite():
+        raise missing(name)
+    return value
+
+
+def _int(params: Mapping[str, str], name: str, default: int | None = None) -> int | None:
+    text = params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise missing(name) from None
+
+
+def _bool(params: Mapping[str, str], name: str) -> bool:
+    text = params.get(name, "false").lower()
+    if text not in ("true", "false"):
+        raise ApiError(-1102, f"Parameter '{name}' must be 'true' or 'false'.")
+    return text == "true"
+
+
+def _choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = params.get(name) or default
+    if value not in allowed:
+        raise ApiError(-1102, f"Parameter '{name}' was malformed: '{value}' not in {allowed}.")
+    return value
+
+
+def _symbol(params: Mapping[str, str], required: bool = True) -> SimSymbol | None:
+    name = params.get("symbol")
+    if not name:
+        if required:
+            raise missing("symbol")
+        return None
+    sym = SYMBOLS.get(name)
+    if sym is None:
+        raise ApiError(-1121, "Invalid symbol.")
+    return sym
+
+
+def _check_price(sym: SimSymbol, price: Decimal, name: str) -> None:
+    if len(fmt(price).partition(".")[2]) > sym.price_precision:
+        raise ApiError(-1111, "Precision is over the maximum defined for this asset.")
+    if price <= 0 or price < sym.min_price:
+        raise ApiError(-4013, f"Price less than min price {fmt(sym.min_price)} ({name}).")
+    if price > sym.max_price:
+        raise ApiError(-4016, f"Limit price can't be higher than {fmt(sym.max_price)}.")
+    if (price - sym.min_price) % sym.tick_size != 0:
+        raise ApiError(-4014, "Price not increased by tick size.")
+
+
+def _check_qty(sym: SimSymbol, qty: Decimal, market: bool) -> None:
+    if len(fmt(qty).partition(".")[2]) > sym.quantity_precision:
+        raise ApiError(-1111, "Precision is over the maximum defined for this asset.")
+    if qty <= 0:
+        raise ApiError(-4003, "Quantity less than or equal to zero.")
+    if qty < sym.min_qty:
+        raise ApiError(-4004, f"Quantity less than min quantity {fmt(sym.min_qty)}.")
+    if qty > (sym.market_max_qty if market else sym.max_qty):
+        raise ApiError(-4005, "Quantity greater than max quantity.")
+    if (qty - sym.min_qty) % sym.step_size != 0:
+        raise ApiError(-4023, "Qty not increased by step size.")
+
+
+@dataclass(frozen=True, slots=True)
+class _NewOrder:
+    sym: SimSymbol
+    side: str
+    type: str
+    tif: str
+    qty: Decimal
+    price: Decimal
+    stop: Decimal
+    reduce_only: bool
+    close_position: bool
+    position_side: str
+    client_id: str | None
+    working_type: str
+    price_protect: bool
+    result: bool
+
+
+def _parse_new_order(p: Mapping[str, str]) -> _NewOrder:
+    sym = _symbol(p)
+    assert sym is not None
+    side = _choice(p, "side", ("BUY", "SELL"), "")
+    otype = p.get("type") or ""
+    if not otype:
+        raise missing("type")
+    if otype not in _SUPPORTED_TYPES:
+        raise ApiError(-1116, "Invalid orderType.")
+    close_position = _bool(p, "closePosition")
+    reduce_only = _bool(p, "reduceOnly")
+    qty = _dec(p, "quantity", required=not close_position)
+    if close_position and (otype not in _CONDITIONAL or qty is not None or reduce_only):
+        raise ApiError(
+            -1106,
+            "Parameter 'closePosition' sent with 'quantity' or 'reduceOnly', "
+            "or with an order type other than STOP_MARKET/TAKE_PROFIT_MARKET.",
+        )
+    if qty is not None:
+        _check_qty(sym, qty, market=otype != "LIMIT")
+    price = _dec(p, "price", required=otype == "LIMIT") or ZERO
+    if otype == "LIMIT":
+        _check_price(sym, price, "price")
+    stop = _dec(p, "stopPrice", required=otype in _CONDITIONAL) or ZERO
+    if otype in _CONDITIONAL:
+        _check_price(sym, stop, "stopPrice")
+    tif = _choice(p, "timeInForce", ("GTC", "IOC", "FOK", "GTX"), "GTC")
+    if otype == "LIMIT" and not p.get("timeInForce"):
+        raise missing("timeInForce")
+    client_id = p.get("newClientOrderId") or None
+    if client_id is not None and not _CLIENT_ID_RE.match(client_id):
+        raise ApiError(-4015, "Client order id is not valid.")
+    return _NewOrder(
+        sym,
+        side,
+        otype,
+        tif,
+        qty or ZERO,
+        price,
+        stop,
+        reduce_only,
+        close_position,
+        _choice(p, "positionSide", ("BOTH", "LONG", "SHORT"), "BOTH"),
+        client_id,
+        _choice(p, "workingType", ("MARK_PRICE", "CONTRACT_PRICE"), "CONTRACT_PRICE"),
+        _bool(p, "priceProtect"),
+        (p.get("newOrderRespType") or "ACK") == "RESULT",
+    )
+
+
+class Engine:
+    """All accounts of the simulated exchange. Thread-safe under one lock."""
+
+    def __init__(
+        self, market: Market, taker_fee: Decimal = TAKER_FEE, maker_fee: Decimal = MAKER_FEE
+    ) -> None:
+        self.market = market
+        self.taker_fee = taker_fee
+        self.maker_fee = maker_fee
+        self.lock = threading.RLock()
+        self.accounts: dict[str, SimAccountState] = {}
+        self.orders: dict[int, SimOrder] = {}
+        self._next_order_id = 1_000_001
+        self._next_trade_id = 5_000_001
+        self._next_tran_id = 9_000_001
+
+    # ---- accounts -----------------------------------------------------------------------
+
+    def add_account(self, user: str, balance: Decimal) -> SimAccountState:
+        """Register (or top up) the main account ``user`` with a USDT balance."""
+        key = user.lower()
+        with self.lock:
+            acct = self.accounts.get(key)
+            if acct is None:
+                acct = SimAccountState(user=user, balance=balance)
+                self.accounts[key] = acct
+                if balance:
+                    self._income(acct, "", "TRANSFER", balance, "")
+            return acct
+
+    def account(self, user: str) -> SimAccountState:
+        acct = self.accounts.get(user.lower())
+        if acct is None:
+            raise ApiError(-2015, f"No account for user {user}.", 401)
+        return acct
+
+    def all_orders_ever(self) -> list[SimOrder]:
+        """Every order ever accepted, in placement order (for chaos-test assertions)."""
+        with self.lock:
+            return list(self.orders.values())
+
+    # ---- prices and margin --------------------------------------------------------------
+
+    def _unrealized(self, symbol: str, pos: SimPosition) -> Decimal:
+        if not pos.amount:
+            return ZERO
+        return (self.market.mark(symbol) - pos.entry_price) * pos.amount
+
+    def _position_margin(self, acct: SimAccountState) -> Decimal:
+        total = ZERO
+        for (symbol, _), pos in acct.positions.items():
+            if pos.amount:
+                total += abs(pos.amount) * self.market.mark(symbol) / acct.lev(symbol)
+        return total
+
+    def _order_margin(self, acct: SimAccountState) -> Decimal:
+        return sum(
+            (
+                o.quantity * o.price / acct.lev(o.symbol)
+                for o in acct.open_orders.values()
+                if o.type == "LIMIT" and not o.reduce_only
+            ),
+            ZERO,
+        )
+
+    def _total_unrealized(self, acct: SimAccountState) -> Decimal:
+        return sum((self._unrealized(s, p) for (s, _), p in acct.positions.items()), ZERO)
+
+    def available(self, acct: SimAccountState) -> Decimal:
+        """Wallet + unrealized P&L - position margin - open-order margin."""
+        return (
+            acct.balance
+            + self._total_unrealized(acct)
+            - self._position_margin(acct)
+            - self._order_margin(acct)
+        )
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _pos_key(self, acct: SimAccountState, symbol: str, side: str, pside: str) -> str:
+        if acct.dual_side:
+            if pside == "BOTH":
+                raise ApiError(-4061, "Order's position side does not match user's setting.")
+            return pside
+        if pside != "BOTH":
+            raise ApiError(-4061, "Order's position side does not match user's setting.")
+        return "BOTH"
+
+    def _position(self, acct: SimAccountState, symbol: str, pside: str) -> SimPosition:
+        return acct.positions.setdefault((symbol, pside), SimPosition())
+
+    def _closable(self, acct: SimAccountState, o: SimOrder) -> Decimal:
+        """How much of the order's quantity would reduce an existing position."""
+        pos = acct.positions.get((o.symbol, o.position_side))
+        amt = pos.amount if pos else ZERO
+        if o.position_side == "LONG":
+            return amt if o.side == "SELL" else ZERO
+        if o.position_side == "SHORT":
+            return -amt if o.side == "BUY" else ZERO
+        if (o.side == "SELL" and amt > 0) or (o.side == "BUY" and amt < 0):
+            return abs(amt)
+        return ZERO
+
+    def _income(
+        self, acct: SimAccountState, symbol: str, kind: str, amount: Decimal, trade_id: str
+    ) -> None:
+        acct.income.append(
+            SimIncome(self._next_tran_id, symbol, kind, amount, trade_id, self.market.now_ms())
+        )
+        self._next_tran_id += 1
+
+    # ---- orders -------------------------------------------------------------------------
+
+    def new_order(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        """POST /fapi/v3/order."""
+        req = _parse_new_order(params)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            order = self._build_order(acct, req)
+            ack = order.to_json(with_time=False)
+            self._accept(acct, order, req)
+            return order.to_json(with_time=False) if req.result else ack
+
+    def _build_order(self, acct: SimAccountState, req: _NewOrder) -> SimOrder:
+        pside = self._pos_key(acct, req.sym.symbol, req.side, req.position_side)
+        if req.reduce_only and acct.dual_side:
+            raise ApiError(-1106, "Parameter 'reduceOnly' sent when not required.")
+        if req.client_id and any(
+            o.client_order_id == req.client_id for o in acct.open_orders.values()
+        ):
+            raise ApiError(-4116, "ClientOrderId is duplicated.")
+        now = self.market.now_ms()
+        order = SimOrder(
+            self._next_order_id,
+            acct.user,
+            req.sym.symbol,
+            req.side,
+            req.type,
+            req.tif,
+            req.qty,
+            req.price,
+            req.stop,
+            req.reduce_only,
+            req.close_position,
+            pside,
+            req.client_id or f"sim_{self._next_order_id}",
+            now,
+            req.working_type,
+            req.price_protect,
+            update_time=now,
+        )
+        self._validate(acct, order, req.sym)
+        return order
+
+    def _validate(self, acct: SimAccountState, o: SimOrder, sym: SimSymbol) -> None:
+        mark = self.market.mark(o.symbol)
+        if o.type == "LIMIT":
+            self._check_band(o, mark, sym)
+        if o.type in _CONDITIONAL and self._triggered(o, mark):
+            raise ApiError(-2021, "Order would immediately trigger.")
+        closable = self._closable(acct, o)
+        reducing = o.reduce_only or o.close_position or (o.position_side != "BOTH" and closable > 0)
+        if o.reduce_only and closable == 0:
+            raise ApiError(-2022, "ReduceOnly Order is rejected.")
+        if o.position_side != "BOTH" and closable == 0 and self._is_closing_side(o):
+            raise ApiError(-2022, "ReduceOnly Order is rejected.")
+        if o.position_side != "BOTH" and closable and o.quantity > closable:
+            raise ApiError(-2022, "ReduceOnly Order is rejected.")
+        ref = o.price if o.type == "LIMIT" else mark
+        if not reducing and o.quantity * ref < sym.min_notional:
+            raise ApiError(
+                -4164,
+                f"Order's notional must be no smaller than {fmt(sym.min_notional)} "
+                "(unless you choose reduce only).",
+            )
+        if o.type in _CONDITIONAL or o.reduce_only:
+            return
+        increase = max(ZERO, o.quantity - closable)
+        if increase and increase * ref / acct.lev(o.symbol) > self.available(acct):
+            raise ApiError(-2019, "Margin is insufficient.")
+
+    @staticmethod
+    def _check_band(o: SimOrder, mark: Decimal, sym: SimSymbol) -> None:
+        places = sym.price_precision
+        if o.side == "BUY" and o.price > mark * sym.multiplier_up:
+            limit = f"{mark * sym.multiplier_up:.{places}f}"
+            raise ApiError(-4016, f"Limit price can't be higher than {limit}.")
+        if o.side == "SELL" and o.price < mark * sym.multiplier_down:
+            limit = f"{mark * sym.multiplier_down:.{places}f}"
+            raise ApiError(-4024, f"Limit price can't be lower than {limit}.")
+
+    @staticmethod
+    def _is_closing_side(o: SimOrder) -> bool:
+        return (o.position_side, o.side) in (("LONG", "SELL"), ("SHORT", "BUY"))
+
+    @staticmethod
+    def _triggered(o: SimOrder, mark: Decimal) -> bool:
+        up = (o.type == "STOP_MARKET") == (o.side == "BUY")
+        return mark >= o.stop_price if up else mark <= o.stop_price
+
+    def _accept(self, acct: SimAccountState, order: SimOrder, req: _NewOrder) -> None:
+        self._next_order_id += 1
+        self.orders[order.order_id] = order
+        acct.orders.append(order)
+        bid, ask = self.market.book(order.symbol)
+        if order.type == "MARKET":
+            self._execute(acct, order, ask if order.side == "BUY" else bid, maker=False)
+            return
+        if order.type == "LIMIT":
+            crosses = order.price >= ask if order.side == "BUY" else order.price <= bid
+            if crosses and order.time_in_force == "GTX":
+                del self.orders[order.order_id]
+                acct.orders.pop()
+                raise ApiError(
+                    -5022,
+                    "Due to the order could not be executed as maker, the "
+                    "Post Only order will be rejected.",
+                )
+            if crosses:
+                self._execute(acct, order, ask if order.side == "BUY" else bid, maker=False)
+                return
+            if order.time_in_force in ("IOC", "FOK"):
+                order.status = "EXPIRED"
+                return
+        acct.open_orders[order.order_id] = order
+
+    def _execute(self, acct: SimAccountState, o: SimOrder, price: Decimal, maker: bool) -> None:
+        qty = o.quantity
+        if o.reduce_only or o.close_position:
+            closable = self._closable(acct, o)
+            qty = closable if o.close_position else min(qty, closable)
+        acct.open_orders.pop(o.order_id, None)
+        o.update_time = self.market.now_ms()
+        if qty <= 0:
+            o.status = "EXPIRED"
+            return
+        self._fill(acct, o, price, qty, maker)
+        o.status = "FILLED"
+
+    def _fill(
+        self, acct: SimAccountState, o: SimOrder, price: Decimal, qty: Decimal, maker: bool
+    ) -> None:
+        pos = self._position(acct, o.symbol, o.position_side)
+        delta = qty if o.side == "BUY" else -qty
+        pnl = self._apply(pos, delta, price)
+        pos.update_time = self.market.now_ms()
+        fee = (price * qty * (self.maker_fee if maker else self.taker_fee)).quantize(MONEY)
+        pnl = pnl.quantize(MONEY)
+        acct.balance += pnl - fee
+        o.executed_qty += qty
+        o.cum_quote += price * qty
+        trade = SimTrade(
+            self._next_trade_id,
+            o.order_id,
+            acct.user,
+            o.symbol,
+            o.side,
+            o.position_side,
+            price,
+            qty,
+            pnl,
+            fee,
+            maker,
+            self.market.now_ms(),
+        )
+        self._next_trade_id += 1
+        acct.trades.append(trade)
+        if pnl:
+            self._income(acct, o.symbol, "REALIZED_PNL", pnl, str(trade.id))
+        self._income(acct, o.symbol, "COMMISSION", -fee, str(trade.id))
+
+    @staticmethod
+    def _apply(pos: SimPosition, delta: Decimal, price: Decimal) -> Decimal:
+        """Net ``delta`` into the position; returns the realized P&L."""
+        amt = pos.amount
+        if amt == 0 or (amt > 0) == (delta > 0):
+            new = amt + delta
+            pos.entry_price = (abs(amt) * pos.entry_price + abs(delta) * price) / abs(new)
+            pos.amount = new
+            return ZERO
+        closing = min(abs(amt), abs(delta))
+        pnl = (price - pos.entry_price) * closing * (1 if amt > 0 else -1)
+        new = amt + delta
+        if new == 0:
+            pos.entry_price = ZERO
+        elif (new > 0) != (amt > 0):
+            pos.entry_price = price
+        pos.amount = new
+        return pnl
+
+    # ---- triggers -----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Fill resting LIMIT orders the book has crossed and fire triggered stop orders."""
+        with self.lock:
+            for acct in self.accounts.values():
+                self._tick_account(acct)
+
+    def tick_user(self, user: str) -> None:
+        with self.lock:
+            acct = self.accounts.get(user.lower())
+            if acct is not None:
+                self._tick_account(acct)
+
+    def _tick_account(self, acct: SimAccountState) -> None:
+        if not acct.open_orders:
+            return
+        marks: dict[str, Decimal] = {}
+        books: dict[str, tuple[Decimal, Decimal]] = {}
+        for o in sorted(acct.open_orders.values(), key=lambda x: x.order_id):
+            if o.symbol not in marks:
+                marks[o.symbol] = self.market.mark(o.symbol)
+                books[o.symbol] = self.market.book(o.symbol)
+            bid, ask = books[o.symbol]
+            if o.type == "LIMIT":
+                if (o.price >= ask) if o.side == "BUY" else (o.price <= bid):
+                    self._execute(acct, o, o.price, maker=True)
+            elif self._triggered(o, marks[o.symbol]):
+                self._execute(acct, o, ask if o.side == "BUY" else bid, maker=False)
+
+    # ---- queries and cancels ------------------------------------------------------------
+
+    def _find(self, acct: SimAccountState, p: Mapping[str, str]) -> SimOrder:
+        sym = _symbol(p)
+        assert sym is not None
+        oid = _int(p, "orderId")
+        cid = p.get("origClientOrderId")
+        if oid is None and not cid:
+            raise ApiError(-1102, "Either orderId or origClientOrderId must be sent.")
+        for o in reversed(acct.orders):
+            if o.symbol == sym.symbol and (
+                o.order_id == oid if oid is not None else o.client_order_id == cid
+            ):
+                return o
+        raise ApiError(-2013, "Order does not exist.")
+
+    def query_order(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            return self._find(acct, params).to_json()
+
+    def open_order(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            order = self._find(acct, params)
+            if not order.is_open:
+                raise ApiError(-2013, "Order does not exist.")
+            return order.to_json()
+
+    def open_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        sym = _symbol(params, required=False)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            return [
+                o.to_json()
+                for o in acct.open_orders.values()
+                if sym is None or o.symbol == sym.symbol
+            ]
+
+    def all_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        sym = _symbol(params)
+        assert sym is not None
+        start, end = _int(params, "startTime"), _int(params, "endTime")
+        from_id = _int(params, "orderId")
+        limit = min(_int(params, "limit", 500) or 500, 1000)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            rows = [
+                o
+                for o in acct.orders
+                if o.symbol == sym.symbol
+                and (from_id is None or o.order_id >= from_id)
+                and (start is None or o.time >= start)
+                and (end is None or o.time <= end)
+            ]
+            rows = rows[:limit] if from_id is not None or start is not None else rows[-limit:]
+            return [o.to_json() for o in rows]
+
+    def cancel_order(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            order = self._find(acct, params)
+            if not order.is_open:
+                raise ApiError(-2011, "Unknown order sent.")
+            order.status = "CANCELED"
+            order.update_time = self.market.now_ms()
+            del acct.open_orders[order.order_id]
+            return order.to_json(with_time=False)
+
+    def cancel_all(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        sym = _symbol(params)
+        assert sym is not None
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            now = self.market.now_ms()
+            for o in [o for o in acct.open_orders.values() if o.symbol == sym.symbol]:
+                o.status, o.update_time = "CANCELED", now
+                del acct.open_orders[o.order_id]
+            return {"code": "200", "msg": "The operation of cancel all open order is done."}
+
+    def modify_order(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        """PUT /fapi/v3/order: new quantity and price for an open LIMIT order."""
+        qty, price = _dec(params, "quantity", True), _dec(params, "price", True)
+        assert qty is not None and price is not None
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            order = self._find(acct, params)
+            if not order.is_open or order.type != "LIMIT":
+                raise ApiError(-2013, "Order does not exist.")
+            sym = SYMBOLS[order.symbol]
+            _check_qty(sym, qty, market=False)
+            _check_price(sym, price, "price")
+            old = (order.quantity, order.price)
+            order.quantity, order.price = qty, price
+            del acct.open_orders[order.order_id]
+            try:
+                self._validate(acct, order, sym)
+            except ApiError:
+                order.quantity, order.price = old
+                acct.open_orders[order.order_id] = order
+                raise
+            acct.open_orders[order.order_id] = order
+            order.update_time = self.market.now_ms()
+            self._tick_account(acct)
+            return order.to_json(with_time=False)
+
+    # ---- account settings ---------------------------------------------------------------
+
+    def set_leverage(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        sym = _symbol(params)
+        assert sym is not None
+        lev = _int(params, "leverage")
+        if lev is None:
+            raise missing("leverage")
+        if not 1 <= lev <= sym.max_leverage:
+            raise ApiError(-4028, f"Leverage {lev} is not valid.")
+        with self.lock:
+            acct = self.account(user)
+            acct.leverage[sym.symbol] = lev
+            return {
+                "leverage": lev,
+                "maxNotionalValue": self._max_notional(lev),
+                "symbol": sym.symbol,
+            }
+
+    @staticmethod
+    def _max_notional(lev: int) -> str:
+        return str(max(50_000, 50_000_000 // lev))
+
+    def set_margin_type(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        sym = _symbol(params)
+        assert sym is not None
+        kind = _choice(params, "marginType", ("ISOLATED", "CROSSED"), "")
+        with self.lock:
+            acct = self.account(user)
+            if acct.isolated.get(sym.symbol, False) == (kind == "ISOLATED"):
+                raise ApiError(-4046, "No need to change margin type.")
+            if any(p.amount for (s, _), p in acct.positions.items() if s == sym.symbol):
+                raise ApiError(-4048, "Margin type cannot be changed if there exists position.")
+            acct.isolated[sym.symbol] = kind == "ISOLATED"
+            acct.leverage.setdefault(sym.symbol, DEFAULT_LEVERAGE)
+            return {"code": 200, "msg": "success"}
+
+    def set_dual_side(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        dual = _bool(params, "dualSidePosition")
+        if "dualSidePosition" not in params:
+            raise missing("dualSidePosition")
+        with self.lock:
+            acct = self.account(user)
+            if acct.dual_side == dual:
+                raise ApiError(-4059, "No need to change position side.")
+            if acct.open_orders or any(p.amount for p in acct.positions.values()):
+                raise ApiError(-4068, "Position side cannot be changed if there exists position.")
+            acct.dual_side = dual
+            return {"code": 200, "msg": "success"}
+
+    def get_dual_side(self, user: str) -> dict[str, object]:
+        with self.lock:
+            return {"dualSidePosition": self.account(user).dual_side}
+
+    # ---- account views ------------------------------------------------------------------
+
+    def balance_json(self, user: str) -> list[dict[str, object]]:
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            upnl, avail = self._total_unrealized(acct), self.available(acct)
+            return [
+                {
+                    "accountAlias": "SgsR",
+                    "asset": "USDT",
+                    "balance": money(acct.balance),
+                    "crossWalletBalance": money(acct.balance),
+                    "crossUnPnl": money(upnl),
+                    "availableBalance": money(avail),
+                    "maxWithdrawAmount": money(max(avail, ZERO)),
+                    "marginAvailable": True,
+                    "updateTime": self.market.now_ms(),
+                }
+            ]
+
+    def account_json(self, user: str) -> dict[str, object]:
+        """GET /fapi/v3/accountWithJoinMargin (also served as /fapi/v3/account)."""
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            upnl, pos_m, ord_m = (
+                self._total_unrealized(acct),
+                self._position_margin(acct),
+                self._order_margin(acct),
+            )
+            avail = acct.balance + upnl - pos_m - ord_m
+            maint = self._maint_margin(acct)
+            now = self.market.now_ms()
+            asset = {
+                "asset": "USDT",
+                "walletBalance": money(acct.balance),
+                "unrealizedProfit": money(upnl),
+                "marginBalance": money(acct.balance + upnl),
+                "maintMargin": money(maint),
+                "initialMargin": money(pos_m + ord_m),
+                "positionInitialMargin": money(pos_m),
+                "openOrderInitialMargin": money(ord_m),
+                "crossWalletBalance": money(acct.balance),
+                "crossUnPnl": money(upnl),
+                "availableBalance": money(avail),
+                "maxWithdrawAmount": money(max(avail, ZERO)),
+                "marginAvailable": True,
+                "updateTime": now,
+            }
+            return {
+                "feeTier": 0,
+                "canTrade": True,
+                "canDeposit": True,
+                "canWithdraw": True,
+                "updateTime": 0,
+                "totalInitialMargin": money(pos_m + ord_m),
+                "totalMaintMargin": money(maint),
+                "totalWalletBalance": money(acct.balance),
+                "totalUnrealizedProfit": money(upnl),
+                "totalMarginBalance": money(acct.balance + upnl),
+                "totalPositionInitialMargin": money(pos_m),
+                "totalOpenOrderInitialMargin": money(ord_m),
+                "totalCrossWalletBalance": money(acct.balance),
+                "totalCrossUnPnl": money(upnl),
+                "availableBalance": money(avail),
+                "maxWithdrawAmount": money(max(avail, ZERO)),
+                "assets": [asset],
+                "positions": self._account_positions(acct),
+            }
+
+    def _maint_margin(self, acct: SimAccountState) -> Decimal:
+        return sum(
+            (
+                abs(p.amount) * self.market.mark(s) * SYMBOLS[s].maint_margin_pct / 200
+                for (s, _), p in acct.positions.items()
+                if p.amount
+            ),
+            ZERO,
+        )
+
+    def _account_positions(self, acct: SimAccountState) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for (symbol, pside), pos in self._position_rows(acct):
+            lev = acct.lev(symbol)
+            margin = abs(pos.amount) * self.market.mark(symbol) / lev
+            rows.append(
+                {
+                    "symbol": symbol,
+                    "initialMargin": money(margin),
+                    "maintMargin": money(margin / 4),
+                    "unrealizedProfit": money(self._unrealized(symbol, pos)),
+                    "positionInitialMargin": money(margin),
+                    "openOrderInitialMargin": "0",
+                    "leverage": str(lev),
+                    "isolated": acct.isolated.get(symbol, False),
+                    "entryPrice": fmt(pos.entry_price),
+                    "maxNotional": self._max_notional(lev),
+                    "positionSide": pside,
+                    "positionAmt": fmt(pos.amount),
+                    "updateTime": pos.update_time,
+                }
+            )
+        return rows
+
+    def _position_rows(
+        self, acct: SimAccountState, symbol: str | None = None
+    ) -> list[tuple[tuple[str, str], SimPosition]]:
+        names = {s for (s, _), p in acct.positions.items() if p.amount} | set(acct.leverage)
+        sides = ("LONG", "SHORT") if acct.dual_side else ("BOTH",)
+        return [
+            ((s, side), acct.positions.get((s, side)) or SimPosition())
+            for s in sorted(names)
+            if symbol is None or s == symbol
+            for side in sides
+        ]
+
+    def position_risk_json(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        sym = _symbol(params, required=False)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            rows: list[dict[str, object]] = []
+            for (symbol, pside), pos in self._position_rows(acct, sym.symbol if sym else None):
+                lev, mark = acct.lev(symbol), self.market.mark(symbol)
+                isolated = acct.isolated.get(symbol, False)
+                margin = abs(pos.amount) * mark / lev
+                rows.append(
+                    {
+                        "symbol": symbol,
+                        "positionAmt": fmt(pos.amount),
+                        "entryPrice": fmt(pos.entry_price),
+                        "markPrice": fmt(mark),
+                        "unRealizedProfit": money(self._unrealized(symbol, pos)),
+                        "liquidationPrice": "0",
+                        "leverage": str(lev),
+                        "maxNotionalValue": self._max_notional(lev),
+                        "marginType": "isolated" if isolated else "cross",
+                        "isolatedMargin": money(margin if isolated else ZERO),
+                        "isAutoAddMargin": "false",
+                        "positionSide": pside,
+                        "notional": money(pos.amount * mark),
+                        "isolatedWallet": money(margin if isolated else ZERO),
+                        "updateTime": pos.update_time,
+                    }
+                )
+            return rows
+
+    def user_trades(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        sym = _symbol(params)
+        assert sym is not None
+        start, end = _int(params, "startTime"), _int(params, "endTime")
+        from_id = _int(params, "fromId")
+        limit = min(_int(params, "limit", 500) or 500, 1000)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            rows = [
+                t
+                for t in acct.trades
+                if t.symbol == sym.symbol
+                and (from_id is None or t.id >= from_id)
+                and (start is None or t.time >= start)
+                and (end is None or t.time <= end)
+            ]
+            rows = rows[:limit] if from_id is not None or start is not None else rows[-limit:]
+            return [t.to_json() for t in rows]
+
+    def income_json(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        sym = _symbol(params, required=False)
+        kind = params.get("incomeType")
+        start, end = _int(params, "startTime"), _int(params, "endTime")
+        limit = min(_int(params, "limit", 100) or 100, 1000)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            rows = [
+                i
+                for i in acct.income
+                if (sym is None or i.symbol == sym.symbol)
+                and (not kind or i.income_type == kind)
+                and (start is None or i.time >= start)
+                and (end is None or i.time <= end)
+            ]
+            rows = rows[:limit] if start is not None else rows[-limit:]
+            return [i.to_json() for i in rows]
+
+    def commission_rate(self, params: Mapping[str, str]) -> dict[str, object]:
+        sym = _symbol(params)
+        assert sym is not None
+        return {
+            "symbol": sym.symbol,
+            "makerCommissionRate": fmt(self.maker_fee),
+            "takerCommissionRate": fmt(self.taker_fee),
+        }

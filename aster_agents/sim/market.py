@@ -1,0 +1,307 @@
+"""A seeded, deterministic price generator for the simulated exchange.
+
+One base path per symbol: a one-minute random walk with regime switches (trending up or
+down, ranging around an anchor, volatile breakouts). The path depends only on the seed and
+the minute index counted from the genesis (``history_minutes`` before the start), so two
+simulators with the same seed show the same market. Every interval's klines are aggregated
+from the one-minute candles; inside a minute the price moves open -> low/high -> high/low ->
+close along straight lines, so the mark price, the current candle and the book agree.
+"""
+
+from __future__ import annotations
+
+import calendar
+import itertools
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Final
+
+from aster_agents.sim.symbols import SYMBOLS, SimSymbol
+
+MINUTE_MS: Final = 60_000
+_CHUNK: Final = 1440
+_DAY_MS: Final = 86_400_000
+INTERVAL_MS: Final[dict[str, int]] = {
+    "1m": MINUTE_MS,
+    "3m": 3 * MINUTE_MS,
+    "5m": 5 * MINUTE_MS,
+    "15m": 15 * MINUTE_MS,
+    "30m": 30 * MINUTE_MS,
+    "1h": 60 * MINUTE_MS,
+    "2h": 120 * MINUTE_MS,
+    "4h": 240 * MINUTE_MS,
+    "6h": 360 * MINUTE_MS,
+    "8h": 480 * MINUTE_MS,
+    "12h": 720 * MINUTE_MS,
+    "1d": _DAY_MS,
+    "3d": 3 * _DAY_MS,
+    "1w": 7 * _DAY_MS,
+    "1M": 31 * _DAY_MS,
+}
+DEFAULT_HISTORY_MINUTES: Final = 30 * 1440
+
+
+@dataclass(slots=True)
+class _Regime:
+    kind: str
+    left: int
+    drift: float
+    anchor: float
+
+
+@dataclass(slots=True)
+class _Path:
+    """One symbol's one-minute candles as floats, extended lazily and only forward."""
+
+    sym: SimSymbol
+    rng: random.Random
+    o: list[float] = field(default_factory=list)
+    h: list[float] = field(default_factory=list)
+    low: list[float] = field(default_factory=list)
+    c: list[float] = field(default_factory=list)
+    v: list[float] = field(default_factory=list)
+    regime: _Regime | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ensure(self, n: int) -> None:
+        if len(self.c) > n:
+            return
+        with self.lock:
+            while len(self.c) <= n:
+                self._extend(_CHUNK)
+
+    def _new_regime(self, lp: float) -> _Regime:
+        r, vol = self.rng, self.sym.minute_vol
+        kind = r.choices(("up", "down", "range", "breakout"), (0.27, 0.27, 0.34, 0.12))[0]
+        left = r.randint(90, 900)
+        drift = vol * r.uniform(0.06, 0.18)
+        if kind == "down":
+            drift = -drift
+        elif kind == "breakout":
+            drift = vol * r.uniform(0.2, 0.4) * r.choice((-1, 1))
+            left = r.randint(30, 180)
+        return _Regime(kind, left, drift, lp)
+
+    def _step(self, lp: float, lp0: float) -> float:
+        if self.regime is None or self.regime.left <= 0:
+            self.regime = self._new_regime(lp)
+        g, vol = self.regime, self.sym.minute_vol
+        g.left -= 1
+        shock = self.rng.gauss(0.0, 1.0)
+        pull = -0.0004 * (lp - lp0)  # keeps month-long runs near realistic levels
+        if g.kind == "range":
+            return -0.03 * (lp - g.anchor) + 0.7 * vol * shock + pull
+        scale = 1.8 if g.kind == "breakout" else 1.0
+        return g.drift + scale * vol * shock + pull
+
+    def _extend(self, count: int) -> None:
+        lp0 = math.log(self.sym.start_price)
+        lp = math.log(self.c[-1]) if self.c else lp0
+        vol, r = self.sym.minute_vol, self.rng
+        for _ in range(count):
+            op = math.exp(lp)
+            ret = self._step(lp, lp0)
+            lp += ret
+            cl = math.exp(lp)
+            self.o.append(op)
+            self.c.append(cl)
+            self.h.append(max(op, cl) * math.exp(abs(r.gauss(0.0, 0.5)) * vol))
+            self.low.append(min(op, cl) * math.exp(-abs(r.gauss(0.0, 0.5)) * vol))
+            notional = 2_000_000.0 * (0.3 + abs(ret) / vol) * r.uniform(0.5, 1.5)
+            self.v.append(notional / op if op > 0 else 0.0)
+
+
+_PATHS: dict[tuple[int, str], _Path] = {}
+_PATHS_LOCK = threading.Lock()
+
+
+def _path(seed: int, symbol: str) -> _Path:
+    key = (seed, symbol)
+    with _PATHS_LOCK:
+        path = _PATHS.get(key)
+        if path is None:
+            path = _Path(SYMBOLS[symbol], random.Random(f"aster-sim:{seed}:{symbol}"))
+            _PATHS[key] = path
+        return path
+
+
+def _points(o: float, h: float, lo: float, c: float) -> tuple[tuple[float, float], ...]:
+    if c >= o:
+        return ((0.0, o), (0.25, lo), (0.7, h), (1.0, c))
+    return ((0.0, o), (0.25, h), (0.7, lo), (1.0, c))
+
+
+def _intra(o: float, h: float, lo: float, c: float, frac: float) -> tuple[float, float, float]:
+    """(price, high so far, low so far) at ``frac`` of the way through one minute."""
+    pts = _points(o, h, lo, c)
+    hi = low = o
+    for (f0, p0), (f1, p1) in itertools.pairwise(pts):
+        if frac >= f1:
+            hi, low = max(hi, p1), min(low, p1)
+            continue
+        price = p0 + (p1 - p0) * (frac - f0) / (f1 - f0)
+        return price, max(hi, price), min(low, price)
+    return c, hi, low
+
+
+def _fmt(x: float, places: int) -> Decimal:
+    return Decimal(f"{x:.{places}f}")
+
+
+def _places(step: Decimal) -> int:
+    return max(0, -int(step.normalize().as_tuple().exponent))
+
+
+def bucket_open(interval: str, t: int) -> int:
+    """Open time of the ``interval`` candle that contains ``t`` (Binance's calendar rules)."""
+    if interval == "1M":
+        d = datetime.fromtimestamp(t / 1000, UTC)
+        return calendar.timegm((d.year, d.month, 1, 0, 0, 0)) * 1000
+    size = INTERVAL_MS[interval]
+    if interval == "1w":  # weeks open on Monday 00:00 UTC; the epoch was a Thursday
+        return (t - 4 * _DAY_MS) // size * size + 4 * _DAY_MS
+    return t // size * size
+
+
+def bucket_close(interval: str, open_ms: int) -> int:
+    """Close time (inclusive, ms) of the candle opening at ``open_ms``."""
+    if interval == "1M":
+        d = datetime.fromtimestamp(open_ms / 1000, UTC)
+        y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+        return calendar.timegm((y, m, 1, 0, 0, 0)) * 1000 - 1
+    return open_ms + INTERVAL_MS[interval] - 1
+
+
+class Market:
+    """Prices as a pure function of (seed, market time), plus a clock for market time."""
+
+    def __init__(
+        self,
+        seed: int = 1,
+        start_ms: int | None = None,
+        speed: float = 1.0,
+        history_minutes: int = DEFAULT_HISTORY_MINUTES,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.seed = seed
+        self.speed = speed
+        self._wall = wall
+        self._wall0 = wall()
+        self.start_ms = int(self._wall0 * 1000) if start_ms is None else start_ms
+        self.genesis_ms = self.start_ms // MINUTE_MS * MINUTE_MS - history_minutes * MINUTE_MS
+        self._pinned: dict[str, Decimal] = {}
+
+    def now_ms(self) -> int:
+        """Market time: start + speed x wall-clock time elapsed since the start."""
+        return self.start_ms + int((self._wall() - self._wall0) * self.speed * 1000)
+
+    def pin(self, symbol: str, price: Decimal | None) -> None:
+        """Force the mark price of ``symbol`` (tests); ``None`` returns it to the path."""
+        if price is None:
+            self._pinned.pop(symbol, None)
+        else:
+            self._pinned[symbol] = price
+
+    def _minute(self, symbol: str, index: int) -> tuple[float, float, float, float, float]:
+        p = _path(self.seed, symbol)
+        p.ensure(index)
+        return p.o[index], p.h[index], p.low[index], p.c[index], p.v[index]
+
+    def raw_price(self, symbol: str, t: int | None = None) -> float:
+        t = self.now_ms() if t is None else t
+        index = max(0, (t - self.genesis_ms) // MINUTE_MS)
+        o, h, lo, c, _ = self._minute(symbol, index)
+        frac = ((t - self.genesis_ms) % MINUTE_MS) / MINUTE_MS
+        return _intra(o, h, lo, c, frac)[0]
+
+    def mark(self, symbol: str, t: int | None = None) -> Decimal:
+        """Mark price, rounded to the symbol's tick size."""
+        pinned = self._pinned.get(symbol)
+        if pinned is not None:
+            return pinned
+        sym = SYMBOLS[symbol]
+        return _fmt(self.raw_price(symbol, t), _places(sym.tick_size)).quantize(sym.tick_size)
+
+    def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
+        """(best bid, best ask): a tight spread around the mark, on the tick grid."""
+        sym = SYMBOLS[symbol]
+        mark = self.mark(symbol, t)
+        half = max(sym.tick_size, mark * Decimal("0.00005"))
+        bid = ((mark - half) / sym.tick_size).to_integral_value(ROUND_FLOOR) * sym.tick_size
+        ask = ((mark + half) / sym.tick_size).to_integral_value(ROUND_CEILING) * sym.tick_size
+        return bid, ask
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[list[object]]:
+        """Binance-shaped kline rows, oldest first, never before genesis or after now."""
+        now = self.now_ms()
+        end = now if end is None else min(end, now)
+        if start is not None:
+            first = max(bucket_open(interval, max(start, self.genesis_ms)), 0)
+            if first < start:
+                first = bucket_close(interval, first) + 1
+            opens = self._opens_forward(interval, first, end, limit)
+        else:
+            opens = self._opens_backward(interval, end, limit)
+        return [self._candle(symbol, interval, o, now) for o in opens]
+
+    def _opens_forward(self, interval: str, first: int, end: int, limit: int) -> list[int]:
+        out: list[int] = []
+        t = first
+        while t <= end and len(out) < limit:
+            out.append(t)
+            t = bucket_close(interval, t) + 1
+        return out
+
+    def _opens_backward(self, interval: str, end: int, limit: int) -> list[int]:
+        out: list[int] = []
+        t = bucket_open(interval, end)
+        while len(out) < limit and bucket_close(interval, t) >= self.genesis_ms:
+            out.append(t)
+            t = bucket_open(interval, t - 1)
+        out.reverse()
+        return out
+
+    def _candle(self, symbol: str, interval: str, open_ms: int, now: int) -> list[object]:
+        sym = SYMBOLS[symbol]
+        close_ms = bucket_close(interval, open_ms)
+        lo_i = max(0, (open_ms - self.genesis_ms) // MINUTE_MS)
+        hi_i = (min(close_ms, now) - self.genesis_ms) // MINUTE_MS
+        p = _path(self.seed, symbol)
+        p.ensure(hi_i)
+        op, hi, low, cl, vol = p.o[lo_i], -math.inf, math.inf, 0.0, 0.0
+        for i in range(lo_i, hi_i + 1):
+            h, lw, c, v = p.h[i], p.low[i], p.c[i], p.v[i]
+            if i == hi_i and close_ms > now:
+                frac = ((now - self.genesis_ms) % MINUTE_MS) / MINUTE_MS
+                c, h, lw = _intra(p.o[i], h, lw, c, frac)
+                v *= frac
+            hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
+        pp, qp = _places(sym.tick_size), _places(sym.step_size)
+        mid = (op + cl) / 2
+        return [
+            open_ms,
+            str(_fmt(op, pp)),
+            str(_fmt(hi, pp)),
+            str(_fmt(low, pp)),
+            str(_fmt(cl, pp)),
+            str(_fmt(vol, qp)),
+            close_ms,
+            str(_fmt(vol * mid, 4)),
+            int(vol * mid / 500) + 1,
+            str(_fmt(vol / 2, qp)),
+            str(_fmt(vol * mid / 2, 4)),
+            "0",
+        ]

@@ -1,0 +1,502 @@
+"""The HTTP front of the simulated Aster exchange (Futures V3 REST over loopback).
+
+``SimServer`` wires the market, the engine, the authenticator, the rate limiter and the
+fault injector behind a stdlib ``ThreadingHTTPServer`` speaking HTTP/1.1 with keep-alive::
+
+    srv = SimServer(SimConfig(accounts=(SimAccount(user, (signer,), Decimal(1000)),)))
+    base_url = srv.start()   # "http://127.0.0.1:PORT", served from a background thread
+    ...
+    srv.stop()
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from aster_agents.errors import ConfigError
+from aster_agents.signing import MAINNET_CHAIN_ID
+from aster_agents.sim.auth import Authenticator
+from aster_agents.sim.engine import ApiError, Engine
+from aster_agents.sim.faults import FaultConfig, Faults, Verdict
+from aster_agents.sim.limits import LimitConfig, RateLimiter
+from aster_agents.sim.market import DEFAULT_HISTORY_MINUTES, INTERVAL_MS, Market
+from aster_agents.sim.symbols import SYMBOLS, exchange_info
+
+DEFAULT_BALANCE: Final = Decimal("10000")
+Params = Mapping[str, str]
+Json = Any
+
+
+@dataclass(frozen=True, slots=True)
+class SimAccount:
+    """A main account, its API wallets and its starting USDT balance."""
+
+    user: str
+    signers: tuple[str, ...] = ()
+    balance_usdt: Decimal = DEFAULT_BALANCE
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    seed: int = 1
+    speed: float = 1.0
+    accounts: tuple[SimAccount, ...] = ()
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    limits: LimitConfig = field(default_factory=LimitConfig)
+    chain_id: int = MAINNET_CHAIN_ID
+    decode_fallback: bool = True
+    start_time_ms: int | None = None
+    history_minutes: int = DEFAULT_HISTORY_MINUTES
+    allow_remote: bool = False
+    tick_interval_s: float = 0.1
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handler: Callable[[str, Params], Json]  # (user or "", params) -> JSON document
+    weight: Callable[[Params], int]
+    signed: bool
+    orders: int = 0  # new orders this request counts against the account's order limits
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False
+
+
+def _const(n: int) -> Callable[[Params], int]:
+    return lambda _p: n
+
+
+def _by_symbol(with_symbol: int, without: int) -> Callable[[Params], int]:
+    return lambda p: with_symbol if p.get("symbol") else without
+
+
+def _kline_weight(p: Params) -> int:
+    limit = int(p.get("limit") or 500)
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+def _depth_weight(p: Params) -> int:
+    limit = int(p.get("limit") or 500)
+    return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+
+class SimApp:
+    """Routing and protocol rules; independent of the socket layer."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.market = Market(
+            config.seed, config.start_time_ms, config.speed, config.history_minutes
+        )
+        self.engine = Engine(self.market)
+        self.auth = Authenticator(config.chain_id, config.decode_fallback)
+        self.limiter = RateLimiter(config.limits)
+        self.faults = Faults(config.faults)
+        self.routes = self._routes()
+
+    def add_account(self, account: SimAccount) -> None:
+        self.engine.add_account(account.user, account.balance_usdt)
+        self.auth.register(account.user, account.signers)
+
+    # ---- dispatch -----------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: str, body: str, ip: str) -> Reply:
+        verdict = self.faults.before()
+        if verdict is Verdict.DROP:
+            return Reply(0, b"", drop=True)
+        self.faults.delay()
+        if isinstance(verdict, int):
+            return self._error(
+                ApiError(
+                    -1001 if verdict >= 500 else -1000,
+                    "Internal error; unable to process your request. Please try again.",
+                    verdict,
+                ),
+                {},
+            )
+        headers: dict[str, str] = {}
+        try:
+            return self._dispatch(method, path, query, body, ip, headers)
+        except ApiError as exc:
+            return self._error(exc, headers)
+
+    def _dispatch(
+        self, method: str, path: str, query: str, body: str, ip: str, headers: dict[str, str]
+    ) -> Reply:
+        route = self.routes.get((method, path.replace("/fapi/v1/", "/fapi/v3/", 1)))
+        if route is None:
+            raise ApiError(-1000, f"No such endpoint: {method} {path}.", 404)
+        raw = query if method == "GET" or "signature=" in query or not body else body
+        public = dict(parse_qsl(raw, keep_blank_values=True))
+        try:
+            weight = route.weight(public)
+        except ValueError:
+            raise ApiError(-1102, "Parameter 'limit' was malformed.") from None
+        now = time.time()
+        headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.used_weight(ip, now))
+        headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.weight(ip, weight, now))
+        user, params = "", public
+        if route.signed:
+            auth = self.auth.verify(raw)
+            user, params = auth.user, auth.params
+        if route.orders:
+            short, long_ = self.limiter.orders(user, route.orders, now)
+            headers["X-MBX-ORDER-COUNT-10S"] = str(short)
+            headers["X-MBX-ORDER-COUNT-1M"] = str(long_)
+        doc = route.handler(user, params)
+        if route.orders and self.faults.unknown_after_accept():
+            raise ApiError(
+                -1007,
+                "Timeout waiting for response from backend server. Send "
+                "status unknown; execution status unknown.",
+                503,
+            )
+        return Reply(200, json.dumps(doc, separators=(",", ":")).encode(), headers)
+
+    @staticmethod
+    def _error(exc: ApiError, headers: dict[str, str]) -> Reply:
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        body = json.dumps({"code": exc.code, "msg": exc.msg}).encode()
+        return Reply(exc.status, body, headers)
+
+    # ---- endpoints ----------------------------------------------------------------------
+
+    def _routes(self) -> dict[tuple[str, str], Route]:
+        e = self.engine
+        v3 = "/fapi/v3/"
+        public: dict[tuple[str, str], Route] = {
+            ("GET", "ping"): Route(lambda u, p: {}, _const(1), False),
+            ("GET", "time"): Route(
+                lambda u, p: {"serverTime": self.market.now_ms()}, _const(1), False
+            ),
+            ("GET", "exchangeInfo"): Route(self._exchange_info, _const(1), False),
+            ("GET", "depth"): Route(self._depth, _depth_weight, False),
+            ("GET", "klines"): Route(self._klines, _kline_weight, False),
+            ("GET", "markPriceKlines"): Route(self._klines, _kline_weight, False),
+            ("GET", "indexPriceKlines"): Route(self._klines, _kline_weight, False),
+            ("GET", "premiumIndex"): Route(self._premium, _const(1), False),
+            ("GET", "fundingRate"): Route(self._funding_rate, _const(1), False),
+            ("GET", "ticker/price"): Route(self._ticker_price, _by_symbol(1, 2), False),
+            ("GET", "ticker/bookTicker"): Route(self._book_ticker, _by_symbol(1, 2), False),
+            ("GET", "ticker/24hr"): Route(self._ticker_24h, _by_symbol(1, 40), False),
+        }
+        signed: dict[tuple[str, str], Route] = {
+            ("GET", "balance"): Route(lambda u, p: e.balance_json(u), _const(5), True),
+            ("GET", "account"): Route(lambda u, p: e.account_json(u), _const(5), True),
+            ("GET", "accountWithJoinMargin"): Route(
+                lambda u, p: e.account_json(u), _const(5), True
+            ),
+            ("GET", "positionRisk"): Route(e.position_risk_json, _const(5), True),
+            ("GET", "positionSide/dual"): Route(lambda u, p: e.get_dual_side(u), _const(30), True),
+            ("POST", "positionSide/dual"): Route(e.set_dual_side, _const(1), True),
+            ("POST", "leverage"): Route(e.set_leverage, _const(1), True),
+            ("POST", "marginType"): Route(e.set_margin_type, _const(1), True),
+            ("POST", "order"): Route(e.new_order, _const(1), True, orders=1),
+            ("PUT", "order"): Route(e.modify_order, _const(1), True, orders=1),
+            ("GET", "order"): Route(e.query_order, _const(1), True),
+            ("DELETE", "order"): Route(e.cancel_order, _const(1), True),
+            ("GET", "openOrder"): Route(e.open_order, _const(1), True),
+            ("GET", "openOrders"): Route(e.open_orders, _by_symbol(1, 40), True),
+            ("DELETE", "allOpenOrders"): Route(e.cancel_all, _const(1), True),
+            ("GET", "allOrders"): Route(e.all_orders, _const(5), True),
+            ("GET", "userTrades"): Route(e.user_trades, _const(5), True),
+            ("GET", "income"): Route(e.income_json, _const(30), True),
+            ("GET", "commissionRate"): Route(lambda u, p: e.commission_rate(p), _const(20), True),
+            ("GET", "leverageBracket"): Route(self._brackets, _const(1), True),
+            ("POST", "noop"): Route(lambda u, p: {"code": 200, "msg": "success"}, _const(1), True),
+        }
+        return {(m, v3 + path): r for (m, path), r in (public | signed).items()}
+
+    def _exchange_info(self, _u: str, _p: Params) -> Json:
+        return exchange_info(self.market.now_ms(), self.config.limits.rate_limits_doc())
+
+    @staticmethod
+    def _symbol(p: Params, required: bool = True) -> str | None:
+        name = p.get("symbol") or p.get("pair")
+        if not name:
+            if required:
+                raise ApiError(
+                    -1102,
+                    "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.",
+                )
+            return None
+        if name not in SYMBOLS:
+            raise ApiError(-1121, "Invalid symbol.")
+        return name
+
+    def _symbols(self, p: Params) -> list[str]:
+        name = self._symbol(p, required=False)
+        return [name] if name else list(SYMBOLS)
+
+    def _klines(self, _u: str, p: Params) -> Json:
+        symbol = self._symbol(p)
+        assert symbol is not None
+        interval = p.get("interval") or ""
+        if interval not in INTERVAL_MS:
+            raise ApiError(-1120, "Invalid interval.")
+        limit = int(p.get("limit") or 500)
+        if not 1 <= limit <= 1500:
+            raise ApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+        start = int(p["startTime"]) if p.get("startTime") else None
+        end = int(p["endTime"]) if p.get("endTime") else None
+        return self.market.klines(symbol, interval, start, end, limit)
+
+    def _depth(self, _u: str, p: Params) -> Json:
+        symbol = self._symbol(p)
+        assert symbol is not None
+        limit = int(p.get("limit") or 500)
+        bid, ask = self.market.book(symbol)
+        sym, now = SYMBOLS[symbol], self.market.now_ms()
+        qty = (Decimal(2000) / ask).quantize(sym.step_size) or sym.min_qty
+        rows = range(min(limit, 1000))
+        return {
+            "lastUpdateId": now,
+            "E": now,
+            "T": now,
+            "bids": [[str(bid - i * sym.tick_size), str(qty * (i + 1))] for i in rows],
+            "asks": [[str(ask + i * sym.tick_size), str(qty * (i + 1))] for i in rows],
+        }
+
+    def _premium_row(self, symbol: str) -> dict[str, object]:
+        now = self.market.now_ms()
+        mark = str(self.market.mark(symbol))
+        eight_h = 8 * 3_600_000
+        return {
+            "symbol": symbol,
+            "markPrice": mark,
+            "indexPrice": mark,
+            "estimatedSettlePrice": mark,
+            "lastFundingRate": "0.00010000",
+            "interestRate": "0.00010000",
+            "nextFundingTime": (now // eight_h + 1) * eight_h,
+            "time": now,
+        }
+
+    def _premium(self, _u: str, p: Params) -> Json:
+        rows = [self._premium_row(s) for s in self._symbols(p)]
+        return rows[0] if p.get("symbol") else rows
+
+    def _funding_rate(self, _u: str, p: Params) -> Json:
+        symbol = self._symbol(p)
+        eight_h = 8 * 3_600_000
+        last = self.market.now_ms() // eight_h * eight_h
+        limit = min(int(p.get("limit") or 100), 1000)
+        times = [
+            last - i * eight_h for i in range(limit) if last - i * eight_h >= self.market.genesis_ms
+        ]
+        return [
+            {"symbol": symbol, "fundingRate": "0.00010000", "fundingTime": t}
+            for t in reversed(times)
+        ]
+
+    def _ticker_price(self, _u: str, p: Params) -> Json:
+        now = self.market.now_ms()
+        rows = [
+            {"symbol": s, "price": str(self.market.mark(s)), "time": now} for s in self._symbols(p)
+        ]
+        return rows[0] if p.get("symbol") else rows
+
+    def _book_ticker(self, _u: str, p: Params) -> Json:
+        now, rows = self.market.now_ms(), []
+        for s in self._symbols(p):
+            bid, ask = self.market.book(s)
+            qty = str((Decimal(5000) / ask).quantize(SYMBOLS[s].step_size) or SYMBOLS[s].min_qty)
+            rows.append(
+                {
+                    "symbol": s,
+                    "bidPrice": str(bid),
+                    "bidQty": qty,
+                    "askPrice": str(ask),
+                    "askQty": qty,
+                    "time": now,
+                }
+            )
+        return rows[0] if p.get("symbol") else rows
+
+    def _ticker_24h(self, _u: str, p: Params) -> Json:
+        rows = []
+        for s in self._symbols(p):
+            k = self.market.klines(s, "1h", limit=24)
+            o, last = Decimal(str(k[0][1])), Decimal(str(k[-1][4]))
+            rows.append(
+                {
+                    "symbol": s,
+                    "priceChange": str(last - o),
+                    "priceChangePercent": f"{(last - o) / o * 100:.3f}",
+                    "lastPrice": str(last),
+                    "openPrice": str(o),
+                    "highPrice": max((str(r[2]) for r in k), key=Decimal),
+                    "lowPrice": min((str(r[3]) for r in k), key=Decimal),
+                    "volume": str(sum(Decimal(str(r[5])) for r in k)),
+                    "quoteVolume": str(sum(Decimal(str(r[7])) for r in k)),
+                    "openTime": k[0][0],
+                    "closeTime": k[-1][6],
+                    "count": sum(int(str(r[8])) for r in k),
+                }
+            )
+        return rows[0] if p.get("symbol") else rows
+
+    def _brackets(self, _u: str, p: Params) -> Json:
+        return [
+            {
+                "symbol": s,
+                "brackets": [
+                    {
+                        "bracket": 1,
+                        "initialLeverage": SYMBOLS[s].max_leverage,
+                        "notionalCap": 50000,
+                        "notionalFloor": 0,
+                        "maintMarginRatio": 0.004,
+                        "cum": 0.0,
+                    }
+                ],
+            }
+            for s in self._symbols(p)
+        ]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HttpServer
+    wbufsize = -1  # headers and body leave in one segment (no Nagle/delayed-ACK stalls)
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return
+
+    def _serve(self) -> None:
+        path, _, query = self.path.partition("?")
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
+        reply = self.server.app.handle(self.command, path, query, body, self.client_address[0])
+        if reply.drop:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply.body)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(reply.body)
+        self.wfile.flush()
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: SimApp) -> None:
+        super().__init__(address, _Handler)
+        self.app = app
+
+
+class SimServer:
+    """The simulated exchange, served from background threads."""
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        if not is_loopback(self.config.host) and not self.config.allow_remote:
+            raise ConfigError(
+                f"sim: refusing to listen on non-loopback host {self.config.host!r}; the "
+                "simulator has no real security. Pass allow_remote (CLI: --allow-remote) to "
+                "do it anyway."
+            )
+        self.app = SimApp(self.config)
+        for account in self.config.accounts:
+            self.app.add_account(account)
+        self._http: _HttpServer | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+
+    @property
+    def engine(self) -> Engine:
+        return self.app.engine
+
+    @property
+    def market(self) -> Market:
+        return self.app.market
+
+    @property
+    def base_url(self) -> str:
+        if self._http is None:
+            raise RuntimeError("SimServer.base_url: the server is not started; call start()")
+        host, port = self._http.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def add_account(self, account: SimAccount) -> None:
+        """Register a main account and its API wallets (also while running)."""
+        self.app.add_account(account)
+
+    def start(self) -> str:
+        """Bind, serve in the background and return the base URL."""
+        self._http = _HttpServer((self.config.host, self.config.port), self.app)
+        self._threads = [
+            threading.Thread(
+                target=self._http.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name="sim-http",
+                daemon=True,
+            ),
+            threading.Thread(target=self._tick_loop, name="sim-ticker", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        return self.base_url
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.config.tick_interval_s):
+            self.engine.tick()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def serve_until(self, stop: threading.Event) -> None:
+        """Block until ``stop`` is set (the CLI's main thread)."""
+        while not stop.wait(0.5):
+            pass
+
+    def __enter__(self) -> SimServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
