@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -818,10 +820,14 @@ def test_new_order_query_keeps_failing_is_unknown_outcome(rig: Rig) -> None:
 def test_new_order_connect_error_is_resent(rig: Rig) -> None:
     """A connect failure never reached the exchange, so the order is simply sent again."""
     rig.exchange.on(
-        "POST", "/fapi/v3/order", httpx.ConnectError("connection refused"), ok(order_json())
+        "POST",
+        "/fapi/v3/order",
+        httpx.ConnectError("connection refused"),
+        httpx.ConnectTimeout("connect timed out"),
+        ok(order_json()),
     )
     assert rig.client.new_order(LIMIT).status is OrderStatus.NEW
-    assert rig.exchange.count("POST", "/fapi/v3/order") == 2
+    assert rig.exchange.count("POST", "/fapi/v3/order") == 3
     assert rig.exchange.count("GET", "/fapi/v3/order") == 0
 
 
@@ -912,3 +918,51 @@ def test_weights_in_budget(rig: Rig) -> None:
     rig.client.set_position_mode(True)
     assert rig.budget.acquired == [(40, 0), (1, 0), (1, 0)]
     assert json.loads(json.dumps([e.weight for e in rig.logs])) == [40, 1, 1]
+
+
+# --- real loopback HTTP ------------------------------------------------------------------
+
+
+class _SlowOrderHandler(BaseHTTPRequestHandler):
+    """POST /fapi/v3/order hangs until released; GET /fapi/v3/order finds the order."""
+
+    release: threading.Event
+    posts: list[str]
+
+    def do_POST(self) -> None:
+        self.posts.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+        self.release.wait(10)
+
+    def do_GET(self) -> None:
+        body = json.dumps(order_json()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+def test_loopback_timeout_on_new_order_resolved_without_resend() -> None:
+    """Over real HTTP, a read timeout on POST /order is resolved by one query, never a resend."""
+    release = threading.Event()
+    posts: list[str] = []
+    handler = type("H", (_SlowOrderHandler,), {"release": release, "posts": posts})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        with AsterClient(
+            url, user=USER, signer=SIGNER, nonces=NonceSource(0), timeout=0.2, backoff_base=0.0
+        ) as client:
+            order = client.new_order(LIMIT)
+        assert order.client_order_id == LIMIT.client_order_id
+        assert len(posts) == 1 and "newClientOrderId=a01-000001-open" in posts[0]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
