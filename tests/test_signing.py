@@ -248,3 +248,10 @@ def test_nonce_slot_range(slot: int) -> None:
     """A slot outside 0..SLOTS-1 is refused."""
     with pytest.raises(ValueError, match="slot"):
         NonceSource(slot)
+
+
+def test_signing_backend_is_coincurve() -> None:
+    """Signatures come from coincurve (libsecp256k1), never a pure-Python fallback."""
+    import coincurve
+
+    assert isinstance(Signer(KEY)._key, coincurve.PrivateKey)
