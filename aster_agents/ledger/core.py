@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sqlite3
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -142,6 +143,64 @@ def apply_fill(
     if (new_qty > 0) == (qty > 0):
         return new_qty, entry
     return new_qty, price
+
+
+@dataclass(frozen=True, slots=True)
+class _Book:
+    """What one reservation check reads, taken inside the write transaction."""
+
+    agent_id: str
+    agent: tuple[Any, ...]  # agents row joined with its account's limits
+    positions: list[tuple[Any, ...]]  # agent_id, symbol, qty, entry_price, margin
+    intents: list[tuple[Any, ...]]  # agent_id, symbol, margin, notional, margin_booked
+
+    @property
+    def slots(self) -> set[tuple[str, str]]:
+        return {(r[1], r[0]) for r in self.positions} | {(r[1], r[0]) for r in self.intents}
+
+    def open_denial(self, symbol: str, margin: Decimal, notional: Decimal) -> str | None:
+        if not self.agent[1]:
+            return "agent disabled"
+        if self.agent[7] is None:
+            return f"account {self.agent[0]} has no limits: set_account_limits first"
+        slots = self.slots
+        others = sorted(a for s, a in slots if s == symbol and a != self.agent_id)
+        if others:
+            return f"symbol owned by {others[0]}"
+        if (symbol, self.agent_id) not in slots:
+            reason = self._slot_denial(slots)
+            if reason is not None:
+                return reason
+        return self._leverage_denial(notional) or self._margin_denial(margin)
+
+    def _slot_denial(self, slots: set[tuple[str, str]]) -> str | None:
+        mine = sum(1 for _, a in slots if a == self.agent_id)
+        if mine >= self.agent[2]:
+            return f"agent at max_positions ({mine} open+reserved of {self.agent[2]})"
+        if len(slots) >= self.agent[7]:
+            return f"account at max_total_positions ({len(slots)} of {self.agent[7]})"
+        return None
+
+    def _leverage_denial(self, notional: Decimal) -> str | None:
+        if self.agent[9] is None:
+            return None
+        limit = _dec(self.agent[8]) * _dec(self.agent[9])
+        gross = sum((abs(_dec(r[2])) * _dec(r[3]) for r in self.positions), ZERO)
+        gross += sum((_dec(r[3]) for r in self.intents if not r[4]), ZERO)
+        if gross + notional > limit:
+            return (
+                f"gross notional {gross + notional} would exceed {self.agent[8]}x equity ({limit})"
+            )
+        return None
+
+    def _margin_denial(self, margin: Decimal) -> str | None:
+        a = self.agent
+        capital = _dec(a[3]) + _dec(a[4]) - _dec(a[5]) + _dec(a[6])
+        used = sum((_dec(r[4]) for r in self.positions if r[0] == self.agent_id), ZERO)
+        used += sum((_dec(r[2]) for r in self.intents if r[0] == self.agent_id and not r[4]), ZERO)
+        if margin > capital - used:
+            return f"margin {margin} exceeds free capital {capital - used}"
+        return None
 
 
 class Ledger:
@@ -417,7 +476,7 @@ class Ledger:
         rows = conn.execute(
             "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
             "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
-            "WHERE i.state = 'reserved'"
+            "WHERE i.state IN ('reserved', 'confirmed') AND i.state = 'reserved'"
         ).fetchall()
         for coid, agent_id, pid, expires, hb_pid, hb_ms in rows:
             why = self._reap_reason(now, pid, expires, hb_pid, hb_ms)
@@ -450,106 +509,38 @@ class Ledger:
         notional: Decimal,
     ) -> str | None:
         agent = conn.execute(
-            "SELECT user, enabled, max_positions, capital, realized_pnl, fees, funding "
-            "FROM agents WHERE agent_id = ?",
+            "SELECT a.user, a.enabled, a.max_positions, a.capital, a.realized_pnl, a.fees, "
+            "a.funding, c.max_total_positions, c.max_gross_leverage, c.equity "
+            "FROM agents a LEFT JOIN accounts c ON c.user = a.user WHERE a.agent_id = ?",
             (agent_id,),
         ).fetchone()
         if agent is None:
             return "agent not registered"
-        user = agent[0]
         positions = conn.execute(
             "SELECT agent_id, symbol, qty, entry_price, margin FROM positions WHERE user = ?",
-            (user,),
+            (agent[0],),
         ).fetchall()
         intents = conn.execute(
             "SELECT agent_id, symbol, margin, notional, margin_booked FROM intents "
             "WHERE state IN ('reserved', 'confirmed') AND kind = 'open' AND user = ?",
-            (user,),
+            (agent[0],),
         ).fetchall()
-        owners = {(r[1], r[0]) for r in positions} | {(r[1], r[0]) for r in intents}
+        book = _Book(agent_id, agent, positions, intents)
         if kind != "open":
-            return None if (symbol, agent_id) in owners else "agent holds no position on symbol"
-        return self._check_open(conn, agent, agent_id, symbol, margin, notional, positions, intents)
-
-    def _check_open(
-        self,
-        conn: sqlite3.Connection,
-        agent: tuple[Any, ...],
-        agent_id: str,
-        symbol: str,
-        margin: Decimal,
-        notional: Decimal,
-        positions: list[tuple[Any, ...]],
-        intents: list[tuple[Any, ...]],
-    ) -> str | None:
-        user, enabled, max_positions = agent[0], agent[1], agent[2]
-        if not enabled:
-            return "agent disabled"
-        slots = {(r[1], r[0]) for r in positions} | {(r[1], r[0]) for r in intents}
-        other_owner = {a for s, a in slots if s == symbol and a != agent_id}
-        if other_owner:
-            return f"symbol owned by {sorted(other_owner)[0]}"
-        if (symbol, agent_id) not in slots:
-            reason = self._slot_reason(conn, user, agent_id, max_positions, slots)
-            if reason is not None:
-                return reason
-        reason = self._leverage_reason(conn, user, notional, positions, intents)
-        if reason is not None:
-            return reason
-        capital = _dec(agent[3]) + _dec(agent[4]) - _dec(agent[5]) + _dec(agent[6])
-        used = sum((_dec(r[4]) for r in positions if r[0] == agent_id), ZERO)
-        used += sum((_dec(r[2]) for r in intents if r[0] == agent_id and not r[4]), ZERO)
-        if margin > capital - used:
-            return f"margin {margin} exceeds free capital {capital - used}"
-        return None
-
-    @staticmethod
-    def _slot_reason(
-        conn: sqlite3.Connection,
-        user: str,
-        agent_id: str,
-        max_positions: int,
-        slots: set[tuple[str, str]],
-    ) -> str | None:
-        mine = sum(1 for _, a in slots if a == agent_id)
-        if mine >= max_positions:
-            return f"agent at max_positions ({mine} open+reserved of {max_positions})"
-        limit = conn.execute(
-            "SELECT max_total_positions FROM accounts WHERE user = ?", (user,)
-        ).fetchone()
-        if limit is None:
-            return f"account {user} has no limits: set_account_limits first"
-        if len(slots) >= limit[0]:
-            return f"account at max_total_positions ({len(slots)} of {limit[0]})"
-        return None
-
-    @staticmethod
-    def _leverage_reason(
-        conn: sqlite3.Connection,
-        user: str,
-        notional: Decimal,
-        positions: list[tuple[Any, ...]],
-        intents: list[tuple[Any, ...]],
-    ) -> str | None:
-        row = conn.execute(
-            "SELECT max_gross_leverage, equity FROM accounts WHERE user = ?", (user,)
-        ).fetchone()
-        if row is None or row[1] is None:
-            return None
-        limit = _dec(row[0]) * _dec(row[1])
-        gross = sum((abs(_dec(r[2])) * _dec(r[3]) for r in positions), ZERO)
-        gross += sum((_dec(r[3]) for r in intents if not r[4]), ZERO)
-        if gross + notional > limit:
-            return f"gross notional {gross + notional} would exceed {row[0]}x equity ({limit})"
-        return None
+            return None if (symbol, agent_id) in book.slots else "agent holds no position on symbol"
+        return book.open_denial(symbol, margin, notional)
 
     def confirm(self, client_order_id: str) -> bool:
         """Mark a reserved intent as sent and accepted; False if it expired or was released."""
         return self._transition(client_order_id, ("reserved",), "confirmed", None)
 
     def release(self, client_order_id: str, reason: str) -> bool:
-        """Give back a reserved or confirmed intent that did not become an order."""
-        return self._transition(client_order_id, ACTIVE_STATES, "released", reason)
+        """Give back a reserved or confirmed intent that did not become an order.
+
+        Committed without its own fsync (see ``Store.write``): losing a release in an OS crash
+        only keeps a slot busy until the reaper or start-up recovery frees it.
+        """
+        return self._transition(client_order_id, ACTIVE_STATES, "released", reason, durable=False)
 
     def finish_intent(self, client_order_id: str, state: str) -> None:
         """Close an intent with a final state (filled, canceled, rejected, ...)."""
@@ -571,10 +562,16 @@ class Ledger:
             _audit(conn, row[0], "intent_" + state, coid=client_order_id, was=row[1])
 
     def _transition(
-        self, coid: str, from_states: tuple[str, ...], to: str, reason: str | None
+        self,
+        coid: str,
+        from_states: tuple[str, ...],
+        to: str,
+        reason: str | None,
+        *,
+        durable: bool = True,
     ) -> bool:
         marks = ", ".join("?" * len(from_states))
-        with self.store.write() as conn:
+        with self.store.write(durable=durable) as conn:
             row = conn.execute(
                 f"UPDATE intents SET state = ?, reason = COALESCE(?, reason), updated_ms = ? "
                 f"WHERE client_order_id = ? AND state IN ({marks}) RETURNING agent_id",
@@ -818,7 +815,7 @@ class Ledger:
         self, agent_id: str, pid: int, *, error: str | None = None, tick: bool = False
     ) -> None:
         """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None)."""
-        with self.store.write() as conn:
+        with self.store.write(durable=False) as conn:
             cur = conn.execute(
                 "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ? "
                 "WHERE agent_id = ?",

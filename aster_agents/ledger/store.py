@@ -72,8 +72,9 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             margin_booked INTEGER NOT NULL DEFAULT 0,
             reason TEXT
         );
-        CREATE INDEX intents_by_state ON intents (state, expires_ms);
-        CREATE INDEX intents_by_agent ON intents (agent_id, state);
+        CREATE INDEX intents_active ON intents (user, kind)
+            WHERE state IN ('reserved', 'confirmed');
+        CREATE INDEX intents_by_agent ON intents (agent_id, seq);
         CREATE TABLE positions (
             agent_id TEXT NOT NULL,
             symbol TEXT NOT NULL,
@@ -172,6 +173,7 @@ class Store:
         if str(mode).lower() != "wal":
             raise LedgerError(f"ledger {self.path}: could not switch to WAL mode (got {mode})")
         self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("PRAGMA mmap_size = 268435456")
 
     def _migrate(self) -> None:
         with self.write() as conn:
@@ -210,16 +212,29 @@ class Store:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction under the flock; rolled back on any error."""
+    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction under the flock; rolled back on any error.
+
+        ``durable=False`` commits without its own fsync (``synchronous=NORMAL``), for writes
+        whose loss in an OS crash errs on the safe side (a release, a heartbeat): the WAL is
+        append-only, so the next durable commit's fsync makes them durable too, and a
+        reservation whose release was lost is reaped as soon as its (dead) pid is noticed.
+        A process crash never loses a committed transaction either way.
+        """
         with self._thread_lock, self._flock():
-            self.conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self.conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    self.conn.execute("PRAGMA synchronous = FULL")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,119 @@
+"""Ledger benchmark: N real processes reserve and release against one ledger.
+
+    python bench/ledger.py --procs 10 --json
+    python bench/ledger.py --procs 50 --think-ms 200 --json
+
+Each process is one agent (accounts of up to 5 agents); a reservation is one ``reserve`` call
+(one committed ``BEGIN IMMEDIATE`` transaction), followed after the think time by a ``release``.
+Violations come from the independent journal check in ``tests/ledger_worker.py``.
+Targets: 0 violations; p99 <= 5 ms with 50 processes at 200 ms think time;
+>= 3,000 committed reservations/s with 10 processes and no think time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aster_agents.ledger import Ledger  # noqa: E402
+from tests.ledger_worker import Limits, check_journal  # noqa: E402
+
+AGENTS_PER_ACCOUNT = 5
+MAX_POSITIONS = 3
+SYMBOLS_PER_AGENT = 6
+
+
+def setup(state: Path, procs: int) -> list[tuple[str, str, str]]:
+    """Register the agents; returns (agent, user, symbols) per process."""
+    ledger = Ledger(state)
+    plan = []
+    for i in range(procs):
+        agent, user = f"b{i:03d}", f"user{i // AGENTS_PER_ACCOUNT}"
+        ledger.set_account_limits(
+            user,
+            max_total_positions=AGENTS_PER_ACCOUNT * MAX_POSITIONS,
+            max_gross_leverage=Decimal(1000),
+            equity=Decimal(10**6),
+        )
+        ledger.register_agent(agent, user, max_positions=MAX_POSITIONS, capital=Decimal(10**6))
+        symbols = ",".join(f"S{i}X{k}" for k in range(SYMBOLS_PER_AGENT))
+        plan.append((agent, user, symbols))
+    ledger.close()
+    return plan
+
+
+def run(procs: int, think_ms: float, seconds: float) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
+        state, journal = Path(tmp) / "state", Path(tmp) / "journal"
+        plan = setup(state, procs)
+        start_at = time.time() + 1.0 + procs * 0.05
+        workers = []
+        for i, (agent, user, symbols) in enumerate(plan):
+            out = Path(tmp) / f"out{i}.json"
+            cmd = [sys.executable, "-m", "tests.ledger_worker", "bench", str(state), str(journal)]
+            cmd += [agent, user, symbols, "--seed", str(i), "--seconds", str(seconds)]
+            cmd += ["--think-ms", str(think_ms), "--start-at", str(start_at), "--out", str(out)]
+            workers.append((subprocess.Popen(cmd, cwd=ROOT), out))
+        lat: list[int] = []
+        denied = 0
+        for proc, out in workers:
+            if proc.wait() != 0:
+                raise SystemExit(f"bench worker failed with exit code {proc.returncode}")
+            data = json.loads(out.read_text())
+            lat += data["latencies_ns"]
+            denied += data["denied"]
+        check = check_journal(
+            journal, [], Limits(MAX_POSITIONS, AGENTS_PER_ACCOUNT * MAX_POSITIONS)
+        )
+        return summary(procs, think_ms, seconds, lat, denied, len(check.violations))
+
+
+def summary(
+    procs: int, think_ms: float, seconds: float, lat: list[int], denied: int, violations: int
+) -> dict[str, object]:
+    lat.sort()
+
+    def pct(q: float) -> float:
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))] / 1e6, 3) if lat else 0.0
+
+    return {
+        "version": 1,
+        "procs": procs,
+        "think_ms": think_ms,
+        "seconds": seconds,
+        "reservations": len(lat) - denied,
+        "denied": denied,
+        "reservations_per_s": round((len(lat) - denied) / seconds, 1),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": round(lat[-1] / 1e6, 3) if lat else 0.0,
+        "violations": violations,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--procs", type=int, default=10)
+    parser.add_argument("--think-ms", type=float, default=0.0)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = run(args.procs, args.think_ms, args.seconds)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>20}: {value}")
+
+
+if __name__ == "__main__":
+    main()
