@@ -57,19 +57,28 @@ def run(clients: int, seconds: float) -> dict[str, object]:
             )
         )
         proc = start_sim_process(
-            "--accounts", str(accounts), "--weight-limit", "100000000",
-            "--orders-10s", "100000000", "--orders-1m", "100000000",
-        )  # fmt: skip
+            "--accounts",
+            str(accounts),
+            "--weight-limit",
+            "100000000",
+            "--orders-10s",
+            "100000000",
+            "--orders-1m",
+            "100000000",
+        )
     try:
-        sessions = [SignedClient(proc.base_url, k.agents[0], k.user, slot=i)
-                    for i, k in enumerate(keys)]  # fmt: skip
+        sessions = [
+            SignedClient(proc.base_url, k.agents[0], k.user, slot=i) for i, k in enumerate(keys)
+        ]
         for s in sessions:  # warm up: connection, market path, account
             s.send("GET", "/fapi/v3/balance")
         stop = threading.Event()
         per_thread: list[list[float]] = [[] for _ in sessions]
         errors: list[str] = []
-        threads = [threading.Thread(target=_worker, args=(s, stop, lat, errors))
-                   for s, lat in zip(sessions, per_thread, strict=True)]  # fmt: skip
+        threads = [
+            threading.Thread(target=_worker, args=(s, stop, lat, errors))
+            for s, lat in zip(sessions, per_thread, strict=True)
+        ]
         t0 = time.perf_counter()
         for t in threads:
             t.start()

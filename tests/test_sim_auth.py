@@ -100,8 +100,9 @@ def test_tampered_signature_is_refused(sim_client: SignedClient) -> None:
 
 def test_tampered_parameter_is_refused(sim_client: SignedClient) -> None:
     """Changing a signed parameter after signing gives -1022."""
-    text = sim_client.signed_text({"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET",
-                                   "quantity": "0.001"})  # fmt: skip
+    text = sim_client.signed_text(
+        {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"}
+    )
     raw = text.replace("quantity=0.001", "quantity=0.002")
     assert _error(sim_client.send("POST", "/fapi/v3/order", raw=raw)) == (401, -1022)
 
@@ -181,19 +182,32 @@ def test_missing_signature_is_a_missing_parameter(sim_client: SignedClient) -> N
 
 def test_post_in_query_and_delete_with_body(sim_client: SignedClient) -> None:
     """POST parameters may travel in the query string; DELETE bodies are read."""
-    order = sim_client.ok("POST", "/fapi/v3/order", {"symbol": "BTCUSDT", "side": "BUY",
-                          "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.001",
-                          "price": "60000"}, in_query=True)  # fmt: skip
+    order = sim_client.ok(
+        "POST",
+        "/fapi/v3/order",
+        {
+            "symbol": "BTCUSDT",
+            "side": "BUY",
+            "type": "LIMIT",
+            "timeInForce": "GTC",
+            "quantity": "0.001",
+            "price": "60000",
+        },
+        in_query=True,
+    )
     assert isinstance(order, dict)
-    canceled = sim_client.ok("DELETE", "/fapi/v3/order",
-                             {"symbol": "BTCUSDT", "orderId": order["orderId"]})  # fmt: skip
+    canceled = sim_client.ok(
+        "DELETE", "/fapi/v3/order", {"symbol": "BTCUSDT", "orderId": order["orderId"]}
+    )
     assert isinstance(canceled, dict) and canceled["status"] == "CANCELED"
 
 
 def _encoded_request(client: SignedClient) -> str:
     """Signed over the decoded text, sent percent-encoded (the official JS demo's habit)."""
-    msg = (f"symbol=BTCUSDT&orderId=1&origClientOrderId=a:b&nonce={client.nonces.next()}"
-           f"&signer={client.signer.address}")  # fmt: skip
+    msg = (
+        f"symbol=BTCUSDT&orderId=1&origClientOrderId=a:b&nonce={client.nonces.next()}"
+        f"&signer={client.signer.address}"
+    )
     return f"{msg.replace(':', '%3A')}&signature={client.signer.sign(msg)}"
 
 
@@ -212,6 +226,11 @@ def test_decoded_fallback_accepts_and_can_be_turned_off(sim_keys: SimKeys) -> No
 
 def test_public_endpoints_need_no_signature(sim_client: SignedClient) -> None:
     """Market data answers without any auth parameter."""
-    for path in ("/fapi/v3/ping", "/fapi/v3/time", "/fapi/v3/exchangeInfo",
-                 "/fapi/v3/premiumIndex", "/fapi/v3/ticker/bookTicker"):  # fmt: skip
+    for path in (
+        "/fapi/v3/ping",
+        "/fapi/v3/time",
+        "/fapi/v3/exchangeInfo",
+        "/fapi/v3/premiumIndex",
+        "/fapi/v3/ticker/bookTicker",
+    ):
         assert sim_client.public(path).status_code == 200

@@ -38,8 +38,9 @@ def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def _market(client: SignedClient, side: str, qty: str, **extra: str) -> Any:
-    response = _order(client, side=side, type="MARKET", quantity=qty,
-                      newOrderRespType="RESULT", **extra)  # fmt: skip
+    response = _order(
+        client, side=side, type="MARKET", quantity=qty, newOrderRespType="RESULT", **extra
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -71,18 +72,27 @@ def test_fills_fees_and_realized_pnl_reconcile(
 ) -> None:
     """Balance change equals sum(realizedPnl) - sum(commission) over a scripted sequence."""
     pin = sim_server.market.pin
-    script = [("50000.0", "BUY", "0.010"), ("50500.0", "BUY", "0.020"),
-              ("51000.0", "SELL", "0.015"), ("49000.0", "SELL", "0.030"),
-              ("48000.0", "BUY", "0.015")]  # fmt: skip
+    script = [
+        ("50000.0", "BUY", "0.010"),
+        ("50500.0", "BUY", "0.020"),
+        ("51000.0", "SELL", "0.015"),
+        ("49000.0", "SELL", "0.030"),
+        ("48000.0", "BUY", "0.015"),
+    ]
     for price, side, qty in script:
         pin("BTCUSDT", D(price))
         _market(sim_client, side, qty)
     pin("BTCUSDT", D("47000.0"))
-    limit = _order(sim_client, side="SELL", type="LIMIT", timeInForce="GTC", quantity="0.005",
-                   price="47500.0").json()  # fmt: skip
+    limit = _order(
+        sim_client, side="SELL", type="LIMIT", timeInForce="GTC", quantity="0.005", price="47500.0"
+    ).json()
     pin("BTCUSDT", D("47600.0"))
-    _wait_for(lambda: _ok(sim_client, "GET", ORDER, symbol="BTCUSDT",
-                          orderId=str(limit["orderId"]))["status"] == "FILLED")  # fmt: skip
+    _wait_for(
+        lambda: (
+            _ok(sim_client, "GET", ORDER, symbol="BTCUSDT", orderId=str(limit["orderId"]))["status"]
+            == "FILLED"
+        )
+    )
     pin("BTCUSDT", D("47000.0"))
     _market(sim_client, "BUY", "0.005")
     assert _position(sim_client) == 0
@@ -116,8 +126,13 @@ def test_filter_violations_are_rejected_with_documented_codes(
 ) -> None:
     """Precision, tick, step, quantity bounds, min notional and symbol errors use real codes."""
     sim_server.market.pin("BTCUSDT", D("50000.0"))
-    base = {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
-            "price": "49000.0"}  # fmt: skip
+    base = {
+        "side": "BUY",
+        "type": "LIMIT",
+        "timeInForce": "GTC",
+        "quantity": "0.010",
+        "price": "49000.0",
+    }
     assert _code(_order(sim_client, **{**base, **params})) == code
 
 
@@ -125,8 +140,10 @@ def test_step_and_tick_multiples(sim_server: SimServer, sim_client: SignedClient
     """ETHUSDT has tick 0.10 with 2 price decimals and SOLUSDT step 0.01: off-grid values fail."""
     sim_server.market.pin("ETHUSDT", D("3000.00"))
     eth = {"symbol": "ETHUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC"}
-    assert _code(sim_client.send("POST", ORDER, {**eth, "quantity": "0.1",
-                                                  "price": "2990.05"})) == -4014  # fmt: skip
+    assert (
+        _code(sim_client.send("POST", ORDER, {**eth, "quantity": "0.1", "price": "2990.05"}))
+        == -4014
+    )
     sim_server.market.pin("XRPUSDT", D("2.0000"))
     xrp = {"symbol": "XRPUSDT", "side": "BUY", "type": "MARKET", "quantity": "10.05"}
     assert _code(sim_client.send("POST", ORDER, xrp)) == -1111
@@ -150,8 +167,9 @@ def test_limit_order_time_in_force(sim_server: SimServer, sim_client: SignedClie
     common = {"side": "BUY", "type": "LIMIT", "quantity": "0.010"}
     assert _code(_order(sim_client, **common, timeInForce="GTX", price="50100.0")) == -5022
     for tif in ("IOC", "FOK"):
-        order = _order(sim_client, **common, timeInForce=tif, price="49000.0",
-                       newOrderRespType="RESULT").json()  # fmt: skip
+        order = _order(
+            sim_client, **common, timeInForce=tif, price="49000.0", newOrderRespType="RESULT"
+        ).json()
         assert order["status"] == "EXPIRED"
     resting = _order(sim_client, **common, timeInForce="GTC", price="49000.0").json()
     assert resting["status"] == "NEW"
@@ -185,8 +203,14 @@ def test_take_profit_reduce_only_and_reduce_only_rejection(
     reduce = {"side": "SELL", "type": "MARKET", "quantity": "0.010", "reduceOnly": "true"}
     assert _code(_order(sim_client, **reduce)) == -2022
     _market(sim_client, "BUY", "0.010")
-    tp = _order(sim_client, side="SELL", type="TAKE_PROFIT_MARKET", stopPrice="51000.0",
-                quantity="0.050", reduceOnly="true").json()  # fmt: skip
+    tp = _order(
+        sim_client,
+        side="SELL",
+        type="TAKE_PROFIT_MARKET",
+        stopPrice="51000.0",
+        quantity="0.050",
+        reduceOnly="true",
+    ).json()
     pin("BTCUSDT", D("51200.0"))
     _wait_for(lambda: _position(sim_client) == 0)
     done = _ok(sim_client, "GET", ORDER, symbol="BTCUSDT", orderId=str(tp["orderId"]))
@@ -195,16 +219,28 @@ def test_take_profit_reduce_only_and_reduce_only_rejection(
     assert D(pnl) > 0
 
 
-def test_client_order_ids_unique_among_open_orders(sim_server: SimServer,
-                                                   sim_client: SignedClient) -> None:  # fmt: skip
+def test_client_order_ids_unique_among_open_orders(
+    sim_server: SimServer, sim_client: SignedClient
+) -> None:
     """A duplicate open newClientOrderId is refused; after a cancel the id is free again."""
     sim_server.market.pin("BTCUSDT", D("50000.0"))
-    params = {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "0.010",
-              "price": "49000.0", "newClientOrderId": "a01-000001-open"}  # fmt: skip
+    params = {
+        "side": "BUY",
+        "type": "LIMIT",
+        "timeInForce": "GTC",
+        "quantity": "0.010",
+        "price": "49000.0",
+        "newClientOrderId": "a01-000001-open",
+    }
     first = _order(sim_client, **params).json()
     assert _code(_order(sim_client, **params)) == -4116
-    by_id = _ok(sim_client, "GET", "/fapi/v3/openOrder", symbol="BTCUSDT",
-                origClientOrderId="a01-000001-open")  # fmt: skip
+    by_id = _ok(
+        sim_client,
+        "GET",
+        "/fapi/v3/openOrder",
+        symbol="BTCUSDT",
+        origClientOrderId="a01-000001-open",
+    )
     assert by_id["orderId"] == first["orderId"]
     _ok(sim_client, "DELETE", ORDER, symbol="BTCUSDT", origClientOrderId="a01-000001-open")
     assert _order(sim_client, **params).status_code == 200
@@ -218,8 +254,9 @@ def test_cancel_query_and_cancel_all(sim_server: SimServer, sim_client: SignedCl
     assert _code(sim_client.send("GET", ORDER, {"symbol": "BTCUSDT", "orderId": "42"})) == -2013
     assert _code(sim_client.send("DELETE", ORDER, {"symbol": "BTCUSDT", "orderId": "42"})) == -2013
     for price in ("49000.0", "48000.0"):
-        _order(sim_client, side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.010",
-               price=price)  # fmt: skip
+        _order(
+            sim_client, side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.010", price=price
+        )
     done = _ok(sim_client, "DELETE", "/fapi/v3/allOpenOrders", symbol="BTCUSDT")
     assert done == {"code": "200", "msg": "The operation of cancel all open order is done."}
     assert _ok(sim_client, "GET", "/fapi/v3/openOrders") == []
@@ -230,10 +267,14 @@ def test_cancel_query_and_cancel_all(sim_server: SimServer, sim_client: SignedCl
 def test_modify_order(sim_server: SimServer, sim_client: SignedClient) -> None:
     """PUT /order changes price and quantity of an open LIMIT order."""
     sim_server.market.pin("BTCUSDT", D("50000.0"))
-    order = _order(sim_client, side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.010",
-                   price="49000.0").json()  # fmt: skip
-    changed = sim_client.ok("PUT", ORDER, {"symbol": "BTCUSDT", "orderId": order["orderId"],
-                            "quantity": "0.020", "price": "49100.0"})  # fmt: skip
+    order = _order(
+        sim_client, side="BUY", type="LIMIT", timeInForce="GTC", quantity="0.010", price="49000.0"
+    ).json()
+    changed = sim_client.ok(
+        "PUT",
+        ORDER,
+        {"symbol": "BTCUSDT", "orderId": order["orderId"], "quantity": "0.020", "price": "49100.0"},
+    )
     assert isinstance(changed, dict)
     assert (changed["origQty"], changed["price"]) == ("0.02", "49100")
 
@@ -247,9 +288,13 @@ def test_hedge_mode_positions(sim_server: SimServer, sim_client: SignedClient) -
     _market(sim_client, "BUY", "0.010", positionSide="LONG")
     _market(sim_client, "SELL", "0.020", positionSide="SHORT")
     assert (_position(sim_client, side="LONG"), _position(sim_client, side="SHORT")) == (
-        D("0.01"), D("-0.02"))  # fmt: skip
-    assert _code(sim_client.send("POST", "/fapi/v3/positionSide/dual",
-                                 {"dualSidePosition": "false"})) == -4068  # fmt: skip
+        D("0.01"),
+        D("-0.02"),
+    )
+    assert (
+        _code(sim_client.send("POST", "/fapi/v3/positionSide/dual", {"dualSidePosition": "false"}))
+        == -4068
+    )
     _market(sim_client, "SELL", "0.010", positionSide="LONG")
     assert _position(sim_client, side="LONG") == 0
 
@@ -258,23 +303,50 @@ def test_leverage_and_margin_type(sim_client: SignedClient) -> None:
     """Leverage and margin type are stored per symbol and shown by positionRisk."""
     lev = _ok(sim_client, "POST", "/fapi/v3/leverage", symbol="ETHUSDT", leverage="5")
     assert (lev["leverage"], lev["symbol"]) == (5, "ETHUSDT")
-    assert _ok(sim_client, "POST", "/fapi/v3/marginType", symbol="ETHUSDT",
-               marginType="ISOLATED") == {"code": 200, "msg": "success"}  # fmt: skip
-    again = sim_client.send("POST", "/fapi/v3/marginType",
-                            {"symbol": "ETHUSDT", "marginType": "ISOLATED"})  # fmt: skip
+    assert _ok(
+        sim_client, "POST", "/fapi/v3/marginType", symbol="ETHUSDT", marginType="ISOLATED"
+    ) == {"code": 200, "msg": "success"}
+    again = sim_client.send(
+        "POST", "/fapi/v3/marginType", {"symbol": "ETHUSDT", "marginType": "ISOLATED"}
+    )
     assert _code(again) == -4046
     row = _ok(sim_client, "GET", "/fapi/v3/positionRisk")[0]
     assert (row["symbol"], row["leverage"], row["marginType"]) == ("ETHUSDT", "5", "isolated")
-    assert _code(sim_client.send("POST", "/fapi/v3/leverage",
-                                 {"symbol": "ETHUSDT", "leverage": "500"})) == -4028  # fmt: skip
+    assert (
+        _code(
+            sim_client.send("POST", "/fapi/v3/leverage", {"symbol": "ETHUSDT", "leverage": "500"})
+        )
+        == -4028
+    )
 
 
-ACCOUNT_KEYS = {"feeTier", "canTrade", "totalWalletBalance", "totalUnrealizedProfit",
-                "totalMarginBalance", "availableBalance", "totalInitialMargin",
-                "totalMaintMargin", "assets", "positions"}  # fmt: skip
-POSITION_KEYS = {"symbol", "positionAmt", "entryPrice", "markPrice", "unRealizedProfit",
-                 "liquidationPrice", "leverage", "maxNotionalValue", "marginType",
-                 "isolatedMargin", "isAutoAddMargin", "positionSide", "updateTime"}  # fmt: skip
+ACCOUNT_KEYS = {
+    "feeTier",
+    "canTrade",
+    "totalWalletBalance",
+    "totalUnrealizedProfit",
+    "totalMarginBalance",
+    "availableBalance",
+    "totalInitialMargin",
+    "totalMaintMargin",
+    "assets",
+    "positions",
+}
+POSITION_KEYS = {
+    "symbol",
+    "positionAmt",
+    "entryPrice",
+    "markPrice",
+    "unRealizedProfit",
+    "liquidationPrice",
+    "leverage",
+    "maxNotionalValue",
+    "marginType",
+    "isolatedMargin",
+    "isAutoAddMargin",
+    "positionSide",
+    "updateTime",
+}
 
 
 def test_account_endpoints_have_the_documented_shape(
@@ -284,8 +356,16 @@ def test_account_endpoints_have_the_documented_shape(
     sim_server.market.pin("BTCUSDT", D("50000.0"))
     _market(sim_client, "BUY", "0.010")
     balance = _ok(sim_client, "GET", "/fapi/v3/balance")[0]
-    assert {"accountAlias", "asset", "balance", "crossWalletBalance", "crossUnPnl",
-            "availableBalance", "maxWithdrawAmount", "updateTime"} <= set(balance)  # fmt: skip
+    assert {
+        "accountAlias",
+        "asset",
+        "balance",
+        "crossWalletBalance",
+        "crossUnPnl",
+        "availableBalance",
+        "maxWithdrawAmount",
+        "updateTime",
+    } <= set(balance)
     account = _ok(sim_client, "GET", "/fapi/v3/accountWithJoinMargin")
     assert set(account) >= ACCOUNT_KEYS
     assert account["positions"][0]["positionAmt"] == "0.01"
@@ -307,6 +387,6 @@ def test_accounts_added_at_runtime_are_separate(
     sim_server.add_account(SimAccount(keys.user, keys.signers, D("123.45")))
     other = SignedClient(sim_server.base_url, keys.agents[1], keys.user)
     try:
-        assert other.ok("GET", "/fapi/v3/balance")[0]["balance"] == "123.45000000"  # type: ignore[index]
+        assert other.ok("GET", "/fapi/v3/balance")[0]["balance"] == "123.45000000"
     finally:
         other.close()

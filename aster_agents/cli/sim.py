@@ -77,18 +77,30 @@ def sim(
         registered += accounts_from_config_dir(Path(chosen_dir), default_balance)
     try:
         faults = FaultConfig(
-            _error_rates(error_rate or []), latency_ms, latency_jitter_ms, unknown_outcome_rate,
-            drop_rate, fault_seed,
-        )  # fmt: skip
+            _error_rates(error_rate or []),
+            latency_ms,
+            latency_jitter_ms,
+            unknown_outcome_rate,
+            drop_rate,
+            fault_seed,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     limits = LimitConfig(
         weight_limit, weight_window, orders_10s, 10.0, orders_1m, 60.0, ban_seconds
     )
     config = SimConfig(
-        host, port, seed, speed, tuple(registered), faults, limits, chain_id,
-        not no_decode_fallback, allow_remote=allow_remote,
-    )  # fmt: skip
+        host,
+        port,
+        seed,
+        speed,
+        tuple(registered),
+        faults,
+        limits,
+        chain_id,
+        not no_decode_fallback,
+        allow_remote=allow_remote,
+    )
     server = SimServer(config)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -24,8 +24,9 @@ def _account(entry: object, where: str, default_balance: Decimal) -> SimAccount:
         raise ConfigError(f"{where}: must be a mapping with user, signers, balance_usdt")
     unknown = set(entry) - {"user", "signers", "balance_usdt"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: user, signers, "
-                          "balance_usdt")  # fmt: skip
+        raise ConfigError(
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed: user, signers, balance_usdt"
+        )
     signers = entry.get("signers") or []
     if not isinstance(signers, list):
         raise ConfigError(f"{where}.signers: must be a list of 0x addresses")

@@ -38,9 +38,12 @@ class FaultConfig:
     @property
     def active(self) -> bool:
         return bool(
-            self.error_rates or self.latency_ms or self.latency_jitter_ms
-            or self.accepted_503_rate or self.drop_rate
-        )  # fmt: skip
+            self.error_rates
+            or self.latency_ms
+            or self.latency_jitter_ms
+            or self.accepted_503_rate
+            or self.drop_rate
+        )
 
 
 class Verdict(Enum):

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
@@ -122,9 +123,16 @@ class SignedClient:
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         return self.http.request(method, path, content=text.encode(), headers=headers)
 
-    def ok(self, method: str, path: str, params: Mapping[str, object] = (), **kw: object) -> object:  # type: ignore[assignment]
+    def ok(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, object] | Sequence[tuple[str, object]] = (),
+        *,
+        in_query: bool = False,
+    ) -> Any:
         """Send and return the JSON body, failing the test on a non-200 answer."""
-        response = self.send(method, path, params, **kw)
+        response = self.send(method, path, params, in_query=in_query)
         assert response.status_code == 200, (
             f"{method} {path}: {response.status_code} {response.text}"
         )

@@ -1,0 +1,136 @@
+"""The seeded market generator and the public market-data endpoints."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+import pytest
+
+from aster_agents.sim.market import INTERVAL_MS, MINUTE_MS, Market
+from aster_agents.sim.symbols import SYMBOLS
+from tests.plugins.sim import SignedClient
+
+START = 1_790_000_000_000  # a fixed market start keeps these tests independent of the clock
+SIX = {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ASTERUSDT"}
+
+
+class FakeWall:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _market(seed: int = 1, speed: float = 1.0) -> tuple[Market, FakeWall]:
+    wall = FakeWall()
+    return Market(seed, START, speed, wall=wall), wall
+
+
+def test_same_seed_same_market_other_seed_other_market() -> None:
+    """Prices are a pure function of seed and market time."""
+    a, b, c = _market(1)[0], _market(1)[0], _market(2)[0]
+    assert a.klines("ETHUSDT", "5m", limit=300) == b.klines("ETHUSDT", "5m", limit=300)
+    assert a.klines("ETHUSDT", "5m", limit=300) != c.klines("ETHUSDT", "5m", limit=300)
+
+
+@pytest.mark.parametrize("interval", sorted(INTERVAL_MS))
+def test_every_interval_gives_consistent_candles(interval: str) -> None:
+    """Each interval returns contiguous 12-field rows with high >= open/close >= low."""
+    market = _market()[0]
+    rows = market.klines("SOLUSDT", interval, limit=50)
+    assert rows and all(len(r) == 12 for r in rows)
+    for prev, row in itertools.pairwise(rows):
+        assert row[0] == int(str(prev[6])) + 1
+    for r in rows:
+        o, h, lo, c = (Decimal(str(x)) for x in r[1:5])
+        assert h >= max(o, c) and lo <= min(o, c)
+    assert int(str(rows[-1][0])) <= START < int(str(rows[-1][6])) + 1
+
+
+def test_history_covers_1500_one_minute_candles_and_time_windows() -> None:
+    """1500 one-minute candles exist before the start; startTime/endTime select a window."""
+    market = _market()[0]
+    rows = market.klines("BTCUSDT", "1m", limit=1500)
+    assert len(rows) == 1500
+    window = market.klines("BTCUSDT", "1m", start=rows[10][0], end=rows[19][0], limit=500)  # type: ignore[arg-type]
+    assert [r[0] for r in window] == [r[0] for r in rows[10:20]]
+
+
+def test_speed_runs_market_time_faster() -> None:
+    """With speed 10, one wall second is ten market seconds and the price moves."""
+    market, wall = _market(speed=10)
+    before = market.mark("BTCUSDT")
+    wall.now += 6.0
+    assert market.now_ms() == START + 60_000
+    assert market.mark("BTCUSDT") != before
+
+
+def test_the_path_has_trends_and_ranges() -> None:
+    """Over the history there are hours-long rises and falls of several percent."""
+    market = _market()[0]
+    closes = [Decimal(str(r[4])) for r in market.klines("BTCUSDT", "4h", limit=180)]
+    moves = [(b - a) / a for a, b in zip(closes, closes[6:], strict=False)]
+    assert max(moves) > Decimal("0.03") and min(moves) < Decimal("-0.03")
+
+
+def test_book_and_pin() -> None:
+    """The book straddles the mark on the tick grid; pin forces the mark for tests."""
+    market = _market()[0]
+    market.pin("XRPUSDT", Decimal("2.0000"))
+    bid, ask = market.book("XRPUSDT")
+    assert bid < Decimal("2.0000") < ask and (ask - bid) % SYMBOLS["XRPUSDT"].tick_size == 0
+    market.pin("XRPUSDT", None)
+    assert market.mark("XRPUSDT") != Decimal("2.0000")
+
+
+def test_exchange_info_lists_six_symbols_with_real_filters(sim_client: SignedClient) -> None:
+    """exchangeInfo has the six symbols, their filters and the three rate limits."""
+    info = sim_client.public("/fapi/v3/exchangeInfo").json()
+    assert {s["symbol"] for s in info["symbols"]} == SIX
+    btc = next(s for s in info["symbols"] if s["symbol"] == "BTCUSDT")
+    filters = {f["filterType"]: f for f in btc["filters"]}
+    assert filters["PRICE_FILTER"]["tickSize"] == "0.1"
+    assert filters["LOT_SIZE"]["stepSize"] == "0.001"
+    assert filters["MIN_NOTIONAL"]["notional"] == "5"
+    assert [r["limit"] for r in info["rateLimits"]] == [2400, 1200, 300]
+
+
+def test_market_data_endpoints(sim_client: SignedClient) -> None:
+    """klines, mark/book tickers, premium index, depth, 24h ticker and time answer."""
+    klines = sim_client.public("/fapi/v3/klines", symbol="BNBUSDT", interval="1h", limit=24)
+    assert len(klines.json()) == 24
+    premium = sim_client.public("/fapi/v3/premiumIndex", symbol="BNBUSDT").json()
+    book = sim_client.public("/fapi/v3/ticker/bookTicker", symbol="BNBUSDT").json()
+    assert Decimal(book["bidPrice"]) < Decimal(premium["markPrice"]) < Decimal(book["askPrice"])
+    assert len(sim_client.public("/fapi/v3/premiumIndex").json()) == 6
+    depth = sim_client.public("/fapi/v3/depth", symbol="BNBUSDT", limit=5).json()
+    assert len(depth["bids"]) == len(depth["asks"]) == 5
+    assert "lastPrice" in sim_client.public("/fapi/v3/ticker/24hr", symbol="BNBUSDT").json()
+    assert sim_client.public("/fapi/v3/ticker/price", symbol="BNBUSDT").json()["symbol"]
+    assert (
+        len(
+            sim_client.public(
+                "/fapi/v3/markPriceKlines", symbol="BNBUSDT", interval="1m", limit=3
+            ).json()
+        )
+        == 3
+    )
+    assert isinstance(sim_client.public("/fapi/v3/time").json()["serverTime"], int)
+    assert sim_client.public("/fapi/v3/fundingRate", symbol="BNBUSDT", limit=3).json()
+
+
+def test_bad_market_data_requests(sim_client: SignedClient) -> None:
+    """Unknown symbols, intervals and paths give -1121, -1120 and 404."""
+    bad = sim_client.public("/fapi/v3/klines", symbol="NOPE", interval="1m")
+    assert (bad.status_code, bad.json()["code"]) == (400, -1121)
+    bad = sim_client.public("/fapi/v3/klines", symbol="BTCUSDT", interval="7m")
+    assert bad.json()["code"] == -1120
+    assert sim_client.public("/fapi/v3/nothing").status_code == 404
+
+
+def test_minute_constant() -> None:
+    """Kline open times are aligned to their interval."""
+    rows = _market()[0].klines("ASTERUSDT", "15m", limit=5)
+    assert all(int(str(r[0])) % (15 * MINUTE_MS) == 0 for r in rows)
