@@ -102,7 +102,7 @@ def test_corrupt_file_raises_ledger_error(state_dir: Path) -> None:
     """A file that is not SQLite gives LedgerError naming the path, not a raw sqlite3 error."""
     state_dir.mkdir(parents=True)
     (state_dir / "ledger.sqlite3").write_bytes(b"not a database" * 100)
-    with pytest.raises(LedgerError, match="ledger.sqlite3"):
+    with pytest.raises(LedgerError, match=r"ledger\.sqlite3"):
         Ledger(state_dir)
 
 
@@ -326,7 +326,8 @@ def test_dead_pid_reservation_is_reaped_and_its_fill_still_books(ledger: Ledger)
     _open(ledger, "a1", "ETHUSDT")
     reaped = ledger.intent(orphan.client_order_id)
     assert reaped is not None and reaped.state == "expired" and reaped.reason == "pid dead"
-    assert [i.client_order_id for i in ledger.unresolved_intents("a1")][0] == reaped.client_order_id
+    unresolved = ledger.unresolved_intents("a1")
+    assert unresolved[0].client_order_id == reaped.client_order_id
     assert _fill(ledger, orphan.client_order_id, 7) is True
     assert [p.symbol for p in ledger.positions(agent_id="a1")] == ["BTCUSDT"]
 
