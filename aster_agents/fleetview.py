@@ -1,0 +1,481 @@
+"""What ``status`` and ``portfolio`` show, gathered without rendering (and without writing).
+
+``collect_status`` and ``collect_portfolio`` read the config, the ledger (read-only: a
+missing ledger means "never started", nothing is created) and, when its socket exists,
+supervisord over XML-RPC. Process state comes from supervisord when it answers, otherwise from
+the heartbeat and the liveness of its pid. Neither eth_account nor httpx is imported here.
+
+JSON (``StatusReport.to_json``/``PortfolioReport.to_json``): money and quantities are decimal
+strings, ratios (weights, returns, drawdowns, budget use) and durations in seconds are JSON
+numbers, times are epoch milliseconds (integers), absent values are ``null``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from aster_agents import portfolio as pf
+
+if TYPE_CHECKING:
+    from aster_agents.config import AgentConfig, FleetConfig
+    from aster_agents.ledger.readonly import ReadOnlyLedger
+    from aster_agents.ledger.rows import AgentRow
+
+SUPERVISOR_SOCKET: Final = "supervisor.sock"
+SUPERVISOR_GROUP: Final = "aster-agents"
+SUPERVISOR_TIMEOUT_S: Final = 2.0
+MIN_STALE_S: Final = 30.0
+NEVER_STARTED: Final = "NEVER STARTED"
+FLAGGED_STATES: Final = frozenset({"DOWN", "STALE", "FATAL", "BACKOFF", "EXITED", "UNKNOWN"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProcInfo:
+    """One supervisord program as reported by ``getAllProcessInfo``."""
+
+    name: str
+    state: str
+    pid: int | None
+    uptime_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessView:
+    state: str
+    source: str  # "supervisor", "heartbeat" or "none"
+    pid: int | None
+    uptime_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStatus:
+    id: str
+    name: str
+    enabled: bool
+    user: str
+    process: ProcessView
+    flagged: bool
+    strategy: str
+    interval: str
+    symbols: tuple[str, ...]
+    positions: int
+    reserved: int
+    max_positions: int
+    capital_pct: float
+    capital: Decimal | None
+    equity: Decimal | None
+    pnl: Decimal | None
+    ledger_state: str | None
+    ticks: int
+    last_tick_ms: int | None
+    last_tick_age_s: float | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "enabled": self.enabled,
+            "user": self.user,
+            "state": self.process.state,
+            "state_source": self.process.source,
+            "flagged": self.flagged,
+            "pid": self.process.pid,
+            "uptime_s": _round(self.process.uptime_s),
+            "strategy": self.strategy,
+            "interval": self.interval,
+            "symbols": list(self.symbols),
+            "positions": self.positions,
+            "reserved": self.reserved,
+            "max_positions": self.max_positions,
+            "capital_pct": self.capital_pct,
+            "capital": _str(self.capital),
+            "equity": _str(self.equity),
+            "pnl": _str(self.pnl),
+            "ledger_state": self.ledger_state,
+            "ticks": self.ticks,
+            "last_tick_ms": self.last_tick_ms,
+            "last_tick_age_s": _round(self.last_tick_age_s),
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    user: str
+    balance: Decimal | None
+    positions: int
+    reserved: int
+    max_total_positions: int
+    orders_used: float | None
+    orders_capacity: float | None
+    weight_used: float | None
+    weight_capacity: float | None
+    paused_until_s: float | None
+    pause_reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "balance": _str(self.balance),
+            "positions": self.positions,
+            "reserved": self.reserved,
+            "max_total_positions": self.max_total_positions,
+            "orders_used_1m": self.orders_used,
+            "orders_capacity_1m": self.orders_capacity,
+            "weight_used_1m": self.weight_used,
+            "weight_capacity_1m": self.weight_capacity,
+            "paused_until_ms": None
+            if self.paused_until_s is None
+            else int(self.paused_until_s * 1000),
+            "pause_reason": self.pause_reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    generated_ms: int
+    state_dir: Path
+    ledger_found: bool
+    supervisor: bool
+    agents: tuple[AgentStatus, ...]
+    accounts: tuple[AccountStatus, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``status --json`` document (without the ``version`` key ``emit_json`` adds)."""
+        return {
+            "generated_ms": self.generated_ms,
+            "state_dir": str(self.state_dir),
+            "ledger_found": self.ledger_found,
+            "supervisor": self.supervisor,
+            "agents": [a.to_json() for a in self.agents],
+            "accounts": [a.to_json() for a in self.accounts],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SleeveView:
+    id: str
+    name: str
+    state: str
+    flagged: bool
+    ledger_state: str | None
+    figures: pf.SleeveFigures
+    sparkline: str
+
+    def to_json(self) -> dict[str, Any]:
+        f = self.figures
+        return {
+            "id": self.id,
+            "name": self.name,
+            "user": f.user,
+            "state": self.state,
+            "flagged": self.flagged,
+            "ledger_state": self.ledger_state,
+            "capital": str(f.capital),
+            "equity": str(f.equity),
+            "pnl": str(f.pnl),
+            "return": f.ret,
+            "weight": f.weight,
+            "contribution": f.contribution,
+            "sparkline": self.sparkline,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioReport:
+    generated_ms: int
+    ledger_found: bool
+    figures: pf.PortfolioFigures
+    sleeves: tuple[SleeveView, ...]
+    sparkline: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``portfolio --json`` document (without the ``version`` key)."""
+        f = self.figures
+        return {
+            "generated_ms": self.generated_ms,
+            "ledger_found": self.ledger_found,
+            "portfolio": {
+                "equity": str(f.equity),
+                "capital": str(f.capital),
+                "sleeves_equity": str(f.sleeves_equity),
+                "unallocated": _str(f.unallocated),
+                "pnl": str(f.pnl),
+                "return": f.ret,
+                "drawdown": f.drawdown,
+                "max_drawdown": f.max_drawdown,
+                "sparkline": self.sparkline,
+            },
+            "agents": [s.to_json() for s in self.sleeves],
+        }
+
+
+def _str(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+# ----------------------------------------------------------------- process state
+
+
+def stale_after_s(scan_interval_seconds: float) -> float:
+    """A heartbeat older than this means the agent is stuck."""
+    return max(3 * scan_interval_seconds, MIN_STALE_S)
+
+
+def classify(
+    proc: ProcInfo | None,
+    hb_pid: int | None,
+    hb_age_s: float | None,
+    stale_s: float,
+    pid_alive: bool,
+) -> ProcessView:
+    """Process state from supervisord if it knows the program, else from the heartbeat."""
+    if proc is not None:
+        state = proc.state
+        if state == "RUNNING" and hb_age_s is not None and hb_age_s > stale_s:
+            state = "STALE"
+        return ProcessView(state, "supervisor", proc.pid, proc.uptime_s)
+    if hb_pid is None or hb_age_s is None:
+        return ProcessView(NEVER_STARTED, "none", None, None)
+    if not pid_alive:
+        return ProcessView("DOWN", "heartbeat", hb_pid, None)
+    state = "STALE" if hb_age_s > stale_s else "RUNNING"
+    return ProcessView(state, "heartbeat", hb_pid, _proc_uptime_s(hb_pid))
+
+
+def is_flagged(view: ProcessView, enabled: bool) -> bool:
+    """Down or stale agents are flagged; a disabled agent that is down is as expected."""
+    if view.state == "STALE":
+        return True
+    return enabled and view.state in FLAGGED_STATES
+
+
+def _proc_uptime_s(pid: int) -> float | None:
+    """Seconds since ``pid`` started, from /proc (None where /proc is not available)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot_uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError):
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    try:
+        start_ticks = int(fields[19])
+    except (IndexError, ValueError):
+        return None
+    return max(0.0, boot_uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def supervisor_processes(state_dir: Path) -> dict[str, ProcInfo] | None:
+    """Programs of the ``aster-agents`` group by name, or None if supervisord does not answer."""
+    sock = Path(state_dir) / SUPERVISOR_SOCKET
+    if not sock.exists():
+        return None
+    infos = _rpc_process_info(sock)
+    if infos is None:
+        return None
+    out = {}
+    for info in infos:
+        if info.get("group") != SUPERVISOR_GROUP:
+            continue
+        pid = int(info.get("pid") or 0) or None
+        start, now = int(info.get("start") or 0), int(info.get("now") or 0)
+        uptime = float(now - start) if pid and start and now >= start else None
+        out[str(info["name"])] = ProcInfo(str(info["name"]), str(info["statename"]), pid, uptime)
+    return out
+
+
+def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
+    import http.client
+    import socket
+    import xmlrpc.client
+
+    from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
+
+    class _Conn(UnixStreamHTTPConnection):  # type: ignore[misc]  # untyped base
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(SUPERVISOR_TIMEOUT_S)
+            self.sock.connect(self.socketfile)
+
+    transport = SupervisorTransport(None, None, "unix://" + str(sock))
+
+    def connection() -> _Conn:
+        conn = _Conn("localhost")
+        conn.socketfile = str(sock)
+        return conn
+
+    transport._get_connection = connection
+    try:
+        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        result = proxy.supervisor.getAllProcessInfo()
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException):
+        return None  # supervisord is down or refuses: the caller falls back to heartbeats
+    finally:
+        transport.close()
+    return list(result) if isinstance(result, list) else None
+
+
+# ----------------------------------------------------------------- status
+
+
+def collect_status(
+    fleet: FleetConfig, state_dir: Path, *, now_ms: int | None = None
+) -> StatusReport:
+    """One snapshot of every configured agent and account; writes nothing."""
+    from aster_agents.ledger.liveness import pid_alive
+    from aster_agents.ledger.readonly import open_readonly
+
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    procs = supervisor_processes(state_dir)
+    ledger = open_readonly(state_dir)
+    try:
+        rows = {r.agent_id: r for r in ledger.agent_rows()} if ledger else {}
+        agents = []
+        for agent in fleet.agents:
+            row = rows.get(agent.id)
+            proc = procs.get(agent.id) if procs is not None else None
+            latest = ledger.latest_equity(agent.id) if ledger and row else None
+            hb_pid = row.heartbeat_pid if row else None
+            alive = hb_pid is not None and proc is None and pid_alive(hb_pid)
+            agents.append(_agent_status(agent, row, proc, alive, latest, now))
+        accounts = _accounts(fleet, ledger, now)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    return StatusReport(now, Path(state_dir), ledger is not None, procs is not None,
+                        tuple(agents), accounts)  # fmt: skip
+
+
+def _agent_status(
+    agent: AgentConfig,
+    row: AgentRow | None,
+    proc: ProcInfo | None,
+    alive: bool,
+    latest: tuple[int, Decimal] | None,
+    now_ms: int,
+) -> AgentStatus:
+    hb_ms = row.heartbeat_ms if row else None
+    age = None if hb_ms is None else max(0.0, (now_ms - hb_ms) / 1000)
+    view = classify(proc, row.heartbeat_pid if row else None, age,
+                    stale_after_s(agent.trading.scan_interval_seconds), alive)  # fmt: skip
+    equity = latest[1] if latest else (row.book_equity if row else None)
+    return AgentStatus(
+        id=agent.id,
+        name=agent.name,
+        enabled=agent.enabled,
+        user=agent.exchange.user,
+        process=view,
+        flagged=is_flagged(view, agent.enabled),
+        strategy=agent.trading.strategy,
+        interval=agent.trading.interval,
+        symbols=tuple(agent.trading.symbols),
+        positions=row.positions if row else 0,
+        reserved=row.reserved if row else 0,
+        max_positions=agent.trading.max_positions,
+        capital_pct=agent.allocation.capital_pct,
+        capital=row.capital if row else None,
+        equity=equity,
+        pnl=None if row is None or equity is None else pf.sleeve_pnl(row.capital, equity),
+        ledger_state=row.state if row else None,
+        ticks=row.ticks if row else 0,
+        last_tick_ms=hb_ms,
+        last_tick_age_s=age,
+        last_error=row.heartbeat_error if row else None,
+    )
+
+
+def _accounts(
+    fleet: FleetConfig, ledger: ReadOnlyLedger | None, now_ms: int
+) -> tuple[AccountStatus, ...]:
+    users = list(dict.fromkeys(a.exchange.user for a in fleet.agents))
+    limits = ledger.account_limits() if ledger else {}
+    positions = ledger.positions() if ledger else []
+    buckets = {b.key: b for b in ledger.buckets(now_ms / 1000)} if ledger else {}
+    pause = ledger.host_pause(now_ms / 1000) if ledger else None
+    rows = ledger.agent_rows() if ledger else []
+    out = []
+    for user in users:
+        lim = limits.get(user)
+        orders = buckets.get(f"orders1m:{user}")
+        weight = buckets.get("weight:ip")
+        held = {(p.agent_id, p.symbol) for p in positions if p.user == user}
+        out.append(
+            AccountStatus(
+                user=user,
+                balance=lim.equity if lim else None,
+                positions=len(held),
+                reserved=sum(r.reserved for r in rows if r.user == user),
+                max_total_positions=(
+                    lim.max_total_positions if lim else fleet.portfolio.limits.max_total_positions
+                ),
+                orders_used=orders.used if orders else None,
+                orders_capacity=orders.capacity if orders else None,
+                weight_used=weight.used if weight else None,
+                weight_capacity=weight.capacity if weight else None,
+                paused_until_s=pause.until_s if pause else None,
+                pause_reason=pause.reason if pause else None,
+            )
+        )
+    return tuple(out)
+
+
+# ----------------------------------------------------------------- portfolio
+
+
+def collect_portfolio(
+    fleet: FleetConfig, state_dir: Path, *, now_ms: int | None = None, points: int = 200
+) -> PortfolioReport:
+    """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots."""
+    from aster_agents.ledger.readonly import open_readonly
+
+    status = collect_status(fleet, state_dir, now_ms=now_ms)
+    ledger = open_readonly(state_dir)
+    try:
+        rows = {r.agent_id: r for r in ledger.agent_rows()} if ledger else {}
+        histories = {a: ledger.equity_history(a) for a in rows} if ledger else {}
+    finally:
+        if ledger is not None:
+            ledger.close()
+    inputs = [
+        _sleeve_input(a.id, rows[a.id], histories[a.id]) for a in fleet.agents if a.id in rows
+    ]
+    balances: Mapping[str, Decimal | None] = {a.user: a.balance for a in status.accounts}
+    combined = pf.combined_series({i.agent_id: histories[i.agent_id] for i in inputs}, points)
+    figures = pf.aggregate(inputs, balances, combined)
+    by_id = {a.id: a for a in status.agents}
+    sleeves = tuple(
+        SleeveView(
+            id=f.agent_id,
+            name=by_id[f.agent_id].name,
+            state=by_id[f.agent_id].process.state,
+            flagged=by_id[f.agent_id].flagged,
+            ledger_state=by_id[f.agent_id].ledger_state,
+            figures=f,
+            sparkline=pf.sparkline([e for _, e in histories[f.agent_id]]),
+        )
+        for f in figures.sleeves
+    )
+    return PortfolioReport(status.generated_ms, status.ledger_found, figures, sleeves,
+                           pf.sparkline(combined))  # fmt: skip
+
+
+def _sleeve_input(
+    agent_id: str, row: AgentRow, history: list[tuple[int, Decimal]]
+) -> pf.SleeveInput:
+    equity = history[-1][1] if history else row.book_equity
+    return pf.SleeveInput(agent_id, row.user, row.capital, row.units, equity)

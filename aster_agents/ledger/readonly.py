@@ -1,0 +1,149 @@
+"""A read-only view of the ledger for ``status`` and ``portfolio``: never creates or writes.
+
+``open_readonly(state_dir)`` returns ``None`` when there is no ledger file, so a fresh checkout
+shows agents as "never started" without creating a state dir. The connection is opened with
+SQLite's ``mode=ro`` URI: no migration, no flock, no WAL switch. Rows are the same frozen
+dataclasses the read-write ``Ledger`` hands out.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import quote
+
+from aster_agents.errors import LedgerError
+from aster_agents.ledger.core import _AGENT_COLS, _POSITION_COLS, _agent, _position
+from aster_agents.ledger.rows import AccountLimits, AgentRow, LedgerPosition
+from aster_agents.ledger.store import BUSY_TIMEOUT_MS, DB_NAME
+
+
+@dataclass(frozen=True, slots=True)
+class BucketLevel:
+    """One shared rate bucket: ``used`` of ``capacity`` tokens right now."""
+
+    key: str
+    used: float
+    capacity: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostPause:
+    until_s: float
+    reason: str
+
+
+class ReadOnlyLedger:
+    """SELECT-only access to ``<state_dir>/ledger.sqlite3``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        try:
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._tables = {
+                str(r[0])
+                for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(
+                f"cannot read ledger {path}: {exc}; check the file's permissions or integrity"
+            ) from exc
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ReadOnlyLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ready(self, table: str) -> bool:
+        return table in self._tables
+
+    def agent_rows(self) -> list[AgentRow]:
+        if not self._ready("agents"):
+            return []
+        rows = self.conn.execute(
+            f"SELECT {_AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id"
+        ).fetchall()
+        return [_agent(r) for r in rows]
+
+    def positions(self, agent_id: str | None = None) -> list[LedgerPosition]:
+        if not self._ready("positions"):
+            return []
+        sql = f"SELECT {_POSITION_COLS} FROM positions"
+        args: tuple[str, ...] = ()
+        if agent_id is not None:
+            sql, args = sql + " WHERE agent_id = ?", (agent_id,)
+        rows = self.conn.execute(sql + " ORDER BY agent_id, symbol", args).fetchall()
+        return [_position(r) for r in rows]
+
+    def account_limits(self) -> dict[str, AccountLimits]:
+        if not self._ready("accounts"):
+            return {}
+        rows = self.conn.execute(
+            "SELECT user, max_total_positions, max_gross_leverage, equity FROM accounts"
+        ).fetchall()
+        return {
+            r[0]: AccountLimits(
+                r[0], int(r[1]), Decimal(str(r[2])), None if r[3] is None else Decimal(str(r[3]))
+            )
+            for r in rows
+        }
+
+    def latest_equity(self, agent_id: str) -> tuple[int, Decimal] | None:
+        """The newest equity snapshot of one agent, or None."""
+        if not self._ready("equity"):
+            return None
+        row = self.conn.execute(
+            "SELECT time_ms, equity FROM equity WHERE agent_id = ? "
+            "ORDER BY time_ms DESC, rowid DESC LIMIT 1",
+            (agent_id,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), Decimal(str(row[1])))
+
+    def equity_history(self, agent_id: str) -> list[tuple[int, Decimal]]:
+        if not self._ready("equity"):
+            return []
+        rows = self.conn.execute(
+            "SELECT time_ms, equity FROM equity WHERE agent_id = ? ORDER BY time_ms, rowid",
+            (agent_id,),
+        ).fetchall()
+        return [(int(r[0]), Decimal(str(r[1]))) for r in rows]
+
+    def buckets(self, now_s: float | None = None) -> list[BucketLevel]:
+        """Shared rate buckets refilled to ``now_s`` (tokens used = capacity - level)."""
+        if not self._ready("budgets"):
+            return []
+        now = time.time() if now_s is None else now_s
+        out = []
+        for key, tokens, capacity, refill, updated in self.conn.execute(
+            "SELECT key, tokens, capacity, refill_per_s, updated_s FROM budgets ORDER BY key"
+        ):
+            level = min(float(capacity), float(tokens) + max(0.0, now - float(updated)) * refill)
+            out.append(BucketLevel(str(key), round(float(capacity) - level, 3), float(capacity)))
+        return out
+
+    def host_pause(self, now_s: float | None = None) -> HostPause | None:
+        """The host-wide pause after a 429/418, if it is still in force."""
+        if not self._ready("host_pause"):
+            return None
+        row = self.conn.execute("SELECT until_s, reason FROM host_pause WHERE id = 1").fetchone()
+        now = time.time() if now_s is None else now_s
+        if row is None or float(row[0]) <= now:
+            return None
+        return HostPause(float(row[0]), str(row[1]))
+
+
+def open_readonly(state_dir: Path) -> ReadOnlyLedger | None:
+    """The ledger under ``state_dir`` opened read-only, or None if it does not exist yet."""
+    path = Path(state_dir) / DB_NAME
+    if not path.is_file():
+        return None
+    return ReadOnlyLedger(path)
