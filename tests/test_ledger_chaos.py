@@ -1,0 +1,188 @@
+"""Chaos test: 12 real worker processes hammer one ledger while this process SIGKILLs them.
+
+The limits are checked from the workers' own ``O_APPEND`` journal and the kill times recorded
+here (see ``tests/ledger_worker.py``), never from the ledger's view of itself; afterwards the
+file must pass ``PRAGMA integrity_check`` and its positions must match the booked fills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from aster_agents.errors import ReservationDenied
+from aster_agents.ledger import Ledger, pid_alive
+from aster_agents.models import Side
+from tests.ledger_worker import Limits, check_journal
+from tests.plugins.ledger import ROOT
+
+ACCOUNTS = 3
+AGENTS_PER_ACCOUNT = 4
+LIMITS = Limits(max_positions=2, max_total_positions=3)
+SYMBOLS = "S0,S1,S2,S3"
+RUN_SECONDS = 12.0
+
+
+def _setup(state: Path) -> list[tuple[str, str]]:
+    with Ledger(state) as ledger:
+        agents = []
+        for a in range(ACCOUNTS):
+            user = f"u{a}"
+            ledger.set_account_limits(
+                user,
+                max_total_positions=LIMITS.max_total_positions,
+                max_gross_leverage=Decimal(100),
+                equity=Decimal(10_000),
+            )
+            for i in range(AGENTS_PER_ACCOUNT):
+                agent = f"w{a}-{i}"
+                ledger.register_agent(
+                    agent, user, max_positions=LIMITS.max_positions, capital=Decimal(1000)
+                )
+                agents.append((agent, user))
+        ledger.register_agent("probe", "u0", max_positions=1, capital=Decimal(1000))
+    return agents
+
+
+def _start(state: Path, journal: Path, agent: str, user: str, seed: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "tests.ledger_worker", "chaos", str(state), str(journal)]
+    cmd += [agent, user, SYMBOLS, "--seed", str(seed), "--seconds", "120", "--ttl", "2"]
+    return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
+
+
+def _kill(proc: subprocess.Popen[bytes], kills: list[tuple[int, int]]) -> None:
+    kills.append((time.time_ns(), proc.pid))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _hammer(state: Path, journal: Path) -> list[tuple[int, int]]:
+    """Run the workers, killing and restarting random ones; return (time_ns, pid) kills."""
+    agents = _setup(state)
+    rng = random.Random(1234)
+    procs = {
+        agent: _start(state, journal, agent, user, i) for i, (agent, user) in enumerate(agents)
+    }
+    users = dict(agents)
+    kills: list[tuple[int, int]] = []
+    deadline = time.monotonic() + RUN_SECONDS
+    seed = 1000
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.05, 0.3))  # pacing of the killer, not a wait for a condition
+        agent = rng.choice(sorted(procs))
+        proc = procs[agent]
+        if proc.poll() is not None:
+            raise AssertionError(f"worker {agent} died by itself with code {proc.returncode}")
+        _kill(proc, kills)
+        seed += 1
+        procs[agent] = _start(state, journal, agent, users[agent], seed)
+    for proc in procs.values():
+        _kill(proc, kills)
+    return kills
+
+
+def _fills_by_position(db: Path) -> dict[tuple[str, str], Decimal]:
+    conn = sqlite3.connect(db)
+    totals: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for agent, symbol, side, qty in conn.execute("SELECT agent_id, symbol, side, qty FROM fills"):
+        totals[(agent, symbol)] += Decimal(qty) if side == "BUY" else -Decimal(qty)
+    conn.close()
+    return {k: v for k, v in totals.items() if v != 0}
+
+
+def _journal_lines(journal: Path) -> list[list[str]]:
+    return [line.split(" ") for line in journal.read_text().splitlines()]
+
+
+def _assert_no_lost_updates(db: Path, lines: list[list[str]]) -> None:
+    """Every acknowledged reservation and fill is in the file; no fill beyond the attempts."""
+    conn = sqlite3.connect(db)
+    coids = {r[0] for r in conn.execute("SELECT client_order_id FROM intents")}
+    fills = Counter(r[0] for r in conn.execute("SELECT client_order_id FROM fills"))
+    conn.close()
+    granted = {p[6].split("@")[0] for p in lines if p[2] == "A"}
+    assert granted <= coids, f"acknowledged reservations missing: {sorted(granted - coids)[:5]}"
+    done = Counter(p[6] for p in lines if p[2] == "D")
+    tried = Counter(p[6] for p in lines if p[2] == "P")
+    for coid, n in done.items():
+        assert fills[coid] >= n, f"fill of {coid} acknowledged but lost"
+    for coid, n in fills.items():
+        assert n <= tried[coid], f"{coid} has {n} fills but only {tried[coid]} attempts"
+
+
+@pytest.mark.slow
+def test_killed_workers_never_break_limits_or_the_file(tmp_path: Path) -> None:
+    """12 workers SIGKILLed at random: no limit exceeded, no update lost, file intact."""
+    state, journal = tmp_path / "state", tmp_path / "journal"
+    kills = _hammer(state, journal)
+    lines = _journal_lines(journal)
+
+    result = check_journal(journal, kills, LIMITS)
+    assert result.violations == [], result.violations[:10]
+    assert result.holds > 200, f"only {result.holds} reservations: the test did not hammer"
+    assert max(result.max_account.values()) == LIMITS.max_total_positions
+    assert sum(1 for p in lines if p[2] == "N") > 0, "no denial: the limits were never tight"
+    assert len(kills) > 20
+
+    with Ledger(state) as ledger:
+        assert ledger.integrity_check() == "ok"
+        booked = {(p.agent_id, p.symbol): p.qty for p in ledger.positions()}
+        assert booked == _fills_by_position(state / "ledger.sqlite3")
+        for user in (f"u{a}" for a in range(ACCOUNTS)):
+            held = {(p.agent_id, p.symbol) for p in ledger.positions(user=user)}
+            owners = Counter(symbol for _, symbol in held)
+            assert all(n == 1 for n in owners.values()), f"{user}: two owners {owners}"
+        _assert_no_lost_updates(state / "ledger.sqlite3", lines)
+        _assert_dead_reservations_are_reaped(ledger)
+
+
+def _assert_dead_reservations_are_reaped(ledger: Ledger) -> None:
+    """After the next reserve, no reservation of a dead process survives."""
+    with contextlib.suppress(ReservationDenied):  # a denial is fine: reaping comes first
+        ledger.reserve("probe", "PROBE", Side.BUY, margin=Decimal(1), notional=Decimal(1))
+    reserved = ledger.store.conn.execute(
+        "SELECT client_order_id, pid FROM intents WHERE state = 'reserved'"
+    ).fetchall()
+    survivors = [(coid, pid) for coid, pid in reserved if pid != os.getpid() and not pid_alive(pid)]
+    assert survivors == []
+
+
+def test_journal_checker_catches_overlaps(tmp_path: Path) -> None:
+    """The independent checker flags slot, account and owner overlaps and honours kills/expiry."""
+    journal = tmp_path / "journal"
+    far = 10**13
+    journal.write_text(
+        "\n".join(
+            [
+                f"100 1 A w1 u0 S0 c1@{far}",
+                "101 1 C w1 u0 S0 c1",
+                f"110 2 A w2 u0 S0 c2@{far}",  # S0 owned by w1 and w2
+                f"120 1 A w1 u0 S1 c3@{far}",
+                f"130 1 A w1 u0 S2 c4@{far}",  # w1 holds 3 > 2; account holds 4 > 3
+                "140 1 B w1 u0 S2 -",
+                f"150 3 A w3 u0 S3 c5@{far}",
+                "200 2 B w2 u0 S0 -",
+                "1 9 A w9 u1 S0 c9@0",  # expired at once: never overlaps
+                "300 9 A w8 u1 S0 c8@99999999",
+            ]
+        )
+        + "\n"
+    )
+    result = check_journal(journal, [(145, 1)], LIMITS)
+    text = "\n".join(result.violations)
+    assert "owned by ['w1', 'w2']" in text
+    assert "w1 holds 3 > 2" in text
+    assert "u0 holds 4 > 3" in text
+    assert not any("u1" in v for v in result.violations)
+    assert result.max_account["u0"] == 4
