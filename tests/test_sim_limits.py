@@ -24,7 +24,14 @@ def _serve(keys: SimKeys, **config: object) -> tuple[SimServer, SignedClient]:
 
 @pytest.fixture
 def tiny(sim_keys: SimKeys) -> Iterator[tuple[SimServer, SignedClient]]:
-    limits = LimitConfig(weight_per_window=12, orders_short=2, ban_seconds=30)
+    limits = LimitConfig(
+        weight_per_window=12,
+        orders_short=2,
+        ban_seconds=30,
+        align_to_start=True,
+        weight_window_s=3600,
+        orders_short_window_s=3600,
+    )
     server, client = _serve(sim_keys, limits=limits)
     try:
         yield server, client

@@ -128,6 +128,14 @@ def test_bad_market_data_requests(sim_client: SignedClient) -> None:
     bad = sim_client.public("/fapi/v3/klines", symbol="BTCUSDT", interval="7m")
     assert bad.json()["code"] == -1120
     assert sim_client.public("/fapi/v3/nothing").status_code == 404
+    bad = sim_client.public("/fapi/v3/klines", symbol="BTCUSDT", interval="1m", startTime="x")
+    assert (bad.status_code, bad.json()["code"]) == (400, -1102)
+
+
+def test_v1_aliases_only_for_public_endpoints(sim_client: SignedClient) -> None:
+    """/fapi/v1 market data works; signed /fapi/v1 endpoints (HMAC on the real API) are 404."""
+    assert sim_client.public("/fapi/v1/ping").status_code == 200
+    assert sim_client.send("GET", "/fapi/v1/balance").status_code == 404
 
 
 def test_minute_constant() -> None:

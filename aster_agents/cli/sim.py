@@ -45,7 +45,11 @@ def sim(
     ),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback --host."),
     chain_id: int = typer.Option(1666, help="EIP-712 chain id (1666 mainnet, 714 testnet)."),
-    no_decode_fallback: bool = typer.Option(False, help="Verify only the raw signed string."),
+    decode_fallback: bool = typer.Option(
+        True,
+        "--decode-fallback/--no-decode-fallback",
+        help="Also accept signatures over the URL-decoded string.",
+    ),
     weight_limit: int = typer.Option(2400, help="Request weight per IP per window."),
     weight_window: float = typer.Option(60.0, help="Weight window in seconds."),
     orders_10s: int = typer.Option(300, "--orders-10s", help="Orders per account per 10 s."),
@@ -70,7 +74,10 @@ def sim(
     from aster_agents.sim.limits import LimitConfig
     from aster_agents.sim.server import SimConfig, SimServer
 
-    default_balance = Decimal(balance)
+    try:
+        default_balance = Decimal(balance)
+    except ArithmeticError:
+        raise typer.BadParameter(f"--default-balance {balance!r}: expected a number") from None
     registered = load_accounts_file(accounts, default_balance) if accounts else []
     chosen_dir = config_dir or getattr(ctx.obj, "config_dir", None)
     if chosen_dir is not None:
@@ -98,7 +105,7 @@ def sim(
         faults,
         limits,
         chain_id,
-        not no_decode_fallback,
+        decode_fallback,
         allow_remote=allow_remote,
     )
     server = SimServer(config)

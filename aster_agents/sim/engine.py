@@ -384,6 +384,26 @@ class Engine:
             raise ApiError(-2015, f"No account for user {user}.", 401)
         return acct
 
+    def balance(self, user: str) -> Decimal:
+        """The wallet balance (USDT) of ``user`` (for test assertions)."""
+        with self.lock:
+            return self.account(user).balance
+
+    def position(self, user: str, symbol: str, side: str = "BOTH") -> Decimal:
+        """The signed position amount of ``user`` in ``symbol`` (for test assertions)."""
+        with self.lock:
+            pos = self.account(user).positions.get((symbol, side))
+            return pos.amount if pos else ZERO
+
+    def trades(self, user: str) -> list[SimTrade]:
+        """Every fill of ``user``, oldest first."""
+        with self.lock:
+            return list(self.account(user).trades)
+
+    def open_orders_of(self, user: str) -> list[SimOrder]:
+        with self.lock:
+            return list(self.account(user).open_orders.values())
+
     def all_orders_ever(self) -> list[SimOrder]:
         """Every order ever accepted, in placement order (for chaos-test assertions)."""
         with self.lock:

@@ -23,6 +23,7 @@ class LimitConfig:
     orders_long: int = 1200
     orders_long_window_s: float = 60.0
     ban_seconds: float = 120.0
+    align_to_start: bool = False  # count windows from the server start instead of the clock
 
     def rate_limits_doc(self) -> list[dict[str, object]]:
         """The ``rateLimits`` array of exchangeInfo."""
@@ -54,12 +55,12 @@ class _Window:
     index: int = -1
     used: int = 0
 
-    def roll(self, now: float, size: float) -> float:
+    def roll(self, now: float, size: float, origin: float) -> float:
         """Reset on a new window; returns the seconds left in the current one."""
-        index = int(now // size)
+        index = int((now - origin) // size)
         if index != self.index:
             self.index, self.used = index, 0
-        return (index + 1) * size - now
+        return origin + (index + 1) * size - now
 
 
 @dataclass(slots=True)
@@ -81,10 +82,15 @@ def _ceil(seconds: float) -> int:
 
 
 class RateLimiter:
-    """Fixed-window counters, as the X-MBX-* headers report them. Thread-safe."""
+    """Fixed-window counters, as the X-MBX-* headers report them. Thread-safe.
 
-    def __init__(self, config: LimitConfig) -> None:
+    Windows are counted from ``origin`` (default 0: aligned to the wall clock like the real
+    exchange's minutes); tests pass the start time so no window boundary falls mid-test.
+    """
+
+    def __init__(self, config: LimitConfig, origin: float = 0.0) -> None:
         self.config = config
+        self.origin = origin
         self._ips: dict[str, _IpState] = {}
         self._accounts: dict[str, _AccountState] = {}
         self._lock = threading.Lock()
@@ -101,7 +107,7 @@ class RateLimiter:
                 ban = min(cfg.ban_seconds * 2 ** (st.bans - 1), MAX_BAN_SECONDS)
                 st.banned_until, st.retry_until = now + ban, 0.0
                 raise self._banned(st, now)
-            left = st.weight.roll(now, cfg.weight_window_s)
+            left = st.weight.roll(now, cfg.weight_window_s, self.origin)
             if st.weight.used + weight > cfg.weight_per_window:
                 st.retry_until = now + left
                 raise ApiError(
@@ -129,7 +135,7 @@ class RateLimiter:
     def used_weight(self, ip: str, now: float) -> int:
         with self._lock:
             st = self._ips.setdefault(ip, _IpState())
-            st.weight.roll(now, self.config.weight_window_s)
+            st.weight.roll(now, self.config.weight_window_s, self.origin)
             return st.weight.used
 
     def orders(self, user: str, count: int, now: float) -> tuple[int, int]:
@@ -137,8 +143,8 @@ class RateLimiter:
         cfg = self.config
         with self._lock:
             st = self._accounts.setdefault(user.lower(), _AccountState())
-            left_s = st.short.roll(now, cfg.orders_short_window_s)
-            left_l = st.long.roll(now, cfg.orders_long_window_s)
+            left_s = st.short.roll(now, cfg.orders_short_window_s, self.origin)
+            left_l = st.long.roll(now, cfg.orders_long_window_s, self.origin)
             if st.short.used + count > cfg.orders_short:
                 raise self._too_many(cfg.orders_short, cfg.orders_short_window_s, left_s)
             if st.long.used + count > cfg.orders_long:

@@ -116,7 +116,8 @@ class SimApp:
         )
         self.engine = Engine(self.market)
         self.auth = Authenticator(config.chain_id, config.decode_fallback)
-        self.limiter = RateLimiter(config.limits)
+        origin = time.time() if config.limits.align_to_start else 0.0
+        self.limiter = RateLimiter(config.limits, origin)
         self.faults = Faults(config.faults)
         self.routes = self._routes()
 
@@ -145,12 +146,17 @@ class SimApp:
             return self._dispatch(method, path, query, body, ip, headers)
         except ApiError as exc:
             return self._error(exc, headers)
+        except ValueError as exc:  # int()/Decimal() of a malformed parameter
+            return self._error(ApiError(-1102, f"A parameter was malformed: {exc}"), headers)
+        except Exception as exc:  # a simulator bug must still answer, like a 5xx
+            msg = f"An unknown error occurred while processing the request: {exc!r}"
+            return self._error(ApiError(-1000, msg, 500), headers)
 
     def _dispatch(
         self, method: str, path: str, query: str, body: str, ip: str, headers: dict[str, str]
     ) -> Reply:
         route = self.routes.get((method, path.replace("/fapi/v1/", "/fapi/v3/", 1)))
-        if route is None:
+        if route is None or (route.signed and not path.startswith("/fapi/v3/")):
             raise ApiError(-1000, f"No such endpoint: {method} {path}.", 404)
         raw = query if method == "GET" or "signature=" in query or not body else body
         public = dict(parse_qsl(raw, keep_blank_values=True))
@@ -159,7 +165,7 @@ class SimApp:
         except ValueError:
             raise ApiError(-1102, "Parameter 'limit' was malformed.") from None
         now = time.time()
-        headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.used_weight(ip, now))
+        headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.used_weight(ip, now))  # for a 429
         headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.weight(ip, weight, now))
         user, params = "", public
         if route.signed:
