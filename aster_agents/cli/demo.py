@@ -1,0 +1,146 @@
+"""``aster-agent demo``: the shipped fleet against the simulator under a real supervisord."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import typer
+
+from aster_agents.cli.common import console, emit_json, err_console, state
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from aster_agents.demo import DemoResult, Snapshot
+
+
+def demo(
+    ctx: typer.Context,
+    agents: int | None = typer.Option(
+        None, "--agents", help="How many agents [default: every agent of the shipped config]."
+    ),
+    duration: float = typer.Option(60.0, "--duration", min=1, help="Seconds to run."),
+    speed: float = typer.Option(
+        60.0, "--speed", min=1, help="Market time per wall-clock second (60: a 1m candle per s)."
+    ),
+    seed: int = typer.Option(1, "--seed", help="Market generator seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON summary at the end."),
+) -> None:
+    """Run the agents against the simulator for a while, then tear everything down.
+
+    Uses a temporary directory under /tmp, or the global --state-dir (kept afterwards).
+    Exit 0 when trades happened, 1 when none did, 130 when interrupted.
+    """
+    from aster_agents.demo import Demo, DemoOptions
+
+    cli = state(ctx)
+    options = DemoOptions(agents, duration, speed, seed, directory=cli.state_dir)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        runner = Demo(cli.fleet(), options, _progress(as_json))
+        if not as_json:
+            err_console().print(
+                f"demo: {len(runner.agents)} agent(s) for {duration:.0f}s in "
+                f"{runner.directory} (market x{speed:g}); Ctrl-C stops"
+            )
+        with _live(as_json) as show:
+            runner.on_update = show
+            result = runner.run(stop)
+    _report(result, as_json)
+    if result.interrupted:
+        raise typer.Exit(130)
+    if result.final.trades == 0:
+        err_console().print(
+            f"demo: no trades in {result.final.elapsed:.0f}s; try a longer --duration "
+            "(see the agents' logs with --state-dir DIR to keep them)"
+        )
+        raise typer.Exit(1)
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _progress(as_json: bool) -> Callable[[Snapshot], None]:
+    last = [0.0]
+
+    def plain(snapshot: Snapshot) -> None:
+        if time.monotonic() - last[0] < 5:
+            return
+        last[0] = time.monotonic()
+        line = (
+            f"[{snapshot.elapsed:4.0f}s] agents running {snapshot.running}/"
+            f"{len(snapshot.agents)}  trades {snapshot.trades}  P&L {snapshot.pnl:+.2f} USDT"
+        )
+        print(line, file=sys.stderr if as_json else sys.stdout, flush=True)
+
+    return plain
+
+
+@contextmanager
+def _live(as_json: bool) -> Iterator[Callable[[Snapshot], None]]:
+    out = console()
+    if as_json or not out.is_terminal:
+        yield _progress(as_json)
+        return
+    from rich.live import Live
+
+    with Live(console=out, refresh_per_second=2, transient=False) as live:
+        yield lambda snapshot: live.update(_view(snapshot))
+
+
+def _view(snapshot: Snapshot, title: str | None = None) -> RenderableType:
+    from rich.table import Table
+
+    table = Table(title=title or f"demo: {snapshot.elapsed:.0f}s of {snapshot.duration:.0f}s")
+    for column in ("agent", "strategy", "process", "pid", "trades", "open", "realized",
+                   "fees", "unrealized", "P&L"):  # fmt: skip
+        table.add_column(
+            column, justify="left" if column in ("agent", "strategy", "process") else "right"
+        )
+    for a in snapshot.agents:
+        table.add_row(a.id, a.strategy, a.process_state, str(a.pid or "-"), str(a.trades),
+                      str(a.open_positions), f"{a.realized_pnl:.2f}", f"{a.fees:.2f}",
+                      f"{a.unrealized_pnl:.2f}", _signed(a.pnl))  # fmt: skip
+    table.add_section()
+    table.add_row("combined", "", f"{snapshot.running} running", "", str(snapshot.trades), "",
+                  "", "", "", _signed(snapshot.pnl))  # fmt: skip
+    table.caption = (f"account equity {snapshot.account_equity:.2f} USDT "
+                     f"(start {snapshot.starting_balance:.2f})")  # fmt: skip
+    return table
+
+
+def _signed(value: object) -> str:
+    return f"{value:+.2f}"
+
+
+def _report(result: DemoResult, as_json: bool) -> None:
+    if as_json:
+        emit_json({"demo": result.to_json()})
+        return
+    out = console()
+    out.print(_view(result.final, "demo summary"))
+    how = "interrupted" if result.interrupted else "finished"
+    where = f"; kept {result.directory}" if result.kept else ""
+    out.print(
+        f"demo {how}: {result.final.trades} trade(s), combined P&L "
+        f"{result.final.pnl:+.2f} USDT; supervisord and every agent stopped{where}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

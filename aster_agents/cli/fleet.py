@@ -1,0 +1,163 @@
+"""``aster-agent supervisor render``, ``up``, ``down``, ``restart``, ``logs``: supervisord."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aster_agents.cli.common import console, err_console, state
+
+supervisor_app = typer.Typer(help="supervisord configuration.", no_args_is_help=True)
+
+
+@supervisor_app.command("render")
+def render_cmd(
+    ctx: typer.Context,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Write here (paths relative to it); default stdout."),
+    ] = None,
+    aster_agent_bin: str | None = typer.Option(
+        None, "--bin", help="aster-agent executable [default %(here)s/.venv/bin/aster-agent]."
+    ),
+) -> None:
+    """Render supervisord.conf for the enabled agents (no secrets in it)."""
+    from aster_agents.supervisor import render
+
+    cli = state(ctx)
+    fleet = cli.fleet()
+    target = output if output is not None else Path.cwd() / "supervisord.conf"
+    text = render(fleet, target, aster_agent_bin=aster_agent_bin,
+                  state_dir=fleet.state_dir(cli.state_dir))  # fmt: skip
+    if output is None:
+        sys.stdout.write(text)
+        return
+    output.write_text(text, encoding="utf-8")
+    err_console().print(f"wrote {output} ({len(fleet.enabled_agents)} agent(s))")
+
+
+def up(
+    ctx: typer.Context,
+    foreground: bool = typer.Option(
+        False, "--foreground", help="Run supervisord in this terminal (Ctrl-C stops the fleet)."
+    ),
+    env_file: Annotated[
+        Path | None,
+        typer.Option("--env-file", help="KEY=VALUE file with keys [default: .env by agents.d]."),
+    ] = None,
+) -> None:
+    """Start supervisord with every enabled agent; config and keys are checked first."""
+    from aster_agents.supervisor import Supervisor, write_runtime_config
+
+    cli = state(ctx)
+    fleet = cli.fleet()
+    state_dir = cli.resolved_state_dir()
+    env = _environment(fleet.root / ".env", env_file)
+    _check_keys(fleet, env)
+    conf = write_runtime_config(fleet, state_dir)
+    supervisor = Supervisor(state_dir, conf)
+    if foreground:
+        argv = supervisor.foreground_argv()
+        err_console().print(f"supervisord -n -c {conf} (Ctrl-C stops every agent)")
+        os.execve(argv[0], argv, env)
+    pid = supervisor.start(env)
+    n = len(fleet.enabled_agents)
+    console().print(f"supervisord running (pid {pid}) with {n} agent(s); config {conf}")
+    console().print("see `aster-agent status`, `aster-agent logs --id ID`, `aster-agent down`")
+
+
+def _environment(default_file: Path, chosen: Path | None) -> dict[str, str]:
+    from aster_agents.supervisor import load_env_file
+
+    env = dict(os.environ)
+    path = chosen or (default_file if default_file.exists() else None)
+    if path is None:
+        return env
+    loaded = load_env_file(path)
+    if loaded.warning:
+        err_console().print(f"warning: {loaded.warning}")
+    env.update(loaded.values)
+    err_console().print(f"loaded {len(loaded.values)} variable(s) from {path}")
+    return env
+
+
+def _check_keys(fleet: object, env: dict[str, str]) -> None:
+    from aster_agents.config import FleetConfig
+    from aster_agents.errors import ConfigError
+    from aster_agents.keys import resolve_signer
+
+    assert isinstance(fleet, FleetConfig)
+    problems = []
+    for agent in fleet.enabled_agents:
+        try:
+            resolve_signer(fleet, agent, env)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(f"{len(problems)} agent key problem(s); nothing started", problems)
+
+
+def down(
+    ctx: typer.Context,
+    timeout: float = typer.Option(60.0, help="Seconds to wait for supervisord to exit."),
+) -> None:
+    """Stop every agent (SIGTERM, they finish their step) and supervisord; waits until gone."""
+    from aster_agents.supervisor import Supervisor
+
+    supervisor = Supervisor(state(ctx).resolved_state_dir())
+    pid = supervisor.shutdown(timeout)
+    console().print(f"supervisord (pid {pid}) and its agents have stopped")
+
+
+def restart(
+    ctx: typer.Context,
+    agent_id: str | None = typer.Option(None, "--id", help="Only this agent [default: all]."),
+) -> None:
+    """Restart one agent or all of them under the running supervisord."""
+    from aster_agents.supervisor import Supervisor
+
+    supervisor = Supervisor(state(ctx).resolved_state_dir())
+    names = supervisor.restart([agent_id] if agent_id else None)
+    console().print(f"restarted {', '.join(names) or 'nothing'}")
+
+
+def logs(
+    ctx: typer.Context,
+    agent_id: str = typer.Option(..., "--id", help="The agent whose log to show."),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
+    lines: int = typer.Option(50, "-n", "--lines", help="How many lines to show."),
+) -> None:
+    """Show an agent's output captured by supervisord (its stderr log)."""
+    from aster_agents.errors import ConfigError
+    from aster_agents.supervisor import Supervisor, supervisorctl_bin, tail
+
+    cli = state(ctx)
+    fleet = cli.fleet()
+    known = [a.id for a in fleet.enabled_agents]
+    if agent_id not in known:
+        raise ConfigError(f"unknown agent {agent_id!r} (known: {', '.join(known) or 'none'})")
+    state_dir = cli.resolved_state_dir()
+    if follow:
+        supervisor = Supervisor(state_dir)
+        supervisor.process(agent_id)  # clear error when supervisord is not running
+        argv = [supervisorctl_bin(), "-c", str(supervisor.conf), "tail", "-f",
+                f"aster-agents:{agent_id}", "stderr"]  # fmt: skip
+        os.execv(argv[0], argv)
+    log = state_dir / "logs" / f"{agent_id}.err.log"
+    found = tail(log, lines)
+    if not found:
+        err_console().print(f"no output yet in {log}")
+    for line in found:
+        sys.stdout.write(line + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(supervisor_app, name="supervisor")
+    app.command("up")(up)
+    app.command("down")(down)
+    app.command("restart")(restart)
+    app.command("logs")(logs)
