@@ -16,7 +16,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,7 +52,7 @@ class SimConfig:
     port: int = 0
     seed: int = 1
     speed: float = 1.0
-    accounts: tuple[SimAccount, ...] = ()
+    accounts: Sequence[SimAccount] = ()
     faults: FaultConfig = field(default_factory=FaultConfig)
     limits: LimitConfig = field(default_factory=LimitConfig)
     chain_id: int = MAINNET_CHAIN_ID

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import signal
@@ -79,7 +80,7 @@ def build_params(
 class SignedClient:
     """Raw signed requests over real HTTP, for tests and benches (no project client needed)."""
 
-    _slots = iter(range(NonceSource.SLOTS))
+    _slots = itertools.count()
 
     def __init__(
         self, base_url: str, signer: Signer, user: str | None, *, slot: int | None = None
@@ -87,7 +88,9 @@ class SignedClient:
         self.http = httpx.Client(base_url=base_url, timeout=10.0)
         self.signer = signer
         self.user = user
-        self.nonces = NonceSource(slot if slot is not None else next(self._slots) % 64)
+        self.nonces = NonceSource(
+            slot if slot is not None else next(self._slots) % NonceSource.SLOTS
+        )
 
     def close(self) -> None:
         self.http.close()
