@@ -1,0 +1,131 @@
+"""``aster-agent status --json`` start-up benchmark with the shipped ten agents.
+
+    python bench/status.py --json
+
+Builds a temporary state dir with a populated ledger (the ten agents of the repo's agents.d
+registered, positions, equity snapshots, heartbeats from a live and a dead pid), then times
+``aster-agent status --json`` as a subprocess against ``python -c "import typer, rich"``, the
+median of ``--runs`` runs each, in the same run. Target: ratio <= 1.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aster_agents.config import load_fleet  # noqa: E402
+from aster_agents.ledger import Ledger  # noqa: E402
+from aster_agents.models import Side  # noqa: E402
+
+TARGET_RATIO = 1.5
+SNAPSHOTS_PER_AGENT = 500
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def populate(state: Path, config_dir: Path) -> None:
+    """Register every agent, book a position for each, write snapshots and heartbeats."""
+    fleet = load_fleet(config_dir, check_strategies=False)
+    gone = dead_pid()
+    now = time.time_ns() // 1_000_000
+    taken: set[str] = set()
+    with Ledger(state) as ledger:
+        for user in {a.exchange.user for a in fleet.agents}:
+            ledger.set_account_limits(
+                user, max_total_positions=10, max_gross_leverage=Decimal(3), equity=Decimal(10000)
+            )
+        for i, agent in enumerate(fleet.agents):
+            capital = Decimal(10000) * Decimal(str(agent.allocation.capital_pct))
+            ledger.register_agent(
+                agent.id, agent.exchange.user, max_positions=agent.trading.max_positions,
+                capital=capital,
+            )  # fmt: skip
+            free = [s for s in agent.trading.symbols if s not in taken]
+            if free:
+                taken.add(free[0])
+                open_position(ledger, agent.id, free[0], i + 1, now)
+            for k in range(SNAPSHOTS_PER_AGENT):
+                t = now - (SNAPSHOTS_PER_AGENT - k) * 60_000
+                ledger.snapshot_equity(agent.id, capital + Decimal(k % 37 - 18) / 4, t)
+            ledger.heartbeat(agent.id, os.getpid() if i % 3 else gone, tick=True)
+
+
+def open_position(ledger: Ledger, agent_id: str, symbol: str, trade_id: int, now: int) -> None:
+    intent = ledger.reserve(agent_id, symbol, Side.BUY, margin=Decimal(50), notional=Decimal(150))
+    ledger.confirm(intent.client_order_id)
+    ledger.book_fill(
+        intent.client_order_id, trade_id=trade_id, symbol=symbol, side=Side.BUY,
+        qty=Decimal("0.01"), price=Decimal(15000), realized_pnl=Decimal(0),
+        commission=Decimal("0.06"), time_ms=now,
+    )  # fmt: skip
+
+
+def timed(cmd: list[str], runs: int, env: dict[str, str]) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def status_command(config_dir: Path, state: Path) -> list[str]:
+    script = Path(sys.executable).with_name("aster-agent")
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "aster_agents"]
+    return [*head, "--config-dir", str(config_dir), "--state-dir", str(state), "status", "--json"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-status-"))
+    try:
+        config_dir, state = ROOT / "agents.d", tmp / "state"
+        populate(state, config_dir)
+        env = {**os.environ, "NO_COLOR": "1"}
+        cmd = status_command(config_dir, state)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        agents = len(json.loads(out)["agents"])
+        baseline = timed([sys.executable, "-c", "import typer, rich"], args.runs, env)
+        status_s = timed(cmd, args.runs, env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratio = status_s / baseline
+    doc = {
+        "version": 1,
+        "agents": agents,
+        "runs": args.runs,
+        "status_s": round(status_s, 4),
+        "baseline_s": round(baseline, 4),
+        "ratio": round(ratio, 3),
+        "target_ratio": TARGET_RATIO,
+        "ok": ratio <= TARGET_RATIO,
+    }
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        for key, value in doc.items():
+            print(f"{key:>12}: {value}")
+
+
+if __name__ == "__main__":
+    main()
