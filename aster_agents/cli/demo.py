@@ -17,7 +17,7 @@ from aster_agents.cli.common import console, emit_json, err_console, state
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from aster_agents.demo import DemoResult, Snapshot
+    from aster_agents.demo import Demo, DemoResult, Snapshot
 
 
 def demo(
@@ -49,7 +49,7 @@ def demo(
                 f"demo: {len(runner.agents)} agent(s) for {duration:.0f}s in "
                 f"{runner.directory} (market x{speed:g}); Ctrl-C stops"
             )
-        with _live(as_json) as show:
+        with _live(as_json, runner) as show:
             runner.on_update = show
             result = runner.run(stop)
     _report(result, as_json)
@@ -92,33 +92,49 @@ def _progress(as_json: bool) -> Callable[[Snapshot], None]:
 
 
 @contextmanager
-def _live(as_json: bool) -> Iterator[Callable[[Snapshot], None]]:
+def _live(as_json: bool, runner: Demo) -> Iterator[Callable[[Snapshot], None]]:
+    """Status and portfolio redrawn in place on a terminal; a line every 5 s otherwise."""
     out = console()
     if as_json or not out.is_terminal:
         yield _progress(as_json)
         return
     from rich.live import Live
 
-    with Live(console=out, refresh_per_second=2, transient=False) as live:
-        yield lambda snapshot: live.update(_view(snapshot))
+    with Live(console=out, auto_refresh=False, transient=False) as live:
+        yield lambda snapshot: live.update(_fleet_view(runner, snapshot), refresh=True)
 
 
-def _view(snapshot: Snapshot, title: str | None = None) -> RenderableType:
+def _fleet_view(runner: Demo, snapshot: Snapshot) -> RenderableType:
+    from rich.console import Group
+
+    from aster_agents.cli.portfolio import render_portfolio
+    from aster_agents.cli.status import render_status
+    from aster_agents.fleetview import collect_portfolio, collect_status
+
+    assert runner.fleet is not None
+    header = (
+        f"demo: {snapshot.elapsed:.0f}s of {snapshot.duration:.0f}s  trades {snapshot.trades}  "
+        f"P&L {snapshot.pnl:+.2f} USDT  (account equity {snapshot.account_equity:.2f})"
+    )
+    return Group(
+        header,
+        render_status(collect_status(runner.fleet, runner.state_dir)),
+        render_portfolio(collect_portfolio(runner.fleet, runner.state_dir)),
+    )
+
+
+def _view(snapshot: Snapshot, title: str) -> RenderableType:
     from rich.table import Table
 
-    table = Table(title=title or f"demo: {snapshot.elapsed:.0f}s of {snapshot.duration:.0f}s")
-    for column in ("agent", "strategy", "process", "pid", "trades", "open", "realized",
-                   "fees", "unrealized", "P&L"):  # fmt: skip
-        table.add_column(
-            column, justify="left" if column in ("agent", "strategy", "process") else "right"
-        )
+    table = Table(title=title)
+    for column in ("agent", "strategy", "trades", "open", "realized", "fees", "unrealized", "P&L"):
+        table.add_column(column, justify="left" if column in ("agent", "strategy") else "right")
     for a in snapshot.agents:
-        table.add_row(a.id, a.strategy, a.process_state, str(a.pid or "-"), str(a.trades),
-                      str(a.open_positions), f"{a.realized_pnl:.2f}", f"{a.fees:.2f}",
-                      f"{a.unrealized_pnl:.2f}", _signed(a.pnl))  # fmt: skip
+        table.add_row(a.id, a.strategy, str(a.trades), str(a.open_positions),
+                      f"{a.realized_pnl:.2f}", f"{a.fees:.2f}", f"{a.unrealized_pnl:.2f}",
+                      _signed(a.pnl))  # fmt: skip
     table.add_section()
-    table.add_row("combined", "", f"{snapshot.running} running", "", str(snapshot.trades), "",
-                  "", "", "", _signed(snapshot.pnl))  # fmt: skip
+    table.add_row("combined", "", str(snapshot.trades), "", "", "", "", _signed(snapshot.pnl))
     table.caption = (f"account equity {snapshot.account_equity:.2f} USDT "
                      f"(start {snapshot.starting_balance:.2f})")  # fmt: skip
     return table

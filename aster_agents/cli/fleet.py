@@ -98,7 +98,8 @@ def _check_keys(fleet: object, env: dict[str, str]) -> None:
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
-        raise ConfigError(f"{len(problems)} agent key problem(s); nothing started", problems)
+        problems.append("nothing started: set the keys (or pass --env-file) and run `up` again")
+        raise ConfigError(f"{len(problems) - 1} agent key problem(s); nothing started", problems)
 
 
 def down(

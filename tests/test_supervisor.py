@@ -1,0 +1,223 @@
+"""supervisord.conf rendering, the env file, and the fleet commands' errors (no supervisord)."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from aster_agents.cli.main import main
+from aster_agents.config import load_fleet
+from aster_agents.errors import ConfigError
+from aster_agents.signing import Signer, generate_private_key
+from aster_agents.supervisor import load_env_file, render
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err
+
+
+def _parse(text: str) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser()
+    parser.read_string(text)
+    return parser
+
+
+def _copy_agents(tmp_path: Path, disable: str | None = None) -> Path:
+    config = tmp_path / "agents.d"
+    shutil.copytree(REPO / "agents.d", config)
+    if disable:
+        path = config / f"{disable}.yaml"
+        path.write_text(path.read_text().replace("enabled: true", "enabled: false"))
+    return config
+
+
+def test_checked_in_conf_equals_render() -> None:
+    """The repo's supervisord.conf is exactly what render gives for the repo's agents.d."""
+    expected = render(load_fleet(REPO / "agents.d"), REPO / "supervisord.conf")
+    assert (REPO / "supervisord.conf").read_text(encoding="utf-8") == expected
+
+
+def test_render_sections_and_options() -> None:
+    """One program per agent in the group, TERM with a long wait, process groups, logs rotated."""
+    fleet = load_fleet(REPO / "agents.d")
+    conf = _parse(render(fleet, REPO / "supervisord.conf"))
+    ids = [a.id for a in fleet.enabled_agents]
+    assert conf.get("group:aster-agents", "programs") == ",".join(ids)
+    assert "inet_http_server" not in conf.sections()
+    assert conf.get("unix_http_server", "file") == "%(here)s/state/supervisor.sock"
+    assert conf.get("unix_http_server", "chmod") == "0700"
+    assert conf.get("supervisorctl", "serverurl") == "unix://%(here)s/state/supervisor.sock"
+    for agent_id in ids:
+        p = dict(conf.items(f"program:{agent_id}"))
+        assert p["command"] == (
+            "%(here)s/.venv/bin/aster-agent --config-dir %(here)s/agents.d "
+            "--state-dir %(here)s/state run"
+        )
+        assert f'AGENT_ID="{agent_id}"' in p["environment"]
+        assert (p["stopsignal"], p["stopasgroup"], p["killasgroup"]) == ("TERM", "true", "true")
+        assert int(p["stopwaitsecs"]) > 10 and p["startsecs"] == "5"
+        assert p["autorestart"] == "true"
+        assert p["stdout_logfile"] == f"%(here)s/state/logs/{agent_id}.out.log"
+        assert p["stderr_logfile"] == f"%(here)s/state/logs/{agent_id}.err.log"
+        assert p["stdout_logfile_maxbytes"] and p["stderr_logfile_backups"]
+
+
+def test_render_skips_disabled_agents(tmp_path: Path) -> None:
+    """A disabled agent gets no program and is not in the group."""
+    fleet = load_fleet(_copy_agents(tmp_path, disable="agent-7"))
+    conf = _parse(render(fleet, tmp_path / "supervisord.conf"))
+    assert "program:agent-7" not in conf.sections()
+    assert "agent-7" not in conf.get("group:aster-agents", "programs").split(",")
+    assert len([s for s in conf.sections() if s.startswith("program:")]) == 9
+
+
+def test_render_writes_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys present in the environment never reach the rendered file."""
+    fleet = load_fleet(REPO / "agents.d")
+    keys = {}
+    for agent in fleet.agents:
+        assert agent.exchange.signer_key_env is not None
+        keys[agent.exchange.signer_key_env] = generate_private_key()
+        monkeypatch.setenv(agent.exchange.signer_key_env, keys[agent.exchange.signer_key_env])
+    text = render(fleet, tmp_path / "supervisord.conf")
+    for key in keys.values():
+        assert key.removeprefix("0x").lower() not in text.lower()
+    assert "PRIVATE_KEY=" not in text
+
+
+def test_render_paths_relative_to_output(tmp_path: Path) -> None:
+    """Rendered into the state dir, agents.d is reached through %(here)s/.."""
+    fleet = load_fleet(REPO / "agents.d")
+    text = render(fleet, REPO / "state" / "supervisord.conf", aster_agent_bin="/x/aster-agent",
+                  state_dir=REPO / "state")  # fmt: skip
+    conf = _parse(text)
+    assert conf.get("unix_http_server", "file") == "%(here)s/supervisor.sock"
+    assert conf.get("program:agent-1", "command") == (
+        "/x/aster-agent --config-dir %(here)s/../agents.d --state-dir %(here)s run"
+    )
+
+
+def test_render_refuses_a_socket_path_too_long(tmp_path: Path) -> None:
+    """A state dir whose socket path exceeds the unix limit is a clear config error."""
+    fleet = load_fleet(REPO / "agents.d")
+    deep = tmp_path / ("d" * 120)
+    with pytest.raises(ConfigError, match="shorter --state-dir"):
+        render(fleet, tmp_path / "supervisord.conf", state_dir=deep)
+
+
+def test_render_command_writes_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`supervisor render -o FILE` writes what render() returns."""
+    config = _copy_agents(tmp_path)
+    out_file = tmp_path / "supervisord.conf"
+    code, _, err = run_cli(
+        ["--config-dir", str(config), "supervisor", "render", "-o", str(out_file)], capsys
+    )
+    assert code == 0, err
+    fleet = load_fleet(config)
+    assert out_file.read_text() == render(fleet, out_file, state_dir=fleet.state_dir())
+
+
+def test_env_file_parsing_and_permissions(tmp_path: Path) -> None:
+    """KEY=VALUE lines load; a group/world-readable file warns; the repr shows no value."""
+    key = generate_private_key()
+    path = tmp_path / ".env"
+    path.write_text(f"# keys\nexport AGENT_1_PRIVATE_KEY={key}\nOTHER='a b'\n\n")
+    path.chmod(0o644)
+    loaded = load_env_file(path)
+    assert dict(loaded.values) == {"AGENT_1_PRIVATE_KEY": key, "OTHER": "a b"}
+    assert loaded.warning is not None and "chmod 600" in loaded.warning
+    assert key not in repr(loaded)
+    path.chmod(0o600)
+    assert load_env_file(path).warning is None
+
+
+def test_env_file_bad_line(tmp_path: Path) -> None:
+    """A line that is not NAME=VALUE names the file and line."""
+    path = tmp_path / ".env"
+    path.write_text("GOOD=1\nthis is not an assignment\n")
+    with pytest.raises(ConfigError, match=r"\.env: line 2"):
+        load_env_file(path)
+
+
+@pytest.mark.parametrize("command", [["down"], ["restart"], ["restart", "--id", "agent-1"]])
+def test_commands_without_supervisord(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """down/restart with no supervisord running exit 1 and say how to start it."""
+    state = tmp_path / "st"
+    args = ["--config-dir", str(_copy_agents(tmp_path)), "--state-dir", str(state), *command]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    assert f"supervisord is not running (no socket at {state}/supervisor.sock)" in err
+    assert "aster-agent up" in err
+
+
+def test_logs_unknown_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """logs for an unknown id exits 2 listing the known agents."""
+    args = ["--config-dir", str(_copy_agents(tmp_path)), "logs", "--id", "nope"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert "unknown agent 'nope' (known: agent-1, agent-10," in err
+
+
+def test_logs_prints_the_captured_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """logs --id shows the last lines of the agent's supervisord stderr log."""
+    state = tmp_path / "st"
+    (state / "logs").mkdir(parents=True)
+    lines = [f"line {i}" for i in range(80)]
+    (state / "logs" / "agent-3.err.log").write_text("\n".join(lines) + "\n")
+    args = ["--config-dir", str(_copy_agents(tmp_path)), "--state-dir", str(state), "logs",
+            "--id", "agent-3", "-n", "5"]  # fmt: skip
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    assert out.splitlines() == lines[-5:]
+
+
+def test_up_refuses_missing_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """up with keys missing exits 2 naming the env vars, and starts nothing."""
+    state = tmp_path / "st"
+    args = ["--config-dir", str(_copy_agents(tmp_path)), "--state-dir", str(state), "up"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert "AGENT_1_PRIVATE_KEY is not set" in err
+    assert "nothing started" in err
+    assert not (state / "supervisor.sock").exists()
+
+
+def test_up_refuses_bad_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """up with an invalid agents.d exits 2 before touching the state dir."""
+    config = _copy_agents(tmp_path)
+    path = config / "agent-2.yaml"
+    path.write_text(path.read_text().replace("leverage: ", "leverage: 999 #"))
+    state = tmp_path / "st"
+    code, _, err = run_cli(["--config-dir", str(config), "--state-dir", str(state), "up"], capsys)
+    assert code == 2
+    assert "agent-2.yaml: trading.leverage" in err
+    assert not state.exists()
+
+
+def test_up_reads_keys_from_env_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Keys from --env-file count (a wrong key is named as such, its value is not printed)."""
+    config = _copy_agents(tmp_path)
+    wrong = generate_private_key()
+    env = tmp_path / "keys.env"
+    env.write_text("".join(f"AGENT_{i}_PRIVATE_KEY={wrong}\n" for i in range(1, 11)))
+    env.chmod(0o600)
+    args = ["--config-dir", str(config), "--state-dir", str(tmp_path / "st"), "up", "--env-file",
+            str(env)]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert f"belongs to {Signer(wrong).address}" in err
+    assert wrong.removeprefix("0x") not in out + err
+    assert json.dumps(wrong) not in err
