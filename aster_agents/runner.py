@@ -65,6 +65,9 @@ NONCE_WINDOW_MS: Final = 12_000  # the exchange accepts a nonce for 10 s; 2 s of
 KLINE_FLOOR: Final = 60
 KLINE_LIMIT_MAX: Final = 499  # under 500 keeps the request at weight 2
 SPEED_ENV: Final = "ASTER_AGENTS_MARKET_SPEED"  # simulator market-time multiplier (demo only)
+FAILPOINT_ENV: Final = "ASTER_AGENTS_FAILPOINT"  # crash tests: SIGKILL ourselves at this step
+FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fills")
+PROTECTIVE_TYPES: Final = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
 INTERVAL_MS: Final = {
     "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
     "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
@@ -76,6 +79,15 @@ assert set(INTERVAL_MS) == set(KLINE_INTERVALS)
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def failpoint(name: str) -> None:
+    """Die at once (SIGKILL, like a power cut) when ``$ASTER_AGENTS_FAILPOINT`` names this step.
+
+    Used by the crash tests to stop an agent exactly between two steps of the protocol.
+    """
+    if os.environ.get(FAILPOINT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -190,19 +202,25 @@ class AgentRunner:
             self._resolve(intent)
 
     def _resolve(self, intent: Intent) -> None:
-        coid = intent.client_order_id
+        """Ask the exchange about one intent's order and settle the ledger with the answer."""
         try:
-            order = self.client.query_order(intent.symbol, client_order_id=coid)
+            order = self.client.query_order(intent.symbol, client_order_id=intent.client_order_id)
         except OrderNotFound:
             self._not_on_exchange(intent)
             return
+        if intent.kind == "protect" and order.executed_qty > 0:
+            # A stop or take-profit fired: its twin must go before the position is freed.
+            self._cancel_protection(intent.symbol, skip=intent.client_order_id)
+        self._settle(intent, order)
+
+    def _settle(self, intent: Intent, order: Order) -> None:
+        """Record the order, confirm a reserved intent, book its fills, finish it when final."""
+        coid = intent.client_order_id
         self.orders[order.order_id] = coid
         if intent.state == "reserved":
             self.ledger.confirm(coid)
-        if order.executed_qty > 0:
-            self._sync_fills(intent.symbol, since_ms=intent.created_ms)
-        if not order.status.is_open:
-            self.ledger.finish_intent(coid, _final_state(order.status))
+        seen = self._sync_fills(intent.symbol, since_ms=intent.created_ms) if order.executed_qty else {}
+        self._after_order(intent, order, seen)
 
     def _not_on_exchange(self, intent: Intent) -> None:
         age = now_ms() - intent.created_ms
@@ -247,8 +265,9 @@ class AgentRunner:
     def tick(self) -> TickReport:
         report = TickReport()
         self.ledger.heartbeat(self.agent.id, self.pid, tick=True)
-        if self.ledger.unresolved_intents(self.agent.id):
-            self.recover()
+        for intent in self.ledger.unresolved_intents(self.agent.id):
+            if intent.kind != "protect" or intent.state == "reserved":
+                self._resolve(intent)  # resting stops are checked per symbol below
         for symbol in self.agent.trading.symbols:
             if self.stop.is_set():
                 break
@@ -331,8 +350,9 @@ class AgentRunner:
         logger.info("opened {} {} {} @~{} ({}; confidence {:.2f})", side.value, size.qty, symbol,
                     price, signal.reason, signal.confidence)  # fmt: skip
         report.opened.append(symbol)
-        self._sync_fills(symbol, since_ms=intent.created_ms)
-        self._after_order(intent, order)
+        seen = self._sync_fills(symbol, since_ms=intent.created_ms)
+        failpoint("after_fills")
+        self._after_order(intent, order, seen)
         position = self._position(symbol)
         if position is not None:
             self._protect(symbol, position)
@@ -340,6 +360,7 @@ class AgentRunner:
     def _send(self, intent: Intent, request: OrderRequest) -> Order | None:
         """Send an order for a reserved intent; None when it was refused or its fate is open."""
         coid = intent.client_order_id
+        failpoint("after_reserve")
         self.ledger.mark_sent(coid)
         try:
             order = self.client.new_order(request)
@@ -351,21 +372,18 @@ class AgentRunner:
             logger.warning("order {} outcome unknown ({}); resolving by client order id later", coid, exc)
             return None
         self.orders[order.order_id] = coid
+        failpoint("after_send")
         if not self.ledger.confirm(coid):
             logger.warning("intent {} expired before confirm; the order stands and is booked", coid)
+        failpoint("after_confirm")
         return order
 
-    def _after_order(self, intent: Intent, order: Order) -> None:
-        if not order.status.is_open:
-            try:
-                current = self.client.query_order(intent.symbol, order_id=order.order_id)
-            except OrderNotFound:
-                current = order
-            if not current.status.is_open and self._fills_booked(current):
-                self.ledger.finish_intent(intent.client_order_id, _final_state(current.status))
-
-    def _fills_booked(self, order: Order) -> bool:
-        return order.executed_qty == self.ledger.filled_qty(self.orders.get(order.order_id, ""))
+    def _after_order(self, intent: Intent, order: Order, seen: dict[str, Decimal]) -> None:
+        """Finish the intent once its order is final and every fill of it is booked."""
+        if order.status.is_open:
+            return
+        if order.executed_qty == seen.get(intent.client_order_id, ZERO):
+            self.ledger.finish_intent(intent.client_order_id, _final_state(order.status))
 
     # ------------------------------------------------------------------ exits
 
@@ -386,8 +404,8 @@ class AgentRunner:
         logger.info("closed {} {} ({}; confidence {:.2f})", symbol, position.qty, signal.reason,
                     signal.confidence)  # fmt: skip
         report.closed.append(symbol)
-        self._sync_fills(symbol, since_ms=intent.created_ms)
-        self._after_order(intent, order)
+        seen = self._sync_fills(symbol, since_ms=intent.created_ms)
+        self._after_order(intent, order, seen)
 
     # ------------------------------------------------------------------ protection
 
@@ -396,30 +414,37 @@ class AgentRunner:
                 if i.symbol == symbol and i.kind == "protect"]  # fmt: skip
 
     def _check_protection(self, symbol: str, position: LedgerPosition) -> None:
-        """Book triggered stops, drop dead ones, and put back what is missing."""
+        """Settle stops that fired or vanished, then put back whichever protection is missing."""
         live = {o.client_order_id: o for o in self.client.open_orders(symbol)}
-        pending = self._protective(symbol)
-        gone = [i for i in pending if i.client_order_id not in live and i.state == "confirmed"]
-        if gone:
-            self._cancel_protection(symbol, keep=set())
-            self._sync_fills(symbol, since_ms=min(i.created_ms for i in gone))
-            for intent in gone:
+        for intent in self._protective(symbol):
+            if intent.client_order_id not in live and intent.state != "reserved":
                 self._resolve(intent)
-            if self._position(symbol) is None:
-                return
-            pending = self._protective(symbol)
-        if not any(i.state == "confirmed" for i in pending):
-            self._protect(symbol, position)
+        position_now = self._position(symbol)
+        if position_now is None:
+            return
+        ours = {i.client_order_id for i in self._protective(symbol)}
+        have = {o.type for coid, o in live.items() if coid in ours}
+        missing = [t for t in PROTECTIVE_TYPES if t not in have]
+        if missing:
+            self._protect(symbol, position_now, missing)
 
-    def _protect(self, symbol: str, position: LedgerPosition) -> None:
+    def _protect(
+        self,
+        symbol: str,
+        position: LedgerPosition,
+        types: tuple[OrderType, ...] | list[OrderType] = (),
+    ) -> None:
         """A STOP_MARKET and a TAKE_PROFIT_MARKET that close the position on the exchange."""
+        types = types or PROTECTIVE_TYPES
         trading = self.agent.trading
         entry_side = Side.BUY if position.qty > 0 else Side.SELL
         exit_side = entry_side.opposite
         stop, take = protective_prices(entry_side, position.entry_price, trading.stop_loss_pct,
                                        trading.take_profit_pct,
                                        self._symbol(symbol).filters.tick_size)  # fmt: skip
-        for order_type, price in ((OrderType.STOP_MARKET, stop), (OrderType.TAKE_PROFIT_MARKET, take)):
+        prices = {OrderType.STOP_MARKET: stop, OrderType.TAKE_PROFIT_MARKET: take}
+        for order_type in types:
+            price = prices[order_type]
             intent = self.ledger.reserve(self.agent.id, symbol, exit_side, margin=ZERO,
                                          notional=ZERO, kind="protect")  # fmt: skip
             request = OrderRequest(symbol, exit_side, order_type, intent.client_order_id,
@@ -435,41 +460,44 @@ class AgentRunner:
                     return
                 logger.warning("protective {} on {} refused: {}", order_type.value, symbol, exc)
 
-    def _cancel_protection(self, symbol: str, keep: set[str] | None = None) -> None:
+    def _cancel_protection(self, symbol: str, skip: str | None = None) -> None:
         """Cancel this agent's protective orders on ``symbol`` before the position goes away."""
         for intent in self._protective(symbol):
             coid = intent.client_order_id
-            if keep and coid in keep:
+            if coid == skip:
                 continue
             if intent.state == "reserved" and not intent.sent:
                 self.ledger.release(coid, "position closing")
                 continue
             try:
                 order = self.client.cancel_order(symbol, client_order_id=coid)
-            except OrderNotFound:
-                self._resolve(intent)
-                continue
-            self.orders[order.order_id] = coid
-            if order.executed_qty > 0:
-                self._sync_fills(symbol, since_ms=intent.created_ms)
-            self.ledger.finish_intent(coid, _final_state(order.status))
+            except OrderRejected:  # already filled, canceled or never placed: ask what it is
+                try:
+                    order = self.client.query_order(symbol, client_order_id=coid)
+                except OrderNotFound:
+                    self._not_on_exchange(intent)
+                    continue
+            self._settle(intent, order)
 
     # ------------------------------------------------------------------ fills
 
-    def _sync_fills(self, symbol: str, since_ms: int) -> int:
-        """Book every trade of our orders on ``symbol`` since ``since_ms``; returns how many."""
-        booked = 0
+    def _sync_fills(self, symbol: str, since_ms: int) -> dict[str, Decimal]:
+        """Book every trade of our orders on ``symbol`` since ``since_ms`` (idempotent).
+
+        Returns the quantity seen per client order id, all of it booked now or before.
+        """
+        seen: dict[str, Decimal] = {}
         for trade in self.client.user_trades(symbol, start_time=max(0, since_ms - 1000), limit=1000):
             coid = self.orders.get(trade.order_id)
             if coid is None:
                 continue
-            if self.ledger.book_fill(
+            self.ledger.book_fill(
                 coid, trade_id=trade.id, symbol=symbol, side=trade.side, qty=trade.qty,
                 price=trade.price, realized_pnl=trade.realized_pnl,
                 commission=trade.commission, time_ms=trade.time,
-            ):  # fmt: skip
-                booked += 1
-        return booked
+            )  # fmt: skip
+            seen[coid] = seen.get(coid, ZERO) + trade.qty
+        return seen
 
     def _position(self, symbol: str) -> LedgerPosition | None:
         for position in self.ledger.positions(agent_id=self.agent.id):
@@ -549,7 +577,14 @@ def market_speed() -> float:
         return 1.0
 
 
-def run_agent(fleet: FleetConfig, agent_id: str, state_dir: Path, *, log_json: bool = False) -> int:
+def run_agent(
+    fleet: FleetConfig,
+    agent_id: str,
+    state_dir: Path,
+    *,
+    log_json: bool = False,
+    stop: threading.Event | None = None,
+) -> int:
     """The whole life of ``aster-agent run``: lock, key, ledger, client, start, loop."""
     from aster_agents.keys import loose_permissions, resolve_signer
     from aster_agents.ledger import AgentLock, SharedBudget
@@ -568,7 +603,7 @@ def run_agent(fleet: FleetConfig, agent_id: str, state_dir: Path, *, log_json: b
                 logger.warning("keystore {} is readable by group or others; chmod 600 it", keystore)
         strategy = get_strategy(agent.trading.strategy, agent.trading.params,
                                 seed=_seed(agent.id))  # fmt: skip
-        stop = threading.Event()
+        stop = stop or threading.Event()
         with stop_on_signals(stop), Ledger(state_dir) as ledger:
             slot = ledger.register_agent(agent.id, agent.exchange.user,
                                          max_positions=agent.trading.max_positions,

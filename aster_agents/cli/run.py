@@ -17,6 +17,12 @@ def run(
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
 ) -> None:
     """Run one agent until SIGTERM/SIGINT (exit 0); exit 2 bad config, 3 already running, 4 refused credentials."""
+    import signal
+    import threading
+
+    stop = threading.Event()  # handlers go in before the heavy imports: SIGTERM is never lost
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     from aster_agents.errors import ConfigError
     from aster_agents.runner import run_agent
 
@@ -25,7 +31,9 @@ def run(
         raise ConfigError("no agent given: pass --id ID or set AGENT_ID")
     cli = state(ctx)
     fleet = cli.fleet()
-    raise typer.Exit(run_agent(fleet, chosen, cli.resolved_state_dir(), log_json=log_json))
+    raise typer.Exit(
+        run_agent(fleet, chosen, cli.resolved_state_dir(), log_json=log_json, stop=stop)
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,198 @@
+"""Test kit: an agents.d wired to a running simulator, agent processes, and independent checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aster_agents.ledger import Ledger
+from aster_agents.signing import Signer, generate_private_key
+from aster_agents.sim.server import SimAccount, SimServer
+
+ZERO = Decimal(0)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+@dataclass
+class Fleet:
+    """An agents.d in ``root`` whose agents all trade one simulated main account."""
+
+    root: Path
+    sim: SimServer
+    main: Signer
+    keys: dict[str, str] = field(repr=False)
+    signers: dict[str, Signer] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "agents.d"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def user(self) -> str:
+        return self.main.address
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASTER_AGENTS_")}
+        env.update({_key_env(a): k for a, k in self.keys.items()})
+        env["ASTER_AGENTS_MARKET_SPEED"] = str(self.sim.config.speed)
+        env.update(extra or {})
+        return env
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "aster_agents", "--config-dir", str(self.config_dir),
+                "--state-dir", str(self.state_dir), *args]  # fmt: skip
+
+    def start(self, agent_id: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{agent_id}.stderr").open("ab")
+        proc = subprocess.Popen(self.command("run", "--id", agent_id), env=self.env(extra_env),
+                                stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+        log.close()
+        self.procs[agent_id] = proc
+        return proc
+
+    def kill(self, agent_id: str) -> None:
+        proc = self.procs[agent_id]
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+    def stop_all(self, timeout: float = 15.0) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return {a: p.wait(timeout) for a, p in self.procs.items()}
+
+    def stderr(self, agent_id: str) -> str:
+        path = self.root / f"{agent_id}.stderr"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # ---------------------------------------------------------------- exchange views
+
+    def exchange_positions(self) -> dict[str, Decimal]:
+        acct = self.sim.engine.account(self.user)
+        with self.sim.engine.lock:
+            return {s: p.amount for (s, _), p in acct.positions.items() if p.amount}
+
+    def ledger_positions(self) -> dict[str, Decimal]:
+        with Ledger(self.state_dir) as ledger:
+            out: dict[str, Decimal] = {}
+            for p in ledger.positions(user=self.user):
+                out[p.symbol] = out.get(p.symbol, ZERO) + p.qty
+            return {s: q for s, q in out.items() if q}
+
+    def coids(self) -> list[str]:
+        return [o.client_order_id for o in self.sim.engine.all_orders_ever()
+                if o.user.lower() == self.user.lower()]  # fmt: skip
+
+
+def _key_env(agent_id: str) -> str:
+    return agent_id.upper().replace("-", "_") + "_PRIVATE_KEY"
+
+
+def make_fleet(
+    root: Path,
+    sim: SimServer,
+    agents: Sequence[str],
+    *,
+    strategy: str = "random",
+    params: str = "{p_enter: 1.0, p_exit: 0.3}",
+    symbols: Iterable[str] = ("BTCUSDT", "ETHUSDT", "SOLUSDT"),
+    max_positions: int = 2,
+    max_total_positions: int = 10,
+    scan_interval: float = 0.5,
+    stop_loss_pct: float = 0.5,
+    take_profit_pct: float = 5.0,
+    balance: Decimal = Decimal(100_000),
+    capital_pct: float | None = None,
+) -> Fleet:
+    """Write an agents.d for ``agents`` on one funded simulated account.
+
+    Stops and take-profits default to far away so they never trigger during a test and
+    the ledger can be compared to the exchange exactly.
+    """
+    main_key = generate_private_key()
+    main = Signer(main_key)
+    keys = {a: generate_private_key() for a in agents}
+    signers = {a: Signer(k) for a, k in keys.items()}
+    sim.add_account(SimAccount(main.address, tuple(s.address for s in signers.values()), balance))
+    config = root / "agents.d"
+    config.mkdir(parents=True, exist_ok=True)
+    pct = capital_pct if capital_pct is not None else round(0.9 / len(agents), 4)
+    for agent_id in agents:
+        (config / f"{agent_id}.yaml").write_text(f"""id: {agent_id}
+name: Test {agent_id}
+exchange:
+  user: "{main.address}"
+  signer: "{signers[agent_id].address}"
+  signer_key_env: {_key_env(agent_id)}
+  base_url: {sim.base_url}
+trading:
+  strategy: {strategy}
+  params: {params}
+  symbols: [{", ".join(symbols)}]
+  interval: 1m
+  scan_interval_seconds: {scan_interval}
+  max_positions: {max_positions}
+  min_confidence: 0.5
+  position_size_pct: 0.05
+  leverage: 2
+  stop_loss_pct: {stop_loss_pct}
+  take_profit_pct: {take_profit_pct}
+allocation:
+  capital_pct: {pct}
+""")
+    (config / "_portfolio.yaml").write_text(
+        f"state_dir: state\nlimits:\n  max_total_positions: {max_total_positions}\n"
+        "  max_gross_leverage: 5.0\n"
+    )
+    return Fleet(root, sim, main, keys, signers)
+
+
+def replay_max_positions(fleet: Fleet) -> tuple[int, list[str]]:
+    """Independent check from the exchange's own trade history, in execution order.
+
+    Returns the most positions the account ever held at once, and every moment a symbol
+    changed hands between agents while a position was still open on it.
+    """
+    acct = fleet.sim.engine.account(fleet.user)
+    with fleet.sim.engine.lock:
+        trades = sorted(acct.trades, key=lambda t: t.id)
+        coid_of = {o.order_id: o.client_order_id for o in acct.orders}
+    qty: dict[str, Decimal] = {}
+    owner: dict[str, str] = {}
+    most, shared = 0, []
+    for trade in trades:
+        agent = coid_of[trade.order_id].rsplit("-", 2)[0]
+        if qty.get(trade.symbol) and owner.get(trade.symbol) != agent:
+            shared.append(f"{trade.symbol}: {owner.get(trade.symbol)} and {agent}")
+        owner[trade.symbol] = agent
+        signed = trade.qty if trade.side == "BUY" else -trade.qty
+        qty[trade.symbol] = qty.get(trade.symbol, ZERO) + signed
+        most = max(most, sum(1 for q in qty.values() if q))
+    return most, shared

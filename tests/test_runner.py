@@ -1,0 +1,242 @@
+"""The agent runtime against the simulator over real loopback HTTP."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from aster_agents.config import load_fleet
+from aster_agents.exchange.http import AsterClient
+from aster_agents.ledger import Ledger, MarketDataCache
+from aster_agents.runner import FAILPOINTS, AgentRunner
+from aster_agents.signing import NonceSource, Signer
+from aster_agents.sim.server import SimConfig, SimServer
+from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
+from tests.agentkit import Fleet, make_fleet, replay_max_positions, wait_for
+
+SIX = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ASTERUSDT")
+
+
+class Scripted:
+    """A test strategy that plays a fixed list of actions, one per decision."""
+
+    name = "scripted"
+    min_klines = 1
+
+    def __init__(self, actions: Sequence[Action]) -> None:
+        self.actions = list(actions)
+
+    def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
+        action = self.actions.pop(0) if self.actions else Action.HOLD
+        return Signal(action, 1.0, f"scripted {action.value}")
+
+
+@pytest.fixture
+def closing() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    server = SimServer(SimConfig(port=0, seed=7, speed=60.0))
+    server.start()
+    yield server
+    server.stop()
+
+
+def in_process(
+    fleet: Fleet, agent_id: str, strategy: object, closing: ExitStack
+) -> tuple[AgentRunner, Ledger]:
+    config = load_fleet(fleet.config_dir)
+    agent = config.agent(agent_id)
+    ledger = closing.enter_context(Ledger(fleet.state_dir))
+    slot = ledger.register_agent(agent.id, agent.exchange.user,
+                                 max_positions=agent.trading.max_positions)  # fmt: skip
+    client = AsterClient(fleet.sim.base_url, user=fleet.user,
+                         signer=Signer(fleet.keys[agent_id]), nonces=NonceSource(slot))  # fmt: skip
+    closing.enter_context(client)
+    runner = AgentRunner(config, agent, client=client, ledger=ledger,
+                         cache=MarketDataCache(fleet.state_dir), strategy=strategy,  # type: ignore[arg-type]
+                         market_speed=fleet.sim.config.speed)  # fmt: skip
+    runner.start()
+    return runner, ledger
+
+
+def open_orders(fleet: Fleet, symbol: str) -> list[tuple[str, str, bool]]:
+    acct = fleet.sim.engine.account(fleet.user)
+    with fleet.sim.engine.lock:
+        return sorted((o.type, o.client_order_id, o.close_position)
+                      for o in acct.open_orders.values() if o.symbol == symbol)  # fmt: skip
+
+
+def test_agent_opens_protects_and_closes(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """An entry gets a stop and a take-profit on the exchange; a close cancels them and books P&L."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"], stop_loss_pct=0.2,
+                       take_profit_pct=0.5)  # fmt: skip
+    runner, ledger = in_process(fleet, "agent-1", Scripted([Action.LONG, Action.HOLD, Action.CLOSE]),
+                                 closing)
+    report = runner.tick()
+    assert report.opened == ["BTCUSDT"]
+    assert fleet.exchange_positions() == fleet.ledger_positions()
+    assert fleet.exchange_positions()["BTCUSDT"] > 0
+    orders = open_orders(fleet, "BTCUSDT")
+    assert [o[0] for o in orders] == ["STOP_MARKET", "TAKE_PROFIT_MARKET"]
+    assert all(o[1].startswith("agent-1-") and o[2] for o in orders)
+    runner.tick()
+    assert len(open_orders(fleet, "BTCUSDT")) == 2, "protection is not placed twice"
+    report = runner.tick()
+    assert report.closed == ["BTCUSDT"]
+    assert fleet.exchange_positions() == {} == fleet.ledger_positions()
+    assert open_orders(fleet, "BTCUSDT") == []
+    assert ledger.unresolved_intents("agent-1") == []
+    row = ledger.agent("agent-1")
+    acct = sim.engine.account(fleet.user)
+    assert row is not None
+    assert row.realized_pnl == sum((t.realized_pnl for t in acct.trades), Decimal(0))
+    assert row.fees == sum((t.commission for t in acct.trades), Decimal(0))
+
+
+def test_triggered_stop_is_booked_and_its_twin_canceled(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """When the exchange closes a position by a stop or take-profit, the next tick books it."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["SOLUSDT"], stop_loss_pct=0.0005,
+                       take_profit_pct=0.0005)  # fmt: skip
+    runner, ledger = in_process(fleet, "agent-1", Scripted([Action.SHORT]), closing)
+    runner.tick()
+    assert fleet.ledger_positions()["SOLUSDT"] < 0
+    wait_for(lambda: not fleet.exchange_positions(), timeout=60, what="a protective order to fire")
+    runner.tick()
+    assert fleet.ledger_positions() == {}
+    assert open_orders(fleet, "SOLUSDT") == []
+    assert ledger.unresolved_intents("agent-1") == []
+
+
+def test_agents_in_turn_keep_ledger_equal_to_exchange(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """Three agents on one account: after every tick the ledger equals the exchange and limits hold."""
+    ids = ["agent-1", "agent-2", "agent-3"]
+    fleet = make_fleet(tmp_path, sim, ids, symbols=SIX, max_total_positions=3,
+                       params="{p_enter: 0.8, p_exit: 0.3}")  # fmt: skip
+    runners = [in_process(fleet, a, _random(fleet, a), closing)[0] for a in ids]
+    for _ in range(12):
+        for runner in runners:
+            runner.tick()
+            assert fleet.exchange_positions() == fleet.ledger_positions()
+            assert len(fleet.exchange_positions()) <= 3
+    most, shared = replay_max_positions(fleet)
+    assert most <= 3 and shared == []
+    assert len(fleet.coids()) >= 10, "the agents traded"
+
+
+def _random(fleet: Fleet, agent_id: str) -> object:
+    from aster_agents.runner import _seed
+    from aster_agents.strategies import get_strategy
+
+    agent = load_fleet(fleet.config_dir).agent(agent_id)
+    return get_strategy("random", agent.trading.params, seed=_seed(agent_id))
+
+
+@pytest.mark.slow
+def test_agent_processes_never_exceed_limits(sim: SimServer, tmp_path: Path) -> None:
+    """Four agent processes wanting more than max_total_positions never exceed it or share a symbol."""
+    ids = [f"agent-{i}" for i in range(1, 5)]
+    fleet = make_fleet(tmp_path, sim, ids, symbols=SIX, max_total_positions=3,
+                       params="{p_enter: 1.0, p_exit: 0.25}", scan_interval=0.3)  # fmt: skip
+    for agent_id in ids:
+        fleet.start(agent_id)
+    try:
+        wait_for(lambda: len(fleet.coids()) >= 60, timeout=90, what="60 orders")
+    finally:
+        codes = fleet.stop_all()
+    assert codes == dict.fromkeys(ids, 0), {a: fleet.stderr(a)[-2000:] for a in ids}
+    most, shared = replay_max_positions(fleet)
+    assert most <= 3, most
+    assert shared == []
+    assert fleet.exchange_positions() == fleet.ledger_positions()
+    assert len(fleet.coids()) == len(set(fleet.coids()))
+
+
+def _recovered(fleet: Fleet, agent_id: str) -> bool:
+    with Ledger(fleet.state_dir) as ledger:
+        pending = [i for i in ledger.unresolved_intents(agent_id) if i.kind != "protect"]
+    return not pending and fleet.exchange_positions() == fleet.ledger_positions()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", FAILPOINTS)
+def test_crash_at_each_step_then_restart(sim: SimServer, tmp_path: Path, point: str) -> None:
+    """SIGKILL at each step of an entry, restart: no duplicate order, no leak, ledger == exchange."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["ETHUSDT"],
+                       params="{p_enter: 1.0, p_exit: 0.0}")  # fmt: skip
+    proc = fleet.start("agent-1", {"ASTER_AGENTS_FAILPOINT": point})
+    assert proc.wait(60) == -signal.SIGKILL, fleet.stderr("agent-1")[-2000:]
+    fleet.start("agent-1")
+    try:
+        wait_for(lambda: _recovered(fleet, "agent-1") and fleet.exchange_positions(), timeout=60,
+                 what="recovery after the crash")  # fmt: skip
+        wait_for(lambda: len(open_orders(fleet, "ETHUSDT")) == 2, timeout=30, what="protection")
+    finally:
+        assert fleet.stop_all() == {"agent-1": 0}
+    coids = fleet.coids()
+    assert len(coids) == len(set(coids)), "an intent was sent twice"
+    entries = [c for c in coids if c.endswith("-open")]
+    assert len(entries) == 1, entries
+    with Ledger(fleet.state_dir) as ledger:
+        assert [i for i in ledger.unresolved_intents("agent-1") if i.kind != "protect"] == []
+    assert fleet.exchange_positions() == fleet.ledger_positions()
+
+
+@pytest.mark.slow
+def test_random_sigkills_lose_nothing(sim: SimServer, tmp_path: Path) -> None:
+    """Agents SIGKILLed at random moments and restarted: no duplicates, no leaks, books agree."""
+    import random
+
+    ids = ["agent-1", "agent-2", "agent-3"]
+    fleet = make_fleet(tmp_path, sim, ids, symbols=SIX, max_total_positions=4,
+                       params="{p_enter: 0.9, p_exit: 0.4}", scan_interval=0.2)  # fmt: skip
+    for agent_id in ids:
+        fleet.start(agent_id)
+    rng = random.Random(5)
+    kills = 0
+    try:
+        while kills < 12:
+            before = len(fleet.coids())
+            wait_for(lambda: len(fleet.coids()) > before, timeout=30, what="some orders")  # noqa: B023
+            victim = rng.choice(ids)
+            fleet.kill(victim)
+            kills += 1
+            fleet.start(victim)
+        wait_for(lambda: _all_ticking(fleet, ids), timeout=60, what="every agent ticking again")
+        wait_for(lambda: _recovered_all(fleet, ids), timeout=60, what="recovery")
+    finally:
+        codes = fleet.stop_all()
+    assert set(codes.values()) == {0}
+    coids = fleet.coids()
+    assert len(coids) == len(set(coids)), "an intent was sent twice"
+    most, shared = replay_max_positions(fleet)
+    assert most <= 4 and shared == []
+    assert fleet.exchange_positions() == fleet.ledger_positions()
+    with Ledger(fleet.state_dir) as ledger:
+        leaked = [i for a in ids for i in ledger.unresolved_intents(a) if i.state == "reserved"]
+    assert leaked == []
+
+
+def _recovered_all(fleet: Fleet, ids: Sequence[str]) -> bool:
+    return all(_recovered(fleet, a) for a in ids)
+
+
+def _all_ticking(fleet: Fleet, ids: Sequence[str]) -> bool:
+    with Ledger(fleet.state_dir) as ledger:
+        rows = {r.agent_id: r for r in ledger.agent_rows()}
+    return all(rows[a].heartbeat_pid == fleet.procs[a].pid and rows[a].ticks > 0 for a in ids
+               if a in rows)  # fmt: skip
