@@ -455,7 +455,9 @@ def collect_portfolio(
         _sleeve_input(a.id, rows[a.id], histories[a.id]) for a in fleet.agents if a.id in rows
     ]
     balances: Mapping[str, Decimal | None] = {a.user: a.balance for a in status.accounts}
-    combined = pf.combined_series({i.agent_id: histories[i.agent_id] for i in inputs}, points)
+    curves = {i.agent_id: histories[i.agent_id] for i in inputs if histories[i.agent_id]}
+    flat = sum((i.equity for i in inputs if not histories[i.agent_id]), Decimal(0))
+    combined = pf.combined_series(curves, points, offset=flat)
     figures = pf.aggregate(inputs, balances, combined)
     by_id = {a.id: a for a in status.agents}
     sleeves = tuple(

@@ -11,7 +11,9 @@ contribution) are ``float``, as they are only shown and compared.
 - contribution: sleeve P&L / total capital (contributions add up to the portfolio return);
 - weight: sleeve equity / the account's equity (or the sum of sleeves when that is larger or
   the account equity is unknown); negative sleeves weigh 0, so weights add up to at most 1;
-- unallocated: account equity - sum of sleeves (can be negative if the books disagree).
+- unallocated: account equity - sum of sleeves (can be negative if the books disagree);
+- drawdown: over the sleeves' combined equity curve (the unallocated cash is left out, as
+  the return is measured on the sleeves' capital too).
 """
 
 from __future__ import annotations
@@ -137,11 +139,14 @@ def time_grid(series: Sequence[Series], points: int = 200) -> list[int]:
     return [start + round(i * step) for i in range(points - 1)] + [end]
 
 
-def combined_series(series: Mapping[str, Series], points: int = 200) -> list[Decimal]:
-    """The sum of every sleeve's equity on a common time grid (an agent's curve is flat at
-    its first snapshot before it starts, as its capital sat idle)."""
+def combined_series(
+    series: Mapping[str, Series], points: int = 200, offset: Decimal = ZERO
+) -> list[Decimal]:
+    """The sum of every sleeve's equity on a common time grid, plus ``offset`` (sleeves
+    without snapshots). A curve is flat at its first snapshot before it starts, as its
+    capital sat idle."""
     grid = time_grid(list(series.values()), points)
-    total = [ZERO] * len(grid)
+    total = [offset] * len(grid)
     for s in series.values():
         total = [a + b for a, b in zip(total, resample(s, grid), strict=True)]
     return total
