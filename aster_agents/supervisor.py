@@ -10,6 +10,7 @@ which lives in the state dir with mode 0700; there is no inet server.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import stat
@@ -272,19 +273,19 @@ class Supervisor:
 
     # -- XML-RPC
 
-    def _proxy(self) -> Any:
+    def _call(self, method: str, *args: object) -> Any:
         from supervisor.xmlrpc import SupervisorTransport
 
-        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-
-    def _call(self, method: str, *args: object) -> Any:
         if not self.socket.exists():
             raise self._not_running()
+        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket}")
         try:
-            return getattr(self._proxy().supervisor, method)(*args)
-        except (OSError, xmlrpc.client.ProtocolError):
+            proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+            return getattr(proxy.supervisor, method)(*args)
+        except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException):
             raise self._not_running() from None
+        finally:
+            transport.close()
 
     def _not_running(self) -> SupervisorNotRunning:
         return SupervisorNotRunning(
