@@ -6,6 +6,11 @@ Builds a temporary state dir with a populated ledger (the ten agents of the repo
 registered, positions, equity snapshots, heartbeats from a live and a dead pid), then times
 ``aster-agent status --json`` as a subprocess against ``python -c "import typer, rich"``, the
 median of ``--runs`` runs each, in the same run. Target: ratio <= 1.5.
+
+For reference it also times a one-command Typer app that does nothing (``typer_noop_s``):
+running any Typer command imports pydantic (typer._adapters in the installed Typer), which
+``import typer, rich`` alone does not; ``import_ms`` is the cumulative ``-X importtime`` of
+the heaviest imports of one status run.
 """
 
 from __future__ import annotations
@@ -31,6 +36,17 @@ from aster_agents.models import Side  # noqa: E402
 
 TARGET_RATIO = 1.5
 SNAPSHOTS_PER_AGENT = 500
+TYPER_NOOP = """import typer
+app = typer.Typer()
+@app.command()
+def noop(as_json: bool = typer.Option(False, "--json")) -> None:
+    print("{}")
+app()
+"""
+BREAKDOWN = (
+    "typer._adapters", "eth_utils", "aster_agents.signing", "aster_agents.config",
+    "aster_agents.ledger", "aster_agents.fleetview", "aster_agents.cli.main",
+)  # fmt: skip
 
 
 def dead_pid() -> int:
@@ -86,6 +102,18 @@ def timed(cmd: list[str], runs: int, env: dict[str, str]) -> float:
     return statistics.median(times)
 
 
+def import_breakdown(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Cumulative import time (ms) of the heaviest top-level imports, from -X importtime."""
+    head = [sys.executable, "-X", "importtime", "-m", "aster_agents"]
+    done = subprocess.run([*head, *cmd[-6:]], capture_output=True, text=True, env=env, check=True)
+    out: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        parts = [p.strip() for p in line.removeprefix("import time:").split("|")]
+        if len(parts) == 3 and parts[2] in BREAKDOWN and parts[1].isdigit():
+            out[parts[2]] = max(out.get(parts[2], 0.0), int(parts[1]) / 1000)
+    return out
+
+
 def status_command(config_dir: Path, state: Path) -> list[str]:
     script = Path(sys.executable).with_name("aster-agent")
     head = [str(script)] if script.exists() else [sys.executable, "-m", "aster_agents"]
@@ -105,8 +133,12 @@ def main() -> None:
         cmd = status_command(config_dir, state)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         agents = len(json.loads(out)["agents"])
+        noop = tmp / "typer_noop.py"
+        noop.write_text(TYPER_NOOP)
         baseline = timed([sys.executable, "-c", "import typer, rich"], args.runs, env)
+        typer_noop = timed([sys.executable, str(noop), "--json"], args.runs, env)
         status_s = timed(cmd, args.runs, env)
+        breakdown = import_breakdown(cmd, env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = status_s / baseline
@@ -119,6 +151,9 @@ def main() -> None:
         "ratio": round(ratio, 3),
         "target_ratio": TARGET_RATIO,
         "ok": ratio <= TARGET_RATIO,
+        "typer_noop_s": round(typer_noop, 4),
+        "noop_ratio": round(typer_noop / baseline, 3),
+        "import_ms": {k: round(v, 1) for k, v in sorted(breakdown.items())},
     }
     if args.json:
         print(json.dumps(doc))
