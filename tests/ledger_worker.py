@@ -193,7 +193,6 @@ class _Hold:
 
 def _holds(path: Path, kills: list[tuple[int, int]]) -> list[_Hold]:
     """Turn the journal into holding intervals, each ending at the earliest sure end."""
-    confirmed: set[str] = set()
     lines = [line.split(" ") for line in path.read_text().splitlines()]
     confirmed = {parts[6] for parts in lines if parts[2] == "C"}
     open_by_key: dict[tuple[str, str], _Hold] = {}
@@ -210,10 +209,10 @@ def _holds(path: Path, kills: list[tuple[int, int]]) -> list[_Hold]:
         elif event == "B" and key in open_by_key:
             hold = open_by_key.pop(key)
             hold.end = min(hold.end, int(t))
-    for t, pid in kills:
+    for kill_ns, kill_pid in kills:
         for hold in holds:
-            if hold.pid == pid and hold.start <= t:
-                hold.end = min(hold.end, t)
+            if hold.pid == kill_pid and hold.start <= kill_ns:
+                hold.end = min(hold.end, kill_ns)
     return holds
 
 

@@ -212,7 +212,7 @@ class LedgerMachine(RuleBasedStateMachine):
         pending = {(i.agent, i.symbol) for i in self._active_open()} - held
         assert self.ledger.counts("u") == (len(held), len(pending))
         for symbol in SYMBOLS:
-            owners = {a for a, s in self._slots() if s == symbol}
+            owners: set[str | None] = {a for a, s in self._slots() if s == symbol}
             assert self.ledger.symbol_owner("u", symbol) in (owners or {None})
         for agent in AGENTS:
             row = self.ledger.agent(agent)

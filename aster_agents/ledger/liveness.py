@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-RECHECK_S: Final = 0.5
+RECHECK_S: Final = 2.0
 
 
 def pid_alive(pid: int) -> bool:
