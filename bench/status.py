@@ -91,6 +91,7 @@ def open_position(ledger: Ledger, agent_id: str, symbol: str, trade_id: int, now
         qty=Decimal("0.01"), price=Decimal(15000), realized_pnl=Decimal(0),
         commission=Decimal("0.06"), time_ms=now,
     )  # fmt: skip
+    ledger.finish_intent(intent.client_order_id, "filled")
 
 
 def timed(cmd: list[str], runs: int, env: dict[str, str]) -> float:
