@@ -118,6 +118,33 @@ def test_failed_write_leaves_nothing_half_written(ledger: Ledger) -> None:
     assert len(ledger.audit(1000)) == before
 
 
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from aster_agents.ledger import Ledger
+ledger = Ledger(Path(sys.argv[1]))
+with ledger.store.write() as conn:
+    conn.execute("UPDATE agents SET capital = '999' WHERE agent_id = 'a1'")
+    conn.execute("INSERT INTO audit (time_ms, event, detail) VALUES (0, 'half', '')")
+    print("inside", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_writer_killed_mid_transaction_leaves_nothing_and_frees_the_lock(
+    ledger: Ledger, state_dir: Path
+) -> None:
+    """SIGKILL inside a write transaction: nothing of it persists and the next write proceeds."""
+    child = spawn_python(KILLED_WRITER, str(state_dir))
+    assert child.stdout is not None and child.stdout.readline().strip() == "inside"
+    kill_child(child)
+    _open(ledger)
+    row = ledger.agent("a1")
+    assert row is not None and row.capital == D(100)
+    assert all(e.event != "half" for e in ledger.audit(1000))
+    assert ledger.integrity_check() == "ok"
+
+
 def test_fill_for_unknown_order_writes_nothing(ledger: Ledger) -> None:
     """book_fill of an unknown client order id raises and books no position or P&L."""
     with pytest.raises(LedgerError, match="no intent with client order id nope"):
@@ -140,6 +167,12 @@ def test_register_agent_is_idempotent_and_slots_are_unique_per_user(ledger: Ledg
     assert ledger.register_agent("a4", "u1", max_positions=1) == 2
     rows = {r.agent_id: r for r in ledger.agent_rows()}
     assert rows["a1"].capital == D(100) and rows["a3"].user == "u2"
+    allocations = sum(1 for e in ledger.audit(1000) if e.event == "allocate")
+    ledger.register_agent("a1", "u1", max_positions=2, capital=D(100))
+    assert sum(1 for e in ledger.audit(1000) if e.event == "allocate") == allocations
+    ledger.register_agent("a1", "u1", max_positions=2, capital=D(150))
+    row = ledger.agent("a1")
+    assert row is not None and row.capital == D(150) and row.units == D(150)
 
 
 def test_register_agent_refuses_bad_ids_and_a_65th_agent(ledger: Ledger) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,6 @@ class MarketDataCache:
         is_text = isinstance(value, str)
         body = value.encode() if isinstance(value, str) else value
         header = _HEADER.pack(time.time_ns() // 1_000_000, fresh_until_ms, int(is_text))
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(header + body)
         os.replace(tmp, path)

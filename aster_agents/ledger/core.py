@@ -250,7 +250,10 @@ class Ledger:
                 "END) ELSE 'disabled' END WHERE agent_id = ?",
                 (user, slot, max_positions, int(enabled), int(enabled), agent_id),
             )
-            if capital is not None:
+            current = conn.execute(
+                "SELECT capital FROM agents WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+            if capital is not None and _dec(current[0]) != capital:
                 self._allocate(conn, agent_id, capital, None)
             _audit(conn, agent_id, "agent_updated", user=user, max_positions=max_positions)
             return slot

@@ -228,10 +228,11 @@ class Store:
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self.conn
+                    self.conn.execute("COMMIT")
                 except BaseException:
-                    self.conn.execute("ROLLBACK")
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
                     raise
-                self.conn.execute("COMMIT")
             finally:
                 if not durable:
                     self.conn.execute("PRAGMA synchronous = FULL")
