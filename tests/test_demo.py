@@ -1,0 +1,87 @@
+"""``aster-agent demo``: trades happen, and nothing is left running or on disk afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aster_agents.config import load_fleet
+from aster_agents.demo import DemoKeys, demo_agent_docs, pick_agents
+from aster_agents.supervisor import pid_alive
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = str(Path(sys.executable).parent / "aster-agent")
+
+
+def _demo(*args: str) -> list[str]:
+    return [BIN, "--config-dir", str(REPO / "agents.d"), "demo", *args]
+
+
+def _assert_gone(doc: dict[str, object]) -> None:
+    pids = [doc["supervisord_pid"], *doc["agent_pids"]]  # type: ignore[misc]
+    assert all(isinstance(p, int) for p in pids) and len(pids) > 1
+    assert not [p for p in pids if pid_alive(int(p))]  # type: ignore[call-overload]
+    directory = Path(str(doc["directory"]))
+    assert not directory.exists(), f"{directory} left behind"
+
+
+def test_demo_agents_keep_strategies_and_scale_intervals() -> None:
+    """Demo agents keep the shipped strategies, use generated wallets and the sim URL."""
+    shipped = load_fleet(REPO / "agents.d")
+    agents = pick_agents(shipped, 3)
+    keys = DemoKeys.generate(3)
+    docs = demo_agent_docs(agents, keys, "http://127.0.0.1:1", 60.0)
+    assert list(docs) == [a.id for a in agents]
+    for agent, doc in zip(agents, docs.values(), strict=True):
+        assert doc["trading"]["strategy"] == agent.trading.strategy
+        assert doc["trading"]["scan_interval_seconds"] == max(
+            1.0, agent.trading.scan_interval_seconds / 60
+        )
+        assert doc["exchange"]["user"] == keys.user
+        assert doc["exchange"]["base_url"] == "http://127.0.0.1:1"
+    assert all(k not in repr(keys) for k in (keys.main, *keys.agents))
+
+
+@pytest.mark.slow
+def test_demo_trades_and_leaves_nothing_behind() -> None:
+    """demo --agents 3 --duration 20 --json exits 0 with trades; no process or file remains."""
+    result = subprocess.run(
+        _demo("--agents", "3", "--duration", "20", "--json"),
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    doc = json.loads(result.stdout)
+    assert doc["version"] == 1
+    demo = doc["demo"]
+    assert demo["trades"] > 0
+    assert len(demo["agents"]) == 3
+    assert sum(a["trades"] for a in demo["agents"]) == demo["trades"]
+    assert demo["account"]["pnl"] == demo["pnl"]  # ledger P&L equals the exchange's
+    _assert_gone(demo)
+
+
+@pytest.mark.slow
+def test_demo_sigint_tears_everything_down() -> None:
+    """Ctrl-C (SIGINT) in the middle still stops supervisord and the agents and removes the dir."""
+    proc = subprocess.Popen(
+        _demo("--agents", "2", "--duration", "120", "--json"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:  # progress lines go to stderr in --json mode
+        if "agents running 2/2" in line or time.monotonic() > deadline:
+            break
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    demo = json.loads(out)["demo"]
+    assert demo["interrupted"] is True
+    _assert_gone(demo)
