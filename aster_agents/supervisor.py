@@ -325,7 +325,7 @@ class Supervisor:
 
     # -- start and stop
 
-    def _refuse_if_running(self) -> None:
+    def refuse_if_running(self) -> None:
         if self.is_running():
             raise AsterAgentsError(
                 f"supervisord is already running for {self.state_dir} (pid {self.pid()}); "
@@ -335,7 +335,7 @@ class Supervisor:
 
     def start(self, env: Mapping[str, str], timeout: float = 20.0) -> int:
         """Start supervisord as a daemon and wait until it answers; returns its pid."""
-        self._refuse_if_running()
+        self.refuse_if_running()
         result = subprocess.run(
             [supervisord_bin(), "-c", str(self.conf)], env=dict(env), stdin=subprocess.DEVNULL,
             capture_output=True, text=True, check=False,
@@ -350,7 +350,7 @@ class Supervisor:
 
     def spawn(self, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
         """Run ``supervisord -n`` as a child in its own session (returns at once)."""
-        self._refuse_if_running()
+        self.refuse_if_running()
         cmd = [supervisord_bin(), "-n", "-c", str(self.conf)]
         return subprocess.Popen(
             cmd, env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
@@ -359,7 +359,7 @@ class Supervisor:
 
     def foreground_argv(self) -> list[str]:
         """The command line ``up --foreground`` replaces itself with."""
-        self._refuse_if_running()
+        self.refuse_if_running()
         return [supervisord_bin(), "-n", "-c", str(self.conf)]
 
     def _clear_stale_socket(self) -> None:

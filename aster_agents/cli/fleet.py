@@ -58,8 +58,9 @@ def up(
     state_dir = cli.resolved_state_dir()
     env = _environment(fleet.root / ".env", env_file)
     _check_keys(fleet, env)
+    supervisor = Supervisor(state_dir)
+    supervisor.refuse_if_running()
     conf = write_runtime_config(fleet, state_dir)
-    supervisor = Supervisor(state_dir, conf)
     if foreground:
         argv = supervisor.foreground_argv()
         err_console().print(f"supervisord -n -c {conf} (Ctrl-C stops every agent)")
