@@ -142,3 +142,11 @@ def test_minute_constant() -> None:
     """Kline open times are aligned to their interval."""
     rows = _market()[0].klines("ASTERUSDT", "15m", limit=5)
     assert all(int(str(r[0])) % (15 * MINUTE_MS) == 0 for r in rows)
+
+
+def test_same_day_starts_share_one_path() -> None:
+    """Two markets started at different times on the same day agree at equal market times."""
+    early = Market(3, START, wall=FakeWall())
+    late = Market(3, START + 3_600_000, wall=FakeWall())
+    t = START - 120_000
+    assert early.mark("SOLUSDT", t) == late.mark("SOLUSDT", t)

@@ -63,6 +63,9 @@ def sim(
     unknown_outcome_rate: float = typer.Option(0.0, help="Share of accepted orders answered 503."),
     drop_rate: float = typer.Option(0.0, help="Share of requests whose connection is dropped."),
     fault_seed: int = typer.Option(0, help="Seed for fault injection."),
+    start_time_ms: int | None = typer.Option(
+        None, help="Market start time (epoch ms); default now. Fix it for reproducible runs."
+    ),
 ) -> None:
     """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
     import signal
@@ -106,6 +109,7 @@ def sim(
         limits,
         chain_id,
         decode_fallback,
+        start_time_ms=start_time_ms,
         allow_remote=allow_remote,
     )
     server = SimServer(config)

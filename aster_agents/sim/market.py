@@ -2,8 +2,9 @@
 
 One base path per symbol: a one-minute random walk with regime switches (trending up or
 down, ranging around an anchor, volatile breakouts). The path depends only on the seed and
-the minute index counted from the genesis (``history_minutes`` before the start), so two
-simulators with the same seed show the same market. Every interval's klines are aggregated
+the minute index counted from the genesis (``history_minutes`` before the UTC midnight that
+starts the start day), so two simulators with the same seed started on the same day show the
+same price at the same market time. Every interval's klines are aggregated
 from the one-minute candles; inside a minute the price moves open -> low/high -> high/low ->
 close along straight lines, so the mark price, the current candle and the book agree.
 """
@@ -194,7 +195,8 @@ class Market:
         self._wall = wall
         self._wall0 = wall()
         self.start_ms = int(self._wall0 * 1000) if start_ms is None else start_ms
-        self.genesis_ms = self.start_ms // MINUTE_MS * MINUTE_MS - history_minutes * MINUTE_MS
+        # genesis on a UTC day boundary: same seed, same day -> same price at the same time
+        self.genesis_ms = self.start_ms // _DAY_MS * _DAY_MS - history_minutes * MINUTE_MS
         self._pinned: dict[str, Decimal] = {}
 
     def now_ms(self) -> int:
