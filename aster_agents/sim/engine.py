@@ -13,6 +13,7 @@ then execute as takers. No liquidations, no funding.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Mapping
@@ -228,6 +229,27 @@ def _int(params: Mapping[str, str], name: str, default: int | None = None) -> in
         return int(text)
     except ValueError:
         raise missing(name) from None
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _json_list(params: Mapping[str, str], name: str, most: int) -> list[object]:
+    text = params.get(name)
+    if not text:
+        raise missing(name)
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise ApiError(-1102, f"Parameter '{name}' must be a JSON list.") from None
+    if not isinstance(value, list) or not value:
+        raise ApiError(-1102, f"Parameter '{name}' must be a non-empty JSON list.")
+    if len(value) > most:
+        raise ApiError(-4035 if most == 5 else -1102, f"'{name}' takes at most {most} entries.")
+    return value
 
 
 def _bool(params: Mapping[str, str], name: str) -> bool:
@@ -762,6 +784,32 @@ class Engine:
             order.update_time = self.market.now_ms()
             del acct.open_orders[order.order_id]
             return order.to_json(with_time=False)
+
+    def batch_new(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        """POST /fapi/v3/batchOrders: up to 5 orders; each answers an order or an error."""
+        out: list[dict[str, object]] = []
+        for item in _json_list(params, "batchOrders", 5):
+            try:
+                if not isinstance(item, dict):
+                    raise ApiError(-1102, "Each entry of 'batchOrders' must be an object.")
+                out.append(self.new_order(user, {str(k): _text(v) for k, v in item.items()}))
+            except ApiError as exc:
+                out.append({"code": exc.code, "msg": exc.msg})
+        return out
+
+    def batch_cancel(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        """DELETE /fapi/v3/batchOrders: orderIdList or origClientOrderIdList (max 10)."""
+        if params.get("orderIdList"):
+            key, values = "orderId", _json_list(params, "orderIdList", 10)
+        else:
+            key, values = "origClientOrderId", _json_list(params, "origClientOrderIdList", 10)
+        out: list[dict[str, object]] = []
+        for value in values:
+            try:
+                out.append(self.cancel_order(user, {**params, key: _text(value)}))
+            except ApiError as exc:
+                out.append({"code": exc.code, "msg": exc.msg})
+        return out
 
     def cancel_all(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
         sym = _symbol(params)

@@ -77,7 +77,7 @@ class Route:
     handler: Callable[[str, Params], Json]  # (user or "", params) -> JSON document
     weight: Callable[[Params], int]
     signed: bool
-    orders: int = 0  # new orders this request counts against the account's order limits
+    orders: int = 0  # new orders counted against the account's limits; -1: one per batch entry
 
 
 @dataclass(slots=True)
@@ -104,6 +104,14 @@ def _kline_weight(p: Params) -> int:
 def _depth_weight(p: Params) -> int:
     limit = int(p.get("limit") or 500)
     return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+
+
+def _batch_size(params: Params) -> int:
+    try:
+        entries = json.loads(params.get("batchOrders") or "[]")
+    except ValueError:
+        return 1
+    return max(1, len(entries)) if isinstance(entries, list) else 1
 
 
 class SimApp:
@@ -172,7 +180,8 @@ class SimApp:
             auth = self.auth.verify(raw)
             user, params = auth.user, auth.params
         if route.orders:
-            short, long_ = self.limiter.orders(user, route.orders, now)
+            count = route.orders if route.orders > 0 else _batch_size(params)
+            short, long_ = self.limiter.orders(user, count, now)
             headers["X-MBX-ORDER-COUNT-10S"] = str(short)
             headers["X-MBX-ORDER-COUNT-1M"] = str(long_)
         doc = route.handler(user, params)
@@ -227,6 +236,8 @@ class SimApp:
             ("POST", "order"): Route(e.new_order, _const(1), True, orders=1),
             ("PUT", "order"): Route(e.modify_order, _const(1), True, orders=1),
             ("GET", "order"): Route(e.query_order, _const(1), True),
+            ("POST", "batchOrders"): Route(e.batch_new, _const(5), True, orders=-1),
+            ("DELETE", "batchOrders"): Route(e.batch_cancel, _const(1), True),
             ("DELETE", "order"): Route(e.cancel_order, _const(1), True),
             ("GET", "openOrder"): Route(e.open_order, _const(1), True),
             ("GET", "openOrders"): Route(e.open_orders, _by_symbol(1, 40), True),
