@@ -239,7 +239,7 @@ class Demo:
         self.shipped = shipped
         self.on_update = on_update
         self.keys = DemoKeys.generate(len(self.agents))
-        self.directory = options.directory or Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp"))
+        self.directory = options.directory or Path("/tmp/aa-(not started)")
         self.state_dir = self.directory / "state"
         self.sim: SimServer | None = None
         self.fleet: FleetConfig | None = None
@@ -262,6 +262,9 @@ class Demo:
 
     def _start(self) -> None:
         o = self.options
+        if o.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp"))
+            self.state_dir = self.directory / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         account = SimAccount(self.keys.user, self.keys.signers(), o.balance)
         self.sim = SimServer(SimConfig(seed=o.seed, speed=o.speed, accounts=(account,)))
@@ -345,7 +348,7 @@ class Demo:
                     final = self.snapshot()
             if self.sim is not None:
                 self.sim.stop()
-            if self.options.directory is None:
+            if self.options.directory is None and self.directory.exists():
                 shutil.rmtree(self.directory, ignore_errors=True)
         return final or Snapshot(0.0, self.options.duration, (), self.options.balance,
                                  self.options.balance)  # fmt: skip

@@ -46,8 +46,8 @@ def demo(
         runner = Demo(cli.fleet(), options, _progress(as_json))
         if not as_json:
             err_console().print(
-                f"demo: {len(runner.agents)} agent(s) for {duration:.0f}s in "
-                f"{runner.directory} (market x{speed:g}); Ctrl-C stops"
+                f"demo: {len(runner.agents)} agent(s) for {duration:.0f}s against the simulator "
+                f"(market x{speed:g}) under supervisord; Ctrl-C stops"
             )
         with _live(as_json, runner) as show:
             runner.on_update = show
