@@ -236,6 +236,11 @@ class Demo:
     ) -> None:
         self.options = options
         self.agents = pick_agents(shipped, options.agents)
+        if options.directory is not None and _non_empty(options.directory):
+            raise ConfigError(
+                f"--state-dir {options.directory}: not empty; the demo needs a new or empty "
+                "directory (it keeps it afterwards)"
+            )
         self.shipped = shipped
         self.on_update = on_update
         self.keys = DemoKeys.generate(len(self.agents))
@@ -369,6 +374,10 @@ class Demo:
             if not wait_pid_gone(pid, 5.0) and pid_alive(pid):
                 with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+def _non_empty(directory: Path) -> bool:
+    return directory.exists() and any(directory.iterdir())
 
 
 def _fills(ledger: Ledger, agent_id: str) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from aster_agents.cli.main import main
 from aster_agents.config import load_fleet
 from aster_agents.demo import DemoKeys, demo_agent_docs, pick_agents
 from aster_agents.supervisor import pid_alive
@@ -85,3 +86,22 @@ def test_demo_sigint_tears_everything_down() -> None:
     demo = json.loads(out)["demo"]
     assert demo["interrupted"] is True
     _assert_gone(demo)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expect"),
+    [
+        (["demo", "--agents", "0"], "--agents: must be between 1 and"),
+        (["--state-dir", "{tmp}", "demo"], "not empty; the demo needs a new or empty directory"),
+    ],
+)
+def test_demo_refuses_bad_options(
+    extra: list[str], expect: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad --agents or a non-empty --state-dir exit 2 before anything starts."""
+    (tmp_path / "old-file").write_text("x")
+    args = ["--config-dir", str(REPO / "agents.d"), *(a.format(tmp=tmp_path) for a in extra)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert expect in capsys.readouterr().err
