@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,17 +65,23 @@ def run(procs: int, think_ms: float, seconds: float) -> dict[str, object]:
             cmd += ["--think-ms", str(think_ms), "--start-at", str(start_at), "--out", str(out)]
             workers.append((subprocess.Popen(cmd, cwd=ROOT), out))
         lat: list[int] = []
+        holds: list[int] = []
         denied = 0
         for proc, out in workers:
             if proc.wait() != 0:
                 raise SystemExit(f"bench worker failed with exit code {proc.returncode}")
             data = json.loads(out.read_text())
             lat += data["latencies_ns"]
+            holds += data["holds_ns"]
             denied += data["denied"]
         check = check_journal(
             journal, [], Limits(MAX_POSITIONS, AGENTS_PER_ACCOUNT * MAX_POSITIONS)
         )
-        return summary(procs, think_ms, seconds, lat, denied, len(check.violations))
+        result = summary(procs, think_ms, seconds, lat, denied, len(check.violations))
+        holds.sort()
+        result["p99_in_lock_ms"] = round(holds[int(0.99 * len(holds))] / 1e6, 3) if holds else 0.0
+        result["loadavg_1m"] = round(os.getloadavg()[0], 2)
+        return result
 
 
 def summary(

@@ -139,6 +139,7 @@ def run_bench(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     symbols = args.symbols.split(",")
     latencies: list[int] = []
+    holds: list[int] = []
     denied = 0
     start_at = float(args.start_at)
     while time.time() < start_at:
@@ -154,6 +155,7 @@ def run_bench(args: argparse.Namespace) -> None:
             latencies.append(time.perf_counter_ns() - t0)
             continue
         latencies.append(time.perf_counter_ns() - t0)
+        holds.append(ledger.store.last_hold_ns)
         journal.log(
             "A", args.agent, args.user, symbol, f"{intent.client_order_id}@{intent.expires_ms}"
         )
@@ -161,7 +163,7 @@ def run_bench(args: argparse.Namespace) -> None:
             time.sleep(args.think_ms / 1000 * rng.uniform(0.5, 1.5))
         journal.log("B", args.agent, args.user, symbol, "release")
         ledger.release(intent.client_order_id, "bench")
-    out = {"latencies_ns": latencies, "denied": denied}
+    out = {"latencies_ns": latencies, "holds_ns": holds, "denied": denied}
     Path(args.out).write_text(json.dumps(out))
 
 

@@ -151,6 +151,8 @@ class Store:
         self.path = self.state_dir / DB_NAME
         self._lock_fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         self._thread_lock = threading.RLock()
+        self.last_wait_ns = 0  # how long the last write waited for the flock (diagnostics)
+        self.last_hold_ns = 0  # how long it held the flock
         try:
             self.conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10
@@ -205,11 +207,15 @@ class Store:
 
     @contextmanager
     def _flock(self) -> Iterator[None]:
+        started = time.perf_counter_ns()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        locked = time.perf_counter_ns()
         try:
             yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self.last_wait_ns = locked - started
+            self.last_hold_ns = time.perf_counter_ns() - locked
 
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
