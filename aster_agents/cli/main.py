@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from aster_agents import __version__
-from aster_agents.cli import account, agents, demo, fleet, portfolio, run, status
+from aster_agents.cli import account, agents, demo, fleet, portfolio, run, sim, status
 from aster_agents.cli.common import CliState
 
 app = typer.Typer(
@@ -45,7 +45,7 @@ def root(
     ctx.obj = CliState(config_dir=config_dir, state_dir=state_dir)
 
 
-for _module in (run, agents, account, fleet, status, portfolio, demo):
+for _module in (run, agents, account, fleet, status, portfolio, demo, sim):
     _module.register(app)
 
 
