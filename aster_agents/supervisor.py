@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -35,6 +36,9 @@ STOP_WAIT_SECONDS: Final = 20  # the agent's own shutdown takes at most ~10 s
 DEFAULT_BIN: Final = "%(here)s/.venv/bin/aster-agent"
 LOG_MAXBYTES: Final = "10MB"
 LOG_BACKUPS: Final = 5
+FAULT_ALREADY_STARTED: Final = 60  # supervisor.xmlrpc.Faults
+FAULT_NOT_RUNNING: Final = 70
+RPC_TIMEOUT_S: Final = 30.0  # shutdown answers only after it has begun stopping the agents
 
 
 class SupervisorNotRunning(AsterAgentsError):
@@ -273,15 +277,19 @@ class Supervisor:
 
     # -- XML-RPC
 
-    def _call(self, method: str, *args: object) -> Any:
-        from supervisor.xmlrpc import SupervisorTransport
-
+    def _call(self, method: str, *args: object, ok_faults: tuple[int, ...] = ()) -> Any:
         if not self.socket.exists():
             raise self._not_running()
-        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket}")
+        transport = _transport(self.socket, RPC_TIMEOUT_S)
         try:
             proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
             return getattr(proxy.supervisor, method)(*args)
+        except xmlrpc.client.Fault as exc:
+            if exc.faultCode in ok_faults:
+                return None
+            raise AsterAgentsError(
+                f"supervisord ({self.socket}) refused {method}{args}: {exc.faultString}"
+            ) from None
         except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException):
             raise self._not_running() from None
         finally:
@@ -319,8 +327,8 @@ class Supervisor:
             info = self.process(agent_id)
             full = program_name(info.name)
             if info.state in ("RUNNING", "STARTING", "BACKOFF"):
-                self._call("stopProcess", full, True)
-            self._call("startProcess", full, False)
+                self._call("stopProcess", full, True, ok_faults=(FAULT_NOT_RUNNING,))
+            self._call("startProcess", full, False, ok_faults=(FAULT_ALREADY_STARTED,))
         return names
 
     # -- start and stop
@@ -388,6 +396,26 @@ class Supervisor:
             os.kill(pid, signal.SIGKILL)
             wait_pid_gone(pid, 5.0)
         return pid
+
+
+def _transport(sock: Path, timeout: float) -> Any:
+    """supervisor's unix-socket XML-RPC transport, with a timeout on the socket."""
+    from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
+
+    class _Connection(UnixStreamHTTPConnection):  # type: ignore[misc]  # untyped base
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(self.socketfile)
+
+    def connection() -> _Connection:
+        conn = _Connection("localhost")
+        conn.socketfile = str(sock)
+        return conn
+
+    transport = SupervisorTransport(None, None, serverurl=f"unix://{sock}")
+    transport._get_connection = connection
+    return transport
 
 
 def supervisord_bin() -> str:

@@ -140,7 +140,7 @@ def _ledger_positions(state: Path, user: str) -> dict[str, Decimal]:
 
 @pytest.mark.slow
 def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: Fleet) -> None:
-    """up -> RUNNING; SIGKILL one agent -> supervisord restarts it; down -> ledger == exchange."""
+    """up -> RUNNING; SIGKILL one -> restarted; restart/logs work; down -> ledger == exchange."""
     up = fleet.cli("up", "--env-file", str(fleet.env_file))
     assert up.returncode == 0, up.stderr + up.stdout
     sup_pid = Supervisor(fleet.state).pid()
@@ -157,6 +157,14 @@ def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: 
 
     after = wait_for(f"{victim} restarted with a new pid", restarted, 60)
     assert after["agent-a"] == pids["agent-a"] and after["agent-c"] == pids["agent-c"]
+
+    again = fleet.cli("restart", "--id", "agent-c")
+    assert again.returncode == 0, again.stderr
+    assert not pid_alive(after["agent-c"])
+    logs = fleet.cli("logs", "--id", "agent-c", "-n", "3")
+    assert logs.returncode == 0 and "agent-c" in logs.stdout
+    new_c = wait_for("agent-c's new pid", lambda: fleet.status()["agent-c"][1], 30)
+    after = {**after, "agent-c": new_c}
 
     down = fleet.cli("down")
     assert down.returncode == 0, down.stderr + down.stdout
