@@ -8,7 +8,6 @@ the whole list at once.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,11 +25,21 @@ from pydantic import (
     model_validator,
 )
 
+from aster_agents.config_view import (
+    CONFIG_ENV,
+    DEFAULT_INTERVAL,
+    DEFAULT_MAX_GROSS_LEVERAGE,
+    DEFAULT_MAX_POSITIONS,
+    DEFAULT_MAX_TOTAL_POSITIONS,
+    DEFAULT_SCAN_SECONDS,
+    DEFAULT_STATE_DIR,
+    PORTFOLIO_FILE,
+    agent_files,
+    resolve_config_dir,
+    resolve_state_dir,
+)
 from aster_agents.errors import ConfigError
 
-CONFIG_ENV: Final = "ASTER_AGENTS_CONFIG"
-STATE_ENV: Final = "ASTER_AGENTS_STATE"
-PORTFOLIO_FILE: Final = "_portfolio.yaml"
 KLINE_INTERVALS: Final = (
     "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
 )  # fmt: skip
@@ -91,9 +100,9 @@ class TradingConfig(_Model):
     symbols: tuple[Annotated[str, Field(pattern=r"^[A-Z0-9]{2,30}$")], ...] = Field(min_length=1)
     interval: Literal[
         "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"
-    ] = "5m"  # fmt: skip
-    scan_interval_seconds: float = Field(default=60, gt=0, le=86400)
-    max_positions: int = Field(default=1, ge=1, le=100)
+    ] = DEFAULT_INTERVAL  # fmt: skip
+    scan_interval_seconds: float = Field(default=DEFAULT_SCAN_SECONDS, gt=0, le=86400)
+    max_positions: int = Field(default=DEFAULT_MAX_POSITIONS, ge=1, le=100)
     min_confidence: float = Field(default=0.6, ge=0, le=1)
     position_size_pct: float = Field(default=0.1, gt=0, le=1)
     leverage: int = Field(default=1, ge=1, le=125)
@@ -122,8 +131,8 @@ class AgentConfig(_Model):
 
 
 class LimitsConfig(_Model):
-    max_total_positions: int = Field(default=10, ge=1, le=1000)
-    max_gross_leverage: float = Field(default=3.0, gt=0, le=125)
+    max_total_positions: int = Field(default=DEFAULT_MAX_TOTAL_POSITIONS, ge=1, le=1000)
+    max_gross_leverage: float = Field(default=DEFAULT_MAX_GROSS_LEVERAGE, gt=0, le=125)
 
 
 class RebalanceConfig(_Model):
@@ -150,7 +159,7 @@ class RebalanceConfig(_Model):
 
 
 class PortfolioConfig(_Model):
-    state_dir: str = "state"
+    state_dir: str = DEFAULT_STATE_DIR
     limits: LimitsConfig = LimitsConfig()
     symbol_policy: Literal["exclusive"] = "exclusive"
     rebalance: RebalanceConfig = RebalanceConfig()
@@ -183,18 +192,11 @@ class FleetConfig:
 
     def state_dir(self, override: str | Path | None = None) -> Path:
         """``--state-dir``, then ``$ASTER_AGENTS_STATE``, then ``_portfolio.yaml``, then ./state."""
-        chosen = override or os.environ.get(STATE_ENV) or self.portfolio.state_dir
-        path = Path(chosen).expanduser()
-        return path if path.is_absolute() else self.root / path
+        return resolve_state_dir(self.root, self.portfolio.state_dir, override)
 
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.root / path
-
-
-def resolve_config_dir(option: str | Path | None = None) -> Path:
-    """``--config-dir``, then ``$ASTER_AGENTS_CONFIG``, then ``./agents.d``."""
-    return Path(option or os.environ.get(CONFIG_ENV) or "agents.d").expanduser()
 
 
 def load_fleet(config_dir: str | Path | None = None, *, check_strategies: bool = True) -> FleetConfig:
@@ -208,9 +210,7 @@ def load_fleet(config_dir: str | Path | None = None, *, check_strategies: bool =
     portfolio = _load_portfolio(directory / PORTFOLIO_FILE, problems)
     agents: list[AgentConfig] = []
     files: dict[str, Path] = {}
-    for path in sorted(directory.glob("*.y*ml")):
-        if path.suffix not in (".yaml", ".yml") or path.name.startswith(("_", ".")):
-            continue
+    for path in agent_files(directory):
         agent = _load_agent(path, problems, check_strategies)
         if agent is not None:
             agents.append(agent)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aster_agents import portfolio as pf
 
 if TYPE_CHECKING:
-    from aster_agents.config import AgentConfig, FleetConfig
+    from aster_agents.config_view import AgentView, FleetView
     from aster_agents.ledger.readonly import ReadOnlyLedger
     from aster_agents.ledger.rows import AgentRow
 
@@ -334,7 +334,7 @@ def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
 
 
 def collect_status(
-    fleet: FleetConfig, state_dir: Path, *, now_ms: int | None = None
+    fleet: FleetView, state_dir: Path, *, now_ms: int | None = None
 ) -> StatusReport:
     """One snapshot of every configured agent and account; writes nothing."""
     from aster_agents.ledger.liveness import pid_alive
@@ -362,7 +362,7 @@ def collect_status(
 
 
 def _agent_status(
-    agent: AgentConfig,
+    agent: AgentView,
     row: AgentRow | None,
     proc: ProcInfo | None,
     alive: bool,
@@ -400,7 +400,7 @@ def _agent_status(
 
 
 def _accounts(
-    fleet: FleetConfig, ledger: ReadOnlyLedger | None, now_ms: int
+    fleet: FleetView, ledger: ReadOnlyLedger | None, now_ms: int
 ) -> tuple[AccountStatus, ...]:
     users = list(dict.fromkeys(a.exchange.user for a in fleet.agents))
     limits = ledger.account_limits() if ledger else {}
@@ -438,7 +438,7 @@ def _accounts(
 
 
 def collect_portfolio(
-    fleet: FleetConfig, state_dir: Path, *, now_ms: int | None = None, points: int = 200
+    fleet: FleetView, state_dir: Path, *, now_ms: int | None = None, points: int = 200
 ) -> PortfolioReport:
     """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots."""
     from aster_agents.ledger.readonly import open_readonly

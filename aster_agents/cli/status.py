@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
 
-    from aster_agents.config import FleetConfig
+    from aster_agents.config_view import FleetView
     from aster_agents.fleetview import AccountStatus, AgentStatus, StatusReport
 
 FLAG: Final = "! "
@@ -54,12 +54,12 @@ def status(
     console().print(render_status(collect_status(fleet, state_dir)))
 
 
-def load(ctx: typer.Context) -> tuple[FleetConfig, Path]:
-    """The fleet (strategy parameters are not re-validated: ``agents validate`` does that)."""
-    from aster_agents.config import load_fleet
+def load(ctx: typer.Context) -> tuple[FleetView, Path]:
+    """The fleet as displayed: read fast, not validated (``agents validate`` does that)."""
+    from aster_agents.config_view import load_view
 
     cli = state(ctx)
-    fleet = load_fleet(cli.config_dir, check_strategies=False)
+    fleet = load_view(cli.config_dir)
     return fleet, fleet.state_dir(cli.state_dir)
 
 
