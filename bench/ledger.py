@@ -56,19 +56,27 @@ def run(procs: int, think_ms: float, seconds: float) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
         state, journal = Path(tmp) / "state", Path(tmp) / "journal"
         plan = setup(state, procs)
-        start_at = time.time() + 1.0 + procs * 0.05
+        go = Path(tmp) / "go"
         workers = []
         for i, (agent, user, symbols) in enumerate(plan):
             out = Path(tmp) / f"out{i}.json"
             cmd = [sys.executable, "-m", "tests.ledger_worker", "bench", str(state), str(journal)]
             cmd += [agent, user, symbols, "--seed", str(i), "--seconds", str(seconds)]
-            cmd += ["--think-ms", str(think_ms), "--start-at", str(start_at), "--out", str(out)]
-            workers.append((subprocess.Popen(cmd, cwd=ROOT), out))
+            cmd += ["--think-ms", str(think_ms), "--go-file", str(go), "--out", str(out)]
+            workers.append(
+                (subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True), out)
+            )
+        for proc, _ in workers:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        tmp_go = go.with_suffix(".tmp")
+        tmp_go.write_text(str(time.time() + 0.3))
+        tmp_go.rename(go)
         lat: list[int] = []
         holds: list[int] = []
         denied = 0
         for proc, out in workers:
-            if proc.wait() != 0:
+            proc.communicate()
+            if proc.returncode != 0:
                 raise SystemExit(f"bench worker failed with exit code {proc.returncode}")
             data = json.loads(out.read_text())
             lat += data["latencies_ns"]

@@ -141,7 +141,12 @@ def run_bench(args: argparse.Namespace) -> None:
     latencies: list[int] = []
     holds: list[int] = []
     denied = 0
-    start_at = float(args.start_at)
+    print("ready", flush=True)
+    go = Path(args.go_file)
+    while not go.exists():  # the benchmark starts every worker at once, after all imports
+        time.sleep(0.002)
+    start_at = float(go.read_text())
+    start_at += rng.uniform(0, args.think_ms / 1000)  # agents tick at random phases
     while time.time() < start_at:
         time.sleep(0.001)
     deadline = time.monotonic() + args.seconds
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--ttl", type=float, default=2.0)
     parser.add_argument("--think-ms", type=float, default=0.0)
-    parser.add_argument("--start-at", type=float, default=0.0)
+    parser.add_argument("--go-file", default=os.devnull)
     parser.add_argument("--out", default=os.devnull)
     args = parser.parse_args(argv)
     (run_chaos if args.mode == "chaos" else run_bench)(args)
