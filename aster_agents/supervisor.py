@@ -387,15 +387,31 @@ class Supervisor:
             time.sleep(0.05)
         raise AsterAgentsError(f"supervisord did not answer on {self.socket} within {timeout:.0f}s")
 
-    def shutdown(self, timeout: float = 60.0) -> int | None:
-        """Ask supervisord to stop every agent and exit; wait until its pid is gone."""
+    def shutdown(self, timeout: float = 60.0) -> int:
+        """Ask supervisord to stop every agent and exit; wait until it and they are gone.
+
+        Should supervisord not be gone after ``timeout``, it and any agent left are SIGKILLed
+        (each agent is its own process group leader, so ``killpg`` takes its children too).
+        """
         pid = self.pid()
+        agents = [p.pid for p in self.processes() if p.pid]
         with contextlib.suppress(SupervisorNotRunning):  # it may close the socket first
             self._call("shutdown")
         if not wait_pid_gone(pid, timeout):
-            os.kill(pid, signal.SIGKILL)
-            wait_pid_gone(pid, 5.0)
+            _kill(pid, group=False)
+        for agent_pid in agents:
+            if not wait_pid_gone(agent_pid, 5.0):
+                _kill(agent_pid, group=True)
         return pid
+
+
+def _kill(pid: int, *, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    wait_pid_gone(pid, 5.0)
 
 
 def _transport(sock: Path, timeout: float) -> Any:
