@@ -30,7 +30,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from aster_agents.config import PORTFOLIO_FILE, AgentConfig, FleetConfig, load_fleet
+from aster_agents.config import AgentConfig, FleetConfig, load_fleet
+from aster_agents.config_view import PORTFOLIO_FILE
 from aster_agents.errors import ConfigError
 from aster_agents.ledger import Ledger
 from aster_agents.runner import SPEED_ENV

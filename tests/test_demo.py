@@ -105,3 +105,17 @@ def test_demo_refuses_bad_options(
         main(args)
     assert exit_info.value.code == 2
     assert expect in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_live_view_on_a_terminal() -> None:
+    """On a terminal the demo redraws the status and portfolio views, then prints a summary."""
+    env = dict(os.environ, FORCE_COLOR="1", TTY_COMPATIBLE="1")
+    result = subprocess.run(
+        _demo("--agents", "2", "--duration", "8"),
+        capture_output=True, text=True, timeout=60, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "sleeves" in result.stdout  # the portfolio view
+    assert "demo summary" in result.stdout

@@ -109,17 +109,19 @@ def _fleet_view(runner: Demo, snapshot: Snapshot) -> RenderableType:
 
     from aster_agents.cli.portfolio import render_portfolio
     from aster_agents.cli.status import render_status
+    from aster_agents.config_view import load_view
     from aster_agents.fleetview import collect_portfolio, collect_status
 
     assert runner.fleet is not None
+    view = load_view(runner.fleet.config_dir)
     header = (
         f"demo: {snapshot.elapsed:.0f}s of {snapshot.duration:.0f}s  trades {snapshot.trades}  "
         f"P&L {snapshot.pnl:+.2f} USDT  (account equity {snapshot.account_equity:.2f})"
     )
     return Group(
         header,
-        render_status(collect_status(runner.fleet, runner.state_dir)),
-        render_portfolio(collect_portfolio(runner.fleet, runner.state_dir)),
+        render_status(collect_status(view, runner.state_dir)),
+        render_portfolio(collect_portfolio(view, runner.state_dir)),
     )
 
 
