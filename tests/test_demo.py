@@ -112,7 +112,7 @@ def test_demo_live_view_on_a_terminal() -> None:
     """On a terminal the demo redraws the status and portfolio views, then prints a summary."""
     env = dict(os.environ, FORCE_COLOR="1", TTY_COMPATIBLE="1")
     result = subprocess.run(
-        _demo("--agents", "2", "--duration", "8"),
+        _demo("--agents", "1", "--duration", "3"),
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr[-3000:]
