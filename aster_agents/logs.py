@@ -8,6 +8,7 @@ a signature before a record is written anywhere.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -43,16 +44,23 @@ def _patch(record: Record) -> None:
         record["exception"] = exc._replace(value=type(exc.value)(redact(str(exc.value))))  # type: ignore[call-arg]
 
 
+LEVEL_ENV: Final = "ASTER_AGENTS_LOG_LEVEL"
+
+
 def setup_logging(
     agent_id: str,
     state_dir: Path | None,
     *,
     json_lines: bool = False,
-    level: str = "INFO",
+    level: str | None = None,
     stderr: bool = True,
 ) -> None:
-    """Configure loguru for this process; calling it again replaces the previous setup."""
+    """Configure loguru for this process; calling it again replaces the previous setup.
+
+    The level is ``level``, else ``$ASTER_AGENTS_LOG_LEVEL``, else INFO.
+    """
     global _configured
+    level = (level or os.environ.get(LEVEL_ENV) or "INFO").upper()
     logger.remove()
     logger.configure(extra={"agent": agent_id}, patcher=_patch)
     common: dict[str, Any] = {

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from aster_agents.config import KLINE_INTERVALS, AgentConfig, FleetConfig
 from aster_agents.errors import (
@@ -43,7 +43,7 @@ from aster_agents.errors import (
     TransientExchangeError,
     UnknownOutcome,
 )
-from aster_agents.exchange.http import AsterClient
+from aster_agents.exchange.http import AsterClient, RequestLog
 from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
 from aster_agents.logs import logger
 from aster_agents.models import (
@@ -117,7 +117,8 @@ class AgentRunner:
     ) -> None:
         self.fleet = fleet
         self.agent = agent
-        self.client = client
+        self.meter = ClientMeter(client)
+        self.client: AsterClient = self.meter  # type: ignore[assignment]  # same interface, timed
         self.ledger = ledger
         self.cache = cache
         self.strategy = strategy
@@ -245,6 +246,8 @@ class AgentRunner:
         logger.info("stopped")
 
     def safe_tick(self) -> TickReport | None:
+        started, cpu = time.perf_counter(), time.process_time()
+        client_wall, client_cpu = self.meter.wall_ms, self.meter.cpu_ms
         try:
             return self.tick()
         except (AuthError, ConfigError):
@@ -256,6 +259,12 @@ class AgentRunner:
         except Exception as exc:  # noqa: BLE001 - the loop must survive any bug in one tick
             logger.exception("tick failed")
             self._tick_failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            total = (time.perf_counter() - started) * 1000
+            network = self.meter.wall_ms - client_wall
+            own_cpu = (time.process_time() - cpu) * 1000 - (self.meter.cpu_ms - client_cpu)
+            logger.debug("tick {:.2f}ms, network {:.2f}ms, own {:.2f}ms, cpu {:.2f}ms", total,
+                         network, total - network, own_cpu)  # fmt: skip
         return None
 
     def _tick_failed(self, message: str) -> None:
@@ -612,7 +621,7 @@ def run_agent(
             client = AsterClient(
                 agent.exchange.base_url, user=agent.exchange.user, signer=signer,
                 nonces=NonceSource(slot), budget=budget, agent_id=agent.id,
-                on_request=_log_request, timeout=5.0,
+                on_request=log_request, timeout=5.0,
             )  # fmt: skip
             with client:
                 runner = AgentRunner(fleet, agent, client=client, ledger=ledger,
@@ -644,5 +653,36 @@ def _seed(agent_id: str) -> int:
     return zlib.crc32(agent_id.encode())
 
 
-def _log_request(entry: object) -> None:
-    logger.debug("request {}", entry)
+def log_request(entry: RequestLog) -> None:
+    """One log line per exchange request (method, path, status, weight, time; never params)."""
+    code = f" code {entry.error_code}" if entry.error_code is not None else ""
+    logger.info("{} {} -> {}{} w{} {:.1f}ms", entry.method, entry.path, entry.status or "-",
+                code, entry.weight, entry.elapsed_ms)  # fmt: skip
+
+
+class ClientMeter:
+    """Wraps the exchange client and adds up the wall and CPU time spent inside it.
+
+    The tick's own cost is its time minus this: what the runner, ledger, cache and strategy
+    cost, without the network and the client's request handling.
+    """
+
+    def __init__(self, client: AsterClient) -> None:
+        self._client = client
+        self.wall_ms = 0.0
+        self.cpu_ms = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._client, name)
+        if not callable(target):
+            return target
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return target(*args, **kwargs)
+            finally:
+                self.wall_ms += (time.perf_counter() - wall) * 1000
+                self.cpu_ms += (time.process_time() - cpu) * 1000
+
+        return timed

@@ -349,18 +349,16 @@ def test_expired_reservation_is_reaped_but_stays_queryable(ledger: Ledger) -> No
 
 
 def test_dead_pid_reservation_is_reaped_and_its_fill_still_books(ledger: Ledger) -> None:
-    """A dead process's reservation is reaped; a fill on it still books (exchange is truth)."""
+    """A dead process's unsent reservation is reaped; a fill on it still books (exchange is truth)."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     pid = int(dead.stdout)
     assert not pid_alive(pid)
     orphan = _open(ledger, "a1", "BTCUSDT", pid=pid)
-    ledger.mark_sent(orphan.client_order_id)
     _open(ledger, "a1", "ETHUSDT")
     reaped = ledger.intent(orphan.client_order_id)
     assert reaped is not None and reaped.state == "expired" and reaped.reason == "pid dead"
-    unresolved = ledger.unresolved_intents("a1")
-    assert unresolved[0].client_order_id == reaped.client_order_id
+    assert orphan.client_order_id not in {i.client_order_id for i in ledger.unresolved_intents("a1")}
     assert _fill(ledger, orphan.client_order_id, 7) is True
     assert [p.symbol for p in ledger.positions(agent_id="a1")] == ["BTCUSDT"]
 
@@ -692,3 +690,26 @@ def test_cache_keeps_type_and_refetches_when_stale(state_dir: Path) -> None:
     assert len(calls) == 2
     assert cache.get_or_fetch("other", 9_999, lambda: "text", now_ms=1) == "text"
     assert cache.fetched_ms("never") is None
+
+
+def test_sent_intent_of_dead_pid_is_never_reaped(tmp_path: Path) -> None:
+    """A reservation whose order went on the wire keeps its slot until its owner resolves it."""
+    import subprocess
+    import sys
+
+    from aster_agents.errors import ReservationDenied
+    from aster_agents.models import Side
+
+    ledger = Ledger(tmp_path)
+    ledger.register_agent("a1", "0xU", max_positions=5, capital=Decimal(1000))
+    ledger.set_account_limits("0xU", max_total_positions=1, max_gross_leverage=Decimal(10))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(dead.stdout)
+    sent = ledger.reserve("a1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(1), pid=pid)
+    ledger.mark_sent(sent.client_order_id)
+    with pytest.raises(ReservationDenied, match="max_total_positions"):
+        ledger.reserve("a1", "ETHUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(1))
+    intent = ledger.intent(sent.client_order_id)
+    assert intent is not None and intent.state == "reserved"
+    ledger.close()

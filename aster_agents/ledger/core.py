@@ -476,10 +476,16 @@ class Ledger:
         )  # fmt: skip
 
     def _reap(self, conn: sqlite3.Connection, now: int) -> None:
+        """Expire reservations whose order was never sent: past their TTL, or dead owner.
+
+        An intent marked sent is in flight: its order may already be on the exchange, so
+        freeing its slot could let the account exceed its limits. Only its owner resolves
+        it, by asking the exchange about its client order id at the next start.
+        """
         rows = conn.execute(
             "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
             "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
-            "WHERE i.state IN ('reserved', 'confirmed') AND i.state = 'reserved'"
+            "WHERE i.state = 'reserved' AND i.sent = 0"
         ).fetchall()
         for coid, agent_id, pid, expires, hb_pid, hb_ms in rows:
             why = self._reap_reason(now, pid, expires, hb_pid, hb_ms)
