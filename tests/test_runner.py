@@ -242,3 +242,27 @@ def _all_ticking(fleet: Fleet, ids: Sequence[str]) -> bool:
         rows = {r.agent_id: r for r in ledger.agent_rows()}
     return all(rows[a].heartbeat_pid == fleet.procs[a].pid and rows[a].ticks > 0 for a in ids
                if a in rows)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_429s_pause_every_agent_and_never_provoke_a_ban(tmp_path: Path) -> None:
+    """Agents over the exchange's weight limit get 429s, pause together, and never earn a 418."""
+    from aster_agents.sim.limits import LimitConfig
+
+    limits = LimitConfig(weight_per_window=120, weight_window_s=5.0)
+    with SimServer(SimConfig(port=0, seed=7, speed=60.0, limits=limits)) as server:
+        server.start()
+        ids = ["agent-1", "agent-2", "agent-3"]
+        fleet = make_fleet(tmp_path, server, ids, symbols=SIX, scan_interval=0.1,
+                           params="{p_enter: 0.5, p_exit: 0.5}")  # fmt: skip
+        for agent_id in ids:
+            fleet.start(agent_id)
+        try:
+            wait_for(lambda: server.app.limiter.counts()[0] >= 3, timeout=90, what="three 429s")
+            seen = len(fleet.coids())
+            wait_for(lambda: len(fleet.coids()) > seen, timeout=60, what="trading after the pause")
+        finally:
+            codes = fleet.stop_all()
+        limited, bans = server.app.limiter.counts()
+    assert bans == 0, f"{limited} 429s led to {bans} bans"
+    assert codes == dict.fromkeys(ids, 0)

@@ -28,6 +28,7 @@ def tiny(sim_keys: SimKeys) -> Iterator[tuple[SimServer, SignedClient]]:
         weight_per_window=12,
         orders_short=2,
         ban_seconds=30,
+        grace_s=0.0,
         align_to_start=True,
         weight_window_s=3600,
         orders_short_window_s=3600,
@@ -64,6 +65,22 @@ def test_rate_limit_then_ban(tiny: tuple[SimServer, SignedClient]) -> None:
     assert (banned.status_code, banned.json()["code"]) == (418, -1003)
     assert 25 <= int(banned.headers["Retry-After"]) <= 30
     assert client.public("/fapi/v3/ping").status_code == 418
+
+
+def test_requests_in_flight_at_a_429_get_grace_not_a_ban(sim_keys: SimKeys) -> None:
+    """A request sent within grace_s of a 429 gets another 429; only a later one is banned."""
+    limits = LimitConfig(weight_per_window=12, grace_s=60, align_to_start=True,
+                         weight_window_s=3600)  # fmt: skip
+    server, client = _serve(sim_keys, limits=limits)
+    try:
+        while client.send("GET", "/fapi/v3/balance").status_code == 200:
+            pass
+        again = client.public("/fapi/v3/ping")
+        assert (again.status_code, again.json()["code"]) == (429, -1003)
+        assert server.app.limiter.counts() == (2, 0)
+    finally:
+        client.close()
+        server.stop()
 
 
 def test_order_count_limit(tiny: tuple[SimServer, SignedClient]) -> None:
