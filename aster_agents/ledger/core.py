@@ -21,14 +21,18 @@ from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger.liveness import PidLiveness
 from aster_agents.ledger.rows import (
     ACTIVE_STATES,
+    AGENT_COLS,
     AGENT_STATES,
     FINAL_STATES,
     INTENT_KINDS,
+    POSITION_COLS,
     AccountLimits,
     AgentRow,
     AuditEntry,
     Intent,
     LedgerPosition,
+    agent_row,
+    position_row,
 )
 from aster_agents.ledger.store import Store, now_ms
 from aster_agents.models import Side
@@ -42,14 +46,6 @@ STALE_HEARTBEAT_S: Final = 120.0
 _INTENT_COLS: Final = (
     "client_order_id, seq, agent_id, user, symbol, side, kind, margin, notional, state, pid, "
     "created_ms, expires_ms, updated_ms, sent, reason"
-)
-_POSITION_COLS: Final = "agent_id, user, symbol, qty, entry_price, margin, opened_ms, updated_ms"
-_AGENT_COLS: Final = (
-    "a.agent_id, a.user, a.nonce_slot, a.max_positions, a.enabled, a.state, a.state_reason, "
-    "a.capital, a.units, a.realized_pnl, a.fees, a.funding, a.hb_pid, a.hb_ms, a.hb_error, "
-    "a.ticks, (SELECT COUNT(*) FROM positions p WHERE p.agent_id = a.agent_id), "
-    "(SELECT COUNT(*) FROM intents i WHERE i.agent_id = a.agent_id "
-    "AND i.state IN ('reserved', 'confirmed'))"
 )
 
 
@@ -85,42 +81,6 @@ def _intent(row: tuple[Any, ...]) -> Intent:
         updated_ms=row[13],
         sent=bool(row[14]),
         reason=row[15],
-    )
-
-
-def _position(row: tuple[Any, ...]) -> LedgerPosition:
-    return LedgerPosition(
-        agent_id=row[0],
-        user=row[1],
-        symbol=row[2],
-        qty=_dec(row[3]),
-        entry_price=_dec(row[4]),
-        margin=_dec(row[5]),
-        opened_ms=row[6],
-        updated_ms=row[7],
-    )
-
-
-def _agent(row: tuple[Any, ...]) -> AgentRow:
-    return AgentRow(
-        agent_id=row[0],
-        user=row[1],
-        nonce_slot=row[2],
-        max_positions=row[3],
-        enabled=bool(row[4]),
-        state=row[5],
-        state_reason=row[6],
-        capital=_dec(row[7]),
-        units=_dec(row[8]),
-        realized_pnl=_dec(row[9]),
-        fees=_dec(row[10]),
-        funding=_dec(row[11]),
-        heartbeat_pid=row[12],
-        heartbeat_ms=row[13],
-        heartbeat_error=row[14],
-        ticks=row[15],
-        positions=row[16],
-        reserved=row[17],
     )
 
 
@@ -773,7 +733,7 @@ class Ledger:
         self, agent_id: str | None = None, user: str | None = None
     ) -> list[LedgerPosition]:
         """Open positions, optionally of one agent and/or one account."""
-        sql = f"SELECT {_POSITION_COLS} FROM positions WHERE 1 = 1"
+        sql = f"SELECT {POSITION_COLS} FROM positions WHERE 1 = 1"
         args: list[str] = []
         if agent_id is not None:
             sql += " AND agent_id = ?"
@@ -782,7 +742,7 @@ class Ledger:
             sql += " AND user = ?"
             args.append(user)
         rows = self.store.conn.execute(sql + " ORDER BY agent_id, symbol", args).fetchall()
-        return [_position(r) for r in rows]
+        return [position_row(r) for r in rows]
 
     def symbol_owner(self, user: str, symbol: str) -> str | None:
         """The agent holding ``symbol`` on ``user`` (position or active open intent)."""
@@ -850,15 +810,15 @@ class Ledger:
 
     def agent(self, agent_id: str) -> AgentRow | None:
         row = self.store.conn.execute(
-            f"SELECT {_AGENT_COLS} FROM agents a WHERE a.agent_id = ?", (agent_id,)
+            f"SELECT {AGENT_COLS} FROM agents a WHERE a.agent_id = ?", (agent_id,)
         ).fetchone()
-        return None if row is None else _agent(row)
+        return None if row is None else agent_row(row)
 
     def agent_rows(self) -> list[AgentRow]:
         rows = self.store.conn.execute(
-            f"SELECT {_AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id"
+            f"SELECT {AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id"
         ).fetchall()
-        return [_agent(r) for r in rows]
+        return [agent_row(r) for r in rows]
 
     def audit(self, limit: int = 100, agent_id: str | None = None) -> list[AuditEntry]:
         """The newest ``limit`` audit entries, newest first."""

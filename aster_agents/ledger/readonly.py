@@ -16,8 +16,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from aster_agents.errors import LedgerError
-from aster_agents.ledger.core import _AGENT_COLS, _POSITION_COLS, _agent, _position
-from aster_agents.ledger.rows import AccountLimits, AgentRow, LedgerPosition
+from aster_agents.ledger.rows import (
+    AGENT_COLS,
+    POSITION_COLS,
+    AccountLimits,
+    AgentRow,
+    LedgerPosition,
+    agent_row,
+    position_row,
+)
 from aster_agents.ledger.store import BUSY_TIMEOUT_MS, DB_NAME
 
 
@@ -70,19 +77,19 @@ class ReadOnlyLedger:
         if not self._ready("agents"):
             return []
         rows = self.conn.execute(
-            f"SELECT {_AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id"
+            f"SELECT {AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id"
         ).fetchall()
-        return [_agent(r) for r in rows]
+        return [agent_row(r) for r in rows]
 
     def positions(self, agent_id: str | None = None) -> list[LedgerPosition]:
         if not self._ready("positions"):
             return []
-        sql = f"SELECT {_POSITION_COLS} FROM positions"
+        sql = f"SELECT {POSITION_COLS} FROM positions"
         args: tuple[str, ...] = ()
         if agent_id is not None:
             sql, args = sql + " WHERE agent_id = ?", (agent_id,)
         rows = self.conn.execute(sql + " ORDER BY agent_id, symbol", args).fetchall()
-        return [_position(r) for r in rows]
+        return [position_row(r) for r in rows]
 
     def account_limits(self) -> dict[str, AccountLimits]:
         if not self._ready("accounts"):

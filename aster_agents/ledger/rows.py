@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
-from aster_agents.models import Side
+if TYPE_CHECKING:
+    from aster_agents.models import Side
 
 INTENT_KINDS: Final = ("open", "close", "protect")
 ACTIVE_STATES: Final = ("reserved", "confirmed")
@@ -106,3 +107,53 @@ class AuditEntry:
     agent_id: str | None
     event: str
     detail: str
+
+
+POSITION_COLS: Final = "agent_id, user, symbol, qty, entry_price, margin, opened_ms, updated_ms"
+AGENT_COLS: Final = (
+    "a.agent_id, a.user, a.nonce_slot, a.max_positions, a.enabled, a.state, a.state_reason, "
+    "a.capital, a.units, a.realized_pnl, a.fees, a.funding, a.hb_pid, a.hb_ms, a.hb_error, "
+    "a.ticks, (SELECT COUNT(*) FROM positions p WHERE p.agent_id = a.agent_id), "
+    "(SELECT COUNT(*) FROM intents i WHERE i.agent_id = a.agent_id "
+    "AND i.state IN ('reserved', 'confirmed'))"
+)
+
+
+def dec(value: Any) -> Decimal:
+    return Decimal(str(value))
+
+
+def position_row(row: tuple[Any, ...]) -> LedgerPosition:
+    return LedgerPosition(
+        agent_id=row[0],
+        user=row[1],
+        symbol=row[2],
+        qty=dec(row[3]),
+        entry_price=dec(row[4]),
+        margin=dec(row[5]),
+        opened_ms=row[6],
+        updated_ms=row[7],
+    )
+
+
+def agent_row(row: tuple[Any, ...]) -> AgentRow:
+    return AgentRow(
+        agent_id=row[0],
+        user=row[1],
+        nonce_slot=row[2],
+        max_positions=row[3],
+        enabled=bool(row[4]),
+        state=row[5],
+        state_reason=row[6],
+        capital=dec(row[7]),
+        units=dec(row[8]),
+        realized_pnl=dec(row[9]),
+        fees=dec(row[10]),
+        funding=dec(row[11]),
+        heartbeat_pid=row[12],
+        heartbeat_ms=row[13],
+        heartbeat_error=row[14],
+        ticks=row[15],
+        positions=row[16],
+        reserved=row[17],
+    )
