@@ -15,7 +15,7 @@ from aster_agents.errors import (
     OrderNotFound,
     OrderRejected,
 )
-from aster_agents.exchange.http import AsterClient
+from aster_agents.exchange.http import AsterClient, RequestLog
 from aster_agents.models import (
     MarginType,
     OrderRequest,
@@ -205,6 +205,29 @@ def test_balances_and_account_before_and_after_a_trade(
     assert acct.total_initial_margin == margin
     assert acct.available_balance == usdt.balance + upnl - margin == usdt.available_balance
     assert acct.balances[0].asset == "USDT" and acct.balances[0].balance == usdt.balance
+
+
+def test_account_falls_back_when_join_margin_path_is_missing(
+    sim_server: SimServer, sim_keys: SimKeys
+) -> None:
+    """An exchange without accountWithJoinMargin (404, even with code -1000): one try, then
+    /fapi/v3/account, remembered; a 404 is not retried as transient."""
+    del sim_server.app.routes[("GET", "/fapi/v3/accountWithJoinMargin")]  # the pre-rename API
+    log: list[RequestLog] = []
+    with AsterClient(
+        sim_server.base_url,
+        user=sim_keys.user,
+        signer=sim_keys.agents[0],
+        nonces=NonceSource(0),
+        on_request=log.append,
+    ) as c:
+        assert c.account().total_wallet_balance == SIM_BALANCE
+        assert c.account().available_balance == SIM_BALANCE
+    assert [(e.path, e.status) for e in log] == [
+        ("/fapi/v3/accountWithJoinMargin", 404),
+        ("/fapi/v3/account", 200),
+        ("/fapi/v3/account", 200),
+    ]
 
 
 def test_position_risk_matches_engine(

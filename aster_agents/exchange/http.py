@@ -197,7 +197,7 @@ def _error_for(status: int, code: int, msg: str, where: str) -> ExchangeError:
         cls = _NonceRefused
     elif code in _AUTH_CODES or status in (401, 403):
         cls = AuthError
-    elif code in _TRANSIENT_CODES:
+    elif code in _TRANSIENT_CODES and status != 404:  # a missing path never comes back
         cls = TransientExchangeError
     elif code in _MARGIN_CODES:
         cls = InsufficientMargin
