@@ -14,6 +14,8 @@ from aster_agents.errors import (
     InsufficientMargin,
     OrderNotFound,
     OrderRejected,
+    TransientExchangeError,
+    UnknownOutcome,
 )
 from aster_agents.exchange.http import AsterClient, RequestLog
 from aster_agents.models import (
@@ -26,8 +28,9 @@ from aster_agents.models import (
     TimeInForce,
 )
 from aster_agents.signing import TESTNET_CHAIN_ID, NonceSource, Signer, generate_private_key
+from aster_agents.sim.faults import FaultConfig
 from aster_agents.sim.market import INTERVAL_MS
-from aster_agents.sim.server import SimServer
+from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.sim.symbols import SYMBOLS
 from tests.plugins.sim import SIM_BALANCE, SimKeys
 
@@ -649,3 +652,40 @@ def test_wrong_chain_id_is_auth_error(sim_server: SimServer, sim_keys: SimKeys) 
     ):
         c.new_order(_market(BTC, Side.BUY, "0.001", "wrong-chain-1"))
     assert sim_server.engine.all_orders_ever() == []
+
+
+# --- unknown outcomes over real HTTP ---------------------------------------------------------
+
+
+def _faulty(keys: SimKeys, faults: FaultConfig) -> SimServer:
+    return SimServer(SimConfig(seed=7, accounts=(keys.account(),), faults=faults))
+
+
+def test_accepted_then_503_resolved_by_client_order_id(sim_keys: SimKeys) -> None:
+    """A new order answered 503 'execution status unknown' after acceptance is found by its
+    client order id and returned; it is never sent twice."""
+    with _faulty(sim_keys, FaultConfig(accepted_503_rate=1.0)) as sim:
+        sim.market.pin(BTC, Decimal("100000.0"))
+        with AsterClient(
+            sim.base_url, user=sim_keys.user, signer=sim_keys.agents[0],
+            nonces=NonceSource(0), backoff_base=0.001,
+        ) as c:  # fmt: skip
+            order = c.new_order(_market(BTC, Side.BUY, "0.010", "unknown-1"))
+        assert order.status is OrderStatus.FILLED and order.client_order_id == "unknown-1"
+        assert [o.client_order_id for o in sim.engine.all_orders_ever()] == ["unknown-1"]
+        assert sim.engine.position(sim_keys.user, BTC) == Decimal("0.010")
+
+
+def test_exchange_down_new_order_is_unknown_outcome(sim_keys: SimKeys) -> None:
+    """When every request is answered 503, a new order ends as UnknownOutcome naming its id."""
+    with _faulty(sim_keys, FaultConfig(error_rates={503: 1.0})) as sim:
+        with AsterClient(
+            sim.base_url, user=sim_keys.user, signer=sim_keys.agents[0],
+            nonces=NonceSource(0), backoff_base=0.001, max_retries=2,
+        ) as c:  # fmt: skip
+            with pytest.raises(TransientExchangeError):
+                c.balances()
+            with pytest.raises(UnknownOutcome) as info:
+                c.new_order(_market(BTC, Side.BUY, "0.010", "down-1"))
+        assert info.value.client_order_id == "down-1"
+        assert sim.engine.all_orders_ever() == []
