@@ -107,7 +107,7 @@ class TradingConfig(_Model):
     position_size_pct: float = Field(default=0.1, gt=0, le=1)
     leverage: int = Field(default=1, ge=1, le=125)
     stop_loss_pct: float = Field(default=0.02, gt=0, lt=1)
-    take_profit_pct: float = Field(default=0.04, gt=0, le=10)
+    take_profit_pct: float = Field(default=0.04, gt=0, lt=1)  # a short cannot gain 100%
 
     @field_validator("symbols")
     @classmethod

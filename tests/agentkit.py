@@ -127,7 +127,7 @@ def make_fleet(
     max_total_positions: int = 10,
     scan_interval: float = 0.5,
     stop_loss_pct: float = 0.5,
-    take_profit_pct: float = 5.0,
+    take_profit_pct: float = 0.9,
     balance: Decimal = Decimal(100_000),
     capital_pct: float | None = None,
 ) -> Fleet:
