@@ -41,14 +41,30 @@ from aster_agents.config_view import (
 from aster_agents.errors import ConfigError
 
 KLINE_INTERVALS: Final = (
-    "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
-)  # fmt: skip
+    "1m",
+    "3m",
+    "5m",
+    "15m",
+    "30m",
+    "1h",
+    "2h",
+    "4h",
+    "6h",
+    "8h",
+    "12h",
+    "1d",
+    "3d",
+    "1w",
+    "1M",
+)
 DEFAULT_BASE_URL: Final = "https://fapi.asterdex.com"
 
 _ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _RAW_KEY_RE: Final = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_HINT: Final = "use signer_key_env (an environment variable) or signer_keystore (an encrypted keystore)"
+_SECRET_HINT: Final = (
+    "use signer_key_env (an environment variable) or signer_keystore (an encrypted keystore)"
+)
 
 
 def _address(value: str) -> str:
@@ -100,7 +116,7 @@ class TradingConfig(_Model):
     symbols: tuple[Annotated[str, Field(pattern=r"^[A-Z0-9]{2,30}$")], ...] = Field(min_length=1)
     interval: Literal[
         "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"
-    ] = DEFAULT_INTERVAL  # fmt: skip
+    ] = DEFAULT_INTERVAL
     scan_interval_seconds: float = Field(default=DEFAULT_SCAN_SECONDS, gt=0, le=86400)
     max_positions: int = Field(default=DEFAULT_MAX_POSITIONS, ge=1, le=100)
     min_confidence: float = Field(default=0.6, ge=0, le=1)
@@ -199,7 +215,9 @@ class FleetConfig:
         return path if path.is_absolute() else self.root / path
 
 
-def load_fleet(config_dir: str | Path | None = None, *, check_strategies: bool = True) -> FleetConfig:
+def load_fleet(
+    config_dir: str | Path | None = None, *, check_strategies: bool = True
+) -> FleetConfig:
     """Load and validate every file in ``config_dir``; ConfigError lists every problem."""
     directory = resolve_config_dir(config_dir)
     if not directory.is_dir():
@@ -260,7 +278,9 @@ def _load_portfolio(path: Path, problems: list[str]) -> PortfolioConfig:
 def _load_agent(path: Path, problems: list[str], check_strategies: bool) -> AgentConfig | None:
     data = _read_yaml(path, problems)
     if data is None and not problems:
-        problems.append(f"{path}: file is empty; expected an agent mapping (id, name, exchange, ...)")
+        problems.append(
+            f"{path}: file is empty; expected an agent mapping (id, name, exchange, ...)"
+        )
         return None
     if data is None:
         return None
@@ -269,7 +289,9 @@ def _load_agent(path: Path, problems: list[str], check_strategies: bool) -> Agen
     if len(problems) > before:
         return None
     if not isinstance(data, dict):
-        problems.append(f"{path}: must be a mapping (id, name, exchange, ...), got {type(data).__name__}")
+        problems.append(
+            f"{path}: must be a mapping (id, name, exchange, ...), got {type(data).__name__}"
+        )
         return None
     try:
         agent = AgentConfig.model_validate(data)
@@ -277,7 +299,9 @@ def _load_agent(path: Path, problems: list[str], check_strategies: bool) -> Agen
         problems.extend(_describe(path, exc))
         return None
     if agent.id != path.stem:
-        problems.append(f"{path}: id: must equal the file name stem {path.stem!r}, got {agent.id!r}")
+        problems.append(
+            f"{path}: id: must equal the file name stem {path.stem!r}, got {agent.id!r}"
+        )
     if check_strategies:
         _check_strategy(path, agent, problems)
     return agent
@@ -292,7 +316,9 @@ def _check_strategy(path: Path, agent: AgentConfig, problems: list[str]) -> None
         problems.extend(f"{path}: {line}" for line in exc.problems)
 
 
-def _check_fleet(agents: Sequence[AgentConfig], files: Mapping[str, Path], problems: list[str]) -> None:
+def _check_fleet(
+    agents: Sequence[AgentConfig], files: Mapping[str, Path], problems: list[str]
+) -> None:
     seen_ids: dict[str, AgentConfig] = {}
     signers: dict[str, str] = {}
     totals: dict[str, float] = {}
@@ -319,7 +345,9 @@ def _check_fleet(agents: Sequence[AgentConfig], files: Mapping[str, Path], probl
             )
 
 
-def _find_raw_keys(path: Path, data: object, where: tuple[str | int, ...], problems: list[str]) -> None:
+def _find_raw_keys(
+    path: Path, data: object, where: tuple[str | int, ...], problems: list[str]
+) -> None:
     if isinstance(data, dict):
         for key, value in data.items():
             _find_raw_keys(path, value, (*where, str(key)), problems)
@@ -355,7 +383,9 @@ def _describe(path: Path, exc: ValidationError) -> list[str]:
         if err["type"] == "missing":
             lines.append(f"{path}: {key}: required key is missing")
         elif err["type"] == "extra_forbidden":
-            lines.append(f"{path}: {key}: unknown key (check the spelling; see README 'Configuration')")
+            lines.append(
+                f"{path}: {key}: unknown key (check the spelling; see README 'Configuration')"
+            )
         else:
             lines.append(f"{path}: {key}: {message}, got {_show(err.get('input'))}")
     return lines

@@ -128,7 +128,7 @@ def _read(path: Path) -> Mapping[str, Any]:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - safe loader
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -144,10 +144,14 @@ def _portfolio(data: Mapping[str, Any]) -> PortfolioView:
     return PortfolioView(
         state_dir=str(data.get("state_dir", DEFAULT_STATE_DIR)),
         limits=LimitsView(
-            max_total_positions=_as(int, limits.get("max_total_positions"), DEFAULT_MAX_TOTAL_POSITIONS),
-            max_gross_leverage=_as(float, limits.get("max_gross_leverage"), DEFAULT_MAX_GROSS_LEVERAGE),
+            max_total_positions=_as(
+                int, limits.get("max_total_positions"), DEFAULT_MAX_TOTAL_POSITIONS
+            ),
+            max_gross_leverage=_as(
+                float, limits.get("max_gross_leverage"), DEFAULT_MAX_GROSS_LEVERAGE
+            ),
         ),
-    )  # fmt: skip
+    )
 
 
 def _agent(stem: str, data: Mapping[str, Any]) -> AgentView | None:
@@ -164,13 +168,15 @@ def _agent(stem: str, data: Mapping[str, Any]) -> AgentView | None:
             strategy=str(trading.get("strategy", "?")),
             symbols=tuple(str(s) for s in symbols) if isinstance(symbols, list) else (),
             interval=str(trading.get("interval", DEFAULT_INTERVAL)),
-            scan_interval_seconds=_as(float, trading.get("scan_interval_seconds"), DEFAULT_SCAN_SECONDS),
+            scan_interval_seconds=_as(
+                float, trading.get("scan_interval_seconds"), DEFAULT_SCAN_SECONDS
+            ),
             max_positions=_as(int, trading.get("max_positions"), DEFAULT_MAX_POSITIONS),
         ),
         allocation=AllocationView(
             capital_pct=_as(float, _section(data, "allocation").get("capital_pct"), 0.0)
         ),
-    )  # fmt: skip
+    )
 
 
 def _as(kind: type[Any], value: object, default: Any) -> Any:

@@ -4,7 +4,7 @@
 
     AsterAgentsError                 base; ``exit_code`` is what the CLI exits with
     ├── ConfigError                  stop, exit 2 (bad config or bad usage)
-    ├── CredentialError              stop, exit 2 (key missing, keystore password wrong, key/signer mismatch)
+    ├── CredentialError              stop, exit 2 (key missing, wrong password, key/signer mismatch)
     ├── AlreadyRunning               stop, exit 3 (the agent's singleton lock is held)
     ├── LedgerError                  stop, exit 1 (ledger unusable: newer schema, corrupt file)
     │   └── ReservationDenied        skip this tick (a limit says no); carries ``reason``

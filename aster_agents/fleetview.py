@@ -333,9 +333,7 @@ def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
 # ----------------------------------------------------------------- status
 
 
-def collect_status(
-    fleet: FleetView, state_dir: Path, *, now_ms: int | None = None
-) -> StatusReport:
+def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = None) -> StatusReport:
     """One snapshot of every configured agent and account; writes nothing."""
     from aster_agents.ledger.liveness import pid_alive
     from aster_agents.ledger.readonly import open_readonly

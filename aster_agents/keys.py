@@ -28,8 +28,8 @@ def resolve_signer(
         raw = env.get(exchange.signer_key_env, "").strip()
         if not raw:
             raise CredentialError(
-                f"{where}.signer_key_env: environment variable {exchange.signer_key_env} is not set; "
-                f"export the API wallet key for agent {agent.id} in it"
+                f"{where}.signer_key_env: environment variable {exchange.signer_key_env} is "
+                f"not set; export the API wallet key for agent {agent.id} in it"
             )
         source = f"environment variable {exchange.signer_key_env}"
     else:

@@ -23,9 +23,7 @@ __all__ = ["logger", "redact", "setup_logging"]
 
 # 130 hex digits = a 65-byte signature; 64 = a private key (or a hash: redacting those is cheap).
 _SECRET_RE: Final = re.compile(r"(?i)(0x)?(?<![0-9a-f])([0-9a-f]{130}|[0-9a-f]{64})(?![0-9a-f])")
-_FORMAT: Final = (
-    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[agent]} | {message}"
-)
+_FORMAT: Final = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[agent]} | {message}"
 ROTATION: Final = "10 MB"
 RETENTION: Final = 5
 
@@ -41,7 +39,16 @@ def _patch(record: Record) -> None:
     record["message"] = redact(record["message"])
     exc = record["exception"]
     if exc is not None and exc.value is not None and _SECRET_RE.search(str(exc.value)):
-        record["exception"] = exc._replace(value=type(exc.value)(redact(str(exc.value))))  # type: ignore[call-arg]
+        record["exception"] = exc._replace(value=_redacted(exc.value))
+
+
+def _redacted(value: BaseException) -> BaseException:
+    """The same exception with key-shaped text replaced (a stand-in if it cannot be rebuilt)."""
+    text = redact(str(value))
+    try:
+        return type(value)(text)
+    except Exception:  # its constructor wants more than a message
+        return RuntimeError(f"{type(value).__name__}: {text}")
 
 
 LEVEL_ENV: Final = "ASTER_AGENTS_LOG_LEVEL"

@@ -69,11 +69,22 @@ FAILPOINT_ENV: Final = "ASTER_AGENTS_FAILPOINT"  # crash tests: SIGKILL ourselve
 FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fills")
 PROTECTIVE_TYPES: Final = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
 INTERVAL_MS: Final = {
-    "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
-    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
-    "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000,
+    "1m": 60_000,
+    "3m": 180_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "30m": 1_800_000,
+    "1h": 3_600_000,
+    "2h": 7_200_000,
+    "4h": 14_400_000,
+    "6h": 21_600_000,
+    "8h": 28_800_000,
+    "12h": 43_200_000,
+    "1d": 86_400_000,
+    "3d": 259_200_000,
+    "1w": 604_800_000,
     "1M": 2_592_000_000,
-}  # fmt: skip
+}
 assert set(INTERVAL_MS) == set(KLINE_INTERVALS)
 
 
@@ -143,15 +154,21 @@ class AgentRunner:
             )
         self._ensure_one_way_mode()
         for symbol in trading.symbols:
-            self._quietly(f"set margin type on {symbol}", self.client.set_margin_type, symbol,
-                          MarginType.CROSSED)  # fmt: skip
+            self._quietly(
+                f"set margin type on {symbol}",
+                self.client.set_margin_type,
+                symbol,
+                MarginType.CROSSED,
+            )
         self._ensure_capital()
         self.recover()
         logger.info(
             "started: strategy {} on {} ({}), every {}s",
-            trading.strategy, ",".join(trading.symbols), trading.interval,
+            trading.strategy,
+            ",".join(trading.symbols),
+            trading.interval,
             trading.scan_interval_seconds,
-        )  # fmt: skip
+        )
 
     def _file(self) -> str:
         return str(self.fleet.files.get(self.agent.id, self.fleet.config_dir))
@@ -190,8 +207,12 @@ class AgentRunner:
                 Decimal("0.01")
             )
             self.ledger.allocate(self.agent.id, capital)
-            logger.info("allocated {} USDT ({:.0%} of {})", capital,
-                        self.agent.allocation.capital_pct, equity)  # fmt: skip
+            logger.info(
+                "allocated {} USDT ({:.0%} of {})",
+                capital,
+                self.agent.allocation.capital_pct,
+                equity,
+            )
 
     # ------------------------------------------------------------------ recovery
 
@@ -220,14 +241,20 @@ class AgentRunner:
         self.orders[order.order_id] = coid
         if intent.state == "reserved":
             self.ledger.confirm(coid)
-        seen = self._sync_fills(intent.symbol, since_ms=intent.created_ms) if order.executed_qty else {}
+        seen = (
+            self._sync_fills(intent.symbol, since_ms=intent.created_ms)
+            if order.executed_qty
+            else {}
+        )
         self._after_order(intent, order, seen)
 
     def _not_on_exchange(self, intent: Intent) -> None:
         age = now_ms() - intent.created_ms
         if intent.sent and age < NONCE_WINDOW_MS:
-            logger.info("intent {} not on the exchange yet; deciding after the nonce window",
-                        intent.client_order_id)  # fmt: skip
+            logger.info(
+                "intent {} not on the exchange yet; deciding after the nonce window",
+                intent.client_order_id,
+            )
             return
         if intent.state in ("reserved", "confirmed"):
             self.ledger.release(intent.client_order_id, "not on the exchange")
@@ -253,18 +280,25 @@ class AgentRunner:
         except (AuthError, ConfigError):
             raise
         except RateLimited as exc:
-            self._tick_failed(f"rate limited until {time.strftime('%H:%M:%S', time.localtime(exc.retry_at))}")
+            self._tick_failed(
+                f"rate limited until {time.strftime('%H:%M:%S', time.localtime(exc.retry_at))}"
+            )
         except AsterAgentsError as exc:
             self._tick_failed(str(exc))
-        except Exception as exc:  # noqa: BLE001 - the loop must survive any bug in one tick
+        except Exception as exc:
             logger.exception("tick failed")
             self._tick_failed(f"{type(exc).__name__}: {exc}")
         finally:
             total = (time.perf_counter() - started) * 1000
             network = self.meter.wall_ms - client_wall
             own_cpu = (time.process_time() - cpu) * 1000 - (self.meter.cpu_ms - client_cpu)
-            logger.debug("tick {:.2f}ms, network {:.2f}ms, own {:.2f}ms, cpu {:.2f}ms", total,
-                         network, total - network, own_cpu)  # fmt: skip
+            logger.debug(
+                "tick {:.2f}ms, network {:.2f}ms, own {:.2f}ms, cpu {:.2f}ms",
+                total,
+                network,
+                total - network,
+                own_cpu,
+            )
         return None
 
     def _tick_failed(self, message: str) -> None:
@@ -296,7 +330,9 @@ class AgentRunner:
             self._check_protection(symbol, position)
             position = self._position(symbol)
         view = _view(position)
-        snapshot = MarketSnapshot(symbol, self.agent.trading.interval, tuple(klines), price, now_ms())
+        snapshot = MarketSnapshot(
+            symbol, self.agent.trading.interval, tuple(klines), price, now_ms()
+        )
         signal = self.strategy.decide(snapshot, view)
         if signal.confidence < self.agent.trading.min_confidence or signal.action is Action.HOLD:
             return
@@ -329,19 +365,27 @@ class AgentRunner:
         assert self.info is not None, "start() loads exchange info"
         return self.info.symbols[symbol]
 
-    def _open(self, symbol: str, side: Side, price: Decimal, signal: Signal, report: TickReport) -> None:
+    def _open(
+        self, symbol: str, side: Side, price: Decimal, signal: Signal, report: TickReport
+    ) -> None:
         trading = self.agent.trading
         row = self.ledger.agent(self.agent.id)
         capital = row.capital if row is not None else ZERO
-        size = entry_size(capital, trading.position_size_pct, trading.leverage, price,
-                          self._symbol(symbol).filters)  # fmt: skip
+        size = entry_size(
+            capital,
+            trading.position_size_pct,
+            trading.leverage,
+            price,
+            self._symbol(symbol).filters,
+        )
         if size.skip_reason is not None:
             logger.info("skip {} {}: {}", side.value, symbol, size.skip_reason)
             report.skipped.append(f"{symbol}: {size.skip_reason}")
             return
         try:
-            intent = self.ledger.reserve(self.agent.id, symbol, side, margin=size.margin,
-                                         notional=size.notional, kind="open")  # fmt: skip
+            intent = self.ledger.reserve(
+                self.agent.id, symbol, side, margin=size.margin, notional=size.notional, kind="open"
+            )
         except ReservationDenied as exc:
             logger.info("skip {} {}: {}", side.value, symbol, exc.reason)
             report.skipped.append(f"{symbol}: {exc.reason}")
@@ -351,13 +395,21 @@ class AgentRunner:
         except (OrderRejected, TransientExchangeError) as exc:
             self.ledger.release(intent.client_order_id, f"set leverage failed: {exc}")
             raise
-        request = OrderRequest(symbol, side, OrderType.MARKET, intent.client_order_id,
-                               quantity=size.qty)  # fmt: skip
+        request = OrderRequest(
+            symbol, side, OrderType.MARKET, intent.client_order_id, quantity=size.qty
+        )
         order = self._send(intent, request)
         if order is None:
             return
-        logger.info("opened {} {} {} @~{} ({}; confidence {:.2f})", side.value, size.qty, symbol,
-                    price, signal.reason, signal.confidence)  # fmt: skip
+        logger.info(
+            "opened {} {} {} @~{} ({}; confidence {:.2f})",
+            side.value,
+            size.qty,
+            symbol,
+            price,
+            signal.reason,
+            signal.confidence,
+        )
         report.opened.append(symbol)
         seen = self._sync_fills(symbol, since_ms=intent.created_ms)
         failpoint("after_fills")
@@ -378,7 +430,9 @@ class AgentRunner:
             logger.warning("order {} rejected: {}", coid, exc)
             raise
         except (UnknownOutcome, TransientExchangeError) as exc:
-            logger.warning("order {} outcome unknown ({}); resolving by client order id later", coid, exc)
+            logger.warning(
+                "order {} outcome unknown ({}); resolving by client order id later", coid, exc
+            )
             return None
         self.orders[order.order_id] = coid
         failpoint("after_send")
@@ -396,22 +450,36 @@ class AgentRunner:
 
     # ------------------------------------------------------------------ exits
 
-    def _close(self, symbol: str, position: LedgerPosition, signal: Signal, report: TickReport) -> None:
+    def _close(
+        self, symbol: str, position: LedgerPosition, signal: Signal, report: TickReport
+    ) -> None:
         self._cancel_protection(symbol)
         side = Side.SELL if position.qty > 0 else Side.BUY
         try:
-            intent = self.ledger.reserve(self.agent.id, symbol, side, margin=ZERO,
-                                         notional=ZERO, kind="close")  # fmt: skip
+            intent = self.ledger.reserve(
+                self.agent.id, symbol, side, margin=ZERO, notional=ZERO, kind="close"
+            )
         except ReservationDenied as exc:
             report.skipped.append(f"{symbol}: {exc.reason}")
             return
-        request = OrderRequest(symbol, side, OrderType.MARKET, intent.client_order_id,
-                               quantity=abs(position.qty), reduce_only=True)  # fmt: skip
+        request = OrderRequest(
+            symbol,
+            side,
+            OrderType.MARKET,
+            intent.client_order_id,
+            quantity=abs(position.qty),
+            reduce_only=True,
+        )
         order = self._send(intent, request)
         if order is None:
             return
-        logger.info("closed {} {} ({}; confidence {:.2f})", symbol, position.qty, signal.reason,
-                    signal.confidence)  # fmt: skip
+        logger.info(
+            "closed {} {} ({}; confidence {:.2f})",
+            symbol,
+            position.qty,
+            signal.reason,
+            signal.confidence,
+        )
         report.closed.append(symbol)
         seen = self._sync_fills(symbol, since_ms=intent.created_ms)
         self._after_order(intent, order, seen)
@@ -419,8 +487,11 @@ class AgentRunner:
     # ------------------------------------------------------------------ protection
 
     def _protective(self, symbol: str) -> list[Intent]:
-        return [i for i in self.ledger.unresolved_intents(self.agent.id)
-                if i.symbol == symbol and i.kind == "protect"]  # fmt: skip
+        return [
+            i
+            for i in self.ledger.unresolved_intents(self.agent.id)
+            if i.symbol == symbol and i.kind == "protect"
+        ]
 
     def _check_protection(self, symbol: str, position: LedgerPosition) -> None:
         """Settle stops that fired or vanished, then put back whichever protection is missing."""
@@ -448,24 +519,39 @@ class AgentRunner:
         trading = self.agent.trading
         entry_side = Side.BUY if position.qty > 0 else Side.SELL
         exit_side = entry_side.opposite
-        stop, take = protective_prices(entry_side, position.entry_price, trading.stop_loss_pct,
-                                       trading.take_profit_pct,
-                                       self._symbol(symbol).filters.tick_size)  # fmt: skip
+        stop, take = protective_prices(
+            entry_side,
+            position.entry_price,
+            trading.stop_loss_pct,
+            trading.take_profit_pct,
+            self._symbol(symbol).filters.tick_size,
+        )
         prices = {OrderType.STOP_MARKET: stop, OrderType.TAKE_PROFIT_MARKET: take}
         for order_type in types:
             price = prices[order_type]
-            intent = self.ledger.reserve(self.agent.id, symbol, exit_side, margin=ZERO,
-                                         notional=ZERO, kind="protect")  # fmt: skip
-            request = OrderRequest(symbol, exit_side, order_type, intent.client_order_id,
-                                   stop_price=price, close_position=True,
-                                   working_type="MARK_PRICE")  # fmt: skip
+            intent = self.ledger.reserve(
+                self.agent.id, symbol, exit_side, margin=ZERO, notional=ZERO, kind="protect"
+            )
+            request = OrderRequest(
+                symbol,
+                exit_side,
+                order_type,
+                intent.client_order_id,
+                stop_price=price,
+                close_position=True,
+                working_type="MARK_PRICE",
+            )
             try:
                 self._send(intent, request)
             except OrderRejected as exc:
                 if exc.code == -2021 and order_type is OrderType.STOP_MARKET:
                     logger.warning("{} already past its stop {}: closing now", symbol, stop)
-                    self._close(symbol, position, Signal(Action.CLOSE, 1.0, "stop already crossed"),
-                                TickReport())  # fmt: skip
+                    self._close(
+                        symbol,
+                        position,
+                        Signal(Action.CLOSE, 1.0, "stop already crossed"),
+                        TickReport(),
+                    )
                     return
                 logger.warning("protective {} on {} refused: {}", order_type.value, symbol, exc)
 
@@ -496,15 +582,23 @@ class AgentRunner:
         Returns the quantity seen per client order id, all of it booked now or before.
         """
         seen: dict[str, Decimal] = {}
-        for trade in self.client.user_trades(symbol, start_time=max(0, since_ms - 1000), limit=1000):
+        for trade in self.client.user_trades(
+            symbol, start_time=max(0, since_ms - 1000), limit=1000
+        ):
             coid = self.orders.get(trade.order_id)
             if coid is None:
                 continue
             self.ledger.book_fill(
-                coid, trade_id=trade.id, symbol=symbol, side=trade.side, qty=trade.qty,
-                price=trade.price, realized_pnl=trade.realized_pnl,
-                commission=trade.commission, time_ms=trade.time,
-            )  # fmt: skip
+                coid,
+                trade_id=trade.id,
+                symbol=symbol,
+                side=trade.side,
+                qty=trade.qty,
+                price=trade.price,
+                realized_pnl=trade.realized_pnl,
+                commission=trade.commission,
+                time_ms=trade.time,
+            )
             seen[coid] = seen.get(coid, ZERO) + trade.qty
         return seen
 
@@ -553,14 +647,36 @@ def _is_exit(signal: Signal, qty: Decimal) -> bool:
 
 
 def _dump_klines(klines: list[Kline]) -> str:
-    return json.dumps([[k.open_time, str(k.open), str(k.high), str(k.low), str(k.close),
-                        str(k.volume), k.close_time] for k in klines])  # fmt: skip
+    return json.dumps(
+        [
+            [
+                k.open_time,
+                str(k.open),
+                str(k.high),
+                str(k.low),
+                str(k.close),
+                str(k.volume),
+                k.close_time,
+            ]
+            for k in klines
+        ]
+    )
 
 
 def _load_klines(raw: bytes | str) -> list[Kline]:
     rows = json.loads(raw)
-    return [Kline(int(r[0]), Decimal(r[1]), Decimal(r[2]), Decimal(r[3]), Decimal(r[4]),
-                  Decimal(r[5]), int(r[6])) for r in rows]  # fmt: skip
+    return [
+        Kline(
+            int(r[0]),
+            Decimal(r[1]),
+            Decimal(r[2]),
+            Decimal(r[3]),
+            Decimal(r[4]),
+            Decimal(r[5]),
+            int(r[6]),
+        )
+        for r in rows
+    ]
 
 
 @contextmanager
@@ -610,23 +726,37 @@ def run_agent(
             keystore = fleet.resolve_path(agent.exchange.signer_keystore)
             if loose_permissions(keystore):
                 logger.warning("keystore {} is readable by group or others; chmod 600 it", keystore)
-        strategy = get_strategy(agent.trading.strategy, agent.trading.params,
-                                seed=_seed(agent.id))  # fmt: skip
+        strategy = get_strategy(agent.trading.strategy, agent.trading.params, seed=_seed(agent.id))
         stop = stop or threading.Event()
         with stop_on_signals(stop), Ledger(state_dir) as ledger:
-            slot = ledger.register_agent(agent.id, agent.exchange.user,
-                                         max_positions=agent.trading.max_positions,
-                                         enabled=agent.enabled)  # fmt: skip
+            slot = ledger.register_agent(
+                agent.id,
+                agent.exchange.user,
+                max_positions=agent.trading.max_positions,
+                enabled=agent.enabled,
+            )
             budget = SharedBudget(state_dir, user=agent.exchange.user)
             client = AsterClient(
-                agent.exchange.base_url, user=agent.exchange.user, signer=signer,
-                nonces=NonceSource(slot), budget=budget, agent_id=agent.id,
-                on_request=log_request, timeout=5.0,
-            )  # fmt: skip
+                agent.exchange.base_url,
+                user=agent.exchange.user,
+                signer=signer,
+                nonces=NonceSource(slot),
+                budget=budget,
+                agent_id=agent.id,
+                on_request=log_request,
+                timeout=5.0,
+            )
             with client:
-                runner = AgentRunner(fleet, agent, client=client, ledger=ledger,
-                                     cache=MarketDataCache(state_dir), strategy=strategy,
-                                     stop=stop, market_speed=market_speed())  # fmt: skip
+                runner = AgentRunner(
+                    fleet,
+                    agent,
+                    client=client,
+                    ledger=ledger,
+                    cache=MarketDataCache(state_dir),
+                    strategy=strategy,
+                    stop=stop,
+                    market_speed=market_speed(),
+                )
                 _start_with_retries(runner)
                 runner.run()
     return 0
@@ -656,8 +786,15 @@ def _seed(agent_id: str) -> int:
 def log_request(entry: RequestLog) -> None:
     """One log line per exchange request (method, path, status, weight, time; never params)."""
     code = f" code {entry.error_code}" if entry.error_code is not None else ""
-    logger.info("{} {} -> {}{} w{} {:.1f}ms", entry.method, entry.path, entry.status or "-",
-                code, entry.weight, entry.elapsed_ms)  # fmt: skip
+    logger.info(
+        "{} {} -> {}{} w{} {:.1f}ms",
+        entry.method,
+        entry.path,
+        entry.status or "-",
+        code,
+        entry.weight,
+        entry.elapsed_ms,
+    )
 
 
 class ClientMeter:

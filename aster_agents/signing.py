@@ -93,13 +93,13 @@ def reference_digest(msg: str, chain_id: int) -> bytes:
 
 def checksum_address(address: str) -> str:
     """EIP-55 checksummed form of a 0x address (raises ValueError if malformed)."""
-    from eth_utils import to_checksum_address
+    from eth_utils.address import to_checksum_address
 
     return str(to_checksum_address(address))
 
 
 def is_address(value: str) -> bool:
-    from eth_utils import is_address as _is_address
+    from eth_utils.address import is_address as _is_address
 
     return bool(_is_address(value))
 
@@ -168,7 +168,7 @@ def recover_address(msg: str, signature: str, chain_id: int) -> str | None:
         pub = coincurve.PublicKey.from_signature_and_message(
             raw[:64] + bytes([recid]), digest(msg, chain_id), hasher=None
         )
-    except Exception:  # noqa: BLE001 - coincurve raises bare Exception on invalid points
+    except Exception:
         return None
     return _address_from_pubkey(pub)
 

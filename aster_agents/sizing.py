@@ -41,9 +41,11 @@ def entry_size(
         return Sizing(Decimal(0), margin, notional, f"size {raw:.8f} below min qty {min_qty}")
     if notional < filters.min_notional:
         return Sizing(
-            Decimal(0), margin, notional,
+            Decimal(0),
+            margin,
+            notional,
             f"notional {notional:.2f} below min notional {filters.min_notional}",
-        )  # fmt: skip
+        )
     return Sizing(qty, notional / leverage, notional)
 
 

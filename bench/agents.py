@@ -43,7 +43,9 @@ def write_fleet(root: Path, sim: SimServer, n: int) -> dict[str, str]:
     sim.add_account(SimAccount(main.address, tuple(signers.values()), Decimal(1_000_000)))
     config = root / "agents.d"
     config.mkdir(parents=True)
-    (config / "_portfolio.yaml").write_text("state_dir: state\nlimits:\n  max_total_positions: 20\n")
+    (config / "_portfolio.yaml").write_text(
+        "state_dir: state\nlimits:\n  max_total_positions: 20\n"
+    )
     for agent_id, signer in signers.items():
         (config / f"{agent_id}.yaml").write_text(
             f"id: {agent_id}\nname: Bench {agent_id}\nexchange:\n  user: '{main.address}'\n"
@@ -67,18 +69,29 @@ def rss_mib(pid: int) -> float:
 
 
 def run(n: int, seconds: float) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp, SimServer(
-        SimConfig(port=0, seed=3, speed=SPEED)
-    ) as sim:
+    with (
+        tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp,
+        SimServer(SimConfig(port=0, seed=3, speed=SPEED)) as sim,
+    ):
         root = Path(tmp)
         sim.start()
         keys = write_fleet(root, sim, n)
-        env = {**os.environ, **keys, "ASTER_AGENTS_MARKET_SPEED": str(SPEED),
-               "ASTER_AGENTS_LOG_LEVEL": "DEBUG"}  # fmt: skip
+        env = {
+            **os.environ,
+            **keys,
+            "ASTER_AGENTS_MARKET_SPEED": str(SPEED),
+            "ASTER_AGENTS_LOG_LEVEL": "DEBUG",
+        }
         base = [sys.executable, "-m", "aster_agents", "--config-dir", str(root / "agents.d")]
-        procs = [subprocess.Popen([*base, "run", "--id", f"agent-{i}"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i in range(1, n + 1)]  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [*base, "run", "--id", f"agent-{i}"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(1, n + 1)
+        ]
         started = time.monotonic()
         rss: list[float] = []
         while time.monotonic() - started < seconds:

@@ -65,13 +65,27 @@ class Fleet:
         return env
 
     def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "aster_agents", "--config-dir", str(self.config_dir),
-                "--state-dir", str(self.state_dir), *args]  # fmt: skip
+        return [
+            sys.executable,
+            "-m",
+            "aster_agents",
+            "--config-dir",
+            str(self.config_dir),
+            "--state-dir",
+            str(self.state_dir),
+            *args,
+        ]
 
-    def start(self, agent_id: str, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, agent_id: str, extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{agent_id}.stderr").open("ab")
-        proc = subprocess.Popen(self.command("run", "--id", agent_id), env=self.env(extra_env),
-                                stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+        proc = subprocess.Popen(
+            self.command("run", "--id", agent_id),
+            env=self.env(extra_env),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         log.close()
         self.procs[agent_id] = proc
         return proc
@@ -107,8 +121,11 @@ class Fleet:
             return {s: q for s, q in out.items() if q}
 
     def coids(self) -> list[str]:
-        return [o.client_order_id for o in self.sim.engine.all_orders_ever()
-                if o.user.lower() == self.user.lower()]  # fmt: skip
+        return [
+            o.client_order_id
+            for o in self.sim.engine.all_orders_ever()
+            if o.user.lower() == self.user.lower()
+        ]
 
 
 def _key_env(agent_id: str) -> str:

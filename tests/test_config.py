@@ -52,7 +52,7 @@ def test_bad_config_exits_2_naming_file_and_key(
     config = tmp_path / "agents.d"
     shutil.copytree(BAD / case, config)
     expect = (config / "EXPECT").read_text().strip()
-    code, out, err = run_cli(["--config-dir", str(config), "agents", "validate"], capsys)
+    code, _, err = run_cli(["--config-dir", str(config), "agents", "validate"], capsys)
     assert code == 2
     assert "Traceback" not in err
     assert expect in err, err
@@ -71,12 +71,16 @@ def test_validate_ok_lists_count(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_agents_list_json_envelope(capsys: pytest.CaptureFixture[str]) -> None:
     """`agents list --json` prints one versioned document without secrets."""
-    code, out, _ = run_cli(["--config-dir", str(REPO / "agents.d"), "agents", "list", "--json"], capsys)
+    code, out, _ = run_cli(
+        ["--config-dir", str(REPO / "agents.d"), "agents", "list", "--json"], capsys
+    )
     doc = json.loads(out)
     assert code == 0 and doc["version"] == 1 and len(doc["agents"]) == 10
 
 
-def test_missing_config_dir_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_config_dir_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A config dir that does not exist is exit 2 with a hint."""
     code, _, err = run_cli(["--config-dir", str(tmp_path / "nope"), "agents", "list"], capsys)
     assert code == 2 and "--config-dir" in err
@@ -88,8 +92,11 @@ def test_console_script_prints_no_traceback(tmp_path: Path) -> None:
     shutil.copytree(BAD / "confidence-too-high", config)
     proc = subprocess.run(
         [sys.executable, "-m", "aster_agents", "--config-dir", str(config), "agents", "validate"],
-        capture_output=True, text=True, timeout=60, env={**os.environ},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1

@@ -349,7 +349,7 @@ def test_expired_reservation_is_reaped_but_stays_queryable(ledger: Ledger) -> No
 
 
 def test_dead_pid_reservation_is_reaped_and_its_fill_still_books(ledger: Ledger) -> None:
-    """A dead process's unsent reservation is reaped; a fill on it still books (exchange is truth)."""
+    """A dead process's unsent reservation is reaped; a fill on it still books."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     pid = int(dead.stdout)
@@ -358,7 +358,9 @@ def test_dead_pid_reservation_is_reaped_and_its_fill_still_books(ledger: Ledger)
     _open(ledger, "a1", "ETHUSDT")
     reaped = ledger.intent(orphan.client_order_id)
     assert reaped is not None and reaped.state == "expired" and reaped.reason == "pid dead"
-    assert orphan.client_order_id not in {i.client_order_id for i in ledger.unresolved_intents("a1")}
+    assert orphan.client_order_id not in {
+        i.client_order_id for i in ledger.unresolved_intents("a1")
+    }
     assert _fill(ledger, orphan.client_order_id, 7) is True
     assert [p.symbol for p in ledger.positions(agent_id="a1")] == ["BTCUSDT"]
 
@@ -706,7 +708,9 @@ def test_sent_intent_of_dead_pid_is_never_reaped(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     pid = int(dead.stdout)
-    sent = ledger.reserve("a1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(1), pid=pid)
+    sent = ledger.reserve(
+        "a1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(1), pid=pid
+    )
     ledger.mark_sent(sent.client_order_id)
     with pytest.raises(ReservationDenied, match="max_total_positions"):
         ledger.reserve("a1", "ETHUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(1))

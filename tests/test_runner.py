@@ -56,14 +56,25 @@ def in_process(
     config = load_fleet(fleet.config_dir)
     agent = config.agent(agent_id)
     ledger = closing.enter_context(Ledger(fleet.state_dir))
-    slot = ledger.register_agent(agent.id, agent.exchange.user,
-                                 max_positions=agent.trading.max_positions)  # fmt: skip
-    client = AsterClient(fleet.sim.base_url, user=fleet.user,
-                         signer=Signer(fleet.keys[agent_id]), nonces=NonceSource(slot))  # fmt: skip
+    slot = ledger.register_agent(
+        agent.id, agent.exchange.user, max_positions=agent.trading.max_positions
+    )
+    client = AsterClient(
+        fleet.sim.base_url,
+        user=fleet.user,
+        signer=Signer(fleet.keys[agent_id]),
+        nonces=NonceSource(slot),
+    )
     closing.enter_context(client)
-    runner = AgentRunner(config, agent, client=client, ledger=ledger,
-                         cache=MarketDataCache(fleet.state_dir), strategy=strategy,  # type: ignore[arg-type]
-                         market_speed=fleet.sim.config.speed)  # fmt: skip
+    runner = AgentRunner(
+        config,
+        agent,
+        client=client,
+        ledger=ledger,
+        cache=MarketDataCache(fleet.state_dir),
+        strategy=strategy,  # type: ignore[arg-type]
+        market_speed=fleet.sim.config.speed,
+    )
     runner.start()
     return runner, ledger
 
@@ -71,18 +82,23 @@ def in_process(
 def open_orders(fleet: Fleet, symbol: str) -> list[tuple[str, str, bool]]:
     acct = fleet.sim.engine.account(fleet.user)
     with fleet.sim.engine.lock:
-        return sorted((o.type, o.client_order_id, o.close_position)
-                      for o in acct.open_orders.values() if o.symbol == symbol)  # fmt: skip
+        return sorted(
+            (o.type, o.client_order_id, o.close_position)
+            for o in acct.open_orders.values()
+            if o.symbol == symbol
+        )
 
 
 def test_agent_opens_protects_and_closes(
     sim: SimServer, tmp_path: Path, closing: ExitStack
 ) -> None:
-    """An entry gets a stop and a take-profit on the exchange; a close cancels them and books P&L."""
-    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"], stop_loss_pct=0.2,
-                       take_profit_pct=0.5)  # fmt: skip
-    runner, ledger = in_process(fleet, "agent-1", Scripted([Action.LONG, Action.HOLD, Action.CLOSE]),
-                                 closing)
+    """An entry gets a stop and a take-profit; a close cancels them and books the P&L."""
+    fleet = make_fleet(
+        tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"], stop_loss_pct=0.2, take_profit_pct=0.5
+    )
+    runner, ledger = in_process(
+        fleet, "agent-1", Scripted([Action.LONG, Action.HOLD, Action.CLOSE]), closing
+    )
     report = runner.tick()
     assert report.opened == ["BTCUSDT"]
     assert fleet.exchange_positions() == fleet.ledger_positions()
@@ -108,8 +124,14 @@ def test_triggered_stop_is_booked_and_its_twin_canceled(
     sim: SimServer, tmp_path: Path, closing: ExitStack
 ) -> None:
     """When the exchange closes a position by a stop or take-profit, the next tick books it."""
-    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["SOLUSDT"], stop_loss_pct=0.0005,
-                       take_profit_pct=0.0005)  # fmt: skip
+    fleet = make_fleet(
+        tmp_path,
+        sim,
+        ["agent-1"],
+        symbols=["SOLUSDT"],
+        stop_loss_pct=0.0005,
+        take_profit_pct=0.0005,
+    )
     runner, ledger = in_process(fleet, "agent-1", Scripted([Action.SHORT]), closing)
     runner.tick()
     assert fleet.ledger_positions()["SOLUSDT"] < 0
@@ -123,10 +145,11 @@ def test_triggered_stop_is_booked_and_its_twin_canceled(
 def test_agents_in_turn_keep_ledger_equal_to_exchange(
     sim: SimServer, tmp_path: Path, closing: ExitStack
 ) -> None:
-    """Three agents on one account: after every tick the ledger equals the exchange and limits hold."""
+    """Three agents on one account: after every tick ledger == exchange, and limits hold."""
     ids = ["agent-1", "agent-2", "agent-3"]
-    fleet = make_fleet(tmp_path, sim, ids, symbols=SIX, max_total_positions=3,
-                       params="{p_enter: 0.8, p_exit: 0.3}")  # fmt: skip
+    fleet = make_fleet(
+        tmp_path, sim, ids, symbols=SIX, max_total_positions=3, params="{p_enter: 0.8, p_exit: 0.3}"
+    )
     runners = [in_process(fleet, a, _random(fleet, a), closing)[0] for a in ids]
 
     def one_round() -> bool:
@@ -151,10 +174,17 @@ def _random(fleet: Fleet, agent_id: str) -> object:
 
 @pytest.mark.slow
 def test_agent_processes_never_exceed_limits(sim: SimServer, tmp_path: Path) -> None:
-    """Four agent processes wanting more than max_total_positions never exceed it or share a symbol."""
+    """Four agent processes wanting too much never exceed max_total_positions or share a symbol."""
     ids = [f"agent-{i}" for i in range(1, 5)]
-    fleet = make_fleet(tmp_path, sim, ids, symbols=SIX, max_total_positions=3,
-                       params="{p_enter: 1.0, p_exit: 0.25}", scan_interval=0.3)  # fmt: skip
+    fleet = make_fleet(
+        tmp_path,
+        sim,
+        ids,
+        symbols=SIX,
+        max_total_positions=3,
+        params="{p_enter: 1.0, p_exit: 0.25}",
+        scan_interval=0.3,
+    )
     for agent_id in ids:
         fleet.start(agent_id)
     try:
@@ -171,23 +201,30 @@ def test_agent_processes_never_exceed_limits(sim: SimServer, tmp_path: Path) -> 
 
 def _recovered(fleet: Fleet, agent_id: str) -> bool:
     with Ledger(fleet.state_dir) as ledger:
-        pending = [i for i in ledger.unresolved_intents(agent_id)
-                   if i.kind != "protect" or i.state == "reserved"]  # fmt: skip
+        pending = [
+            i
+            for i in ledger.unresolved_intents(agent_id)
+            if i.kind != "protect" or i.state == "reserved"
+        ]
     return not pending and fleet.exchange_positions() == fleet.ledger_positions()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", FAILPOINTS)
 def test_crash_at_each_step_then_restart(sim: SimServer, tmp_path: Path, point: str) -> None:
-    """SIGKILL at each step of an entry, restart: no duplicate order, no leak, ledger == exchange."""
-    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["ETHUSDT"],
-                       params="{p_enter: 1.0, p_exit: 0.0}")  # fmt: skip
+    """SIGKILL at each step of an entry, restart: no duplicate, no leak, ledger == exchange."""
+    fleet = make_fleet(
+        tmp_path, sim, ["agent-1"], symbols=["ETHUSDT"], params="{p_enter: 1.0, p_exit: 0.0}"
+    )
     proc = fleet.start("agent-1", {"ASTER_AGENTS_FAILPOINT": point})
     assert proc.wait(60) == -signal.SIGKILL, fleet.stderr("agent-1")[-2000:]
     fleet.start("agent-1")
     try:
-        wait_for(lambda: _recovered(fleet, "agent-1") and fleet.exchange_positions(), timeout=60,
-                 what="recovery after the crash")  # fmt: skip
+        wait_for(
+            lambda: _recovered(fleet, "agent-1") and fleet.exchange_positions(),
+            timeout=60,
+            what="recovery after the crash",
+        )
         wait_for(lambda: len(open_orders(fleet, "ETHUSDT")) == 2, timeout=30, what="protection")
     finally:
         assert fleet.stop_all() == {"agent-1": 0}
@@ -206,8 +243,15 @@ def test_random_sigkills_lose_nothing(sim: SimServer, tmp_path: Path) -> None:
     import random
 
     ids = ["agent-1", "agent-2", "agent-3"]
-    fleet = make_fleet(tmp_path, sim, ids, symbols=SIX, max_total_positions=4,
-                       params="{p_enter: 0.9, p_exit: 0.4}", scan_interval=0.2)  # fmt: skip
+    fleet = make_fleet(
+        tmp_path,
+        sim,
+        ids,
+        symbols=SIX,
+        max_total_positions=4,
+        params="{p_enter: 0.9, p_exit: 0.4}",
+        scan_interval=0.2,
+    )
     for agent_id in ids:
         fleet.start(agent_id)
     rng = random.Random(5)
@@ -243,8 +287,9 @@ def _recovered_all(fleet: Fleet, ids: Sequence[str]) -> bool:
 def _all_ticking(fleet: Fleet, ids: Sequence[str]) -> bool:
     with Ledger(fleet.state_dir) as ledger:
         rows = {r.agent_id: r for r in ledger.agent_rows()}
-    return all(rows[a].heartbeat_pid == fleet.procs[a].pid and rows[a].ticks > 0 for a in ids
-               if a in rows)  # fmt: skip
+    return all(
+        rows[a].heartbeat_pid == fleet.procs[a].pid and rows[a].ticks > 0 for a in ids if a in rows
+    )
 
 
 @pytest.mark.slow
@@ -256,8 +301,14 @@ def test_429s_pause_every_agent_and_never_provoke_a_ban(tmp_path: Path) -> None:
     with SimServer(SimConfig(port=0, seed=7, speed=60.0, limits=limits)) as server:
         server.start()
         ids = ["agent-1", "agent-2", "agent-3"]
-        fleet = make_fleet(tmp_path, server, ids, symbols=SIX, scan_interval=0.1,
-                           params="{p_enter: 0.5, p_exit: 0.5}")  # fmt: skip
+        fleet = make_fleet(
+            tmp_path,
+            server,
+            ids,
+            symbols=SIX,
+            scan_interval=0.1,
+            params="{p_enter: 0.5, p_exit: 0.5}",
+        )
         for agent_id in ids:
             fleet.start(agent_id)
         try:

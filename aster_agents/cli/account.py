@@ -32,9 +32,25 @@ def _render(snap: dict[str, Any]) -> None:
     out.print(f"account {snap['user']} via agent {snap['agent']} ({snap['base_url']})")
     tables = {
         "balances": ("asset", "balance", "available_balance", "cross_un_pnl"),
-        "positions": ("symbol", "position_amt", "entry_price", "mark_price", "unrealized_profit", "leverage"),
-        "open_orders": ("symbol", "client_order_id", "type", "side", "orig_qty", "price", "stop_price", "status"),
-    }  # fmt: skip
+        "positions": (
+            "symbol",
+            "position_amt",
+            "entry_price",
+            "mark_price",
+            "unrealized_profit",
+            "leverage",
+        ),
+        "open_orders": (
+            "symbol",
+            "client_order_id",
+            "type",
+            "side",
+            "orig_qty",
+            "price",
+            "stop_price",
+            "status",
+        ),
+    }
     for title, columns in tables.items():
         table = Table(title=title)
         for column in columns:

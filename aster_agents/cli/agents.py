@@ -26,9 +26,15 @@ def list_agents(
         table.add_column(column)
     for a in fleet.agents:
         table.add_row(
-            a.id, a.name, "yes" if a.enabled else "no", a.trading.strategy, a.trading.interval,
-            ",".join(a.trading.symbols), f"{a.allocation.capital_pct:.0%}", a.exchange.signer,
-        )  # fmt: skip
+            a.id,
+            a.name,
+            "yes" if a.enabled else "no",
+            a.trading.strategy,
+            a.trading.interval,
+            ",".join(a.trading.symbols),
+            f"{a.allocation.capital_pct:.0%}",
+            a.exchange.signer,
+        )
     console().print(table)
 
 

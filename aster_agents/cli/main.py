@@ -33,7 +33,9 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     config_dir: Path | None = typer.Option(
-        None, "--config-dir", help="agents.d directory [env ASTER_AGENTS_CONFIG, default ./agents.d]"
+        None,
+        "--config-dir",
+        help="agents.d directory [env ASTER_AGENTS_CONFIG, default ./agents.d]",
     ),
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="ledger, locks and logs [env ASTER_AGENTS_STATE, _portfolio.yaml]"

@@ -16,7 +16,10 @@ def run(
     ),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
 ) -> None:
-    """Run one agent until SIGTERM/SIGINT (exit 0); exit 2 bad config, 3 already running, 4 refused credentials."""
+    """Run one agent until SIGTERM/SIGINT (exit 0).
+
+    Exit 2: bad config or key; 3: the agent is already running; 4: credentials refused.
+    """
     import signal
     import threading
 
