@@ -221,3 +221,23 @@ def test_up_reads_keys_from_env_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"belongs to {Signer(wrong).address}" in err
     assert wrong.removeprefix("0x") not in out + err
     assert json.dumps(wrong) not in err
+
+
+def test_render_cli_output_does_not_depend_on_where_it_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`supervisor render -o ANYWHERE` writes the checked-in file; --here moves %(here)s."""
+    from aster_agents.cli.main import main
+
+    monkeypatch.delenv("ASTER_AGENTS_STATE")
+
+    out = tmp_path / "elsewhere.conf"
+    with pytest.raises(SystemExit) as done:
+        main(["--config-dir", str(REPO / "agents.d"), "supervisor", "render", "-o", str(out)])
+    assert done.value.code == 0
+    assert out.read_text() == (REPO / "supervisord.conf").read_text()
+    assert "keep the file there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--config-dir", str(REPO / "agents.d"), "supervisor", "render", "--here",
+              str(tmp_path), "-o", str(out)])  # fmt: skip
+    assert "%(here)s/../" in out.read_text()

@@ -19,25 +19,46 @@ def render_cmd(
     ctx: typer.Context,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Write here (paths relative to it); default stdout."),
+        typer.Option("-o", "--output", help="Write the file here instead of stdout."),
+    ] = None,
+    here: Annotated[
+        Path | None,
+        typer.Option(
+            "--here",
+            help="Directory the file will live in (%(here)s) [default: the one holding agents.d].",
+        ),
     ] = None,
     aster_agent_bin: str | None = typer.Option(
         None, "--bin", help="aster-agent executable [default %(here)s/.venv/bin/aster-agent]."
     ),
 ) -> None:
-    """Render supervisord.conf for the enabled agents (no secrets in it)."""
+    """Render supervisord.conf for the enabled agents (no secrets in it).
+
+    Paths are written relative to the file's own directory (``%(here)s``), which is the
+    directory holding agents.d unless ``--here`` says otherwise, so the output does not depend
+    on where ``-o`` writes it.
+    """
     from aster_agents.supervisor import render
 
     cli = state(ctx)
     fleet = cli.fleet()
-    target = output if output is not None else Path.cwd() / "supervisord.conf"
-    text = render(fleet, target, aster_agent_bin=aster_agent_bin,
-                  state_dir=fleet.state_dir(cli.state_dir))  # fmt: skip
+    base = (here or fleet.root).resolve()
+    text = render(
+        fleet,
+        base / "supervisord.conf",
+        aster_agent_bin=aster_agent_bin,
+        state_dir=fleet.state_dir(cli.state_dir),
+    )
     if output is None:
         sys.stdout.write(text)
         return
     output.write_text(text, encoding="utf-8")
     err_console().print(f"wrote {output} ({len(fleet.enabled_agents)} agent(s))")
+    if output.resolve().parent != base:
+        err_console().print(
+            f"note: its paths are relative to {base}; keep the file there, "
+            f"or render with --here {output.resolve().parent}"
+        )
 
 
 def up(
