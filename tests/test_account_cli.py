@@ -54,7 +54,7 @@ trading:
   position_size_pct: 0.05
   leverage: 2
   stop_loss_pct: 0.5
-  take_profit_pct: 5.0
+  take_profit_pct: 0.5
 allocation:
   capital_pct: 0.5
 """)
