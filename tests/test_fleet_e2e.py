@@ -48,7 +48,7 @@ def _agent_doc(agent_id: str, user: str, signer: str, url: str) -> dict[str, obj
                     "symbols": [SYMBOLS[agent_id]], "interval": "1m",
                     "scan_interval_seconds": 1, "max_positions": 1, "min_confidence": 0.5,
                     "position_size_pct": 0.1, "leverage": 2, "stop_loss_pct": 0.5,
-                    "take_profit_pct": 5},
+                    "take_profit_pct": 0.5},
         "allocation": {"capital_pct": 0.3},
     }  # fmt: skip
 
