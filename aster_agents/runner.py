@@ -422,7 +422,9 @@ class AgentRunner:
         """Send an order for a reserved intent; None when it was refused or its fate is open."""
         coid = intent.client_order_id
         failpoint("after_reserve")
-        self.ledger.mark_sent(coid)
+        if not self.ledger.mark_sent(coid):
+            logger.warning("intent {} expired before it was sent; not sending", coid)
+            return None
         try:
             order = self.client.new_order(request)
         except OrderRejected as exc:

@@ -717,3 +717,12 @@ def test_sent_intent_of_dead_pid_is_never_reaped(tmp_path: Path) -> None:
     intent = ledger.intent(sent.client_order_id)
     assert intent is not None and intent.state == "reserved"
     ledger.close()
+
+
+def test_mark_sent_refuses_an_intent_that_is_no_longer_reserved(ledger: Ledger) -> None:
+    """An intent released (or reaped) before it was sent must not be sent: mark_sent is False."""
+    intent = _open(ledger, "a1", "BTCUSDT")
+    assert ledger.release(intent.client_order_id, "changed my mind")
+    assert ledger.mark_sent(intent.client_order_id) is False
+    current = ledger.intent(intent.client_order_id)
+    assert current is not None and current.sent is False

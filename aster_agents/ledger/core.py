@@ -551,17 +551,31 @@ class Ledger:
             _audit(conn, row[0], to, coid=coid, reason=reason)
             return True
 
-    def mark_sent(self, client_order_id: str) -> None:
-        """Record that the order is about to go on the wire (crash-recovery hint)."""
+    def mark_sent(self, client_order_id: str) -> bool:
+        """Record that the order is about to go on the wire; False if no longer reserved.
+
+        From here on the intent is in flight and is never reaped. False means it expired or
+        was released first: its slot may already be someone else's, so do not send.
+        """
         with self.store.write() as conn:
             row = conn.execute(
                 "UPDATE intents SET sent = 1, updated_ms = ? WHERE client_order_id = ? "
-                "RETURNING agent_id",
+                "AND state = 'reserved' RETURNING agent_id",
                 (now_ms(), client_order_id),
             ).fetchone()
             if row is None:
+                if self.intent_exists(conn, client_order_id):
+                    return False
                 raise LedgerError(f"no intent with client order id {client_order_id}")
             _audit(conn, row[0], "sent", coid=client_order_id)
+            return True
+
+    @staticmethod
+    def intent_exists(conn: sqlite3.Connection, client_order_id: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM intents WHERE client_order_id = ?", (client_order_id,)
+        ).fetchone()
+        return row is not None
 
     def intent(self, client_order_id: str) -> Intent | None:
         row = self.store.conn.execute(

@@ -29,7 +29,12 @@ def pid_alive(pid: int) -> bool:
 
 
 class PidLiveness:
-    """Caches answers for ``RECHECK_S``; a dead pid stays dead (reuse is caught by heartbeats)."""
+    """Caches "alive" for ``RECHECK_S``; "dead" is never cached.
+
+    A pid can be reused by a new process as soon as it dies: a cached "dead" would let the
+    reaper free the reservations of the live newcomer. A dead owner's reservations are
+    reaped the first time it is seen dead, so there is nothing to gain from caching that.
+    """
 
     def __init__(self) -> None:
         self._seen: dict[int, tuple[bool, float]] = {}
@@ -37,10 +42,13 @@ class PidLiveness:
     def alive(self, pid: int) -> bool:
         now = time.monotonic()
         cached = self._seen.get(pid)
-        if cached is not None and (not cached[0] or now - cached[1] < RECHECK_S):
+        if cached is not None and now - cached[1] < RECHECK_S:
             return cached[0]
         alive = pid_alive(pid)
         if len(self._seen) > 4096:
             self._seen.clear()
-        self._seen[pid] = (alive, now)
+        if alive:
+            self._seen[pid] = (alive, now)
+        else:
+            self._seen.pop(pid, None)
         return alive
