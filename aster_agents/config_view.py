@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 CONFIG_ENV: Final = "ASTER_AGENTS_CONFIG"
 STATE_ENV: Final = "ASTER_AGENTS_STATE"
@@ -48,13 +47,11 @@ def agent_files(directory: Path) -> list[Path]:
     ]
 
 
-@dataclass(frozen=True, slots=True)
-class ExchangeView:
+class ExchangeView(NamedTuple):
     user: str
 
 
-@dataclass(frozen=True, slots=True)
-class TradingView:
+class TradingView(NamedTuple):
     strategy: str
     symbols: tuple[str, ...]
     interval: str
@@ -62,13 +59,11 @@ class TradingView:
     max_positions: int
 
 
-@dataclass(frozen=True, slots=True)
-class AllocationView:
+class AllocationView(NamedTuple):
     capital_pct: float
 
 
-@dataclass(frozen=True, slots=True)
-class AgentView:
+class AgentView(NamedTuple):
     id: str
     name: str
     enabled: bool
@@ -77,20 +72,17 @@ class AgentView:
     allocation: AllocationView
 
 
-@dataclass(frozen=True, slots=True)
-class LimitsView:
+class LimitsView(NamedTuple):
     max_total_positions: int = DEFAULT_MAX_TOTAL_POSITIONS
     max_gross_leverage: float = DEFAULT_MAX_GROSS_LEVERAGE
 
 
-@dataclass(frozen=True, slots=True)
-class PortfolioView:
+class PortfolioView(NamedTuple):
     state_dir: str = DEFAULT_STATE_DIR
-    limits: LimitsView = field(default_factory=LimitsView)
+    limits: LimitsView = LimitsView()
 
 
-@dataclass(frozen=True, slots=True)
-class FleetView:
+class FleetView(NamedTuple):
     """What the display commands need of a fleet; ``config.FleetConfig`` has the same shape."""
 
     config_dir: Path
@@ -106,7 +98,11 @@ class FleetView:
 
 
 def load_view(config_dir: str | Path | None = None) -> FleetView:
-    """Read ``agents.d`` without validating it; unreadable files are skipped."""
+    """Read ``agents.d`` without validating it; unreadable files are skipped.
+
+    The parsed files are cached in the user's cache dir, keyed by each file's size and
+    modification time, so a repeated ``status`` does not even import the YAML parser.
+    """
     from aster_agents.errors import ConfigError
 
     directory = resolve_config_dir(config_dir)
@@ -114,13 +110,62 @@ def load_view(config_dir: str | Path | None = None) -> FleetView:
         raise ConfigError(
             f"{directory}: config directory not found; pass --config-dir or set {CONFIG_ENV}"
         )
-    portfolio = _portfolio(_read(directory / PORTFOLIO_FILE))
+    files = [directory / PORTFOLIO_FILE, *agent_files(directory)]
+    stamp = [_stamp(p) for p in files]
+    cache = _cache_path(directory)
+    raw = _cached(cache, stamp)
+    if raw is None:
+        raw = {str(p.name): _read(p) for p in files}
+        _store(cache, stamp, raw)
+    portfolio = _portfolio(raw.get(PORTFOLIO_FILE, {}))
     agents = []
-    for path in agent_files(directory):
-        agent = _agent(path.stem, _read(path))
+    for path in files[1:]:
+        agent = _agent(path.stem, raw.get(path.name, {}))
         if agent is not None:
             agents.append(agent)
     return FleetView(directory, portfolio, tuple(sorted(agents, key=lambda a: a.id)))
+
+
+def _stamp(path: Path) -> list[object]:
+    try:
+        st = path.stat()
+    except OSError:
+        return [path.name, None, None]
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+def _cache_path(directory: Path) -> Path:
+    home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    key = str(directory.resolve()).strip("/").replace("/", "_")[-150:]
+    return Path(home) / "aster-agents" / f"view-{key}.json"
+
+
+def _cached(cache: Path, stamp: list[list[object]]) -> dict[str, Any] | None:
+    import json
+
+    try:
+        doc = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("stamp") != stamp:
+        return None
+    files = doc.get("files")
+    return files if isinstance(files, dict) else None
+
+
+def _store(cache: Path, stamp: list[list[object]], files: dict[str, Any]) -> None:
+    """Write the cache atomically; a cache that cannot be written is simply not used."""
+    import json
+    import tempfile
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".view-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump({"stamp": stamp, "files": files}, out, default=str)
+        os.replace(tmp, cache)
+    except (OSError, TypeError, ValueError):
+        return
 
 
 def _read(path: Path) -> Mapping[str, Any]:

@@ -15,14 +15,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
-
-from aster_agents import portfolio as pf
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
+    from aster_agents import portfolio as pf
     from aster_agents.config_view import AgentView, FleetView
     from aster_agents.ledger.readonly import ReadOnlyLedger
     from aster_agents.ledger.rows import AgentRow
@@ -35,8 +33,7 @@ NEVER_STARTED: Final = "NEVER STARTED"
 FLAGGED_STATES: Final = frozenset({"DOWN", "STALE", "FATAL", "BACKOFF", "EXITED", "UNKNOWN"})
 
 
-@dataclass(frozen=True, slots=True)
-class ProcInfo:
+class ProcInfo(NamedTuple):
     """One supervisord program as reported by ``getAllProcessInfo``."""
 
     name: str
@@ -45,16 +42,14 @@ class ProcInfo:
     uptime_s: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessView:
+class ProcessView(NamedTuple):
     state: str
     source: str  # "supervisor", "heartbeat" or "none"
     pid: int | None
     uptime_s: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class AgentStatus:
+class AgentStatus(NamedTuple):
     id: str
     name: str
     enabled: bool
@@ -106,8 +101,7 @@ class AgentStatus:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class AccountStatus:
+class AccountStatus(NamedTuple):
     user: str
     balance: Decimal | None
     positions: int
@@ -138,8 +132,7 @@ class AccountStatus:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class StatusReport:
+class StatusReport(NamedTuple):
     generated_ms: int
     state_dir: Path
     ledger_found: bool
@@ -159,8 +152,7 @@ class StatusReport:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class SleeveView:
+class SleeveView(NamedTuple):
     id: str
     name: str
     state: str
@@ -188,8 +180,7 @@ class SleeveView:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class PortfolioReport:
+class PortfolioReport(NamedTuple):
     generated_ms: int
     ledger_found: bool
     figures: pf.PortfolioFigures
@@ -388,7 +379,7 @@ def _agent_status(
         capital_pct=agent.allocation.capital_pct,
         capital=row.capital if row else None,
         equity=equity,
-        pnl=None if row is None or equity is None else pf.sleeve_pnl(row.capital, equity),
+        pnl=None if row is None or equity is None else equity - row.capital,  # sleeve P&L
         ledger_state=row.state if row else None,
         ticks=row.ticks if row else 0,
         last_tick_ms=hb_ms,
@@ -439,6 +430,7 @@ def collect_portfolio(
     fleet: FleetView, state_dir: Path, *, now_ms: int | None = None, points: int = 200
 ) -> PortfolioReport:
     """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots."""
+    from aster_agents import portfolio as pf
     from aster_agents.ledger.readonly import open_readonly
 
     status = collect_status(fleet, state_dir, now_ms=now_ms)
@@ -477,5 +469,7 @@ def collect_portfolio(
 def _sleeve_input(
     agent_id: str, row: AgentRow, history: list[tuple[int, Decimal]]
 ) -> pf.SleeveInput:
+    from aster_agents import portfolio as pf
+
     equity = history[-1][1] if history else row.book_equity
     return pf.SleeveInput(agent_id, row.user, row.capital, row.units, equity)

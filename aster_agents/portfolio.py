@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Final
+from typing import Final, NamedTuple
 
 ZERO: Final = Decimal(0)
 SPARK_BARS: Final = "▁▂▃▄▅▆▇█"
@@ -31,8 +30,7 @@ SPARK_WIDTH: Final = 24
 Series = Sequence[tuple[int, Decimal]]
 
 
-@dataclass(frozen=True, slots=True)
-class SleeveInput:
+class SleeveInput(NamedTuple):
     """What the maths needs about one agent."""
 
     agent_id: str
@@ -42,8 +40,7 @@ class SleeveInput:
     equity: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class SleeveFigures:
+class SleeveFigures(NamedTuple):
     agent_id: str
     user: str
     capital: Decimal
@@ -54,8 +51,7 @@ class SleeveFigures:
     contribution: float
 
 
-@dataclass(frozen=True, slots=True)
-class PortfolioFigures:
+class PortfolioFigures(NamedTuple):
     """Combined figures; ``unallocated`` and ``account_equity`` are summed over accounts."""
 
     capital: Decimal

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -22,11 +21,13 @@ if TYPE_CHECKING:
 JSON_VERSION: Final = 1
 
 
-@dataclass
 class CliState:
-    config_dir: Path | None = None
-    state_dir: Path | None = None
-    _fleet: FleetConfig | None = None
+    """The global options, and the fleet once loaded."""
+
+    def __init__(self, config_dir: Path | None = None, state_dir: Path | None = None) -> None:
+        self.config_dir = config_dir
+        self.state_dir = state_dir
+        self._fleet: FleetConfig | None = None
 
     def fleet(self) -> FleetConfig:
         if self._fleet is None:

@@ -6,21 +6,33 @@ Command modules keep heavy imports inside their functions so that ``status`` sta
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 from pathlib import Path
+from typing import Final
 
 import typer
 
 from aster_agents import __version__
-from aster_agents.cli import account, agents, demo, fleet, portfolio, run, sim, status
 from aster_agents.cli.common import CliState
 
-app = typer.Typer(
-    name="aster-agent",
-    help="Run a fleet of independent trading agents on Aster DEX perpetual futures.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+# Each command's module is imported only when that command runs (``status`` must start
+# fast); help, completion and unknown commands load them all.
+MODULES: Final = ("run", "agents", "account", "fleet", "status", "portfolio", "demo", "sim")
+COMMANDS: Final = {
+    "run": "run",
+    "agents": "agents",
+    "account": "account",
+    "supervisor": "fleet",
+    "up": "fleet",
+    "down": "fleet",
+    "restart": "fleet",
+    "logs": "fleet",
+    "status": "status",
+    "portfolio": "portfolio",
+    "demo": "demo",
+    "sim": "sim",
+}
+_GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 
 
 def _version(value: bool) -> None:
@@ -29,7 +41,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     ctx: typer.Context,
     config_dir: Path | None = typer.Option(
@@ -47,8 +58,36 @@ def root(
     ctx.obj = CliState(config_dir=config_dir, state_dir=state_dir)
 
 
-for _module in (run, agents, account, fleet, status, portfolio, demo, sim):
-    _module.register(app)
+def build_app(modules: tuple[str, ...] = MODULES) -> typer.Typer:
+    """The CLI with the commands of ``modules`` (all of them by default)."""
+    app = typer.Typer(
+        name="aster-agent",
+        help="Run a fleet of independent trading agents on Aster DEX perpetual futures.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(root)
+    for name in modules:
+        import_module(f"aster_agents.cli.{name}").register(app)
+    return app
+
+
+def modules_for(argv: list[str]) -> tuple[str, ...]:
+    """The command modules ``argv`` needs: the one of its command, or all of them."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in _GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif token.startswith(tuple(f"{o}=" for o in _GLOBAL_VALUE_OPTIONS)):
+            i += 1
+        elif token.startswith("-"):
+            return MODULES
+        else:
+            module = COMMANDS.get(token)
+            return (module,) if module is not None else MODULES
+    return MODULES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     """
     from aster_agents.errors import AsterAgentsError, ConfigError
 
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, prog_name="aster-agent")
+        build_app(modules_for(args))(args=args, prog_name="aster-agent")
     except ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
+from typing import NamedTuple
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.rows import (
     AGENT_COLS,
+    BUSY_TIMEOUT_MS,
+    DB_NAME,
     POSITION_COLS,
     AccountLimits,
     AgentRow,
@@ -25,11 +26,9 @@ from aster_agents.ledger.rows import (
     agent_row,
     position_row,
 )
-from aster_agents.ledger.store import BUSY_TIMEOUT_MS, DB_NAME
 
 
-@dataclass(frozen=True, slots=True)
-class BucketLevel:
+class BucketLevel(NamedTuple):
     """One shared rate bucket: ``used`` of ``capacity`` tokens right now."""
 
     key: str
@@ -37,8 +36,7 @@ class BucketLevel:
     capacity: float
 
 
-@dataclass(frozen=True, slots=True)
-class HostPause:
+class HostPause(NamedTuple):
     until_s: float
     reason: str
 
@@ -48,7 +46,7 @@ class ReadOnlyLedger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        uri = f"file:{_uri_path(path)}?mode=ro"
         try:
             self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -154,3 +152,11 @@ def open_readonly(state_dir: Path) -> ReadOnlyLedger | None:
     if not path.is_file():
         return None
     return ReadOnlyLedger(path)
+
+
+def _uri_path(path: Path) -> str:
+    """The path as the path part of an SQLite ``file:`` URI (urllib costs ms to import)."""
+    text = str(path.resolve())
+    for char, escaped in (("%", "%25"), ("?", "%3f"), ("#", "%23")):
+        text = text.replace(char, escaped)
+    return text

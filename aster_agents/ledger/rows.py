@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
     from aster_agents.models import Side
 
+DB_NAME: Final = "ledger.sqlite3"
+LOCK_NAME: Final = "ledger.lock"
+BUSY_TIMEOUT_MS: Final = 10_000
 INTENT_KINDS: Final = ("open", "close", "protect")
 ACTIVE_STATES: Final = ("reserved", "confirmed")
 FINAL_STATES: Final = ("released", "expired", "filled", "canceled", "rejected")
 AGENT_STATES: Final = ("active", "probation", "disabled")
 
 
-@dataclass(frozen=True, slots=True)
-class Intent:
+class Intent(NamedTuple):
     """A write-ahead order intent; ``client_order_id`` is sent as ``newClientOrderId``."""
 
     client_order_id: str
@@ -41,8 +42,7 @@ class Intent:
         return self.state in ACTIVE_STATES
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerPosition:
+class LedgerPosition(NamedTuple):
     """One agent's signed position on one symbol, as booked from fills."""
 
     agent_id: str
@@ -55,8 +55,7 @@ class LedgerPosition:
     updated_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class AgentRow:
+class AgentRow(NamedTuple):
     """Everything status and portfolio views need about one agent."""
 
     agent_id: str
@@ -88,8 +87,7 @@ class AgentRow:
         return self.book_equity / self.units if self.units > 0 else Decimal(1)
 
 
-@dataclass(frozen=True, slots=True)
-class AccountLimits:
+class AccountLimits(NamedTuple):
     """Per-account (``user``) limits shared by all of its agents."""
 
     user: str
@@ -98,8 +96,7 @@ class AccountLimits:
     equity: Decimal | None
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
+class AuditEntry(NamedTuple):
     """One state change, newest first in ``Ledger.audit``."""
 
     id: int

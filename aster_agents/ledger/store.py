@@ -18,10 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from aster_agents.errors import LedgerError
-
-DB_NAME: Final = "ledger.sqlite3"
-LOCK_NAME: Final = "ledger.lock"
-BUSY_TIMEOUT_MS: Final = 10_000
+from aster_agents.ledger.rows import BUSY_TIMEOUT_MS, DB_NAME, LOCK_NAME
 
 MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
     (
