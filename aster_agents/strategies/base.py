@@ -23,7 +23,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 
 from aster_agents.errors import ConfigError
@@ -172,6 +172,18 @@ class StrategyParams(BaseModel):
     """Base for per-strategy params: unknown keys refused, no type coercion, immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class FastSlowParams(StrategyParams):
+    """Params with a ``fast`` and a ``slow`` period (declared by the subclass): slow > fast."""
+
+    @field_validator("slow", check_fields=False)
+    @classmethod
+    def _slower_than_fast(cls, slow: int, info: ValidationInfo) -> int:
+        fast = info.data.get("fast")
+        if isinstance(fast, int) and slow <= fast:
+            raise ValueError(f"must be greater than fast ({fast})")
+        return slow
 
 
 P = TypeVar("P", bound=StrategyParams)

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from aster_agents.strategies.base import (
     Action,
+    FastSlowParams,
     RuleStrategy,
     Series,
     Signal,
@@ -41,7 +42,7 @@ from aster_agents.strategies.momentum import MomentumParams, MomentumStrategy
 from aster_agents.strategies.trend import TrendParams, TrendStrategy
 
 
-class ConservativeParams(StrategyParams):
+class ConservativeParams(FastSlowParams):
     """Validated params of the conservative profile."""
 
     fast: int = Field(12, ge=2, le=200)
@@ -52,14 +53,6 @@ class ConservativeParams(StrategyParams):
     roc_threshold: float = Field(0.002, gt=0.0, le=0.5)
     rsi_period: int = Field(14, ge=2, le=200)
     rsi_margin: float = Field(5.0, ge=0.0, le=45.0)
-
-    @field_validator("slow")
-    @classmethod
-    def _slower_than_fast(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if isinstance(fast, int) and slow <= fast:
-            raise ValueError(f"must be greater than fast ({fast})")
-        return slow
 
 
 class ConservativeStrategy(RuleStrategy):

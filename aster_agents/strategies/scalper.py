@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from aster_agents.strategies import indicators as ind
 from aster_agents.strategies.base import (
+    FastSlowParams,
     RuleStrategy,
     Series,
     Signal,
-    StrategyParams,
     close,
     enter,
     hold,
@@ -36,7 +36,7 @@ from aster_agents.strategies.base import (
 )
 
 
-class ScalperParams(StrategyParams):
+class ScalperParams(FastSlowParams):
     """Validated params of the scalper strategy."""
 
     fast: int = Field(5, ge=2, le=100)
@@ -44,14 +44,6 @@ class ScalperParams(StrategyParams):
     min_spread_pct: float = Field(0.0005, ge=0.0, le=0.05)
     take_profit_pct: float = Field(0.003, gt=0.0, le=0.1)
     stop_pct: float = Field(0.002, gt=0.0, le=0.1)
-
-    @field_validator("slow")
-    @classmethod
-    def _slower_than_fast(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if isinstance(fast, int) and slow <= fast:
-            raise ValueError(f"must be greater than fast ({fast})")
-        return slow
 
 
 class ScalperStrategy(RuleStrategy):

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from aster_agents.strategies import indicators as ind
 from aster_agents.strategies.base import (
+    FastSlowParams,
     RuleStrategy,
     Series,
     Signal,
-    StrategyParams,
     close,
     enter,
     hold,
@@ -36,7 +36,7 @@ from aster_agents.strategies.base import (
 )
 
 
-class SwingParams(StrategyParams):
+class SwingParams(FastSlowParams):
     """Validated params of the swing strategy."""
 
     fast: int = Field(20, ge=2, le=300)
@@ -44,14 +44,6 @@ class SwingParams(StrategyParams):
     rsi_period: int = Field(14, ge=2, le=200)
     pullback_rsi: float = Field(45.0, ge=5.0, lt=50.0)
     target_rsi: float = Field(70.0, gt=50.0, le=95.0)
-
-    @field_validator("slow")
-    @classmethod
-    def _slower_than_fast(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if isinstance(fast, int) and slow <= fast:
-            raise ValueError(f"must be greater than fast ({fast})")
-        return slow
 
 
 class SwingStrategy(RuleStrategy):

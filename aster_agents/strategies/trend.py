@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 
 from aster_agents.strategies import indicators as ind
 from aster_agents.strategies.base import (
+    FastSlowParams,
     RuleStrategy,
     Series,
     Signal,
-    StrategyParams,
     close,
     enter,
     hold,
@@ -35,21 +35,13 @@ from aster_agents.strategies.base import (
 )
 
 
-class TrendParams(StrategyParams):
+class TrendParams(FastSlowParams):
     """Validated params of the trend strategy."""
 
     fast: int = Field(9, ge=2, le=200)
     slow: int = Field(21, ge=3, le=500)
     min_spread_pct: float = Field(0.001, ge=0.0, le=0.1)
     min_efficiency: float = Field(0.3, ge=0.0, le=1.0)
-
-    @field_validator("slow")
-    @classmethod
-    def _slower_than_fast(cls, slow: int, info: ValidationInfo) -> int:
-        fast = info.data.get("fast")
-        if isinstance(fast, int) and slow <= fast:
-            raise ValueError(f"must be greater than fast ({fast})")
-        return slow
 
 
 class TrendStrategy(RuleStrategy):
