@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Final
+from typing import Final, TypeVar
 
 from aster_agents.sim.market import Market
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
@@ -300,6 +300,29 @@ def _check_qty(sym: SimSymbol, qty: Decimal, market: bool) -> None:
         raise ApiError(-4005, "Quantity greater than max quantity.")
     if (qty - sym.min_qty) % sym.step_size != 0:
         raise ApiError(-4023, "Qty not increased by step size.")
+
+
+_Row = TypeVar("_Row", "SimOrder", "SimTrade")
+
+
+def _page(
+    rows: list[_Row], params: Mapping[str, str], id_param: str, id_of: Callable[[_Row], int]
+) -> list[_Row]:
+    """History paging as the exchange does it: from an id or a time window, at most ``limit``.
+
+    From an id or a start time: the oldest ``limit`` rows after it; otherwise the newest.
+    """
+    start, end = _int(params, "startTime"), _int(params, "endTime")
+    from_id = _int(params, id_param)
+    limit = min(_int(params, "limit", 500) or 500, 1000)
+    kept = [
+        r
+        for r in rows
+        if (from_id is None or id_of(r) >= from_id)
+        and (start is None or r.time >= start)
+        and (end is None or r.time <= end)
+    ]
+    return kept[:limit] if from_id is not None or start is not None else kept[-limit:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -756,22 +779,11 @@ class Engine:
     def all_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
         sym = _symbol(params)
         assert sym is not None
-        start, end = _int(params, "startTime"), _int(params, "endTime")
-        from_id = _int(params, "orderId")
-        limit = min(_int(params, "limit", 500) or 500, 1000)
         with self.lock:
             acct = self.account(user)
             self._tick_account(acct)
-            rows = [
-                o
-                for o in acct.orders
-                if o.symbol == sym.symbol
-                and (from_id is None or o.order_id >= from_id)
-                and (start is None or o.time >= start)
-                and (end is None or o.time <= end)
-            ]
-            rows = rows[:limit] if from_id is not None or start is not None else rows[-limit:]
-            return [o.to_json() for o in rows]
+            orders = [o for o in acct.orders if o.symbol == sym.symbol]
+            return [o.to_json() for o in _page(orders, params, "orderId", lambda o: o.order_id)]
 
     def cancel_order(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
         with self.lock:
@@ -1055,22 +1067,11 @@ class Engine:
     def user_trades(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
         sym = _symbol(params)
         assert sym is not None
-        start, end = _int(params, "startTime"), _int(params, "endTime")
-        from_id = _int(params, "fromId")
-        limit = min(_int(params, "limit", 500) or 500, 1000)
         with self.lock:
             acct = self.account(user)
             self._tick_account(acct)
-            rows = [
-                t
-                for t in acct.trades
-                if t.symbol == sym.symbol
-                and (from_id is None or t.id >= from_id)
-                and (start is None or t.time >= start)
-                and (end is None or t.time <= end)
-            ]
-            rows = rows[:limit] if from_id is not None or start is not None else rows[-limit:]
-            return [t.to_json() for t in rows]
+            trades = [t for t in acct.trades if t.symbol == sym.symbol]
+            return [t.to_json() for t in _page(trades, params, "fromId", lambda t: t.id)]
 
     def income_json(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
         sym = _symbol(params, required=False)
