@@ -34,13 +34,13 @@ from aster_agents.config import AgentConfig, FleetConfig, load_fleet
 from aster_agents.config_view import PORTFOLIO_FILE
 from aster_agents.errors import ConfigError
 from aster_agents.ledger import Ledger
+from aster_agents.ledger.liveness import pid_alive
 from aster_agents.runner import SPEED_ENV
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimAccount, SimConfig, SimServer
 from aster_agents.supervisor import (
     Supervisor,
     SupervisorNotRunning,
-    pid_alive,
     wait_pid_gone,
     write_runtime_config,
 )

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from aster_agents.config import FleetConfig
 from aster_agents.errors import AsterAgentsError, ConfigError
+from aster_agents.ledger.liveness import pid_alive
 
 GROUP: Final = "aster-agents"
 CONF_NAME: Final = "supervisord.conf"
@@ -450,24 +451,6 @@ def _sibling(name: str) -> str:
             "run `pip install -e .` (it is a dependency)"
         )
     return str(path)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def wait_pid_gone(pid: int, timeout: float) -> bool:

@@ -15,7 +15,7 @@ import pytest
 from aster_agents.cli.main import main
 from aster_agents.config import load_fleet
 from aster_agents.demo import DemoKeys, demo_agent_docs, pick_agents
-from aster_agents.supervisor import pid_alive
+from aster_agents.ledger.liveness import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = str(Path(sys.executable).parent / "aster-agent")
