@@ -253,11 +253,12 @@ class ChaosRun:
         self.env[SPEED_ENV] = str(o.speed)
         self._spawn_supervisord()
 
-    def _spawn_supervisord(self) -> None:
+    def _spawn_supervisord(self, *, wait_agents: bool = True) -> None:
         assert self.supervisor is not None
         self.proc = self.supervisor.spawn(self.env)
         self.supervisor.wait_ready(self.proc)
-        wait_for("every agent RUNNING", self._all_running, 60)
+        if wait_agents:
+            wait_for("every agent RUNNING", self._all_running, 60)
 
     def _all_running(self) -> bool:
         assert self.supervisor is not None
@@ -336,12 +337,23 @@ class ChaosRun:
             ]
 
     def _recover(self) -> None:
-        """Agents resolve what the kills left; wait until none of those is still reserved."""
-        wait_for("every agent RUNNING after the chaos", self._all_running, 60)
-        left = set(self._reserved())
+        """Stop the fleet, restart it quiet (no new orders) and let it resolve what is left.
+
+        Every agent is stopped gracefully, its strategy set to ``p_enter 0, p_exit 0`` and
+        the fleet started again: the agents then only resolve their unfinished intents (one
+        whose order never reached the exchange is released after the exchange's 10 s nonce
+        window). The run waits until no intent is 'reserved', then stops the fleet again;
+        whatever is still reserved is counted as leaked.
+        """
+        self._stop_supervisord()
+        for agent_id in self.ids:
+            path = self.config_dir / f"{agent_id}.yaml"
+            doc = json.loads(path.read_text())
+            doc["trading"]["params"] = {"p_enter": 0.0, "p_exit": 0.0}
+            path.write_text(json.dumps(doc, indent=1) + "\n")
+        self._spawn_supervisord(wait_agents=False)
         with suppress(AsterAgentsError):
-            wait_for("the reservations left by the kills to be resolved",
-                     lambda: not left.intersection(self._reserved()),
+            wait_for("no reserved intent left", lambda: not self._reserved(),
                      self.options.recovery_timeout)  # fmt: skip
 
     def _stop_supervisord(self) -> None:
