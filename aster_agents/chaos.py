@@ -342,8 +342,8 @@ class ChaosRun:
         Every agent is stopped gracefully, its strategy set to ``p_enter 0, p_exit 0`` and
         the fleet started again: the agents then only resolve their unfinished intents (one
         whose order never reached the exchange is released after the exchange's 10 s nonce
-        window). The run waits until no intent is 'reserved', then stops the fleet again;
-        whatever is still reserved is counted as leaked.
+        window). The run waits until every agent has finished a quiet tick and no intent is
+        'reserved', then stops the fleet again; whatever is still reserved is a leak.
         """
         self._stop_supervisord()
         for agent_id in self.ids:
@@ -351,10 +351,21 @@ class ChaosRun:
             doc = json.loads(path.read_text())
             doc["trading"]["params"] = {"p_enter": 0.0, "p_exit": 0.0}
             path.write_text(json.dumps(doc, indent=1) + "\n")
+        before = self._tick_counts()
         self._spawn_supervisord(wait_agents=False)
         with suppress(AsterAgentsError):
-            wait_for("no reserved intent left", lambda: not self._reserved(),
+            wait_for("a full quiet tick of every agent and no reserved intent left",
+                     lambda: self._ticked_since(before) and not self._reserved(),
                      self.options.recovery_timeout)  # fmt: skip
+
+    def _tick_counts(self) -> dict[str, int]:
+        with Ledger(self.state_dir) as ledger:
+            return {r.agent_id: r.ticks for r in ledger.agent_rows() if r.agent_id in self.ids}
+
+    def _ticked_since(self, before: dict[str, int]) -> bool:
+        """Every agent has started a second tick (the counter moves when a tick starts)."""
+        now = self._tick_counts()
+        return all(now.get(a, 0) >= before.get(a, 0) + 2 for a in self.ids)
 
     def _stop_supervisord(self) -> None:
         if self.supervisor is not None and self.supervisor.is_running():
