@@ -66,7 +66,8 @@ def test_contributions_add_up_to_the_portfolio_return(inputs: list[pf.SleeveInpu
     """Each sleeve's contribution is its P&L over total capital; they sum to the return."""
     figures = pf.aggregate(inputs, {USER: None})
     assert figures.unallocated is None
-    assert sum(s.contribution for s in figures.sleeves) == pytest.approx(figures.ret, abs=1e-9)
+    total = sum(s.contribution for s in figures.sleeves)
+    assert total == pytest.approx(figures.ret, rel=1e-9, abs=1e-9)
 
 
 @given(st.lists(money, max_size=60))
