@@ -3,8 +3,8 @@
 Everything lives in one short temporary directory (unix socket paths are limited to about
 100 bytes)::
 
-    /tmp/aa-XXXX/agents.d/       the shipped agents with generated API wallets and the sim URL
-    /tmp/aa-XXXX/state/          ledger, supervisord.conf, socket, pid file, logs
+    /tmp/aa-<random>/agents.d/       the shipped agents with generated API wallets and the sim URL
+    /tmp/aa-<random>/state/          ledger, supervisord.conf, socket, pid file, logs
 
 Keys are generated for one main account and each agent, handed to supervisord in its
 environment and never written to disk. The simulator runs in this process (a background

@@ -80,7 +80,7 @@ _AUTH_CODES: Final = frozenset({-1002, -1022, -2014, -2015})
 _TRANSIENT_CODES: Final = frozenset({-1000, -1001, -1006, -1007, -1008})
 _RATE_CODES: Final = frozenset({-1003, -1015})
 _MARGIN_CODES: Final = frozenset({-2018, -2019})
-_ORDER_LEVEL_1XXX: Final = frozenset({-1111, -1121, -1013})
+_ORDER_LEVEL_1000S: Final = frozenset({-1111, -1121, -1013})
 _NO_CHANGE_MARGIN_TYPE: Final = -4046
 _NO_CHANGE_POSITION_SIDE: Final = -4059
 _PATH_MISSING_CODES: Final = frozenset({-1121, -5000})
@@ -203,7 +203,7 @@ def _error_for(status: int, code: int, msg: str, where: str) -> ExchangeError:
         cls = InsufficientMargin
     elif code == -2013:
         cls = OrderNotFound
-    elif code in _ORDER_LEVEL_1XXX or code <= -2000:
+    elif code in _ORDER_LEVEL_1000S or code <= -2000:
         cls = OrderRejected
     elif status >= 500:
         cls = TransientExchangeError
