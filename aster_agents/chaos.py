@@ -394,36 +394,15 @@ class ChaosRun:
 
     def _mismatches(self) -> list[str]:
         assert self.sim is not None
-        acct = self.sim.engine.account(self.user)
-        with self.sim.engine.lock:
-            exchange = {s: p.amount for (s, _), p in acct.positions.items() if p.amount}
-        ledger: dict[str, Decimal] = {}
-        with Ledger(self.state_dir) as book:
-            for p in book.positions(user=self.user):
-                ledger[p.symbol] = ledger.get(p.symbol, ZERO) + p.qty
+        exchange = exchange_positions(self.sim, self.user)
+        ledger = ledger_positions(self.state_dir, self.user)
         symbols = sorted(set(exchange) | set(ledger))
         return [f"{s}: ledger {ledger.get(s, ZERO)}, exchange {exchange.get(s, ZERO)}"
                 for s in symbols if ledger.get(s, ZERO) != exchange.get(s, ZERO)]  # fmt: skip
 
     def _replay(self) -> tuple[int, list[str]]:
-        """Most positions held at once, from the exchange's trades in id order."""
         assert self.sim is not None
-        acct = self.sim.engine.account(self.user)
-        with self.sim.engine.lock:
-            trades = sorted(acct.trades, key=lambda t: t.id)
-            coid_of = {o.order_id: o.client_order_id for o in acct.orders}
-        qty: dict[str, Decimal] = {}
-        owner: dict[str, str] = {}
-        most, shared = 0, []
-        for trade in trades:
-            agent = coid_of[trade.order_id].rsplit("-", 2)[0]
-            if qty.get(trade.symbol) and owner.get(trade.symbol) != agent:
-                shared.append(f"{trade.symbol}: {owner.get(trade.symbol)} and {agent}")
-            owner[trade.symbol] = agent
-            signed = trade.qty if trade.side == "BUY" else -trade.qty
-            qty[trade.symbol] = qty.get(trade.symbol, ZERO) + signed
-            most = max(most, sum(1 for q in qty.values() if q))
-        return most, shared
+        return replay_positions(self.sim, self.user)
 
     def _ticks(self) -> tuple[int, int]:
         """(ticks started, ticks failed): the ledger's counters and the agents' ERROR lines."""
@@ -452,6 +431,46 @@ class ChaosRun:
             self.sim.stop()
         if self.options.directory is None and self.directory.exists():
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def exchange_positions(sim: SimServer, user: str) -> dict[str, Decimal]:
+    """The account's non-zero positions per symbol, as the simulated exchange holds them."""
+    acct = sim.engine.account(user)
+    with sim.engine.lock:
+        return {s: p.amount for (s, _), p in acct.positions.items() if p.amount}
+
+
+def ledger_positions(state_dir: Path, user: str) -> dict[str, Decimal]:
+    """The sum of the agents' ledger positions per symbol for one account."""
+    out: dict[str, Decimal] = {}
+    with Ledger(state_dir) as ledger:
+        for p in ledger.positions(user=user):
+            out[p.symbol] = out.get(p.symbol, ZERO) + p.qty
+    return {s: q for s, q in out.items() if q}
+
+
+def replay_positions(sim: SimServer, user: str) -> tuple[int, list[str]]:
+    """Independent check from the exchange's own trade history, in execution order.
+
+    Returns the most positions the account ever held at once, and every moment a symbol
+    changed hands between agents while a position was still open on it.
+    """
+    acct = sim.engine.account(user)
+    with sim.engine.lock:
+        trades = sorted(acct.trades, key=lambda t: t.id)
+        coid_of = {o.order_id: o.client_order_id for o in acct.orders}
+    qty: dict[str, Decimal] = {}
+    owner: dict[str, str] = {}
+    most, shared = 0, []
+    for trade in trades:
+        agent = coid_of[trade.order_id].rsplit("-", 2)[0]
+        if qty.get(trade.symbol) and owner.get(trade.symbol) != agent:
+            shared.append(f"{trade.symbol}: {owner.get(trade.symbol)} and {agent}")
+        owner[trade.symbol] = agent
+        signed = trade.qty if trade.side == "BUY" else -trade.qty
+        qty[trade.symbol] = qty.get(trade.symbol, ZERO) + signed
+        most = max(most, sum(1 for q in qty.values() if q))
+    return most, shared
 
 
 def _count_lines(paths: Iterable[Path], needle: str) -> int:

@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from aster_agents.ledger import Ledger
+from aster_agents.chaos import exchange_positions, ledger_positions, replay_positions
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimAccount, SimServer
 
@@ -109,16 +109,10 @@ class Fleet:
     # ---------------------------------------------------------------- exchange views
 
     def exchange_positions(self) -> dict[str, Decimal]:
-        acct = self.sim.engine.account(self.user)
-        with self.sim.engine.lock:
-            return {s: p.amount for (s, _), p in acct.positions.items() if p.amount}
+        return exchange_positions(self.sim, self.user)
 
     def ledger_positions(self) -> dict[str, Decimal]:
-        with Ledger(self.state_dir) as ledger:
-            out: dict[str, Decimal] = {}
-            for p in ledger.positions(user=self.user):
-                out[p.symbol] = out.get(p.symbol, ZERO) + p.qty
-            return {s: q for s, q in out.items() if q}
+        return ledger_positions(self.state_dir, self.user)
 
     def coids(self) -> list[str]:
         return [
@@ -192,24 +186,5 @@ allocation:
 
 
 def replay_max_positions(fleet: Fleet) -> tuple[int, list[str]]:
-    """Independent check from the exchange's own trade history, in execution order.
-
-    Returns the most positions the account ever held at once, and every moment a symbol
-    changed hands between agents while a position was still open on it.
-    """
-    acct = fleet.sim.engine.account(fleet.user)
-    with fleet.sim.engine.lock:
-        trades = sorted(acct.trades, key=lambda t: t.id)
-        coid_of = {o.order_id: o.client_order_id for o in acct.orders}
-    qty: dict[str, Decimal] = {}
-    owner: dict[str, str] = {}
-    most, shared = 0, []
-    for trade in trades:
-        agent = coid_of[trade.order_id].rsplit("-", 2)[0]
-        if qty.get(trade.symbol) and owner.get(trade.symbol) != agent:
-            shared.append(f"{trade.symbol}: {owner.get(trade.symbol)} and {agent}")
-        owner[trade.symbol] = agent
-        signed = trade.qty if trade.side == "BUY" else -trade.qty
-        qty[trade.symbol] = qty.get(trade.symbol, ZERO) + signed
-        most = max(most, sum(1 for q in qty.values() if q))
-    return most, shared
+    """Most positions ever held at once, and symbols that changed hands while open."""
+    return replay_positions(fleet.sim, fleet.user)
