@@ -716,7 +716,7 @@ def run_agent(
     from aster_agents.keys import loose_permissions, resolve_signer
     from aster_agents.ledger import AgentLock, SharedBudget
     from aster_agents.logs import setup_logging
-    from aster_agents.signing import NonceSource
+    from aster_agents.services import make_client
     from aster_agents.strategies import get_strategy
 
     agent = fleet.agent(agent_id)
@@ -738,16 +738,8 @@ def run_agent(
                 enabled=agent.enabled,
             )
             budget = SharedBudget(state_dir, user=agent.exchange.user)
-            client = AsterClient(
-                agent.exchange.base_url,
-                user=agent.exchange.user,
-                signer=signer,
-                nonces=NonceSource(slot),
-                budget=budget,
-                agent_id=agent.id,
-                on_request=log_request,
-                timeout=5.0,
-            )
+            client = make_client(fleet, agent, slot=slot, budget=budget, signer=signer,
+                                 on_request=log_request, timeout=5.0)  # fmt: skip
             with client:
                 runner = AgentRunner(
                     fleet,

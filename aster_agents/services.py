@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
 from aster_agents.config import AgentConfig, FleetConfig
 from aster_agents.exchange.base import NullBudget, RequestBudget
-from aster_agents.exchange.http import AsterClient
+from aster_agents.exchange.http import AsterClient, RequestLog
 from aster_agents.keys import resolve_signer
-from aster_agents.signing import NonceSource
+from aster_agents.signing import NonceSource, Signer
 
 TOOL_NONCE_SLOT: Final = 63  # one-off CLI calls; running agents get slots 0..62 from the ledger
 
@@ -21,16 +22,20 @@ def make_client(
     *,
     slot: int = TOOL_NONCE_SLOT,
     budget: RequestBudget | None = None,
+    signer: Signer | None = None,
+    on_request: Callable[[RequestLog], None] | None = None,
+    timeout: float = 10.0,
 ) -> AsterClient:
-    """A signed client for ``agent``'s API wallet."""
-    signer = resolve_signer(fleet, agent)
+    """A signed client for ``agent``'s API wallet (the key is resolved unless given)."""
     return AsterClient(
         agent.exchange.base_url,
         user=agent.exchange.user,
-        signer=signer,
+        signer=signer if signer is not None else resolve_signer(fleet, agent),
         nonces=NonceSource(slot),
         budget=budget if budget is not None else NullBudget(),
         agent_id=agent.id,
+        on_request=on_request,
+        timeout=timeout,
     )
 
 
