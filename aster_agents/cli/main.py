@@ -17,7 +17,17 @@ from aster_agents.cli.common import CliState
 
 # Each command's module is imported only when that command runs (``status`` must start
 # fast); help, completion and unknown commands load them all.
-MODULES: Final = ("run", "agents", "account", "fleet", "status", "portfolio", "demo", "sim")
+MODULES: Final = (
+    "run",
+    "agents",
+    "account",
+    "fleet",
+    "status",
+    "portfolio",
+    "demo",
+    "sim",
+    "wallet",
+)
 COMMANDS: Final = {
     "run": "run",
     "agents": "agents",
@@ -31,6 +41,7 @@ COMMANDS: Final = {
     "portfolio": "portfolio",
     "demo": "demo",
     "sim": "sim",
+    "wallet": "wallet",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 
