@@ -58,8 +58,16 @@ from aster_agents.models import (
     Side,
     SymbolInfo,
 )
-from aster_agents.sizing import entry_size, protective_prices
-from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal, Strategy
+from aster_agents.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
+from aster_agents.strategies import (
+    Action,
+    MarketSnapshot,
+    PositionView,
+    RiskLimits,
+    Signal,
+    Strategy,
+    attached,
+)
 
 NONCE_WINDOW_MS: Final = 12_000  # the exchange accepts a nonce for 10 s; 2 s of margin
 KLINE_FLOOR: Final = 60
@@ -139,6 +147,9 @@ class AgentRunner:
         self.info: ExchangeInfo | None = None
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
         self.last_prices: dict[str, Decimal] = {}
+        # symbol -> (stop, take-profit) distances of the last entry, clamped into the config;
+        # protection re-placed after a restart uses the configured (wider) ones
+        self.protect_pcts: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------ start-up
 
@@ -373,7 +384,7 @@ class AgentRunner:
         capital = row.capital if row is not None else ZERO
         size = entry_size(
             capital,
-            trading.position_size_pct,
+            scaled_size_pct(trading.position_size_pct, signal.size_pct),
             trading.leverage,
             price,
             self._symbol(symbol).filters,
@@ -411,6 +422,10 @@ class AgentRunner:
             signal.confidence,
         )
         report.opened.append(symbol)
+        self.protect_pcts[symbol] = (
+            clamp_distance(trading.stop_loss_pct, signal.stop_loss_pct),
+            clamp_distance(trading.take_profit_pct, signal.take_profit_pct),
+        )
         seen = self._sync_fills(symbol, since_ms=intent.created_ms)
         failpoint("after_fills")
         self._after_order(intent, order, seen)
@@ -521,11 +536,14 @@ class AgentRunner:
         trading = self.agent.trading
         entry_side = Side.BUY if position.qty > 0 else Side.SELL
         exit_side = entry_side.opposite
+        stop_pct, take_pct = self.protect_pcts.get(
+            symbol, (trading.stop_loss_pct, trading.take_profit_pct)
+        )
         stop, take = protective_prices(
             entry_side,
             position.entry_price,
-            trading.stop_loss_pct,
-            trading.take_profit_pct,
+            stop_pct,
+            take_pct,
             self._symbol(symbol).filters.tick_size,
         )
         prices = {OrderType.STOP_MARKET: stop, OrderType.TAKE_PROFIT_MARKET: take}
@@ -740,7 +758,7 @@ def run_agent(
             budget = SharedBudget(state_dir, user=agent.exchange.user)
             client = make_client(fleet, agent, slot=slot, budget=budget, signer=signer,
                                  on_request=log_request, timeout=5.0)  # fmt: skip
-            with client:
+            with client, attached(strategy, stop, risk_limits(agent)):
                 runner = AgentRunner(
                     fleet,
                     agent,
@@ -754,6 +772,14 @@ def run_agent(
                 _start_with_retries(runner)
                 runner.run()
     return 0
+
+
+def risk_limits(agent: AgentConfig) -> RiskLimits:
+    """The agent's configured limits, as strategies that explain themselves see them."""
+    t = agent.trading
+    return RiskLimits(
+        t.position_size_pct, t.leverage, t.stop_loss_pct, t.take_profit_pct, t.min_confidence
+    )
 
 
 def _start_with_retries(runner: AgentRunner) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, Decimal
+from typing import Final
 
 from aster_agents.models import Side, SymbolFilters
 
@@ -69,3 +71,23 @@ def _to_tick(price: Decimal, tick: Decimal) -> Decimal:
     if tick <= 0:
         return price
     return (price / tick).to_integral_value(rounding=ROUND_DOWN) * tick
+
+
+MIN_PROTECTIVE_PCT: Final = 0.001  # a suggested stop closer than 0.1% would fire on noise
+
+
+def scaled_size_pct(position_size_pct: float, fraction: float | None) -> float:
+    """``position_size_pct`` times a suggested fraction clamped into (0, 1]: never larger."""
+    if fraction is None or not math.isfinite(fraction) or fraction <= 0:
+        return position_size_pct
+    return position_size_pct * min(1.0, fraction)
+
+
+def clamp_distance(configured: float, suggested: float | None) -> float:
+    """A suggested stop/take-profit distance clamped into [0.1%, ``configured``].
+
+    The strategy proposes, the config disposes: a suggestion can only tighten the distance.
+    """
+    if suggested is None or not math.isfinite(suggested) or suggested <= 0:
+        return configured
+    return min(configured, max(MIN_PROTECTIVE_PCT, suggested))

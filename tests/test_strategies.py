@@ -26,7 +26,9 @@ from aster_agents.strategies import (
 from aster_agents.strategies import indicators as ind
 
 MINUTE = 60_000
-RULE_STRATEGIES = tuple(n for n in STRATEGY_NAMES if n != "random")
+# llm needs base_url and model and calls an endpoint: tests/test_llm_strategy.py covers it
+PURE_STRATEGIES = tuple(n for n in STRATEGY_NAMES if n != "llm")
+RULE_STRATEGIES = tuple(n for n in PURE_STRATEGIES if n != "random")
 
 
 # --- synthetic series -------------------------------------------------------------------------
@@ -280,7 +282,7 @@ def test_mean_reversion_exit_reason_says_mean_reached() -> None:
 # --- history and robustness -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", STRATEGY_NAMES)
+@pytest.mark.parametrize("name", PURE_STRATEGIES)
 def test_too_few_klines_holds_with_reason(name: str) -> None:
     """With fewer than min_klines candles decide() holds and says how many it needs."""
     strategy = get_strategy(name, {})
@@ -326,7 +328,7 @@ closes_strategy = st.lists(
 
 @settings(max_examples=150, deadline=None)
 @given(
-    name=st.sampled_from(STRATEGY_NAMES),
+    name=st.sampled_from(PURE_STRATEGIES),
     closes=closes_strategy,
     qty=st.sampled_from([-1, 0, 1]),
     entry=st.floats(min_value=0.0, max_value=1e6, allow_nan=False),
@@ -386,7 +388,7 @@ PARAM_PROBES: dict[str, tuple[str, object, object]] = {
 
 def test_every_strategy_has_a_param_probe() -> None:
     """The validation probes below cover every registered strategy."""
-    assert set(PARAM_PROBES) == set(STRATEGY_NAMES)
+    assert set(PARAM_PROBES) == set(PURE_STRATEGIES)
 
 
 def config_error(name: str, params: dict[str, object]) -> ConfigError:
@@ -396,7 +398,7 @@ def config_error(name: str, params: dict[str, object]) -> ConfigError:
     return info.value
 
 
-@pytest.mark.parametrize("name", STRATEGY_NAMES)
+@pytest.mark.parametrize("name", PURE_STRATEGIES)
 def test_unknown_param_key_is_refused(name: str) -> None:
     """An unknown key is named with its path and the valid keys are listed."""
     err = config_error(name, {"bogus": 1})
@@ -408,7 +410,7 @@ def test_unknown_param_key_is_refused(name: str) -> None:
     assert line in str(err)
 
 
-@pytest.mark.parametrize("name", STRATEGY_NAMES)
+@pytest.mark.parametrize("name", PURE_STRATEGIES)
 def test_wrong_param_type_is_refused(name: str) -> None:
     """A wrongly-typed value is refused (no coercion) with the key path and the value."""
     key, bad, _ = PARAM_PROBES[name]
@@ -417,7 +419,7 @@ def test_wrong_param_type_is_refused(name: str) -> None:
     assert err.problems[0].endswith(f"got {bad!r}")
 
 
-@pytest.mark.parametrize("name", STRATEGY_NAMES)
+@pytest.mark.parametrize("name", PURE_STRATEGIES)
 def test_out_of_range_param_is_refused(name: str) -> None:
     """An out-of-range value is refused with the bound, the key path and the value."""
     key, _, bad = PARAM_PROBES[name]
@@ -466,19 +468,19 @@ def test_params_must_be_a_mapping() -> None:
 
 def test_unknown_strategy_lists_valid_names() -> None:
     """An unknown strategy name is reported on trading.strategy with the valid names."""
-    err = config_error("llm", {})
+    err = config_error("oracle", {})
     assert err.problems[0].startswith("trading.strategy: must be one of ")
     for name in STRATEGY_NAMES:
         assert name in str(err)
-    assert err.problems[0].endswith("got 'llm'")
+    assert err.problems[0].endswith("got 'oracle'")
 
 
 def test_registry_names_and_protocol() -> None:
     """Every registered name builds a Strategy whose name matches."""
     expected = {"trend", "mean_reversion", "breakout", "momentum", "scalper", "swing"}
-    expected |= {"conservative", "aggressive", "random"}
+    expected |= {"conservative", "aggressive", "random", "llm"}
     assert set(STRATEGY_NAMES) == expected
-    for name in STRATEGY_NAMES:
+    for name in PURE_STRATEGIES:
         strategy: Strategy = get_strategy(name, {})
         assert strategy.name == name
 

@@ -22,6 +22,7 @@ from typing import Final
 from aster_agents.errors import ConfigError
 from aster_agents.strategies import (
     breakout,
+    llm,
     mean_reversion,
     momentum,
     profiles,
@@ -35,14 +36,16 @@ from aster_agents.strategies.base import (
     Action,
     MarketSnapshot,
     PositionView,
+    RiskLimits,
     Signal,
     Strategy,
+    attached,
 )
 
 Builder = Callable[[Mapping[str, object], int], Strategy]
 
-# name -> builder(params, seed). A new strategy (e.g. the later ``llm`` one) adds one line here
-# and a module with a ``build(params, seed)`` function; nothing else changes.
+# name -> builder(params, seed). A new strategy adds one line here and a module with a
+# ``build(params, seed)`` function; nothing else changes.
 _REGISTRY: Final[dict[str, Builder]] = {
     "trend": trend.build,
     "mean_reversion": mean_reversion.build,
@@ -53,6 +56,7 @@ _REGISTRY: Final[dict[str, Builder]] = {
     "conservative": profiles.build_conservative,
     "aggressive": profiles.build_aggressive,
     "random": random_strategy.build,
+    "llm": llm.build,
 }
 
 STRATEGY_NAMES: Final[tuple[str, ...]] = tuple(_REGISTRY)
@@ -73,7 +77,9 @@ __all__ = [
     "Action",
     "MarketSnapshot",
     "PositionView",
+    "RiskLimits",
     "Signal",
     "Strategy",
+    "attached",
     "get_strategy",
 ]

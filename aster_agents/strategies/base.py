@@ -16,12 +16,14 @@ Confidence conventions shared by every rule-based strategy:
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
@@ -41,11 +43,19 @@ class Action(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Signal:
-    """A decision: the action, a confidence in [0, 1] and a short human reason."""
+    """A decision: the action, a confidence in [0, 1] and a short human reason.
+
+    The optional fields are suggestions (the ``llm`` strategy makes them) that the runner
+    clamps into the agent's config: ``size_pct`` is a fraction of ``position_size_pct``,
+    the other two are distances from the entry capped at the configured ones.
+    """
 
     action: Action
     confidence: float
     reason: str
+    size_pct: float | None = None
+    stop_loss_pct: float | None = None
+    take_profit_pct: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,43 @@ class Strategy(Protocol):
     min_klines: int
 
     def decide(self, market: MarketSnapshot, position: PositionView) -> Signal: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RiskLimits:
+    """The agent's configured risk limits, for strategies that tell a model about them."""
+
+    position_size_pct: float
+    leverage: int
+    stop_loss_pct: float
+    take_profit_pct: float
+    min_confidence: float
+
+
+@runtime_checkable
+class External(Protocol):
+    """A strategy that waits on something outside the process (``llm``).
+
+    The runner hands it its stop event (so a SIGTERM interrupts a call in flight) and the
+    agent's limits, and closes it on shutdown.
+    """
+
+    def attach(self, stop: threading.Event, limits: RiskLimits) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@contextmanager
+def attached(strategy: object, stop: threading.Event, limits: RiskLimits) -> Iterator[None]:
+    """Attach an :class:`External` strategy for the block and close it afterwards."""
+    if not isinstance(strategy, External):
+        yield
+        return
+    strategy.attach(stop, limits)
+    try:
+        yield
+    finally:
+        strategy.close()
 
 
 def hold(reason: str) -> Signal:
