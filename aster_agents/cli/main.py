@@ -27,6 +27,7 @@ MODULES: Final = (
     "demo",
     "sim",
     "wallet",
+    "doctor",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -42,6 +43,7 @@ COMMANDS: Final = {
     "demo": "demo",
     "sim": "sim",
     "wallet": "wallet",
+    "doctor": "doctor",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 
