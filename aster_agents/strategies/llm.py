@@ -195,7 +195,7 @@ def parse_answer(content: str) -> Signal:
 
 def _json_object(content: str) -> dict[str, Any]:
     text = content.strip()
-    if not text.startswith("{"):
+    if not text.startswith(("{", "[")):
         blocks = _FENCE_RE.findall(text)
         if len(blocks) != 1:
             raise BadAnswer(f"invalid JSON: {_clip(text, 60)!r}")
