@@ -52,7 +52,7 @@ def logs(fleet: Fleet) -> str:
 
 
 def test_house_model_trades_and_no_secret_leaves_the_agent(sim: SimServer, tmp_path: Path) -> None:
-    """An llm agent trades on the house model; no key in prompts or logs, the API key is a header."""
+    """An llm agent trades on the house model; no key in prompts or logs, API key only as header."""
     with ModelServer("house") as model:
         fleet = llm_fleet(tmp_path, sim, model, api_key_env=KEY_ENV, timeout_seconds=5)
         fleet.start("agent-1", {KEY_ENV: API_KEY})
