@@ -384,6 +384,9 @@ def _ledger(state_dir: Path) -> Check:
     """A write transaction that changes nothing; never creates the state dir."""
     from aster_agents.ledger.rows import DB_NAME
 
+    if state_dir.exists() and not state_dir.is_dir():
+        detail = f"{state_dir} exists but is not a directory; move it or pass --state-dir"
+        return Check(None, "ledger", Status.FAIL, detail)
     if not state_dir.is_dir():
         parent = next((p for p in state_dir.parents if p.exists()), None)
         if parent is None or not os.access(parent, os.W_OK | os.X_OK):

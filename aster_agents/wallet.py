@@ -123,12 +123,12 @@ def configured_password_env(config_dir: Path, agent_id: str) -> str | None:
 
 
 def password_from_env(
-    env: Mapping[str, str], option_env: str | None, configured_env: str | None
+    env: Mapping[str, str], option_env: str | None, default_env: str | None
 ) -> tuple[str | None, str | None]:
-    """(password, variable) from ``--password-env`` or the YAML's variable; (None, None) if neither.
+    """(password, variable) from ``--password-env`` or ``default_env``; (None, None) if neither.
 
-    ``--password-env`` must name a set, non-empty variable; the YAML's variable is used only
-    when it is set.
+    ``--password-env`` must name a set, non-empty variable; ``default_env`` (the variable the
+    agent's YAML names, else ``<ID>_KEYSTORE_PASSWORD``) is used only when it is set.
     """
     if option_env is not None:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", option_env):
@@ -141,8 +141,8 @@ def password_from_env(
             )
         check_password(value, f"environment variable {option_env}")
         return value, option_env
-    if configured_env is not None and env.get(configured_env):
-        return env[configured_env], configured_env
+    if default_env is not None and env.get(default_env):
+        return env[default_env], default_env
     return None, None
 
 

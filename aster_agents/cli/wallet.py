@@ -42,10 +42,11 @@ def new(
 
     wallet.check_agent_id(agent_id)
     config_dir = wallet.config_dir_or_fail(state(ctx).config_dir)
-    configured = wallet.configured_password_env(config_dir, agent_id)
-    password, variable = wallet.password_from_env(os.environ, password_env, configured)
+    default_env = wallet.configured_password_env(config_dir, agent_id)
+    default_env = default_env or wallet.default_password_env(agent_id)
+    password, variable = wallet.password_from_env(os.environ, password_env, default_env)
     if password is None:
-        variable = configured or wallet.default_password_env(agent_id)
+        variable = default_env
         password = _prompt_password(variable)
     assert variable is not None
     created = wallet.create_wallet(
