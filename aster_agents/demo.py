@@ -16,6 +16,7 @@ supervisord, every agent and the simulator, and removes the directory unless it 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ from aster_agents.ledger import Ledger
 from aster_agents.ledger.liveness import pid_alive
 from aster_agents.runner import SPEED_ENV
 from aster_agents.signing import Signer, generate_private_key
+from aster_agents.sim.model import ModelServer
 from aster_agents.sim.server import SimAccount, SimConfig, SimServer
 from aster_agents.supervisor import (
     Supervisor,
@@ -179,9 +181,16 @@ def pick_agents(shipped: FleetConfig, n: int | None) -> list[AgentConfig]:
 
 
 def demo_agent_docs(
-    agents: list[AgentConfig], keys: DemoKeys, base_url: str, speed: float
+    agents: list[AgentConfig],
+    keys: DemoKeys,
+    base_url: str,
+    speed: float,
+    model_url: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``{id: document}`` for the demo agents.d: same strategies, generated wallets, sim URL."""
+    """``{id: document}`` for the demo agents.d: same strategies, generated wallets, sim URL.
+
+    ``llm`` agents ask the fake model server at ``model_url`` (no API key) instead.
+    """
     signers = keys.signers()
     total = sum(a.allocation.capital_pct for a in agents)
     docs: dict[str, dict[str, Any]] = {}
@@ -195,10 +204,20 @@ def demo_agent_docs(
         }  # fmt: skip
         trading = doc["trading"]
         trading["scan_interval_seconds"] = max(1.0, agent.trading.scan_interval_seconds / speed)
+        if trading["strategy"] == "llm" and model_url is not None:
+            trading["params"] = demo_llm_params(trading["params"], model_url, speed)
         if total > 1:
             doc["allocation"]["capital_pct"] = round(agent.allocation.capital_pct / total, 4)
         docs[agent_id] = doc
     return docs
+
+
+def demo_llm_params(params: dict[str, Any], model_url: str, speed: float) -> dict[str, Any]:
+    """The local fake model, no key, and a call budget per hour of (faster) market time."""
+    out = {k: v for k, v in params.items() if k != "api_key_env"}
+    out["base_url"] = model_url
+    out["max_calls_per_hour"] = math.ceil(int(params.get("max_calls_per_hour", 60)) * speed)
+    return out
 
 
 def key_env(agent_id: str) -> str:
@@ -248,6 +267,7 @@ class Demo:
         self.directory = options.directory or Path("/tmp/aa-(not started)")
         self.state_dir = self.directory / "state"
         self.sim: SimServer | None = None
+        self.model: ModelServer | None = None
         self.fleet: FleetConfig | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.supervisor: Supervisor | None = None
@@ -275,7 +295,11 @@ class Demo:
         account = SimAccount(self.keys.user, self.keys.signers(), o.balance)
         self.sim = SimServer(SimConfig(seed=o.seed, speed=o.speed, accounts=(account,)))
         url = self.sim.start()
-        docs = demo_agent_docs(self.agents, self.keys, url, o.speed)
+        if any(a.trading.strategy == "llm" for a in self.agents):
+            self.model = ModelServer("house")
+            self.model.start()
+        model_url = self.model.base_url if self.model is not None else None
+        docs = demo_agent_docs(self.agents, self.keys, url, o.speed, model_url)
         self.fleet = load_fleet(write_config_dir(self.directory, docs, self.shipped))
         conf = write_runtime_config(self.fleet, self.state_dir)
         self.supervisor = Supervisor(self.state_dir, conf)
@@ -354,6 +378,8 @@ class Demo:
                     final = self.snapshot()
             if self.sim is not None:
                 self.sim.stop()
+            if self.model is not None:
+                self.model.stop()
             if self.options.directory is None and self.directory.exists():
                 shutil.rmtree(self.directory, ignore_errors=True)
         return final or Snapshot(0.0, self.options.duration, (), self.options.balance,
