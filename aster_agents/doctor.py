@@ -144,8 +144,8 @@ def _environment(fleet: FleetConfig, env: Mapping[str, str] | None) -> dict[str,
     merged = dict(os.environ if env is None else env)
     dotenv = fleet.root / ".env"
     if dotenv.is_file():
-        with suppress(ConfigError):
-            merged = {**load_env_file(dotenv).values, **merged}
+        with suppress(ConfigError):  # an unreadable .env shows up as the keys it lacks
+            merged.update(load_env_file(dotenv).values)  # as in `up`: the file wins
     return merged
 
 
