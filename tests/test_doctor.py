@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +242,49 @@ def test_invalid_config_fails_and_skips_the_rest(
     args = ["--config-dir", str(fleet.config_dir), "doctor", "--id", "nope"]
     code, _, err = run_cli(args, capsys)
     assert code == 2 and "nope" in err
+
+
+def test_hedge_mode_and_open_positions(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hedge mode: WARN while flat, FAIL with a position; a symbol in use keeps its leverage."""
+    from aster_agents.exchange.http import AsterClient
+    from aster_agents.models import OrderRequest, OrderType, PositionSide, Side
+    from aster_agents.signing import NonceSource
+
+    signer = fleet.signers["agent-1"]
+    with AsterClient(
+        fleet.sim.base_url, user=fleet.user, signer=signer, nonces=NonceSource(5)
+    ) as client:
+        client.set_position_mode(True)
+        code, doc = doctor_json(fleet, capsys, "--id", "agent-1")
+        assert code == 0 and statuses(doc)["position mode"] == "WARN"
+        client.set_leverage("BTCUSDT", 5)
+        client.new_order(
+            OrderRequest("BTCUSDT", Side.BUY, OrderType.MARKET, "test-long-1",
+                         quantity=Decimal("0.01"), position_side=PositionSide.LONG)
+        )  # fmt: skip
+    orders_before = len(fleet.sim.engine.all_orders_ever())
+    code, doc = doctor_json(fleet, capsys, "--id", "agent-1")
+    got = statuses(doc)
+    assert code == 1 and got["position mode"] == "FAIL"
+    leverage = next(c for c in doc["checks"] if c["name"] == "leverage and margin")
+    assert leverage["status"] == "PASS" and "BTCUSDT open at 5x, left as is" in leverage["detail"]
+    assert len(fleet.sim.engine.all_orders_ever()) == orders_before
+
+
+def test_keys_from_dotenv_and_loose_key_files(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys are read from .env next to agents.d as `up` does; a 0644 .env is a WARN."""
+    key = fleet.keys["agent-1"]
+    monkeypatch.delenv("AGENT_1_PRIVATE_KEY")
+    dotenv = fleet.root / ".env"
+    dotenv.write_text(f"export AGENT_1_PRIVATE_KEY={key}\n")
+    os.chmod(dotenv, 0o644)
+    code, doc = doctor_json(fleet, capsys, "--id", "agent-1")
+    got = statuses(doc)
+    assert code == 0 and got["key"] == "PASS" and got["key files"] == "WARN"
+    assert ".env" in next(c["detail"] for c in doc["checks"] if c["name"] == "key files")
+    assert key[2:].lower() not in json.dumps(doc).lower()
+    os.chmod(dotenv, 0o600)
+    _, doc = doctor_json(fleet, capsys, "--id", "agent-1")
+    assert statuses(doc)["key files"] == "PASS"
