@@ -169,8 +169,15 @@ class RebalanceConfig(_Model):
     def _consistent(self) -> RebalanceConfig:
         if self.floor > self.cap:
             raise ValueError(f"floor ({self.floor}) must not exceed cap ({self.cap})")
-        if self.probation_drawdown > self.kill_drawdown:
-            raise ValueError("probation_drawdown must not exceed kill_drawdown")
+        if self.probation_drawdown >= self.kill_drawdown:
+            raise ValueError(
+                f"probation_drawdown ({self.probation_drawdown}) must be below kill_drawdown "
+                f"({self.kill_drawdown})"
+            )
+        if self.enabled and self.interval_minutes is None:
+            raise ValueError(
+                "enabled: true needs interval_minutes (minutes between automatic rebalances)"
+            )
         return self
 
 
