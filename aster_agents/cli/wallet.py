@@ -116,8 +116,9 @@ def authorisation_steps(address: str, agent_id: str) -> list[str]:
         f"next: authorise {address} as an API wallet of the main account; until then the "
         "exchange refuses its requests (exit 4):",
         f"  - web: {_WEB_UI} (testnet: {_WEB_UI_TESTNET}), 'Pro API', connect the MAIN "
-        "wallet, authorise an API wallet with this address; allow perp trading, not "
-        "withdrawals",
+        "wallet, authorise an API wallet for this address; allow perp trading, not "
+        "withdrawals (if the page only offers a key it generates itself, use the way below, "
+        "or that key with signer_key_env instead of this keystore)",
         "  - or programmatically: POST /fapi/v3/registerAndApproveAgent signed by the MAIN "
         f"wallet with agentAddress={address}, agentName={agent_id}, canPerpTrade=true, "
         "canWithdraw=false, expired=<ms>, signatureChainId=56",
