@@ -437,7 +437,11 @@ def collect_portfolio(
     ledger = open_readonly(state_dir)
     try:
         rows = {r.agent_id: r for r in ledger.agent_rows()} if ledger else {}
-        histories = {a: ledger.equity_history(a) for a in rows} if ledger else {}
+        histories = (
+            {a: [(p.time_ms, p.equity) for p in ledger.equity_history(a)] for a in rows}
+            if ledger
+            else {}
+        )
     finally:
         if ledger is not None:
             ledger.close()

@@ -15,27 +15,40 @@ import sqlite3
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger.liveness import PidLiveness
 from aster_agents.ledger.rows import (
+    ACCOUNT_BOOK_COLS,
     ACTIVE_STATES,
     AGENT_COLS,
     AGENT_STATES,
+    EQUITY_COLS,
     FINAL_STATES,
     INTENT_KINDS,
     POSITION_COLS,
+    REBALANCE_COLS,
+    AccountBooks,
     AccountLimits,
     AgentRow,
     AuditEntry,
+    EquityPoint,
     Intent,
     LedgerPosition,
+    RebalanceRow,
+    account_books_row,
     agent_row,
+    equity_point,
     position_row,
+    rebalance_row,
+    sleeve_equity,
 )
 from aster_agents.ledger.store import Store, now_ms
 from aster_agents.models import Side
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 ZERO: Final = Decimal(0)
 MAX_NONCE_SLOTS: Final = 64
@@ -245,6 +258,7 @@ class Ledger:
                 now_ms(),
             ),
         )
+        self._move_cash(conn, user, -cap)
         _audit(conn, agent_id, "agent_registered", user=user, slot=slot, capital=cap)
         return slot
 
@@ -295,6 +309,8 @@ class Ledger:
                 max_gross_leverage=max_gross_leverage,
                 equity=equity,
             )
+            if equity is not None:
+                self._ensure_account(conn, user, equity, None)
 
     def account_limits(self, user: str) -> AccountLimits | None:
         row = self.store.conn.execute(
@@ -334,7 +350,8 @@ class Ledger:
         """Set the agent's capital, issuing/redeeming units at the current NAV per unit.
 
         ``equity`` is the sleeve's equity including unrealized P&L, if the caller knows it;
-        otherwise the book equity (capital + realized - fees + funding) prices the units.
+        otherwise the sleeve at the recorded marks prices the units. The capital moved comes
+        from (or goes back to) the account's unallocated cash once that sleeve exists.
         """
         with self.store.write() as conn:
             self._allocate(conn, agent_id, capital, equity)
@@ -343,20 +360,19 @@ class Ledger:
         self, conn: sqlite3.Connection, agent_id: str, capital: Decimal, equity: Decimal | None
     ) -> None:
         row = conn.execute(
-            "SELECT capital, units, realized_pnl, fees, funding FROM agents WHERE agent_id = ?",
-            (agent_id,),
+            "SELECT capital, units, user FROM agents WHERE agent_id = ?", (agent_id,)
         ).fetchone()
         if row is None:
             self._require(0, agent_id)
-        old_cap, units = _dec(row[0]), _dec(row[1])
-        book = old_cap + _dec(row[2]) - _dec(row[3]) + _dec(row[4])
-        sleeve = book if equity is None else equity
+        old_cap, units, user = _dec(row[0]), _dec(row[1]), str(row[2])
+        sleeve = _sleeve_equities(conn, user)[agent_id] if equity is None else equity
         nav = sleeve / units if units > 0 and sleeve > 0 else Decimal(1)
         new_units = max(ZERO, units + (capital - old_cap) / nav)
         conn.execute(
             "UPDATE agents SET capital = ?, units = ? WHERE agent_id = ?",
             (str(capital), str(new_units), agent_id),
         )
+        self._move_cash(conn, user, old_cap - capital)
         _audit(conn, agent_id, "allocate", capital=capital, units=new_units, nav=nav)
 
     # ----------------------------------------------------------------- reservations
@@ -809,18 +825,31 @@ class Ledger:
                 _audit(conn, agent_id, "error", pid=pid, error=error)
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
+        """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
         with self.store.write() as conn:
+            row = conn.execute(
+                "SELECT units FROM agents WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+            units = None if row is None else _dec(row[0])
+            nav = equity / units if units is not None and units > 0 else None
             conn.execute(
-                "INSERT INTO equity (agent_id, time_ms, equity) VALUES (?, ?, ?)",
-                (agent_id, now_ms() if time_ms is None else time_ms, str(equity)),
+                "INSERT INTO equity (agent_id, time_ms, equity, units, nav) VALUES (?, ?, ?, ?, ?)",
+                (
+                    agent_id,
+                    now_ms() if time_ms is None else time_ms,
+                    str(equity),
+                    None if units is None else str(units),
+                    None if nav is None else str(nav),
+                ),
             )
 
-    def equity_history(self, agent_id: str) -> list[tuple[int, Decimal]]:
+    def equity_history(self, agent_id: str) -> list[EquityPoint]:
+        """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
         rows = self.store.conn.execute(
-            "SELECT time_ms, equity FROM equity WHERE agent_id = ? ORDER BY time_ms, rowid",
+            f"SELECT {EQUITY_COLS} FROM equity WHERE agent_id = ? ORDER BY time_ms, rowid",
             (agent_id,),
         ).fetchall()
-        return [(int(r[0]), _dec(r[1])) for r in rows]
+        return [equity_point(r) for r in rows]
 
     def agent(self, agent_id: str) -> AgentRow | None:
         row = self.store.conn.execute(
@@ -851,3 +880,417 @@ class Ledger:
     def schema_version(self) -> int:
         row = self.store.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0])
+
+    # ----------------------------------------------------------------- accounting (NAV, books)
+
+    def ensure_account(self, user: str, equity: Decimal, time_ms: int | None = None) -> Decimal:
+        """Record the exchange equity seen now; the first time, open the unallocated sleeve.
+
+        The unallocated cash starts as ``equity`` - the account's sleeves (at the recorded
+        marks), in one transaction, so the books add up to the exchange at that instant.
+        Later calls only record the equity. Returns the unallocated cash.
+        """
+        with self.store.write() as conn:
+            return self._ensure_account(conn, user, equity, time_ms)
+
+    def _ensure_account(
+        self, conn: sqlite3.Connection, user: str, equity: Decimal, time_ms: int | None
+    ) -> Decimal:
+        row = conn.execute("SELECT unallocated FROM accounts WHERE user = ?", (user,)).fetchone()
+        if row is None:
+            raise LedgerError(
+                f"account {user} has no limits in the ledger: set_account_limits first"
+            )
+        when = now_ms() if time_ms is None else time_ms
+        free = (
+            _dec(row[0])
+            if row[0] is not None
+            else equity - sum(_sleeve_equities(conn, user).values(), ZERO)
+        )
+        conn.execute(
+            "UPDATE accounts SET equity = ?, equity_ms = ?, unallocated = ? WHERE user = ?",
+            (str(equity), when, str(free), user),
+        )
+        if row[0] is None:
+            _audit(conn, None, "unallocated_opened", user=user, equity=equity, unallocated=free)
+        return free
+
+    @staticmethod
+    def _move_cash(conn: sqlite3.Connection, user: str, amount: Decimal) -> None:
+        """Add ``amount`` to the account's unallocated cash, once that sleeve exists."""
+        row = conn.execute("SELECT unallocated FROM accounts WHERE user = ?", (user,)).fetchone()
+        if row is not None and row[0] is not None:
+            conn.execute(
+                "UPDATE accounts SET unallocated = ? WHERE user = ?",
+                (str(_dec(row[0]) + amount), user),
+            )
+
+    def account_books(self, user: str) -> AccountBooks | None:
+        """Unallocated cash and the exchange equity last seen, or None for an unknown account."""
+        row = self.store.conn.execute(
+            f"SELECT {ACCOUNT_BOOK_COLS} FROM accounts WHERE user = ?", (user,)
+        ).fetchone()
+        return None if row is None else account_books_row(row)
+
+    def sleeve_equities(
+        self, user: str, marks: Mapping[str, Decimal] | None = None
+    ) -> dict[str, Decimal]:
+        """Each sleeve of ``user`` at ``marks`` (default: the marks recorded in the ledger)."""
+        with self.store.read() as conn:
+            return _sleeve_equities(conn, user, marks)
+
+    def books_equity(self, user: str, marks: Mapping[str, Decimal] | None = None) -> Decimal:
+        """Sum of the account's sleeves at ``marks`` plus its unallocated cash."""
+        with self.store.read() as conn:
+            sleeves = _sleeve_equities(conn, user, marks)
+            row = conn.execute(
+                "SELECT unallocated FROM accounts WHERE user = ?", (user,)
+            ).fetchone()
+        free = _dec(row[0]) if row is not None and row[0] is not None else ZERO
+        return sum(sleeves.values(), ZERO) + free
+
+    def reallocate(
+        self, moves: Mapping[str, Decimal], *, reason: str, detail: Mapping[str, object]
+    ) -> int:
+        """Set each agent's capital to its target, in one transaction; returns the rebalance id.
+
+        Units are issued/redeemed at each sleeve's current NAV (sleeve equity at the recorded
+        marks), so no NAV per unit moves; the difference comes from / goes to the account's
+        unallocated cash. Refused (LedgerError, nothing written) when a target is negative,
+        an agent is unknown, an account has no unallocated sleeve yet, unallocated would go
+        negative, or a sleeve would have less equity than the margin its open positions and
+        active open intents use.
+        """
+        with self.store.write() as conn:
+            plan = _plan_moves(conn, moves)
+            for m in plan.moves:
+                conn.execute(
+                    "UPDATE agents SET capital = ?, units = ? WHERE agent_id = ?",
+                    (str(m.capital_after), str(m.units_after), m.agent_id),
+                )
+                _audit(conn, m.agent_id, "reallocate", capital=m.capital_after,
+                       units=m.units_after, nav=m.nav, reason=reason)  # fmt: skip
+            for user, (_, after) in plan.cash.items():
+                conn.execute(
+                    "UPDATE accounts SET unallocated = ? WHERE user = ?", (str(after), user)
+                )
+            doc = {**detail, **plan.detail()}
+            rid = conn.execute(
+                "INSERT INTO rebalances (time_ms, reason, detail) VALUES (?, ?, ?) RETURNING id",
+                (now_ms(), reason, json.dumps(doc, default=str, sort_keys=True)),
+            ).fetchone()[0]
+            _audit(conn, None, "rebalance", id=rid, reason=reason)
+            return int(rid)
+
+    def last_rebalance(self) -> RebalanceRow | None:
+        row = self.store.conn.execute(
+            f"SELECT {REBALANCE_COLS} FROM rebalances ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else rebalance_row(row)
+
+    def rebalances(self, limit: int = 100) -> list[RebalanceRow]:
+        """The newest ``limit`` rebalances, newest first."""
+        rows = self.store.conn.execute(
+            f"SELECT {REBALANCE_COLS} FROM rebalances ORDER BY id DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [rebalance_row(r) for r in rows]
+
+    def record_marks(
+        self, user: str, marks: Mapping[str, Decimal], time_ms: int | None = None
+    ) -> None:
+        """Remember the exchange mark price of each symbol (the latest one per symbol)."""
+        if not marks:
+            return
+        when = now_ms() if time_ms is None else time_ms
+        with self.store.write(durable=False) as conn:
+            conn.executemany(
+                "INSERT INTO marks (user, symbol, mark, time_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user, symbol) DO UPDATE SET mark = excluded.mark, "
+                "time_ms = excluded.time_ms",
+                [(user, s, str(m), when) for s, m in sorted(marks.items())],
+            )
+
+    def marks(self, user: str) -> dict[str, Decimal]:
+        with self.store.read() as conn:
+            return _marks(conn, user)
+
+    def book_income(
+        self,
+        user: str,
+        tran_id: int,
+        *,
+        kind: str,
+        symbol: str,
+        amount: Decimal,
+        time_ms: int,
+        agent_id: str | None,
+    ) -> bool:
+        """Book one exchange income entry once per (user, tranId); False if already booked.
+
+        With ``agent_id`` the amount is the agent's funding; without, it goes to the
+        account's unallocated cash (funding on a symbol no agent held, transfers, ...).
+        """
+        with self.store.write() as conn:
+            if not _insert_income(conn, user, f"tran:{tran_id}", agent_id, kind, symbol,
+                                  amount, time_ms):  # fmt: skip
+                return False
+            if agent_id is None:
+                self._require_books(conn, user)
+                self._move_cash(conn, user, amount)
+            else:
+                self._add_funding(conn, agent_id, symbol, amount, tran_id, time_ms)
+            _audit(conn, agent_id, "income", user=user, kind=kind, symbol=symbol,
+                   amount=amount, tran_id=tran_id)  # fmt: skip
+            return True
+
+    def _add_funding(
+        self,
+        conn: sqlite3.Connection,
+        agent_id: str,
+        symbol: str,
+        amount: Decimal,
+        tran_id: int,
+        time_ms: int,
+    ) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO funding (agent_id, tran_id, symbol, amount, time_ms) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (agent_id, tran_id, symbol, str(amount), time_ms),
+        )
+        row = conn.execute("SELECT funding FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        if row is None:
+            self._require(0, agent_id)
+        conn.execute(
+            "UPDATE agents SET funding = ? WHERE agent_id = ?",
+            (str(_dec(row[0]) + amount), agent_id),
+        )
+
+    def book_unowned_trade(
+        self,
+        user: str,
+        trade_id: int,
+        *,
+        symbol: str,
+        realized_pnl: Decimal,
+        commission: Decimal,
+        time_ms: int,
+    ) -> bool:
+        """Book a trade of an order no agent placed (web UI, another tool) to unallocated."""
+        amount = realized_pnl - commission
+        with self.store.write() as conn:
+            if not _insert_income(conn, user, f"trade:{trade_id}", None, "TRADE", symbol,
+                                  amount, time_ms):  # fmt: skip
+                return False
+            self._require_books(conn, user)
+            self._move_cash(conn, user, amount)
+            _audit(conn, None, "unowned_trade", user=user, symbol=symbol, trade_id=trade_id,
+                   amount=amount)  # fmt: skip
+            return True
+
+    @staticmethod
+    def _require_books(conn: sqlite3.Connection, user: str) -> None:
+        row = conn.execute("SELECT unallocated FROM accounts WHERE user = ?", (user,)).fetchone()
+        if row is None or row[0] is None:
+            raise LedgerError(
+                f"account {user} has no unallocated sleeve yet: start an agent of it or run "
+                "reconcile first (ensure_account)"
+            )
+
+    def income_since(self, user: str, kind: str) -> int | None:
+        """The time of the newest booked income of ``kind`` (e.g. FUNDING_FEE), or None."""
+        row = self.store.conn.execute(
+            "SELECT MAX(time_ms) FROM income WHERE user = ? AND kind = ?", (user, kind)
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def income_booked(self, user: str, source: str) -> bool:
+        """True when ``source`` (``tran:<id>`` or ``trade:<id>``) is already booked."""
+        row = self.store.conn.execute(
+            "SELECT 1 FROM income WHERE user = ? AND source = ?", (user, source)
+        ).fetchone()
+        return row is not None
+
+    def holder_at(self, user: str, symbol: str, time_ms: int) -> str | None:
+        """The agent whose booked fills left it a position on ``symbol`` just before ``time_ms``.
+
+        Used to attribute funding, which has a symbol but no client order id; with the
+        exclusive symbol policy at most one agent holds a symbol at a time.
+        """
+        rows = self.store.conn.execute(
+            "SELECT f.agent_id, f.side, f.qty FROM fills f JOIN intents i "
+            "ON i.client_order_id = f.client_order_id "
+            "WHERE i.user = ? AND f.symbol = ? AND f.time_ms < ? ORDER BY f.time_ms, f.trade_id",
+            (user, symbol, time_ms),
+        ).fetchall()
+        held: dict[str, Decimal] = {}
+        for agent_id, side, qty in rows:
+            signed = _dec(qty) if side == Side.BUY.value else -_dec(qty)
+            held[agent_id] = held.get(agent_id, ZERO) + signed
+        owners = sorted(a for a, q in held.items() if q != 0)
+        return owners[0] if owners else None
+
+
+# ---------------------------------------------------------------------- accounting helpers
+
+
+def _marks(conn: sqlite3.Connection, user: str) -> dict[str, Decimal]:
+    rows = conn.execute("SELECT symbol, mark FROM marks WHERE user = ?", (user,)).fetchall()
+    return {str(r[0]): _dec(r[1]) for r in rows}
+
+
+def _sleeve_equities(
+    conn: sqlite3.Connection, user: str, marks: Mapping[str, Decimal] | None = None
+) -> dict[str, Decimal]:
+    """Each agent of ``user``: book equity + unrealized P&L at ``marks`` (default: recorded)."""
+    agents = [
+        agent_row(r)
+        for r in conn.execute(
+            f"SELECT {AGENT_COLS} FROM agents a WHERE a.user = ? ORDER BY a.agent_id", (user,)
+        )
+    ]
+    positions = [
+        position_row(r)
+        for r in conn.execute(f"SELECT {POSITION_COLS} FROM positions WHERE user = ?", (user,))
+    ]
+    prices = _marks(conn, user) if marks is None else marks
+    return {a.agent_id: sleeve_equity(a, positions, prices) for a in agents}
+
+
+def _insert_income(
+    conn: sqlite3.Connection,
+    user: str,
+    source: str,
+    agent_id: str | None,
+    kind: str,
+    symbol: str,
+    amount: Decimal,
+    time_ms: int,
+) -> bool:
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO income (user, source, agent_id, kind, symbol, amount, time_ms) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (user, source, agent_id, kind, symbol, str(amount), time_ms),
+    )
+    return cur.rowcount > 0
+
+
+class _Move(NamedTuple):
+    agent_id: str
+    user: str
+    capital_before: Decimal
+    capital_after: Decimal
+    units_before: Decimal
+    units_after: Decimal
+    nav: Decimal
+    equity_before: Decimal
+    equity_after: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A checked reallocation: the agents' new capital and units, each account's cash."""
+
+    moves: tuple[_Move, ...]
+    cash: dict[str, tuple[Decimal, Decimal]]  # user -> (unallocated before, after)
+    totals: dict[str, Decimal]  # user -> sum of sleeves + unallocated (unchanged by the plan)
+
+    def detail(self) -> dict[str, object]:
+        def weight(equity: Decimal, user: str) -> str:
+            total = self.totals[user]
+            return str(equity / total) if total > 0 else "0"
+
+        return {
+            "moves": {
+                m.agent_id: {
+                    "user": m.user,
+                    "capital_before": str(m.capital_before),
+                    "capital_after": str(m.capital_after),
+                    "units_before": str(m.units_before),
+                    "units_after": str(m.units_after),
+                    "nav": str(m.nav),
+                    "equity_before": str(m.equity_before),
+                    "equity_after": str(m.equity_after),
+                    "weight_before": weight(m.equity_before, m.user),
+                    "weight_after": weight(m.equity_after, m.user),
+                }
+                for m in self.moves
+            },
+            "unallocated": {
+                u: {"before": str(b), "after": str(a)} for u, (b, a) in self.cash.items()
+            },
+        }
+
+
+def _plan_moves(conn: sqlite3.Connection, moves: Mapping[str, Decimal]) -> _Plan:
+    users: dict[str, str] = {}
+    for agent_id, target in moves.items():
+        row = conn.execute("SELECT user FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"reallocate: agent {agent_id} is not registered in the ledger")
+        if not target.is_finite() or target < 0:
+            raise LedgerError(f"reallocate: capital for {agent_id} must be >= 0, got {target}")
+        users[agent_id] = str(row[0])
+    planned: list[_Move] = []
+    cash: dict[str, tuple[Decimal, Decimal]] = {}
+    totals: dict[str, Decimal] = {}
+    for user in sorted(set(users.values())):
+        free = _unallocated(conn, user)
+        sleeves = _sleeve_equities(conn, user)
+        totals[user] = sum(sleeves.values(), ZERO) + free
+        mine = [
+            _move(conn, a, user, moves[a], sleeves[a]) for a in sorted(moves) if users[a] == user
+        ]
+        after = free - sum((m.capital_after - m.capital_before for m in mine), ZERO)
+        if after < 0:
+            raise LedgerError(
+                f"reallocate: account {user} has {free} unallocated, the moves need "
+                f"{free - after}; lower the targets"
+            )
+        planned += mine
+        cash[user] = (free, after)
+    return _Plan(tuple(planned), cash, totals)
+
+
+def _unallocated(conn: sqlite3.Connection, user: str) -> Decimal:
+    row = conn.execute("SELECT unallocated FROM accounts WHERE user = ?", (user,)).fetchone()
+    if row is None or row[0] is None:
+        raise LedgerError(
+            f"reallocate: account {user} has no unallocated sleeve yet; start one of its agents "
+            "or run reconcile first"
+        )
+    return _dec(row[0])
+
+
+def _move(
+    conn: sqlite3.Connection, agent_id: str, user: str, target: Decimal, equity: Decimal
+) -> _Move:
+    row = conn.execute(
+        "SELECT capital, units, realized_pnl, fees, funding FROM agents WHERE agent_id = ?",
+        (agent_id,),
+    ).fetchone()
+    capital, units = _dec(row[0]), _dec(row[1])
+    nav = equity / units if units > 0 and equity > 0 else Decimal(1)
+    delta = target - capital
+    used = _margin_in_use(conn, agent_id)
+    if equity + delta < used:
+        raise LedgerError(
+            f"reallocate: {agent_id} would have {equity + delta} equity, below the {used} "
+            "margin its open positions and intents use; close positions or lower the cut"
+        )
+    return _Move(agent_id, user, capital, target, units, max(ZERO, units + delta / nav), nav,
+                 equity, equity + delta)  # fmt: skip
+
+
+def _margin_in_use(conn: sqlite3.Connection, agent_id: str) -> Decimal:
+    used = sum(
+        (_dec(r[0]) for r in conn.execute(
+            "SELECT margin FROM positions WHERE agent_id = ?", (agent_id,))),
+        ZERO,
+    )  # fmt: skip
+    used += sum(
+        (_dec(r[0]) for r in conn.execute(
+            "SELECT margin FROM intents WHERE agent_id = ? AND kind = 'open' "
+            "AND state IN ('reserved', 'confirmed') AND margin_booked = 0", (agent_id,))),
+        ZERO,
+    )  # fmt: skip
+    return used

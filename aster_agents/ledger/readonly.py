@@ -16,15 +16,24 @@ from typing import NamedTuple
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.rows import (
+    ACCOUNT_BOOK_COLS,
     AGENT_COLS,
     BUSY_TIMEOUT_MS,
     DB_NAME,
+    EQUITY_COLS,
     POSITION_COLS,
+    REBALANCE_COLS,
+    AccountBooks,
     AccountLimits,
     AgentRow,
+    EquityPoint,
     LedgerPosition,
+    RebalanceRow,
+    account_books_row,
     agent_row,
+    equity_point,
     position_row,
+    rebalance_row,
 )
 
 
@@ -113,14 +122,40 @@ class ReadOnlyLedger:
         ).fetchone()
         return None if row is None else (int(row[0]), Decimal(str(row[1])))
 
-    def equity_history(self, agent_id: str) -> list[tuple[int, Decimal]]:
+    def equity_history(self, agent_id: str) -> list[EquityPoint]:
+        """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
         if not self._ready("equity"):
             return []
+        cols = EQUITY_COLS if self._ready("rebalances") else "time_ms, equity, NULL"
         rows = self.conn.execute(
-            "SELECT time_ms, equity FROM equity WHERE agent_id = ? ORDER BY time_ms, rowid",
+            f"SELECT {cols} FROM equity WHERE agent_id = ? ORDER BY time_ms, rowid",
             (agent_id,),
         ).fetchall()
-        return [(int(r[0]), Decimal(str(r[1]))) for r in rows]
+        return [equity_point(r) for r in rows]
+
+    def last_rebalance(self) -> RebalanceRow | None:
+        if not self._ready("rebalances"):
+            return None
+        row = self.conn.execute(
+            f"SELECT {REBALANCE_COLS} FROM rebalances ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else rebalance_row(row)
+
+    def marks(self) -> dict[str, dict[str, Decimal]]:
+        """The latest recorded mark price per account and symbol."""
+        if not self._ready("marks"):
+            return {}
+        out: dict[str, dict[str, Decimal]] = {}
+        for user, symbol, mark in self.conn.execute("SELECT user, symbol, mark FROM marks"):
+            out.setdefault(str(user), {})[str(symbol)] = Decimal(str(mark))
+        return out
+
+    def account_books(self) -> dict[str, AccountBooks]:
+        """Unallocated cash and the exchange equity last seen, per account."""
+        if not self._ready("rebalances"):  # created by the same migration as the columns
+            return {}
+        rows = self.conn.execute(f"SELECT {ACCOUNT_BOOK_COLS} FROM accounts").fetchall()
+        return {str(r[0]): account_books_row(r) for r in rows}
 
     def buckets(self, now_s: float | None = None) -> list[BucketLevel]:
         """Shared rate buckets refilled to ``now_s`` (tokens used = capacity - level)."""

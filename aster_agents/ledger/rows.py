@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from aster_agents.models import Side
 
 DB_NAME: Final = "ledger.sqlite3"
@@ -96,6 +99,40 @@ class AccountLimits(NamedTuple):
     equity: Decimal | None
 
 
+class EquityPoint(NamedTuple):
+    """One sleeve equity snapshot; ``nav`` is equity per unit then (None before units existed).
+
+    Returns are measured on ``nav``: it does not move when capital is reallocated, while
+    ``equity`` jumps by the amount moved.
+    """
+
+    time_ms: int
+    equity: Decimal
+    nav: Decimal | None
+
+
+class RebalanceRow(NamedTuple):
+    """One applied reallocation; ``detail`` is JSON (before/after capital, weights, NAV)."""
+
+    id: int
+    time_ms: int
+    reason: str
+    detail: str
+
+    def details(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.detail)
+        return parsed
+
+
+class AccountBooks(NamedTuple):
+    """The ledger's view of one account: unallocated cash and the exchange equity last seen."""
+
+    user: str
+    unallocated: Decimal | None  # None until the account was first seen with an equity
+    exchange_equity: Decimal | None
+    exchange_equity_ms: int | None
+
+
 class AuditEntry(NamedTuple):
     """One state change, newest first in ``Ledger.audit``."""
 
@@ -106,6 +143,9 @@ class AuditEntry(NamedTuple):
     detail: str
 
 
+EQUITY_COLS: Final = "time_ms, equity, nav"
+ACCOUNT_BOOK_COLS: Final = "user, unallocated, equity, equity_ms"
+REBALANCE_COLS: Final = "id, time_ms, reason, detail"
 POSITION_COLS: Final = "agent_id, user, symbol, qty, entry_price, margin, opened_ms, updated_ms"
 AGENT_COLS: Final = (
     "a.agent_id, a.user, a.nonce_slot, a.max_positions, a.enabled, a.state, a.state_reason, "
@@ -118,6 +158,38 @@ AGENT_COLS: Final = (
 
 def dec(value: Any) -> Decimal:
     return Decimal(str(value))
+
+
+def unrealized(positions: Iterable[LedgerPosition], marks: Mapping[str, Decimal]) -> Decimal:
+    """Sum of (mark - entry) x qty; a position without a mark counts at its entry (0)."""
+    return sum(
+        ((marks.get(p.symbol, p.entry_price) - p.entry_price) * p.qty for p in positions),
+        Decimal(0),
+    )
+
+
+def sleeve_equity(
+    row: AgentRow, positions: Iterable[LedgerPosition], marks: Mapping[str, Decimal]
+) -> Decimal:
+    """capital + realized - fees + funding + unrealized at ``marks`` (the agent's positions)."""
+    return row.book_equity + unrealized((p for p in positions if p.agent_id == row.agent_id), marks)
+
+
+def equity_point(row: tuple[Any, ...]) -> EquityPoint:
+    return EquityPoint(int(row[0]), dec(row[1]), None if row[2] is None else dec(row[2]))
+
+
+def account_books_row(row: tuple[Any, ...]) -> AccountBooks:
+    return AccountBooks(
+        str(row[0]),
+        None if row[1] is None else dec(row[1]),
+        None if row[2] is None else dec(row[2]),
+        None if row[3] is None else int(row[3]),
+    )
+
+
+def rebalance_row(row: tuple[Any, ...]) -> RebalanceRow:
+    return RebalanceRow(int(row[0]), int(row[1]), str(row[2]), str(row[3]))
 
 
 def position_row(row: tuple[Any, ...]) -> LedgerPosition:

@@ -132,6 +132,39 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         );
         """,
     ),
+    (
+        "accounting",
+        """
+        ALTER TABLE accounts ADD COLUMN unallocated TEXT;
+        ALTER TABLE accounts ADD COLUMN equity_ms INTEGER;
+        ALTER TABLE equity ADD COLUMN units TEXT;
+        ALTER TABLE equity ADD COLUMN nav TEXT;
+        CREATE TABLE rebalances (
+            id INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE TABLE marks (
+            user TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            mark TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (user, symbol)
+        );
+        CREATE TABLE income (
+            user TEXT NOT NULL,
+            source TEXT NOT NULL,
+            agent_id TEXT,
+            kind TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (user, source)
+        );
+        CREATE INDEX income_by_time ON income (user, kind, time_ms);
+        """,
+    ),
 )
 
 
