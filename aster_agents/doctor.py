@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from aster_agents.exchange.base import RequestBudget
     from aster_agents.exchange.http import AsterClient
     from aster_agents.ledger.budget import SharedBudget
+    from aster_agents.models import Position
     from aster_agents.signing import Signer
 
 # The V3 nonce window is 10 s, but the older timestamp rule refused requests more than 1000 ms
@@ -114,9 +115,11 @@ def run_doctor(
     agents = [fleet.agent(agent_id)] if agent_id is not None else list(fleet.enabled_agents)
     full_env = _environment(fleet, env)
     root_state = fleet.state_dir(state_dir)
+    accounts: dict[str, tuple[bool, list[Position]]] = {}
     with _budgets(root_state) as budget_for:
         for agent in agents:
-            AgentChecks(fleet, agent, full_env, budget_for(agent.exchange.user), add).run()
+            budget = budget_for(agent.exchange.user)
+            AgentChecks(fleet, agent, full_env, budget, add, accounts).run()
     if not agents:
         add(Check(None, "agents", Status.WARN, "no enabled agent to check"))
     _host_checks(fleet, agents, root_state, add)
@@ -192,12 +195,14 @@ class AgentChecks:
         env: Mapping[str, str],
         budget: RequestBudget,
         add: Report,
+        accounts: dict[str, tuple[bool, list[Position]]] | None = None,
     ) -> None:
         self.fleet = fleet
         self.agent = agent
         self.env = env
         self.budget = budget
         self.add = add
+        self.accounts = {} if accounts is None else accounts  # shared by a main account's agents
 
     def check(self, name: str, status: Status, detail: str) -> None:
         self.add(Check(self.agent.id, name, status, detail))
@@ -213,12 +218,28 @@ class AgentChecks:
                 for name in ("account", "position mode", "leverage and margin"):
                     self.check(name, Status.SKIP, "no usable key")
                 return
-            if self.account(client):
-                self.position_mode(client)
-                self.leverage_and_margin(client)
-            else:
+            if not self.account(client):
                 for name in ("position mode", "leverage and margin"):
                     self.check(name, Status.SKIP, "the account cannot be read")
+                return
+            state = self.account_state(client)
+            if state is not None:
+                self.position_mode(*state)
+                self.leverage_and_margin(client, state[1])
+
+    def account_state(self, client: AsterClient) -> tuple[bool, list[Position]] | None:
+        """(hedge mode, open positions) of the main account, read once per account per run."""
+        user = self.agent.exchange.user.lower()
+        if user not in self.accounts:
+            try:
+                hedge = client.get_position_mode()
+                held = [p for p in client.position_risk() if p.position_amt != 0]
+            except ExchangeError as exc:
+                for name in ("position mode", "leverage and margin"):
+                    self.check(name, Status.FAIL, f"cannot read mode and positions: {exc}")
+                return None
+            self.accounts[user] = (hedge, held)
+        return self.accounts[user]
 
     def _client(self, signer: Signer | None) -> AsterClient:
         from aster_agents.exchange.http import AsterClient
@@ -293,13 +314,7 @@ class AgentChecks:
         self.check("account", Status.PASS, detail)
         return True
 
-    def position_mode(self, client: AsterClient) -> None:
-        try:
-            hedge = client.get_position_mode()
-            open_positions = [p for p in client.position_risk() if p.position_amt != 0]
-        except ExchangeError as exc:
-            self.check("position mode", Status.FAIL, f"cannot read the position mode: {exc}")
-            return
+    def position_mode(self, hedge: bool, open_positions: list[Position]) -> None:
         if not hedge:
             self.check("position mode", Status.PASS, "one-way")
         elif open_positions:
@@ -317,15 +332,11 @@ class AgentChecks:
                 "hedge mode, no open position: the agent switches it to one-way at start",
             )
 
-    def leverage_and_margin(self, client: AsterClient) -> None:
+    def leverage_and_margin(self, client: AsterClient, open_positions: list[Position]) -> None:
         from aster_agents.models import MarginType
 
         trading = self.agent.trading
-        try:
-            positions = {p.symbol: p for p in client.position_risk() if p.position_amt != 0}
-        except ExchangeError as exc:
-            self.check("leverage and margin", Status.FAIL, f"cannot read positions: {exc}")
-            return
+        positions = {p.symbol: p for p in open_positions}
         done, capped = [], False
         try:
             for symbol in trading.symbols:
