@@ -472,7 +472,7 @@ def _rate_budget(state_dir: Path) -> Check:
     with ledger:
         buckets = ledger.buckets()
         pause = ledger.host_pause()
-    levels = ", ".join(f"{b.key} {b.used:g}/{b.capacity:g} used" for b in buckets)
+    levels = ", ".join(f"{b.key} {b.used:.0f}/{b.capacity:.0f} used" for b in buckets)
     levels = levels or "no request made yet"
     if pause is not None:
         until = time.strftime("%H:%M:%S", time.localtime(pause.until_s))
