@@ -8,7 +8,13 @@ JSON-ready dicts the real exchange returns (numbers as strings, ids and times as
 Fill model: infinite liquidity at the top of a simulated book around the mark price. Takers
 fill at the ask (BUY) or bid (SELL); resting LIMIT orders fill at their own price (maker) as
 soon as the book crosses it; STOP_MARKET and TAKE_PROFIT_MARKET trigger on the mark price and
-then execute as takers. No liquidations, no funding.
+then execute as takers. No liquidations.
+
+Funding: every ``funding_interval_ms`` of market time (8 h by default, 0 disables) each open
+position pays (or receives) qty x mark x rate at the settlement time, with the rate of
+:meth:`Market.funding_rate`; written to the wallet and to the income history as
+``FUNDING_FEE``. Applied lazily, under the engine lock, by the first request (or tick) that
+sees market time past a settlement.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ MONEY: Final = Decimal("0.00000001")
 DEFAULT_LEVERAGE: Final = 20
 TAKER_FEE: Final = Decimal("0.00035")
 MAKER_FEE: Final = Decimal("0.0001")
+FUNDING_INTERVAL_MS: Final = 8 * 3_600_000
 _CLIENT_ID_RE: Final = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 _CONDITIONAL: Final = ("STOP_MARKET", "TAKE_PROFIT_MARKET")
 _SUPPORTED_TYPES: Final = ("LIMIT", "MARKET", *_CONDITIONAL)
@@ -397,9 +404,15 @@ class Engine:
     """All accounts of the simulated exchange. Thread-safe under one lock."""
 
     def __init__(
-        self, market: Market, taker_fee: Decimal = TAKER_FEE, maker_fee: Decimal = MAKER_FEE
+        self,
+        market: Market,
+        taker_fee: Decimal = TAKER_FEE,
+        maker_fee: Decimal = MAKER_FEE,
+        funding_interval_ms: int = FUNDING_INTERVAL_MS,
     ) -> None:
         self.market = market
+        self.funding_interval_ms = max(0, funding_interval_ms)
+        self._funded_until = self.last_funding_time()
         self.taker_fee = taker_fee
         self.maker_fee = maker_fee
         self.lock = threading.RLock()
@@ -424,6 +437,7 @@ class Engine:
             return acct
 
     def account(self, user: str) -> SimAccountState:
+        self.settle_funding()
         acct = self.accounts.get(user.lower())
         if acct is None:
             raise ApiError(-2015, f"No account for user {user}.", 401)
@@ -517,12 +531,54 @@ class Engine:
         return ZERO
 
     def _income(
-        self, acct: SimAccountState, symbol: str, kind: str, amount: Decimal, trade_id: str
+        self,
+        acct: SimAccountState,
+        symbol: str,
+        kind: str,
+        amount: Decimal,
+        trade_id: str,
+        time_ms: int | None = None,
     ) -> None:
-        acct.income.append(
-            SimIncome(self._next_tran_id, symbol, kind, amount, trade_id, self.market.now_ms())
-        )
+        when = self.market.now_ms() if time_ms is None else time_ms
+        acct.income.append(SimIncome(self._next_tran_id, symbol, kind, amount, trade_id, when))
         self._next_tran_id += 1
+
+    # ---- funding ------------------------------------------------------------------------
+
+    def last_funding_time(self, now_ms: int | None = None) -> int:
+        """The latest settlement time at or before ``now_ms`` (0 when funding is off)."""
+        if not self.funding_interval_ms:
+            return 0
+        now = self.market.now_ms() if now_ms is None else now_ms
+        return now // self.funding_interval_ms * self.funding_interval_ms
+
+    def next_funding_time(self) -> int:
+        last = self.last_funding_time()
+        return last + self.funding_interval_ms if self.funding_interval_ms else 0
+
+    def settle_funding(self) -> int:
+        """Apply every settlement passed since the last one; returns how many were applied."""
+        if not self.funding_interval_ms:
+            return 0
+        with self.lock:
+            due = self.last_funding_time()
+            count = 0
+            while self._funded_until < due:
+                self._funded_until += self.funding_interval_ms
+                self._settle_at(self._funded_until)
+                count += 1
+            return count
+
+    def _settle_at(self, when: int) -> None:
+        for acct in self.accounts.values():
+            for (symbol, _), pos in sorted(acct.positions.items()):
+                if not pos.amount:
+                    continue
+                rate = self.market.funding_rate(symbol, when)
+                fee = (-pos.amount * self.market.mark(symbol, when) * rate).quantize(MONEY)
+                if fee:
+                    acct.balance += fee
+                    self._income(acct, symbol, "FUNDING_FEE", fee, "", when)
 
     # ---- orders -------------------------------------------------------------------------
 
@@ -707,13 +763,15 @@ class Engine:
     # ---- triggers -----------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Fill resting LIMIT orders the book has crossed and fire triggered stop orders."""
+        """Settle funding, fill crossed LIMIT orders and fire triggered stop orders."""
         with self.lock:
+            self.settle_funding()
             for acct in self.accounts.values():
                 self._tick_account(acct)
 
     def tick_user(self, user: str) -> None:
         with self.lock:
+            self.settle_funding()
             acct = self.accounts.get(user.lower())
             if acct is not None:
                 self._tick_account(acct)

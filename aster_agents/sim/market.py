@@ -46,6 +46,7 @@ INTERVAL_MS: Final[dict[str, int]] = {
     "1M": 31 * _DAY_MS,
 }
 DEFAULT_HISTORY_MINUTES: Final = 30 * 1440
+MAX_FUNDING_RATE: Final = Decimal("0.0001")  # +-0.01% per funding interval
 
 
 @dataclass(slots=True)
@@ -198,10 +199,45 @@ class Market:
         # genesis on a UTC day boundary: same seed, same day -> same price at the same time
         self.genesis_ms = self.start_ms // _DAY_MS * _DAY_MS - history_minutes * MINUTE_MS
         self._pinned: dict[str, Decimal] = {}
+        self._frozen_ms: int | None = None
 
     def now_ms(self) -> int:
-        """Market time: start + speed x wall-clock time elapsed since the start."""
+        """Market time: start + speed x wall-clock time elapsed since the start (or frozen)."""
+        if self._frozen_ms is not None:
+            return self._frozen_ms
         return self.start_ms + int((self._wall() - self._wall0) * self.speed * 1000)
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_ms is not None
+
+    def freeze(self, at_ms: int | None = None) -> int:
+        """Stop the market clock (now, or at ``at_ms``): prices and funding stand still.
+
+        Lets a caller compare figures at one instant (the demo's books-vs-exchange check)
+        or step time by hand (property tests). Returns the frozen market time.
+        """
+        self._frozen_ms = self.now_ms() if at_ms is None else at_ms
+        return self._frozen_ms
+
+    def advance(self, ms: int) -> int:
+        """Move a frozen clock forward by ``ms``; returns the new market time."""
+        if self._frozen_ms is None:
+            raise RuntimeError("Market.advance: the clock runs; freeze() it first")
+        self._frozen_ms += max(0, ms)
+        return self._frozen_ms
+
+    def thaw(self) -> None:
+        """Restart the clock from the frozen time at the configured speed."""
+        if self._frozen_ms is None:
+            return
+        self.start_ms, self._wall0 = self._frozen_ms, self._wall()
+        self._frozen_ms = None
+
+    def funding_rate(self, symbol: str, funding_time_ms: int) -> Decimal:
+        """The funding rate settled at ``funding_time_ms``: small, seeded, deterministic."""
+        rng = random.Random(f"{self.seed}:{symbol}:{funding_time_ms}")
+        return (MAX_FUNDING_RATE * Decimal(rng.uniform(-1.0, 1.0))).quantize(Decimal("1e-8"))
 
     def pin(self, symbol: str, price: Decimal | None) -> None:
         """Force the mark price of ``symbol`` (tests); ``None`` returns it to the path."""

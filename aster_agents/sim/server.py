@@ -62,6 +62,7 @@ class SimConfig:
     history_minutes: int = DEFAULT_HISTORY_MINUTES
     allow_remote: bool = False
     tick_interval_s: float = 0.1
+    funding_interval_s: float = 8 * 3600.0  # market time between funding settlements; 0: none
 
 
 def is_loopback(host: str) -> bool:
@@ -123,7 +124,7 @@ class SimApp:
         self.market = Market(
             config.seed, config.start_time_ms, config.speed, config.history_minutes
         )
-        self.engine = Engine(self.market)
+        self.engine = Engine(self.market, funding_interval_ms=int(config.funding_interval_s * 1000))
         self.auth = Authenticator(config.chain_id, config.decode_fallback)
         origin = time.time() if config.limits.align_to_start else 0.0
         self.limiter = RateLimiter(config.limits, origin)
@@ -302,18 +303,22 @@ class SimApp:
             "asks": [[str(ask + i * sym.tick_size), str(qty * (i + 1))] for i in rows],
         }
 
+    def _rate(self, symbol: str, when: int) -> str:
+        if not self.engine.funding_interval_ms:
+            return "0.00000000"
+        return f"{self.market.funding_rate(symbol, when):.8f}"
+
     def _premium_row(self, symbol: str) -> dict[str, object]:
         now = self.market.now_ms()
         mark = str(self.market.mark(symbol))
-        eight_h = 8 * 3_600_000
         return {
             "symbol": symbol,
             "markPrice": mark,
             "indexPrice": mark,
             "estimatedSettlePrice": mark,
-            "lastFundingRate": "0.00010000",
+            "lastFundingRate": self._rate(symbol, self.engine.last_funding_time(now)),
             "interestRate": "0.00010000",
-            "nextFundingTime": (now // eight_h + 1) * eight_h,
+            "nextFundingTime": self.engine.next_funding_time(),
             "time": now,
         }
 
@@ -323,14 +328,15 @@ class SimApp:
 
     def _funding_rate(self, _u: str, p: Params) -> Json:
         symbol = self._symbol(p)
-        eight_h = 8 * 3_600_000
-        last = self.market.now_ms() // eight_h * eight_h
+        assert symbol is not None
+        step = self.engine.funding_interval_ms
+        if not step:
+            return []
+        last = self.engine.last_funding_time()
         limit = min(int(p.get("limit") or 100), 1000)
-        times = [
-            last - i * eight_h for i in range(limit) if last - i * eight_h >= self.market.genesis_ms
-        ]
+        times = [last - i * step for i in range(limit) if last - i * step >= self.market.genesis_ms]
         return [
-            {"symbol": symbol, "fundingRate": "0.00010000", "fundingTime": t}
+            {"symbol": symbol, "fundingRate": self._rate(symbol, t), "fundingTime": t}
             for t in reversed(times)
         ]
 
@@ -484,6 +490,19 @@ class SimServer:
     def add_account(self, account: SimAccount) -> None:
         """Register a main account and its API wallets (also while running)."""
         self.app.add_account(account)
+
+    def freeze(self) -> int:
+        """Stop the market clock and settle what is due: figures stand still from here on."""
+        with self.engine.lock:
+            at = self.market.freeze()
+            self.engine.settle_funding()
+            self.engine.tick()
+        return at
+
+    def account_equity(self, user: str) -> Decimal:
+        """The account's equity (wallet + unrealized P&L at mark), as the exchange reports it."""
+        doc = self.engine.account_json(user)
+        return Decimal(str(doc["totalMarginBalance"]))
 
     def start(self) -> str:
         """Bind, serve in the background and return the base URL."""
