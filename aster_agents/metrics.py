@@ -18,10 +18,11 @@ Definitions (every ratio is a float; ``None`` when it cannot be computed):
   win rate: closing fills with realized P&L > 0 / closing fills;
 - exposure: the fraction of the window during which at least one position was open.
 
-Combined (portfolio) NAV: the sleeves' equity and NAV sampled on one grid; each step's
-portfolio return is the equity-weighted mean of the sleeves' NAV returns (weights from the
-previous step), chained from 1.0. Money moved between sleeves or to the unallocated sleeve
-is a flow, not a return, so it does not move the combined NAV (a time-weighted return).
+Combined (portfolio) NAV: chained from 1.0 at every snapshot of any sleeve; a snapshot moves
+it by that sleeve's NAV return times the sleeve's share of the sleeves' equity (each at its
+previous snapshot). Money moved between sleeves or to the unallocated sleeve is a flow, not
+a return, so it does not move the combined NAV (a time-weighted return). Its metrics are
+then computed like a sleeve's, on the same regular grid.
 """
 
 from __future__ import annotations
@@ -256,41 +257,47 @@ def series_metrics(
     )
 
 
+class CombinedNav:
+    """The portfolio NAV, chained at every sleeve snapshot, with flows removed.
+
+    When a sleeve reports a new NAV, the portfolio moves by that sleeve's NAV return times
+    its share of the sleeves' equity at their previous snapshots. Capital moved between
+    sleeves changes equities but no NAV, so it is not a return. Starts at 1.0.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, NavPoint] = {}
+        self.value = 1.0
+        self.peak = 1.0
+
+    def add(self, agent_id: str, point: NavPoint) -> float:
+        prev = self.last.get(agent_id)
+        if prev is not None and prev.nav > 0 and prev.equity > 0:
+            total = sum(max(0.0, p.equity) for p in self.last.values())
+            self.value *= 1 + prev.equity * (point.nav / prev.nav - 1) / total
+        self.last[agent_id] = point
+        self.peak = max(self.peak, self.value)
+        return self.value
+
+    @property
+    def drawdown(self) -> float:
+        return min(1.0, max(0.0, (self.peak - self.value) / self.peak))
+
+
 def combined_curve(sleeves: Mapping[str, Sequence[NavPoint]]) -> tuple[list[int], list[float]]:
-    """The portfolio NAV (flows removed) on a grid covering every sleeve, starting at 1.0."""
-    series = {k: list(v) for k, v in sleeves.items() if v}
-    if not series:
-        return [], []
-    times = sorted({p.time_ms for s in series.values() for p in s})
-    grid = regular_grid(times[0], times[-1], grid_step(times))
-    sampled = [_sample(s, grid) for s in series.values()]
-    curve = [1.0]
-    for t in range(1, len(grid)):
-        curve.append(curve[-1] * (1 + _step_return(sampled, t)))
-    return grid, curve
-
-
-def _sample(points: Sequence[NavPoint], grid: Sequence[int]) -> list[tuple[float, float, bool]]:
-    """(equity, nav, started) of one sleeve at each grid time."""
-    times = [p.time_ms for p in points]
-    out = []
-    for t in grid:
-        i = bisect.bisect_right(times, t) - 1
-        p = points[max(i, 0)]
-        out.append((p.equity, p.nav, i >= 0))
-    return out
-
-
-def _step_return(sampled: Sequence[Sequence[tuple[float, float, bool]]], t: int) -> float:
-    total = 0.0
-    weighted = 0.0
-    for s in sampled:
-        (e0, n0, started0), (_, n1, _) = s[t - 1], s[t]
-        if not started0 or e0 <= 0 or n0 <= 0:
-            continue
-        total += e0
-        weighted += e0 * (n1 / n0 - 1)
-    return weighted / total if total > 0 else 0.0
+    """The combined NAV after every snapshot of any sleeve (one value per time), from 1.0."""
+    events = sorted((p.time_ms, agent_id, p) for agent_id, s in sleeves.items() for p in s)
+    nav = CombinedNav()
+    times: list[int] = []
+    values: list[float] = []
+    for time_ms, agent_id, point in events:
+        value = nav.add(agent_id, point)
+        if times and times[-1] == time_ms:
+            values[-1] = value
+        else:
+            times.append(time_ms)
+            values.append(value)
+    return times, values
 
 
 def combined(

@@ -73,6 +73,7 @@ class Candidate(NamedTuple):
     score: float | None  # Sharpe over the lookback; None when it cannot be computed
     track_days: float
     min_weight: float = 0.0  # used margin as a weight: the allocation cannot go below it
+    fixed: str | None = None  # a reason to keep the weight as it is (e.g. not in agents.d)
 
 
 class Line(NamedTuple):
@@ -156,6 +157,8 @@ def _kind(c: Candidate, policy: Policy) -> str | None:
     """Why the agent's weight is fixed, or None when the policy may move it."""
     if c.state == "disabled":
         return None
+    if c.fixed is not None:
+        return c.fixed
     if c.track_days < policy.min_track_record_days:
         return f"track record {c.track_days:.1f} d < {policy.min_track_record_days:g} d"
     if c.score is None:

@@ -1,0 +1,72 @@
+"""Read-only history queries for metrics and the kill switches (governance).
+
+Each function takes a connection (``Ledger.store.conn`` or ``ReadOnlyLedger.conn``), so the
+read-write ledger and the read-only view used by ``portfolio`` share them. They only SELECT.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Final, NamedTuple
+
+from aster_agents.ledger.rows import EquityPoint, dec
+
+# The reason of an operator's ``agents enable``: it restarts the drawdown peaks (see governance).
+OPERATOR_ENABLE: Final = "enabled by operator"
+
+
+class FillRecord(NamedTuple):
+    """One booked fill; ``qty`` is signed (+ buy, - sell)."""
+
+    time_ms: int
+    symbol: str
+    qty: Decimal
+    realized_pnl: Decimal
+
+
+def fills(conn: sqlite3.Connection, agent_id: str) -> list[FillRecord]:
+    """Every fill of ``agent_id``, oldest first."""
+    rows = conn.execute(
+        "SELECT time_ms, symbol, side, qty, realized_pnl FROM fills WHERE agent_id = ? "
+        "ORDER BY time_ms, trade_id",
+        (agent_id,),
+    ).fetchall()
+    return [
+        FillRecord(int(r[0]), str(r[1]), dec(r[3]) if r[2] == "BUY" else -dec(r[3]), dec(r[4]))
+        for r in rows
+    ]
+
+
+def _has_nav(conn: sqlite3.Connection) -> bool:
+    return any(r[1] == "nav" for r in conn.execute("PRAGMA table_info(equity)"))
+
+
+def equity_after(
+    conn: sqlite3.Connection, agent_id: str, after_ms: int | None = None
+) -> list[EquityPoint]:
+    """Equity snapshots newer than ``after_ms`` (all when None), oldest first.
+
+    ``nav`` is None for snapshots written before the ledger recorded NAV per unit.
+    """
+    nav = "nav" if _has_nav(conn) else "NULL"
+    rows = conn.execute(
+        f"SELECT time_ms, equity, {nav} FROM equity WHERE agent_id = ? AND time_ms > ? "
+        "ORDER BY time_ms, rowid",
+        (agent_id, -1 if after_ms is None else after_ms),
+    ).fetchall()
+    return [EquityPoint(int(r[0]), dec(r[1]), None if r[2] is None else dec(r[2])) for r in rows]
+
+
+def operator_enables(conn: sqlite3.Connection, agent_ids: Sequence[str]) -> dict[str, int]:
+    """The time of each agent's latest enable by an operator (agents never enabled are absent)."""
+    if not agent_ids:
+        return {}
+    marks = ", ".join("?" * len(agent_ids))
+    rows = conn.execute(
+        f"SELECT agent_id, MAX(time_ms) FROM audit WHERE event = 'agent_state' "
+        f"AND agent_id IN ({marks}) AND detail LIKE ? GROUP BY agent_id",
+        (*agent_ids, f'%"reason": "{OPERATOR_ENABLE}%'),
+    ).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
