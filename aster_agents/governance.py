@@ -537,6 +537,16 @@ class Governor:
         return before is not None and before != key and reason.startswith(OPERATOR_ENABLE)
 
     def _own(self, row: AgentRow) -> list[Transition]:
+        if self._peak is None and row.state == "disabled":
+            from aster_agents.logs import logger
+
+            logger.warning(
+                "agent {} is disabled ({}): it opens nothing until `aster-agent agents enable "
+                "--id {}`",
+                row.agent_id,
+                row.state_reason or "no reason recorded",
+                row.agent_id,
+            )
         if self._enabled_now(row) or self._peak is None:
             self._peak = _Peak(self._reset_at([row.agent_id]))
             self._account = None  # the account's peak restarts with it

@@ -44,6 +44,7 @@ from aster_agents.errors import (
     UnknownOutcome,
 )
 from aster_agents.exchange.http import AsterClient, RequestLog
+from aster_agents.governance import Governor
 from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
 from aster_agents.logs import logger
 from aster_agents.models import (
@@ -147,6 +148,7 @@ class AgentRunner:
         self.info: ExchangeInfo | None = None
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
         self.last_prices: dict[str, Decimal] = {}
+        self.governor = Governor(fleet, agent.id, ledger, ledger.state_dir)
         # symbol -> (stop, take-profit) distances of the last entry, clamped into the config;
         # protection re-placed after a restart uses the configured (wider) ones
         self.protect_pcts: dict[str, tuple[float, float]] = {}
@@ -327,6 +329,7 @@ class AgentRunner:
                 break
             self._tick_symbol(symbol, report)
         self._snapshot()
+        self.governor.after_tick()  # kill switches, automatic rebalance
         return report
 
     def _tick_symbol(self, symbol: str, report: TickReport) -> None:
@@ -381,6 +384,9 @@ class AgentRunner:
     ) -> None:
         trading = self.agent.trading
         row = self.ledger.agent(self.agent.id)
+        if row is not None and row.state == "disabled":  # quietly: the ledger would refuse
+            report.skipped.append(f"{symbol}: agent disabled")
+            return
         capital = row.capital if row is not None else ZERO
         size = entry_size(
             capital,
@@ -749,11 +755,12 @@ def run_agent(
         strategy = get_strategy(agent.trading.strategy, agent.trading.params, seed=_seed(agent.id))
         stop = stop or threading.Event()
         with stop_on_signals(stop), Ledger(state_dir) as ledger:
+            kept = ledger.agent(agent.id)  # disabled stays disabled: only `agents enable` undoes it
             slot = ledger.register_agent(
                 agent.id,
                 agent.exchange.user,
                 max_positions=agent.trading.max_positions,
-                enabled=agent.enabled,
+                enabled=agent.enabled and (kept is None or kept.state != "disabled"),
             )
             budget = SharedBudget(state_dir, user=agent.exchange.user)
             client = make_client(fleet, agent, slot=slot, budget=budget, signer=signer,

@@ -1,4 +1,4 @@
-"""``aster-agent agents list|validate``."""
+"""``aster-agent agents list|validate|enable|disable``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import typer
 
 from aster_agents.cli.common import console, emit_json, state
 
-agents_app = typer.Typer(help="List and validate the agents in agents.d.", no_args_is_help=True)
+agents_app = typer.Typer(
+    help="List, validate, enable and disable the agents in agents.d.", no_args_is_help=True
+)
 
 
 @agents_app.command("list")
@@ -44,6 +46,47 @@ def validate(ctx: typer.Context) -> None:
     fleet = state(ctx).fleet()
     n = len(fleet.agents)
     console().print(f"ok: {n} agent(s) in {fleet.config_dir} are valid")
+
+
+@agents_app.command("disable")
+def disable(
+    ctx: typer.Context,
+    agent_id: str = typer.Option(..., "--id", help="The agent to disable."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the audit trail)."),
+) -> None:
+    """Stop an agent opening positions; its open positions run off under their stops."""
+    _set_state(ctx, agent_id, enabled=False, note=reason)
+
+
+@agents_app.command("enable")
+def enable(
+    ctx: typer.Context,
+    agent_id: str = typer.Option(..., "--id", help="The agent to enable."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (kept in the audit trail)."),
+) -> None:
+    """Let a disabled (or probation) agent trade again; restarts its drawdown peak."""
+    _set_state(ctx, agent_id, enabled=True, note=reason)
+
+
+def _set_state(ctx: typer.Context, agent_id: str, *, enabled: bool, note: str | None) -> None:
+    from aster_agents.governance import now_ms, operator_set
+    from aster_agents.ledger import Ledger
+
+    cli = state(ctx)
+    agent = cli.fleet().agent(agent_id)  # unknown id: ConfigError, exit 2
+    with Ledger(cli.resolved_state_dir()) as ledger:
+        if ledger.agent(agent.id) is None:
+            if enabled:
+                console().print(f"{agent.id}: active (it has not run yet)")
+                return
+            ledger.register_agent(
+                agent.id,
+                agent.exchange.user,
+                max_positions=agent.trading.max_positions,
+                enabled=False,
+            )
+        reason = operator_set(ledger, agent.id, enabled=enabled, note=note, now_ms=now_ms())
+    console().print(f"{agent.id}: {'active' if enabled else 'disabled'} ({reason})")
 
 
 def _row(agent: object) -> dict[str, object]:

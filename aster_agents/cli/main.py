@@ -28,10 +28,12 @@ MODULES: Final = (
     "sim",
     "wallet",
     "doctor",
+    "rebalance",
 )
 COMMANDS: Final = {
     "run": "run",
     "agents": "agents",
+    "rebalance": "rebalance",
     "account": "account",
     "supervisor": "fleet",
     "up": "fleet",

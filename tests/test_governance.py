@@ -1,0 +1,332 @@
+"""Governance over a real ledger: kill switches, operator enable/disable, rebalance CLI, runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aster_agents.cli.main import build_app, main
+from aster_agents.config import FleetConfig, load_fleet
+from aster_agents.governance import (
+    Governor,
+    auto_rebalance,
+    capital_moves,
+    check_kill_switches,
+    fleet_metrics,
+    now_ms,
+    operator_set,
+    rebalance_lock,
+    review,
+)
+from aster_agents.ledger import Ledger
+from aster_agents.signing import Signer, generate_private_key
+from aster_agents.sim.server import SimServer
+from tests.agentkit import make_fleet, wait_for
+
+HOUR = 3_600_000
+USER = Signer(generate_private_key()).address
+PORTFOLIO = """state_dir: state
+rebalance:
+  enabled: {enabled}
+  interval_minutes: 60
+  lookback_days: 30
+  min_track_record_days: 1
+  cooldown_hours: 24
+  hysteresis: 0.02
+  max_step: 0.05
+  floor: 0.02
+  cap: 0.5
+  probation_drawdown: 0.10
+  kill_drawdown: 0.20
+  portfolio_kill_drawdown: {portfolio_kill}
+"""
+
+
+def write_config(root: Path, *, enabled: bool = False, portfolio_kill: float = 0.5) -> Path:
+    """agents.d with agents a1 and a2 (30% each) on one account; no agent process needed."""
+    config = root / "agents.d"
+    config.mkdir(parents=True, exist_ok=True)
+    for agent_id in ("a1", "a2"):
+        signer = Signer(generate_private_key()).address
+        (config / f"{agent_id}.yaml").write_text(
+            f"id: {agent_id}\nname: {agent_id}\nexchange:\n  user: '{USER}'\n"
+            f"  signer: '{signer}'\n  signer_key_env: KEY_{agent_id.upper()}\n"
+            "trading:\n  strategy: trend\n  symbols: [BTCUSDT]\n"
+            "allocation:\n  capital_pct: 0.3\n"
+        )
+    (config / "_portfolio.yaml").write_text(
+        PORTFOLIO.format(enabled=str(enabled).lower(), portfolio_kill=portfolio_kill)
+    )
+    return config
+
+
+def open_ledger(state_dir: Path) -> Ledger:
+    """Account of 1000 USDT, a1 and a2 with 300 each, 400 unallocated."""
+    ledger = Ledger(state_dir)
+    ledger.set_account_limits(
+        USER, max_total_positions=5, max_gross_leverage=Decimal(3), equity=Decimal(1000)
+    )
+    for agent_id in ("a1", "a2"):
+        ledger.register_agent(agent_id, USER, max_positions=2, capital=Decimal(300))
+    ledger.ensure_account(USER, Decimal(1000))
+    return ledger
+
+
+def snapshots(ledger: Ledger, agent_id: str, navs: list[float], end_ms: int) -> None:
+    """Write equity snapshots an hour apart, ending at ``end_ms``, for NAVs (units 300)."""
+    for i, nav in enumerate(navs):
+        t = end_ms - (len(navs) - 1 - i) * HOUR
+        ledger.snapshot_equity(agent_id, Decimal(str(round(300 * nav, 6))), time_ms=t)
+
+
+def zigzag(hours: int, drift: float) -> list[float]:
+    nav, out = 1.0, []
+    for i in range(hours):
+        out.append(nav)
+        nav *= 1 + drift + (0.002 if i % 2 else -0.002)
+    return out
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[FleetConfig, Ledger]]:
+    fleet = load_fleet(write_config(tmp_path), check_strategies=False)
+    ledger = open_ledger(tmp_path / "state")
+    yield fleet, ledger
+    ledger.close()
+
+
+def state_of(ledger: Ledger, agent_id: str) -> str:
+    row = ledger.agent(agent_id)
+    assert row is not None
+    return row.state
+
+
+# ---------------------------------------------------------------------- kill switches
+
+
+def test_runner_hook_puts_on_probation_then_kills_on_drawdown(
+    setup: tuple[FleetConfig, Ledger],
+) -> None:
+    """Tick by tick: probation at -10% from the NAV peak, disabled at -20%, audited."""
+    fleet, ledger = setup
+    gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+    now = now_ms()
+    for i, nav in enumerate([1.0, 1.1, 1.0, 0.98, 0.95, 0.87]):
+        snapshots(ledger, "a1", [nav], now + i)
+        gov.after_tick()
+        if i == 3:
+            assert state_of(ledger, "a1") == "probation"  # 0.98 / 1.1 = -10.9%
+    row = ledger.agent("a1")
+    assert row is not None and row.state == "disabled" and not row.enabled
+    assert row.state_reason is not None and "kill switch: drawdown 20.9%" in row.state_reason
+    events = [e.event for e in ledger.audit(agent_id="a1")]
+    assert events.count("agent_state") == 2
+    assert state_of(ledger, "a2") == "active"
+
+
+def test_operator_enable_restarts_the_peak(setup: tuple[FleetConfig, Ledger]) -> None:
+    """After `agents enable` the old peak is forgotten: the switch does not fire at once."""
+    fleet, ledger = setup
+    gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+    now = now_ms() - 1000
+    snapshots(ledger, "a1", [1.0, 0.7], now)
+    gov.after_tick()
+    assert state_of(ledger, "a1") == "disabled"
+    operator_set(ledger, "a1", enabled=True, note="reviewed", now_ms=now_ms())
+    gov.after_tick()
+    assert state_of(ledger, "a1") == "active"
+    snapshots(ledger, "a1", [0.7, 0.69], now_ms() + 10)
+    gov.after_tick()
+    assert state_of(ledger, "a1") == "active"
+    snapshots(ledger, "a1", [0.55], now_ms() + 20)
+    gov.after_tick()
+    assert state_of(ledger, "a1") == "disabled"
+
+
+def test_a_disabled_agent_never_re_enables_itself(setup: tuple[FleetConfig, Ledger]) -> None:
+    """Recovery does not undo a kill: only an operator does."""
+    fleet, ledger = setup
+    operator_set(ledger, "a1", enabled=False, note="manual", now_ms=now_ms())
+    gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+    snapshots(ledger, "a1", [1.0, 1.2, 1.5], now_ms())
+    gov.after_tick()
+    assert state_of(ledger, "a1") == "disabled"
+
+
+def test_portfolio_kill_switch_disables_every_agent(tmp_path: Path) -> None:
+    """Both sleeves down 13%: each only on probation, but the account's 12% limit kills all."""
+    fleet = load_fleet(write_config(tmp_path, portfolio_kill=0.12), check_strategies=False)
+    with open_ledger(tmp_path / "state") as ledger:
+        now = now_ms()
+        for agent_id in ("a1", "a2"):
+            snapshots(ledger, agent_id, [1.0, 0.95, 0.87], now)
+        moved = check_kill_switches(fleet, ledger, now_ms=now)
+        assert {(t.agent_id, t.new) for t in moved} == {("a1", "disabled"), ("a2", "disabled")}
+        row = ledger.agent("a2")
+        assert row is not None and row.state_reason is not None
+        assert "portfolio kill switch: combined drawdown 13.0%" in row.state_reason
+        gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+        operator_set(ledger, "a1", enabled=True, note=None, now_ms=now_ms())
+        gov.after_tick()
+        assert state_of(ledger, "a1") == "active"  # the enable restarted the account's peak
+
+
+# ---------------------------------------------------------------------- rebalancing
+
+
+def history(ledger: Ledger, good: str = "a1", bad: str = "a2") -> int:
+    """Two days of hourly snapshots: ``good`` rises steadily, ``bad`` drifts down."""
+    end = now_ms() - 1000
+    snapshots(ledger, good, zigzag(48, 0.001), end)
+    snapshots(ledger, bad, zigzag(48, -0.0005), end)
+    return end
+
+
+def test_review_tilts_toward_the_better_sharpe_within_max_step(
+    setup: tuple[FleetConfig, Ledger],
+) -> None:
+    """The better sleeve gains, the worse loses, by at most max_step, sums unchanged."""
+    fleet, ledger = setup
+    history(ledger)
+    rv = review(fleet, ledger, now_ms=now_ms())
+    a1, a2 = rv.line("a1"), rv.line("a2")
+    assert a1.change == pytest.approx(0.05) and a2.change == pytest.approx(-0.05)
+    moves = capital_moves(rv)
+    assert moves == {"a1": Decimal("350.00"), "a2": Decimal("250.00")}
+    assert rv.to_json()["metrics"]["agents"]["a1"]["sharpe"] > 0
+
+
+def test_capital_moves_add_up_to_zero_to_the_cent(setup: tuple[FleetConfig, Ledger]) -> None:
+    """Rounding to cents never creates or destroys money between sleeves."""
+    fleet, ledger = setup
+    ledger.set_account_limits(
+        USER, max_total_positions=5, max_gross_leverage=Decimal(3), equity=Decimal("1003.37")
+    )
+    history(ledger)
+    rv = review(fleet, ledger, now_ms=now_ms())
+    moves = capital_moves(rv)
+    assert sum(moves.values()) == Decimal(600)
+
+
+def test_fleet_metrics_for_the_portfolio_view(setup: tuple[FleetConfig, Ledger]) -> None:
+    """Per-agent and per-account metrics from any ledger connection."""
+    _, ledger = setup
+    history(ledger)
+    m = fleet_metrics(ledger.store.conn, ledger.agent_rows())
+    assert set(m.agents) == {"a1", "a2"} and set(m.accounts) == {USER}
+    assert m.agents["a1"].total_return is not None and m.agents["a1"].total_return > 0
+    assert m.to_json()["accounts"][USER]["points"] > 0
+
+
+def test_auto_rebalance_applies_once_and_only_one_process_at_a_time(tmp_path: Path) -> None:
+    """Due -> applied once; busy lock or a recent rebalance -> quietly nothing."""
+    fleet = load_fleet(write_config(tmp_path, enabled=True), check_strategies=False)
+    state_dir = tmp_path / "state"
+    with open_ledger(state_dir) as ledger:
+        history(ledger)
+        with rebalance_lock(state_dir):
+            assert auto_rebalance(fleet, ledger, now_ms=now_ms(), state_dir=state_dir) is None
+        applied = auto_rebalance(fleet, ledger, now_ms=now_ms(), state_dir=state_dir)
+        assert applied is not None and applied.rebalance_id is not None
+        assert auto_rebalance(fleet, ledger, now_ms=now_ms(), state_dir=state_dir) is None
+        row = ledger.agent("a1")
+        assert row is not None and row.capital == Decimal("350.00")
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def cli(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        build_app(), ["--config-dir", str(config), "--state-dir", str(config.parent / "state"),
+                      *args],
+    )  # fmt: skip
+    return result.exit_code, result.output
+
+
+def test_rebalance_cli_shows_applies_then_cools_down(tmp_path: Path) -> None:
+    """`rebalance --json` proposes, `--apply` moves capital in one go, then cooldown."""
+    config = write_config(tmp_path)
+    with open_ledger(tmp_path / "state") as ledger:
+        history(ledger)
+    code, out = cli(config, "rebalance", "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["version"] == 1 and doc["applied"] is False and doc["rebalance_id"] is None
+    lines = {x["agent"]: x for x in doc["proposal"]}
+    assert lines["a1"]["change"] == pytest.approx(0.05) and lines["a1"]["reason"]
+    assert "a1" in doc["metrics"]["agents"] and USER in doc["metrics"]["accounts"]
+    code, out = cli(config, "rebalance", "--apply", "--json")
+    applied = json.loads(out)
+    assert code == 0 and applied["applied"] is True and applied["rebalance_id"] >= 1
+    assert applied["moves"] == {"a1": "350.00", "a2": "250.00"}
+    with Ledger(tmp_path / "state") as ledger:
+        caps = {r.agent_id: r.capital for r in ledger.agent_rows()}
+        assert caps == {"a1": Decimal("350.00"), "a2": Decimal("250.00")}
+    code, out = cli(config, "rebalance", "--apply")
+    assert code == 0 and "cooldown until" in out and "nothing applied" in out
+
+
+def test_rebalance_cli_table_has_reasons(tmp_path: Path) -> None:
+    """The text view shows a row per agent with its reason and the last-rebalance summary."""
+    config = write_config(tmp_path)
+    with open_ledger(tmp_path / "state"):
+        pass
+    code, out = cli(config, "rebalance")
+    assert code == 0, out
+    assert "track record 0.0 d < 1 d" in out and "last rebalance: never" in out
+
+
+def test_agents_disable_and_enable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """disable/enable print the new state; an unknown id exits 2; a never-run agent works."""
+    config = write_config(tmp_path)
+    code, out = cli(config, "agents", "disable", "--id", "a1", "--reason", "too risky")
+    assert code == 0 and "a1: disabled (disabled by operator at" in out and "too risky" in out
+    with Ledger(tmp_path / "state") as ledger:
+        assert state_of(ledger, "a1") == "disabled"
+    code, out = cli(config, "agents", "enable", "--id", "a1")
+    assert code == 0 and "a1: active (enabled by operator at" in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config-dir", str(config), "agents", "disable", "--id", "nope"])
+    assert exit_info.value.code == 2
+    assert "no agent with id 'nope'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- a real agent
+
+
+def test_disabled_running_agent_opens_nothing(tmp_path: Path, sim_server: SimServer) -> None:
+    """`agents disable` while the agent runs: no new opening order while it keeps ticking."""
+    fleet = make_fleet(tmp_path, sim_server, ["agent-1"], scan_interval=0.3)
+    proc = fleet.start("agent-1")
+    try:
+        opens = lambda: [c for c in fleet.coids() if c.endswith("-open")]  # noqa: E731
+        wait_for(opens, 60, "a first opening order")
+        done = subprocess.run(
+            fleet.command("agents", "disable", "--id", "agent-1", "--reason", "test"),
+            env=fleet.env(), capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        ticks = lambda: _ticks(fleet.state_dir, "agent-1")  # noqa: E731
+        seen = ticks()
+        wait_for(lambda: ticks() >= seen + 2, 60, "two ticks after the disable")
+        before, start = len(opens()), ticks()
+        wait_for(lambda: ticks() >= start + 6, 60, "six more ticks")
+        assert len(opens()) == before
+        assert proc.poll() is None
+    finally:
+        codes = fleet.stop_all()
+    assert codes == {"agent-1": 0}
+    assert "agent disabled" not in fleet.stderr("agent-1")
+
+
+def _ticks(state_dir: Path, agent_id: str) -> int:
+    with Ledger(state_dir) as ledger:
+        row = ledger.agent(agent_id)
+        return 0 if row is None else row.ticks
