@@ -83,7 +83,7 @@ def test_creates_wal_database_lock_file_and_records_migrations(state_dir: Path) 
     rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
     assert rows == [(v, name) for v, (name, _) in enumerate(MIGRATIONS, start=1)]
     assert rows[0] == (1, "initial") and led.schema_version() == len(MIGRATIONS)
-    assert led.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert led.store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL + WAL sync
     conn.close()
     led.close()
 

@@ -3,16 +3,34 @@
 Every write is one short ``BEGIN IMMEDIATE`` transaction taken while holding a blocking
 ``fcntl.flock`` on ``ledger.lock``; the flock queues writers fairly in the kernel, so SQLite's
 busy-polling never runs on the hot path. Reads use plain WAL snapshots and take no lock.
+
+Group commit: a transaction commits under the flock with ``synchronous=NORMAL`` (its WAL
+frames are written, not yet synced), the flock is released, and only then is the ``-wal``
+file ``fdatasync``-ed, before ``write`` returns. The caller gets the same promise as with
+``synchronous=FULL`` (nothing is acted on before its commit is on stable storage), but the
+next writer already works under the flock while this one waits for the disk, and one
+sync serves every commit made before it started (``_SyncPoint``: a writer that queued
+behind another's sync usually finds its commit already covered and returns at once).
+
+Why that is safe: the WAL is append-only and recovered as the longest prefix of frames whose
+salts and cumulative checksums match, up to its last commit frame. An OS crash can therefore
+lose only a suffix of commits, each of whose callers is still inside ``write`` (none has
+acted on it). Whatever another process read from such a commit and acted on was itself
+written after it (so it is lost too) or was a denial (conservative). A checkpoint syncs the
+WAL before copying it into the database and the database before the WAL is restarted, and
+a restart syncs the new WAL header, so no synced commit is ever overwritten. Commits that
+need no sync of their own (``durable=False``) become durable with the next synced one.
 """
 
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -172,14 +190,72 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Store:
-    """One connection to ``<state_dir>/ledger.sqlite3`` plus the writer flock."""
+SYNC_NAME: Final = "ledger.sync"
 
-    def __init__(self, state_dir: Path) -> None:
+Sync = Callable[[int], None]
+
+
+class _SyncPoint:
+    """Two shared counters in ``<state_dir>/ledger.sync`` so that one sync serves many commits.
+
+    Word 0 counts durable commits (bumped under the writer flock, right after ``COMMIT``);
+    word 1 is the highest such count known to be on disk. To make commit ``ticket`` durable,
+    a writer takes this file's flock; if word 1 already reaches ``ticket`` another process's
+    sync covered it and nothing is left to do. Otherwise it reads word 0 *before* syncing
+    (every commit counted there has its WAL frames written) and publishes it after.
+    The words are aligned 8-byte values in a shared mapping (single loads and stores); they
+    only ever decide to skip a sync, never to report a commit, and a process killed at any
+    point leaves them true (a count is only published after its sync returned).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(self._fd).st_size < 16:
+            os.ftruncate(self._fd, 16)  # extending zero-fills; never shrinks live counters
+        self._map = mmap.mmap(self._fd, 16)
+        self._words = memoryview(self._map).cast("Q")
+
+    def committed(self) -> int:
+        """Count one durable commit; call under the writer flock. Returns its ticket."""
+        ticket = self._words[0] + 1
+        self._words[0] = ticket
+        return int(ticket)
+
+    def wait_durable(self, ticket: int, sync: Callable[[], None]) -> None:
+        """Return once commit ``ticket`` is on disk, syncing only if nobody else did."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            if self._words[1] >= ticket:
+                return
+            covered = self._words[0]
+            sync()
+            self._words[1] = covered
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._words.release()
+        self._map.close()
+        os.close(self._fd)
+
+
+class Store:
+    """One connection to ``<state_dir>/ledger.sqlite3`` plus the writer flock.
+
+    ``sync`` makes a file descriptor's data durable (``os.fdatasync``); it is a parameter so
+    tests can count and inspect what is synced.
+    """
+
+    def __init__(self, state_dir: Path, *, sync: Sync = os.fdatasync) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
+        self.wal_path = self.state_dir / f"{DB_NAME}-wal"
+        self._sync = sync
+        self._wal_fd = -1
+        self._wal_ino = -1
         self._lock_fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        self._syncpoint: _SyncPoint | None = _SyncPoint(self.state_dir / SYNC_NAME)
         self._thread_lock = threading.RLock()
         self.last_wait_ns = 0  # how long the last write waited for the flock (diagnostics)
         self.last_hold_ns = 0  # how long it held the flock
@@ -204,7 +280,7 @@ class Store:
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise LedgerError(f"ledger {self.path}: could not switch to WAL mode (got {mode})")
-        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("PRAGMA synchronous = NORMAL")  # the WAL is synced in write()
         self.conn.execute("PRAGMA mmap_size = 268435456")
 
     def _migrate(self) -> None:
@@ -251,16 +327,15 @@ class Store:
     def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction under the flock; rolled back on any error.
 
-        ``durable=False`` commits without its own fsync (``synchronous=NORMAL``), for writes
-        whose loss in an OS crash errs on the safe side (a release, a heartbeat): the WAL is
-        append-only, so the next durable commit's fsync makes them durable too, and a
+        A durable write returns only after the WAL holding its commit is synced, which is
+        done after the flock is released (group commit, see the module docstring).
+        ``durable=False`` skips that sync, for writes whose loss in an OS crash errs on the
+        safe side (a release, a heartbeat): the next durable write's sync covers them, and a
         reservation whose release was lost is reaped as soon as its (dead) pid is noticed.
         A process crash never loses a committed transaction either way.
         """
-        with self._thread_lock, self._flock():
-            if not durable:
-                self.conn.execute("PRAGMA synchronous = NORMAL")
-            try:
+        with self._thread_lock:
+            with self._flock():
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self.conn
@@ -269,9 +344,38 @@ class Store:
                     if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK")
                     raise
-            finally:
-                if not durable:
-                    self.conn.execute("PRAGMA synchronous = FULL")
+                ticket = self._syncpoint.committed() if self._syncpoint and durable else 0
+            if ticket and self._syncpoint:
+                self._syncpoint.wait_durable(ticket, self._sync_wal)
+
+    def _sync_wal(self) -> None:
+        self._sync(self._wal())
+
+    def _wal(self) -> int:
+        """A descriptor of the current ``-wal`` file, reopened if the file was replaced.
+
+        SQLite keeps one WAL inode for as long as any connection (ours included) is open,
+        rewriting it in place after a checkpoint; the inode check guards that assumption.
+        No SQLite lock lives on the WAL (they are on the database file and ``-shm``), so
+        opening and closing our own descriptor on it cannot drop one.
+        """
+        try:
+            ino = os.stat(self.wal_path).st_ino
+        except FileNotFoundError:
+            raise LedgerError(
+                f"ledger {self.path}: the WAL file {self.wal_path} vanished while the ledger "
+                "was open; stop every process using this state dir and check it"
+            ) from None
+        if ino != self._wal_ino:
+            self._close_wal()
+            self._wal_fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
+            self._wal_ino = os.fstat(self._wal_fd).st_ino
+        return self._wal_fd
+
+    def _close_wal(self) -> None:
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd, self._wal_ino = -1, -1
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -288,6 +392,10 @@ class Store:
         if conn is not None:
             conn.close()
             del self.conn
+        self._close_wal()
+        if self._syncpoint is not None:
+            self._syncpoint.close()
+            self._syncpoint = None
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
