@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from aster_agents import metrics
 from aster_agents.ledger.history import (
     OPERATOR_ENABLE,
-    equity_after,
     fills,
+    nav_after,
     operator_enables,
 )
 from aster_agents.metrics import MS_PER_DAY, CombinedNav, Metrics, NavPoint
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
     from aster_agents.config import FleetConfig
     from aster_agents.ledger import AgentRow, Ledger
-    from aster_agents.ledger.rows import EquityPoint, RebalanceRow
+    from aster_agents.ledger.rows import RebalanceRow
 
 ZERO: Final = Decimal(0)
 CENT: Final = Decimal("0.01")
@@ -79,18 +79,19 @@ def policy_of(fleet: FleetConfig) -> Policy:
 # ---------------------------------------------------------------------- reading
 
 
-def nav_points(points: Sequence[EquityPoint], units: Decimal) -> list[NavPoint]:
+def nav_points(rows: Sequence[tuple[int, float, float | None]], units: Decimal) -> list[NavPoint]:
     """Snapshots as NAV points; a snapshot without NAV is priced at equity / current units."""
+    per_unit = 1 / float(units) if units > 0 else 0.0
     out = []
-    for p in points:
-        nav = p.nav if p.nav is not None else (p.equity / units if units > 0 else None)
-        if nav is not None and nav > 0:
-            out.append(NavPoint(p.time_ms, float(p.equity), float(nav)))
+    for time_ms, equity, nav in rows:
+        value = nav if nav is not None else equity * per_unit
+        if value > 0:
+            out.append(NavPoint(time_ms, equity, value))
     return out
 
 
 def sleeve_points(conn: sqlite3.Connection, row: AgentRow) -> list[NavPoint]:
-    return nav_points(equity_after(conn, row.agent_id), row.units)
+    return nav_points(nav_after(conn, row.agent_id), row.units)
 
 
 def sleeve_fills(conn: sqlite3.Connection, agent_id: str) -> list[metrics.Fill]:
@@ -481,7 +482,7 @@ class _Account:
         events = []
         for r in rows:
             after = self.last_ms.get(r.agent_id, -1 if self.since_ms is None else self.since_ms - 1)
-            for p in nav_points(equity_after(conn, r.agent_id, after), r.units):
+            for p in nav_points(nav_after(conn, r.agent_id, after), r.units):
                 events.append((p.time_ms, r.agent_id, p))
         for time_ms, agent_id, p in sorted(events):
             self.nav.add(agent_id, p)
@@ -552,7 +553,7 @@ class Governor:
             self._account = None  # the account's peak restarts with it
         if row.state == "disabled":
             return []
-        points = equity_after(self.ledger.store.conn, row.agent_id, self._peak.last_ms)
+        points = nav_after(self.ledger.store.conn, row.agent_id, self._peak.last_ms)
         drawdown = self._peak.feed(nav_points(points, row.units))
         t = next_state(row.agent_id, row.state, drawdown, self.policy)
         return apply_transitions(self.ledger, [t] if t else [])

@@ -267,16 +267,18 @@ class CombinedNav:
 
     def __init__(self) -> None:
         self.last: dict[str, NavPoint] = {}
+        self.total = 0.0  # sum of the sleeves' positive equities at their last snapshots
         self.value = 1.0
         self.peak = 1.0
 
     def add(self, agent_id: str, point: NavPoint) -> float:
         prev = self.last.get(agent_id)
-        if prev is not None and prev.nav > 0 and prev.equity > 0:
-            total = sum(max(0.0, p.equity) for p in self.last.values())
-            self.value *= 1 + prev.equity * (point.nav / prev.nav - 1) / total
+        if prev is not None and prev.nav > 0 and prev.equity > 0 and self.total > 0:
+            self.value *= 1 + prev.equity * (point.nav / prev.nav - 1) / self.total
+        self.total += max(0.0, point.equity) - (max(0.0, prev.equity) if prev else 0.0)
         self.last[agent_id] = point
-        self.peak = max(self.peak, self.value)
+        if self.value > self.peak:
+            self.peak = self.value
         return self.value
 
     @property

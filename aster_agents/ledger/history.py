@@ -59,6 +59,20 @@ def equity_after(
     return [EquityPoint(int(r[0]), dec(r[1]), None if r[2] is None else dec(r[2])) for r in rows]
 
 
+def nav_after(
+    conn: sqlite3.Connection, agent_id: str, after_ms: int | None = None
+) -> list[tuple[int, float, float | None]]:
+    """Like ``equity_after`` as floats ``(time_ms, equity, nav or None)``: the fast path for
+    long histories (drawdowns, metrics)."""
+    nav = "CAST(nav AS REAL)" if _has_nav(conn) else "NULL"
+    rows: list[tuple[int, float, float | None]] = conn.execute(
+        f"SELECT time_ms, CAST(equity AS REAL), {nav} FROM equity WHERE agent_id = ? "
+        "AND time_ms > ? ORDER BY time_ms, rowid",
+        (agent_id, -1 if after_ms is None else after_ms),
+    ).fetchall()
+    return rows
+
+
 def operator_enables(conn: sqlite3.Connection, agent_ids: Sequence[str]) -> dict[str, int]:
     """The time of each agent's latest enable by an operator (agents never enabled are absent)."""
     if not agent_ids:
