@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Final, NamedTuple
 
-from aster_agents.ledger.rows import EquityPoint, dec
+from aster_agents.ledger.rows import dec
 
 # The reason of an operator's ``agents enable``: it restarts the drawdown peaks (see governance).
 OPERATOR_ENABLE: Final = "enabled by operator"
@@ -43,27 +43,12 @@ def _has_nav(conn: sqlite3.Connection) -> bool:
     return any(r[1] == "nav" for r in conn.execute("PRAGMA table_info(equity)"))
 
 
-def equity_after(
-    conn: sqlite3.Connection, agent_id: str, after_ms: int | None = None
-) -> list[EquityPoint]:
-    """Equity snapshots newer than ``after_ms`` (all when None), oldest first.
-
-    ``nav`` is None for snapshots written before the ledger recorded NAV per unit.
-    """
-    nav = "nav" if _has_nav(conn) else "NULL"
-    rows = conn.execute(
-        f"SELECT time_ms, equity, {nav} FROM equity WHERE agent_id = ? AND time_ms > ? "
-        "ORDER BY time_ms, rowid",
-        (agent_id, -1 if after_ms is None else after_ms),
-    ).fetchall()
-    return [EquityPoint(int(r[0]), dec(r[1]), None if r[2] is None else dec(r[2])) for r in rows]
-
-
 def nav_after(
     conn: sqlite3.Connection, agent_id: str, after_ms: int | None = None
 ) -> list[tuple[int, float, float | None]]:
-    """Like ``equity_after`` as floats ``(time_ms, equity, nav or None)``: the fast path for
-    long histories (drawdowns, metrics)."""
+    """Equity snapshots newer than ``after_ms`` (all when None), oldest first, as floats
+    ``(time_ms, equity, nav per unit)``; nav is None for snapshots written before the ledger
+    recorded it."""
     nav = "CAST(nav AS REAL)" if _has_nav(conn) else "NULL"
     rows: list[tuple[int, float, float | None]] = conn.execute(
         f"SELECT time_ms, CAST(equity AS REAL), {nav} FROM equity WHERE agent_id = ? "
