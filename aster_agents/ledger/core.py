@@ -285,8 +285,13 @@ class Ledger:
         max_total_positions: int,
         max_gross_leverage: Decimal,
         equity: Decimal | None = None,
+        equity_time_ms: int | None = None,
     ) -> None:
-        """Set the limits every agent of ``user`` shares; ``equity`` enables the leverage check."""
+        """Set the limits every agent of ``user`` shares; ``equity`` enables the leverage check.
+
+        ``equity`` also opens the account's unallocated sleeve the first time (see
+        ``ensure_account``); ``equity_time_ms`` is the exchange's time of that equity.
+        """
         with self.store.write() as conn:
             conn.execute(
                 "INSERT INTO accounts (user, max_total_positions, max_gross_leverage, equity) "
@@ -310,7 +315,7 @@ class Ledger:
                 equity=equity,
             )
             if equity is not None:
-                self._ensure_account(conn, user, equity, None)
+                self._ensure_account(conn, user, equity, equity_time_ms)
 
     def account_limits(self, user: str) -> AccountLimits | None:
         row = self.store.conn.execute(
@@ -910,8 +915,9 @@ class Ledger:
             else equity - sum(_sleeve_equities(conn, user).values(), ZERO)
         )
         conn.execute(
-            "UPDATE accounts SET equity = ?, equity_ms = ?, unallocated = ? WHERE user = ?",
-            (str(equity), when, str(free), user),
+            "UPDATE accounts SET equity = ?, equity_ms = ?, unallocated = ?, "
+            "opened_ms = COALESCE(opened_ms, ?) WHERE user = ?",
+            (str(equity), when, str(free), when, user),
         )
         if row[0] is None:
             _audit(conn, None, "unallocated_opened", user=user, equity=equity, unallocated=free)
@@ -1111,6 +1117,47 @@ class Ledger:
             "SELECT 1 FROM income WHERE user = ? AND source = ?", (user, source)
         ).fetchone()
         return row is not None
+
+    def booked_trades(self, user: str, symbol: str) -> dict[int, tuple[Decimal, Decimal] | None]:
+        """Trade ids already booked on ``symbol``: ours -> (realized P&L, commission), unowned
+        (booked to unallocated) -> None."""
+        with self.store.read() as conn:
+            rows = conn.execute(
+                "SELECT f.trade_id, f.realized_pnl, f.commission FROM fills f JOIN intents i "
+                "ON i.client_order_id = f.client_order_id WHERE i.user = ? AND f.symbol = ?",
+                (user, symbol),
+            ).fetchall()
+            foreign = conn.execute(
+                "SELECT source FROM income WHERE user = ? AND symbol = ? AND kind = 'TRADE'",
+                (user, symbol),
+            ).fetchall()
+        out: dict[int, tuple[Decimal, Decimal] | None] = {
+            int(r[0]): (_dec(r[1]), _dec(r[2])) for r in rows
+        }
+        out.update({int(str(r[0]).split(":", 1)[1]): None for r in foreign})
+        return out
+
+    def intent_symbols(self, user: str) -> set[str]:
+        """Every symbol an agent of ``user`` ever placed an order on."""
+        rows = self.store.conn.execute(
+            "SELECT DISTINCT symbol FROM intents WHERE user = ?", (user,)
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def note_reconcile(self, user: str, exchange_ms: int, differences: int) -> None:
+        """Remember that reconcile ran for ``user`` up to the exchange time ``exchange_ms``."""
+        with self.store.write(durable=False) as conn:
+            _audit(conn, None, "reconcile", user=user, exchange_ms=exchange_ms,
+                   differences=differences)  # fmt: skip
+
+    def last_reconcile_ms(self, user: str) -> int | None:
+        """The exchange time the last reconcile of ``user`` saw, or None."""
+        row = self.store.conn.execute(
+            "SELECT json_extract(detail, '$.exchange_ms') FROM audit WHERE event = 'reconcile' "
+            "AND json_extract(detail, '$.user') = ? ORDER BY id DESC LIMIT 1",
+            (user,),
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
 
     def holder_at(self, user: str, symbol: str, time_ms: int) -> str | None:
         """The agent whose booked fills left it a position on ``symbol`` just before ``time_ms``.

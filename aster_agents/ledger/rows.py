@@ -131,6 +131,7 @@ class AccountBooks(NamedTuple):
     unallocated: Decimal | None  # None until the account was first seen with an equity
     exchange_equity: Decimal | None
     exchange_equity_ms: int | None
+    opened_ms: int | None  # the exchange time the unallocated sleeve was opened at
 
 
 class AuditEntry(NamedTuple):
@@ -144,7 +145,7 @@ class AuditEntry(NamedTuple):
 
 
 EQUITY_COLS: Final = "time_ms, equity, nav"
-ACCOUNT_BOOK_COLS: Final = "user, unallocated, equity, equity_ms"
+ACCOUNT_BOOK_COLS: Final = "user, unallocated, equity, equity_ms, opened_ms"
 REBALANCE_COLS: Final = "id, time_ms, reason, detail"
 POSITION_COLS: Final = "agent_id, user, symbol, qty, entry_price, margin, opened_ms, updated_ms"
 AGENT_COLS: Final = (
@@ -185,6 +186,7 @@ def account_books_row(row: tuple[Any, ...]) -> AccountBooks:
         None if row[1] is None else dec(row[1]),
         None if row[2] is None else dec(row[2]),
         None if row[3] is None else int(row[3]),
+        None if row[4] is None else int(row[4]),
     )
 
 

@@ -155,6 +155,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         """
         ALTER TABLE accounts ADD COLUMN unallocated TEXT;
         ALTER TABLE accounts ADD COLUMN equity_ms INTEGER;
+        ALTER TABLE accounts ADD COLUMN opened_ms INTEGER;
         ALTER TABLE equity ADD COLUMN units TEXT;
         ALTER TABLE equity ADD COLUMN nav TEXT;
         CREATE TABLE rebalances (
