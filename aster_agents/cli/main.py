@@ -29,11 +29,13 @@ MODULES: Final = (
     "wallet",
     "doctor",
     "rebalance",
+    "reconcile",
 )
 COMMANDS: Final = {
     "run": "run",
     "agents": "agents",
     "rebalance": "rebalance",
+    "reconcile": "reconcile",
     "account": "account",
     "supervisor": "fleet",
     "up": "fleet",
