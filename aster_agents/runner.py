@@ -46,6 +46,7 @@ from aster_agents.errors import (
 from aster_agents.exchange.http import AsterClient, RequestLog
 from aster_agents.governance import Governor
 from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
+from aster_agents.ledger.rows import sleeve_equity
 from aster_agents.logs import logger
 from aster_agents.models import (
     ZERO,
@@ -59,6 +60,7 @@ from aster_agents.models import (
     Side,
     SymbolInfo,
 )
+from aster_agents.reconcile import FUNDING, book_funding
 from aster_agents.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
 from aster_agents.strategies import (
     Action,
@@ -76,6 +78,7 @@ KLINE_LIMIT_MAX: Final = 499  # under 500 keeps the request at weight 2
 SPEED_ENV: Final = "ASTER_AGENTS_MARKET_SPEED"  # simulator market-time multiplier (demo only)
 FAILPOINT_ENV: Final = "ASTER_AGENTS_FAILPOINT"  # crash tests: SIGKILL ourselves at this step
 FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fills")
+FUNDING_EVERY: Final = 10  # ticks between two reads of the funding income
 PROTECTIVE_TYPES: Final = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
 INTERVAL_MS: Final = {
     "1m": 60_000,
@@ -148,6 +151,7 @@ class AgentRunner:
         self.info: ExchangeInfo | None = None
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
         self.last_prices: dict[str, Decimal] = {}
+        self.ticks = 0
         self.governor = Governor(fleet, agent.id, ledger, ledger.state_dir)
         # symbol -> (stop, take-profit) distances of the last entry, clamped into the config;
         # protection re-placed after a restart uses the configured (wider) ones
@@ -205,6 +209,7 @@ class AgentRunner:
             logger.warning("{} failed: {}", what, exc)
 
     def _ensure_capital(self) -> None:
+        exchange_ms = self.client.server_time()
         account = self.client.account()
         equity = account.total_margin_balance
         limits = self.fleet.portfolio.limits
@@ -213,12 +218,16 @@ class AgentRunner:
             max_total_positions=limits.max_total_positions,
             max_gross_leverage=Decimal(str(limits.max_gross_leverage)),
             equity=equity,
+            equity_time_ms=exchange_ms,  # opens the unallocated sleeve the first time
         )
         row = self.ledger.agent(self.agent.id)
         if row is not None and row.capital == 0 and row.units == 0:
             capital = (equity * Decimal(str(self.agent.allocation.capital_pct))).quantize(
                 Decimal("0.01")
             )
+            books = self.ledger.account_books(self.agent.exchange.user)
+            if books is not None and books.unallocated is not None:
+                capital = max(ZERO, min(capital, books.unallocated))  # never below zero cash
             self.ledger.allocate(self.agent.id, capital)
             logger.info(
                 "allocated {} USDT ({:.0%} of {})",
@@ -637,15 +646,30 @@ class AgentRunner:
     # ------------------------------------------------------------------ equity
 
     def _snapshot(self) -> None:
+        """Sleeve equity at the exchange's mark prices (one premiumIndex per held symbol)."""
         row = self.ledger.agent(self.agent.id)
         if row is None:
             return
-        unrealized = ZERO
-        for position in self.ledger.positions(agent_id=self.agent.id):
-            mark = self.last_prices.get(position.symbol, position.entry_price)
-            unrealized += (mark - position.entry_price) * position.qty
-        equity = row.capital + row.realized_pnl - row.fees + row.funding + unrealized
+        self._book_funding()
+        positions = self.ledger.positions(agent_id=self.agent.id)
+        marks = {p.symbol: self.client.premium_index(p.symbol).mark_price for p in positions}
+        self.ledger.record_marks(self.agent.exchange.user, marks)
+        row = self.ledger.agent(self.agent.id) or row
+        equity = sleeve_equity(row, positions, marks)
         self.ledger.snapshot_equity(self.agent.id, equity.quantize(Decimal("0.00000001")))
+
+    def _book_funding(self) -> None:
+        """Every FUNDING_EVERY ticks: book the account's new FUNDING_FEE income (any agent's
+        holding; each tranId once across agents)."""
+        self.ticks += 1
+        if self.ticks % FUNDING_EVERY != 1:
+            return
+        user = self.agent.exchange.user
+        books = self.ledger.account_books(user)
+        opened = books.opened_ms if books is not None else None
+        since = self.ledger.income_since(user, FUNDING) or (opened or 0)
+        incomes = self.client.income(income_type=FUNDING, start_time=since, limit=1000)
+        book_funding(self.ledger, user, incomes, opened)
 
 
 # ---------------------------------------------------------------------- helpers
