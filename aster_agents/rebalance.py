@@ -276,6 +276,11 @@ def _clip(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
 
+def pct(value: float) -> str:
+    """A ratio as a percentage: one decimal, or two significant digits below 1%."""
+    return f"{value:.1%}" if abs(value) >= 0.01 or value == 0 else f"{value * 100:.2g}%"
+
+
 def iso(time_ms: int) -> str:
     """UTC time as ``2026-11-22T10:00:00Z``."""
     moment = datetime.fromtimestamp(time_ms / 1000, tz=UTC).replace(microsecond=0)
@@ -289,16 +294,16 @@ def next_state(agent_id: str, state: str, drawdown: float, policy: Policy) -> Tr
     """The transition one sleeve's drawdown calls for, or None."""
     if state == "disabled":
         return None
-    figures = f"drawdown {drawdown:.1%}"
+    figures = f"drawdown {pct(drawdown)}"
     if drawdown >= policy.kill_drawdown:
-        reason = f"kill switch: {figures} >= kill_drawdown {policy.kill_drawdown:.1%}"
+        reason = f"kill switch: {figures} >= kill_drawdown {pct(policy.kill_drawdown)}"
         return Transition(agent_id, state, "disabled", reason)
     if state == "active" and drawdown >= policy.probation_drawdown:
-        reason = f"{figures} >= probation_drawdown {policy.probation_drawdown:.1%}"
+        reason = f"{figures} >= probation_drawdown {pct(policy.probation_drawdown)}"
         return Transition(agent_id, state, "probation", reason)
     recovered = policy.probation_drawdown * RECOVERY_FRACTION
     if state == "probation" and drawdown < recovered:
-        return Transition(agent_id, state, "active", f"recovered: {figures} < {recovered:.1%}")
+        return Transition(agent_id, state, "active", f"recovered: {figures} < {pct(recovered)}")
     return None
 
 
@@ -307,8 +312,8 @@ def portfolio_kill(states: Mapping[str, str], drawdown: float, policy: Policy) -
     if drawdown < policy.portfolio_kill_drawdown:
         return []
     reason = (
-        f"portfolio kill switch: combined drawdown {drawdown:.1%} >= "
-        f"portfolio_kill_drawdown {policy.portfolio_kill_drawdown:.1%}"
+        f"portfolio kill switch: combined drawdown {pct(drawdown)} >= "
+        f"portfolio_kill_drawdown {pct(policy.portfolio_kill_drawdown)}"
     )
     return [
         Transition(agent_id, state, "disabled", reason)

@@ -24,9 +24,9 @@ from aster_agents.governance import (
     rebalance_lock,
     review,
 )
-from aster_agents.ledger import Ledger
+from aster_agents.ledger import AgentRow, Ledger
 from aster_agents.signing import Signer, generate_private_key
-from aster_agents.sim.server import SimServer
+from aster_agents.sim.server import SimConfig, SimServer
 from tests.agentkit import make_fleet, wait_for
 
 HOUR = 3_600_000
@@ -324,6 +324,39 @@ def test_disabled_running_agent_opens_nothing(tmp_path: Path, sim_server: SimSer
         codes = fleet.stop_all()
     assert codes == {"agent-1": 0}
     assert "agent disabled" not in fleet.stderr("agent-1")
+
+
+def test_running_agent_is_killed_by_its_drawdown_switch(tmp_path: Path) -> None:
+    """A tiny kill_drawdown: fees and moves trip it, the agent disables itself, keeps ticking
+    and opens nothing more."""
+    with SimServer(SimConfig(port=0, seed=7, speed=60.0)) as sim:
+        _killed_by_drawdown(tmp_path, sim)
+
+
+def _killed_by_drawdown(tmp_path: Path, sim: SimServer) -> None:
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], scan_interval=0.3)
+    with (fleet.config_dir / "_portfolio.yaml").open("a") as f:
+        f.write("rebalance:\n  probation_drawdown: 0.0001\n  kill_drawdown: 0.0003\n")
+    fleet.start("agent-1")
+    try:
+        reason = lambda: _row(fleet.state_dir, "agent-1")  # noqa: E731
+        row = wait_for(lambda: (r := reason()) and r.state == "disabled" and r, 60, "the kill")
+        assert row.state_reason.startswith("kill switch: drawdown ")
+        opens = lambda: [c for c in fleet.coids() if c.endswith("-open")]  # noqa: E731
+        ticks = lambda: _ticks(fleet.state_dir, "agent-1")  # noqa: E731
+        wait_for(lambda: ticks() >= row.ticks + 2, 60, "two ticks after the kill")
+        before, start = len(opens()), ticks()
+        wait_for(lambda: ticks() >= start + 6, 60, "six more ticks")
+        assert len(opens()) == before
+    finally:
+        codes = fleet.stop_all()
+    assert codes == {"agent-1": 0}
+    assert "-> disabled (kill switch: drawdown 0.0" in fleet.stderr("agent-1")
+
+
+def _row(state_dir: Path, agent_id: str) -> AgentRow | None:
+    with Ledger(state_dir) as ledger:
+        return ledger.agent(agent_id)
 
 
 def _ticks(state_dir: Path, agent_id: str) -> int:
