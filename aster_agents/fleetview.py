@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from aster_agents import portfolio as pf
     from aster_agents.config_view import AgentView, FleetView
     from aster_agents.ledger.readonly import ReadOnlyLedger
-    from aster_agents.ledger.rows import AgentRow
+    from aster_agents.ledger.rows import AccountBooks, AgentRow, RebalanceRow
 
 SUPERVISOR_SOCKET: Final = "supervisor.sock"
 SUPERVISOR_GROUP: Final = "aster-agents"
@@ -160,6 +159,7 @@ class SleeveView(NamedTuple):
     ledger_state: str | None
     figures: pf.SleeveFigures
     sparkline: str
+    state_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         f = self.figures
@@ -170,6 +170,7 @@ class SleeveView(NamedTuple):
             "state": self.state,
             "flagged": self.flagged,
             "ledger_state": self.ledger_state,
+            "ledger_state_reason": self.state_reason,
             "capital": str(f.capital),
             "equity": str(f.equity),
             "pnl": str(f.pnl),
@@ -186,15 +187,26 @@ class PortfolioReport(NamedTuple):
     figures: pf.PortfolioFigures
     sleeves: tuple[SleeveView, ...]
     sparkline: str
+    exchange_equity: Decimal | None = None  # last seen by an agent start or reconcile
+    exchange_equity_ms: int | None = None
+    last_rebalance: RebalanceRow | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``portfolio --json`` document (without the ``version`` key)."""
         f = self.figures
+        rb = self.last_rebalance
+        gap = None if self.exchange_equity is None else f.equity - self.exchange_equity
         return {
             "generated_ms": self.generated_ms,
             "ledger_found": self.ledger_found,
             "portfolio": {
                 "equity": str(f.equity),
+                "exchange_equity": _str(self.exchange_equity),
+                "exchange_equity_ms": self.exchange_equity_ms,
+                "equity_difference": _str(gap),
+                "last_rebalance": None
+                if rb is None
+                else {"id": rb.id, "time_ms": rb.time_ms, "reason": rb.reason},
                 "capital": str(f.capital),
                 "sleeves_equity": str(f.sleeves_equity),
                 "unallocated": _str(f.unallocated),
@@ -436,7 +448,8 @@ def collect_portfolio(
     status = collect_status(fleet, state_dir, now_ms=now_ms)
     ledger = open_readonly(state_dir)
     try:
-        rows = {r.agent_id: r for r in ledger.agent_rows()} if ledger else {}
+        books = _read_books(ledger) if ledger else _Books({}, {}, {}, None)
+        rows = books.rows
         histories = (
             {a: [(p.time_ms, p.equity) for p in ledger.equity_history(a)] for a in rows}
             if ledger
@@ -446,9 +459,14 @@ def collect_portfolio(
         if ledger is not None:
             ledger.close()
     inputs = [
-        _sleeve_input(a.id, rows[a.id], histories[a.id]) for a in fleet.agents if a.id in rows
+        pf.SleeveInput(
+            a.id, rows[a.id].user, rows[a.id].capital, rows[a.id].units, books.sleeves[a.id]
+        )
+        for a in fleet.agents
+        if a.id in rows
     ]
-    balances: Mapping[str, Decimal | None] = {a.user: a.balance for a in status.accounts}
+    balances: dict[str, Decimal | None] = {a.user: a.balance for a in status.accounts}
+    balances.update(books.totals())  # the books: every sleeve at the marks + unallocated
     curves = {i.agent_id: histories[i.agent_id] for i in inputs if histories[i.agent_id]}
     flat = sum((i.equity for i in inputs if not histories[i.agent_id]), Decimal(0))
     combined = pf.combined_series(curves, points, offset=flat)
@@ -463,17 +481,45 @@ def collect_portfolio(
             ledger_state=by_id[f.agent_id].ledger_state,
             figures=f,
             sparkline=pf.sparkline([e for _, e in histories[f.agent_id]]),
+            state_reason=rows[f.agent_id].state_reason,
         )
         for f in figures.sleeves
     )
+    users = {i.user for i in inputs}
+    seen = [b for u, b in books.accounts.items() if u in users and b.exchange_equity is not None]
+    exchange = sum((b.exchange_equity or Decimal(0) for b in seen), Decimal(0)) if seen else None
     return PortfolioReport(status.generated_ms, status.ledger_found, figures, sleeves,
-                           pf.sparkline(combined))  # fmt: skip
+                           pf.sparkline(combined), exchange,
+                           max((b.exchange_equity_ms or 0 for b in seen), default=None),
+                           books.last_rebalance)  # fmt: skip
 
 
-def _sleeve_input(
-    agent_id: str, row: AgentRow, history: list[tuple[int, Decimal]]
-) -> pf.SleeveInput:
-    from aster_agents import portfolio as pf
+class _Books(NamedTuple):
+    """What the ledger says about every sleeve and account, valued at the recorded marks."""
 
-    equity = history[-1][1] if history else row.book_equity
-    return pf.SleeveInput(agent_id, row.user, row.capital, row.units, equity)
+    rows: dict[str, AgentRow]
+    sleeves: dict[str, Decimal]
+    accounts: dict[str, AccountBooks]
+    last_rebalance: RebalanceRow | None
+
+    def totals(self) -> dict[str, Decimal]:
+        """Per account with an unallocated sleeve: sum of its sleeves + unallocated."""
+        out: dict[str, Decimal] = {}
+        for user, b in self.accounts.items():
+            if b.unallocated is None:
+                continue
+            mine = (e for a, e in self.sleeves.items() if self.rows[a].user == user)
+            out[user] = sum(mine, b.unallocated)
+        return out
+
+
+def _read_books(ledger: ReadOnlyLedger) -> _Books:
+    from aster_agents.ledger.rows import sleeve_equity
+
+    rows = {r.agent_id: r for r in ledger.agent_rows()}
+    positions = ledger.positions()
+    marks = ledger.marks()
+    sleeves = {
+        a: sleeve_equity(r, positions, marks.get(r.user, {})) for a, r in rows.items()
+    }  # fmt: skip
+    return _Books(rows, sleeves, ledger.account_books(), ledger.last_rebalance())

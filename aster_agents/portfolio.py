@@ -3,15 +3,16 @@
 No clock, disk or network. Money is ``Decimal``; ratios (return, drawdown, weight,
 contribution) are ``float``, as they are only shown and compared.
 
-- sleeve equity: the agent's latest equity snapshot (capital + realized - fees + funding +
-  unrealized at that tick), or its book equity when it never wrote a snapshot;
+- sleeve equity: capital + realized - fees + funding + unrealized P&L of its positions at
+  the latest exchange marks recorded in the ledger (the caller values it);
 - sleeve P&L: sleeve equity - capital (allocations move capital and equity together);
 - agent return: NAV per unit - 1 (units are issued at NAV, so reallocations do not move it);
 - portfolio return: total P&L / total capital;
 - contribution: sleeve P&L / total capital (contributions add up to the portfolio return);
 - weight: sleeve equity / the account's equity (or the sum of sleeves when that is larger or
   the account equity is unknown); negative sleeves weigh 0, so weights add up to at most 1;
-- unallocated: account equity - sum of sleeves (can be negative if the books disagree);
+- unallocated: ``account_equity`` - sum of sleeves; the caller passes the books' total (every
+  sleeve + the ledger's unallocated cash), so this is the unallocated sleeve itself;
 - drawdown: over the sleeves' combined equity curve (the unallocated cash is left out, as
   the return is measured on the sleeves' capital too).
 """

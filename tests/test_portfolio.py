@@ -126,12 +126,16 @@ def fleet(tmp_path: Path) -> FleetConfig:
 
 
 def populate(fleet: FleetConfig, state: Path) -> None:
-    """Three sleeves of 1000 in a 10,000 account; agent-1 gains 100, agent-2 loses 50."""
+    """Three sleeves of 1000 in a 10,000 account; agent-1 gains 100, agent-2 loses 50
+    (booked as funding, so the books say so too, not only the snapshots)."""
     with Ledger(state) as ledger:
         ledger.set_account_limits(USER, max_total_positions=10, max_gross_leverage=Decimal(3),
                                   equity=Decimal(10000))  # fmt: skip
         for agent in ("agent-1", "agent-2", "agent-3"):
             ledger.register_agent(agent, USER, max_positions=2, capital=Decimal(1000))
+        for tran, (agent, amount) in enumerate((("agent-1", 100), ("agent-2", -50))):
+            ledger.book_income(USER, tran, kind="FUNDING_FEE", symbol="BTCUSDT",
+                               amount=Decimal(amount), time_ms=1, agent_id=agent)  # fmt: skip
         for t, (one, two) in enumerate(((1000, 1000), (1200, 990), (1100, 950))):
             ledger.snapshot_equity("agent-1", Decimal(one), 1_000 + t * 60_000)
             ledger.snapshot_equity("agent-2", Decimal(two), 1_000 + t * 60_000)
@@ -140,7 +144,7 @@ def populate(fleet: FleetConfig, state: Path) -> None:
 def test_portfolio_json(
     fleet: FleetConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--json: combined equity equals the account, P&L and drawdown from the snapshots."""
+    """--json: equity is the books (sleeves + unallocated); drawdown from the snapshots."""
     state = tmp_path / "state"
     populate(fleet, state)
     argv = ["--config-dir", str(fleet.config_dir), "--state-dir", str(state), "portfolio", "--json"]
@@ -148,13 +152,15 @@ def test_portfolio_json(
     doc = json.loads(out)
     assert code == 0 and doc["version"] == 1
     total = doc["portfolio"]
-    assert (total["equity"], total["capital"], total["pnl"]) == ("10000", "3000", "50")
-    assert (total["sleeves_equity"], total["unallocated"]) == ("3050", "6950")
+    assert (total["equity"], total["capital"], total["pnl"]) == ("10050", "3000", "50")
+    assert (total["sleeves_equity"], total["unallocated"]) == ("3050", "7000")
+    assert (total["exchange_equity"], total["equity_difference"]) == ("10000", "50")
     assert total["return"] == pytest.approx(50 / 3000)
     assert total["max_drawdown"] == pytest.approx((3190 - 3050) / 3190)
     agents = {a["id"]: a for a in doc["agents"]}
     assert set(agents) == {"agent-1", "agent-2", "agent-3"}
-    assert (agents["agent-1"]["pnl"], agents["agent-1"]["weight"]) == ("100", 0.11)
+    assert agents["agent-1"]["pnl"] == "100"
+    assert agents["agent-1"]["weight"] == pytest.approx(1100 / 10050)
     assert agents["agent-2"]["contribution"] == pytest.approx(-50 / 3000)
     assert (
         agents["agent-3"]["state"] == "NEVER STARTED" and len(agents["agent-1"]["sparkline"]) == 3
@@ -173,7 +179,7 @@ def test_portfolio_table_and_no_ledger(
     populate(fleet, state)
     code, out, _ = run_cli([*base, str(state), "portfolio"], capsys)
     assert code == 0
-    assert "unallocated" in out and "6,950.00" in out and "+100.00" in out
+    assert "unallocated" in out and "7,000.00" in out and "+100.00" in out
 
 
 def test_collect_portfolio_is_importable_for_demo(fleet: FleetConfig, tmp_path: Path) -> None:
@@ -182,7 +188,7 @@ def test_collect_portfolio_is_importable_for_demo(fleet: FleetConfig, tmp_path: 
     populate(fleet, state)
     report = collect_portfolio(fleet, state)
     assert [s.id for s in report.sleeves] == ["agent-1", "agent-2", "agent-3"]
-    assert report.figures.unallocated == Decimal(6950)
+    assert report.figures.unallocated == Decimal(7000)
 
 
 def test_combined_series_offset_for_sleeves_without_snapshots() -> None:

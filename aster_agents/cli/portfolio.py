@@ -22,6 +22,8 @@ def portfolio(
 ) -> None:
     """Combined equity, P&L, return and drawdown; per-agent weight, contribution and state.
 
+    Equity is the ledger's books: every sleeve valued at the latest recorded exchange marks
+    plus the unallocated cash; the exchange equity last seen and the difference are shown.
     JSON: {"version": 1, "portfolio": {...}, "agents": [...]}; money as decimal strings,
     ratios (return, drawdown, weight, contribution) as numbers.
     """
@@ -44,9 +46,16 @@ def render_portfolio(report: PortfolioReport) -> RenderableType:
         f"equity {money(f.equity)}  P&L {signed(f.pnl)}  return {f.ret:+.2%}  "
         f"drawdown {f.drawdown:.2%} (max {f.max_drawdown:.2%})  {report.sparkline}"
     )
+    lines = [summary]
+    if report.exchange_equity is not None:
+        gap = f.equity - report.exchange_equity
+        lines.append(f"exchange equity last seen {money(report.exchange_equity)} "
+                     f"(books {signed(gap)})")  # fmt: skip
+    if report.last_rebalance is not None:
+        lines.append(f"last rebalance #{report.last_rebalance.id}: {report.last_rebalance.reason}")
     if not report.ledger_found:
-        summary = "no ledger yet: no agent has run, nothing to aggregate"
-    return Group(summary, _sleeves_table(report))
+        lines = ["no ledger yet: no agent has run, nothing to aggregate"]
+    return Group(*lines, _sleeves_table(report))
 
 
 def _sleeves_table(report: PortfolioReport) -> Table:
@@ -61,7 +70,8 @@ def _sleeves_table(report: PortfolioReport) -> Table:
         g = s.figures
         state_text = (FLAG if s.flagged else "") + s.state
         if s.ledger_state not in (None, "active"):
-            state_text += f" ({s.ledger_state})"
+            reason = f": {s.state_reason}" if s.state_reason else ""
+            state_text += f" ({s.ledger_state}{reason})"
         table.add_row(
             s.id, s.name, state_text, f"{g.weight:.1%}", money(g.capital), money(g.equity),
             signed(g.pnl), f"{g.ret:+.2%}", f"{g.contribution:+.2%}", s.sparkline,
