@@ -27,7 +27,7 @@ from aster_agents.governance import (
 from aster_agents.ledger import AgentRow, Ledger
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import make_fleet, wait_for
+from tests.agentkit import Fleet, make_fleet, wait_for
 
 HOUR = 3_600_000
 USER = Signer(generate_private_key()).address
@@ -306,19 +306,13 @@ def test_disabled_running_agent_opens_nothing(tmp_path: Path, sim_server: SimSer
     fleet = make_fleet(tmp_path, sim_server, ["agent-1"], scan_interval=0.3)
     proc = fleet.start("agent-1")
     try:
-        opens = lambda: [c for c in fleet.coids() if c.endswith("-open")]  # noqa: E731
-        wait_for(opens, 60, "a first opening order")
+        wait_for(lambda: _opens(fleet), 60, "a first opening order")
         done = subprocess.run(
             fleet.command("agents", "disable", "--id", "agent-1", "--reason", "test"),
             env=fleet.env(), capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        ticks = lambda: _ticks(fleet.state_dir, "agent-1")  # noqa: E731
-        seen = ticks()
-        wait_for(lambda: ticks() >= seen + 2, 60, "two ticks after the disable")
-        before, start = len(opens()), ticks()
-        wait_for(lambda: ticks() >= start + 6, 60, "six more ticks")
-        assert len(opens()) == before
+        _assert_opens_nothing_more(fleet, since_ticks=_ticks(fleet))
         assert proc.poll() is None
     finally:
         codes = fleet.stop_all()
@@ -330,36 +324,43 @@ def test_running_agent_is_killed_by_its_drawdown_switch(tmp_path: Path) -> None:
     """A tiny kill_drawdown: fees and moves trip it, the agent disables itself, keeps ticking
     and opens nothing more."""
     with SimServer(SimConfig(port=0, seed=7, speed=60.0)) as sim:
-        _killed_by_drawdown(tmp_path, sim)
-
-
-def _killed_by_drawdown(tmp_path: Path, sim: SimServer) -> None:
-    fleet = make_fleet(tmp_path, sim, ["agent-1"], scan_interval=0.3)
-    with (fleet.config_dir / "_portfolio.yaml").open("a") as f:
-        f.write("rebalance:\n  probation_drawdown: 0.0001\n  kill_drawdown: 0.0003\n")
-    fleet.start("agent-1")
-    try:
-        reason = lambda: _row(fleet.state_dir, "agent-1")  # noqa: E731
-        row = wait_for(lambda: (r := reason()) and r.state == "disabled" and r, 60, "the kill")
-        assert row.state_reason.startswith("kill switch: drawdown ")
-        opens = lambda: [c for c in fleet.coids() if c.endswith("-open")]  # noqa: E731
-        ticks = lambda: _ticks(fleet.state_dir, "agent-1")  # noqa: E731
-        wait_for(lambda: ticks() >= row.ticks + 2, 60, "two ticks after the kill")
-        before, start = len(opens()), ticks()
-        wait_for(lambda: ticks() >= start + 6, 60, "six more ticks")
-        assert len(opens()) == before
-    finally:
-        codes = fleet.stop_all()
+        fleet = make_fleet(tmp_path, sim, ["agent-1"], scan_interval=0.3)
+        with (fleet.config_dir / "_portfolio.yaml").open("a") as f:
+            f.write("rebalance:\n  probation_drawdown: 0.0001\n  kill_drawdown: 0.0003\n")
+        fleet.start("agent-1")
+        try:
+            row = wait_for(lambda: _disabled(fleet), 60, "the kill switch")
+            assert row.state_reason is not None
+            assert row.state_reason.startswith("kill switch: drawdown ")
+            _assert_opens_nothing_more(fleet, since_ticks=row.ticks)
+        finally:
+            codes = fleet.stop_all()
     assert codes == {"agent-1": 0}
     assert "-> disabled (kill switch: drawdown 0.0" in fleet.stderr("agent-1")
 
 
-def _row(state_dir: Path, agent_id: str) -> AgentRow | None:
-    with Ledger(state_dir) as ledger:
-        return ledger.agent(agent_id)
+def _assert_opens_nothing_more(fleet: Fleet, since_ticks: int) -> None:
+    """Two ticks to let an order already in flight land, then six ticks without a new open."""
+    wait_for(lambda: _ticks(fleet) >= since_ticks + 2, 60, "two ticks")
+    before, start = _opens(fleet), _ticks(fleet)
+    wait_for(lambda: _ticks(fleet) >= start + 6, 60, "six more ticks")
+    assert _opens(fleet) == before
 
 
-def _ticks(state_dir: Path, agent_id: str) -> int:
-    with Ledger(state_dir) as ledger:
-        row = ledger.agent(agent_id)
-        return 0 if row is None else row.ticks
+def _opens(fleet: Fleet) -> int:
+    return sum(1 for c in fleet.coids() if c.endswith("-open"))
+
+
+def _row(fleet: Fleet) -> AgentRow | None:
+    with Ledger(fleet.state_dir) as ledger:
+        return ledger.agent("agent-1")
+
+
+def _disabled(fleet: Fleet) -> AgentRow | None:
+    row = _row(fleet)
+    return row if row is not None and row.state == "disabled" else None
+
+
+def _ticks(fleet: Fleet) -> int:
+    row = _row(fleet)
+    return 0 if row is None else row.ticks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from decimal import Decimal
 
 import pytest
@@ -36,10 +37,8 @@ def test_sharpe_and_volatility_annualised_from_the_grid() -> None:
     m = metrics.compute(curve(navs))
     returns = metrics.period_returns(navs)
     scale = math.sqrt(MS_PER_YEAR / HOUR)
-    assert m.volatility == pytest.approx(metrics.statistics.stdev(returns) * scale)
-    assert m.sharpe == pytest.approx(
-        metrics.statistics.fmean(returns) / metrics.statistics.stdev(returns) * scale
-    )
+    assert m.volatility == pytest.approx(statistics.stdev(returns) * scale)
+    assert m.sharpe == pytest.approx(statistics.fmean(returns) / statistics.stdev(returns) * scale)
 
 
 def test_sharpe_is_none_with_too_few_points_or_no_variance() -> None:
