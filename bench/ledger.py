@@ -4,10 +4,13 @@
     python bench/ledger.py --procs 50 --think-ms 200 --json
 
 Each process is one agent (accounts of up to 5 agents); a reservation is one ``reserve`` call
-(one committed ``BEGIN IMMEDIATE`` transaction), followed after the think time by a ``release``.
+(one ``BEGIN IMMEDIATE`` transaction, committed and its WAL synced before the call returns),
+followed after the think time by a ``release`` (committed, not synced on its own).
 Violations come from the independent journal check in ``tests/ledger_worker.py``.
 Targets: 0 violations; p99 <= 5 ms with 50 processes at 200 ms think time;
 >= 3,000 committed reservations/s with 10 processes and no think time.
+``loadavg_1m_start`` / ``loadavg_1m`` are the machine's load before and after the run: other
+work on the machine shows there, and the figures are only comparable at similar loads.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def setup(state: Path, procs: int) -> list[tuple[str, str, str]]:
 
 
 def run(procs: int, think_ms: float, seconds: float) -> dict[str, object]:
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
         state, journal = Path(tmp) / "state", Path(tmp) / "journal"
         plan = setup(state, procs)
@@ -88,6 +92,7 @@ def run(procs: int, think_ms: float, seconds: float) -> dict[str, object]:
         result = summary(procs, think_ms, seconds, lat, denied, len(check.violations))
         holds.sort()
         result["p99_in_lock_ms"] = round(holds[int(0.99 * len(holds))] / 1e6, 3) if holds else 0.0
+        result["loadavg_1m_start"] = round(load_start, 2)
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         return result
 
