@@ -9,8 +9,15 @@ Everything lives in one short temporary directory (unix socket paths are limited
 Keys are generated for one main account and each agent, handed to supervisord in its
 environment and never written to disk. The simulator runs in this process (a background
 thread) with a fast market (``speed`` x wall-clock time; 60 = one 1m candle per second), and
-the agents' scan intervals are divided by the same factor. ``Demo.run`` always tears down
-supervisord, every agent and the simulator, and removes the directory unless it was given.
+the agents' scan intervals are divided by the same factor; funding settles every
+``DEMO_FUNDING_INTERVAL_S`` of market time. ``Demo.run`` always tears down supervisord, every
+agent and the simulator, and removes the directory unless it was given.
+
+At teardown, once every agent has stopped, the market is frozen and the books are checked at
+that instant: ``reconcile_account`` runs against the simulator over HTTP (the tool nonce slot),
+then the portfolio equity is computed exactly as ``aster-agent portfolio`` does and set against
+the simulator's own account equity (``BooksCheck``). A failure or a hang there is reported in
+the result, never raised: the teardown always completes.
 """
 
 from __future__ import annotations
@@ -25,11 +32,11 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from aster_agents.config import AgentConfig, FleetConfig, load_fleet
 from aster_agents.config_view import PORTFOLIO_FILE
@@ -47,11 +54,18 @@ from aster_agents.supervisor import (
     write_runtime_config,
 )
 
+if TYPE_CHECKING:
+    from aster_agents.reconcile import AccountReport
+
+T = TypeVar("T")
+
 DEFAULT_SPEED: Final = 60.0
 DEFAULT_DURATION: Final = 60.0
 DEFAULT_BALANCE: Final = Decimal("10000")
 MAX_AGENTS: Final = 30
 CENT: Final = Decimal("0.01")
+DEMO_FUNDING_INTERVAL_S: Final = 600.0  # market time: 10 s of wall clock at x60
+RECONCILE_TIMEOUT_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +132,52 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class BooksCheck:
+    """The ledger's books against the exchange at one frozen market instant, after reconcile.
+
+    ``books_equity`` is what ``aster-agent portfolio`` shows as equity (every sleeve at the
+    recorded marks + unallocated); ``exchange_equity`` is the simulator's own account equity.
+    ``None`` where the figure could not be had; ``errors`` then says why.
+    """
+
+    market_time_ms: int | None = None
+    books_equity: Decimal | None = None
+    exchange_equity: Decimal | None = None
+    reconcile_ok: bool | None = None
+    repairs: tuple[str, ...] = ()
+    differences: tuple[str, ...] = ()
+    funding_events: int = 0
+    funding_total: Decimal = Decimal(0)
+    errors: tuple[str, ...] = ()
+
+    @property
+    def difference(self) -> Decimal | None:
+        if self.books_equity is None or self.exchange_equity is None:
+            return None
+        return self.books_equity - self.exchange_equity
+
+    @property
+    def agree(self) -> bool:
+        gap = self.difference
+        return gap is not None and abs(gap) < CENT and bool(self.reconcile_ok)
+
+    def to_json(self) -> dict[str, Any]:
+        def text(value: Decimal | None) -> str | None:
+            return None if value is None else str(value)
+
+        return {
+            "market_time_ms": self.market_time_ms, "equity": text(self.books_equity),
+            "exchange_equity": text(self.exchange_equity), "difference": text(self.difference),
+            "agree": self.agree, "reconcile": {
+                "ok": self.reconcile_ok, "repairs": list(self.repairs),
+                "differences": list(self.differences),
+            },
+            "funding": {"events": self.funding_events, "total": str(self.funding_total)},
+            "errors": list(self.errors),
+        }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
 class DemoResult:
     directory: Path
     kept: bool
@@ -126,6 +186,7 @@ class DemoResult:
     final: Snapshot
     supervisord_pid: int | None
     agent_pids: tuple[int, ...]
+    books: BooksCheck | None = None
 
     def to_json(self) -> dict[str, Any]:
         f = self.final
@@ -138,6 +199,7 @@ class DemoResult:
                 "equity": _money(f.account_equity),
                 "pnl": _money(f.account_equity - f.starting_balance),
             },
+            "books": None if self.books is None else self.books.to_json(),
             "agents": [a.to_json() for a in f.agents],
             "supervisord_pid": self.supervisord_pid, "agent_pids": list(self.agent_pids),
         }  # fmt: skip
@@ -273,6 +335,8 @@ class Demo:
         self.supervisor: Supervisor | None = None
         self.pids: set[int] = set()
         self.last_seen: dict[str, tuple[str, int | None]] = {}
+        self.agent_ids: list[str] = []
+        self.books: BooksCheck | None = None
         self.started = time.monotonic()
 
     def run(self, stop: threading.Event) -> DemoResult:
@@ -284,7 +348,8 @@ class Demo:
             sup_pid = self.proc.pid if self.proc is not None else None
             final = self._teardown(final)
         return DemoResult(self.directory, self.options.directory is not None, stop.is_set(),
-                          self.options.speed, final, sup_pid, tuple(sorted(self.pids)))  # fmt: skip
+                          self.options.speed, final, sup_pid, tuple(sorted(self.pids)),
+                          self.books)  # fmt: skip
 
     def _start(self) -> None:
         o = self.options
@@ -293,13 +358,15 @@ class Demo:
             self.state_dir = self.directory / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         account = SimAccount(self.keys.user, self.keys.signers(), o.balance)
-        self.sim = SimServer(SimConfig(seed=o.seed, speed=o.speed, accounts=(account,)))
+        self.sim = SimServer(SimConfig(seed=o.seed, speed=o.speed, accounts=(account,),
+                                       funding_interval_s=DEMO_FUNDING_INTERVAL_S))  # fmt: skip
         url = self.sim.start()
         if any(a.trading.strategy == "llm" for a in self.agents):
             self.model = ModelServer("house")
             self.model.start()
         model_url = self.model.base_url if self.model is not None else None
         docs = demo_agent_docs(self.agents, self.keys, url, o.speed, model_url)
+        self.agent_ids = list(docs)
         self.fleet = load_fleet(write_config_dir(self.directory, docs, self.shipped))
         conf = write_runtime_config(self.fleet, self.state_dir)
         self.supervisor = Supervisor(self.state_dir, conf)
@@ -374,6 +441,8 @@ class Demo:
             self._stop_supervisord()
             final = last
             if self.sim is not None and self.fleet is not None and self.state_dir.exists():
+                if self.proc is not None:
+                    self.books = self.check_books()
                 with suppress(Exception):
                     final = self.snapshot()
             if self.sim is not None:
@@ -384,6 +453,67 @@ class Demo:
                 shutil.rmtree(self.directory, ignore_errors=True)
         return final or Snapshot(0.0, self.options.duration, (), self.options.balance,
                                  self.options.balance)  # fmt: skip
+
+    # -- the books at the end
+
+    def check_books(self) -> BooksCheck:
+        """Freeze the market, reconcile, then compare the portfolio equity with the exchange's.
+
+        Never raises: what fails is reported in ``BooksCheck.errors``.
+        """
+        assert self.sim is not None
+        at = self.sim.freeze()
+        errors: list[str] = []
+        report = None
+        try:
+            report = _with_deadline(self._reconcile, RECONCILE_TIMEOUT_S, "final reconcile")
+        except Exception as exc:  # reported in the output, the teardown goes on
+            errors.append(f"reconcile: {exc}")
+        books = _or_error(self._portfolio_equity, "portfolio", errors)
+        exchange = _or_error(self.sim_equity, "exchange equity", errors)
+        events, total = self._funding()
+        return BooksCheck(
+            at, books, exchange, None if report is None else report.ok,
+            tuple(report.repairs) if report else (),
+            tuple(f"{d.kind} {d.symbol or ''}: ledger {d.ledger}, exchange {d.exchange} "
+                  f"({d.note})" for d in (report.open_differences if report else ())),
+            events, total, tuple(errors),
+        )  # fmt: skip
+
+    def _reconcile(self) -> AccountReport:
+        """``reconcile_account`` over HTTP with an agent's API wallet and the tool nonce slot."""
+        from aster_agents.ledger import SharedBudget
+        from aster_agents.reconcile import reconcile_account
+        from aster_agents.services import make_client
+
+        assert self.fleet is not None
+        agent = self.fleet.agent(self.agent_ids[0])
+        signer = Signer(self.keys.agents[0])
+        with (
+            Ledger(self.state_dir) as ledger,
+            closing(SharedBudget(self.state_dir, user=self.keys.user)) as budget,
+            make_client(self.fleet, agent, budget=budget, signer=signer) as client,
+        ):
+            return reconcile_account(ledger, client, self.keys.user)
+
+    def _portfolio_equity(self) -> Decimal:
+        """The equity ``aster-agent portfolio --json`` shows for this demo's directories."""
+        from aster_agents.config_view import load_view
+        from aster_agents.fleetview import collect_portfolio
+
+        assert self.fleet is not None
+        return collect_portfolio(load_view(self.fleet.config_dir), self.state_dir).figures.equity
+
+    def sim_equity(self) -> Decimal:
+        assert self.sim is not None
+        return self.sim.account_equity(self.keys.user)
+
+    def _funding(self) -> tuple[int, Decimal]:
+        assert self.sim is not None
+        rows = self.sim.engine.income_json(
+            self.keys.user, {"incomeType": "FUNDING_FEE", "limit": "1000"}
+        )
+        return len(rows), sum((Decimal(str(r["income"])) for r in rows), Decimal(0))
 
     def _stop_supervisord(self) -> None:
         """SIGTERM supervisord (it stops every agent first), wait, then make sure."""
@@ -401,6 +531,35 @@ class Demo:
             if not wait_pid_gone(pid, 5.0) and pid_alive(pid):
                 with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
+
+
+def _with_deadline(fn: Callable[[], T], seconds: float, what: str) -> T:
+    """``fn()`` in a daemon thread; TimeoutError if it has not returned within ``seconds``."""
+    box: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # handed to the caller below
+            box.append((False, exc))
+
+    worker = threading.Thread(target=target, name=what, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if not box:
+        raise TimeoutError(f"{what} did not finish within {seconds:.0f} s")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+def _or_error(fn: Callable[[], T], what: str, errors: list[str]) -> T | None:
+    try:
+        return fn()
+    except Exception as exc:  # reported in the output, the teardown goes on
+        errors.append(f"{what}: {exc}")
+        return None
 
 
 def _non_empty(directory: Path) -> bool:

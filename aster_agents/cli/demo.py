@@ -17,7 +17,7 @@ from aster_agents.cli.common import console, emit_json, err_console, state
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from aster_agents.demo import Demo, DemoResult, Snapshot
+    from aster_agents.demo import BooksCheck, Demo, DemoResult, Snapshot
 
 
 def demo(
@@ -154,10 +154,34 @@ def _report(result: DemoResult, as_json: bool) -> None:
     out.print(_view(result.final, "demo summary"))
     how = "interrupted" if result.interrupted else "finished"
     where = f"; kept {result.directory}" if result.kept else ""
+    if result.books is not None:
+        out.print(_books_line(result.books), markup=False, highlight=False)
     out.print(
         f"demo {how}: {result.final.trades} trade(s), combined P&L "
         f"{result.final.pnl:+.2f} USDT; supervisord and every agent stopped{where}"
     )
+
+
+_RECONCILE = {True: "ok", False: "found differences", None: "failed"}
+
+
+def _books_line(books: BooksCheck) -> str:
+    """Books vs exchange at the frozen market instant, after the final reconcile."""
+
+    def amount(value: object) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    gap = books.difference
+    verdict = "agree" if books.agree else "DIFFER"
+    line = (
+        f"books {amount(books.books_equity)} vs exchange {amount(books.exchange_equity)} USDT "
+        f"(difference {'n/a' if gap is None else f'{gap:+.2f}'}): {verdict}; "
+        f"funding {books.funding_events} settlement(s) {books.funding_total:+.4f}; "
+        f"reconcile {_RECONCILE[books.reconcile_ok]}"
+        f", {len(books.repairs)} repair(s)"
+    )
+    details = [*books.differences, *books.errors]
+    return line + "".join(f"\n  {d}" for d in details)
 
 
 def register(app: typer.Typer) -> None:
