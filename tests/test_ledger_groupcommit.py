@@ -194,6 +194,20 @@ def test_one_sync_serves_the_commits_queued_behind_it(state_dir: Path) -> None:
         st.close()
 
 
+def test_a_sync_file_claiming_more_than_was_committed_is_not_trusted(
+    state_dir: Path, probe: SyncProbe
+) -> None:
+    """A ledger.sync whose synced count is ahead of its commit count never skips a sync."""
+    Store(state_dir).close()
+    (state_dir / SYNC_NAME).write_bytes(struct.pack("=QQ", 5, 10**9))
+    st = Store(state_dir, sync=probe)
+    probe.reset()
+    with st.write() as conn:
+        conn.execute(AUDIT_ROW, ("must be synced",))
+    assert len(probe.fds) == 1
+    st.close()
+
+
 def test_vanished_wal_file_is_reported_instead_of_silently_unsynced(store: Store) -> None:
     """If the -wal file disappears under an open ledger, a durable write raises LedgerError."""
     os.unlink(store.wal_path)

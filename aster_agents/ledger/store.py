@@ -215,6 +215,10 @@ class _SyncPoint:
             os.ftruncate(self._fd, 16)  # extending zero-fills; never shrinks live counters
         self._map = mmap.mmap(self._fd, 16)
         self._words = memoryview(self._map).cast("Q")
+        if self._words[1] > self._words[0]:  # not from us (the synced count trails): distrust
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._words[1] = 0
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def committed(self) -> int:
         """Count one durable commit; call under the writer flock. Returns its ticket."""
