@@ -471,7 +471,7 @@ class Demo:
             errors.append(f"reconcile: {exc}")
         books = _or_error(self._portfolio_equity, "portfolio", errors)
         exchange = _or_error(self.sim_equity, "exchange equity", errors)
-        events, total = self._funding()
+        events, total = _or_error(self._funding, "funding", errors) or (0, Decimal(0))
         return BooksCheck(
             at, books, exchange, None if report is None else report.ok,
             tuple(report.repairs) if report else (),
