@@ -93,18 +93,19 @@ class AgentLine:
     realized_pnl: Decimal
     fees: Decimal
     unrealized_pnl: Decimal
+    funding: Decimal = Decimal(0)
 
     @property
     def pnl(self) -> Decimal:
-        return self.realized_pnl - self.fees + self.unrealized_pnl
+        return self.realized_pnl - self.fees + self.funding + self.unrealized_pnl
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "strategy": self.strategy,
             "process_state": self.process_state, "pid": self.pid, "trades": self.trades,
             "open_positions": self.open_positions, "realized_pnl": _money(self.realized_pnl),
-            "fees": _money(self.fees), "unrealized_pnl": _money(self.unrealized_pnl),
-            "pnl": _money(self.pnl),
+            "fees": _money(self.fees), "funding": _money(self.funding),
+            "unrealized_pnl": _money(self.unrealized_pnl), "pnl": _money(self.pnl),
         }  # fmt: skip
 
 
@@ -408,7 +409,7 @@ class Demo:
             lines.append(AgentLine(
                 agent.id, agent.name, agent.trading.strategy, state, pid, trades[agent.id],
                 len(mine), row.realized_pnl if row else Decimal(0), row.fees if row else Decimal(0),
-                unrealized,
+                unrealized, row.funding if row else Decimal(0),
             ))  # fmt: skip
         return Snapshot(time.monotonic() - self.started, self.options.duration, tuple(lines),
                         self._equity(), self.options.balance)  # fmt: skip
