@@ -208,6 +208,23 @@ def test_a_sync_file_claiming_more_than_was_committed_is_not_trusted(
     st.close()
 
 
+def test_a_failing_sync_is_a_ledger_error_after_the_commit(state_dir: Path) -> None:
+    """An fdatasync error surfaces as LedgerError naming the WAL; the commit itself stands."""
+    fail = False
+
+    def sync(fd: int) -> None:
+        if fail:
+            raise OSError(5, "Input/output error")
+
+    st = Store(state_dir, sync=sync)
+    fail = True
+    failed = r"syncing .*ledger\.sqlite3-wal failed .*check the disk"
+    with pytest.raises(LedgerError, match=failed), st.write() as conn:
+        conn.execute(AUDIT_ROW, ("committed, not synced",))
+    assert _audit_count(st) == 1
+    st.close()
+
+
 def test_vanished_wal_file_is_reported_instead_of_silently_unsynced(store: Store) -> None:
     """If the -wal file disappears under an open ledger, a durable write raises LedgerError."""
     os.unlink(store.wal_path)

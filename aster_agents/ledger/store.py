@@ -354,7 +354,13 @@ class Store:
                 self._syncpoint.wait_durable(ticket, self._sync_wal)
 
     def _sync_wal(self) -> None:
-        self._sync(self._wal())
+        try:
+            self._sync(self._wal())
+        except OSError as exc:
+            raise LedgerError(
+                f"ledger {self.path}: syncing {self.wal_path} failed ({exc}); the last write "
+                "is committed but may not survive a power cut: check the disk"
+            ) from exc
 
     def _wal(self) -> int:
         """A descriptor of the current ``-wal`` file, reopened if the file was replaced.
