@@ -194,6 +194,7 @@ def now_ms() -> int:
 SYNC_NAME: Final = "ledger.sync"
 
 Sync = Callable[[int], None]
+DEFAULT_SYNC: Final[Sync] = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class _SyncPoint:
@@ -247,11 +248,11 @@ class _SyncPoint:
 class Store:
     """One connection to ``<state_dir>/ledger.sqlite3`` plus the writer flock.
 
-    ``sync`` makes a file descriptor's data durable (``os.fdatasync``); it is a parameter so
-    tests can count and inspect what is synced.
+    ``sync`` makes a file descriptor's data durable (``os.fdatasync`` where it exists); it is
+    a parameter so tests can count and inspect what is synced.
     """
 
-    def __init__(self, state_dir: Path, *, sync: Sync = os.fdatasync) -> None:
+    def __init__(self, state_dir: Path, *, sync: Sync = DEFAULT_SYNC) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
