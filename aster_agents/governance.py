@@ -307,10 +307,8 @@ def apply_transitions(ledger: Ledger, transitions: Sequence[Transition]) -> list
 
     done = []
     for t in transitions:
-        row = ledger.agent(t.agent_id)
-        if row is None or row.state != t.old:
+        if not ledger.set_state(t.agent_id, t.new, t.reason, expect=t.old):
             continue  # someone (an operator, another process) moved it first
-        ledger.set_state(t.agent_id, t.new, t.reason)
         logger.warning("agent {}: {} -> {} ({})", t.agent_id, t.old, t.new, t.reason)
         done.append(t)
     return done

@@ -779,12 +779,12 @@ def run_agent(
         strategy = get_strategy(agent.trading.strategy, agent.trading.params, seed=_seed(agent.id))
         stop = stop or threading.Event()
         with stop_on_signals(stop), Ledger(state_dir) as ledger:
-            kept = ledger.agent(agent.id)  # disabled stays disabled: only `agents enable` undoes it
+            # a disabled agent stays disabled (the ledger keeps it): only `agents enable` undoes it
             slot = ledger.register_agent(
                 agent.id,
                 agent.exchange.user,
                 max_positions=agent.trading.max_positions,
-                enabled=agent.enabled and (kept is None or kept.state != "disabled"),
+                enabled=agent.enabled,
             )
             budget = SharedBudget(state_dir, user=agent.exchange.user)
             client = make_client(fleet, agent, slot=slot, budget=budget, signer=signer,

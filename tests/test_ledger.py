@@ -211,6 +211,31 @@ def test_set_state_probation_still_opens_and_unknown_state_is_refused(ledger: Le
         ledger.set_state("zz", "active", "x")
 
 
+def test_set_state_with_expect_is_a_compare_and_set(ledger: Ledger) -> None:
+    """set_state(expect=...) changes nothing when the state moved meanwhile."""
+    ledger.set_state("a1", "disabled", "operator")
+    assert not ledger.set_state("a1", "probation", "drawdown 12%", expect="active")
+    row = ledger.agent("a1")
+    assert row is not None and (row.state, row.state_reason) == ("disabled", "operator")
+    assert ledger.set_state("a1", "active", "operator enable", expect="disabled")
+
+
+def test_register_again_never_re_enables_a_disabled_agent(ledger: Ledger) -> None:
+    """A restart (register_agent enabled=True) keeps a kill-switched agent disabled."""
+    ledger.set_state("a1", "disabled", "kill switch: drawdown 21% >= 20%")
+    row = ledger.agent("a1")
+    assert row is not None
+    ledger.register_agent("a1", row.user, max_positions=3, enabled=True)
+    again = ledger.agent("a1")
+    assert again is not None and again.state == "disabled" and not again.enabled
+    _denied(ledger, "agent disabled")
+    ledger.register_agent("a1", row.user, max_positions=3, enabled=False)
+    ledger.set_state("a1", "active", "operator enable")
+    ledger.register_agent("a1", row.user, max_positions=3, enabled=True)
+    last = ledger.agent("a1")
+    assert last is not None and last.state == "active" and last.enabled
+
+
 def test_allocate_issues_units_at_current_nav(ledger: Ledger) -> None:
     """First allocation is at NAV 1; later ones issue/redeem units at the NAV after P&L."""
     row = ledger.agent("a1")

@@ -217,10 +217,13 @@ class Ledger:
             if row is None:
                 return self._insert_agent(conn, agent_id, user, max_positions, capital, enabled)
             slot = int(row[1]) if row[0] == user else self._free_slot(conn, user, agent_id)
+            # ``enabled=False`` disables; ``enabled=True`` never re-enables a disabled agent
+            # (a kill switch or an operator put it there): only ``set_state`` does that.
             conn.execute(
-                "UPDATE agents SET user = ?, nonce_slot = ?, max_positions = ?, enabled = ?, "
-                "state = CASE WHEN ? THEN (CASE state WHEN 'disabled' THEN 'active' ELSE state "
-                "END) ELSE 'disabled' END WHERE agent_id = ?",
+                "UPDATE agents SET user = ?, nonce_slot = ?, max_positions = ?, "
+                "state = CASE WHEN ? THEN state ELSE 'disabled' END, "
+                "enabled = CASE WHEN ? AND state != 'disabled' THEN 1 ELSE 0 END "
+                "WHERE agent_id = ?",
                 (user, slot, max_positions, int(enabled), int(enabled), agent_id),
             )
             current = conn.execute(
@@ -332,17 +335,31 @@ class Ledger:
         """Enable (state active) or disable (state disabled: opens nothing) an agent."""
         self.set_state(agent_id, "active" if enabled else "disabled", reason)
 
-    def set_state(self, agent_id: str, state: str, reason: str) -> None:
-        """Set active / probation / disabled; only ``disabled`` stops new openings."""
+    def set_state(
+        self, agent_id: str, state: str, reason: str, *, expect: str | None = None
+    ) -> bool:
+        """Set active / probation / disabled; only ``disabled`` stops new openings.
+
+        With ``expect``, a compare-and-set: nothing changes (and False is returned) unless the
+        agent is still in that state, so an automatic transition computed from an old view
+        can never overwrite an operator's ``disable`` made meanwhile.
+        """
         if state not in AGENT_STATES:
             raise LedgerError(f"agent state {state!r} is not one of {', '.join(AGENT_STATES)}")
         with self.store.write() as conn:
-            cur = conn.execute(
+            row = conn.execute(
+                "SELECT state FROM agents WHERE agent_id = ?", (agent_id,)
+            ).fetchone()
+            if row is None:
+                self._require(0, agent_id)
+            if expect is not None and row[0] != expect:
+                return False
+            conn.execute(
                 "UPDATE agents SET enabled = ?, state = ?, state_reason = ? WHERE agent_id = ?",
                 (int(state != "disabled"), state, reason, agent_id),
             )
-            self._require(cur.rowcount, agent_id)
             _audit(conn, agent_id, "agent_state", state=state, reason=reason)
+            return True
 
     @staticmethod
     def _require(rowcount: int, agent_id: str) -> None:
