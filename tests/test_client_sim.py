@@ -166,7 +166,9 @@ def test_price_views_exact_when_pinned(client: AsterClient, sim_server: SimServe
     prem = client.premium_index(BTC)
     assert prem.symbol == BTC
     assert prem.mark_price == prem.index_price == Decimal("100000.0")
-    assert prem.last_funding_rate == Decimal("0.0001")
+    settled = sim_server.engine.last_funding_time(prem.time)
+    rate = sim_server.market.funding_rate(BTC, settled).quantize(Decimal("1e-8"))
+    assert prem.last_funding_rate == rate and abs(rate) <= Decimal("0.0001")
     assert prem.next_funding_time > prem.time > 0
     assert prem.next_funding_time % (8 * 3_600_000) == 0
     assert client.ticker_price(BTC).price == Decimal("100000.0")
