@@ -27,14 +27,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from aster_agents.config import FleetConfig
+    from aster_agents.exchange.base import Exchange  # the read-only calls are all reconcile uses
     from aster_agents.ledger import Ledger
-    from aster_agents.models import AccountInfo, Income, Order, Position, PremiumIndex, UserTrade
+    from aster_agents.models import Income, UserTrade
 
 ZERO: Final = Decimal(0)
 TOLERANCE: Final = Decimal("0.01")
@@ -43,34 +44,6 @@ MAX_PAGES: Final = 50
 FUNDING: Final = "FUNDING_FEE"
 TRADE_INCOME: Final = frozenset({"REALIZED_PNL", "COMMISSION"})  # booked from userTrades
 QTY_EPS: Final = Decimal("1e-12")
-
-
-class Exchange(Protocol):
-    """The read-only calls reconcile makes (``AsterClient`` has them all)."""
-
-    def server_time(self) -> int: ...
-    def account(self) -> AccountInfo: ...
-    def position_risk(self, symbol: str | None = None) -> list[Position]: ...
-    def open_orders(self, symbol: str | None = None) -> list[Order]: ...
-    def premium_index(self, symbol: str) -> PremiumIndex: ...
-    def user_trades(
-        self,
-        symbol: str,
-        *,
-        start_time: int | None = None,
-        from_id: int | None = None,
-        limit: int = 500,
-    ) -> list[UserTrade]: ...
-    def income(
-        self,
-        symbol: str | None = None,
-        income_type: str | None = None,
-        start_time: int | None = None,
-        limit: int = 100,
-    ) -> list[Income]: ...
-    def query_order(
-        self, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None
-    ) -> Order: ...
 
 
 class Difference(NamedTuple):
