@@ -43,7 +43,7 @@ EXACT = D("1e-8")
 
 
 class EngineExchange:
-    """The read calls reconcile makes (of ``exchange.base.Exchange``), served by an in-process sim Engine."""
+    """The read calls reconcile makes (``exchange.base.Exchange``), from an in-process Engine."""
 
     def __init__(self, engine: Engine, user: str) -> None:
         self.engine, self.user = engine, user

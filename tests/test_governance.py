@@ -283,6 +283,14 @@ def test_rebalance_cli_table_has_reasons(tmp_path: Path) -> None:
     assert "track record 0.0 d < 1 d" in out and "last rebalance: never" in out
 
 
+def test_rebalance_cli_before_any_agent_started_says_so(tmp_path: Path) -> None:
+    """An empty ledger gets one line saying why there is nothing, not two empty tables."""
+    config = write_config(tmp_path)
+    code, out = cli(config, "rebalance")
+    assert code == 0, out
+    assert "no agent in the ledger" in out and "┏" not in out
+
+
 def test_agents_disable_and_enable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """disable/enable print the new state; an unknown id exits 2; a never-run agent works."""
     config = write_config(tmp_path)

@@ -48,6 +48,10 @@ def rebalance(
     if as_json:
         emit_json(_document(result))
         return
+    if not result.review.sleeves:
+        typer.echo(f"no agent in the ledger at {state_dir} yet: agents register when they "
+                   "start (aster-agent up, or run --id ID); nothing to rebalance")  # fmt: skip
+        return
     console().print(render(result))
 
 
