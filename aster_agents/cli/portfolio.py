@@ -70,8 +70,10 @@ def _sleeves_table(report: PortfolioReport) -> Table:
         g = s.figures
         state_text = (FLAG if s.flagged else "") + s.state
         if s.ledger_state not in (None, "active"):
-            reason = f": {s.state_reason}" if s.state_reason else ""
-            state_text += f" ({s.ledger_state}{reason})"
+            reason = s.state_reason or s.ledger_state
+            if not reason.startswith(s.ledger_state):  # "disabled by operator at ..." says it
+                reason = f"{s.ledger_state}: {reason}"
+            state_text += f" ({reason})"
         table.add_row(
             s.id, s.name, state_text, f"{g.weight:.1%}", money(g.capital), money(g.equity),
             signed(g.pnl), f"{g.ret:+.2%}", f"{g.contribution:+.2%}", s.sparkline,
