@@ -14,6 +14,7 @@ from aster_agents.cli import sim
 from aster_agents.errors import ConfigError
 from aster_agents.sim.accounts import accounts_from_config_dir, load_accounts_file
 from aster_agents.sim.server import SimConfig, SimServer
+from tests.agentkit import wait_for
 from tests.plugins.sim import SignedClient, new_keys, start_sim_process
 
 
@@ -40,6 +41,29 @@ def test_process_prints_url_serves_accounts_and_stops_on_sigterm(tmp_path: Path)
     try:
         balance = client.send("GET", "/fapi/v3/balance").json()
         assert balance[0]["balance"] == "2500.00000000"
+    finally:
+        client.close()
+        assert proc.stop() == 0
+
+
+def test_funding_interval_option_settles_funding_on_an_open_position(tmp_path: Path) -> None:
+    """--funding-interval S: an open position pays or earns FUNDING_FEE every S market seconds."""
+    keys = new_keys()
+    accounts = tmp_path / "accounts.yaml"
+    accounts.write_text(f"- user: '{keys.user}'\n  signers: ['{keys.signers[0]}']\n")
+    proc = start_sim_process("--accounts", str(accounts), "--speed", "60",
+                             "--funding-interval", "60")  # fmt: skip
+    client = SignedClient(proc.base_url, keys.agents[0], keys.user)
+    try:
+        order = {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.002"}
+        assert client.send("POST", "/fapi/v3/order", order).status_code == 200
+
+        def funding() -> list[dict[str, object]]:
+            params = {"incomeType": "FUNDING_FEE"}
+            return list(client.send("GET", "/fapi/v3/income", params).json())
+
+        paid = wait_for(funding, timeout=20, what="a FUNDING_FEE income")
+        assert paid[0]["symbol"] == "BTCUSDT" and Decimal(str(paid[0]["income"])) != 0
     finally:
         client.close()
         assert proc.stop() == 0

@@ -66,6 +66,12 @@ def sim(
     start_time_ms: int | None = typer.Option(
         None, help="Market start time (epoch ms); default now. Fix it for reproducible runs."
     ),
+    funding_interval: float = typer.Option(
+        8 * 3600.0,
+        "--funding-interval",
+        min=0.0,
+        help="Market seconds between funding settlements (seeded rates); 0 turns funding off.",
+    ),
 ) -> None:
     """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
     import signal
@@ -111,6 +117,7 @@ def sim(
         decode_fallback,
         start_time_ms=start_time_ms,
         allow_remote=allow_remote,
+        funding_interval_s=funding_interval,
     )
     server = SimServer(config)
     stop = threading.Event()
