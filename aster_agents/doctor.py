@@ -209,6 +209,7 @@ class AgentChecks:
 
     def run(self) -> None:
         signer = self.key()
+        self.model_key()
         with self._client(signer) as client:
             if not self.reachable(client):
                 for name in ("clock", "account", "position mode", "leverage and margin"):
@@ -274,6 +275,20 @@ class AgentChecks:
         )
         self.check("key", Status.PASS, f"{source} holds the key of signer {signer.address}")
         return signer
+
+    def model_key(self) -> None:
+        """llm agents only: the model API key's env var is set (the endpoint is not called)."""
+        from aster_agents.keys import check_model_key, model_key_env
+
+        name = model_key_env(self.agent)
+        if name is None:
+            return
+        try:
+            check_model_key(self.fleet, self.agent, self.env)
+        except ConfigError as exc:
+            self.check("model key", Status.FAIL, "; ".join(exc.problems))
+            return
+        self.check("model key", Status.PASS, f"environment variable {name} is set")
 
     def reachable(self, client: AsterClient) -> bool:
         url = self.agent.exchange.base_url

@@ -48,6 +48,28 @@ def resolve_signer(
     return signer
 
 
+def model_key_env(agent: AgentConfig) -> str | None:
+    """The env var an ``llm`` agent reads its model API key from, or None (none needed)."""
+    if agent.trading.strategy != "llm":
+        return None
+    name = agent.trading.params.get("api_key_env")
+    return name if isinstance(name, str) and name else None
+
+
+def check_model_key(fleet: FleetConfig, agent: AgentConfig, env: Mapping[str, str]) -> None:
+    """CredentialError when an ``llm`` agent's ``api_key_env`` is not set in ``env``.
+
+    The agent itself stops with exit 2 on that at start; ``up`` and ``doctor`` say it first.
+    """
+    name = model_key_env(agent)
+    if name is not None and not env.get(name, "").strip():
+        where = fleet.files.get(agent.id, fleet.config_dir)
+        raise CredentialError(
+            f"{where}: trading.params.api_key_env: environment variable {name} is not set; "
+            f"export the model API key for agent {agent.id} in it"
+        )
+
+
 def _decrypt(path: Path, exchange: object, env: Mapping[str, str], where: str) -> str:
     from aster_agents.signing import decrypt_keystore
 

@@ -288,3 +288,23 @@ def test_keys_from_dotenv_and_loose_key_files(
     os.chmod(dotenv, 0o600)
     _, doc = doctor_json(fleet, capsys, "--id", "agent-1")
     assert statuses(doc)["key files"] == "PASS"
+
+
+def test_llm_agent_model_key_env_is_checked_never_shown(
+    tmp_path: Path, sim_server: SimServer, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """llm agent: `model key` FAILs while api_key_env is unset, PASSes once set; value hidden."""
+    params = "{base_url: 'http://127.0.0.1:9/v1', model: m, api_key_env: DOCTOR_MODEL_KEY}"
+    made = make_fleet(tmp_path, sim_server, ["agent-1"], strategy="llm", params=params)
+    for name, value in made.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("DOCTOR_MODEL_KEY", raising=False)
+    code, doc = doctor_json(made, capsys, "--id", "agent-1")
+    detail = next(c["detail"] for c in doc["checks"] if c["name"] == "model key")
+    assert code == 1 and statuses(doc)["model key"] == "FAIL"
+    assert "api_key_env: environment variable DOCTOR_MODEL_KEY is not set" in detail
+    secret = "sk-doctor-" + "x" * 24
+    monkeypatch.setenv("DOCTOR_MODEL_KEY", secret)
+    code, doc = doctor_json(made, capsys, "--id", "agent-1")
+    assert statuses(doc)["model key"] == "PASS" and secret not in json.dumps(doc)

@@ -191,6 +191,7 @@ def test_up_refuses_missing_keys(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, _, err = run_cli(args, capsys)
     assert code == 2
     assert "AGENT_1_PRIVATE_KEY is not set" in err
+    assert "agent-10.yaml: trading.params.api_key_env: environment variable AGENT_10_LLM" in err
     assert "nothing started" in err
     assert not (state / "supervisor.sock").exists()
 

@@ -110,15 +110,16 @@ def _environment(default_file: Path, chosen: Path | None) -> dict[str, str]:
 def _check_keys(fleet: object, env: dict[str, str]) -> None:
     from aster_agents.config import FleetConfig
     from aster_agents.errors import ConfigError
-    from aster_agents.keys import resolve_signer
+    from aster_agents.keys import check_model_key, resolve_signer
 
     assert isinstance(fleet, FleetConfig)
     problems = []
     for agent in fleet.enabled_agents:
-        try:
-            resolve_signer(fleet, agent, env)
-        except ConfigError as exc:
-            problems.extend(exc.problems)
+        for check in (resolve_signer, check_model_key):
+            try:
+                check(fleet, agent, env)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
     if problems:
         problems.append("nothing started: set the keys (or pass --env-file) and run `up` again")
         raise ConfigError(f"{len(problems) - 1} agent key problem(s); nothing started", problems)
