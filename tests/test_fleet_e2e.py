@@ -77,8 +77,10 @@ class Fleet:
         )
         self.env_file.chmod(0o600)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, keys: bool = False) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, ASTER_AGENTS_MARKET_SPEED="60")
+        if keys:  # the agents' keys, as `up --env-file` gives them to supervisord
+            env |= dict(line.split("=", 1) for line in self.env_file.read_text().splitlines())
         cmd = [BIN, "--config-dir", str(self.config), "--state-dir", str(self.state), *args]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90, check=False)
 
@@ -146,6 +148,13 @@ def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: 
     sup_pid = Supervisor(fleet.state).pid()
     pids = wait_for("three agents RUNNING", lambda: _running(fleet.status()), 40)
     wait_for("a first fill in the ledger", fleet.fills, 40)
+
+    doctor = fleet.cli("doctor", "--json", keys=True)
+    checks = json.loads(doctor.stdout)["checks"]
+    failed = {c["name"] for c in checks if c["status"] == "FAIL"}
+    assert failed == {"clock"}, checks  # the sim's clock runs 60x: its time is market time
+    host = {c["name"]: c["status"] for c in checks if c["agent"] is None}
+    assert host["supervisord"] == "PASS" and host["ledger"] == "PASS", host
 
     victim = "agent-b"
     os.kill(pids[victim], signal.SIGKILL)
