@@ -789,7 +789,8 @@ def run_agent(
             budget = SharedBudget(state_dir, user=agent.exchange.user)
             client = make_client(fleet, agent, slot=slot, budget=budget, signer=signer,
                                  on_request=log_request, timeout=5.0)  # fmt: skip
-            with client, attached(strategy, stop, risk_limits(agent)):
+            home = state_dir / "agents" / agent.id  # what a strategy keeps across restarts
+            with client, attached(strategy, stop, risk_limits(agent), home):
                 runner = AgentRunner(
                     fleet,
                     agent,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import stat
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -328,6 +330,41 @@ def test_budget_exhausted_holds_without_calling(model: ModelServer, warnings: li
     assert reasons[2:] == ["llm: call budget exhausted"] * 2
     assert len(model.completions()) == 2
     assert len(warnings) == 1
+
+
+def test_budget_survives_a_restart(model: ModelServer, warnings: list[str], tmp_path: Path) -> None:
+    """The calls of the last hour are kept in the agent's home: a restart cannot buy more."""
+    home = tmp_path / "agents" / "agent-9"
+    first = strategy_for(model, max_calls_per_hour=2)
+    first.attach(threading.Event(), LIMITS, home)
+    for _ in range(2):
+        first.decide(market(), FLAT)
+    assert len(model.completions()) == 2
+    first.close()  # the process dies; a new one starts with the same home
+    again = strategy_for(model, max_calls_per_hour=2)
+    again.attach(threading.Event(), LIMITS, home)
+    assert again.decide(market(), FLAT).reason == "llm: call budget exhausted"
+    again.close()
+    assert len(model.completions()) == 2
+    assert stat.S_IMODE((home / "llm-calls.json").stat().st_mode) == 0o600
+
+
+def test_budget_file_old_calls_age_out_and_garbage_is_replaced(
+    tmp_path: Path, warnings: list[str]
+) -> None:
+    """Calls older than an hour do not count; an unreadable file is reported, then rewritten."""
+    path = tmp_path / "llm-calls.json"
+    now = [10_000.0]
+    path.write_text(json.dumps({"calls": [now[0] - 3600.0, now[0] - 10.0]}))
+    budget = CallBudget(2, clock=lambda: now[0])
+    budget.keep_in(path)
+    assert [budget.take(), budget.take()] == [True, False]
+    assert json.loads(path.read_text())["calls"] == [now[0] - 10.0, now[0]]
+    path.write_text("{not json")
+    fresh = CallBudget(1, clock=lambda: now[0])
+    fresh.keep_in(path)
+    assert "unreadable" in warnings[0] and fresh.take() and not fresh.take()
+    assert json.loads(path.read_text())["calls"] == [now[0]]
 
 
 def test_stop_interrupts_a_call_in_flight(model: ModelServer) -> None:

@@ -23,10 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from aster_agents.errors import ConfigError
 from aster_agents.models import Kline
@@ -105,22 +108,27 @@ class RiskLimits:
 class External(Protocol):
     """A strategy that waits on something outside the process (``llm``).
 
-    The runner hands it its stop event (so a SIGTERM interrupts a call in flight) and the
-    agent's limits, and closes it on shutdown.
+    The runner hands it its stop event (so a SIGTERM interrupts a call in flight), the
+    agent's limits and a directory of its own in the state dir (for what must survive a
+    restart), and closes it on shutdown.
     """
 
-    def attach(self, stop: threading.Event, limits: RiskLimits) -> None: ...
+    def attach(
+        self, stop: threading.Event, limits: RiskLimits, home: Path | None = None
+    ) -> None: ...
 
     def close(self) -> None: ...
 
 
 @contextmanager
-def attached(strategy: object, stop: threading.Event, limits: RiskLimits) -> Iterator[None]:
+def attached(
+    strategy: object, stop: threading.Event, limits: RiskLimits, home: Path | None = None
+) -> Iterator[None]:
     """Attach an :class:`External` strategy for the block and close it afterwards."""
     if not isinstance(strategy, External):
         yield
         return
-    strategy.attach(stop, limits)
+    strategy.attach(stop, limits, home)
     try:
         yield
     finally:

@@ -17,7 +17,7 @@ Params: ``base_url`` (required, http/https, e.g. ``http://127.0.0.1:11434/v1``),
 (required), ``api_key_env`` (name of the env var holding the API key; none for local servers;
 a key written in the YAML is refused), ``temperature`` (0.2, 0..2), ``timeout_seconds`` (20,
 at most 120; the whole call, and a SIGTERM interrupts it within 0.1 s), ``max_calls_per_hour``
-(60, a sliding window per agent process, across its symbols; a restart resets it),
+(60, a sliding window per agent across its symbols, kept in the state dir across restarts),
 ``style`` (free text: what kind of trader the agent is), ``klines_in_prompt`` (30).
 
 The request asks for ``response_format: {"type": "json_object"}``; a server that answers
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydantic import Field
 
 from aster_agents.errors import ConfigError, CredentialError
+from aster_agents.fsutil import write_atomic
 from aster_agents.logs import logger
 from aster_agents.strategies.base import (
     PARAMS_PATH,
@@ -57,6 +58,8 @@ from aster_agents.strategies.base import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import httpx
 
 REASON_MAX: Final = 200
@@ -240,12 +243,36 @@ def _clip(text: str, limit: int) -> str:
 
 
 class CallBudget:
-    """At most ``per_hour`` calls in any rolling hour (in memory: a restart resets it)."""
+    """At most ``per_hour`` calls in any rolling hour, across restarts once :meth:`keep_in`.
 
-    def __init__(self, per_hour: int, clock: Callable[[], float] = time.monotonic) -> None:
+    The times are wall-clock seconds. With a file, every call is written there (atomically)
+    *before* it is made, so a crash loop under supervisord cannot buy more calls than the
+    budget: a restarted agent reads the calls of the last hour back. A file that cannot be
+    read is reported and replaced (the budget then starts empty); one that cannot be written
+    is reported once and the budget carries on in memory.
+    """
+
+    def __init__(self, per_hour: int, clock: Callable[[], float] = time.time) -> None:
         self.per_hour = per_hour
         self.clock = clock
         self.calls: deque[float] = deque()
+        self.path: Path | None = None
+        self._write_failed = False
+
+    def keep_in(self, path: Path) -> None:
+        """Load the calls recorded in ``path`` (if any) and record every new one there."""
+        self.path = path
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            times = [float(t) for t in raw["calls"]]
+        except FileNotFoundError:
+            times = []
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            logger.warning("llm call budget {} unreadable ({}); starting it empty", path, exc)
+            times = []
+        now = self.clock()
+        kept = sorted({*self.calls, *(t for t in times if now - t < HOUR_S)})
+        self.calls = deque(kept)
 
     def take(self) -> bool:
         """Use one call if the window has room; False when the budget is spent."""
@@ -255,7 +282,19 @@ class CallBudget:
         if len(self.calls) >= self.per_hour:
             return False
         self.calls.append(now)
+        self._save()
         return True
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            write_atomic(self.path, json.dumps({"calls": list(self.calls)}).encode())
+        except OSError as exc:
+            if not self._write_failed:
+                logger.warning("llm call budget {} cannot be written ({}); a restart will "
+                               "forget this hour's calls", self.path, exc)  # fmt: skip
+                self._write_failed = True
 
 
 # ---------------------------------------------------------------------- the HTTP call
@@ -401,10 +440,13 @@ class LlmStrategy:
         self.limits: RiskLimits | None = None
         self._capped = False
 
-    def attach(self, stop: threading.Event, limits: RiskLimits) -> None:
-        """The runner's stop event (interrupts a call in flight) and the agent's limits."""
+    def attach(self, stop: threading.Event, limits: RiskLimits, home: Path | None = None) -> None:
+        """The runner's stop event (interrupts a call in flight), the agent's limits and its
+        directory in the state dir, where the call budget is kept across restarts."""
         self.stop = stop
         self.limits = limits
+        if home is not None:
+            self.budget.keep_in(home / "llm-calls.json")
 
     def close(self) -> None:
         self.client.close()
