@@ -13,6 +13,10 @@ Runs last 15 s by default: at 50 processes and 200 ms think time that is about 3
 reservations, enough for a p99 that other work on the machine does not swing by itself.
 ``loadavg_1m_start`` / ``loadavg_1m`` are the machine's load before and after the run: other
 work on the machine shows there, and the figures are only comparable at similar loads.
+``mean_in_lock_us`` is how long a granted reservation held the writer flock, and
+``cpu_us_per_loop`` the CPU time (user + system, all workers) per loop (one reserve and its
+release): on a small machine these two decide the throughput, and they are far less noisy
+than it, so compare them when trying a change.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ def run(procs: int, think_ms: float, seconds: float) -> dict[str, object]:
         lat: list[int] = []
         holds: list[int] = []
         denied = 0
+        cpu_ns = 0
         for proc, out in workers:
             proc.communicate()
             if proc.returncode != 0:
@@ -88,12 +93,15 @@ def run(procs: int, think_ms: float, seconds: float) -> dict[str, object]:
             lat += data["latencies_ns"]
             holds += data["holds_ns"]
             denied += data["denied"]
+            cpu_ns += data["cpu_ns"]
         check = check_journal(
             journal, [], Limits(MAX_POSITIONS, AGENTS_PER_ACCOUNT * MAX_POSITIONS)
         )
         result = summary(procs, think_ms, seconds, lat, denied, len(check.violations))
         holds.sort()
         result["p99_in_lock_ms"] = round(holds[int(0.99 * len(holds))] / 1e6, 3) if holds else 0.0
+        result["mean_in_lock_us"] = round(sum(holds) / len(holds) / 1e3, 1) if holds else 0.0
+        result["cpu_us_per_loop"] = round(cpu_ns / max(1, len(lat)) / 1e3, 1)
         result["loadavg_1m_start"] = round(load_start, 2)
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         return result

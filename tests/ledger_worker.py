@@ -149,6 +149,7 @@ def run_bench(args: argparse.Namespace) -> None:
     start_at += rng.uniform(0, args.think_ms / 1000)  # agents tick at random phases
     while time.time() < start_at:
         time.sleep(0.001)
+    cpu_start = time.process_time_ns()
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:
         symbol = rng.choice(symbols)
@@ -168,7 +169,8 @@ def run_bench(args: argparse.Namespace) -> None:
             time.sleep(args.think_ms / 1000 * rng.uniform(0.5, 1.5))
         journal.log("B", args.agent, args.user, symbol, "release")
         ledger.release(intent.client_order_id, "bench")
-    out = {"latencies_ns": latencies, "holds_ns": holds, "denied": denied}
+    cpu_ns = time.process_time_ns() - cpu_start
+    out = {"latencies_ns": latencies, "holds_ns": holds, "denied": denied, "cpu_ns": cpu_ns}
     Path(args.out).write_text(json.dumps(out))
 
 
