@@ -287,7 +287,9 @@ class Store:
         if str(mode).lower() != "wal":
             raise LedgerError(f"ledger {self.path}: could not switch to WAL mode (got {mode})")
         self.conn.execute("PRAGMA synchronous = NORMAL")  # the WAL is synced in write()
-        self.conn.execute("PRAGMA mmap_size = 268435456")
+        # No mmap of the database file: whenever another process has committed, SQLite drops
+        # its whole mapping at the next transaction and maps it again (munmap + mmap + page
+        # faults), which costs more than the few pread()s a transaction needs.
 
     def _migrate(self) -> None:
         with self.write() as conn:
