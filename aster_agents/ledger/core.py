@@ -62,6 +62,27 @@ _INTENT_COLS: Final = (
 )
 
 
+# What ``reserve`` reads first: the agent joined with its account's limits (``_Book.agent``
+# is this row from ``user`` on), and the next intent seq.
+_AGENT_SQL: Final = (
+    "SELECT a.agent_id, a.user, a.enabled, a.max_positions, a.capital, a.realized_pnl, a.fees, "
+    "a.funding, c.max_total_positions, c.max_gross_leverage, c.equity, "
+    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM intents) "
+    "FROM agents a LEFT JOIN accounts c ON c.user = a.user WHERE a.agent_id = ?"
+)
+# Then every active intent, once, for both the reaper and the limit check. The
+# ``state IN (...)`` term lets SQLite walk the partial index ``intents_active`` instead of
+# scanning every intent ever written. Columns 0-4 are what ``_Book.intents`` holds.
+_ACTIVE_SQL: Final = (
+    "SELECT i.agent_id, i.symbol, i.margin, i.notional, i.margin_booked, i.user, i.kind, "
+    "i.client_order_id, i.state, i.sent, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
+    "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
+    "WHERE i.state IN ('reserved', 'confirmed')"
+)
+_A_AGENT, _A_USER, _A_KIND, _A_COID, _A_STATE, _A_SENT = 0, 5, 6, 7, 8, 9
+_A_PID, _A_EXPIRES, _A_HB_PID, _A_HB_MS = 10, 11, 12, 13
+
+
 def make_client_order_id(agent_id: str, seq: int, kind: str) -> str:
     """``<agent>-<seq, 6+ digits>-<kind>``; the kind shrinks to one letter past 36 chars."""
     coid = f"{agent_id}-{seq:06d}-{kind}"
@@ -422,18 +443,24 @@ class Ledger:
         pid = os.getpid() if pid is None else pid
         with self.store.write() as conn:
             now = now_ms()
-            self._reap(conn, now)
-            reason = self._check(conn, agent_id, symbol, kind, margin, notional)
+            agent = conn.execute(_AGENT_SQL, (agent_id,)).fetchone()
+            active = conn.execute(_ACTIVE_SQL).fetchall()
+            reaped = self._reap(conn, now, active)
+            if agent is None:
+                reason: str | None = "agent not registered"
+            else:
+                reason = self._check(conn, agent, active, reaped, symbol, kind, margin, notional)
             if reason is None:
+                assert agent is not None
                 return self._insert_intent(
-                    conn, agent_id, symbol, side, kind, margin, notional, pid, now, ttl_seconds
+                    conn, agent, symbol, side, kind, margin, notional, pid, now, ttl_seconds
                 )
         raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {reason}")
 
+    @staticmethod
     def _insert_intent(
-        self,
         conn: sqlite3.Connection,
-        agent_id: str,
+        agent: tuple[Any, ...],
         symbol: str,
         side: Side,
         kind: str,
@@ -443,8 +470,7 @@ class Ledger:
         now: int,
         ttl_seconds: float,
     ) -> Intent:
-        user = conn.execute("SELECT user FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()[0]
-        seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM intents").fetchone()[0])
+        agent_id, user, seq = agent[0], agent[1], int(agent[11])
         coid = make_client_order_id(agent_id, seq, kind)
         expires = now + int(ttl_seconds * 1000)
         conn.execute(
@@ -473,29 +499,29 @@ class Ledger:
             now, expires, now, False, None,
         )  # fmt: skip
 
-    def _reap(self, conn: sqlite3.Connection, now: int) -> None:
+    def _reap(self, conn: sqlite3.Connection, now: int, active: list[tuple[Any, ...]]) -> set[str]:
         """Expire reservations whose order was never sent: past their TTL, or dead owner.
 
-        An intent marked sent is in flight: its order may already be on the exchange, so
-        freeing its slot could let the account exceed its limits. Only its owner resolves
-        it, by asking the exchange about its client order id at the next start.
-        The ``state IN (...)`` term lets SQLite walk the partial index ``intents_active``
-        (active intents only) instead of scanning every intent ever written.
+        ``active`` holds every active intent (``_ACTIVE_SQL``); returns the client order ids
+        expired here. An intent marked sent is in flight: its order may already be on the
+        exchange, so freeing its slot could let the account exceed its limits. Only its
+        owner resolves it, by asking the exchange about its client order id at the next start.
         """
-        rows = conn.execute(
-            "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
-            "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
-            "WHERE i.state IN ('reserved', 'confirmed') AND i.state = 'reserved' AND i.sent = 0"
-        ).fetchall()
-        for coid, agent_id, pid, expires, hb_pid, hb_ms in rows:
-            why = self._reap_reason(now, pid, expires, hb_pid, hb_ms)
+        reaped: set[str] = set()
+        for row in active:
+            if row[_A_STATE] != "reserved" or row[_A_SENT]:
+                continue
+            coid, pid = row[_A_COID], row[_A_PID]
+            why = self._reap_reason(now, pid, row[_A_EXPIRES], row[_A_HB_PID], row[_A_HB_MS])
             if why is not None:
                 conn.execute(
                     "UPDATE intents SET state = 'expired', reason = ?, updated_ms = ? "
                     "WHERE client_order_id = ?",
                     (why, now, coid),
                 )
-                _audit(conn, agent_id, "reap", coid=coid, reason=why, pid=pid)
+                _audit(conn, row[_A_AGENT], "reap", coid=coid, reason=why, pid=pid)
+                reaped.add(coid)
+        return reaped
 
     def _reap_reason(
         self, now: int, pid: int, expires: int, hb_pid: int | None, hb_ms: int | None
@@ -508,33 +534,28 @@ class Ledger:
             return "heartbeat stale"
         return None
 
+    @staticmethod
     def _check(
-        self,
         conn: sqlite3.Connection,
-        agent_id: str,
+        agent: tuple[Any, ...],
+        active: list[tuple[Any, ...]],
+        reaped: set[str],
         symbol: str,
         kind: str,
         margin: Decimal,
         notional: Decimal,
     ) -> str | None:
-        agent = conn.execute(
-            "SELECT a.user, a.enabled, a.max_positions, a.capital, a.realized_pnl, a.fees, "
-            "a.funding, c.max_total_positions, c.max_gross_leverage, c.equity "
-            "FROM agents a LEFT JOIN accounts c ON c.user = a.user WHERE a.agent_id = ?",
-            (agent_id,),
-        ).fetchone()
-        if agent is None:
-            return "agent not registered"
+        agent_id, user = agent[0], agent[1]
         positions = conn.execute(
             "SELECT agent_id, symbol, qty, entry_price, margin FROM positions WHERE user = ?",
-            (agent[0],),
+            (user,),
         ).fetchall()
-        intents = conn.execute(
-            "SELECT agent_id, symbol, margin, notional, margin_booked FROM intents "
-            "WHERE state IN ('reserved', 'confirmed') AND kind = 'open' AND user = ?",
-            (agent[0],),
-        ).fetchall()
-        book = _Book(agent_id, agent, positions, intents)
+        intents = [
+            r[:5]
+            for r in active
+            if r[_A_USER] == user and r[_A_KIND] == "open" and r[_A_COID] not in reaped
+        ]
+        book = _Book(agent_id, agent[1:], positions, intents)
         if kind != "open":
             return None if (symbol, agent_id) in book.slots else "agent holds no position on symbol"
         return book.open_denial(symbol, margin, notional)
