@@ -440,79 +440,60 @@ class Ledger:
             raise LedgerError(f"intent kind {kind!r} is not one of {', '.join(INTENT_KINDS)}")
         if margin < 0 or notional < 0:
             raise LedgerError(f"agent {agent_id}: margin and notional must be >= 0")
-        pid = os.getpid() if pid is None else pid
+        me = os.getpid()
+        pid = me if pid is None else pid
+        ttl_ms = int(ttl_seconds * 1000)
+        row = (symbol, side.value, kind, str(margin), str(notional), pid)
+        # the audit detail as _audit writes it (sorted keys), but for the coid made in the lock
+        detail = f'"kind": {json.dumps(kind)}, "pid": {int(pid)}, "symbol": {json.dumps(symbol)}}}'
         with self.store.write() as conn:
             now = now_ms()
             agent = conn.execute(_AGENT_SQL, (agent_id,)).fetchone()
             active = conn.execute(_ACTIVE_SQL).fetchall()
-            reaped = self._reap(conn, now, active)
+            reaped = self._reap(conn, now, active, me)
             if agent is None:
                 reason: str | None = "agent not registered"
             else:
                 reason = self._check(conn, agent, active, reaped, symbol, kind, margin, notional)
             if reason is None:
                 assert agent is not None
-                return self._insert_intent(
-                    conn, agent, symbol, side, kind, margin, notional, pid, now, ttl_seconds
+                user, seq = agent[1], int(agent[11])
+                coid = make_client_order_id(agent_id, seq, kind)
+                conn.execute(
+                    "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, "
+                    "kind, margin, notional, state, pid, created_ms, expires_ms, updated_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
+                    (seq, coid, agent_id, user, *row, now, now + ttl_ms, now),
                 )
-        raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {reason}")
-
-    @staticmethod
-    def _insert_intent(
-        conn: sqlite3.Connection,
-        agent: tuple[Any, ...],
-        symbol: str,
-        side: Side,
-        kind: str,
-        margin: Decimal,
-        notional: Decimal,
-        pid: int,
-        now: int,
-        ttl_seconds: float,
-    ) -> Intent:
-        agent_id, user, seq = agent[0], agent[1], int(agent[11])
-        coid = make_client_order_id(agent_id, seq, kind)
-        expires = now + int(ttl_seconds * 1000)
-        conn.execute(
-            "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, kind, "
-            "margin, notional, state, pid, created_ms, expires_ms, updated_ms) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
-            (
-                seq,
-                coid,
-                agent_id,
-                user,
-                symbol,
-                side.value,
-                kind,
-                str(margin),
-                str(notional),
-                pid,
-                now,
-                expires,
-                now,
-            ),
-        )
-        _audit(conn, agent_id, "reserve", coid=coid, symbol=symbol, kind=kind, pid=pid)
+                conn.execute(
+                    "INSERT INTO audit (time_ms, agent_id, event, detail) "
+                    "VALUES (?, ?, 'reserve', ?)",
+                    (now, agent_id, f'{{"coid": "{coid}", {detail}'),
+                )
+        if reason is not None:
+            raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {reason}")
         return Intent(
             coid, seq, agent_id, user, symbol, side, kind, margin, notional, "reserved", pid,
-            now, expires, now, False, None,
+            now, now + ttl_ms, now, False, None,
         )  # fmt: skip
 
-    def _reap(self, conn: sqlite3.Connection, now: int, active: list[tuple[Any, ...]]) -> set[str]:
+    def _reap(
+        self, conn: sqlite3.Connection, now: int, active: list[tuple[Any, ...]], me: int
+    ) -> set[str]:
         """Expire reservations whose order was never sent: past their TTL, or dead owner.
 
-        ``active`` holds every active intent (``_ACTIVE_SQL``); returns the client order ids
-        expired here. An intent marked sent is in flight: its order may already be on the
-        exchange, so freeing its slot could let the account exceed its limits. Only its
-        owner resolves it, by asking the exchange about its client order id at the next start.
+        ``active`` holds every active intent (``_ACTIVE_SQL``) and ``me`` is this process's
+        pid; returns the client order ids expired here. An intent marked sent is in flight:
+        its order may already be on the exchange, so freeing its slot could let the account
+        exceed its limits. Only its owner resolves it, by asking the exchange about its
+        client order id at the next start.
         """
         reaped: set[str] = set()
         for row in active:
             if row[_A_STATE] != "reserved" or row[_A_SENT]:
                 continue
             coid, pid = row[_A_COID], row[_A_PID]
-            why = self._reap_reason(now, pid, row[_A_EXPIRES], row[_A_HB_PID], row[_A_HB_MS])
+            why = self._reap_reason(now, me, pid, row[_A_EXPIRES], row[_A_HB_PID], row[_A_HB_MS])
             if why is not None:
                 conn.execute(
                     "UPDATE intents SET state = 'expired', reason = ?, updated_ms = ? "
@@ -524,11 +505,11 @@ class Ledger:
         return reaped
 
     def _reap_reason(
-        self, now: int, pid: int, expires: int, hb_pid: int | None, hb_ms: int | None
+        self, now: int, me: int, pid: int, expires: int, hb_pid: int | None, hb_ms: int | None
     ) -> str | None:
         if expires <= now:
             return "ttl"
-        if pid != os.getpid() and not self._liveness.alive(pid):
+        if pid != me and not self._liveness.alive(pid):
             return "pid dead"
         if hb_pid == pid and hb_ms is not None and now - hb_ms > self._stale_heartbeat_ms:
             return "heartbeat stale"
@@ -601,15 +582,20 @@ class Ledger:
         durable: bool = True,
     ) -> bool:
         marks = ", ".join("?" * len(from_states))
+        detail = json.dumps({"coid": coid, "reason": reason}, sort_keys=True)  # as _audit does
         with self.store.write(durable=durable) as conn:
+            now = now_ms()
             row = conn.execute(
                 f"UPDATE intents SET state = ?, reason = COALESCE(?, reason), updated_ms = ? "
                 f"WHERE client_order_id = ? AND state IN ({marks}) RETURNING agent_id",
-                (to, reason, now_ms(), coid, *from_states),
+                (to, reason, now, coid, *from_states),
             ).fetchone()
             if row is None:
                 return False
-            _audit(conn, row[0], to, coid=coid, reason=reason)
+            conn.execute(
+                "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, ?, ?, ?)",
+                (now, row[0], to, detail),
+            )
             return True
 
     def mark_sent(self, client_order_id: str) -> bool:
