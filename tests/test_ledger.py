@@ -365,7 +365,7 @@ def test_confirm_and_release_are_conditional(ledger: Ledger) -> None:
 
 
 def test_expired_reservation_is_reaped_but_stays_queryable(ledger: Ledger) -> None:
-    """A reservation past its TTL is reaped inside the next reserve; its record stays."""
+    """A reservation past its TTL is reaped by the next reserve it is in the way of."""
     stale = _open(ledger, "a1", "BTCUSDT", ttl_seconds=0)
     _open(ledger, "a2", "BTCUSDT")
     reaped = ledger.intent(stale.client_order_id)
@@ -374,14 +374,19 @@ def test_expired_reservation_is_reaped_but_stays_queryable(ledger: Ledger) -> No
     assert any(e.event == "reap" for e in ledger.audit(10))
 
 
-def test_dead_pid_reservation_is_reaped_and_its_fill_still_books(ledger: Ledger) -> None:
-    """A dead process's unsent reservation is reaped; a fill on it still books."""
+def _dead_pid() -> int:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)  # fmt: skip
     pid = int(dead.stdout)
     assert not pid_alive(pid)
-    orphan = _open(ledger, "a1", "BTCUSDT", pid=pid)
-    _open(ledger, "a1", "ETHUSDT")
+    return pid
+
+
+def test_dead_pid_reservation_is_reaped_and_its_fill_still_books(ledger: Ledger) -> None:
+    """A dead process's unsent reservation is reaped when in the way; a fill on it still books."""
+    orphan = _open(ledger, "a1", "BTCUSDT", pid=_dead_pid())
+    _open(ledger, "a1", "ETHUSDT")  # a1's second slot of 2: the orphan holds the first
+    _open(ledger, "a1", "SOLUSDT")  # would be denied (max_positions) unless the orphan goes
     reaped = ledger.intent(orphan.client_order_id)
     assert reaped is not None and reaped.state == "expired" and reaped.reason == "pid dead"
     assert orphan.client_order_id not in {
@@ -389,6 +394,30 @@ def test_dead_pid_reservation_is_reaped_and_its_fill_still_books(ledger: Ledger)
     }
     assert _fill(ledger, orphan.client_order_id, 7) is True
     assert [p.symbol for p in ledger.positions(agent_id="a1")] == ["BTCUSDT"]
+
+
+def test_reaper_runs_when_a_limit_would_deny_or_the_interval_passed(state_dir: Path) -> None:
+    """``reserve`` reaps before any denial, and at least every ``reap_interval_s`` anyway.
+
+    Skipping a reap only ever makes limits tighter, never looser; reaping before every
+    denial means a stale reservation never causes one, and the interval bounds how long
+    one can linger where nothing needs its slot.
+    """
+    lazy = Ledger(state_dir, reap_interval_s=3600)
+    lazy.set_account_limits("u1", max_total_positions=9, max_gross_leverage=D(5))
+    lazy.register_agent("a1", "u1", max_positions=9, capital=D(100))
+    _open(lazy, "a1", "S0")  # a process's first reservation reaps: nothing to reap yet
+    orphan = _open(lazy, "a1", "BTCUSDT", pid=_dead_pid())
+    _open(lazy, "a1", "ETHUSDT")  # nothing in the way, interval not passed: no reap
+    assert lazy.intent(orphan.client_order_id).state == "reserved"  # type: ignore[union-attr]
+    eager = Ledger(state_dir, reap_interval_s=0)
+    try:
+        _open(eager, "a1", "SOLUSDT")  # the interval has passed: reaps though not denied
+        reaped = eager.intent(orphan.client_order_id)
+        assert reaped is not None and reaped.state == "expired" and reaped.reason == "pid dead"
+    finally:
+        eager.close()
+        lazy.close()
 
 
 def test_live_pid_with_stale_heartbeat_is_reaped(state_dir: Path) -> None:

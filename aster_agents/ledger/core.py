@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -70,17 +71,14 @@ _AGENT_SQL: Final = (
     "(SELECT COALESCE(MAX(seq), 0) + 1 FROM intents) "
     "FROM agents a LEFT JOIN accounts c ON c.user = a.user WHERE a.agent_id = ?"
 )
-# Then every active intent, once, for both the reaper and the limit check. The
-# ``state IN (...)`` term lets SQLite walk the partial index ``intents_active`` instead of
-# scanning every intent ever written. Columns 0-4 are what ``_Book.intents`` holds.
-_ACTIVE_SQL: Final = (
-    "SELECT i.agent_id, i.symbol, i.margin, i.notional, i.margin_booked, i.user, i.kind, "
-    "i.client_order_id, i.state, i.sent, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
+# The reaper's candidates: active intents never sent. The ``state IN (...)`` term lets SQLite
+# walk the partial index ``intents_active`` instead of scanning every intent ever written.
+_REAP_SQL: Final = (
+    "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
     "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
-    "WHERE i.state IN ('reserved', 'confirmed')"
+    "WHERE i.state IN ('reserved', 'confirmed') AND i.state = 'reserved' AND i.sent = 0"
 )
-_A_AGENT, _A_USER, _A_KIND, _A_COID, _A_STATE, _A_SENT = 0, 5, 6, 7, 8, 9
-_A_PID, _A_EXPIRES, _A_HB_PID, _A_HB_MS = 10, 11, 12, 13
+REAP_INTERVAL_S: Final = 1.0
 
 
 def make_client_order_id(agent_id: str, seq: int, kind: str) -> str:
@@ -200,11 +198,19 @@ class _Book:
 class Ledger:
     """The shared ledger at ``<state_dir>/ledger.sqlite3``; one instance per process."""
 
-    def __init__(self, state_dir: Path, *, stale_heartbeat_s: float = STALE_HEARTBEAT_S) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        stale_heartbeat_s: float = STALE_HEARTBEAT_S,
+        reap_interval_s: float = REAP_INTERVAL_S,
+    ) -> None:
         self.store = Store(Path(state_dir))
         self.state_dir = self.store.state_dir
         self._liveness = PidLiveness()
         self._stale_heartbeat_ms = int(stale_heartbeat_s * 1000)
+        self._reap_interval_s = reap_interval_s
+        self._next_reap = 0.0  # time.monotonic() from which the next reserve reaps anyway
 
     def close(self) -> None:
         self.store.close()
@@ -434,7 +440,11 @@ class Ledger:
     ) -> Intent:
         """Check every limit and write a ``reserved`` intent, in one transaction.
 
-        Raises ``ReservationDenied`` with the reason when a limit says no.
+        Raises ``ReservationDenied`` with the reason when a limit says no. The same
+        transaction reaps stale reservations (``_reap``) before any denial, at this process's
+        first reservation and then at least every ``reap_interval_s``; a ``close`` or
+        ``protect`` always reaps first. A stale reservation can only make the limits tighter,
+        so it never lets one through, and it never causes a denial either.
         """
         if kind not in INTENT_KINDS:
             raise LedgerError(f"intent kind {kind!r} is not one of {', '.join(INTENT_KINDS)}")
@@ -449,12 +459,12 @@ class Ledger:
         with self.store.write() as conn:
             now = now_ms()
             agent = conn.execute(_AGENT_SQL, (agent_id,)).fetchone()
-            active = conn.execute(_ACTIVE_SQL).fetchall()
-            reaped = self._reap(conn, now, active, me)
-            if agent is None:
-                reason: str | None = "agent not registered"
-            else:
-                reason = self._check(conn, agent, active, reaped, symbol, kind, margin, notional)
+            reaped = kind != "open" or time.monotonic() >= self._next_reap
+            if reaped:
+                self._reap(conn, now, me)
+            reason = self._check(conn, agent, symbol, kind, margin, notional)
+            if reason is not None and not reaped and self._reap(conn, now, me):
+                reason = self._check(conn, agent, symbol, kind, margin, notional)
             if reason is None:
                 assert agent is not None
                 user, seq = agent[1], int(agent[11])
@@ -477,31 +487,26 @@ class Ledger:
             now, now + ttl_ms, now, False, None,
         )  # fmt: skip
 
-    def _reap(
-        self, conn: sqlite3.Connection, now: int, active: list[tuple[Any, ...]], me: int
-    ) -> set[str]:
+    def _reap(self, conn: sqlite3.Connection, now: int, me: int) -> int:
         """Expire reservations whose order was never sent: past their TTL, or dead owner.
 
-        ``active`` holds every active intent (``_ACTIVE_SQL``) and ``me`` is this process's
-        pid; returns the client order ids expired here. An intent marked sent is in flight:
-        its order may already be on the exchange, so freeing its slot could let the account
-        exceed its limits. Only its owner resolves it, by asking the exchange about its
-        client order id at the next start.
+        ``me`` is this process's pid; returns how many were expired. An intent marked sent
+        is in flight: its order may already be on the exchange, so freeing its slot could
+        let the account exceed its limits. Only its owner resolves it, by asking the
+        exchange about its client order id at the next start.
         """
-        reaped: set[str] = set()
-        for row in active:
-            if row[_A_STATE] != "reserved" or row[_A_SENT]:
-                continue
-            coid, pid = row[_A_COID], row[_A_PID]
-            why = self._reap_reason(now, me, pid, row[_A_EXPIRES], row[_A_HB_PID], row[_A_HB_MS])
+        self._next_reap = time.monotonic() + self._reap_interval_s
+        reaped = 0
+        for coid, agent_id, pid, expires, hb_pid, hb_ms in conn.execute(_REAP_SQL).fetchall():
+            why = self._reap_reason(now, me, pid, expires, hb_pid, hb_ms)
             if why is not None:
                 conn.execute(
                     "UPDATE intents SET state = 'expired', reason = ?, updated_ms = ? "
                     "WHERE client_order_id = ?",
                     (why, now, coid),
                 )
-                _audit(conn, row[_A_AGENT], "reap", coid=coid, reason=why, pid=pid)
-                reaped.add(coid)
+                _audit(conn, agent_id, "reap", coid=coid, reason=why, pid=pid)
+                reaped += 1
         return reaped
 
     def _reap_reason(
@@ -518,24 +523,24 @@ class Ledger:
     @staticmethod
     def _check(
         conn: sqlite3.Connection,
-        agent: tuple[Any, ...],
-        active: list[tuple[Any, ...]],
-        reaped: set[str],
+        agent: tuple[Any, ...] | None,
         symbol: str,
         kind: str,
         margin: Decimal,
         notional: Decimal,
     ) -> str | None:
+        if agent is None:
+            return "agent not registered"
         agent_id, user = agent[0], agent[1]
         positions = conn.execute(
             "SELECT agent_id, symbol, qty, entry_price, margin FROM positions WHERE user = ?",
             (user,),
         ).fetchall()
-        intents = [
-            r[:5]
-            for r in active
-            if r[_A_USER] == user and r[_A_KIND] == "open" and r[_A_COID] not in reaped
-        ]
+        intents = conn.execute(
+            "SELECT agent_id, symbol, margin, notional, margin_booked FROM intents "
+            "WHERE state IN ('reserved', 'confirmed') AND kind = 'open' AND user = ?",
+            (user,),
+        ).fetchall()
         book = _Book(agent_id, agent[1:], positions, intents)
         if kind != "open":
             return None if (symbol, agent_id) in book.slots else "agent holds no position on symbol"
