@@ -594,7 +594,7 @@ def test_audit_lists_every_state_change_newest_first(ledger: Ledger) -> None:
     assert events == ["released", "confirmed", "reserve"]
     assert json.loads(ledger.audit(1)[0].detail)["coid"] == intent.client_order_id
     assert "agent_registered" in {e.event for e in ledger.audit(100)}
-    reserve = ledger.audit(3)[2].detail  # written without json.dumps: must read the same
+    reserve = ledger.audit(3)[2].detail
     expected = {"coid": intent.client_order_id, "kind": "open", "pid": os.getpid()}
     assert reserve == json.dumps({**expected, "symbol": intent.symbol}, sort_keys=True)
 

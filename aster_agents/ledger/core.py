@@ -117,9 +117,15 @@ def _intent(row: tuple[Any, ...]) -> Intent:
 
 
 def _audit(conn: sqlite3.Connection, agent_id: str | None, event: str, **detail: Any) -> None:
+    _audit_at(conn, now_ms(), agent_id, event, **detail)
+
+
+def _audit_at(
+    conn: sqlite3.Connection, time_ms: int, agent_id: str | None, event: str, **detail: Any
+) -> None:
     conn.execute(
         "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, ?, ?, ?)",
-        (now_ms(), agent_id, event, json.dumps(detail, default=str, sort_keys=True)),
+        (time_ms, agent_id, event, json.dumps(detail, default=str, sort_keys=True)),
     )
 
 
@@ -454,8 +460,6 @@ class Ledger:
         pid = me if pid is None else pid
         ttl_ms = int(ttl_seconds * 1000)
         row = (symbol, side.value, kind, str(margin), str(notional), pid)
-        # the audit detail as _audit writes it (sorted keys), but for the coid made in the lock
-        detail = f'"kind": {json.dumps(kind)}, "pid": {int(pid)}, "symbol": {json.dumps(symbol)}}}'
         with self.store.write() as conn:
             now = now_ms()
             agent = conn.execute(_AGENT_SQL, (agent_id,)).fetchone()
@@ -475,11 +479,8 @@ class Ledger:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
                     (seq, coid, agent_id, user, *row, now, now + ttl_ms, now),
                 )
-                conn.execute(
-                    "INSERT INTO audit (time_ms, agent_id, event, detail) "
-                    "VALUES (?, ?, 'reserve', ?)",
-                    (now, agent_id, f'{{"coid": "{coid}", {detail}'),
-                )
+                _audit_at(conn, now, agent_id, "reserve", coid=coid, kind=kind, pid=pid,
+                          symbol=symbol)  # fmt: skip
         if reason is not None:
             raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {reason}")
         return Intent(
@@ -587,7 +588,6 @@ class Ledger:
         durable: bool = True,
     ) -> bool:
         marks = ", ".join("?" * len(from_states))
-        detail = json.dumps({"coid": coid, "reason": reason}, sort_keys=True)  # as _audit does
         with self.store.write(durable=durable) as conn:
             now = now_ms()
             row = conn.execute(
@@ -597,10 +597,7 @@ class Ledger:
             ).fetchone()
             if row is None:
                 return False
-            conn.execute(
-                "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, ?, ?, ?)",
-                (now, row[0], to, detail),
-            )
+            _audit_at(conn, now, row[0], to, coid=coid, reason=reason)
             return True
 
     def mark_sent(self, client_order_id: str) -> bool:
