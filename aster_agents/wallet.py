@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from typing import Final
 
 from aster_agents.config_view import resolve_config_dir
 from aster_agents.errors import ConfigError, CredentialError
+from aster_agents.fsutil import write_private_file
 
 KEYS_DIR: Final = "keys"
 AGENT_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
@@ -182,7 +182,12 @@ def create_wallet(
         new_text = updated_yaml(yaml_file, address, keystore_ref(agent_id), password_env)
     document = json.dumps(encrypt_keystore(key, password)).encode("utf-8")
     del key
-    write_private_file(target, document, replace=force)
+    try:
+        write_private_file(target, document, replace=force)
+    except FileExistsError:
+        raise ConfigError(
+            f"{target}: a keystore appeared while this one was written; nothing was replaced"
+        ) from None
     if new_text is not None:
         replace_text(yaml_file, new_text)
     return NewWallet(
@@ -194,57 +199,6 @@ def create_wallet(
         config_file=yaml_file if yaml_file.is_file() else None,
         config_updated=new_text is not None,
     )
-
-
-def write_private_file(target: Path, data: bytes, *, replace: bool) -> None:
-    """Write ``data`` to ``target`` atomically, mode 0600, in a 0700 directory.
-
-    The temporary file is created 0600 (never briefly readable), fsynced, then renamed;
-    without ``replace`` it is hard-linked into place, which fails if ``target`` exists.
-    """
-    _private_dir(target.parent)
-    fd, tmp = _private_temp(target.parent, target.name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if replace:
-            os.replace(tmp, target)
-        else:
-            _link_new(tmp, target)
-        _fsync_dir(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _private_dir(directory: Path) -> None:
-    if not directory.exists():
-        directory.mkdir(mode=0o700, parents=True)
-        os.chmod(directory, 0o700)
-
-
-def _private_temp(directory: Path, name: str) -> tuple[int, str]:
-    tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
-    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), str(tmp)
-
-
-def _link_new(tmp: str, target: Path) -> None:
-    try:
-        os.link(tmp, target)
-    except FileExistsError:
-        raise ConfigError(
-            f"{target}: a keystore appeared while this one was written; nothing was replaced"
-        ) from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def replace_text(path: Path, text: str) -> None:

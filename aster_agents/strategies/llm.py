@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pydantic import Field
 
 from aster_agents.errors import ConfigError, CredentialError
-from aster_agents.fsutil import write_atomic
+from aster_agents.fsutil import write_private_file
 from aster_agents.logs import logger
 from aster_agents.strategies.base import (
     PARAMS_PATH,
@@ -289,7 +289,8 @@ class CallBudget:
         if self.path is None:
             return
         try:
-            write_atomic(self.path, json.dumps({"calls": list(self.calls)}).encode())
+            write_private_file(self.path, json.dumps({"calls": list(self.calls)}).encode(),
+                               replace=True)  # fmt: skip
         except OSError as exc:
             if not self._write_failed:
                 logger.warning("llm call budget {} cannot be written ({}); a restart will "
