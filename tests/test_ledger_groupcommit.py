@@ -120,8 +120,9 @@ def test_non_durable_and_rolled_back_writes_are_not_synced(store: Store, probe: 
     assert _audit_count(store) == 1
 
 
-def test_reserve_is_synced_but_release_and_heartbeat_are_not(state_dir: Path) -> None:
-    """Through the Ledger: reserve returns after one sync; release and heartbeat add none."""
+def test_only_mark_sent_is_synced_and_its_sync_covers_the_reservation(state_dir: Path) -> None:
+    """Through the Ledger: reserve, release and heartbeat add no sync; mark_sent, the last
+    write before an order goes on the wire, syncs once, with the reservation inside."""
     probe = SyncProbe(state_dir)
     with Ledger(state_dir) as setup:
         setup.set_account_limits(
@@ -132,11 +133,18 @@ def test_reserve_is_synced_but_release_and_heartbeat_are_not(state_dir: Path) ->
     led.store.close()
     led.store = Store(state_dir, sync=probe)
     probe.reset()
-    intent = led.reserve("a1", "BTCUSDT", Side.BUY, margin=Decimal(10), notional=Decimal(20))
-    assert len(probe.fds) == 1 and probe.flock_free == [True]
-    led.release(intent.client_order_id, "not sent")
+    before = _audit_count(led.store)
+    kept = led.reserve("a1", "BTCUSDT", Side.BUY, margin=Decimal(10), notional=Decimal(20))
+    dropped = led.reserve("a1", "ETHUSDT", Side.BUY, margin=Decimal(10), notional=Decimal(20))
+    led.release(dropped.client_order_id, "not sent")
     led.heartbeat("a1", os.getpid())
-    assert len(probe.fds) == 1
+    assert probe.fds == []
+    assert led.mark_sent(kept.client_order_id)
+    assert len(probe.fds) == 1 and probe.flock_free == [True]
+    # At the moment of that sync every earlier commit (two reservations, the release, the
+    # "sent" mark) is visible and in the file being synced: the WAL, a prefix of commits.
+    assert probe.audit_rows == [before + 4]
+    assert probe.inodes[0][0] == probe.inodes[0][1]
     led.close()
 
 

@@ -451,6 +451,11 @@ class Ledger:
         first reservation and then at least every ``reap_interval_s``; a ``close`` or
         ``protect`` always reaps first. A stale reservation can only make the limits tighter,
         so it never lets one through, and it never causes a denial either.
+
+        The commit is not synced on its own (``durable=False``): nothing outside the ledger
+        acts on a reservation until ``mark_sent``, which is durable, and its sync covers this
+        commit too (the WAL is recovered as a prefix). A reservation lost in an OS crash
+        therefore never had an order, and its seq and client order id are free to reuse.
         """
         if kind not in INTENT_KINDS:
             raise LedgerError(f"intent kind {kind!r} is not one of {', '.join(INTENT_KINDS)}")
@@ -460,7 +465,7 @@ class Ledger:
         pid = me if pid is None else pid
         ttl_ms = int(ttl_seconds * 1000)
         row = (symbol, side.value, kind, str(margin), str(notional), pid)
-        with self.store.write() as conn:
+        with self.store.write(durable=False) as conn:
             now = now_ms()
             agent = conn.execute(_AGENT_SQL, (agent_id,)).fetchone()
             reaped = kind != "open" or time.monotonic() >= self._next_reap
@@ -605,6 +610,8 @@ class Ledger:
 
         From here on the intent is in flight and is never reaped. False means it expired or
         was released first: its slot may already be someone else's, so do not send.
+        Durable: it returns once its commit, and with it the reservation's, is on disk, so
+        no order goes out for an intent an OS crash or power cut could take back.
         """
         with self.store.write() as conn:
             row = conn.execute(

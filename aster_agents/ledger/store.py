@@ -15,11 +15,16 @@ behind another's sync usually finds its commit already covered and returns at on
 Why that is safe: the WAL is append-only and recovered as the longest prefix of frames whose
 salts and cumulative checksums match, up to its last commit frame. An OS crash can therefore
 lose only a suffix of commits, each of whose callers is still inside ``write`` (none has
-acted on it). Whatever another process read from such a commit and acted on was itself
-written after it (so it is lost too) or was a denial (conservative). A checkpoint syncs the
-WAL before copying it into the database and the database before the WAL is restarted, and
-a restart syncs the new WAL header, so no synced commit is ever overwritten. Commits that
-need no sync of their own (``durable=False``) become durable with the next synced one.
+acted on it) or made a non-durable write (below). Whatever another process read from such a
+commit and acted on was itself written after it (so it is lost too) or was a denial
+(conservative). A checkpoint syncs the WAL before copying it into the database and the
+database before the WAL is restarted, and a restart syncs the new WAL header, so no synced
+commit is ever overwritten.
+
+Commits that need no sync of their own (``durable=False``) become durable with the next
+synced one, because every sync covers the whole prefix before it. That is the case for
+writes nothing outside the ledger acts on before a later durable write: a reservation (its
+order goes out only after the durable ``mark_sent``), a release, a heartbeat.
 """
 
 from __future__ import annotations
@@ -338,8 +343,9 @@ class Store:
         A durable write returns only after the WAL holding its commit is synced, which is
         done after the flock is released (group commit, see the module docstring).
         ``durable=False`` skips that sync, for writes whose loss in an OS crash errs on the
-        safe side (a release, a heartbeat): the next durable write's sync covers them, and a
-        reservation whose release was lost is reaped as soon as its (dead) pid is noticed.
+        safe side (a reservation not yet sent, a release, a heartbeat): the next durable
+        write's sync covers them, and a reservation whose release was lost is reaped as soon
+        as its (dead) pid is noticed.
         A process crash never loses a committed transaction either way.
         """
         with self._thread_lock:
