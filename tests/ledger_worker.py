@@ -133,14 +133,14 @@ def run_chaos(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    """Reserve then release (or confirm+release) as fast as allowed; write latencies as JSON."""
+    """Reserve (then mark sent) then release as fast as allowed; write latencies as JSON."""
     ledger = Ledger(Path(args.state_dir))
     journal = Journal(Path(args.journal))
     rng = random.Random(args.seed)
     symbols = args.symbols.split(",")
     latencies: list[int] = []
     holds: list[int] = []
-    denied = 0
+    denied = sent = 0
     print("ready", flush=True)
     go = Path(args.go_file)
     while not go.exists():  # the benchmark starts every worker at once, after all imports
@@ -165,12 +165,17 @@ def run_bench(args: argparse.Namespace) -> None:
         journal.log(
             "A", args.agent, args.user, symbol, f"{intent.client_order_id}@{intent.expires_ms}"
         )
+        if args.mark_sent and ledger.mark_sent(intent.client_order_id):
+            sent += 1  # what an agent does next: the durable write before sending
         if args.think_ms:
             time.sleep(args.think_ms / 1000 * rng.uniform(0.5, 1.5))
         journal.log("B", args.agent, args.user, symbol, "release")
         ledger.release(intent.client_order_id, "bench")
     cpu_ns = time.process_time_ns() - cpu_start
-    out = {"latencies_ns": latencies, "holds_ns": holds, "denied": denied, "cpu_ns": cpu_ns}
+    out = {
+        "latencies_ns": latencies, "holds_ns": holds, "denied": denied, "sent": sent,
+        "cpu_ns": cpu_ns,
+    }  # fmt: skip
     Path(args.out).write_text(json.dumps(out))
 
 
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--think-ms", type=float, default=0.0)
     parser.add_argument("--go-file", default=os.devnull)
     parser.add_argument("--out", default=os.devnull)
+    parser.add_argument("--mark-sent", action="store_true")
     args = parser.parse_args(argv)
     (run_chaos if args.mode == "chaos" else run_bench)(args)
 
