@@ -410,7 +410,7 @@ def test_reaper_runs_when_a_limit_would_deny_or_the_interval_passed(state_dir: P
     orphan = _open(lazy, "a1", "BTCUSDT", pid=_dead_pid())
     _open(lazy, "a1", "ETHUSDT")  # nothing in the way, interval not passed: no reap
     assert lazy.intent(orphan.client_order_id).state == "reserved"  # type: ignore[union-attr]
-    eager = Ledger(state_dir, reap_interval_s=0)
+    eager = Ledger(state_dir, reap_interval_s=0, reap_min_age_s=0)
     try:
         _open(eager, "a1", "SOLUSDT")  # the interval has passed: reaps though not denied
         reaped = eager.intent(orphan.client_order_id)
@@ -418,6 +418,22 @@ def test_reaper_runs_when_a_limit_would_deny_or_the_interval_passed(state_dir: P
     finally:
         eager.close()
         lazy.close()
+
+
+def test_sweep_skips_young_reservations_but_a_denial_reaps_them_all(state_dir: Path) -> None:
+    """The periodic sweep leaves reservations younger than ``reap_min_age_s`` alone (a live
+    owner resolves those itself); before a denial every stale one is reaped regardless."""
+    led = Ledger(state_dir, reap_interval_s=0, reap_min_age_s=3600)
+    try:
+        led.set_account_limits("u1", max_total_positions=3, max_gross_leverage=D(5))
+        led.register_agent("a1", "u1", max_positions=3, capital=D(100))
+        orphans = [_open(led, "a1", s, pid=_dead_pid()) for s in ("S0", "S1")]
+        _open(led, "a1", "S2")  # a sweep ran (interval 0) and kept the young orphans
+        assert [led.intent(o.client_order_id).state for o in orphans] == ["reserved"] * 2  # type: ignore[union-attr]
+        _open(led, "a1", "S3")  # max_positions 3 would deny: both orphans are reaped first
+        assert [led.intent(o.client_order_id).reason for o in orphans] == ["pid dead"] * 2  # type: ignore[union-attr]
+    finally:
+        led.close()
 
 
 def test_live_pid_with_stale_heartbeat_is_reaped(state_dir: Path) -> None:

@@ -71,14 +71,17 @@ _AGENT_SQL: Final = (
     "(SELECT COALESCE(MAX(seq), 0) + 1 FROM intents) "
     "FROM agents a LEFT JOIN accounts c ON c.user = a.user WHERE a.agent_id = ?"
 )
-# The reaper's candidates: active intents never sent. The ``state IN (...)`` term lets SQLite
-# walk the partial index ``intents_active`` instead of scanning every intent ever written.
+# The reaper's candidates: active intents never sent, expired or created at or before a
+# cutoff. The ``state IN (...)`` term lets SQLite walk the partial index ``intents_active``
+# instead of scanning every intent ever written.
 _REAP_SQL: Final = (
     "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
     "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
-    "WHERE i.state IN ('reserved', 'confirmed') AND i.state = 'reserved' AND i.sent = 0"
+    "WHERE i.state IN ('reserved', 'confirmed') AND i.state = 'reserved' AND i.sent = 0 "
+    "AND (i.expires_ms <= ? OR i.created_ms <= ?)"
 )
 REAP_INTERVAL_S: Final = 1.0
+REAP_MIN_AGE_S: Final = 1.0
 
 
 def make_client_order_id(agent_id: str, seq: int, kind: str) -> str:
@@ -210,13 +213,15 @@ class Ledger:
         *,
         stale_heartbeat_s: float = STALE_HEARTBEAT_S,
         reap_interval_s: float = REAP_INTERVAL_S,
+        reap_min_age_s: float = REAP_MIN_AGE_S,
     ) -> None:
         self.store = Store(Path(state_dir))
         self.state_dir = self.store.state_dir
         self._liveness = PidLiveness()
         self._stale_heartbeat_ms = int(stale_heartbeat_s * 1000)
         self._reap_interval_s = reap_interval_s
-        self._next_reap = 0.0  # time.monotonic() from which the next reserve reaps anyway
+        self._reap_min_age_ms = int(reap_min_age_s * 1000)
+        self._next_reap = 0.0  # time.monotonic() from which the next reserve sweeps anyway
 
     def close(self) -> None:
         self.store.close()
@@ -447,10 +452,13 @@ class Ledger:
         """Check every limit and write a ``reserved`` intent, in one transaction.
 
         Raises ``ReservationDenied`` with the reason when a limit says no. The same
-        transaction reaps stale reservations (``_reap``) before any denial, at this process's
-        first reservation and then at least every ``reap_interval_s``; a ``close`` or
-        ``protect`` always reaps first. A stale reservation can only make the limits tighter,
-        so it never lets one through, and it never causes a denial either.
+        transaction reaps stale reservations (``_reap``): all of them before any denial, and
+        those expired or older than ``reap_min_age_s`` in a sweep at this process's first
+        reservation, then at least every ``reap_interval_s`` and before every ``close`` or
+        ``protect``. A stale reservation can only make the limits tighter, so it never lets
+        one through, and it never causes a denial either. The sweep skips young reservations
+        because a live owner resolves its own within moments (sends or releases it), and
+        checking whether each owner is alive is most of a sweep's cost.
 
         The commit is not synced on its own (``durable=False``): nothing outside the ledger
         acts on a reservation until ``mark_sent``, which is durable, and its sync covers this
@@ -468,11 +476,10 @@ class Ledger:
         with self.store.write(durable=False) as conn:
             now = now_ms()
             agent = conn.execute(_AGENT_SQL, (agent_id,)).fetchone()
-            reaped = kind != "open" or time.monotonic() >= self._next_reap
-            if reaped:
-                self._reap(conn, now, me)
+            if kind != "open" or time.monotonic() >= self._next_reap:
+                self._reap(conn, now, me, now - self._reap_min_age_ms)
             reason = self._check(conn, agent, symbol, kind, margin, notional)
-            if reason is not None and not reaped and self._reap(conn, now, me):
+            if reason is not None and self._reap(conn, now, me, now):
                 reason = self._check(conn, agent, symbol, kind, margin, notional)
             if reason is None:
                 assert agent is not None
@@ -493,17 +500,19 @@ class Ledger:
             now, now + ttl_ms, now, False, None,
         )  # fmt: skip
 
-    def _reap(self, conn: sqlite3.Connection, now: int, me: int) -> int:
+    def _reap(self, conn: sqlite3.Connection, now: int, me: int, created_by: int) -> int:
         """Expire reservations whose order was never sent: past their TTL, or dead owner.
 
-        ``me`` is this process's pid; returns how many were expired. An intent marked sent
+        Looks at those expired or created at or before ``created_by`` (ms). ``me`` is this
+        process's pid; returns how many were expired. An intent marked sent
         is in flight: its order may already be on the exchange, so freeing its slot could
         let the account exceed its limits. Only its owner resolves it, by asking the
         exchange about its client order id at the next start.
         """
         self._next_reap = time.monotonic() + self._reap_interval_s
         reaped = 0
-        for coid, agent_id, pid, expires, hb_pid, hb_ms in conn.execute(_REAP_SQL).fetchall():
+        candidates = conn.execute(_REAP_SQL, (now, created_by)).fetchall()
+        for coid, agent_id, pid, expires, hb_pid, hb_ms in candidates:
             why = self._reap_reason(now, me, pid, expires, hb_pid, hb_ms)
             if why is not None:
                 conn.execute(
