@@ -10,7 +10,7 @@ would). Then the fleet is stopped, restarted quiet so the agents resolve what th
 left, stopped again and checked. ``soak`` uses a well-behaved exchange; ``faults`` injects
 1% each of 500/502/503, 5% 503-after-accept, 20-100 ms latency, 1% dropped connections and a
 request-weight limit of 400 per 10 s (real 429s, and 418 bans for a client that ignores
-them). See ``aster_agents/chaos.py`` for the figures.
+them). See ``tests/kit/chaos.py`` for the figures.
 
 Targets: 0 for duplicate_orders, leaked_reservations, position_mismatches,
 positions_over_limit, shared_symbols and bans_418; ticks_lost is reported. Exit status 1
@@ -36,8 +36,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from aster_agents.chaos import ChaosOptions, ChaosRun
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.kit.chaos import ChaosOptions, ChaosRun
 
 RUNS = ("soak", "faults")
 

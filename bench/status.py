@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aster_agents.config import load_fleet  # noqa: E402
+from aster_agents.config.schema import load_fleet  # noqa: E402
 from aster_agents.ledger import Ledger  # noqa: E402
 from aster_agents.models import Side  # noqa: E402
 
@@ -44,8 +44,8 @@ def noop(as_json: bool = typer.Option(False, "--json")) -> None:
 app()
 """
 BREAKDOWN = (
-    "typer._adapters", "eth_utils", "aster_agents.signing", "aster_agents.config",
-    "aster_agents.ledger", "aster_agents.fleetview", "aster_agents.cli.main",
+    "typer._adapters", "eth_utils", "aster_agents.signing", "aster_agents.config.schema",
+    "aster_agents.ledger", "aster_agents.fleet.view", "aster_agents.cli.main",
 )  # fmt: skip
 
 

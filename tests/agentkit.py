@@ -13,9 +13,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from aster_agents.chaos import exchange_positions, ledger_positions, replay_positions
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimAccount, SimServer
+from tests.kit.chaos import exchange_positions, ledger_positions, replay_positions
 
 ZERO = Decimal(0)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from aster_agents.agent.reconcile import book_income
 from aster_agents.errors import LedgerError
 from aster_agents.ledger import Ledger
 from aster_agents.models import Income, Side
-from aster_agents.reconcile import book_income
 
 D = Decimal
 U = "u1"

@@ -17,6 +17,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aster_agents.agent.reconcile import reconcile_account
 from aster_agents.errors import ReservationDenied
 from aster_agents.exchange import parse
 from aster_agents.ledger import Ledger
@@ -29,7 +30,6 @@ from aster_agents.models import (
     Side,
     UserTrade,
 )
-from aster_agents.reconcile import reconcile_account
 from aster_agents.sim.engine import Engine
 from aster_agents.sim.market import Market
 

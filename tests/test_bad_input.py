@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.supervisor import conf_path, pid_path, socket_path
+from aster_agents.fleet.supervisor import conf_path, pid_path, socket_path
 
 BAD = Path(__file__).parent / "data" / "bad_configs"
 CASES = sorted(p.name for p in BAD.iterdir() if p.is_dir())

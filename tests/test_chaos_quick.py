@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aster_agents.chaos import ChaosOptions, ChaosResult, ChaosRun
+from tests.kit.chaos import ChaosOptions, ChaosResult, ChaosRun
 
 QUICK_SECONDS = 15.0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aster_agents.cli.main import COMMANDS, MODULES, build_app, modules_for
-from aster_agents.config_view import load_view
+from aster_agents.config.view import load_view
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from aster_agents.cli.main import main
-from aster_agents.config import load_fleet
+from aster_agents.config.keys import resolve_signer
+from aster_agents.config.schema import load_fleet
 from aster_agents.errors import ConfigError, CredentialError
-from aster_agents.keys import resolve_signer
 from aster_agents.signing import encrypt_keystore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from aster_agents.cli.main import main
-from aster_agents.config import load_fleet
-from aster_agents.demo import DemoKeys, demo_agent_docs, pick_agents
+from aster_agents.config.schema import load_fleet
+from aster_agents.fleet.demo import DemoKeys, demo_agent_docs, pick_agents
 from aster_agents.ledger.liveness import pid_alive
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.config import load_fleet
-from aster_agents.demo import Demo, DemoOptions, _with_deadline, demo_agent_docs, write_config_dir
+from aster_agents.config.schema import load_fleet
+from aster_agents.fleet.demo import (
+    Demo,
+    DemoOptions,
+    _with_deadline,
+    demo_agent_docs,
+    write_config_dir,
+)
 from aster_agents.ledger.liveness import pid_alive
 from aster_agents.sim.server import SimConfig, SimServer
 

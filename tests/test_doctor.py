@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from aster_agents.cli.main import main
-from aster_agents.doctor import Status, classify_skew
+from aster_agents.fleet.doctor import Status, classify_skew
 from aster_agents.ledger import Ledger, SharedBudget
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimConfig, SimServer

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from aster_agents.agent.filters import check_order, require_valid_order, round_price, round_qty
 from aster_agents.errors import OrderRejected
-from aster_agents.filters import check_order, require_valid_order, round_price, round_qty
 from aster_agents.models import Side, SymbolFilters
 
 D = Decimal

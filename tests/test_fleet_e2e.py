@@ -17,10 +17,10 @@ from typing import TypeVar
 
 import pytest
 
+from aster_agents.fleet.supervisor import Supervisor, pid_alive, pid_path, wait_pid_gone
 from aster_agents.ledger import Ledger
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimAccount, SimConfig, SimServer
-from aster_agents.supervisor import Supervisor, pid_alive, pid_path, wait_pid_gone
 
 T = TypeVar("T")
 SYMBOLS = {"agent-a": "BTCUSDT", "agent-b": "ETHUSDT", "agent-c": "SOLUSDT"}

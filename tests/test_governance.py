@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from aster_agents.cli.main import build_app, main
-from aster_agents.config import FleetConfig, load_fleet
-from aster_agents.governance import (
+from aster_agents.config.schema import FleetConfig, load_fleet
+from aster_agents.ledger import AgentRow, Ledger
+from aster_agents.portfolio.governance import (
     Governor,
     auto_rebalance,
     capital_moves,
@@ -24,7 +25,6 @@ from aster_agents.governance import (
     rebalance_lock,
     review,
 )
-from aster_agents.ledger import AgentRow, Ledger
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimConfig, SimServer
 from tests.agentkit import Fleet, make_fleet, wait_for

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from aster_agents.agent.sizing import entry_size
 from aster_agents.sim.model import GARBAGE, ModelServer, Reply
 from aster_agents.sim.server import SimConfig, SimServer
-from aster_agents.sizing import entry_size
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
 from tests.agentkit import Fleet, make_fleet, wait_for
 from tests.test_runner import in_process, open_orders

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from aster_agents.agent.sizing import MIN_PROTECTIVE_PCT, clamp_distance, scaled_size_pct
 from aster_agents.errors import ConfigError, CredentialError
 from aster_agents.logs import logger
 from aster_agents.models import Kline
 from aster_agents.sim.model import ModelServer, Reply, house_answer
-from aster_agents.sizing import MIN_PROTECTIVE_PCT, clamp_distance, scaled_size_pct
 from aster_agents.strategies import (
     FLAT,
     Action,

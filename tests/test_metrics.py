@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aster_agents import metrics
-from aster_agents.metrics import MS_PER_DAY, MS_PER_YEAR, Fill, NavPoint
+from aster_agents.portfolio import metrics
+from aster_agents.portfolio.metrics import MS_PER_DAY, MS_PER_YEAR, Fill, NavPoint
 
 HOUR = 3_600_000
 

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aster_agents import portfolio as pf
 from aster_agents.cli.main import main
-from aster_agents.config import FleetConfig, load_fleet
-from aster_agents.fleetview import collect_portfolio
+from aster_agents.config.schema import FleetConfig, load_fleet
+from aster_agents.fleet.view import collect_portfolio
 from aster_agents.ledger import Ledger
+from aster_agents.portfolio import nav as pf
 
 REPO = Path(__file__).resolve().parent.parent
 USER = "0xD07531b644C108a916D454E029bE3C61B4A0de72"

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aster_agents import metrics
-from aster_agents.metrics import MS_PER_DAY, NavPoint
-from aster_agents.rebalance import Candidate, Policy, next_state, portfolio_kill, propose
+from aster_agents.portfolio import metrics
+from aster_agents.portfolio.metrics import MS_PER_DAY, NavPoint
+from aster_agents.portfolio.rebalance import Candidate, Policy, next_state, portfolio_kill, propose
 
 HOUR = 3_600_000
 NOW = 100 * MS_PER_DAY

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.config import load_fleet
+from aster_agents.agent.runner import FAILPOINTS, AgentRunner
+from aster_agents.config.schema import load_fleet
 from aster_agents.exchange.http import AsterClient
 from aster_agents.ledger import Ledger, MarketDataCache
-from aster_agents.runner import FAILPOINTS, AgentRunner
 from aster_agents.signing import NonceSource, Signer
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
@@ -165,7 +165,7 @@ def test_agents_in_turn_keep_ledger_equal_to_exchange(
 
 
 def _random(fleet: Fleet, agent_id: str) -> object:
-    from aster_agents.runner import _seed
+    from aster_agents.agent.runner import _seed
     from aster_agents.strategies import get_strategy
 
     agent = load_fleet(fleet.config_dir).agent(agent_id)

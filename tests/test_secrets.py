@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.config import load_fleet
+from aster_agents.config.schema import load_fleet
+from aster_agents.fleet.supervisor import Supervisor, pid_path, write_runtime_config
 from aster_agents.ledger import pid_alive
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimServer
-from aster_agents.supervisor import Supervisor, pid_path, write_runtime_config
 from tests.agentkit import Fleet, make_fleet, wait_for
 
 AGENTS = ("agent-1", "agent-2", "agent-3")

@@ -114,7 +114,7 @@ def test_config_dir_registers_every_agent(tmp_path: Path) -> None:
 
 
 def test_module_entry_point_serves_http() -> None:
-    """``python -m aster_agents.sim`` answers ping on the printed URL."""
+    """``python -m aster_agents sim`` answers ping on the printed URL."""
     proc = start_sim_process()
     try:
         assert httpx.get(f"{proc.base_url}/fapi/v3/ping").json() == {}

@@ -20,8 +20,8 @@ from rich.console import Console
 
 from aster_agents.cli.main import main
 from aster_agents.cli.status import render_status
-from aster_agents.config import FleetConfig, load_fleet
-from aster_agents.fleetview import (
+from aster_agents.config.schema import FleetConfig, load_fleet
+from aster_agents.fleet.view import (
     NEVER_STARTED,
     ProcInfo,
     classify,
@@ -283,7 +283,7 @@ def test_status_imports_neither_eth_account_nor_httpx(fleet: FleetConfig, tmp_pa
 
 def _render_plain(report: object) -> str:
     console = Console(width=200, no_color=True, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-    from aster_agents.fleetview import StatusReport
+    from aster_agents.fleet.view import StatusReport
 
     assert isinstance(report, StatusReport)
     console.print(render_status(report))

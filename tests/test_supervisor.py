@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from aster_agents.cli.main import main
-from aster_agents.config import load_fleet
+from aster_agents.config.schema import load_fleet
 from aster_agents.errors import ConfigError
+from aster_agents.fleet.supervisor import load_env_file, render
 from aster_agents.signing import Signer, generate_private_key
-from aster_agents.supervisor import load_env_file, render
 
 REPO = Path(__file__).resolve().parent.parent
 

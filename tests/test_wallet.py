@@ -18,12 +18,12 @@ import pytest
 from loguru import logger
 
 from aster_agents.cli.main import main
-from aster_agents.config import load_fleet
+from aster_agents.config.keys import resolve_signer
+from aster_agents.config.schema import load_fleet
+from aster_agents.config.wallet import keystore_path, updated_yaml
 from aster_agents.errors import ConfigError
-from aster_agents.keys import resolve_signer
 from aster_agents.signing import Signer, decrypt_keystore, encrypt_keystore, generate_private_key
 from aster_agents.sim.server import SimAccount, SimServer
-from aster_agents.wallet import keystore_path, updated_yaml
 from tests.agentkit import make_fleet, wait_for
 
 PASSWORD = "correct horse battery staple 42"

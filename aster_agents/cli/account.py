@@ -15,7 +15,7 @@ def account(
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of tables."),
 ) -> None:
     """Show balances, positions and open orders as the exchange reports them."""
-    from aster_agents.services import account_snapshot
+    from aster_agents.agent.clients import account_snapshot
 
     cli = state(ctx)
     snapshot = account_snapshot(cli.fleet(), agent_id, cli.resolved_state_dir())

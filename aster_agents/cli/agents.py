@@ -69,8 +69,8 @@ def enable(
 
 
 def _set_state(ctx: typer.Context, agent_id: str, *, enabled: bool, note: str | None) -> None:
-    from aster_agents.governance import now_ms, operator_set
     from aster_agents.ledger import Ledger
+    from aster_agents.portfolio.governance import now_ms, operator_set
 
     cli = state(ctx)
     agent = cli.fleet().agent(agent_id)  # unknown id: ConfigError, exit 2
@@ -90,7 +90,7 @@ def _set_state(ctx: typer.Context, agent_id: str, *, enabled: bool, note: str | 
 
 
 def _row(agent: object) -> dict[str, object]:
-    from aster_agents.config import AgentConfig
+    from aster_agents.config.schema import AgentConfig
 
     assert isinstance(agent, AgentConfig)
     return {

@@ -16,7 +16,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from aster_agents.config import FleetConfig
+    from aster_agents.config.schema import FleetConfig
 
 JSON_VERSION: Final = 1
 
@@ -31,7 +31,7 @@ class CliState:
 
     def fleet(self) -> FleetConfig:
         if self._fleet is None:
-            from aster_agents.config import load_fleet
+            from aster_agents.config.schema import load_fleet
 
             self._fleet = load_fleet(self.config_dir)
         return self._fleet

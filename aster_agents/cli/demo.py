@@ -17,7 +17,7 @@ from aster_agents.cli.common import console, emit_json, err_console, state
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from aster_agents.demo import BooksCheck, Demo, DemoResult, Snapshot
+    from aster_agents.fleet.demo import BooksCheck, Demo, DemoResult, Snapshot
 
 
 def demo(
@@ -37,7 +37,7 @@ def demo(
     Uses a temporary directory under /tmp, or the global --state-dir (kept afterwards).
     Exit 0 when trades happened, 1 when none did, 130 when interrupted.
     """
-    from aster_agents.demo import Demo, DemoOptions
+    from aster_agents.fleet.demo import Demo, DemoOptions
 
     cli = state(ctx)
     options = DemoOptions(agents, duration, speed, seed, directory=cli.state_dir)
@@ -109,8 +109,8 @@ def _fleet_view(runner: Demo, snapshot: Snapshot) -> RenderableType:
 
     from aster_agents.cli.portfolio import render_portfolio
     from aster_agents.cli.status import render_status
-    from aster_agents.config_view import load_view
-    from aster_agents.fleetview import collect_portfolio, collect_status
+    from aster_agents.config.view import load_view
+    from aster_agents.fleet.view import collect_portfolio, collect_status
 
     assert runner.fleet is not None
     view = load_view(runner.fleet.config_dir)

@@ -15,7 +15,7 @@ from aster_agents.cli.common import console, emit_json, state
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from aster_agents.doctor import Check
+    from aster_agents.fleet.doctor import Check
 
 _STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
 
@@ -28,7 +28,7 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of lines."),
 ) -> None:
     """Check config, keys, exchange, clock, account, ledger, supervisord and rate budget."""
-    from aster_agents.doctor import Status, run_doctor
+    from aster_agents.fleet.doctor import Status, run_doctor
 
     cli = state(ctx)
     report = None if as_json else _printer()

@@ -38,7 +38,7 @@ def render_cmd(
     directory holding agents.d unless ``--here`` says otherwise, so the output does not depend
     on where ``-o`` writes it.
     """
-    from aster_agents.supervisor import render
+    from aster_agents.fleet.supervisor import render
 
     cli = state(ctx)
     fleet = cli.fleet()
@@ -72,7 +72,7 @@ def up(
     ] = None,
 ) -> None:
     """Start supervisord with every enabled agent; config and keys are checked first."""
-    from aster_agents.supervisor import Supervisor, write_runtime_config
+    from aster_agents.fleet.supervisor import Supervisor, write_runtime_config
 
     cli = state(ctx)
     fleet = cli.fleet()
@@ -93,7 +93,7 @@ def up(
 
 
 def _environment(default_file: Path, chosen: Path | None) -> dict[str, str]:
-    from aster_agents.supervisor import load_env_file
+    from aster_agents.fleet.supervisor import load_env_file
 
     env = dict(os.environ)
     path = chosen or (default_file if default_file.exists() else None)
@@ -108,9 +108,9 @@ def _environment(default_file: Path, chosen: Path | None) -> dict[str, str]:
 
 
 def _check_keys(fleet: object, env: dict[str, str]) -> None:
-    from aster_agents.config import FleetConfig
+    from aster_agents.config.keys import check_model_key, resolve_signer
+    from aster_agents.config.schema import FleetConfig
     from aster_agents.errors import ConfigError
-    from aster_agents.keys import check_model_key, resolve_signer
 
     assert isinstance(fleet, FleetConfig)
     problems = []
@@ -130,7 +130,7 @@ def down(
     timeout: float = typer.Option(60.0, help="Seconds to wait for supervisord to exit."),
 ) -> None:
     """Stop every agent (SIGTERM, they finish their step) and supervisord; waits until gone."""
-    from aster_agents.supervisor import Supervisor
+    from aster_agents.fleet.supervisor import Supervisor
 
     supervisor = Supervisor(state(ctx).resolved_state_dir())
     pid = supervisor.shutdown(timeout)
@@ -142,7 +142,7 @@ def restart(
     agent_id: str | None = typer.Option(None, "--id", help="Only this agent [default: all]."),
 ) -> None:
     """Restart one agent or all of them under the running supervisord."""
-    from aster_agents.supervisor import Supervisor
+    from aster_agents.fleet.supervisor import Supervisor
 
     supervisor = Supervisor(state(ctx).resolved_state_dir())
     names = supervisor.restart([agent_id] if agent_id else None)
@@ -157,7 +157,7 @@ def logs(
 ) -> None:
     """Show an agent's output captured by supervisord (its stderr log)."""
     from aster_agents.errors import ConfigError
-    from aster_agents.supervisor import Supervisor, supervisorctl_bin, tail
+    from aster_agents.fleet.supervisor import Supervisor, supervisorctl_bin, tail
 
     cli = state(ctx)
     fleet = cli.fleet()

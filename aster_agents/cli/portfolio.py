@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
 
-    from aster_agents.fleetview import PortfolioReport
+    from aster_agents.fleet.view import PortfolioReport
 
 
 def portfolio(
@@ -27,7 +27,7 @@ def portfolio(
     JSON: {"version": 1, "portfolio": {...}, "agents": [...]}; money as decimal strings,
     ratios (return, drawdown, weight, contribution) as numbers.
     """
-    from aster_agents.fleetview import collect_portfolio
+    from aster_agents.fleet.view import collect_portfolio
 
     fleet, state_dir = load(ctx)
     report = collect_portfolio(fleet, state_dir)

@@ -11,7 +11,7 @@ from aster_agents.cli.common import console, emit_json, state
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from aster_agents.governance import Applied, Review
+    from aster_agents.portfolio.governance import Applied, Review
 
 
 def rebalance(
@@ -24,7 +24,8 @@ def rebalance(
     The kill switches are checked first. JSON: {"version": 1, "proposal": [...],
     "applied": bool, "rebalance_id": int|null, "metrics": {...}, ...}.
     """
-    from aster_agents.governance import (
+    from aster_agents.ledger import Ledger
+    from aster_agents.portfolio.governance import (
         Applied,
         check_kill_switches,
         now_ms,
@@ -32,7 +33,6 @@ def rebalance(
         rebalance_now,
         review,
     )
-    from aster_agents.ledger import Ledger
 
     cli = state(ctx)
     fleet, state_dir = cli.fleet(), cli.resolved_state_dir()
@@ -120,7 +120,7 @@ def _metrics_table(rv: Review) -> RenderableType:
 
 
 def _summary(rv: Review) -> str:
-    from aster_agents.rebalance import iso
+    from aster_agents.portfolio.rebalance import iso
 
     last = rv.last_rebalance
     text = "last rebalance: never" if last is None else (

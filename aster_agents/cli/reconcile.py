@@ -9,7 +9,7 @@ import typer
 from aster_agents.cli.common import console, emit_json, state
 
 if TYPE_CHECKING:
-    from aster_agents.reconcile import ReconcileReport
+    from aster_agents.agent.reconcile import ReconcileReport
 
 
 def reconcile(
@@ -23,7 +23,7 @@ def reconcile(
     Exit 0 when the books agree (equity within 0.01 USDT), 1 when a difference remains.
     Never places an order; safe while agents run.
     """
-    from aster_agents.reconcile import reconcile_fleet
+    from aster_agents.agent.reconcile import reconcile_fleet
 
     cli = state(ctx)
     report = reconcile_fleet(cli.fleet(), cli.resolved_state_dir(), agent_id=agent_id,

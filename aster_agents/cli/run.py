@@ -26,8 +26,8 @@ def run(
     stop = threading.Event()  # handlers go in before the heavy imports: SIGTERM is never lost
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    from aster_agents.agent.runner import run_agent
     from aster_agents.errors import ConfigError
-    from aster_agents.runner import run_agent
 
     chosen = agent_id or os.environ.get("AGENT_ID")
     if not chosen:

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
 
-    from aster_agents.config_view import FleetView
-    from aster_agents.fleetview import AccountStatus, AgentStatus, StatusReport
+    from aster_agents.config.view import FleetView
+    from aster_agents.fleet.view import AccountStatus, AgentStatus, StatusReport
 
 FLAG: Final = "! "
 ERROR_WIDTH: Final = 40
@@ -43,7 +43,7 @@ def status(
     if as_json and watch:
         raise typer.BadParameter("--watch cannot be combined with --json", param_hint="--watch")
     fleet, state_dir = load(ctx)
-    from aster_agents.fleetview import collect_status
+    from aster_agents.fleet.view import collect_status
 
     if as_json:
         emit_json(collect_status(fleet, state_dir).to_json())
@@ -56,7 +56,7 @@ def status(
 
 def load(ctx: typer.Context) -> tuple[FleetView, Path]:
     """The fleet as displayed: read fast, not validated (``agents validate`` does that)."""
-    from aster_agents.config_view import load_view
+    from aster_agents.config.view import load_view
 
     cli = state(ctx)
     fleet = load_view(cli.config_dir)

@@ -14,7 +14,7 @@ import typer
 from aster_agents.cli.common import console, emit_json, state
 
 if TYPE_CHECKING:
-    from aster_agents.wallet import NewWallet, WalletAddress
+    from aster_agents.config.wallet import NewWallet, WalletAddress
 
 wallet_app = typer.Typer(help="API-wallet keys in encrypted keystores.", no_args_is_help=True)
 
@@ -38,7 +38,7 @@ def new(
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of text."),
 ) -> None:
     """Create a new API-wallet key in an encrypted keystore (keys/<id>.json, mode 0600)."""
-    from aster_agents import wallet
+    from aster_agents.config import wallet
 
     wallet.check_agent_id(agent_id)
     config_dir = wallet.config_dir_or_fail(state(ctx).config_dir)
@@ -134,7 +134,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of text."),
 ) -> None:
     """Print the agent's API-wallet address (never the key)."""
-    from aster_agents.wallet import show_wallet
+    from aster_agents.config.wallet import show_wallet
 
     found = show_wallet(state(ctx).config_dir, agent_id)
     if as_json:

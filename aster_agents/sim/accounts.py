@@ -68,7 +68,7 @@ def accounts_from_pairs(
 
 def accounts_from_config_dir(config_dir: Path, balance: Decimal) -> list[SimAccount]:
     """One account per main ``user`` in agents.d, with every agent's signer registered."""
-    from aster_agents.config import load_fleet
+    from aster_agents.config.schema import load_fleet
 
     fleet = load_fleet(config_dir, check_strategies=False)
     return accounts_from_pairs(

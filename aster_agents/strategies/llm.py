@@ -11,7 +11,7 @@ spent) is a HOLD with confidence 0 and a reason starting ``llm:``, logged once a
 The model proposes, the runtime disposes: ``size_pct`` is a fraction of the configured
 ``position_size_pct`` (it can only shrink a position), leverage is always the configured one,
 and suggested stop/take-profit distances are clamped by the runner into the configured ones
-(:func:`aster_agents.sizing.clamp_distance`).
+(:func:`aster_agents.agent.sizing.clamp_distance`).
 
 Params: ``base_url`` (required, http/https, e.g. ``http://127.0.0.1:11434/v1``), ``model``
 (required), ``api_key_env`` (name of the env var holding the API key; none for local servers;

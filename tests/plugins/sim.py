@@ -3,7 +3,7 @@
 - ``sim_keys``: a funded main account with its main key and two API-wallet (agent) keys.
 - ``sim_server``: a started :class:`SimServer` (function scope) with that account registered.
 - ``sim_client``: a :class:`SignedClient` for agent 1 against ``sim_server``.
-- :func:`start_sim_process`: ``python -m aster_agents.sim --port 0 ...`` as a real process,
+- :func:`start_sim_process`: ``python -m aster_agents sim --port 0 ...`` as a real process,
   returning once the first stdout line (the base URL) has been read.
 """
 
@@ -187,8 +187,8 @@ class SimProcess:
 
 
 def start_sim_process(*args: str, timeout: float = 20.0) -> SimProcess:
-    """Run ``python -m aster_agents.sim --port 0 ARGS`` and read the base URL line."""
-    cmd = [sys.executable, "-m", "aster_agents.sim", "--port", "0", *args]
+    """Run ``python -m aster_agents sim --port 0 ARGS`` and read the base URL line."""
+    cmd = [sys.executable, "-m", "aster_agents", "sim", "--port", "0", *args]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
     )

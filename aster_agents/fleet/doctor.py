@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 from aster_agents.errors import AsterAgentsError, AuthError, ConfigError, ExchangeError
 
 if TYPE_CHECKING:
-    from aster_agents.config import AgentConfig, FleetConfig
+    from aster_agents.config.schema import AgentConfig, FleetConfig
     from aster_agents.exchange.base import RequestBudget
     from aster_agents.exchange.http import AsterClient
     from aster_agents.ledger.budget import SharedBudget
@@ -127,7 +127,7 @@ def run_doctor(
 
 
 def _config_check(config_dir: str | Path | None, add: Report) -> FleetConfig | None:
-    from aster_agents.config import load_fleet
+    from aster_agents.config.schema import load_fleet
 
     try:
         fleet = load_fleet(config_dir)
@@ -142,7 +142,7 @@ def _config_check(config_dir: str | Path | None, add: Report) -> FleetConfig | N
 
 def _environment(fleet: FleetConfig, env: Mapping[str, str] | None) -> dict[str, str]:
     """The process environment plus ``.env`` next to agents.d, as ``up`` would see it."""
-    from aster_agents.supervisor import load_env_file
+    from aster_agents.fleet.supervisor import load_env_file
 
     merged = dict(os.environ if env is None else env)
     dotenv = fleet.root / ".env"
@@ -243,8 +243,8 @@ class AgentChecks:
         return self.accounts[user]
 
     def _client(self, signer: Signer | None) -> AsterClient:
+        from aster_agents.agent.clients import TOOL_NONCE_SLOT
         from aster_agents.exchange.http import AsterClient
-        from aster_agents.services import TOOL_NONCE_SLOT
         from aster_agents.signing import NonceSource
 
         return AsterClient(
@@ -260,7 +260,7 @@ class AgentChecks:
         )
 
     def key(self) -> Signer | None:
-        from aster_agents.keys import resolve_signer
+        from aster_agents.config.keys import resolve_signer
 
         exchange = self.agent.exchange
         try:
@@ -278,7 +278,7 @@ class AgentChecks:
 
     def model_key(self) -> None:
         """llm agents only: the model API key's env var is set (the endpoint is not called)."""
-        from aster_agents.keys import check_model_key, model_key_env
+        from aster_agents.config.keys import check_model_key, model_key_env
 
         name = model_key_env(self.agent)
         if name is None:
@@ -386,7 +386,7 @@ def _host_checks(
 
 def _key_files(fleet: FleetConfig, agents: list[AgentConfig]) -> Check:
     """Keystores of the checked agents and ``.env`` next to agents.d: 0600 or a warning."""
-    from aster_agents.keys import loose_permissions
+    from aster_agents.config.keys import loose_permissions
 
     files = [
         fleet.resolve_path(a.exchange.signer_keystore)
@@ -459,7 +459,7 @@ def _ledger_write(state_dir: Path) -> Check:
 
 
 def _supervisord(state_dir: Path, agent_ids: list[str]) -> Check:
-    from aster_agents.supervisor import Supervisor, SupervisorNotRunning
+    from aster_agents.fleet.supervisor import Supervisor, SupervisorNotRunning
 
     supervisor = Supervisor(state_dir)
     if not supervisor.socket.exists():

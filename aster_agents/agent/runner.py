@@ -30,7 +30,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
-from aster_agents.config import KLINE_INTERVALS, AgentConfig, FleetConfig
+from aster_agents.agent.reconcile import FUNDING, book_funding
+from aster_agents.agent.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
+from aster_agents.config.schema import KLINE_INTERVALS, AgentConfig, FleetConfig
 from aster_agents.errors import (
     AsterAgentsError,
     AuthError,
@@ -44,7 +46,6 @@ from aster_agents.errors import (
     UnknownOutcome,
 )
 from aster_agents.exchange.http import AsterClient, RequestLog
-from aster_agents.governance import Governor
 from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
 from aster_agents.ledger.rows import sleeve_equity
 from aster_agents.logs import logger
@@ -60,8 +61,7 @@ from aster_agents.models import (
     Side,
     SymbolInfo,
 )
-from aster_agents.reconcile import FUNDING, book_funding
-from aster_agents.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
+from aster_agents.portfolio.governance import Governor
 from aster_agents.strategies import (
     Action,
     MarketSnapshot,
@@ -761,10 +761,10 @@ def run_agent(
     stop: threading.Event | None = None,
 ) -> int:
     """The whole life of ``aster-agent run``: lock, key, ledger, client, start, loop."""
-    from aster_agents.keys import loose_permissions, resolve_signer
+    from aster_agents.agent.clients import make_client
+    from aster_agents.config.keys import loose_permissions, resolve_signer
     from aster_agents.ledger import AgentLock, SharedBudget
     from aster_agents.logs import setup_logging
-    from aster_agents.services import make_client
     from aster_agents.strategies import get_strategy
 
     agent = fleet.agent(agent_id)

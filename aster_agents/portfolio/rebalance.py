@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 if TYPE_CHECKING:
-    from aster_agents.config import RebalanceConfig
+    from aster_agents.config.schema import RebalanceConfig
 
 RECOVERY_FRACTION: Final = 0.5  # probation ends below this fraction of probation_drawdown
 EPSILON: Final = 1e-12

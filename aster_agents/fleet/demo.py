@@ -38,24 +38,24 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from aster_agents.config import AgentConfig, FleetConfig, load_fleet
-from aster_agents.config_view import PORTFOLIO_FILE
+from aster_agents.agent.runner import SPEED_ENV
+from aster_agents.config.schema import AgentConfig, FleetConfig, load_fleet
+from aster_agents.config.view import PORTFOLIO_FILE
 from aster_agents.errors import ConfigError
-from aster_agents.ledger import Ledger
-from aster_agents.ledger.liveness import pid_alive
-from aster_agents.runner import SPEED_ENV
-from aster_agents.signing import Signer, generate_private_key
-from aster_agents.sim.model import ModelServer
-from aster_agents.sim.server import SimAccount, SimConfig, SimServer
-from aster_agents.supervisor import (
+from aster_agents.fleet.supervisor import (
     Supervisor,
     SupervisorNotRunning,
     wait_pid_gone,
     write_runtime_config,
 )
+from aster_agents.ledger import Ledger
+from aster_agents.ledger.liveness import pid_alive
+from aster_agents.signing import Signer, generate_private_key
+from aster_agents.sim.model import ModelServer
+from aster_agents.sim.server import SimAccount, SimConfig, SimServer
 
 if TYPE_CHECKING:
-    from aster_agents.reconcile import AccountReport
+    from aster_agents.agent.reconcile import AccountReport
 
 T = TypeVar("T")
 
@@ -483,9 +483,9 @@ class Demo:
 
     def _reconcile(self) -> AccountReport:
         """``reconcile_account`` over HTTP with an agent's API wallet and the tool nonce slot."""
+        from aster_agents.agent.clients import make_client
+        from aster_agents.agent.reconcile import reconcile_account
         from aster_agents.ledger import SharedBudget
-        from aster_agents.reconcile import reconcile_account
-        from aster_agents.services import make_client
 
         assert self.fleet is not None
         agent = self.fleet.agent(self.agent_ids[0])
@@ -499,8 +499,8 @@ class Demo:
 
     def _portfolio_equity(self) -> Decimal:
         """The equity ``aster-agent portfolio --json`` shows for this demo's directories."""
-        from aster_agents.config_view import load_view
-        from aster_agents.fleetview import collect_portfolio
+        from aster_agents.config.view import load_view
+        from aster_agents.fleet.view import collect_portfolio
 
         assert self.fleet is not None
         return collect_portfolio(load_view(self.fleet.config_dir), self.state_dir).figures.equity

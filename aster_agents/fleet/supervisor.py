@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from aster_agents.config import FleetConfig
+from aster_agents.config.schema import FleetConfig
 from aster_agents.errors import AsterAgentsError, ConfigError
 from aster_agents.ledger.liveness import pid_alive
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from aster_agents.config_view import (
+from aster_agents.config.view import (
     CONFIG_ENV,
     DEFAULT_INTERVAL,
     DEFAULT_MAX_GROSS_LEVERAGE,

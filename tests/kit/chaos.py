@@ -44,22 +44,22 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from aster_agents.config import load_fleet
-from aster_agents.config_view import PORTFOLIO_FILE
+from aster_agents.agent.runner import SPEED_ENV
+from aster_agents.config.schema import load_fleet
+from aster_agents.config.view import PORTFOLIO_FILE
 from aster_agents.errors import AsterAgentsError
-from aster_agents.ledger import Ledger
-from aster_agents.ledger.liveness import pid_alive
-from aster_agents.runner import SPEED_ENV
-from aster_agents.signing import Signer, generate_private_key
-from aster_agents.sim.faults import FaultConfig
-from aster_agents.sim.limits import LimitConfig
-from aster_agents.sim.server import SimAccount, SimConfig, SimServer
-from aster_agents.supervisor import (
+from aster_agents.fleet.supervisor import (
     Supervisor,
     SupervisorNotRunning,
     wait_pid_gone,
     write_runtime_config,
 )
+from aster_agents.ledger import Ledger
+from aster_agents.ledger.liveness import pid_alive
+from aster_agents.signing import Signer, generate_private_key
+from aster_agents.sim.faults import FaultConfig
+from aster_agents.sim.limits import LimitConfig
+from aster_agents.sim.server import SimAccount, SimConfig, SimServer
 
 SYMBOLS: Final = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ASTERUSDT")
 ZERO: Final = Decimal(0)

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 if TYPE_CHECKING:
-    from aster_agents import portfolio as pf
-    from aster_agents.config_view import AgentView, FleetView
+    from aster_agents.config.view import AgentView, FleetView
     from aster_agents.ledger.readonly import ReadOnlyLedger
     from aster_agents.ledger.rows import AccountBooks, AgentRow, RebalanceRow
+    from aster_agents.portfolio import nav as pf
 
 SUPERVISOR_SOCKET: Final = "supervisor.sock"
 SUPERVISOR_GROUP: Final = "aster-agents"
@@ -442,8 +442,8 @@ def collect_portfolio(
     fleet: FleetView, state_dir: Path, *, now_ms: int | None = None, points: int = 200
 ) -> PortfolioReport:
     """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots."""
-    from aster_agents import portfolio as pf
     from aster_agents.ledger.readonly import open_readonly
+    from aster_agents.portfolio import nav as pf
 
     status = collect_status(fleet, state_dir, now_ms=now_ms)
     ledger = open_readonly(state_dir)

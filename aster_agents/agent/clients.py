@@ -7,10 +7,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
-from aster_agents.config import AgentConfig, FleetConfig
+from aster_agents.config.keys import resolve_signer
+from aster_agents.config.schema import AgentConfig, FleetConfig
 from aster_agents.exchange.base import NullBudget, RequestBudget
 from aster_agents.exchange.http import AsterClient, RequestLog
-from aster_agents.keys import resolve_signer
 from aster_agents.signing import NonceSource, Signer
 
 TOOL_NONCE_SLOT: Final = 63  # one-off CLI calls; running agents get slots 0..62 from the ledger

@@ -12,7 +12,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from aster_agents.config import AgentConfig, FleetConfig
+from aster_agents.config.schema import AgentConfig, FleetConfig
 from aster_agents.errors import CredentialError
 from aster_agents.signing import Signer
 

@@ -34,15 +34,15 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from aster_agents import metrics
 from aster_agents.ledger.history import (
     OPERATOR_ENABLE,
     fills,
     nav_after,
     operator_enables,
 )
-from aster_agents.metrics import MS_PER_DAY, CombinedNav, Metrics, NavPoint
-from aster_agents.rebalance import (
+from aster_agents.portfolio import metrics
+from aster_agents.portfolio.metrics import MS_PER_DAY, CombinedNav, Metrics, NavPoint
+from aster_agents.portfolio.rebalance import (
     Candidate,
     Line,
     Policy,
@@ -57,7 +57,7 @@ from aster_agents.rebalance import (
 if TYPE_CHECKING:
     import sqlite3
 
-    from aster_agents.config import FleetConfig
+    from aster_agents.config.schema import FleetConfig
     from aster_agents.ledger import AgentRow, Ledger
     from aster_agents.ledger.rows import RebalanceRow
 

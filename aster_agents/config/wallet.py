@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from aster_agents.config_view import resolve_config_dir
+from aster_agents.config.view import resolve_config_dir
 from aster_agents.errors import ConfigError, CredentialError
 from aster_agents.fsutil import write_private_file
 
@@ -306,7 +306,7 @@ def _after_key(body: list[str], indent: str, key: str) -> int:
 
 def _validate_agent_text(path: Path, text: str) -> None:
     """Load ``text`` as the agent file with the real loader (in a scratch agents.d)."""
-    from aster_agents.config import load_fleet
+    from aster_agents.config.schema import load_fleet
 
     with tempfile.TemporaryDirectory(prefix="aa-wallet-") as scratch:
         directory = Path(scratch) / "agents.d"
@@ -331,7 +331,7 @@ def show_wallet(
     config_dir: str | Path | None, agent_id: str, env: Mapping[str, str] | None = None
 ) -> WalletAddress:
     """The agent's API-wallet address: keystore file, env key, or the configured signer."""
-    from aster_agents.config import load_fleet
+    from aster_agents.config.schema import load_fleet
 
     env = os.environ if env is None else env
     check_agent_id(agent_id)

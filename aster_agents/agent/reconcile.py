@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from aster_agents.config import FleetConfig
+    from aster_agents.config.schema import FleetConfig
     from aster_agents.exchange.base import Exchange  # the read-only calls are all reconcile uses
     from aster_agents.ledger import Ledger
     from aster_agents.models import Income, UserTrade
@@ -377,8 +377,8 @@ def reconcile_fleet(
     fleet: FleetConfig, state_dir: Path, *, agent_id: str | None = None, dry_run: bool = False
 ) -> ReconcileReport:
     """Reconcile every account of the fleet (or ``agent_id``'s), through the tool nonce slot."""
+    from aster_agents.agent.clients import make_client
     from aster_agents.ledger import Ledger, SharedBudget
-    from aster_agents.services import make_client
 
     agents = [fleet.agent(agent_id)] if agent_id else list(fleet.agents)
     by_user = {a.exchange.user: a for a in reversed(agents)}

@@ -1,0 +1,1 @@
+"""One kit of helpers for the tests and the benches."""
