@@ -55,8 +55,9 @@ def main() -> int:
     args = parser.parse_args()
     results = {}
     for name in args.runs:
-        options = ChaosOptions(agents=args.agents, duration=args.minutes * 60,
-                               faults=name == "faults", seed=args.seed)  # fmt: skip
+        options = ChaosOptions(
+            agents=args.agents, duration=args.minutes * 60, faults=name == "faults", seed=args.seed
+        )
         results[name] = ChaosRun(options).run().to_json()
         if not args.json:
             print(f"{name}: {json.dumps(results[name])}", file=sys.stderr)

@@ -44,9 +44,14 @@ def noop(as_json: bool = typer.Option(False, "--json")) -> None:
 app()
 """
 BREAKDOWN = (
-    "typer._adapters", "eth_utils", "aster_agents.signing", "aster_agents.config.schema",
-    "aster_agents.ledger", "aster_agents.fleet.view", "aster_agents.cli.main",
-)  # fmt: skip
+    "typer._adapters",
+    "eth_utils",
+    "aster_agents.signing",
+    "aster_agents.config.schema",
+    "aster_agents.ledger",
+    "aster_agents.fleet.view",
+    "aster_agents.cli.main",
+)
 
 
 def dead_pid() -> int:
@@ -70,9 +75,11 @@ def populate(state: Path, config_dir: Path) -> None:
         for i, agent in enumerate(fleet.agents):
             capital = Decimal(10000) * Decimal(str(agent.allocation.capital_pct))
             ledger.register_agent(
-                agent.id, agent.exchange.user, max_positions=agent.trading.max_positions,
+                agent.id,
+                agent.exchange.user,
+                max_positions=agent.trading.max_positions,
                 capital=capital,
-            )  # fmt: skip
+            )
             free = [s for s in agent.trading.symbols if s not in taken]
             if free:
                 taken.add(free[0])
@@ -87,10 +94,16 @@ def open_position(ledger: Ledger, agent_id: str, symbol: str, trade_id: int, now
     intent = ledger.reserve(agent_id, symbol, Side.BUY, margin=Decimal(50), notional=Decimal(150))
     ledger.confirm(intent.client_order_id)
     ledger.book_fill(
-        intent.client_order_id, trade_id=trade_id, symbol=symbol, side=Side.BUY,
-        qty=Decimal("0.01"), price=Decimal(15000), realized_pnl=Decimal(0),
-        commission=Decimal("0.06"), time_ms=now,
-    )  # fmt: skip
+        intent.client_order_id,
+        trade_id=trade_id,
+        symbol=symbol,
+        side=Side.BUY,
+        qty=Decimal("0.01"),
+        price=Decimal(15000),
+        realized_pnl=Decimal(0),
+        commission=Decimal("0.06"),
+        time_ms=now,
+    )
     ledger.finish_intent(intent.client_order_id, "filled")
 
 

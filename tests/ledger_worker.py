@@ -68,10 +68,16 @@ class Worker:
     def fill(self, coid: str, symbol: str, side: Side) -> None:
         self.journal.log("P", self.agent, self.user, symbol, coid)
         self.ledger.book_fill(
-            coid, trade_id=self.next_trade_id(), symbol=symbol, side=side, qty=Decimal(1),
-            price=PRICE, realized_pnl=Decimal("0.5"), commission=Decimal("0.01"),
+            coid,
+            trade_id=self.next_trade_id(),
+            symbol=symbol,
+            side=side,
+            qty=Decimal(1),
+            price=PRICE,
+            realized_pnl=Decimal("0.5"),
+            commission=Decimal("0.01"),
             time_ms=int(time.time() * 1000),
-        )  # fmt: skip
+        )
         self.journal.log("D", self.agent, self.user, symbol, coid)
         self.ledger.finish_intent(coid, "filled")
 
@@ -122,9 +128,13 @@ def run_chaos(args: argparse.Namespace) -> None:
     with AgentLock(state, args.agent):
         ledger = Ledger(state)
         worker = Worker(
-            ledger, Journal(Path(args.journal)), args.agent, args.user, args.symbols.split(","),
+            ledger,
+            Journal(Path(args.journal)),
+            args.agent,
+            args.user,
+            args.symbols.split(","),
             random.Random(args.seed),
-        )  # fmt: skip
+        )
         worker.recover()
         worker.journal.log("S", args.agent, args.user, "-")
         deadline = time.monotonic() + args.seconds
@@ -173,9 +183,12 @@ def run_bench(args: argparse.Namespace) -> None:
         ledger.release(intent.client_order_id, "bench")
     cpu_ns = time.process_time_ns() - cpu_start
     out = {
-        "latencies_ns": latencies, "holds_ns": holds, "denied": denied, "sent": sent,
+        "latencies_ns": latencies,
+        "holds_ns": holds,
+        "denied": denied,
+        "sent": sent,
         "cpu_ns": cpu_ns,
-    }  # fmt: skip
+    }
     Path(args.out).write_text(json.dumps(out))
 
 

@@ -45,9 +45,17 @@ def nav(ledger: Ledger, agent_id: str) -> Decimal:
 def buy(ledger: Ledger, agent_id: str, symbol: str, *, trade_id: int, time_ms: int) -> None:
     """Open 0.004 at 40,000 with 80 margin (a reserved intent, then its fill)."""
     intent = ledger.reserve(agent_id, symbol, Side.BUY, margin=D(80), notional=D(160))
-    ledger.book_fill(intent.client_order_id, trade_id=trade_id, symbol=symbol, side=Side.BUY,
-                     qty=D("0.004"), price=D(40000), realized_pnl=D(0), commission=D(0),
-                     time_ms=time_ms)  # fmt: skip
+    ledger.book_fill(
+        intent.client_order_id,
+        trade_id=trade_id,
+        symbol=symbol,
+        side=Side.BUY,
+        qty=D("0.004"),
+        price=D(40000),
+        realized_pnl=D(0),
+        commission=D(0),
+        time_ms=time_ms,
+    )
 
 
 def dump(state_dir: Path) -> list[str]:
@@ -66,8 +74,10 @@ def test_ensure_account_opens_the_unallocated_sleeve_once(books: Ledger) -> None
     acct = books.account_books(U)
     assert acct is not None
     assert (acct.exchange_equity, acct.exchange_equity_ms, acct.opened_ms) == (
-        D(1234), T0 + 5000, T0
-    )  # fmt: skip
+        D(1234),
+        T0 + 5000,
+        T0,
+    )
     opened = [e for e in books.audit(limit=1000) if e.event == "unallocated_opened"]
     assert len(opened) == 1
 
@@ -91,8 +101,9 @@ def test_ensure_account_needs_the_account_limits(state_dir: Path) -> None:
 def test_allocate_issues_units_at_nav(books: Ledger) -> None:
     """allocate moves cash from unallocated and issues units at NAV: NAV and total unchanged."""
     book_income(books, U, funding("", "10", 1, T0 + 1))  # to unallocated: no holder
-    books.book_income(U, 2, kind="FUNDING_FEE", symbol="BTCUSDT", amount=D(10),
-                      time_ms=T0 + 2, agent_id="a1")  # fmt: skip
+    books.book_income(
+        U, 2, kind="FUNDING_FEE", symbol="BTCUSDT", amount=D(10), time_ms=T0 + 2, agent_id="a1"
+    )
     before_nav, before_total = nav(books, "a1"), books.books_equity(U)
     assert before_nav == D("1.1")
     books.allocate("a1", D(210))
@@ -107,8 +118,9 @@ def test_allocate_issues_units_at_nav(books: Ledger) -> None:
 def test_reallocate_keeps_nav_and_total_and_writes_a_rebalance(books: Ledger) -> None:
     """reallocate sets capitals at each sleeve's NAV; the account total stays; a rebalances row."""
     books.register_agent("a2", U, max_positions=1, capital=D(100))
-    books.book_income(U, 3, kind="FUNDING_FEE", symbol="ETHUSDT", amount=D(-20),
-                      time_ms=T0 + 3, agent_id="a2")  # fmt: skip
+    books.book_income(
+        U, 3, kind="FUNDING_FEE", symbol="ETHUSDT", amount=D(-20), time_ms=T0 + 3, agent_id="a2"
+    )
     navs, total = {a: nav(books, a) for a in ("a1", "a2")}, books.books_equity(U)
     rid = books.reallocate({"a1": D(300), "a2": D(50)}, reason="test", detail={"by": "test"})
     for agent_id, before in navs.items():
@@ -166,8 +178,9 @@ def test_funding_goes_to_the_agent_that_held_the_symbol(books: Ledger) -> None:
 def test_unowned_trade_goes_to_unallocated_once(books: Ledger) -> None:
     """A trade no agent placed books realized - commission to unallocated, once per trade id."""
     for expected in (True, False):
-        booked = books.book_unowned_trade(U, 99, symbol="SOLUSDT", realized_pnl=D(5),
-                                          commission=D(1), time_ms=T0 + 9)  # fmt: skip
+        booked = books.book_unowned_trade(
+            U, 99, symbol="SOLUSDT", realized_pnl=D(5), commission=D(1), time_ms=T0 + 9
+        )
         assert booked is expected
     assert unallocated(books) == D(904)
     assert books.booked_trades(U, "SOLUSDT") == {99: None}
@@ -178,21 +191,25 @@ def test_unowned_income_needs_open_books(state_dir: Path) -> None:
     with Ledger(state_dir) as ledger:
         ledger.set_account_limits(U, max_total_positions=1, max_gross_leverage=D(1))
         with pytest.raises(LedgerError, match="no unallocated sleeve"):
-            ledger.book_unowned_trade(U, 1, symbol="BTCUSDT", realized_pnl=D(1),
-                                      commission=D(0), time_ms=T0)  # fmt: skip
+            ledger.book_unowned_trade(
+                U, 1, symbol="BTCUSDT", realized_pnl=D(1), commission=D(0), time_ms=T0
+            )
         assert not ledger.income_booked(U, "trade:1")
 
 
 def test_equity_snapshots_carry_nav(books: Ledger) -> None:
     """snapshot_equity stores equity and NAV per unit (equity / units at that time)."""
     books.snapshot_equity("a1", D(100), T0)
-    books.book_income(U, 5, kind="FUNDING_FEE", symbol="BTCUSDT", amount=D(25),
-                      time_ms=T0 + 1, agent_id="a1")  # fmt: skip
+    books.book_income(
+        U, 5, kind="FUNDING_FEE", symbol="BTCUSDT", amount=D(25), time_ms=T0 + 1, agent_id="a1"
+    )
     books.snapshot_equity("a1", D(125), T0 + 60_000)
     books.allocate("a1", D(225))  # 100 more at NAV 1.25: 80 units
     books.snapshot_equity("a1", D(250), T0 + 120_000)
     points = books.equity_history("a1")
     assert [(p.time_ms, p.equity) for p in points] == [
-        (T0, D(100)), (T0 + 60_000, D(125)), (T0 + 120_000, D(250))
-    ]  # fmt: skip
+        (T0, D(100)),
+        (T0 + 60_000, D(125)),
+        (T0 + 120_000, D(250)),
+    ]
     assert [p.nav for p in points] == [D(1), D("1.25"), D("1.25")]

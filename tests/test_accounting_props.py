@@ -113,8 +113,13 @@ class World:
         self.engine.add_account(USER, D(20_000))
         self.exchange = EngineExchange(self.engine, USER)
         self.ledger = Ledger(state_dir)
-        self.ledger.set_account_limits(USER, max_total_positions=10, max_gross_leverage=D(50),
-                                       equity=self.equity(), equity_time_ms=START_MS)  # fmt: skip
+        self.ledger.set_account_limits(
+            USER,
+            max_total_positions=10,
+            max_gross_leverage=D(50),
+            equity=self.equity(),
+            equity_time_ms=START_MS,
+        )
         self.agents = [f"a{i}" for i in range(agents)]
         for agent in self.agents:
             self.ledger.register_agent(agent, USER, max_positions=2)
@@ -142,8 +147,14 @@ class World:
         """Open or add (buy/sell) through the reservation protocol, or close when held."""
         held = next((p for p in self.ledger.positions(agent_id=agent) if p.symbol == symbol), None)
         if held is not None and size == 0:
-            self._send(agent, symbol, Side.SELL if held.qty > 0 else Side.BUY, abs(held.qty),
-                       "close", reduce_only=True)  # fmt: skip
+            self._send(
+                agent,
+                symbol,
+                Side.SELL if held.qty > 0 else Side.BUY,
+                abs(held.qty),
+                "close",
+                reduce_only=True,
+            )
             return
         step, floor = QTY[symbol]
         qty = step * (size + 1) + floor
@@ -161,13 +172,19 @@ class World:
         notional = qty * self.market.mark(symbol)
         margin = notional / 20 if kind == "open" else D(0)
         try:
-            intent = self.ledger.reserve(agent, symbol, side, margin=margin, notional=notional,
-                                         kind=kind)  # fmt: skip
+            intent = self.ledger.reserve(
+                agent, symbol, side, margin=margin, notional=notional, kind=kind
+            )
         except ReservationDenied:
             return
         assert self.ledger.mark_sent(intent.client_order_id)
-        params = {"symbol": symbol, "side": side.value, "type": "MARKET", "quantity": str(qty),
-                  "newClientOrderId": intent.client_order_id}  # fmt: skip
+        params = {
+            "symbol": symbol,
+            "side": side.value,
+            "type": "MARKET",
+            "quantity": str(qty),
+            "newClientOrderId": intent.client_order_id,
+        }
         if reduce_only:
             params["reduceOnly"] = "true"
         self.engine.new_order(USER, params)
@@ -180,9 +197,16 @@ class World:
         qty = QTY[symbol][0] * 3
         for side in ("BUY", "SELL"):
             self.manual += 1
-            self.engine.new_order(USER, {"symbol": symbol, "side": side, "type": "MARKET",
-                                         "quantity": str(qty),
-                                         "newClientOrderId": f"web-{self.manual}"})  # fmt: skip
+            self.engine.new_order(
+                USER,
+                {
+                    "symbol": symbol,
+                    "side": side,
+                    "type": "MARKET",
+                    "quantity": str(qty),
+                    "newClientOrderId": f"web-{self.manual}",
+                },
+            )
 
     def move(self, symbol: str, pct: int) -> None:
         price = self.market.mark(symbol) * (1 + D(pct) / 1000)
@@ -211,13 +235,18 @@ class World:
 
 
 EVENTS = st.one_of(
-    st.tuples(st.just("trade"), st.integers(0, 3), st.sampled_from(sorted(PRICES)),
-              st.booleans(), st.integers(0, 4)),
+    st.tuples(
+        st.just("trade"),
+        st.integers(0, 3),
+        st.sampled_from(sorted(PRICES)),
+        st.booleans(),
+        st.integers(0, 4),
+    ),
     st.tuples(st.just("move"), st.sampled_from(sorted(PRICES)), st.integers(-40, 40)),
     st.tuples(st.just("wait"), st.integers(1, 150)),
     st.tuples(st.just("realloc"), st.lists(st.integers(0, 6000), min_size=4, max_size=4)),
     st.tuples(st.just("manual"), st.sampled_from(sorted(PRICES))),
-)  # fmt: skip
+)
 
 
 @contextmanager

@@ -19,8 +19,12 @@ def test_ledger_bench_prints_its_figures_and_finds_no_violation(extra: list[str]
     reservation was marked sent (the durable write an order waits for)."""
     done = subprocess.run(
         [sys.executable, "bench/ledger.py", "--procs", "2", "--seconds", "0.5", "--json", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     for key in ("reservations_per_s", "p50_ms", "p99_ms", "max_ms", "violations"):

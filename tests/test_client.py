@@ -296,19 +296,53 @@ def test_exchange_info_filters(rig: Rig) -> None:
 
 def test_signed_gets(rig: Rig) -> None:
     """Signed reads put params + nonce/user/signer + signature in the query, and parse."""
-    bal = {"asset": "USDT", "balance": "100.5", "crossWalletBalance": "100.5",
-           "crossUnPnl": "0", "availableBalance": "90", "maxWithdrawAmount": "90",
-           "updateTime": 3}  # fmt: skip
-    pos = {"symbol": "BTCUSDT", "positionAmt": "-0.010", "entryPrice": "64000",
-           "markPrice": "63000", "unRealizedProfit": "10", "liquidationPrice": "70000",
-           "leverage": "3", "marginType": "cross", "positionSide": "BOTH",
-           "updateTime": 9}  # fmt: skip
-    trade = {"id": 1, "orderId": 2, "symbol": "BTCUSDT", "side": "SELL", "positionSide": "BOTH",
-             "price": "64000", "qty": "0.01", "quoteQty": "640", "realizedPnl": "1.5",
-             "commission": "0.2", "commissionAsset": "USDT", "buyer": False, "maker": True,
-             "time": 5}  # fmt: skip
-    income = {"symbol": "BTCUSDT", "incomeType": "FUNDING_FEE", "income": "-0.01",
-              "asset": "USDT", "info": "", "time": 6, "tranId": 77, "tradeId": ""}  # fmt: skip
+    bal = {
+        "asset": "USDT",
+        "balance": "100.5",
+        "crossWalletBalance": "100.5",
+        "crossUnPnl": "0",
+        "availableBalance": "90",
+        "maxWithdrawAmount": "90",
+        "updateTime": 3,
+    }
+    pos = {
+        "symbol": "BTCUSDT",
+        "positionAmt": "-0.010",
+        "entryPrice": "64000",
+        "markPrice": "63000",
+        "unRealizedProfit": "10",
+        "liquidationPrice": "70000",
+        "leverage": "3",
+        "marginType": "cross",
+        "positionSide": "BOTH",
+        "updateTime": 9,
+    }
+    trade = {
+        "id": 1,
+        "orderId": 2,
+        "symbol": "BTCUSDT",
+        "side": "SELL",
+        "positionSide": "BOTH",
+        "price": "64000",
+        "qty": "0.01",
+        "quoteQty": "640",
+        "realizedPnl": "1.5",
+        "commission": "0.2",
+        "commissionAsset": "USDT",
+        "buyer": False,
+        "maker": True,
+        "time": 5,
+    }
+    income = {
+        "symbol": "BTCUSDT",
+        "incomeType": "FUNDING_FEE",
+        "income": "-0.01",
+        "asset": "USDT",
+        "info": "",
+        "time": 6,
+        "tranId": 77,
+        "tradeId": "",
+    }
     ex = rig.exchange
     ex.on("GET", "/fapi/v3/balance", ok([bal]))
     ex.on("GET", "/fapi/v3/positionRisk", ok([pos]))

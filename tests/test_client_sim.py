@@ -440,9 +440,14 @@ def test_immediately_triggering_stop_is_rejected(
     """A stop that would trigger at once (-2021) is OrderRejected."""
     sim_server.market.pin(BTC, Decimal("100000.0"))
     request = OrderRequest(
-        BTC, Side.SELL, OrderType.STOP_MARKET, "trig-now-1", quantity=Decimal("0.010"),
-        stop_price=Decimal("100500.0"), reduce_only=True,
-    )  # fmt: skip
+        BTC,
+        Side.SELL,
+        OrderType.STOP_MARKET,
+        "trig-now-1",
+        quantity=Decimal("0.010"),
+        stop_price=Decimal("100500.0"),
+        reduce_only=True,
+    )
     with pytest.raises(OrderRejected) as info:
         client.new_order(request)
     assert info.value.code == -2021
@@ -671,9 +676,12 @@ def test_accepted_then_503_resolved_by_client_order_id(sim_keys: SimKeys) -> Non
     with _faulty(sim_keys, FaultConfig(accepted_503_rate=1.0)) as sim:
         sim.market.pin(BTC, Decimal("100000.0"))
         with AsterClient(
-            sim.base_url, user=sim_keys.user, signer=sim_keys.agents[0],
-            nonces=NonceSource(0), backoff_base=0.001,
-        ) as c:  # fmt: skip
+            sim.base_url,
+            user=sim_keys.user,
+            signer=sim_keys.agents[0],
+            nonces=NonceSource(0),
+            backoff_base=0.001,
+        ) as c:
             order = c.new_order(_market(BTC, Side.BUY, "0.010", "unknown-1"))
         assert order.status is OrderStatus.FILLED and order.client_order_id == "unknown-1"
         assert [o.client_order_id for o in sim.engine.all_orders_ever()] == ["unknown-1"]
@@ -684,9 +692,13 @@ def test_exchange_down_new_order_is_unknown_outcome(sim_keys: SimKeys) -> None:
     """When every request is answered 503, a new order ends as UnknownOutcome naming its id."""
     with _faulty(sim_keys, FaultConfig(error_rates={503: 1.0})) as sim:
         with AsterClient(
-            sim.base_url, user=sim_keys.user, signer=sim_keys.agents[0],
-            nonces=NonceSource(0), backoff_base=0.001, max_retries=2,
-        ) as c:  # fmt: skip
+            sim.base_url,
+            user=sim_keys.user,
+            signer=sim_keys.agents[0],
+            nonces=NonceSource(0),
+            backoff_base=0.001,
+            max_retries=2,
+        ) as c:
             with pytest.raises(TransientExchangeError):
                 c.balances()
             with pytest.raises(UnknownOutcome) as info:

@@ -55,8 +55,11 @@ def test_demo_trades_and_leaves_nothing_behind() -> None:
     """demo --agents 3 --duration 20 --json exits 0 with trades; no process or file remains."""
     result = subprocess.run(
         _demo("--agents", "3", "--duration", "20", "--json"),
-        capture_output=True, text=True, timeout=90, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     doc = json.loads(result.stdout)
     assert doc["version"] == 1
@@ -73,8 +76,10 @@ def test_demo_sigint_tears_everything_down() -> None:
     """Ctrl-C (SIGINT) in the middle still stops supervisord and the agents and removes the dir."""
     proc = subprocess.Popen(
         _demo("--agents", "2", "--duration", "120", "--json"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
     for line in proc.stderr:  # progress lines go to stderr in --json mode
@@ -113,8 +118,12 @@ def test_demo_live_view_on_a_terminal() -> None:
     env = dict(os.environ, FORCE_COLOR="1", TTY_COMPATIBLE="1")
     result = subprocess.run(
         _demo("--agents", "1", "--duration", "3"),
-        capture_output=True, text=True, timeout=60, check=False, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
     assert result.returncode in (0, 1), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "sleeves" in result.stdout  # the portfolio view

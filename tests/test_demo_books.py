@@ -39,27 +39,47 @@ def quick_fleet(root: Path) -> Path:
 
 
 def aster(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)  # fmt: skip
+    return subprocess.run(
+        [BIN, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.mark.slow
 def test_portfolio_equity_equals_the_simulator_after_a_demo(tmp_path: Path) -> None:
     """demo, then `portfolio --json` in another process: equity == sim equity (< 0.01), funded."""
     run = tmp_path / "run"
-    result = aster("--config-dir", str(quick_fleet(tmp_path)), "--state-dir", str(run),
-                   "demo", "--duration", "30", "--json", timeout=150)  # fmt: skip
+    result = aster(
+        "--config-dir",
+        str(quick_fleet(tmp_path)),
+        "--state-dir",
+        str(run),
+        "demo",
+        "--duration",
+        "30",
+        "--json",
+        timeout=150,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     demo = json.loads(result.stdout)["demo"]
     books = demo["books"]
     assert demo["trades"] > 0 and demo["kept"] is True
     assert books["errors"] == [] and books["agree"] is True, books
-    assert books["reconcile"] == {"ok": True, "repairs": books["reconcile"]["repairs"],
-                                  "differences": []}  # fmt: skip
+    assert books["reconcile"] == {
+        "ok": True,
+        "repairs": books["reconcile"]["repairs"],
+        "differences": [],
+    }
     assert books["funding"]["events"] >= 1, books  # settled while positions were open
     assert not [p for p in [demo["supervisord_pid"], *demo["agent_pids"]] if pid_alive(p)]
-    shown = aster("--config-dir", str(run / "agents.d"), "--state-dir", str(run / "state"),
-                  "portfolio", "--json", timeout=60)  # fmt: skip
+    shown = aster(
+        "--config-dir",
+        str(run / "agents.d"),
+        "--state-dir",
+        str(run / "state"),
+        "portfolio",
+        "--json",
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.stderr[-3000:]
     portfolio = json.loads(shown.stdout)["portfolio"]
     assert abs(Decimal(portfolio["equity"]) - Decimal(books["exchange_equity"])) < CENT

@@ -35,10 +35,17 @@ def doctor_json(
 ) -> tuple[int, dict[str, Any]]:
     """Run doctor --json in-process with the fleet's env; (exit code, document)."""
     code, out, err = run_cli(
-        ["--config-dir", str(fleet.config_dir), "--state-dir", str(fleet.state_dir),
-         "doctor", "--json", *args],
+        [
+            "--config-dir",
+            str(fleet.config_dir),
+            "--state-dir",
+            str(fleet.state_dir),
+            "doctor",
+            "--json",
+            *args,
+        ],
         capsys,
-    )  # fmt: skip
+    )
     assert err == "" or code != 0, err
     return code, json.loads(out)
 
@@ -101,15 +108,18 @@ def test_wrong_key_for_signer_fails_and_skips_signed_checks(
 
 
 def test_signer_unknown_to_the_exchange_fails_the_account_check(
-    tmp_path: Path, sim_server: SimServer, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    sim_server: SimServer,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """An API wallet the exchange has not authorised: account FAIL (refused), exit 1."""
     made = make_fleet(tmp_path, sim_server, ["agent-1"])
     stranger = generate_private_key()
     path = made.config_dir / "agent-1.yaml"
-    path.write_text(path.read_text().replace(made.signers["agent-1"].address,
-                                             Signer(stranger).address))  # fmt: skip
+    path.write_text(
+        path.read_text().replace(made.signers["agent-1"].address, Signer(stranger).address)
+    )
     monkeypatch.setenv("AGENT_1_PRIVATE_KEY", stranger)
     code, doc = doctor_json(made, capsys)
     got = statuses(doc)
@@ -259,9 +269,15 @@ def test_hedge_mode_and_open_positions(fleet: Fleet, capsys: pytest.CaptureFixtu
         assert code == 0 and statuses(doc)["position mode"] == "WARN"
         client.set_leverage("BTCUSDT", 5)
         client.new_order(
-            OrderRequest("BTCUSDT", Side.BUY, OrderType.MARKET, "test-long-1",
-                         quantity=Decimal("0.01"), position_side=PositionSide.LONG)
-        )  # fmt: skip
+            OrderRequest(
+                "BTCUSDT",
+                Side.BUY,
+                OrderType.MARKET,
+                "test-long-1",
+                quantity=Decimal("0.01"),
+                position_side=PositionSide.LONG,
+            )
+        )
     orders_before = len(fleet.sim.engine.all_orders_ever())
     code, doc = doctor_json(fleet, capsys, "--id", "agent-1")
     got = statuses(doc)
@@ -291,9 +307,11 @@ def test_keys_from_dotenv_and_loose_key_files(
 
 
 def test_llm_agent_model_key_env_is_checked_never_shown(
-    tmp_path: Path, sim_server: SimServer, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    sim_server: SimServer,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     """llm agent: `model key` FAILs while api_key_env is unset, PASSes once set; value hidden."""
     params = "{base_url: 'http://127.0.0.1:9/v1', model: m, api_key_env: DOCTOR_MODEL_KEY}"
     made = make_fleet(tmp_path, sim_server, ["agent-1"], strategy="llm", params=params)

@@ -24,9 +24,18 @@ from aster_agents.ledger.store import MIGRATIONS
 from tests.plugins.ledger import kill_child, spawn_python
 
 TABLES = {
-    "accounts", "agents", "intents", "positions", "fills", "funding", "equity", "audit",
-    "budgets", "host_pause", "schema_migrations",
-}  # fmt: skip
+    "accounts",
+    "agents",
+    "intents",
+    "positions",
+    "fills",
+    "funding",
+    "equity",
+    "audit",
+    "budgets",
+    "host_pause",
+    "schema_migrations",
+}
 
 STOP_IN_MIGRATION = """
 import sqlite3, sys, time

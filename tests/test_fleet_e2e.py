@@ -41,16 +41,30 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float) -> T:
 
 def _agent_doc(agent_id: str, user: str, signer: str, url: str) -> dict[str, object]:
     return {
-        "id": agent_id, "name": f"Random {agent_id}", "enabled": True,
-        "exchange": {"user": user, "signer": signer, "base_url": url,
-                     "signer_key_env": agent_id.upper().replace("-", "_") + "_KEY"},
-        "trading": {"strategy": "random", "params": {"p_enter": 0.9, "p_exit": 0.3},
-                    "symbols": [SYMBOLS[agent_id]], "interval": "1m",
-                    "scan_interval_seconds": 1, "max_positions": 1, "min_confidence": 0.5,
-                    "position_size_pct": 0.1, "leverage": 2, "stop_loss_pct": 0.5,
-                    "take_profit_pct": 0.5},
+        "id": agent_id,
+        "name": f"Random {agent_id}",
+        "enabled": True,
+        "exchange": {
+            "user": user,
+            "signer": signer,
+            "base_url": url,
+            "signer_key_env": agent_id.upper().replace("-", "_") + "_KEY",
+        },
+        "trading": {
+            "strategy": "random",
+            "params": {"p_enter": 0.9, "p_exit": 0.3},
+            "symbols": [SYMBOLS[agent_id]],
+            "interval": "1m",
+            "scan_interval_seconds": 1,
+            "max_positions": 1,
+            "min_confidence": 0.5,
+            "position_size_pct": 0.1,
+            "leverage": 2,
+            "stop_loss_pct": 0.5,
+            "take_profit_pct": 0.5,
+        },
         "allocation": {"capital_pct": 0.3},
-    }  # fmt: skip
+    }
 
 
 class Fleet:
@@ -128,8 +142,11 @@ def _running(status: dict[str, tuple[str, int | None]]) -> dict[str, int] | None
 
 def _exchange_positions(sim: SimServer, user: str) -> dict[str, Decimal]:
     rows = sim.engine.position_risk_json(user, {})
-    return {str(r["symbol"]): Decimal(str(r["positionAmt"])) for r in rows
-            if Decimal(str(r["positionAmt"])) != 0}  # fmt: skip
+    return {
+        str(r["symbol"]): Decimal(str(r["positionAmt"]))
+        for r in rows
+        if Decimal(str(r["positionAmt"])) != 0
+    }
 
 
 def _ledger_positions(state: Path, user: str) -> dict[str, Decimal]:

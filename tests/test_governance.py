@@ -244,9 +244,9 @@ def test_auto_rebalance_applies_once_and_only_one_process_at_a_time(tmp_path: Pa
 
 def cli(config: Path, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(
-        build_app(), ["--config-dir", str(config), "--state-dir", str(config.parent / "state"),
-                      *args],
-    )  # fmt: skip
+        build_app(),
+        ["--config-dir", str(config), "--state-dir", str(config.parent / "state"), *args],
+    )
     return result.exit_code, result.output
 
 
@@ -317,8 +317,12 @@ def test_disabled_running_agent_opens_nothing(tmp_path: Path, sim_server: SimSer
         wait_for(lambda: _opens(fleet), 60, "a first opening order")
         done = subprocess.run(
             fleet.command("agents", "disable", "--id", "agent-1", "--reason", "test"),
-            env=fleet.env(), capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+            env=fleet.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         _assert_opens_nothing_more(fleet, since_ticks=_ticks(fleet))
         assert proc.poll() is None

@@ -49,9 +49,16 @@ def _fill(
     pnl: str = "0",
 ) -> bool:
     return ledger.book_fill(
-        coid, trade_id=trade_id, symbol=symbol, side=side, qty=D(qty), price=D(price),
-        realized_pnl=D(pnl), commission=D("0.1"), time_ms=1,
-    )  # fmt: skip
+        coid,
+        trade_id=trade_id,
+        symbol=symbol,
+        side=side,
+        qty=D(qty),
+        price=D(price),
+        realized_pnl=D(pnl),
+        commission=D("0.1"),
+        time_ms=1,
+    )
 
 
 def _hold(ledger: Ledger, agent: str, symbol: str) -> None:
@@ -375,8 +382,12 @@ def test_expired_reservation_is_reaped_but_stays_queryable(ledger: Ledger) -> No
 
 
 def _dead_pid() -> int:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pid = int(dead.stdout)
     assert not pid_alive(pid)
     return pid
@@ -706,9 +717,13 @@ def test_budget_pause_is_shared_across_processes(state_dir: Path) -> None:
 def test_budget_tokens_are_spent_corrected_and_refilled(state_dir: Path) -> None:
     """acquire spends weight and orders, observe lowers buckets, and acquire waits for refill."""
     budget = SharedBudget(
-        state_dir, user="u1", weight_per_minute=60, orders_per_10s=10, orders_per_minute=60,
+        state_dir,
+        user="u1",
+        weight_per_minute=60,
+        orders_per_10s=10,
+        orders_per_minute=60,
         safety=1.0,
-    )  # fmt: skip
+    )
     budget.acquire(50, orders=2)
     levels = budget.state()["buckets"]
     assert levels["weight:ip"] == pytest.approx(10, abs=0.5)
@@ -782,8 +797,12 @@ def test_sent_intent_of_dead_pid_is_never_reaped(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path)
     ledger.register_agent("a1", "0xU", max_positions=5, capital=Decimal(1000))
     ledger.set_account_limits("0xU", max_total_positions=1, max_gross_leverage=Decimal(10))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     pid = int(dead.stdout)
     sent = ledger.reserve(
         "a1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(1), pid=pid

@@ -100,13 +100,27 @@ class LedgerMachine(RuleBasedStateMachine):
         intent = self.intents[coid]
         self.trade_id += 1
         assert self.ledger.book_fill(
-            coid, trade_id=self.trade_id, symbol=intent.symbol, side=side, qty=Decimal(1),
-            price=price, realized_pnl=pnl, commission=Decimal(0), time_ms=self.trade_id,
-        )  # fmt: skip
+            coid,
+            trade_id=self.trade_id,
+            symbol=intent.symbol,
+            side=side,
+            qty=Decimal(1),
+            price=price,
+            realized_pnl=pnl,
+            commission=Decimal(0),
+            time_ms=self.trade_id,
+        )
         assert not self.ledger.book_fill(
-            coid, trade_id=self.trade_id, symbol=intent.symbol, side=side, qty=Decimal(1),
-            price=price, realized_pnl=pnl, commission=Decimal(0), time_ms=self.trade_id,
-        )  # fmt: skip
+            coid,
+            trade_id=self.trade_id,
+            symbol=intent.symbol,
+            side=side,
+            qty=Decimal(1),
+            price=price,
+            realized_pnl=pnl,
+            commission=Decimal(0),
+            time_ms=self.trade_id,
+        )
         key = (intent.agent, intent.symbol)
         pos = self.positions.get(key, ModelPosition(0, Decimal(0), Decimal(0)))
         extra = Decimal(0)

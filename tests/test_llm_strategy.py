@@ -82,13 +82,19 @@ def test_prompt_holds_the_snapshot_position_style_and_limits() -> None:
     assert len(mkt["klines"]) == 12
     assert mkt["klines"][-1][4] == str(snap.klines[-1].close)
     assert doc["position"] == {
-        "side": "short", "qty": "-0.5", "entry_price": "2010.5", "opened_at_ms": 123
-    }  # fmt: skip
+        "side": "short",
+        "qty": "-0.5",
+        "entry_price": "2010.5",
+        "opened_at_ms": 123,
+    }
     assert doc["style"] == "patient"
     assert doc["limits"] == {
-        "position_size_pct_of_capital": 0.1, "leverage": 3, "max_stop_loss_pct": 0.02,
-        "max_take_profit_pct": 0.04, "acts_only_when_confidence_at_least": 0.6,
-    }  # fmt: skip
+        "position_size_pct_of_capital": 0.1,
+        "leverage": 3,
+        "max_stop_loss_pct": 0.02,
+        "max_take_profit_pct": 0.04,
+        "acts_only_when_confidence_at_least": 0.6,
+    }
 
 
 def test_prompt_never_holds_keys_env_names_or_paths(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -135,10 +141,16 @@ def test_valid_answers_become_signals(content: str, action: Action, confidence: 
 
 def test_suggestions_are_carried_and_reason_truncated() -> None:
     """Optional size/stop/take-profit suggestions ride on the signal; long reasons are cut."""
-    content = json.dumps({
-        "action": "long", "confidence": 0.9, "reason": "x" * 500,
-        "size_pct": 0.5, "stop_loss_pct": 0.01, "take_profit_pct": 0.03,
-    })  # fmt: skip
+    content = json.dumps(
+        {
+            "action": "long",
+            "confidence": 0.9,
+            "reason": "x" * 500,
+            "size_pct": 0.5,
+            "stop_loss_pct": 0.01,
+            "take_profit_pct": 0.03,
+        }
+    )
     signal = parse_answer(content)
     assert (signal.size_pct, signal.stop_loss_pct, signal.take_profit_pct) == (0.5, 0.01, 0.03)
     assert len(signal.reason) <= len("llm: ") + 200

@@ -107,8 +107,10 @@ def test_combined_series_carries_values_forward() -> None:
     a = [(0, Decimal(100)), (10, Decimal(110))]
     b = [(5, Decimal(50)), (10, Decimal(40))]
     assert pf.combined_series({"a": a, "b": b}, points=3) == [
-        Decimal(150), Decimal(150), Decimal(150),
-    ]  # fmt: skip
+        Decimal(150),
+        Decimal(150),
+        Decimal(150),
+    ]
     assert pf.resample(a, [-1, 0, 9, 10, 99]) == [Decimal(v) for v in (100, 100, 100, 110, 110)]
 
 
@@ -129,13 +131,21 @@ def populate(fleet: FleetConfig, state: Path) -> None:
     """Three sleeves of 1000 in a 10,000 account; agent-1 gains 100, agent-2 loses 50
     (booked as funding, so the books say so too, not only the snapshots)."""
     with Ledger(state) as ledger:
-        ledger.set_account_limits(USER, max_total_positions=10, max_gross_leverage=Decimal(3),
-                                  equity=Decimal(10000))  # fmt: skip
+        ledger.set_account_limits(
+            USER, max_total_positions=10, max_gross_leverage=Decimal(3), equity=Decimal(10000)
+        )
         for agent in ("agent-1", "agent-2", "agent-3"):
             ledger.register_agent(agent, USER, max_positions=2, capital=Decimal(1000))
         for tran, (agent, amount) in enumerate((("agent-1", 100), ("agent-2", -50))):
-            ledger.book_income(USER, tran, kind="FUNDING_FEE", symbol="BTCUSDT",
-                               amount=Decimal(amount), time_ms=1, agent_id=agent)  # fmt: skip
+            ledger.book_income(
+                USER,
+                tran,
+                kind="FUNDING_FEE",
+                symbol="BTCUSDT",
+                amount=Decimal(amount),
+                time_ms=1,
+                agent_id=agent,
+            )
         for t, (one, two) in enumerate(((1000, 1000), (1200, 990), (1100, 950))):
             ledger.snapshot_equity("agent-1", Decimal(one), 1_000 + t * 60_000)
             ledger.snapshot_equity("agent-2", Decimal(two), 1_000 + t * 60_000)
@@ -195,5 +205,6 @@ def test_combined_series_offset_for_sleeves_without_snapshots() -> None:
     """Sleeves that never wrote a snapshot add a constant, not a point at time zero."""
     a = [(1_000_000, Decimal(100)), (2_000_000, Decimal(90))]
     assert pf.combined_series({"a": a}, points=2, offset=Decimal(1000)) == [
-        Decimal(1100), Decimal(1090),
-    ]  # fmt: skip
+        Decimal(1100),
+        Decimal(1090),
+    ]

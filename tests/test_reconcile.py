@@ -53,8 +53,13 @@ def web_ui_order(fleet: Fleet, symbol: str, qty: str) -> None:
     """A market order placed on the account directly (the main wallet), not by an agent."""
     client = SignedClient(fleet.sim.base_url, fleet.main, fleet.user)
     try:
-        order = {"symbol": symbol, "side": "BUY", "type": "MARKET", "quantity": qty,
-                 "newClientOrderId": "web_ui_1"}  # fmt: skip
+        order = {
+            "symbol": symbol,
+            "side": "BUY",
+            "type": "MARKET",
+            "quantity": qty,
+            "newClientOrderId": "web_ui_1",
+        }
         client.ok("POST", "/fapi/v3/order", order)
     finally:
         client.close()
@@ -84,18 +89,26 @@ def account(doc: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_books_agree_after_an_agent_traded_and_stopped(
-    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sim: SimServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """An agent opened and protected a position, stopped: reconcile exits 0, books agree."""
-    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["ETHUSDT"],
-                       params="{p_enter: 1.0, p_exit: 0.0}")  # fmt: skip
+    fleet = make_fleet(
+        tmp_path, sim, ["agent-1"], symbols=["ETHUSDT"], params="{p_enter: 1.0, p_exit: 0.0}"
+    )
     fleet.start("agent-1")
     try:
-        wait_for(lambda: fleet.exchange_positions()
-                 and fleet.exchange_positions() == fleet.ledger_positions()
-                 and len(sim.engine.account(fleet.user).open_orders) == 2,
-                 timeout=60, what="a protected position")  # fmt: skip
+        wait_for(
+            lambda: (
+                fleet.exchange_positions()
+                and fleet.exchange_positions() == fleet.ledger_positions()
+                and len(sim.engine.account(fleet.user).open_orders) == 2
+            ),
+            timeout=60,
+            what="a protected position",
+        )
     finally:
         assert fleet.stop_all() == {"agent-1": 0}, fleet.stderr("agent-1")[-2000:]
     sim.freeze()
@@ -110,12 +123,15 @@ def test_books_agree_after_an_agent_traded_and_stopped(
 
 @pytest.mark.slow
 def test_a_missed_fill_is_booked_once(
-    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sim: SimServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """An agent SIGKILLed after its order filled, before booking: reconcile books it, once."""
-    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["ETHUSDT"],
-                       params="{p_enter: 1.0, p_exit: 0.0}")  # fmt: skip
+    fleet = make_fleet(
+        tmp_path, sim, ["agent-1"], symbols=["ETHUSDT"], params="{p_enter: 1.0, p_exit: 0.0}"
+    )
     proc = fleet.start("agent-1", {"ASTER_AGENTS_FAILPOINT": "after_confirm"})
     assert proc.wait(60) == -signal.SIGKILL, fleet.stderr("agent-1")[-2000:]
     sim.freeze()
@@ -134,9 +150,11 @@ def test_a_missed_fill_is_booked_once(
 
 
 def test_a_position_no_agent_owns_is_reported_and_left_alone(
-    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sim: SimServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """A web-UI order: its trade goes to unallocated, its position is reported, exit 1."""
     fleet = make_fleet(tmp_path, sim, ["agent-1"])
     keys_env(monkeypatch, fleet)
@@ -156,9 +174,11 @@ def test_a_position_no_agent_owns_is_reported_and_left_alone(
 
 
 def test_dry_run_repairs_nothing(
-    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sim: SimServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """--dry-run reports what it would book and leaves every ledger row as it was."""
     fleet = make_fleet(tmp_path, sim, ["agent-1"])
     keys_env(monkeypatch, fleet)
@@ -175,9 +195,11 @@ def test_dry_run_repairs_nothing(
 
 
 def test_id_restricts_to_one_account_and_unknown_id_exits_2(
-    sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    sim: SimServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     """--id reconciles only that agent's account; an unknown --id exits 2 and names it."""
     first = make_fleet(tmp_path, sim, ["agent-1"], capital_pct=0.5)
     second = make_fleet(tmp_path, sim, ["agent-2"], capital_pct=0.5)  # same agents.d

@@ -51,8 +51,9 @@ def test_funding_interval_option_settles_funding_on_an_open_position(tmp_path: P
     keys = new_keys()
     accounts = tmp_path / "accounts.yaml"
     accounts.write_text(f"- user: '{keys.user}'\n  signers: ['{keys.signers[0]}']\n")
-    proc = start_sim_process("--accounts", str(accounts), "--speed", "60",
-                             "--funding-interval", "60")  # fmt: skip
+    proc = start_sim_process(
+        "--accounts", str(accounts), "--speed", "60", "--funding-interval", "60"
+    )
     client = SignedClient(proc.base_url, keys.agents[0], keys.user)
     try:
         order = {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.002"}

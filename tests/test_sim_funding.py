@@ -42,11 +42,13 @@ def test_open_position_pays_qty_x_mark_x_rate_at_each_settlement() -> None:
     rows = _funding(engine)
     market = engine.market
     want = {
-        "BTCUSDT": (-D("0.1") * market.mark("BTCUSDT", settle)
-                    * market.funding_rate("BTCUSDT", settle)).quantize(MONEY),
-        "ETHUSDT": (D(1) * market.mark("ETHUSDT", settle)
-                    * market.funding_rate("ETHUSDT", settle)).quantize(MONEY),
-    }  # fmt: skip
+        "BTCUSDT": (
+            -D("0.1") * market.mark("BTCUSDT", settle) * market.funding_rate("BTCUSDT", settle)
+        ).quantize(MONEY),
+        "ETHUSDT": (
+            D(1) * market.mark("ETHUSDT", settle) * market.funding_rate("ETHUSDT", settle)
+        ).quantize(MONEY),
+    }
     assert {r["symbol"]: D(str(r["income"])) for r in rows} == want
     assert all(r["time"] == settle for r in rows) and len({r["tranId"] for r in rows}) == 2
     assert engine.balance(USER) == before + sum(want.values())
@@ -92,13 +94,15 @@ def test_premium_index_and_funding_history_match_the_settlements() -> None:
     srv = SimServer(config)
     srv.market.freeze()
     app = srv.app
-    premium = json.loads(app.handle("GET", "/fapi/v3/premiumIndex", "symbol=BTCUSDT", "",
-                                    "127.0.0.1").body)  # fmt: skip
+    premium = json.loads(
+        app.handle("GET", "/fapi/v3/premiumIndex", "symbol=BTCUSDT", "", "127.0.0.1").body
+    )
     last = START_MS // HOUR_MS * HOUR_MS
     assert premium["nextFundingTime"] == last + HOUR_MS
     assert D(premium["lastFundingRate"]) == srv.market.funding_rate("BTCUSDT", last)
-    history = json.loads(app.handle("GET", "/fapi/v3/fundingRate", "symbol=BTCUSDT&limit=3", "",
-                                    "127.0.0.1").body)  # fmt: skip
+    history = json.loads(
+        app.handle("GET", "/fapi/v3/fundingRate", "symbol=BTCUSDT&limit=3", "", "127.0.0.1").body
+    )
     assert [h["fundingTime"] for h in history] == [last - 2 * HOUR_MS, last - HOUR_MS, last]
     assert D(history[-1]["fundingRate"]) == D(premium["lastFundingRate"])
 

@@ -69,8 +69,9 @@ def test_rate_limit_then_ban(tiny: tuple[SimServer, SignedClient]) -> None:
 
 def test_requests_in_flight_at_a_429_get_grace_not_a_ban(sim_keys: SimKeys) -> None:
     """A request sent within grace_s of a 429 gets another 429; only a later one is banned."""
-    limits = LimitConfig(weight_per_window=12, grace_s=60, align_to_start=True,
-                         weight_window_s=3600)  # fmt: skip
+    limits = LimitConfig(
+        weight_per_window=12, grace_s=60, align_to_start=True, weight_window_s=3600
+    )
     server, client = _serve(sim_keys, limits=limits)
     try:
         while client.send("GET", "/fapi/v3/balance").status_code == 200:

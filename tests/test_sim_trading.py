@@ -398,12 +398,19 @@ def test_batch_orders_place_and_cancel(sim_server: SimServer, sim_client: Signed
     from urllib.parse import quote
 
     sim_server.market.pin("BTCUSDT", D("50000.0"))
-    entry = {"symbol": "BTCUSDT", "side": "BUY", "type": "LIMIT", "timeInForce": "GTC",
-             "quantity": "0.010", "price": "49000.0"}  # fmt: skip
+    entry = {
+        "symbol": "BTCUSDT",
+        "side": "BUY",
+        "type": "LIMIT",
+        "timeInForce": "GTC",
+        "quantity": "0.010",
+        "price": "49000.0",
+    }
     batch = json.dumps([entry, {**entry, "price": "49000.05"}], separators=(",", ":"))
     placed = sim_client.ok("POST", "/fapi/v3/batchOrders", [("batchOrders", quote(batch))])
     assert placed[0]["status"] == "NEW" and placed[1]["code"] == -1111
     ids = json.dumps([placed[0]["orderId"], 42])
-    canceled = sim_client.ok("DELETE", "/fapi/v3/batchOrders",
-                             [("symbol", "BTCUSDT"), ("orderIdList", quote(ids))])  # fmt: skip
+    canceled = sim_client.ok(
+        "DELETE", "/fapi/v3/batchOrders", [("symbol", "BTCUSDT"), ("orderIdList", quote(ids))]
+    )
     assert canceled[0]["status"] == "CANCELED" and canceled[1]["code"] == -2013

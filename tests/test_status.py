@@ -65,14 +65,21 @@ def populate(fleet: FleetConfig, state: Path, *, dead: int) -> None:
         )
         for agent in fleet.agents[:3]:
             ledger.register_agent(agent.id, user, max_positions=2, capital=Decimal(1000))
-        intent = ledger.reserve("agent-1", "BTCUSDT", Side.BUY, margin=Decimal(50),
-                                notional=Decimal(150))  # fmt: skip
+        intent = ledger.reserve(
+            "agent-1", "BTCUSDT", Side.BUY, margin=Decimal(50), notional=Decimal(150)
+        )
         ledger.confirm(intent.client_order_id)
         ledger.book_fill(
-            intent.client_order_id, trade_id=1, symbol="BTCUSDT", side=Side.BUY,
-            qty=Decimal("0.01"), price=Decimal(15000), realized_pnl=Decimal(0),
-            commission=Decimal("0.06"), time_ms=1,
-        )  # fmt: skip
+            intent.client_order_id,
+            trade_id=1,
+            symbol="BTCUSDT",
+            side=Side.BUY,
+            qty=Decimal("0.01"),
+            price=Decimal(15000),
+            realized_pnl=Decimal(0),
+            commission=Decimal("0.06"),
+            time_ms=1,
+        )
         ledger.snapshot_equity("agent-1", Decimal("1012.5"))
         ledger.heartbeat("agent-1", os.getpid(), tick=True)
         ledger.heartbeat("agent-2", dead, error="ExchangeError: 503 from /fapi/v3/order")
@@ -199,8 +206,9 @@ def test_real_supervisord_states(fleet: FleetConfig, tmp_path: Path) -> None:
         "autostart=false\n\n[group:aster-agents]\nprograms=agent-1,agent-2\n"
     )
     supervisord = Path(sys.executable).with_name("supervisord")
-    proc = subprocess.Popen([str(supervisord), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(supervisord), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         procs = _poll(lambda: _running(state), deadline_s=20)
         report = collect_status(fleet, state)
@@ -243,8 +251,12 @@ def test_watch_with_json_is_a_usage_error(
 def test_watch_refreshes_and_exits_0_on_ctrl_c(fleet: FleetConfig, tmp_path: Path) -> None:
     """--watch draws the table on a terminal and Ctrl-C ends it with exit code 0."""
     master, slave = pty.openpty()
-    cmd = [sys.executable, "-m", "aster_agents", *args(fleet, tmp_path / "state", "status",
-           "--watch", "--interval", "0.1")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "aster_agents",
+        *args(fleet, tmp_path / "state", "status", "--watch", "--interval", "0.1"),
+    ]
     proc = subprocess.Popen(cmd, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)
     seen = b""
@@ -276,8 +288,11 @@ def test_status_imports_neither_eth_account_nor_httpx(fleet: FleetConfig, tmp_pa
     for extra in ([], ["--json"]):
         done = subprocess.run(
             [sys.executable, "-c", probe, *args(fleet, state, "status", *extra)],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         assert "IMPORTED []" in done.stderr, done.stderr
 
 

@@ -97,8 +97,12 @@ def test_render_writes_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_render_paths_relative_to_output(tmp_path: Path) -> None:
     """Rendered into the state dir, agents.d is reached through %(here)s/.."""
     fleet = load_fleet(REPO / "agents.d")
-    text = render(fleet, REPO / "state" / "supervisord.conf", aster_agent_bin="/x/aster-agent",
-                  state_dir=REPO / "state")  # fmt: skip
+    text = render(
+        fleet,
+        REPO / "state" / "supervisord.conf",
+        aster_agent_bin="/x/aster-agent",
+        state_dir=REPO / "state",
+    )
     conf = _parse(text)
     assert conf.get("unix_http_server", "file") == "%(here)s/supervisor.sock"
     assert conf.get("program:agent-1", "command") == (
@@ -177,8 +181,17 @@ def test_logs_prints_the_captured_output(
     (state / "logs").mkdir(parents=True)
     lines = [f"line {i}" for i in range(80)]
     (state / "logs" / "agent-3.err.log").write_text("\n".join(lines) + "\n")
-    args = ["--config-dir", str(_copy_agents(tmp_path)), "--state-dir", str(state), "logs",
-            "--id", "agent-3", "-n", "5"]  # fmt: skip
+    args = [
+        "--config-dir",
+        str(_copy_agents(tmp_path)),
+        "--state-dir",
+        str(state),
+        "logs",
+        "--id",
+        "agent-3",
+        "-n",
+        "5",
+    ]
     code, out, _ = run_cli(args, capsys)
     assert code == 0
     assert out.splitlines() == lines[-5:]
@@ -215,8 +228,15 @@ def test_up_reads_keys_from_env_file(tmp_path: Path, capsys: pytest.CaptureFixtu
     env = tmp_path / "keys.env"
     env.write_text("".join(f"AGENT_{i}_PRIVATE_KEY={wrong}\n" for i in range(1, 11)))
     env.chmod(0o600)
-    args = ["--config-dir", str(config), "--state-dir", str(tmp_path / "st"), "up", "--env-file",
-            str(env)]  # fmt: skip
+    args = [
+        "--config-dir",
+        str(config),
+        "--state-dir",
+        str(tmp_path / "st"),
+        "up",
+        "--env-file",
+        str(env),
+    ]
     code, out, err = run_cli(args, capsys)
     assert code == 2
     assert f"belongs to {Signer(wrong).address}" in err
@@ -239,6 +259,16 @@ def test_render_cli_output_does_not_depend_on_where_it_is_written(
     assert out.read_text() == (REPO / "supervisord.conf").read_text()
     assert "keep the file there" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["--config-dir", str(REPO / "agents.d"), "supervisor", "render", "--here",
-              str(tmp_path), "-o", str(out)])  # fmt: skip
+        main(
+            [
+                "--config-dir",
+                str(REPO / "agents.d"),
+                "supervisor",
+                "render",
+                "--here",
+                str(tmp_path),
+                "-o",
+                str(out),
+            ]
+        )
     assert "%(here)s/../" in out.read_text()

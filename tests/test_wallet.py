@@ -202,9 +202,15 @@ def test_update_config_keeps_comments_validates_and_doctor_passes(
     code, out, err = run_cli(["wallet", "new", "--id", "agent-1", "--update-config"], capsys)
     assert code == 0, err
     text = yaml_file.read_text()
-    for comment in ("# agent-1: the conservative one", "# shown in status", "# main account",
-                    "# this agent's API wallet", "# test strategy", "# half",
-                    "# signer_keystore: keys/agent-1.json"):  # fmt: skip
+    for comment in (
+        "# agent-1: the conservative one",
+        "# shown in status",
+        "# main account",
+        "# this agent's API wallet",
+        "# test strategy",
+        "# half",
+        "# signer_keystore: keys/agent-1.json",
+    ):
         assert comment in text
     assert "signer_key_env" not in text and OLD_SIGNER not in text
     assert "signer_keystore: keys/agent-1.json\n" in text
@@ -219,8 +225,9 @@ def test_update_config_keeps_comments_validates_and_doctor_passes(
     assert statuses["key"] == "PASS" and statuses["account"] == "PASS"
     assert statuses["key files"] == "PASS"
     assert sim_server.engine.all_orders_ever() == []
-    key = decrypt_keystore(json.loads(keystore_path(tmp_path / "agents.d", "agent-1").read_text()),
-                           PASSWORD)  # fmt: skip
+    key = decrypt_keystore(
+        json.loads(keystore_path(tmp_path / "agents.d", "agent-1").read_text()), PASSWORD
+    )
     for form in key_forms(key):
         assert form not in "\n".join([out, err, doc_out, doc_err, *log_lines])
 
@@ -342,13 +349,17 @@ def test_agent_start_warns_about_a_keystore_readable_by_others(
     keystore.write_text(json.dumps(encrypt_keystore(key, PASSWORD)))
     os.chmod(keystore, 0o644)
     yaml_file = fleet.config_dir / "agent-1.yaml"
-    yaml_file.write_text(updated_yaml(yaml_file, fleet.signers["agent-1"].address,
-                                      "keys/agent-1.json", "KS_PW"))  # fmt: skip
+    yaml_file.write_text(
+        updated_yaml(yaml_file, fleet.signers["agent-1"].address, "keys/agent-1.json", "KS_PW")
+    )
     fleet.keys.clear()  # the agent gets no env key: only the keystore
     proc = fleet.start("agent-1", {"KS_PW": PASSWORD})
     try:
-        wait_for(lambda: "started:" in fleet.stderr("agent-1") or proc.poll() is not None,
-                 timeout=60, what="agent start")  # fmt: skip
+        wait_for(
+            lambda: "started:" in fleet.stderr("agent-1") or proc.poll() is not None,
+            timeout=60,
+            what="agent start",
+        )
     finally:
         codes = fleet.stop_all()
     log = fleet.stderr("agent-1")

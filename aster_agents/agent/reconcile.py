@@ -240,14 +240,27 @@ def _book_trade(
         report.repairs.append(f"would book {what}")
         return
     if intent is not None:
-        ledger.book_fill(coid, trade_id=trade.id, symbol=trade.symbol, side=trade.side,
-                         qty=trade.qty, price=trade.price, realized_pnl=trade.realized_pnl,
-                         commission=trade.commission, time_ms=trade.time)  # fmt: skip
+        ledger.book_fill(
+            coid,
+            trade_id=trade.id,
+            symbol=trade.symbol,
+            side=trade.side,
+            qty=trade.qty,
+            price=trade.price,
+            realized_pnl=trade.realized_pnl,
+            commission=trade.commission,
+            time_ms=trade.time,
+        )
         report.repairs.append(f"booked {what} to {intent.agent_id}")
         return
-    ledger.book_unowned_trade(user, trade.id, symbol=trade.symbol,
-                              realized_pnl=trade.realized_pnl, commission=trade.commission,
-                              time_ms=trade.time)  # fmt: skip
+    ledger.book_unowned_trade(
+        user,
+        trade.id,
+        symbol=trade.symbol,
+        realized_pnl=trade.realized_pnl,
+        commission=trade.commission,
+        time_ms=trade.time,
+    )
     report.repairs.append(f"booked {what} (no agent's order) to unallocated")
 
 
@@ -287,9 +300,15 @@ def book_income(ledger: Ledger, user: str, income: Income) -> bool:
     holder = None
     if income.income_type == FUNDING and income.symbol:
         holder = ledger.holder_at(user, income.symbol, income.time)
-    return ledger.book_income(user, income.tran_id, kind=income.income_type,
-                              symbol=income.symbol, amount=income.income,
-                              time_ms=income.time, agent_id=holder)  # fmt: skip
+    return ledger.book_income(
+        user,
+        income.tran_id,
+        kind=income.income_type,
+        symbol=income.symbol,
+        amount=income.income,
+        time_ms=income.time,
+        agent_id=holder,
+    )
 
 
 def book_funding(

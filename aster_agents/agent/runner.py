@@ -787,8 +787,15 @@ def run_agent(
                 enabled=agent.enabled,
             )
             budget = SharedBudget(state_dir, user=agent.exchange.user)
-            client = make_client(fleet, agent, slot=slot, budget=budget, signer=signer,
-                                 on_request=log_request, timeout=5.0)  # fmt: skip
+            client = make_client(
+                fleet,
+                agent,
+                slot=slot,
+                budget=budget,
+                signer=signer,
+                on_request=log_request,
+                timeout=5.0,
+            )
             home = state_dir / "agents" / agent.id  # what a strategy keeps across restarts
             with client, attached(strategy, stop, risk_limits(agent), home):
                 runner = AgentRunner(

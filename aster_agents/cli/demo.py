@@ -129,17 +129,35 @@ def _view(snapshot: Snapshot, title: str) -> RenderableType:
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("agent", "strategy", "trades", "open", "realized", "fees", "funding",
-                   "unrealized", "P&L"):  # fmt: skip
+    for column in (
+        "agent",
+        "strategy",
+        "trades",
+        "open",
+        "realized",
+        "fees",
+        "funding",
+        "unrealized",
+        "P&L",
+    ):
         table.add_column(column, justify="left" if column in ("agent", "strategy") else "right")
     for a in snapshot.agents:
-        table.add_row(a.id, a.strategy, str(a.trades), str(a.open_positions),
-                      f"{a.realized_pnl:.2f}", f"{a.fees:.2f}", f"{a.funding:.2f}",
-                      f"{a.unrealized_pnl:.2f}", _signed(a.pnl))  # fmt: skip
+        table.add_row(
+            a.id,
+            a.strategy,
+            str(a.trades),
+            str(a.open_positions),
+            f"{a.realized_pnl:.2f}",
+            f"{a.fees:.2f}",
+            f"{a.funding:.2f}",
+            f"{a.unrealized_pnl:.2f}",
+            _signed(a.pnl),
+        )
     table.add_section()
     table.add_row("combined", "", str(snapshot.trades), "", "", "", "", "", _signed(snapshot.pnl))
-    table.caption = (f"account equity {snapshot.account_equity:.2f} USDT "
-                     f"(start {snapshot.starting_balance:.2f})")  # fmt: skip
+    table.caption = (
+        f"account equity {snapshot.account_equity:.2f} USDT (start {snapshot.starting_balance:.2f})"
+    )
     return table
 
 

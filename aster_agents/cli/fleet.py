@@ -168,8 +168,15 @@ def logs(
     if follow:
         supervisor = Supervisor(state_dir)
         supervisor.process(agent_id)  # clear error when supervisord is not running
-        argv = [supervisorctl_bin(), "-c", str(supervisor.conf), "tail", "-f",
-                f"aster-agents:{agent_id}", "stderr"]  # fmt: skip
+        argv = [
+            supervisorctl_bin(),
+            "-c",
+            str(supervisor.conf),
+            "tail",
+            "-f",
+            f"aster-agents:{agent_id}",
+            "stderr",
+        ]
         os.execv(argv[0], argv)
     log = state_dir / "logs" / f"{agent_id}.err.log"
     found = tail(log, lines)

@@ -49,8 +49,9 @@ def render_portfolio(report: PortfolioReport) -> RenderableType:
     lines = [summary]
     if report.exchange_equity is not None:
         gap = f.equity - report.exchange_equity
-        lines.append(f"exchange equity last seen {money(report.exchange_equity)} "
-                     f"(books {signed(gap)})")  # fmt: skip
+        lines.append(
+            f"exchange equity last seen {money(report.exchange_equity)} (books {signed(gap)})"
+        )
     if report.last_rebalance is not None:
         lines.append(f"last rebalance #{report.last_rebalance.id}: {report.last_rebalance.reason}")
     if not report.ledger_found:
@@ -62,8 +63,18 @@ def _sleeves_table(report: PortfolioReport) -> Table:
     from rich.table import Table
 
     table = Table(title="sleeves", title_justify="left")
-    for name in ("id", "name", "state", "weight", "capital", "equity", "P&L", "return",
-                 "contrib", "equity curve"):  # fmt: skip
+    for name in (
+        "id",
+        "name",
+        "state",
+        "weight",
+        "capital",
+        "equity",
+        "P&L",
+        "return",
+        "contrib",
+        "equity curve",
+    ):
         right = name in ("weight", "capital", "equity", "P&L", "return", "contrib")
         table.add_column(name, justify="right" if right else "left")
     for s in report.sleeves:
@@ -75,15 +86,34 @@ def _sleeves_table(report: PortfolioReport) -> Table:
                 reason = f"{s.ledger_state}: {reason}"
             state_text += f" ({reason})"
         table.add_row(
-            s.id, s.name, state_text, f"{g.weight:.1%}", money(g.capital), money(g.equity),
-            signed(g.pnl), f"{g.ret:+.2%}", f"{g.contribution:+.2%}", s.sparkline,
+            s.id,
+            s.name,
+            state_text,
+            f"{g.weight:.1%}",
+            money(g.capital),
+            money(g.equity),
+            signed(g.pnl),
+            f"{g.ret:+.2%}",
+            f"{g.contribution:+.2%}",
+            s.sparkline,
             style="bold red" if s.flagged else "",
-        )  # fmt: skip
+        )
     f = report.figures
     if f.unallocated is not None:
         weight = float(f.unallocated / f.equity) if f.equity > 0 else 0.0
-        table.add_row("unallocated", "", "", f"{weight:.1%}", "", money(f.unallocated),
-                      "", "", "", "", style="dim")  # fmt: skip
+        table.add_row(
+            "unallocated",
+            "",
+            "",
+            f"{weight:.1%}",
+            "",
+            money(f.unallocated),
+            "",
+            "",
+            "",
+            "",
+            style="dim",
+        )
     return table
 
 

@@ -49,8 +49,10 @@ def rebalance(
         emit_json(_document(result))
         return
     if not result.review.sleeves:
-        typer.echo(f"no agent in the ledger at {state_dir} yet: agents register when they "
-                   "start (aster-agent up, or run --id ID); nothing to rebalance")  # fmt: skip
+        typer.echo(
+            f"no agent in the ledger at {state_dir} yet: agents register when they "
+            "start (aster-agent up, or run --id ID); nothing to rebalance"
+        )
         return
     console().print(render(result))
 
@@ -89,13 +91,15 @@ def _proposal_table(rv: Review) -> RenderableType:
 
     table = Table(title="rebalance", title_justify="left")
     for name in ("agent", "state", "current", "proposed", "change", "Sharpe", "reason"):
-        table.add_column(name, justify="right" if name in ("current", "proposed", "change",
-                         "Sharpe") else "left")  # fmt: skip
+        table.add_column(
+            name, justify="right" if name in ("current", "proposed", "change", "Sharpe") else "left"
+        )
     for x in rv.proposal.lines:
         score = "-" if x.score is None else f"{x.score:+.2f}"
         change = f"{x.change:+.1%}" if x.change else "-"
-        table.add_row(x.agent_id, x.state, f"{x.current:.1%}", f"{x.proposed:.1%}", change,
-                      score, x.reason)  # fmt: skip
+        table.add_row(
+            x.agent_id, x.state, f"{x.current:.1%}", f"{x.proposed:.1%}", change, score, x.reason
+        )
     return table
 
 
@@ -113,9 +117,17 @@ def _metrics_table(rv: Review) -> RenderableType:
     rows += [(f"account {a.user[:10]}", a.combined, a.drawdown) for a in rv.accounts]
     for name, m, dd in rows:
         sharpe = "-" if m.sharpe is None else f"{m.sharpe:+.2f}"
-        table.add_row(name, _pct(m.total_return), _pct(m.volatility), sharpe,
-                      _pct(m.max_drawdown), _pct(dd), _pct(m.win_rate), str(m.trades),
-                      _pct(m.exposure))  # fmt: skip
+        table.add_row(
+            name,
+            _pct(m.total_return),
+            _pct(m.volatility),
+            sharpe,
+            _pct(m.max_drawdown),
+            _pct(dd),
+            _pct(m.win_rate),
+            str(m.trades),
+            _pct(m.exposure),
+        )
     return table
 
 
@@ -123,9 +135,11 @@ def _summary(rv: Review) -> str:
     from aster_agents.portfolio.rebalance import iso
 
     last = rv.last_rebalance
-    text = "last rebalance: never" if last is None else (
-        f"last rebalance: #{last.id} at {iso(last.time_ms)} ({last.reason})"
-    )  # fmt: skip
+    text = (
+        "last rebalance: never"
+        if last is None
+        else (f"last rebalance: #{last.id} at {iso(last.time_ms)} ({last.reason})")
+    )
     if rv.proposal.cooldown_until_ms is not None:
         text += f"; cooldown until {iso(rv.proposal.cooldown_until_ms)}"
     return text

@@ -26,8 +26,9 @@ def reconcile(
     from aster_agents.agent.reconcile import reconcile_fleet
 
     cli = state(ctx)
-    report = reconcile_fleet(cli.fleet(), cli.resolved_state_dir(), agent_id=agent_id,
-                             dry_run=dry_run)  # fmt: skip
+    report = reconcile_fleet(
+        cli.fleet(), cli.resolved_state_dir(), agent_id=agent_id, dry_run=dry_run
+    )
     if as_json:
         emit_json(report.to_json())
     else:
@@ -40,14 +41,18 @@ def _render(report: ReconcileReport) -> None:
     out = console()
     for a in report.accounts:
         gap = a.books_equity - a.exchange_equity
-        out.print(f"account {a.user}: exchange equity {a.exchange_equity}, books "
-                  f"{a.books_equity} ({gap:+}), unallocated {a.unallocated}")  # fmt: skip
+        out.print(
+            f"account {a.user}: exchange equity {a.exchange_equity}, books "
+            f"{a.books_equity} ({gap:+}), unallocated {a.unallocated}"
+        )
         for line in a.repairs:
             out.print(f"  repaired: {line}")
         for d in a.differences:
             fixed = "repaired" if d.repaired else "DIFFERS"
-            out.print(f"  {fixed}: {d.kind} {d.symbol or ''} ledger {d.ledger} exchange "
-                      f"{d.exchange}: {d.note}")  # fmt: skip
+            out.print(
+                f"  {fixed}: {d.kind} {d.symbol or ''} ledger {d.ledger} exchange "
+                f"{d.exchange}: {d.note}"
+            )
         out.print("  books agree" if a.ok else "  books differ")
 
 

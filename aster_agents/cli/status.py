@@ -94,8 +94,21 @@ def _agents_table(report: StatusReport) -> Table:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for name in ("id", "name", "state", "pid", "uptime", "strategy", "symbols", "pos",
-                 "alloc", "equity", "P&L", "last tick", "last error"):  # fmt: skip
+    for name in (
+        "id",
+        "name",
+        "state",
+        "pid",
+        "uptime",
+        "strategy",
+        "symbols",
+        "pos",
+        "alloc",
+        "equity",
+        "P&L",
+        "last tick",
+        "last error",
+    ):
         right = name in ("pid", "uptime", "pos", "alloc", "equity", "P&L")
         table.add_column(
             name,

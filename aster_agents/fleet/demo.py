@@ -101,12 +101,19 @@ class AgentLine:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "strategy": self.strategy,
-            "process_state": self.process_state, "pid": self.pid, "trades": self.trades,
-            "open_positions": self.open_positions, "realized_pnl": _money(self.realized_pnl),
-            "fees": _money(self.fees), "funding": _money(self.funding),
-            "unrealized_pnl": _money(self.unrealized_pnl), "pnl": _money(self.pnl),
-        }  # fmt: skip
+            "id": self.id,
+            "name": self.name,
+            "strategy": self.strategy,
+            "process_state": self.process_state,
+            "pid": self.pid,
+            "trades": self.trades,
+            "open_positions": self.open_positions,
+            "realized_pnl": _money(self.realized_pnl),
+            "fees": _money(self.fees),
+            "funding": _money(self.funding),
+            "unrealized_pnl": _money(self.unrealized_pnl),
+            "pnl": _money(self.pnl),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +174,19 @@ class BooksCheck:
             return None if value is None else str(value)
 
         return {
-            "market_time_ms": self.market_time_ms, "equity": text(self.books_equity),
-            "exchange_equity": text(self.exchange_equity), "difference": text(self.difference),
-            "agree": self.agree, "reconcile": {
-                "ok": self.reconcile_ok, "repairs": list(self.repairs),
+            "market_time_ms": self.market_time_ms,
+            "equity": text(self.books_equity),
+            "exchange_equity": text(self.exchange_equity),
+            "difference": text(self.difference),
+            "agree": self.agree,
+            "reconcile": {
+                "ok": self.reconcile_ok,
+                "repairs": list(self.repairs),
                 "differences": list(self.differences),
             },
             "funding": {"events": self.funding_events, "total": str(self.funding_total)},
             "errors": list(self.errors),
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,18 +203,23 @@ class DemoResult:
     def to_json(self) -> dict[str, Any]:
         f = self.final
         return {
-            "directory": str(self.directory), "kept": self.kept,
-            "interrupted": self.interrupted, "duration_s": round(f.elapsed, 1),
-            "market_speed": self.speed, "trades": f.trades,
-            "pnl": _money(f.pnl), "account": {
+            "directory": str(self.directory),
+            "kept": self.kept,
+            "interrupted": self.interrupted,
+            "duration_s": round(f.elapsed, 1),
+            "market_speed": self.speed,
+            "trades": f.trades,
+            "pnl": _money(f.pnl),
+            "account": {
                 "starting_balance": _money(f.starting_balance),
                 "equity": _money(f.account_equity),
                 "pnl": _money(f.account_equity - f.starting_balance),
             },
             "books": None if self.books is None else self.books.to_json(),
             "agents": [a.to_json() for a in f.agents],
-            "supervisord_pid": self.supervisord_pid, "agent_pids": list(self.agent_pids),
-        }  # fmt: skip
+            "supervisord_pid": self.supervisord_pid,
+            "agent_pids": list(self.agent_pids),
+        }
 
 
 def _money(value: Decimal) -> str:
@@ -262,9 +278,11 @@ def demo_agent_docs(
         doc = agent.model_dump(mode="json")
         doc["id"] = agent_id
         doc["exchange"] = {
-            "user": keys.user, "signer": signers[index],
-            "signer_key_env": key_env(agent_id), "base_url": base_url,
-        }  # fmt: skip
+            "user": keys.user,
+            "signer": signers[index],
+            "signer_key_env": key_env(agent_id),
+            "base_url": base_url,
+        }
         trading = doc["trading"]
         trading["scan_interval_seconds"] = max(1.0, agent.trading.scan_interval_seconds / speed)
         if trading["strategy"] == "llm" and model_url is not None:
@@ -348,9 +366,16 @@ class Demo:
         finally:
             sup_pid = self.proc.pid if self.proc is not None else None
             final = self._teardown(final)
-        return DemoResult(self.directory, self.options.directory is not None, stop.is_set(),
-                          self.options.speed, final, sup_pid, tuple(sorted(self.pids)),
-                          self.books)  # fmt: skip
+        return DemoResult(
+            self.directory,
+            self.options.directory is not None,
+            stop.is_set(),
+            self.options.speed,
+            final,
+            sup_pid,
+            tuple(sorted(self.pids)),
+            self.books,
+        )
 
     def _start(self) -> None:
         o = self.options
@@ -359,8 +384,14 @@ class Demo:
             self.state_dir = self.directory / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         account = SimAccount(self.keys.user, self.keys.signers(), o.balance)
-        self.sim = SimServer(SimConfig(seed=o.seed, speed=o.speed, accounts=(account,),
-                                       funding_interval_s=DEMO_FUNDING_INTERVAL_S))  # fmt: skip
+        self.sim = SimServer(
+            SimConfig(
+                seed=o.seed,
+                speed=o.speed,
+                accounts=(account,),
+                funding_interval_s=DEMO_FUNDING_INTERVAL_S,
+            )
+        )
         url = self.sim.start()
         if any(a.trading.strategy == "llm" for a in self.agents):
             self.model = ModelServer("house")
@@ -404,15 +435,31 @@ class Demo:
             state, pid = procs.get(agent.id, ("UNKNOWN", None))
             row = rows.get(agent.id)
             mine = [p for p in positions if p.agent_id == agent.id]
-            unrealized = sum(((self._mark(p.symbol) - p.entry_price) * p.qty for p in mine),
-                             Decimal(0))  # fmt: skip
-            lines.append(AgentLine(
-                agent.id, agent.name, agent.trading.strategy, state, pid, trades[agent.id],
-                len(mine), row.realized_pnl if row else Decimal(0), row.fees if row else Decimal(0),
-                unrealized, row.funding if row else Decimal(0),
-            ))  # fmt: skip
-        return Snapshot(time.monotonic() - self.started, self.options.duration, tuple(lines),
-                        self._equity(), self.options.balance)  # fmt: skip
+            unrealized = sum(
+                ((self._mark(p.symbol) - p.entry_price) * p.qty for p in mine), Decimal(0)
+            )
+            lines.append(
+                AgentLine(
+                    agent.id,
+                    agent.name,
+                    agent.trading.strategy,
+                    state,
+                    pid,
+                    trades[agent.id],
+                    len(mine),
+                    row.realized_pnl if row else Decimal(0),
+                    row.fees if row else Decimal(0),
+                    unrealized,
+                    row.funding if row else Decimal(0),
+                )
+            )
+        return Snapshot(
+            time.monotonic() - self.started,
+            self.options.duration,
+            tuple(lines),
+            self._equity(),
+            self.options.balance,
+        )
 
     def _processes(self) -> dict[str, tuple[str, int | None]]:
         if self.supervisor is None:
@@ -452,8 +499,9 @@ class Demo:
                 self.model.stop()
             if self.options.directory is None and self.directory.exists():
                 shutil.rmtree(self.directory, ignore_errors=True)
-        return final or Snapshot(0.0, self.options.duration, (), self.options.balance,
-                                 self.options.balance)  # fmt: skip
+        return final or Snapshot(
+            0.0, self.options.duration, (), self.options.balance, self.options.balance
+        )
 
     # -- the books at the end
 
@@ -474,12 +522,19 @@ class Demo:
         exchange = _or_error(self.sim_equity, "exchange equity", errors)
         events, total = _or_error(self._funding, "funding", errors) or (0, Decimal(0))
         return BooksCheck(
-            at, books, exchange, None if report is None else report.ok,
+            at,
+            books,
+            exchange,
+            None if report is None else report.ok,
             tuple(report.repairs) if report else (),
-            tuple(f"{d.kind} {d.symbol or ''}: ledger {d.ledger}, exchange {d.exchange} "
-                  f"({d.note})" for d in (report.open_differences if report else ())),
-            events, total, tuple(errors),
-        )  # fmt: skip
+            tuple(
+                f"{d.kind} {d.symbol or ''}: ledger {d.ledger}, exchange {d.exchange} ({d.note})"
+                for d in (report.open_differences if report else ())
+            ),
+            events,
+            total,
+            tuple(errors),
+        )
 
     def _reconcile(self) -> AccountReport:
         """``reconcile_account`` over HTTP with an agent's API wallet and the tool nonce slot."""

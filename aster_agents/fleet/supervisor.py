@@ -186,8 +186,9 @@ def write_runtime_config(
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     path = conf_path(state_dir)
-    text = render(fleet, path, aster_agent_bin=aster_agent_bin or installed_bin(),
-                  state_dir=state_dir)  # fmt: skip
+    text = render(
+        fleet, path, aster_agent_bin=aster_agent_bin or installed_bin(), state_dir=state_dir
+    )
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
@@ -262,10 +263,15 @@ class ProcessInfo:
 def _process(info: Mapping[str, Any]) -> ProcessInfo:
     pid = int(info.get("pid") or 0)
     return ProcessInfo(
-        str(info["name"]), str(info["group"]), str(info["statename"]), pid or None,
-        str(info.get("description", "")), int(info.get("exitstatus", 0)),
-        int(info.get("start", 0)), int(info.get("stop", 0)),
-    )  # fmt: skip
+        str(info["name"]),
+        str(info["group"]),
+        str(info["statename"]),
+        pid or None,
+        str(info.get("description", "")),
+        int(info.get("exitstatus", 0)),
+        int(info.get("start", 0)),
+        int(info.get("stop", 0)),
+    )
 
 
 class Supervisor:
@@ -346,9 +352,13 @@ class Supervisor:
         """Start supervisord as a daemon and wait until it answers; returns its pid."""
         self.refuse_if_running()
         result = subprocess.run(
-            [supervisord_bin(), "-c", str(self.conf)], env=dict(env), stdin=subprocess.DEVNULL,
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [supervisord_bin(), "-c", str(self.conf)],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise AsterAgentsError(
@@ -362,9 +372,13 @@ class Supervisor:
         self.refuse_if_running()
         cmd = [supervisord_bin(), "-n", "-c", str(self.conf)]
         return subprocess.Popen(
-            cmd, env=dict(env), start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            cmd,
+            env=dict(env),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def foreground_argv(self) -> list[str]:
         """The command line ``up --foreground`` replaces itself with."""

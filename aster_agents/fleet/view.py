@@ -358,8 +358,9 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
     finally:
         if ledger is not None:
             ledger.close()
-    return StatusReport(now, Path(state_dir), ledger is not None, procs is not None,
-                        tuple(agents), accounts)  # fmt: skip
+    return StatusReport(
+        now, Path(state_dir), ledger is not None, procs is not None, tuple(agents), accounts
+    )
 
 
 def _agent_status(
@@ -372,8 +373,13 @@ def _agent_status(
 ) -> AgentStatus:
     hb_ms = row.heartbeat_ms if row else None
     age = None if hb_ms is None else max(0.0, (now_ms - hb_ms) / 1000)
-    view = classify(proc, row.heartbeat_pid if row else None, age,
-                    stale_after_s(agent.trading.scan_interval_seconds), alive)  # fmt: skip
+    view = classify(
+        proc,
+        row.heartbeat_pid if row else None,
+        age,
+        stale_after_s(agent.trading.scan_interval_seconds),
+        alive,
+    )
     equity = latest[1] if latest else (row.book_equity if row else None)
     return AgentStatus(
         id=agent.id,
@@ -488,10 +494,16 @@ def collect_portfolio(
     users = {i.user for i in inputs}
     seen = [b for u, b in books.accounts.items() if u in users and b.exchange_equity is not None]
     exchange = sum((b.exchange_equity or Decimal(0) for b in seen), Decimal(0)) if seen else None
-    return PortfolioReport(status.generated_ms, status.ledger_found, figures, sleeves,
-                           pf.sparkline(combined), exchange,
-                           max((b.exchange_equity_ms or 0 for b in seen), default=None),
-                           books.last_rebalance)  # fmt: skip
+    return PortfolioReport(
+        status.generated_ms,
+        status.ledger_found,
+        figures,
+        sleeves,
+        pf.sparkline(combined),
+        exchange,
+        max((b.exchange_equity_ms or 0 for b in seen), default=None),
+        books.last_rebalance,
+    )
 
 
 class _Books(NamedTuple):
@@ -519,7 +531,5 @@ def _read_books(ledger: ReadOnlyLedger) -> _Books:
     rows = {r.agent_id: r for r in ledger.agent_rows()}
     positions = ledger.positions()
     marks = ledger.marks()
-    sleeves = {
-        a: sleeve_equity(r, positions, marks.get(r.user, {})) for a, r in rows.items()
-    }  # fmt: skip
+    sleeves = {a: sleeve_equity(r, positions, marks.get(r.user, {})) for a, r in rows.items()}
     return _Books(rows, sleeves, ledger.account_books(), ledger.last_rebalance())

@@ -491,14 +491,29 @@ class Ledger:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)",
                     (seq, coid, agent_id, user, *row, now, now + ttl_ms, now),
                 )
-                _audit_at(conn, now, agent_id, "reserve", coid=coid, kind=kind, pid=pid,
-                          symbol=symbol)  # fmt: skip
+                _audit_at(
+                    conn, now, agent_id, "reserve", coid=coid, kind=kind, pid=pid, symbol=symbol
+                )
         if reason is not None:
             raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {reason}")
         return Intent(
-            coid, seq, agent_id, user, symbol, side, kind, margin, notional, "reserved", pid,
-            now, now + ttl_ms, now, False, None,
-        )  # fmt: skip
+            coid,
+            seq,
+            agent_id,
+            user,
+            symbol,
+            side,
+            kind,
+            margin,
+            notional,
+            "reserved",
+            pid,
+            now,
+            now + ttl_ms,
+            now,
+            False,
+            None,
+        )
 
     def _reap(self, conn: sqlite3.Connection, now: int, me: int, created_by: int) -> int:
         """Expire reservations whose order was never sent: past their TTL, or dead owner.
@@ -1018,8 +1033,15 @@ class Ledger:
                     "UPDATE agents SET capital = ?, units = ? WHERE agent_id = ?",
                     (str(m.capital_after), str(m.units_after), m.agent_id),
                 )
-                _audit(conn, m.agent_id, "reallocate", capital=m.capital_after,
-                       units=m.units_after, nav=m.nav, reason=reason)  # fmt: skip
+                _audit(
+                    conn,
+                    m.agent_id,
+                    "reallocate",
+                    capital=m.capital_after,
+                    units=m.units_after,
+                    nav=m.nav,
+                    reason=reason,
+                )
             for user, (_, after) in plan.cash.items():
                 conn.execute(
                     "UPDATE accounts SET unallocated = ? WHERE user = ?", (str(after), user)
@@ -1081,16 +1103,25 @@ class Ledger:
         account's unallocated cash (funding on a symbol no agent held, transfers, ...).
         """
         with self.store.write() as conn:
-            if not _insert_income(conn, user, f"tran:{tran_id}", agent_id, kind, symbol,
-                                  amount, time_ms):  # fmt: skip
+            if not _insert_income(
+                conn, user, f"tran:{tran_id}", agent_id, kind, symbol, amount, time_ms
+            ):
                 return False
             if agent_id is None:
                 self._require_books(conn, user)
                 self._move_cash(conn, user, amount)
             else:
                 self._add_funding(conn, agent_id, symbol, amount, tran_id, time_ms)
-            _audit(conn, agent_id, "income", user=user, kind=kind, symbol=symbol,
-                   amount=amount, tran_id=tran_id)  # fmt: skip
+            _audit(
+                conn,
+                agent_id,
+                "income",
+                user=user,
+                kind=kind,
+                symbol=symbol,
+                amount=amount,
+                tran_id=tran_id,
+            )
             return True
 
     def _add_funding(
@@ -1128,13 +1159,21 @@ class Ledger:
         """Book a trade of an order no agent placed (web UI, another tool) to unallocated."""
         amount = realized_pnl - commission
         with self.store.write() as conn:
-            if not _insert_income(conn, user, f"trade:{trade_id}", None, "TRADE", symbol,
-                                  amount, time_ms):  # fmt: skip
+            if not _insert_income(
+                conn, user, f"trade:{trade_id}", None, "TRADE", symbol, amount, time_ms
+            ):
                 return False
             self._require_books(conn, user)
             self._move_cash(conn, user, amount)
-            _audit(conn, None, "unowned_trade", user=user, symbol=symbol, trade_id=trade_id,
-                   amount=amount)  # fmt: skip
+            _audit(
+                conn,
+                None,
+                "unowned_trade",
+                user=user,
+                symbol=symbol,
+                trade_id=trade_id,
+                amount=amount,
+            )
             return True
 
     @staticmethod
@@ -1189,8 +1228,9 @@ class Ledger:
     def note_reconcile(self, user: str, exchange_ms: int, differences: int) -> None:
         """Remember that reconcile ran for ``user`` up to the exchange time ``exchange_ms``."""
         with self.store.write(durable=False) as conn:
-            _audit(conn, None, "reconcile", user=user, exchange_ms=exchange_ms,
-                   differences=differences)  # fmt: skip
+            _audit(
+                conn, None, "reconcile", user=user, exchange_ms=exchange_ms, differences=differences
+            )
 
     def last_reconcile_ms(self, user: str) -> int | None:
         """The exchange time the last reconcile of ``user`` saw, or None."""
@@ -1368,20 +1408,36 @@ def _move(
             f"reallocate: {agent_id} would have {equity + delta} equity, below the {used} "
             "margin its open positions and intents use; close positions or lower the cut"
         )
-    return _Move(agent_id, user, capital, target, units, max(ZERO, units + delta / nav), nav,
-                 equity, equity + delta)  # fmt: skip
+    return _Move(
+        agent_id,
+        user,
+        capital,
+        target,
+        units,
+        max(ZERO, units + delta / nav),
+        nav,
+        equity,
+        equity + delta,
+    )
 
 
 def _margin_in_use(conn: sqlite3.Connection, agent_id: str) -> Decimal:
     used = sum(
-        (_dec(r[0]) for r in conn.execute(
-            "SELECT margin FROM positions WHERE agent_id = ?", (agent_id,))),
+        (
+            _dec(r[0])
+            for r in conn.execute("SELECT margin FROM positions WHERE agent_id = ?", (agent_id,))
+        ),
         ZERO,
-    )  # fmt: skip
+    )
     used += sum(
-        (_dec(r[0]) for r in conn.execute(
-            "SELECT margin FROM intents WHERE agent_id = ? AND kind = 'open' "
-            "AND state IN ('reserved', 'confirmed') AND margin_booked = 0", (agent_id,))),
+        (
+            _dec(r[0])
+            for r in conn.execute(
+                "SELECT margin FROM intents WHERE agent_id = ? AND kind = 'open' "
+                "AND state IN ('reserved', 'confirmed') AND margin_booked = 0",
+                (agent_id,),
+            )
+        ),
         ZERO,
-    )  # fmt: skip
+    )
     return used

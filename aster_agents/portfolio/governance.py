@@ -260,9 +260,15 @@ def _sleeve(
     m = metrics.compute(points, sleeve_fills(ledger.store.conn, row.agent_id), since_ms=since)
     track = (points[-1].time_ms - points[0].time_ms) / MS_PER_DAY if points else 0.0
     return SleeveReview(
-        row.agent_id, row.user, row.state, row.capital, used_margin(ledger, row.agent_id), m,
-        track, metrics.drawdown_since(points, reset),
-    )  # fmt: skip
+        row.agent_id,
+        row.user,
+        row.state,
+        row.capital,
+        used_margin(ledger, row.agent_id),
+        m,
+        track,
+        metrics.drawdown_since(points, reset),
+    )
 
 
 def _candidate(fleet: FleetConfig, s: SleeveReview, base: Decimal) -> Candidate:

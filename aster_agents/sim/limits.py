@@ -137,8 +137,10 @@ class RateLimiter:
     def counts(self) -> tuple[int, int]:
         """(429 answers, 418 bans) given so far, over every IP: for tests and benches."""
         with self._lock:
-            return (sum(s.limited for s in self._ips.values()),
-                    sum(s.bans for s in self._ips.values()))  # fmt: skip
+            return (
+                sum(s.limited for s in self._ips.values()),
+                sum(s.bans for s in self._ips.values()),
+            )
 
     @staticmethod
     def _banned(st: _IpState, now: float) -> ApiError:

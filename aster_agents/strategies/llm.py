@@ -289,12 +289,17 @@ class CallBudget:
         if self.path is None:
             return
         try:
-            write_private_file(self.path, json.dumps({"calls": list(self.calls)}).encode(),
-                               replace=True)  # fmt: skip
+            write_private_file(
+                self.path, json.dumps({"calls": list(self.calls)}).encode(), replace=True
+            )
         except OSError as exc:
             if not self._write_failed:
-                logger.warning("llm call budget {} cannot be written ({}); a restart will "
-                               "forget this hour's calls", self.path, exc)  # fmt: skip
+                logger.warning(
+                    "llm call budget {} cannot be written ({}); a restart will "
+                    "forget this hour's calls",
+                    self.path,
+                    exc,
+                )
                 self._write_failed = True
 
 
@@ -463,8 +468,9 @@ class LlmStrategy:
             return self._capped_hold()
         self._capped = False
         try:
-            body = self.client.complete(build_messages(market, position, self.params, self.limits),
-                                        self.stop)  # fmt: skip
+            body = self.client.complete(
+                build_messages(market, position, self.params, self.limits), self.stop
+            )
             return parse_answer(parse_completion(body))
         except (CallFailed, BadAnswer) as exc:
             return self._failed(market.symbol, str(exc))
@@ -477,8 +483,11 @@ class LlmStrategy:
     def _capped_hold(self) -> Signal:
         reason = "llm: call budget exhausted"
         if not self._capped:  # once per capped stretch, not once per tick
-            logger.warning("{} ({} calls per hour); holding until the window frees up",
-                           reason, self.params.max_calls_per_hour)  # fmt: skip
+            logger.warning(
+                "{} ({} calls per hour); holding until the window frees up",
+                reason,
+                self.params.max_calls_per_hour,
+            )
             self._capped = True
         return hold(reason)
 

@@ -69,9 +69,13 @@ T = TypeVar("T")
 def fault_config(seed: int) -> FaultConfig:
     """The exchange faults of the fault run: 5xx, 503-after-accept, latency, drops."""
     return FaultConfig(
-        error_rates={500: 0.01, 502: 0.01, 503: 0.01}, latency_ms=20.0, latency_jitter_ms=80.0,
-        accepted_503_rate=0.05, drop_rate=0.01, seed=seed,
-    )  # fmt: skip
+        error_rates={500: 0.01, 502: 0.01, 503: 0.01},
+        latency_ms=20.0,
+        latency_jitter_ms=80.0,
+        accepted_503_rate=0.05,
+        drop_rate=0.01,
+        seed=seed,
+    )
 
 
 def fault_limits() -> LimitConfig:
@@ -135,21 +139,31 @@ class ChaosResult:
     def to_json(self) -> dict[str, Any]:
         o = self.options
         return {
-            "agents": o.agents, "faults": o.faults, "seed": o.seed,
-            "seconds": round(self.seconds, 1), "chaos_seconds": o.duration,
-            "kills": {"agents": self.agent_kills, "supervisord": self.supervisord_kills,
-                      "orphans": self.orphans_killed},
-            "orders_sent": self.orders_sent, "duplicate_orders": self.duplicate_orders,
+            "agents": o.agents,
+            "faults": o.faults,
+            "seed": o.seed,
+            "seconds": round(self.seconds, 1),
+            "chaos_seconds": o.duration,
+            "kills": {
+                "agents": self.agent_kills,
+                "supervisord": self.supervisord_kills,
+                "orphans": self.orphans_killed,
+            },
+            "orders_sent": self.orders_sent,
+            "duplicate_orders": self.duplicate_orders,
             "leaked_reservations": self.leaked_reservations,
             "position_mismatches": list(self.position_mismatches),
             "max_positions_seen": self.max_positions_seen,
             "max_positions_limit": o.max_total_positions,
             "shared_symbols": list(self.shared_symbols),
-            "responses_429": self.responses_429, "bans_418": self.bans_418,
-            "ticks": self.ticks, "failed_ticks": self.failed_ticks,
-            "ticks_lost": round(self.ticks_lost, 4), "failures": self.failures(),
+            "responses_429": self.responses_429,
+            "bans_418": self.bans_418,
+            "ticks": self.ticks,
+            "failed_ticks": self.failed_ticks,
+            "ticks_lost": round(self.ticks_lost, 4),
+            "failures": self.failures(),
             "ok": not any(self.failures().values()),
-        }  # fmt: skip
+        }
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float) -> T:
@@ -178,17 +192,29 @@ def key_env(agent_id: str) -> str:
 
 def agent_doc(options: ChaosOptions, agent_id: str, user: str, signer: str, url: str) -> Any:
     return {
-        "id": agent_id, "name": f"Chaos {agent_id}",
-        "exchange": {"user": user, "signer": signer, "signer_key_env": key_env(agent_id),
-                     "base_url": url},
-        "trading": {"strategy": "random", "params": {"p_enter": 0.8, "p_exit": 0.3},
-                    "symbols": list(SYMBOLS), "interval": "1m",
-                    "scan_interval_seconds": options.scan_interval,
-                    "max_positions": options.max_positions, "min_confidence": 0.5,
-                    "position_size_pct": 0.05, "leverage": 2, "stop_loss_pct": 0.5,
-                    "take_profit_pct": 0.9},
+        "id": agent_id,
+        "name": f"Chaos {agent_id}",
+        "exchange": {
+            "user": user,
+            "signer": signer,
+            "signer_key_env": key_env(agent_id),
+            "base_url": url,
+        },
+        "trading": {
+            "strategy": "random",
+            "params": {"p_enter": 0.8, "p_exit": 0.3},
+            "symbols": list(SYMBOLS),
+            "interval": "1m",
+            "scan_interval_seconds": options.scan_interval,
+            "max_positions": options.max_positions,
+            "min_confidence": 0.5,
+            "position_size_pct": 0.05,
+            "leverage": 2,
+            "stop_loss_pct": 0.5,
+            "take_profit_pct": 0.9,
+        },
         "allocation": {"capital_pct": round(0.9 / options.agents, 4)},
-    }  # fmt: skip
+    }
 
 
 class ChaosRun:
@@ -236,12 +262,15 @@ class ChaosRun:
         account = SimAccount(self.user, tuple(signers.values()), Decimal(100_000))
         faults = fault_config(o.seed) if o.faults else FaultConfig()
         limits = fault_limits() if o.faults else LimitConfig()
-        self.sim = SimServer(SimConfig(seed=o.seed, speed=o.speed, accounts=(account,),
-                                       faults=faults, limits=limits))  # fmt: skip
+        self.sim = SimServer(
+            SimConfig(seed=o.seed, speed=o.speed, accounts=(account,), faults=faults, limits=limits)
+        )
         url = self.sim.start()
         self.config_dir.mkdir(parents=True, exist_ok=True)
-        portfolio = {"state_dir": "state", "limits": {
-            "max_total_positions": o.max_total_positions, "max_gross_leverage": 5.0}}  # fmt: skip
+        portfolio = {
+            "state_dir": "state",
+            "limits": {"max_total_positions": o.max_total_positions, "max_gross_leverage": 5.0},
+        }
         (self.config_dir / PORTFOLIO_FILE).write_text(json.dumps(portfolio) + "\n")
         for agent_id in self.ids:
             doc = agent_doc(o, agent_id, self.user, signers[agent_id], url)
@@ -354,9 +383,11 @@ class ChaosRun:
         before = self._tick_counts()
         self._spawn_supervisord(wait_agents=False)
         with suppress(AsterAgentsError):
-            wait_for("a full quiet tick of every agent and no reserved intent left",
-                     lambda: self._ticked_since(before) and not self._reserved(),
-                     self.options.recovery_timeout)  # fmt: skip
+            wait_for(
+                "a full quiet tick of every agent and no reserved intent left",
+                lambda: self._ticked_since(before) and not self._reserved(),
+                self.options.recovery_timeout,
+            )
 
     def _tick_counts(self) -> dict[str, int]:
         with Ledger(self.state_dir) as ledger:
@@ -380,25 +411,40 @@ class ChaosRun:
         ticks, failed = self._ticks()
         coids = Counter(self._coids())
         return ChaosResult(
-            self.options, seconds, self.agent_kills, self.supervisord_kills,
-            self.orphans_killed, sum(coids.values()), sum(1 for n in coids.values() if n > 1),
-            len(self._reserved()), tuple(self._mismatches()), most, tuple(shared),
-            limited, bans, ticks, failed,
-        )  # fmt: skip
+            self.options,
+            seconds,
+            self.agent_kills,
+            self.supervisord_kills,
+            self.orphans_killed,
+            sum(coids.values()),
+            sum(1 for n in coids.values() if n > 1),
+            len(self._reserved()),
+            tuple(self._mismatches()),
+            most,
+            tuple(shared),
+            limited,
+            bans,
+            ticks,
+            failed,
+        )
 
     def _coids(self) -> list[str]:
         assert self.sim is not None
         user = self.user.lower()
-        return [o.client_order_id for o in self.sim.engine.all_orders_ever()
-                if o.user.lower() == user]  # fmt: skip
+        return [
+            o.client_order_id for o in self.sim.engine.all_orders_ever() if o.user.lower() == user
+        ]
 
     def _mismatches(self) -> list[str]:
         assert self.sim is not None
         exchange = exchange_positions(self.sim, self.user)
         ledger = ledger_positions(self.state_dir, self.user)
         symbols = sorted(set(exchange) | set(ledger))
-        return [f"{s}: ledger {ledger.get(s, ZERO)}, exchange {exchange.get(s, ZERO)}"
-                for s in symbols if ledger.get(s, ZERO) != exchange.get(s, ZERO)]  # fmt: skip
+        return [
+            f"{s}: ledger {ledger.get(s, ZERO)}, exchange {exchange.get(s, ZERO)}"
+            for s in symbols
+            if ledger.get(s, ZERO) != exchange.get(s, ZERO)
+        ]
 
     def _replay(self) -> tuple[int, list[str]]:
         assert self.sim is not None
