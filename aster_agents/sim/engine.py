@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Final, TypeVar
 
 from aster_agents.sim.market import Market
-from aster_agents.sim.symbols import SYMBOLS, SimSymbol
+from aster_agents.sim.symbols import MAX_NUM_ALGO_ORDERS, MAX_NUM_ORDERS, SYMBOLS, SimSymbol
 
 ZERO: Final = Decimal(0)
 MONEY: Final = Decimal("0.00000001")
@@ -39,6 +40,9 @@ FUNDING_INTERVAL_MS: Final = 8 * 3_600_000
 _CLIENT_ID_RE: Final = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 _CONDITIONAL: Final = ("STOP_MARKET", "TAKE_PROFIT_MARKET")
 _SUPPORTED_TYPES: Final = ("LIMIT", "MARKET", *_CONDITIONAL)
+STP_MODES: Final = ("EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH")
+# Aster documents no "NONE" mode and no default; EXPIRE_MAKER is Binance futures' default.
+DEFAULT_STP_MODE: Final = "EXPIRE_MAKER"
 
 
 class ApiError(Exception):
@@ -97,6 +101,7 @@ class SimOrder:
     executed_qty: Decimal = ZERO
     cum_quote: Decimal = ZERO
     update_time: int = 0
+    stp_mode: str | None = None  # the order's own self-trade prevention mode, else the account's
 
     @property
     def is_open(self) -> bool:
@@ -137,6 +142,7 @@ class SimPosition:
     amount: Decimal = ZERO  # signed; SHORT positions in hedge mode are negative
     entry_price: Decimal = ZERO
     update_time: int = 0
+    added_margin: Decimal = ZERO  # isolated margin added by POST positionMargin (may be < 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +214,10 @@ class SimAccountState:
     orders: list[SimOrder] = field(default_factory=list)
     trades: list[SimTrade] = field(default_factory=list)
     income: list[SimIncome] = field(default_factory=list)
+    stp_mode: str = DEFAULT_STP_MODE
+    multi_assets: bool = False
+    countdowns: dict[str, float] = field(default_factory=dict)  # symbol -> wall-clock deadline
+    margin_changes: list[dict[str, object]] = field(default_factory=list)
 
     def lev(self, symbol: str) -> int:
         return self.leverage.get(symbol, DEFAULT_LEVERAGE)
@@ -244,12 +254,20 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def parse_list(text: str) -> object:
+    """A JSON list as clients send it: standard JSON, or with single quotes (DEMO-JS, DOCS)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return json.loads(text.replace("'", '"'))
+
+
 def _json_list(params: Mapping[str, str], name: str, most: int) -> list[object]:
     text = params.get(name)
     if not text:
         raise missing(name)
     try:
-        value = json.loads(text)
+        value = parse_list(text)
     except ValueError:
         raise ApiError(-1102, f"Parameter '{name}' must be a JSON list.") from None
     if not isinstance(value, list) or not value:
@@ -348,6 +366,7 @@ class _NewOrder:
     working_type: str
     price_protect: bool
     result: bool
+    stp_mode: str | None
 
 
 def _parse_new_order(p: Mapping[str, str]) -> _NewOrder:
@@ -382,6 +401,11 @@ def _parse_new_order(p: Mapping[str, str]) -> _NewOrder:
     client_id = p.get("newClientOrderId") or None
     if client_id is not None and not _CLIENT_ID_RE.match(client_id):
         raise ApiError(-4015, "Client order id is not valid.")
+    stp_mode = p.get("stpMode") or None
+    if stp_mode is not None and stp_mode not in STP_MODES:
+        raise ApiError(
+            -1102, f"Parameter 'stpMode' was malformed: '{stp_mode}' not in {STP_MODES}."
+        )
     return _NewOrder(
         sym,
         side,
@@ -397,6 +421,7 @@ def _parse_new_order(p: Mapping[str, str]) -> _NewOrder:
         _choice(p, "workingType", ("MARK_PRICE", "CONTRACT_PRICE"), "CONTRACT_PRICE"),
         _bool(p, "priceProtect"),
         (p.get("newOrderRespType") or "ACK") == "RESULT",
+        stp_mode,
     )
 
 
@@ -409,8 +434,10 @@ class Engine:
         taker_fee: Decimal = TAKER_FEE,
         maker_fee: Decimal = MAKER_FEE,
         funding_interval_ms: int = FUNDING_INTERVAL_MS,
+        wall: Callable[[], float] = time.monotonic,
     ) -> None:
         self.market = market
+        self.wall = wall  # countdownCancelAll deadlines run on the wall clock, like the real one
         self.funding_interval_ms = max(0, funding_interval_ms)
         self._funded_until = self.last_funding_time()
         self.taker_fee = taker_fee
@@ -463,6 +490,19 @@ class Engine:
         with self.lock:
             return list(self.account(user).open_orders.values())
 
+    def open_interest(self, symbol: str) -> Decimal:
+        """The simulated accounts' long positions in ``symbol`` (each long has a short)."""
+        with self.lock:
+            return sum(
+                (
+                    p.amount
+                    for acct in self.accounts.values()
+                    for (s, _), p in acct.positions.items()
+                    if s == symbol and p.amount > 0
+                ),
+                ZERO,
+            )
+
     def all_orders_ever(self) -> list[SimOrder]:
         """Every order ever accepted, in placement order (for chaos-test assertions)."""
         with self.lock:
@@ -480,6 +520,7 @@ class Engine:
         for (symbol, _), pos in acct.positions.items():
             if pos.amount:
                 total += abs(pos.amount) * self.market.mark(symbol) / acct.lev(symbol)
+                total += pos.added_margin
         return total
 
     def _order_margin(self, acct: SimAccountState) -> Decimal:
@@ -593,6 +634,26 @@ class Engine:
             self._accept(acct, order, req)
             return order.to_json(with_time=False) if req.result else ack
 
+    def test_order(self, user: str, params: Mapping[str, str]) -> dict[str, object]:
+        """POST /fapi/v3/order/test: every check of a new order, nothing placed."""
+        req = _parse_new_order(params)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            self._build_order(acct, req)
+            return {}
+
+    @staticmethod
+    def _check_caps(acct: SimAccountState, req: _NewOrder) -> None:
+        if req.type == "MARKET":  # never rests
+            return
+        resting = [o for o in acct.open_orders.values() if o.symbol == req.sym.symbol]
+        if len(resting) >= MAX_NUM_ORDERS:
+            raise ApiError(-2025, "Reach max open order limit.")
+        stops = sum(1 for o in resting if o.type in _CONDITIONAL)
+        if req.type in _CONDITIONAL and stops >= MAX_NUM_ALGO_ORDERS:
+            raise ApiError(-4045, "Reach max stop order limit.")
+
     def _build_order(self, acct: SimAccountState, req: _NewOrder) -> SimOrder:
         pside = self._pos_key(acct, req.sym.symbol, req.side, req.position_side)
         if req.reduce_only and acct.dual_side:
@@ -601,6 +662,7 @@ class Engine:
             o.client_order_id == req.client_id for o in acct.open_orders.values()
         ):
             raise ApiError(-4116, "ClientOrderId is duplicated.")
+        self._check_caps(acct, req)
         now = self.market.now_ms()
         order = SimOrder(
             self._next_order_id,
@@ -620,6 +682,7 @@ class Engine:
             req.working_type,
             req.price_protect,
             update_time=now,
+            stp_mode=req.stp_mode,
         )
         self._validate(acct, order, req.sym)
         return order
@@ -676,11 +739,13 @@ class Engine:
         acct.orders.append(order)
         bid, ask = self.market.book(order.symbol)
         if order.type == "MARKET":
-            self._execute(acct, order, ask if order.side == "BUY" else bid, maker=False)
+            if self._prevent_self_trade(acct, order, bid, ask):
+                self._execute(acct, order, ask if order.side == "BUY" else bid, maker=False)
             return
         if order.type == "LIMIT":
             crosses = order.price >= ask if order.side == "BUY" else order.price <= bid
-            if crosses and order.time_in_force == "GTX":
+            crosses_own = bool(self._own_crossed(acct, order, bid, ask))
+            if (crosses or crosses_own) and order.time_in_force == "GTX":
                 del self.orders[order.order_id]
                 acct.orders.pop()
                 raise ApiError(
@@ -688,6 +753,8 @@ class Engine:
                     "Due to the order could not be executed as maker, the "
                     "Post Only order will be rejected.",
                 )
+            if not self._prevent_self_trade(acct, order, bid, ask):
+                return
             if crosses:
                 self._execute(acct, order, ask if order.side == "BUY" else bid, maker=False)
                 return
@@ -695,6 +762,46 @@ class Engine:
                 order.status = "EXPIRED"
                 return
         acct.open_orders[order.order_id] = order
+
+    @staticmethod
+    def _own_crossed(
+        acct: SimAccountState, o: SimOrder, bid: Decimal, ask: Decimal
+    ) -> list[SimOrder]:
+        """The account's resting LIMIT orders a taker ``o`` would meet before the book's.
+
+        A resting order at or inside the touch is the best price on its side, so an incoming
+        order of the same account that reaches its price would trade with it.
+        """
+        priced = o.type == "LIMIT"
+        met: list[SimOrder] = []
+        for r in acct.open_orders.values():
+            if r.symbol != o.symbol or r.type != "LIMIT" or r.side == o.side or r is o:
+                continue
+            if o.side == "BUY":
+                reached = r.price <= ask and (not priced or r.price <= o.price)
+            else:
+                reached = r.price >= bid and (not priced or r.price >= o.price)
+            if reached:
+                met.append(r)
+        return met
+
+    def _prevent_self_trade(
+        self, acct: SimAccountState, o: SimOrder, bid: Decimal, ask: Decimal
+    ) -> bool:
+        """Self-trade prevention; False when the taker ``o`` was expired by it."""
+        makers = self._own_crossed(acct, o, bid, ask)
+        if not makers:
+            return True
+        mode, now = o.stp_mode or acct.stp_mode, self.market.now_ms()
+        if mode in ("EXPIRE_MAKER", "EXPIRE_BOTH"):
+            for m in makers:
+                m.status, m.update_time = "EXPIRED", now
+                del acct.open_orders[m.order_id]
+        if mode in ("EXPIRE_TAKER", "EXPIRE_BOTH"):
+            o.status, o.update_time = "EXPIRED", now
+            acct.open_orders.pop(o.order_id, None)
+            return False
+        return True
 
     def _execute(self, acct: SimAccountState, o: SimOrder, price: Decimal, maker: bool) -> None:
         qty = o.quantity
@@ -755,6 +862,7 @@ class Engine:
         new = amt + delta
         if new == 0:
             pos.entry_price = ZERO
+            pos.added_margin = ZERO
         elif (new > 0) != (amt > 0):
             pos.entry_price = price
         pos.amount = new
@@ -767,13 +875,26 @@ class Engine:
         with self.lock:
             self.settle_funding()
             for acct in self.accounts.values():
+                self._fire_countdowns(acct)
                 self._tick_account(acct)
+
+    def _fire_countdowns(self, acct: SimAccountState) -> None:
+        """countdownCancelAll: a symbol whose countdown ran out loses its open orders."""
+        if not acct.countdowns:
+            return
+        wall, now = self.wall(), self.market.now_ms()
+        for symbol in [s for s, due in acct.countdowns.items() if due <= wall]:
+            del acct.countdowns[symbol]
+            for o in [o for o in acct.open_orders.values() if o.symbol == symbol]:
+                o.status, o.update_time = "CANCELED", now
+                del acct.open_orders[o.order_id]
 
     def tick_user(self, user: str) -> None:
         with self.lock:
             self.settle_funding()
             acct = self.accounts.get(user.lower())
             if acct is not None:
+                self._fire_countdowns(acct)
                 self._tick_account(acct)
 
     def _tick_account(self, acct: SimAccountState) -> None:
@@ -782,6 +903,8 @@ class Engine:
         marks: dict[str, Decimal] = {}
         books: dict[str, tuple[Decimal, Decimal]] = {}
         for o in sorted(acct.open_orders.values(), key=lambda x: x.order_id):
+            if o.order_id not in acct.open_orders:  # expired by self-trade prevention
+                continue
             if o.symbol not in marks:
                 marks[o.symbol] = self.market.mark(o.symbol)
                 books[o.symbol] = self.market.book(o.symbol)
@@ -789,7 +912,9 @@ class Engine:
             if o.type == "LIMIT":
                 if (o.price >= ask) if o.side == "BUY" else (o.price <= bid):
                     self._execute(acct, o, o.price, maker=True)
-            elif self._triggered(o, marks[o.symbol]):
+            elif self._triggered(o, marks[o.symbol]) and self._prevent_self_trade(
+                acct, o, bid, ask
+            ):
                 self._execute(acct, o, ask if o.side == "BUY" else bid, maker=False)
 
     # ---- queries and cancels ------------------------------------------------------------
@@ -1100,7 +1225,7 @@ class Engine:
             for (symbol, pside), pos in self._position_rows(acct, sym.symbol if sym else None):
                 lev, mark = acct.lev(symbol), self.market.mark(symbol)
                 isolated = acct.isolated.get(symbol, False)
-                margin = abs(pos.amount) * mark / lev
+                margin = abs(pos.amount) * mark / lev + pos.added_margin
                 rows.append(
                     {
                         "symbol": symbol,

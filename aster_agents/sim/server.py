@@ -26,12 +26,15 @@ from urllib.parse import parse_qsl
 
 from aster_agents.errors import ConfigError
 from aster_agents.signing import MAINNET_CHAIN_ID
+from aster_agents.sim import controls
 from aster_agents.sim.auth import Authenticator
-from aster_agents.sim.engine import ApiError, Engine
+from aster_agents.sim.engine import ApiError, Engine, parse_list
 from aster_agents.sim.faults import FaultConfig, Faults, Verdict
 from aster_agents.sim.limits import LimitConfig, RateLimiter
+from aster_agents.sim.listen_keys import LISTEN_KEY_LIFE_S, ListenKeys
 from aster_agents.sim.market import DEFAULT_HISTORY_MINUTES, INTERVAL_MS, Market
 from aster_agents.sim.symbols import SYMBOLS, exchange_info
+from aster_agents.sim.tape import Tape
 
 DEFAULT_BALANCE: Final = Decimal("10000")
 Params = Mapping[str, str]
@@ -63,6 +66,7 @@ class SimConfig:
     allow_remote: bool = False
     tick_interval_s: float = 0.1
     funding_interval_s: float = 8 * 3600.0  # market time between funding settlements; 0: none
+    listen_key_life_s: float = LISTEN_KEY_LIFE_S  # shorter only in tests of expiry
 
 
 def is_loopback(host: str) -> bool:
@@ -110,7 +114,7 @@ def _depth_weight(p: Params) -> int:
 
 def _batch_size(params: Params) -> int:
     try:
-        entries = json.loads(params.get("batchOrders") or "[]")
+        entries = parse_list(params.get("batchOrders") or "[]")
     except ValueError:
         return 1
     return max(1, len(entries)) if isinstance(entries, list) else 1
@@ -129,6 +133,8 @@ class SimApp:
         origin = time.time() if config.limits.align_to_start else 0.0
         self.limiter = RateLimiter(config.limits, origin)
         self.faults = Faults(config.faults)
+        self.tape = Tape(self.market, self.engine)
+        self.listen_keys = ListenKeys(config.listen_key_life_s)
         self.routes = self._routes()
 
     def add_account(self, account: SimAccount) -> None:
@@ -223,6 +229,12 @@ class SimApp:
             ("GET", "ticker/price"): Route(self._ticker_price, _by_symbol(1, 2), False),
             ("GET", "ticker/bookTicker"): Route(self._book_ticker, _by_symbol(1, 2), False),
             ("GET", "ticker/24hr"): Route(self._ticker_24h, _by_symbol(1, 40), False),
+            ("GET", "trades"): Route(self.tape.trades, _const(1), False),
+            ("GET", "historicalTrades"): Route(self.tape.historical_trades, _const(20), False),
+            ("GET", "aggTrades"): Route(self.tape.agg_trades, _const(20), False),
+            ("GET", "fundingInfo"): Route(self.tape.funding_info, _const(1), False),
+            ("GET", "openInterest"): Route(self.tape.open_interest, _const(1), False),
+            ("GET", "indexreferences"): Route(self.tape.index_references, _const(1), False),
         }
         signed: dict[tuple[str, str], Route] = {
             ("GET", "balance"): Route(lambda u, p: e.balance_json(u), _const(5), True),
@@ -250,8 +262,32 @@ class SimApp:
             ("GET", "commissionRate"): Route(lambda u, p: e.commission_rate(p), _const(20), True),
             ("GET", "leverageBracket"): Route(self._brackets, _const(1), True),
             ("POST", "noop"): Route(lambda u, p: {"code": 200, "msg": "success"}, _const(1), True),
+            ("POST", "order/test"): Route(e.test_order, _const(1), True),
+            ("POST", "countdownCancelAll"): Route(
+                self._on(controls.countdown_cancel_all), _const(10), True
+            ),
+            ("GET", "stpMode"): Route(self._on(controls.get_stp_mode), _const(30), True),
+            ("POST", "stpMode"): Route(self._on(controls.set_stp_mode), _const(1), True),
+            ("GET", "multiAssetsMargin"): Route(
+                self._on(controls.get_multi_assets), _const(30), True
+            ),
+            ("POST", "multiAssetsMargin"): Route(
+                self._on(controls.set_multi_assets), _const(1), True
+            ),
+            ("POST", "positionMargin"): Route(
+                self._on(controls.modify_position_margin), _const(1), True
+            ),
+            ("GET", "positionMargin/history"): Route(
+                self._on(controls.position_margin_history), _const(1), True
+            ),
+            ("POST", "listenKey"): Route(self.listen_keys.start, _const(1), True),
+            ("PUT", "listenKey"): Route(self.listen_keys.keepalive, _const(1), True),
+            ("DELETE", "listenKey"): Route(self.listen_keys.close, _const(1), True),
         }
         return {(m, v3 + path): r for (m, path), r in (public | signed).items()}
+
+    def _on(self, fn: Callable[[Engine, str, Params], Json]) -> Callable[[str, Params], Json]:
+        return lambda u, p: fn(self.engine, u, p)
 
     def _exchange_info(self, _u: str, _p: Params) -> Json:
         return exchange_info(self.market.now_ms(), self.config.limits.rate_limits_doc())

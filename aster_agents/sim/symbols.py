@@ -173,6 +173,8 @@ SYMBOLS: Final[dict[str, SimSymbol]] = {
 }
 
 RATE_LIMITS_DOC: Final = "REQUEST_WEIGHT, ORDERS"
+MAX_NUM_ORDERS: Final = 200  # open orders per account and symbol (-2025 beyond)
+MAX_NUM_ALGO_ORDERS: Final = 10  # open stop/take-profit orders per account and symbol (-4045)
 ORDER_TYPES: Final = (
     "LIMIT",
     "MARKET",
@@ -205,8 +207,8 @@ def _filters(s: SimSymbol) -> list[dict[str, object]]:
             "maxQty": str(s.market_max_qty),
             "minQty": str(s.min_qty),
         },
-        {"limit": 200, "filterType": "MAX_NUM_ORDERS"},
-        {"limit": 10, "filterType": "MAX_NUM_ALGO_ORDERS"},
+        {"limit": MAX_NUM_ORDERS, "filterType": "MAX_NUM_ORDERS"},
+        {"limit": MAX_NUM_ALGO_ORDERS, "filterType": "MAX_NUM_ALGO_ORDERS"},
         {"notional": str(s.min_notional), "filterType": "MIN_NOTIONAL"},
         {
             "multiplierDown": str(s.multiplier_down),
