@@ -14,9 +14,11 @@
         │   ├── RateLimited          pause every agent on the host until ``retry_at``
         │   │   └── IpBanned         the same, for HTTP 418
         │   └── UnknownOutcome       an order may or may not exist: resolve by client order id
-        ├── OrderRejected            skip this tick (filters, precision, would trigger, ...)
+        ├── OrderRejected            skip this tick (filters, precision, would trigger,
+        │   │                        open/stop order caps -2025/-4045, ...)
         │   ├── InsufficientMargin   skip this tick (-2018/-2019)
         │   └── OrderNotFound        the order does not exist (-2013)
+        ├── ListenKeyInvalid         start a new user-data stream key (-1125)
         └── BadRequest               a bug on our side (missing/invalid parameter): stop the step
 
 Only ``exchange/http.py`` sees raw exchange codes and httpx exceptions; it translates
@@ -136,6 +138,10 @@ class InsufficientMargin(OrderRejected):
 
 class OrderNotFound(OrderRejected):
     """The order does not exist (-2013)."""
+
+
+class ListenKeyInvalid(ExchangeError):
+    """The user-data stream key expired or was closed by another agent: start a new one."""
 
 
 class BadRequest(ExchangeError):

@@ -63,6 +63,14 @@ class MarginType(StrEnum):
     CROSSED = "CROSSED"
 
 
+class StpMode(StrEnum):
+    """Self-trade prevention: which side expires when two orders of one account would cross."""
+
+    EXPIRE_TAKER = "EXPIRE_TAKER"
+    EXPIRE_MAKER = "EXPIRE_MAKER"
+    EXPIRE_BOTH = "EXPIRE_BOTH"
+
+
 @dataclass(frozen=True, slots=True)
 class SymbolFilters:
     """The exchangeInfo filters that decide whether an order is valid."""
@@ -131,6 +139,13 @@ class PremiumIndex:
     last_funding_rate: Decimal
     next_funding_time: int
     time: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommissionRate:
+    symbol: str
+    maker: Decimal  # fraction of notional, e.g. 0.0001
+    taker: Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,3 +270,4 @@ class OrderRequest:
     close_position: bool = False
     position_side: PositionSide = PositionSide.BOTH
     working_type: str | None = None
+    stp_mode: StpMode | None = None  # None: the account's mode

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
         AccountInfo,
         Balance,
         BookTicker,
+        CommissionRate,
         ExchangeInfo,
         Income,
         Kline,
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
         OrderRequest,
         Position,
         PremiumIndex,
+        StpMode,
         TickerPrice,
         UserTrade,
     )
@@ -142,3 +144,27 @@ class Exchange(Protocol):
     ) -> list[Income]: ...
 
     def close(self) -> None: ...
+
+
+class AccountControls(Protocol):
+    """Account-wide settings and the user-data stream key; ``AsterClient`` implements it.
+
+    Every agent of one account shares these: the stream key (``POST`` returns the active
+    one; ``close_listen_key`` ends it for all) and the self-trade prevention mode.
+    """
+
+    def commission_rate(self, symbol: str) -> CommissionRate: ...
+
+    def stp_mode(self) -> StpMode: ...
+
+    def set_stp_mode(self, mode: StpMode) -> None: ...
+
+    def test_order(self, request: OrderRequest) -> None: ...
+
+    def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> int: ...
+
+    def start_listen_key(self) -> str: ...
+
+    def keepalive_listen_key(self) -> None: ...
+
+    def close_listen_key(self) -> None: ...

@@ -10,7 +10,8 @@ the reaction-named tree of ``aster_agents.errors``:
 - 5xx, timeouts, dropped connections -> ``TransientExchangeError``, retried with backoff
 - -1022, -2014, -2015, 401, 403      -> ``AuthError`` (-4225/-1021 nonce: one retry first)
 - -2018/-2019, -2013, other order codes -> ``InsufficientMargin``, ``OrderNotFound``,
-  ``OrderRejected``
+  ``OrderRejected`` (the open/stop order caps -2025/-4045 included: skip, not retry)
+- -1125 (listen key expired or closed)  -> ``ListenKeyInvalid``
 - -1100 family, unparseable 4xx      -> ``BadRequest``
 
 A new order is never sent twice blindly: when its outcome is unknown (timeout after sending,
@@ -40,6 +41,7 @@ from aster_agents.errors import (
     ExchangeError,
     InsufficientMargin,
     IpBanned,
+    ListenKeyInvalid,
     OrderNotFound,
     OrderRejected,
     RateLimited,
@@ -47,11 +49,12 @@ from aster_agents.errors import (
     UnknownOutcome,
 )
 from aster_agents.exchange import parse
-from aster_agents.exchange.base import Exchange, NullBudget, RequestBudget
+from aster_agents.exchange.base import AccountControls, Exchange, NullBudget, RequestBudget
 from aster_agents.models import (
     AccountInfo,
     Balance,
     BookTicker,
+    CommissionRate,
     ExchangeInfo,
     Income,
     Kline,
@@ -62,6 +65,7 @@ from aster_agents.models import (
     Position,
     PositionSide,
     PremiumIndex,
+    StpMode,
     TickerPrice,
     UserTrade,
 )
@@ -83,6 +87,8 @@ _MARGIN_CODES: Final = frozenset({-2018, -2019})
 _ORDER_LEVEL_1000S: Final = frozenset({-1111, -1121, -1013})
 _NO_CHANGE_MARGIN_TYPE: Final = -4046
 _NO_CHANGE_POSITION_SIDE: Final = -4059
+_ORDER_CAP_CODES: Final = frozenset({-2025, -4045})  # MAX_OPEN_ORDER / MAX_STOP_ORDER exceeded
+_INVALID_LISTEN_KEY: Final = -1125
 _PATH_MISSING_CODES: Final = frozenset({-1121, -5000})
 
 
@@ -126,6 +132,14 @@ _CANCEL_ORDER = _Call("DELETE", "/fapi/v3/order", 1)
 _CANCEL_ALL = _Call("DELETE", "/fapi/v3/allOpenOrders", 1)
 _USER_TRADES = _Call("GET", "/fapi/v3/userTrades", 5)
 _INCOME = _Call("GET", "/fapi/v3/income", 30)
+_TEST_ORDER = _Call("POST", "/fapi/v3/order/test", 1)
+_COMMISSION_RATE = _Call("GET", "/fapi/v3/commissionRate", 20)
+_GET_STP_MODE = _Call("GET", "/fapi/v3/stpMode", 30)
+_SET_STP_MODE = _Call("POST", "/fapi/v3/stpMode", 1)
+_COUNTDOWN_CANCEL_ALL = _Call("POST", "/fapi/v3/countdownCancelAll", 10)
+_START_LISTEN_KEY = _Call("POST", "/fapi/v3/listenKey", 1)
+_KEEP_LISTEN_KEY = _Call("PUT", "/fapi/v3/listenKey", 1)
+_CLOSE_LISTEN_KEY = _Call("DELETE", "/fapi/v3/listenKey", 1)
 
 
 class _NotSent(TransientExchangeError):
@@ -203,7 +217,9 @@ def _error_for(status: int, code: int, msg: str, where: str) -> ExchangeError:
         cls = InsufficientMargin
     elif code == -2013:
         cls = OrderNotFound
-    elif code in _ORDER_LEVEL_1000S or code <= -2000:
+    elif code == _INVALID_LISTEN_KEY:
+        cls = ListenKeyInvalid
+    elif code in _ORDER_LEVEL_1000S or code in _ORDER_CAP_CODES or code <= -2000:
         cls = OrderRejected
     elif status >= 500:
         cls = TransientExchangeError
@@ -413,6 +429,43 @@ class AsterClient:
         params = _optional(symbol=symbol, incomeType=income_type, startTime=start_time)
         params.append(("limit", limit))
         return parse.incomes(self._request(_INCOME, params))
+
+    def test_order(self, request: OrderRequest) -> None:
+        """Every check of a new order without placing it (``POST order/test``)."""
+        self._request(_TEST_ORDER, order_params(request))
+
+    def countdown_cancel_all(self, symbol: str, countdown_ms: int) -> int:
+        """Cancel ``symbol``'s open orders unless called again within ``countdown_ms`` (0: off)."""
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("countdownTime", countdown_ms)]
+        return parse.integer(
+            parse.mapping(self._request(_COUNTDOWN_CANCEL_ALL, params), "countdownCancelAll"),
+            "countdownTime",
+            "countdownCancelAll",
+        )
+
+    # --- account controls and the user-data stream key --------------------------------------
+
+    def commission_rate(self, symbol: str) -> CommissionRate:
+        return parse.commission_rate(self._request(_COMMISSION_RATE, [("symbol", symbol)]))
+
+    def stp_mode(self) -> StpMode:
+        """The account's self-trade prevention mode (shared by every agent of the account)."""
+        return parse.stp_mode(self._request(_GET_STP_MODE))
+
+    def set_stp_mode(self, mode: StpMode) -> None:
+        self._request(_SET_STP_MODE, [("stpMode", mode)])
+
+    def start_listen_key(self) -> str:
+        """The account's active user-data stream key (one per account, shared by its agents)."""
+        return parse.listen_key(self._request(_START_LISTEN_KEY))
+
+    def keepalive_listen_key(self) -> None:
+        """Extend the key's 60-minute life; ``ListenKeyInvalid`` when it is gone."""
+        self._request(_KEEP_LISTEN_KEY)
+
+    def close_listen_key(self) -> None:
+        """End the account's stream for every agent of the account."""
+        self._request(_CLOSE_LISTEN_KEY)
 
     # --- unknown outcomes ----------------------------------------------------------------
 
@@ -637,6 +690,7 @@ def order_params(request: OrderRequest) -> list[tuple[str, ParamValue]]:
         reduceOnly=True if request.reduce_only else None,
         closePosition=True if request.close_position else None,
         workingType=request.working_type,
+        stpMode=request.stp_mode,
     )
     params.append(("newClientOrderId", request.client_order_id))
     params.append(("newOrderRespType", "RESULT"))
@@ -645,4 +699,9 @@ def order_params(request: OrderRequest) -> list[tuple[str, ParamValue]]:
 
 def as_exchange(client: AsterClient) -> Exchange:
     """``client`` typed as the runner's ``Exchange`` contract (mypy checks the fit here)."""
+    return client
+
+
+def as_account_controls(client: AsterClient) -> AccountControls:
+    """``client`` typed as the ``AccountControls`` contract (mypy checks the fit here)."""
     return client

@@ -17,6 +17,7 @@ from aster_agents.models import (
     AccountInfo,
     Balance,
     BookTicker,
+    CommissionRate,
     ExchangeInfo,
     Income,
     Kline,
@@ -28,6 +29,7 @@ from aster_agents.models import (
     PremiumIndex,
     RateLimit,
     Side,
+    StpMode,
     SymbolFilters,
     SymbolInfo,
     TickerPrice,
@@ -50,6 +52,11 @@ def _obj(data: object, what: str) -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise _fail(what, f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def mapping(data: object, what: str) -> Mapping[str, Any]:
+    """``data`` as a JSON object, or ``MalformedPayload`` naming ``what``."""
+    return _obj(data, what)
 
 
 def _list(data: object, what: str) -> list[Any]:
@@ -243,6 +250,27 @@ def book_ticker(data: object) -> BookTicker:
 
 
 # --- account -----------------------------------------------------------------------------
+
+
+def stp_mode(data: object) -> StpMode:
+    return _enum(StpMode, _obj(data, "stpMode"), "stpMode", "stpMode")
+
+
+def commission_rate(data: object) -> CommissionRate:
+    d = _obj(data, "commissionRate")
+    what = "commissionRate"
+    return CommissionRate(
+        text(d, "symbol", what),
+        dec(d, "makerCommissionRate", what),
+        dec(d, "takerCommissionRate", what),
+    )
+
+
+def listen_key(data: object) -> str:
+    key = text(_obj(data, "listenKey"), "listenKey", "listenKey")
+    if not key:
+        raise _fail("listenKey", "field 'listenKey' is empty")
+    return key
 
 
 def _balance(raw: object) -> Balance:

@@ -52,6 +52,12 @@ class ListenKeys:
             raise invalid_key()
         return key
 
+    def active(self, user: str) -> str | None:
+        """The account's live key, without extending it (for tests and the CLI)."""
+        with self._lock:
+            key = self._keys.get(user.lower())
+            return key.value if key is not None and key.expires > self._wall() else None
+
     def start(self, user: str, _params: Mapping[str, str]) -> dict[str, object]:
         with self._lock:
             key = self._keys.get(user.lower())
