@@ -18,7 +18,7 @@ import pytest
 
 from aster_agents.errors import ListenKeyInvalid, OrderRejected
 from aster_agents.exchange.http import AsterClient
-from aster_agents.models import OrderRequest, OrderType, Side, StpMode, TimeInForce
+from aster_agents.models import OrderRequest, OrderStatus, OrderType, Side, StpMode, TimeInForce
 from aster_agents.signing import NonceSource
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.sim.symbols import MAX_NUM_ALGO_ORDERS, MAX_NUM_ORDERS
@@ -205,6 +205,28 @@ def test_an_orders_own_stp_mode_overrides_the_account_and_market_orders_are_cove
     assert sim_server.engine.trades(sim_keys.user) == []
     bad = agent2.send("POST", "/fapi/v3/stpMode", {"stpMode": "NONE"})
     assert _code(bad) == -1102
+
+
+def test_two_project_clients_of_one_account_expire_the_taker(
+    sim_server: SimServer, sim_keys: SimKeys, client: AsterClient
+) -> None:
+    """With EXPIRE_TAKER, agent 2's crossing LIMIT comes back EXPIRED and agent 1's still rests."""
+    bid, ask = _spread(sim_server)
+    client.set_stp_mode(StpMode.EXPIRE_TAKER)
+
+    def limit(side: Side, price: Decimal, coid: str) -> OrderRequest:
+        return OrderRequest(
+            BTC, side, OrderType.LIMIT, coid, D("0.010"), price, time_in_force=TimeInForce.GTC
+        )
+
+    with AsterClient(
+        sim_server.base_url, user=sim_keys.user, signer=sim_keys.agents[1], nonces=NonceSource(5)
+    ) as other:
+        resting = client.new_order(limit(Side.BUY, ask - D("1.0"), "a1-rest"))
+        crossing = other.new_order(limit(Side.SELL, bid + D("1.0"), "a2-cross"))
+        assert resting.status is OrderStatus.NEW and crossing.status is OrderStatus.EXPIRED
+        assert [o.client_order_id for o in other.open_orders(BTC)] == ["a1-rest"]
+        assert other.user_trades(BTC) == [] and client.user_trades(BTC) == []
 
 
 def test_stp_mode_through_the_project_client(client: AsterClient, sim_server: SimServer) -> None:
