@@ -207,6 +207,22 @@ def test_an_orders_own_stp_mode_overrides_the_account_and_market_orders_are_cove
     assert _code(bad) == -1102
 
 
+def test_a_modified_order_that_crosses_its_account_is_the_taker(
+    sim_server: SimServer, sim_client: SignedClient, agent2: SignedClient
+) -> None:
+    """PUT order moving a resting LIMIT across the account's other order applies STP too."""
+    bid, ask = _spread(sim_server)
+    sim_client.ok("POST", "/fapi/v3/stpMode", {"stpMode": "EXPIRE_TAKER"})
+    buy = _limit(sim_client, "BUY", str(ask - D("1.0")))
+    sell = _limit(agent2, "SELL", str(ask - D("0.5")))
+    assert (buy["status"], sell["status"]) == ("NEW", "NEW")
+    moved = {"symbol": BTC, "orderId": sell["orderId"], "quantity": "0.010"}
+    modified = agent2.ok("PUT", ORDER, moved | {"price": str(bid + D("1.0"))})
+    assert modified["status"] == "EXPIRED"
+    query = {"symbol": BTC, "orderId": buy["orderId"]}
+    assert sim_client.ok("GET", ORDER, query)["status"] == "NEW"
+
+
 def test_two_project_clients_of_one_account_expire_the_taker(
     sim_server: SimServer, sim_keys: SimKeys, client: AsterClient
 ) -> None:

@@ -1042,6 +1042,7 @@ class Engine:
                 raise
             acct.open_orders[order.order_id] = order
             order.update_time = self.market.now_ms()
+            self._prevent_self_trade(acct, order, *self.market.book(order.symbol))
             self._tick_account(acct)
             return order.to_json(with_time=False)
 
