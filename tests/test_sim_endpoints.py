@@ -110,6 +110,34 @@ def test_funding_info_open_interest_and_index_references(
     assert sim_client.public("/fapi/v1/fundingInfo").status_code == 200
 
 
+_PUBLIC = ("trades", "historicalTrades", "aggTrades", "fundingInfo", "openInterest")
+_SIGNED = (
+    ("GET", "multiAssetsMargin"),
+    ("POST", "multiAssetsMargin"),
+    ("POST", "positionMargin"),
+    ("GET", "positionMargin/history"),
+    ("POST", "listenKey"),
+    ("PUT", "listenKey"),
+    ("DELETE", "listenKey"),
+    ("POST", "countdownCancelAll"),
+    ("POST", "batchOrders"),
+    ("DELETE", "batchOrders"),
+    ("GET", "stpMode"),
+    ("POST", "stpMode"),
+    ("GET", "commissionRate"),
+    ("POST", "order/test"),
+)
+
+
+def test_no_endpoint_real_clients_call_answers_404(sim_client: SignedClient) -> None:
+    """Each listed endpoint answers 200 or a documented JSON error, even without parameters."""
+    answers = [sim_client.public(f"/fapi/v3/{path}") for path in (*_PUBLIC, "indexreferences")]
+    answers += [sim_client.send(method, f"/fapi/v3/{path}") for method, path in _SIGNED]
+    for response in answers:
+        assert response.status_code in (200, 400), (response.request.url, response.text)
+        assert response.status_code == 200 or int(response.json()["code"]) < 0
+
+
 # --- user-data stream key ----------------------------------------------------------------
 
 
