@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from aster_agents.ledger import Ledger
-from aster_agents.ledger.store import MIGRATIONS
+from aster_agents.ledger.sqlite import MIGRATIONS
 from tests.plugins.ledger import kill_child, spawn_python
 
 TABLES = {

@@ -22,7 +22,6 @@ from aster_agents.portfolio.governance import (
     fleet_metrics,
     now_ms,
     operator_set,
-    rebalance_lock,
     review,
 )
 from aster_agents.signing import Signer, generate_private_key
@@ -115,7 +114,7 @@ def test_runner_hook_puts_on_probation_then_kills_on_drawdown(
 ) -> None:
     """Tick by tick: probation at -10% from the NAV peak, disabled at -20%, audited."""
     fleet, ledger = setup
-    gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+    gov = Governor(fleet, "a1", ledger)
     now = now_ms()
     for i, nav in enumerate([1.0, 1.1, 1.0, 0.98, 0.95, 0.87]):
         snapshots(ledger, "a1", [nav], now + i)
@@ -133,7 +132,7 @@ def test_runner_hook_puts_on_probation_then_kills_on_drawdown(
 def test_operator_enable_restarts_the_peak(setup: tuple[FleetConfig, Ledger]) -> None:
     """After `agents enable` the old peak is forgotten: the switch does not fire at once."""
     fleet, ledger = setup
-    gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+    gov = Governor(fleet, "a1", ledger)
     now = now_ms() - 1000
     snapshots(ledger, "a1", [1.0, 0.7], now)
     gov.after_tick()
@@ -153,7 +152,7 @@ def test_a_disabled_agent_never_re_enables_itself(setup: tuple[FleetConfig, Ledg
     """Recovery does not undo a kill: only an operator does."""
     fleet, ledger = setup
     operator_set(ledger, "a1", enabled=False, note="manual", now_ms=now_ms())
-    gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+    gov = Governor(fleet, "a1", ledger)
     snapshots(ledger, "a1", [1.0, 1.2, 1.5], now_ms())
     gov.after_tick()
     assert state_of(ledger, "a1") == "disabled"
@@ -171,7 +170,7 @@ def test_portfolio_kill_switch_disables_every_agent(tmp_path: Path) -> None:
         row = ledger.agent("a2")
         assert row is not None and row.state_reason is not None
         assert "portfolio kill switch: combined drawdown 13.0%" in row.state_reason
-        gov = Governor(fleet, "a1", ledger, ledger.state_dir)
+        gov = Governor(fleet, "a1", ledger)
         operator_set(ledger, "a1", enabled=True, note=None, now_ms=now_ms())
         gov.after_tick()
         assert state_of(ledger, "a1") == "active"  # the enable restarted the account's peak
@@ -218,7 +217,7 @@ def test_fleet_metrics_for_the_portfolio_view(setup: tuple[FleetConfig, Ledger])
     """Per-agent and per-account metrics from any ledger connection."""
     _, ledger = setup
     history(ledger)
-    m = fleet_metrics(ledger.store.conn, ledger.agent_rows())
+    m = fleet_metrics(ledger, ledger.agent_rows())
     assert set(m.agents) == {"a1", "a2"} and set(m.accounts) == {USER}
     assert m.agents["a1"].total_return is not None and m.agents["a1"].total_return > 0
     assert m.to_json()["accounts"][USER]["points"] > 0
@@ -230,11 +229,11 @@ def test_auto_rebalance_applies_once_and_only_one_process_at_a_time(tmp_path: Pa
     state_dir = tmp_path / "state"
     with open_ledger(state_dir) as ledger:
         history(ledger)
-        with rebalance_lock(state_dir):
-            assert auto_rebalance(fleet, ledger, now_ms=now_ms(), state_dir=state_dir) is None
-        applied = auto_rebalance(fleet, ledger, now_ms=now_ms(), state_dir=state_dir)
+        with ledger.rebalance_lock():
+            assert auto_rebalance(fleet, ledger, now_ms=now_ms()) is None
+        applied = auto_rebalance(fleet, ledger, now_ms=now_ms())
         assert applied is not None and applied.rebalance_id is not None
-        assert auto_rebalance(fleet, ledger, now_ms=now_ms(), state_dir=state_dir) is None
+        assert auto_rebalance(fleet, ledger, now_ms=now_ms()) is None
         row = ledger.agent("a1")
         assert row is not None and row.capital == Decimal("350.00")
 

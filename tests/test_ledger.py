@@ -25,7 +25,7 @@ from aster_agents.ledger import (
     make_client_order_id,
     pid_alive,
 )
-from aster_agents.ledger.store import MIGRATIONS
+from aster_agents.ledger.sqlite import MIGRATIONS
 from aster_agents.models import Side
 from tests.plugins.ledger import kill_child, run_python, spawn_python
 

@@ -20,7 +20,8 @@ import pytest
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger import Ledger
-from aster_agents.ledger.store import SYNC_NAME, Store
+from aster_agents.ledger.sqlite import SYNC_NAME
+from aster_agents.ledger.sqlite import SqliteStore as Store
 from aster_agents.models import Side
 from tests.agentkit import wait_for
 from tests.plugins.ledger import run_python

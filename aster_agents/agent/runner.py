@@ -152,7 +152,7 @@ class AgentRunner:
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
         self.last_prices: dict[str, Decimal] = {}
         self.ticks = 0
-        self.governor = Governor(fleet, agent.id, ledger, ledger.state_dir)
+        self.governor = Governor(fleet, agent.id, ledger)
         # symbol -> (stop, take-profit) distances of the last entry, clamped into the config;
         # protection re-placed after a restart uses the configured (wider) ones
         self.protect_pcts: dict[str, tuple[float, float]] = {}

@@ -29,7 +29,6 @@ def rebalance(
         Applied,
         check_kill_switches,
         now_ms,
-        rebalance_lock,
         rebalance_now,
         review,
     )
@@ -39,7 +38,7 @@ def rebalance(
     with Ledger(state_dir) as ledger:
         now = now_ms()
         if apply:
-            with rebalance_lock(state_dir):
+            with ledger.rebalance_lock():
                 result = rebalance_now(fleet, ledger, now_ms=now, reason="manual rebalance")
         else:
             moved = check_kill_switches(fleet, ledger, now_ms=now)

@@ -437,24 +437,21 @@ def _dir_writable(state_dir: Path) -> Check:
 
 
 def _ledger_write(state_dir: Path) -> Check:
-    import sqlite3
-
     from aster_agents.errors import LedgerError
-    from aster_agents.ledger.store import Store
+    from aster_agents.ledger import Ledger
+    from aster_agents.ledger.rows import DB_NAME
 
-    path = state_dir / "ledger.sqlite3"
+    path = state_dir / DB_NAME
     try:
-        store = Store(state_dir)
+        ledger = Ledger(state_dir)
     except (LedgerError, OSError) as exc:
         return Check(None, "ledger", Status.FAIL, f"{path}: {exc}")
     try:
-        with store.write() as conn:  # a real write of an unchanged value, committed
-            conn.execute("UPDATE schema_migrations SET name = name WHERE version = 1")
-        wait_ms = store.last_wait_ns / 1e6
-    except (sqlite3.Error, OSError) as exc:
-        return Check(None, "ledger", Status.FAIL, f"{path} is not writable: {exc}")
+        wait_ms = ledger.check_writable()  # a real write of an unchanged value, committed
+    except (LedgerError, OSError) as exc:
+        return Check(None, "ledger", Status.FAIL, str(exc))
     finally:
-        store.close()
+        ledger.close()
     return Check(None, "ledger", Status.PASS, f"{path} writable (lock wait {wait_ms:.1f} ms)")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aster_agents.errors import RateLimited
-from aster_agents.ledger.store import Store
+from aster_agents.ledger.sqlite import SqliteStore
 
 MAX_PAUSE_WAIT_S: Final = 5.0
 MAX_SLEEP_S: Final = 0.25
@@ -43,7 +43,7 @@ class SharedBudget:
         safety: float = 0.8,
         max_pause_wait_s: float = MAX_PAUSE_WAIT_S,
     ) -> None:
-        self.store = Store(Path(state_dir))
+        self.store = SqliteStore(Path(state_dir))
         self.user = user
         self.max_pause_wait_s = max_pause_wait_s
         self._buckets = (

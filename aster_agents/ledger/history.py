@@ -1,16 +1,17 @@
 """Read-only history queries for metrics and the kill switches (governance).
 
-Each function takes a connection (``Ledger.store.conn`` or ``ReadOnlyLedger.conn``), so the
-read-write ledger and the read-only view used by ``portfolio`` share them. They only SELECT.
+Each function takes a connection (the read-write store's or ``ReadOnlyLedger``'s), so the
+read-write ledger and the read-only view used by ``portfolio`` share them; callers outside
+the package use them through ``Ledger`` or ``ReadOnlyLedger`` methods. They only SELECT.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Final, NamedTuple
 
+from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.rows import dec
 
 # The reason of an operator's ``agents enable``: it restarts the drawdown peaks (see governance).
@@ -26,7 +27,7 @@ class FillRecord(NamedTuple):
     realized_pnl: Decimal
 
 
-def fills(conn: sqlite3.Connection, agent_id: str) -> list[FillRecord]:
+def fills(conn: Conn, agent_id: str) -> list[FillRecord]:
     """Every fill of ``agent_id``, oldest first."""
     rows = conn.execute(
         "SELECT time_ms, symbol, side, qty, realized_pnl FROM fills WHERE agent_id = ? "
@@ -39,17 +40,13 @@ def fills(conn: sqlite3.Connection, agent_id: str) -> list[FillRecord]:
     ]
 
 
-def _has_nav(conn: sqlite3.Connection) -> bool:
-    return any(r[1] == "nav" for r in conn.execute("PRAGMA table_info(equity)"))
-
-
 def nav_after(
-    conn: sqlite3.Connection, agent_id: str, after_ms: int | None = None
+    conn: Conn, agent_id: str, after_ms: int | None = None, *, has_nav: bool = True
 ) -> list[tuple[int, float, float | None]]:
     """Equity snapshots newer than ``after_ms`` (all when None), oldest first, as floats
     ``(time_ms, equity, nav per unit)``; nav is None for snapshots written before the ledger
-    recorded it."""
-    nav = "CAST(nav AS REAL)" if _has_nav(conn) else "NULL"
+    recorded it (``has_nav`` False: a file older than that column, read without migrating)."""
+    nav = "CAST(nav AS REAL)" if has_nav else "NULL"
     rows: list[tuple[int, float, float | None]] = conn.execute(
         f"SELECT time_ms, CAST(equity AS REAL), {nav} FROM equity WHERE agent_id = ? "
         "AND time_ms > ? ORDER BY time_ms, rowid",
@@ -58,7 +55,7 @@ def nav_after(
     return rows
 
 
-def operator_enables(conn: sqlite3.Connection, agent_ids: Sequence[str]) -> dict[str, int]:
+def operator_enables(conn: Conn, agent_ids: Sequence[str]) -> dict[str, int]:
     """The time of each agent's latest enable by an operator (agents never enabled are absent)."""
     if not agent_ids:
         return {}

@@ -1,4 +1,9 @@
-"""The per-agent singleton lock: a flock on ``<state_dir>/agents/<id>.lock`` for life."""
+"""Host locks: the per-agent singleton (``<state_dir>/agents/<id>.lock``, held for life) and
+named locks such as the rebalance lock (``<state_dir>/rebalance.lock``), each a plain flock.
+
+A named lock's file also carries a stamp (an integer, e.g. the time of the last attempt on
+this host), read and written while the lock is held.
+"""
 
 from __future__ import annotations
 
@@ -54,3 +59,39 @@ class AgentLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class NamedLock:
+    """A flock on ``path``, taken blocking or not; its file holds an integer stamp."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def acquire(self, *, wait: bool = True) -> bool:
+        """Take the lock; False (not held) when ``wait`` is off and another holder has it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def stamp(self) -> int:
+        """The integer in the lock file (0 when empty or not a number)."""
+        raw = os.pread(self._fd, 32, 0).decode(errors="replace").strip()
+        return int(raw) if raw.isdigit() else 0
+
+    def set_stamp(self, value: int) -> None:
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{value}\n".encode(), 0)

@@ -12,7 +12,7 @@ import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.rows import (
@@ -35,6 +35,11 @@ from aster_agents.ledger.rows import (
     position_row,
     rebalance_row,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from aster_agents.ledger.history import FillRecord
 
 
 class BucketLevel(NamedTuple):
@@ -140,6 +145,32 @@ class ReadOnlyLedger:
             f"SELECT {REBALANCE_COLS} FROM rebalances ORDER BY id DESC LIMIT 1"
         ).fetchone()
         return None if row is None else rebalance_row(row)
+
+    def nav_after(
+        self, agent_id: str, after_ms: int | None = None
+    ) -> list[tuple[int, float, float | None]]:
+        """Equity snapshots newer than ``after_ms`` as floats (time_ms, equity, nav or None)."""
+        if not self._ready("equity"):
+            return []
+        from aster_agents.ledger import history
+
+        return history.nav_after(self.conn, agent_id, after_ms, has_nav=self._ready("rebalances"))
+
+    def fill_records(self, agent_id: str) -> list[FillRecord]:
+        """Every fill of ``agent_id``, oldest first (signed quantities)."""
+        if not self._ready("fills"):
+            return []
+        from aster_agents.ledger import history
+
+        return history.fills(self.conn, agent_id)
+
+    def operator_enables(self, agent_ids: Sequence[str]) -> dict[str, int]:
+        """The time of each agent's latest enable by an operator."""
+        if not self._ready("audit"):
+            return {}
+        from aster_agents.ledger import history
+
+        return history.operator_enables(self.conn, agent_ids)
 
     def marks(self) -> dict[str, dict[str, Decimal]]:
         """The latest recorded mark price per account and symbol."""

@@ -144,6 +144,10 @@ class AuditEntry(NamedTuple):
     detail: str
 
 
+INTENT_COLS: Final = (
+    "client_order_id, seq, agent_id, user, symbol, side, kind, margin, notional, state, pid, "
+    "created_ms, expires_ms, updated_ms, sent, reason"
+)
 EQUITY_COLS: Final = "time_ms, equity, nav"
 ACCOUNT_BOOK_COLS: Final = "user, unallocated, equity, equity_ms, opened_ms"
 REBALANCE_COLS: Final = "id, time_ms, reason, detail"

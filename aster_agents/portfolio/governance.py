@@ -19,27 +19,18 @@ carries out what it returns.
   them (reducing risk is always allowed). It is never re-enabled automatically, not even by
   a restart of its process.
 - Only one process applies a rebalance at a time: ``rebalance --apply`` and the automatic
-  rebalance both hold a flock on ``<state_dir>/rebalance.lock``, and re-read the last
-  rebalance under it.
+  rebalance both hold the ledger's rebalance lock (``Ledger.rebalance_lock``), and re-read
+  the last rebalance under it.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from decimal import ROUND_CEILING, Decimal
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
-from aster_agents.ledger.history import (
-    OPERATOR_ENABLE,
-    fills,
-    nav_after,
-    operator_enables,
-)
+from aster_agents.ledger.history import OPERATOR_ENABLE
 from aster_agents.portfolio import metrics
 from aster_agents.portfolio.metrics import MS_PER_DAY, CombinedNav, Metrics, NavPoint
 from aster_agents.portfolio.rebalance import (
@@ -55,15 +46,13 @@ from aster_agents.portfolio.rebalance import (
 )
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from aster_agents.config.schema import FleetConfig
     from aster_agents.ledger import AgentRow, Ledger
+    from aster_agents.ledger.history import FillRecord
     from aster_agents.ledger.rows import RebalanceRow
 
 ZERO: Final = Decimal(0)
 CENT: Final = Decimal("0.01")
-LOCK_NAME: Final = "rebalance.lock"
 PORTFOLIO_CHECK_S: Final = 30.0  # wall seconds between a runner's portfolio kill-switch checks
 AUTO_CHECK_S: Final = 60.0  # wall seconds between a runner's looks at the automatic rebalance
 
@@ -90,12 +79,22 @@ def nav_points(rows: Sequence[tuple[int, float, float | None]], units: Decimal) 
     return out
 
 
-def sleeve_points(conn: sqlite3.Connection, row: AgentRow) -> list[NavPoint]:
-    return nav_points(nav_after(conn, row.agent_id), row.units)
+class History(Protocol):
+    """The ledger's history reads (``Ledger``, or ``ReadOnlyLedger`` for the portfolio view)."""
+
+    def nav_after(
+        self, agent_id: str, after_ms: int | None = None
+    ) -> list[tuple[int, float, float | None]]: ...
+
+    def fill_records(self, agent_id: str) -> list[FillRecord]: ...
 
 
-def sleeve_fills(conn: sqlite3.Connection, agent_id: str) -> list[metrics.Fill]:
-    return [metrics.Fill(*f) for f in fills(conn, agent_id)]
+def sleeve_points(ledger: History, row: AgentRow) -> list[NavPoint]:
+    return nav_points(ledger.nav_after(row.agent_id), row.units)
+
+
+def sleeve_fills(ledger: History, agent_id: str) -> list[metrics.Fill]:
+    return [metrics.Fill(*f) for f in ledger.fill_records(agent_id)]
 
 
 def enable_reason(note: str | None, at_ms: int) -> str:
@@ -118,14 +117,14 @@ class FleetMetrics(NamedTuple):
 
 
 def fleet_metrics(
-    conn: sqlite3.Connection, rows: Sequence[AgentRow], *, since_ms: int | None = None
+    ledger: History, rows: Sequence[AgentRow], *, since_ms: int | None = None
 ) -> FleetMetrics:
     """Metrics of every sleeve in ``rows`` and of each account, over snapshots >= since_ms.
 
-    ``conn`` is ``Ledger.store.conn`` or ``ReadOnlyLedger.conn`` (the portfolio view).
+    ``ledger`` is a ``Ledger`` or a ``ReadOnlyLedger`` (the portfolio view).
     """
-    points = {r.agent_id: sleeve_points(conn, r) for r in rows}
-    trades = {r.agent_id: sleeve_fills(conn, r.agent_id) for r in rows}
+    points = {r.agent_id: sleeve_points(ledger, r) for r in rows}
+    trades = {r.agent_id: sleeve_fills(ledger, r.agent_id) for r in rows}
     agents = {
         r.agent_id: metrics.compute(points[r.agent_id], trades[r.agent_id], since_ms=since_ms)
         for r in rows
@@ -222,15 +221,14 @@ def used_margin(ledger: Ledger, agent_id: str) -> Decimal:
 def review(fleet: FleetConfig, ledger: Ledger, *, now_ms: int) -> Review:
     """Read the ledger and propose; changes nothing."""
     policy = policy_of(fleet)
-    conn = ledger.store.conn
     rows = ledger.agent_rows()
     since = now_ms - round(policy.lookback_days * MS_PER_DAY)
-    resets = operator_enables(conn, [r.agent_id for r in rows])
+    resets = ledger.operator_enables([r.agent_id for r in rows])
     sleeves, candidates, accounts = [], [], []
     for user in sorted({r.user for r in rows}):
         group = [r for r in rows if r.user == user]
         base = account_base(ledger, user, group)
-        points = {r.agent_id: sleeve_points(conn, r) for r in group}
+        points = {r.agent_id: sleeve_points(ledger, r) for r in group}
         for r in group:
             sleeve = _sleeve(ledger, r, points[r.agent_id], since, resets.get(r.agent_id))
             sleeves.append(sleeve)
@@ -257,7 +255,7 @@ def account_base(ledger: Ledger, user: str, group: Sequence[AgentRow]) -> Decima
 def _sleeve(
     ledger: Ledger, row: AgentRow, points: list[NavPoint], since: int, reset: int | None
 ) -> SleeveReview:
-    m = metrics.compute(points, sleeve_fills(ledger.store.conn, row.agent_id), since_ms=since)
+    m = metrics.compute(points, sleeve_fills(ledger, row.agent_id), since_ms=since)
     track = (points[-1].time_ms - points[0].time_ms) / MS_PER_DAY if points else 0.0
     return SleeveReview(
         row.agent_id,
@@ -385,7 +383,7 @@ def _balanced(deltas: dict[str, Decimal]) -> dict[str, Decimal]:
 def rebalance_now(fleet: FleetConfig, ledger: Ledger, *, now_ms: int, reason: str) -> Applied:
     """Check the kill switches, then propose and apply in one ledger transaction.
 
-    The caller holds ``rebalance_lock``. Nothing is applied during a cooldown or when no
+    The caller holds ``Ledger.rebalance_lock``. Nothing is applied during a cooldown or when no
     weight changes.
     """
     transitions = check_kill_switches(fleet, ledger, now_ms=now_ms)
@@ -408,51 +406,24 @@ def _capital(rv: Review, agent_id: str) -> Decimal:
     return next(s.capital for s in rv.sleeves if s.agent_id == agent_id)
 
 
-@contextmanager
-def rebalance_lock(state_dir: Path, *, wait: bool = True) -> Iterator[int | None]:
-    """Hold ``<state_dir>/rebalance.lock``; yields its descriptor, or None when busy."""
-    path = Path(state_dir) / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield None
-            return
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _stamp(fd: int) -> int:
-    raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return int(raw) if raw.isdigit() else 0
-
-
-def _write_stamp(fd: int, value: int) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{value}\n".encode(), 0)
-
-
-def auto_rebalance(
-    fleet: FleetConfig, ledger: Ledger, *, now_ms: int, state_dir: Path
-) -> Applied | None:
+def auto_rebalance(fleet: FleetConfig, ledger: Ledger, *, now_ms: int) -> Applied | None:
     """The automatic rebalance when it is due; None when not due or another process is on it.
 
     Due when ``rebalance.enabled``, ``interval_minutes`` is set and both the last applied
-    rebalance and the last attempt on this host are older than the interval.
+    rebalance and the last attempt on this host (the rebalance lock's stamp) are older than
+    the interval.
     """
     config = fleet.portfolio.rebalance
     if not config.enabled or config.interval_minutes is None:
         return None
     interval = round(config.interval_minutes * 60_000)
-    with rebalance_lock(state_dir, wait=False) as fd:
-        if fd is None or now_ms - _stamp(fd) < interval:
+    with ledger.rebalance_lock(wait=False) as held:
+        if held is None or now_ms - held.stamp() < interval:
             return None
         last = ledger.last_rebalance()
         if last is not None and now_ms - last.time_ms < interval:
             return None
-        _write_stamp(fd, now_ms)
+        held.set_stamp(now_ms)
         return rebalance_now(fleet, ledger, now_ms=now_ms, reason="automatic rebalance")
 
 
@@ -482,11 +453,11 @@ class _Account:
         self.nav = CombinedNav()
         self.last_ms: dict[str, int] = {}
 
-    def feed(self, conn: sqlite3.Connection, rows: Sequence[AgentRow]) -> float:
+    def feed(self, ledger: History, rows: Sequence[AgentRow]) -> float:
         events = []
         for r in rows:
             after = self.last_ms.get(r.agent_id, -1 if self.since_ms is None else self.since_ms - 1)
-            for p in nav_points(nav_after(conn, r.agent_id, after), r.units):
+            for p in nav_points(ledger.nav_after(r.agent_id, after), r.units):
                 events.append((p.time_ms, r.agent_id, p))
         for time_ms, agent_id, p in sorted(events):
             self.nav.add(agent_id, p)
@@ -503,11 +474,10 @@ class Governor:
     enables an agent.
     """
 
-    def __init__(self, fleet: FleetConfig, agent_id: str, ledger: Ledger, state_dir: Path) -> None:
+    def __init__(self, fleet: FleetConfig, agent_id: str, ledger: Ledger) -> None:
         self.fleet = fleet
         self.agent_id = agent_id
         self.ledger = ledger
-        self.state_dir = state_dir
         self.policy = policy_of(fleet)
         self._seen: dict[str, tuple[str, str | None]] = {}
         self._peak: _Peak | None = None
@@ -530,7 +500,7 @@ class Governor:
         return done
 
     def _reset_at(self, agent_ids: Sequence[str]) -> int | None:
-        resets = operator_enables(self.ledger.store.conn, agent_ids)
+        resets = self.ledger.operator_enables(agent_ids)
         return max(resets.values(), default=None)
 
     def _enabled_now(self, row: AgentRow) -> bool:
@@ -557,7 +527,7 @@ class Governor:
             self._account = None  # the account's peak restarts with it
         if row.state == "disabled":
             return []
-        points = nav_after(self.ledger.store.conn, row.agent_id, self._peak.last_ms)
+        points = self.ledger.nav_after(row.agent_id, self._peak.last_ms)
         drawdown = self._peak.feed(nav_points(points, row.units))
         t = next_state(row.agent_id, row.state, drawdown, self.policy)
         return apply_transitions(self.ledger, [t] if t else [])
@@ -567,13 +537,13 @@ class Governor:
         fresh = [self._enabled_now(r) for r in rows if r.agent_id != self.agent_id]
         if any(fresh) or self._account is None:
             self._account = _Account(self._reset_at([r.agent_id for r in rows]))
-        drawdown = self._account.feed(self.ledger.store.conn, rows)
+        drawdown = self._account.feed(self.ledger, rows)
         states = {r.agent_id: r.state for r in rows}
         return apply_transitions(self.ledger, portfolio_kill(states, drawdown, self.policy))
 
     def _auto(self) -> None:
         from aster_agents.logs import logger
 
-        applied = auto_rebalance(self.fleet, self.ledger, now_ms=now_ms(), state_dir=self.state_dir)
+        applied = auto_rebalance(self.fleet, self.ledger, now_ms=now_ms())
         if applied is not None and applied.rebalance_id is not None:
             logger.info("{}", applied.message)

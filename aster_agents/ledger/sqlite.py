@@ -1,4 +1,8 @@
-"""The SQLite file, its flock and its migrations: the only place that opens a connection.
+"""The SQLite store: the file, its pragmas, its flock and its migrations (``backend.Store``).
+
+The only place that opens a read-write connection; everything SQLite-specific the ledger
+needs (schema, ``BEGIN IMMEDIATE``, pragmas, the writer flock) is here, behind the seam in
+``backend.py``, so another backend is another module like this one.
 
 Every write is one short ``BEGIN IMMEDIATE`` transaction taken while holding a blocking
 ``fcntl.flock`` on ``ledger.lock``; the flock queues writers fairly in the kernel, so SQLite's
@@ -41,6 +45,8 @@ from pathlib import Path
 from typing import Final
 
 from aster_agents.errors import LedgerError
+from aster_agents.ledger.audit import now_ms
+from aster_agents.ledger.lock import NamedLock
 from aster_agents.ledger.rows import BUSY_TIMEOUT_MS, DB_NAME, LOCK_NAME
 
 MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
@@ -192,10 +198,6 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 SYNC_NAME: Final = "ledger.sync"
 
 Sync = Callable[[int], None]
@@ -250,7 +252,7 @@ class _SyncPoint:
         os.close(self._fd)
 
 
-class Store:
+class SqliteStore:
     """One connection to ``<state_dir>/ledger.sqlite3`` plus the writer flock.
 
     ``sync`` makes a file descriptor's data durable (``os.fdatasync`` where it exists); it is
@@ -406,6 +408,32 @@ class Store:
                 yield self.conn
             finally:
                 self.conn.execute("COMMIT")
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` result (``ok`` when healthy)."""
+        return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def schema_version(self) -> int:
+        row = self.conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0])
+
+    def touch(self) -> float:
+        """A committed write of an unchanged value; returns how long it waited for the lock (ms)."""
+        try:
+            with self.write() as conn:
+                conn.execute("UPDATE schema_migrations SET name = name WHERE version = 1")
+        except (sqlite3.Error, OSError) as exc:
+            raise LedgerError(f"{self.path} is not writable: {exc}") from exc
+        return self.last_wait_ns / 1e6
+
+    @contextmanager
+    def named_lock(self, name: str, *, wait: bool = True) -> Iterator[NamedLock | None]:
+        """Hold ``<state_dir>/<name>.lock`` (for this host); None when busy and not ``wait``."""
+        lock = NamedLock(self.state_dir / f"{name}.lock")
+        try:
+            yield lock if lock.acquire(wait=wait) else None
+        finally:
+            lock.release()
 
     def close(self) -> None:
         conn = getattr(self, "conn", None)

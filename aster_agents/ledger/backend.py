@@ -1,0 +1,94 @@
+"""The store seam: what the ledger's use-case modules need from a database backend.
+
+The use-case modules (``agents``, ``intents``, ``limits``, ``fills``, ``books``, ``audit``,
+``history``) are functions over a ``Conn``: one open transaction, or the store's connection
+for single-statement reads. They write SQL both SQLite and PostgreSQL accept (``?``
+placeholders, ``INSERT ... ON CONFLICT (...) DO UPDATE/DO NOTHING``, ``RETURNING``); what is
+dialect-specific lives in a ``Store``: the schema and its migrations, pragmas, how a write
+transaction is begun and made durable, the lock that serialises writers, integrity checks,
+and named host locks. ``sqlite.SqliteStore`` is the one store today; another backend is
+another ``Store`` (translating placeholders if its driver needs to) run through the same tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the ledger uses."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """A connection as the use-case modules see it (``sqlite3.Connection`` is one)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+class HeldLock(Protocol):
+    """A named lock held by this process; its stamp is an integer kept with the lock."""
+
+    def stamp(self) -> int: ...
+
+    def set_stamp(self, value: int) -> None: ...
+
+
+class Store(Protocol):
+    """One backend: a connection, write transactions under the writer lock, the schema."""
+
+    state_dir: Path
+    last_wait_ns: int  # how long the last write waited for the writer lock (diagnostics)
+    last_hold_ns: int  # how long it held it
+
+    @property
+    def conn(self) -> Conn:
+        """For single-statement reads outside a transaction."""
+        ...
+
+    def write(self, *, durable: bool = True) -> AbstractContextManager[Conn]:
+        """One transaction under the writer lock, committed (and, if durable, on stable
+        storage) when the block exits, rolled back on any error."""
+        ...
+
+    def read(self) -> AbstractContextManager[Conn]:
+        """A consistent snapshot for several SELECTs; takes no writer lock."""
+        ...
+
+    def integrity_check(self) -> str:
+        """``ok`` when the database is healthy, else what is wrong."""
+        ...
+
+    def schema_version(self) -> int: ...
+
+    def touch(self) -> float:
+        """A committed write that changes nothing; returns the lock wait in ms."""
+        ...
+
+    def named_lock(
+        self, name: str, *, wait: bool = True
+    ) -> AbstractContextManager[HeldLock | None]:
+        """Hold the lock ``name``; yields None when it is busy and ``wait`` is off."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def open_store(state_dir: Path) -> Store:
+    """The store for ``state_dir`` (the SQLite file; the only backend so far)."""
+    from aster_agents.ledger.sqlite import SqliteStore
+
+    return SqliteStore(state_dir)
