@@ -7,7 +7,6 @@ intent may not be written, or None. Values are the stored text; decimals are par
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, NamedTuple
 
@@ -51,24 +50,11 @@ class AgentLimits(NamedTuple):
         return dec(self.capital) + dec(self.realized_pnl) - dec(self.fees) + dec(self.funding)
 
 
-class Held(NamedTuple):
-    """An open position of the account: a slot, its notional and its margin."""
-
-    agent_id: str
-    symbol: str
-    qty: str
-    entry_price: str
-    margin: str
-
-
-class Pending(NamedTuple):
-    """An active ``open`` intent of the account; its margin counts until a fill books it."""
-
-    agent_id: str
-    symbol: str
-    margin: str
-    notional: str
-    margin_booked: int
+# The account's open positions and active open intents, as read (stored text). They stay
+# plain tuples, unpacked into names where they are used: a named row per position costs more
+# than the whole limit check in a busy account.
+Held = tuple[str, str, str, str, str]  # agent_id, symbol, qty, entry_price, margin
+Pending = tuple[str, str, str, str, int]  # agent_id, symbol, margin, notional, margin_booked
 
 
 def read_agent(conn: Conn, agent_id: str) -> AgentLimits | None:
@@ -89,8 +75,8 @@ def denial(
         return "agent not registered"
     book = Book(
         agent,
-        list(map(Held._make, conn.execute(_HELD_SQL, (agent.user,)))),
-        list(map(Pending._make, conn.execute(_PENDING_SQL, (agent.user,)))),
+        conn.execute(_HELD_SQL, (agent.user,)).fetchall(),
+        conn.execute(_PENDING_SQL, (agent.user,)).fetchall(),
     )
     if kind != "open":
         return (
@@ -99,8 +85,7 @@ def denial(
     return book.open_denial(symbol, margin, notional)
 
 
-@dataclass(frozen=True, slots=True)
-class Book:
+class Book(NamedTuple):
     """What one reservation check reads, taken inside the write transaction."""
 
     agent: AgentLimits
@@ -110,8 +95,8 @@ class Book:
     @property
     def slots(self) -> set[tuple[str, str]]:
         """(symbol, agent) pairs with a position or an active open intent."""
-        return {(h.symbol, h.agent_id) for h in self.held} | {
-            (p.symbol, p.agent_id) for p in self.pending
+        return {(symbol, owner) for owner, symbol, _, _, _ in self.held} | {
+            (symbol, owner) for owner, symbol, _, _, _ in self.pending
         }
 
     def open_denial(self, symbol: str, margin: Decimal, notional: Decimal) -> str | None:
@@ -144,8 +129,10 @@ class Book:
         if a.equity is None or a.max_gross_leverage is None:
             return None
         limit = dec(a.max_gross_leverage) * dec(a.equity)
-        gross = sum((abs(dec(h.qty)) * dec(h.entry_price) for h in self.held), ZERO)
-        gross += sum((dec(p.notional) for p in self.pending if not p.margin_booked), ZERO)
+        gross = sum((abs(dec(qty)) * dec(entry) for _, _, qty, entry, _ in self.held), ZERO)
+        gross += sum(
+            (dec(notional) for _, _, _, notional, booked in self.pending if not booked), ZERO
+        )
         if gross + notional > limit:
             return (
                 f"gross notional {gross + notional} would exceed {a.max_gross_leverage}x "
@@ -156,12 +143,13 @@ class Book:
     def _margin_denial(self, margin: Decimal) -> str | None:
         a = self.agent
         capital = a.book_equity
-        used = sum((dec(h.margin) for h in self.held if h.agent_id == a.agent_id), ZERO)
+        me = a.agent_id
+        used = sum((dec(m) for owner, _, _, _, m in self.held if owner == me), ZERO)
         used += sum(
             (
-                dec(p.margin)
-                for p in self.pending
-                if p.agent_id == a.agent_id and not p.margin_booked
+                dec(margin)
+                for owner, _, margin, _, booked in self.pending
+                if owner == me and not booked
             ),
             ZERO,
         )
