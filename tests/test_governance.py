@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from aster_agents.cli.main import build_app, main
 from aster_agents.config.schema import FleetConfig, load_fleet
 from aster_agents.ledger import AgentRow, Ledger
+from aster_agents.ledger.readonly import open_readonly
 from aster_agents.portfolio.governance import (
     Governor,
     auto_rebalance,
@@ -221,6 +222,19 @@ def test_fleet_metrics_for_the_portfolio_view(setup: tuple[FleetConfig, Ledger])
     assert set(m.agents) == {"a1", "a2"} and set(m.accounts) == {USER}
     assert m.agents["a1"].total_return is not None and m.agents["a1"].total_return > 0
     assert m.to_json()["accounts"][USER]["points"] > 0
+
+
+def test_fleet_metrics_from_the_read_only_view_match_the_ledger(
+    setup: tuple[FleetConfig, Ledger],
+) -> None:
+    """The portfolio view's read-only ledger gives the same metrics as the read-write one."""
+    _, ledger = setup
+    history(ledger)
+    ro = open_readonly(ledger.state_dir)
+    assert ro is not None
+    with ro:
+        assert fleet_metrics(ro, ro.agent_rows()) == fleet_metrics(ledger, ledger.agent_rows())
+        assert ro.operator_enables(["a1", "a2"]) == ledger.operator_enables(["a1", "a2"])
 
 
 def test_auto_rebalance_applies_once_and_only_one_process_at_a_time(tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ pauses every process on the host until the stated time.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from aster_agents.errors import RateLimited
+from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.sqlite import SqliteStore
 
 MAX_PAUSE_WAIT_S: Final = 5.0
@@ -92,12 +92,12 @@ class SharedBudget:
             return 0.0
 
     @staticmethod
-    def _pause_row(conn: sqlite3.Connection) -> tuple[float, str] | None:
+    def _pause_row(conn: Conn) -> tuple[float, str] | None:
         row = conn.execute("SELECT until_s, reason FROM host_pause WHERE id = 1").fetchone()
         return None if row is None else (float(row[0]), str(row[1]))
 
     @staticmethod
-    def _level(conn: sqlite3.Connection, bucket: _Bucket, now: float) -> float:
+    def _level(conn: Conn, bucket: _Bucket, now: float) -> float:
         row = conn.execute(
             "SELECT tokens, updated_s FROM budgets WHERE key = ?", (bucket.key,)
         ).fetchone()
@@ -107,7 +107,7 @@ class SharedBudget:
         return float(min(bucket.capacity, float(row[0]) + refill))
 
     @staticmethod
-    def _store_level(conn: sqlite3.Connection, bucket: _Bucket, tokens: float, now: float) -> None:
+    def _store_level(conn: Conn, bucket: _Bucket, tokens: float, now: float) -> None:
         conn.execute(
             "INSERT INTO budgets (key, tokens, capacity, refill_per_s, updated_s) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, "

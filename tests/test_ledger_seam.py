@@ -1,0 +1,119 @@
+"""The ledger's seams: no SQL outside ``aster_agents/ledger``, and the use cases see only a
+``backend.Conn`` (the SQLite store is the one module of the package that knows SQLite)."""
+
+from __future__ import annotations
+
+import ast
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from aster_agents.ledger import Ledger
+
+PACKAGE = Path(__file__).resolve().parent.parent / "aster_agents"
+LEDGER = PACKAGE / "ledger"
+# The use-case modules and the face: functions over ``backend.Conn``, never sqlite3 itself.
+USE_CASES = ("core", "agents", "intents", "limits", "fills", "books", "income", "audit", "history")
+SQL_WORDS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "PRAGMA ", "BEGIN")
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def _sql_smells(tree: ast.AST) -> list[str]:
+    """``.conn`` / ``.execute`` / ``.store`` attributes and SQL-looking string constants."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in {"conn", "execute", "store"}:
+            found.append(f"line {node.lineno}: .{node.attr}")
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.lstrip().startswith(SQL_WORDS)  # upper case, as the ledger writes SQL
+        ):
+            found.append(f"line {node.lineno}: {node.value[:40]!r}")
+    return found
+
+
+def _outside_ledger() -> list[Path]:
+    return [p for p in sorted(PACKAGE.rglob("*.py")) if LEDGER not in p.parents]
+
+
+def test_no_sql_or_connection_outside_the_ledger_package() -> None:
+    """No module outside aster_agents/ledger imports sqlite3, touches a connection or store,
+    or holds SQL text."""
+    problems = []
+    for path in _outside_ledger():
+        tree = ast.parse(path.read_text(), str(path))
+        rel = path.relative_to(PACKAGE.parent)
+        problems += [f"{rel}: imports {m}" for m in _imports(tree) if m.split(".")[0] == "sqlite3"]
+        problems += [f"{rel}: imports {m}" for m in _imports(tree) if m.endswith(".sqlite")]
+        problems += [f"{rel}: {s}" for s in _sql_smells(tree)]
+    assert problems == []
+
+
+@pytest.mark.parametrize("module", USE_CASES)
+def test_use_case_modules_see_only_the_store_seam(module: str) -> None:
+    """The face and the use-case modules import neither sqlite3 nor the SQLite store."""
+    tree = ast.parse((LEDGER / f"{module}.py").read_text())
+    assert not {m for m in _imports(tree) if m == "sqlite3" or m.endswith(".sqlite")}
+
+
+def test_the_check_sees_sql_and_connections() -> None:
+    """The scan above flags an import of sqlite3, ``.store``/``.conn``/``.execute`` and SQL text,
+    but not prose that merely starts with an SQL word."""
+    tree = ast.parse(
+        "import sqlite3\nrows = ledger.store.conn.execute('SELECT 1')\n"
+        "q = 'UPDATE agents SET x = 1'\nhelp = 'Update the books.'\n"
+    )
+    assert _imports(tree) == {"sqlite3"}
+    assert sorted(_sql_smells(tree)) == [
+        "line 2: 'SELECT 1'",
+        "line 2: .conn",
+        "line 2: .execute",
+        "line 2: .store",
+        "line 3: 'UPDATE agents SET x = 1'",
+    ]
+
+
+def test_rebalance_lock_is_exclusive_and_keeps_its_stamp(tmp_path: Path) -> None:
+    """A second holder of the ledger's rebalance lock gets None without waiting; the stamp
+    written under the lock is read back by the next holder."""
+    with Ledger(tmp_path) as first, Ledger(tmp_path) as second:
+        with first.rebalance_lock(wait=False) as held:
+            assert held is not None and held.stamp() == 0
+            held.set_stamp(1234)
+            with second.rebalance_lock(wait=False) as busy:
+                assert busy is None
+        with second.rebalance_lock(wait=False) as again:
+            assert again is not None and again.stamp() == 1234
+
+
+def test_last_reconcile_is_per_account_and_newest_first(tmp_path: Path) -> None:
+    """``last_reconcile_ms`` returns the newest note of that account only, None for others."""
+    with Ledger(tmp_path) as ledger:
+        ledger.note_reconcile("0xaa", 100, 0)
+        ledger.note_reconcile("0xbb", 150, 1)
+        ledger.note_reconcile("0xaa", 200, 2)
+        ledger.note_reconcile("0xa_", 300, 0)  # a LIKE wildcard in a user matches nothing else
+        assert ledger.last_reconcile_ms("0xaa") == 200
+        assert ledger.last_reconcile_ms("0xbb") == 150
+        assert ledger.last_reconcile_ms("0xa_") == 300
+        assert ledger.last_reconcile_ms("0xcc") is None
+
+
+def test_check_writable_commits_a_no_op_write(tmp_path: Path) -> None:
+    """``check_writable`` commits (the audit and books are unchanged) and reports a lock wait."""
+    with Ledger(tmp_path) as ledger:
+        ledger.set_account_limits("0xaa", max_total_positions=1, max_gross_leverage=Decimal(1))
+        before = ledger.audit(100)
+        assert ledger.check_writable() >= 0.0
+        assert ledger.audit(100) == before
