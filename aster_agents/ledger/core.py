@@ -23,12 +23,10 @@ from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import agents, audit, books, fills, history, income, intents
 from aster_agents.ledger.audit import now_ms
 from aster_agents.ledger.backend import HeldLock, Store, open_store
-from aster_agents.ledger.fills import apply_fill
 from aster_agents.ledger.intents import (
     REAP_INTERVAL_S,
     REAP_MIN_AGE_S,
     STALE_HEARTBEAT_S,
-    make_client_order_id,
 )
 from aster_agents.ledger.rows import (
     ACTIVE_STATES,
@@ -45,8 +43,6 @@ from aster_agents.ledger.rows import (
     RebalanceRow,
 )
 from aster_agents.models import Side
-
-__all__ = ["Ledger", "apply_fill", "make_client_order_id"]
 
 REBALANCE_LOCK: Final = "rebalance"
 
