@@ -62,6 +62,7 @@ from aster_agents.models import (
     SymbolInfo,
 )
 from aster_agents.portfolio.governance import Governor
+from aster_agents.portfolio.trades import last_closed_trip
 from aster_agents.strategies import (
     Action,
     MarketSnapshot,
@@ -80,6 +81,11 @@ FAILPOINT_ENV: Final = "ASTER_AGENTS_FAILPOINT"  # crash tests: SIGKILL ourselve
 FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fills")
 FUNDING_EVERY: Final = 10  # ticks between two reads of the funding income
 PROTECTIVE_TYPES: Final = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
+# The note on a protective intent: the trade history tells a stop from a take profit by it.
+PROTECT_NOTES: Final = {
+    OrderType.STOP_MARKET: "stop loss",
+    OrderType.TAKE_PROFIT_MARKET: "take profit",
+}
 INTERVAL_MS: Final = {
     "1m": 60_000,
     "3m": 180_000,
@@ -252,10 +258,18 @@ class AgentRunner:
         except OrderNotFound:
             self._not_on_exchange(intent)
             return
-        if intent.kind == "protect" and order.executed_qty > 0:
+        fired = intent.kind == "protect" and order.executed_qty > 0
+        if fired:
             # A stop or take-profit fired: its twin must go before the position is freed.
             self._cancel_protection(intent.symbol, skip=intent.client_order_id)
         self._settle(intent, order)
+        if fired and self._position(intent.symbol) is None:
+            logger.info(
+                "closed {} by its {}{}",
+                intent.symbol,
+                intent.reason or "protective order",
+                self._trip_pnl(intent.symbol),
+            )
 
     def _settle(self, intent: Intent, order: Order) -> None:
         """Record the order, confirm a reserved intent, book its fills, finish it when final."""
@@ -410,7 +424,13 @@ class AgentRunner:
             return
         try:
             intent = self.ledger.reserve(
-                self.agent.id, symbol, side, margin=size.margin, notional=size.notional, kind="open"
+                self.agent.id,
+                symbol,
+                side,
+                margin=size.margin,
+                notional=size.notional,
+                kind="open",
+                note=signal.reason,
             )
         except ReservationDenied as exc:
             logger.info("skip {} {}: {}", side.value, symbol, exc.reason)
@@ -489,7 +509,13 @@ class AgentRunner:
         side = Side.SELL if position.qty > 0 else Side.BUY
         try:
             intent = self.ledger.reserve(
-                self.agent.id, symbol, side, margin=ZERO, notional=ZERO, kind="close"
+                self.agent.id,
+                symbol,
+                side,
+                margin=ZERO,
+                notional=ZERO,
+                kind="close",
+                note=signal.reason,
             )
         except ReservationDenied as exc:
             report.skipped.append(f"{symbol}: {exc.reason}")
@@ -505,16 +531,30 @@ class AgentRunner:
         order = self._send(intent, request)
         if order is None:
             return
+        report.closed.append(symbol)
+        seen = self._sync_fills(symbol, since_ms=intent.created_ms)
+        self._after_order(intent, order, seen)
         logger.info(
-            "closed {} {} ({}; confidence {:.2f})",
+            "closed {} {} ({}; confidence {:.2f}){}",
             symbol,
             position.qty,
             signal.reason,
             signal.confidence,
+            self._trip_pnl(symbol),
         )
-        report.closed.append(symbol)
-        seen = self._sync_fills(symbol, since_ms=intent.created_ms)
-        self._after_order(intent, order, seen)
+
+    def _trip_pnl(self, symbol: str) -> str:
+        """``; P&L +1.23 USDT (realized ..., fees ..., funding ...)`` of the trip that just
+        closed; nothing while the position is not flat in the ledger (fills still to book)."""
+        if self._position(symbol) is not None:
+            return ""
+        trip = last_closed_trip(self.ledger, self.agent.id, symbol)
+        if trip is None:
+            return ""
+        pnl, realized, fees, funding = (
+            v.normalize() for v in (trip.pnl, trip.realized_pnl, trip.fees, trip.funding)
+        )
+        return f"; P&L {pnl:+f} USDT (realized {realized:+f}, fees {fees:f}, funding {funding:+f})"
 
     # ------------------------------------------------------------------ protection
 
@@ -565,7 +605,13 @@ class AgentRunner:
         for order_type in types:
             price = prices[order_type]
             intent = self.ledger.reserve(
-                self.agent.id, symbol, exit_side, margin=ZERO, notional=ZERO, kind="protect"
+                self.agent.id,
+                symbol,
+                exit_side,
+                margin=ZERO,
+                notional=ZERO,
+                kind="protect",
+                note=PROTECT_NOTES[order_type],
             )
             request = OrderRequest(
                 symbol,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 import typer
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
     from rich.console import Console
 
     from aster_agents.config.schema import FleetConfig
@@ -71,3 +73,45 @@ def err_console() -> Console:
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
+
+
+def parse_since(value: str | None) -> int | None:
+    """``--since``: an ISO-8601 date or time (UTC unless it names a zone) -> epoch ms."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC)",
+            param_hint="--since",
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def iso_utc(time_ms: int | None) -> str:
+    """Epoch ms as ISO-8601 UTC with milliseconds (``2026-12-06T18:48:25.123Z``); '' for None."""
+    if time_ms is None:
+        return ""
+    from datetime import UTC, datetime
+
+    moment = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def plain(value: Decimal | None) -> str:
+    """A decimal as a plain string for spreadsheets: no exponent, no trailing zeros; '' for
+    None."""
+    return "" if value is None else f"{value.normalize():f}"
+
+
+def write_csv(out: Any, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    import csv
+
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)

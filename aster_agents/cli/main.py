@@ -30,6 +30,7 @@ MODULES: Final = (
     "doctor",
     "rebalance",
     "reconcile",
+    "trades",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -48,6 +49,7 @@ COMMANDS: Final = {
     "sim": "sim",
     "wallet": "wallet",
     "doctor": "doctor",
+    "trades": "trades",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

@@ -13,14 +13,14 @@ case: ``agents``, ``intents`` (with ``limits``), ``fills``, ``books``, ``income`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
 from aster_agents.errors import LedgerError, ReservationDenied
-from aster_agents.ledger import agents, audit, books, fills, history, income, intents
+from aster_agents.ledger import agents, audit, books, fills, history, income, intents, reports
 from aster_agents.ledger.audit import now_ms
 from aster_agents.ledger.backend import HeldLock, Store, open_store
 from aster_agents.ledger.intents import (
@@ -178,8 +178,12 @@ class Ledger:
         kind: str = "open",
         ttl_seconds: float = 60,
         pid: int | None = None,
+        note: str | None = None,
     ) -> Intent:
         """Check every limit and write a ``reserved`` intent, in one transaction.
+
+        ``note`` (the strategy's reason, or which protective order) is kept as the intent's
+        reason, for the trade history (``ledger.reports``).
 
         Raises ``ReservationDenied`` with the reason when a limit says no. The same
         transaction reaps stale reservations (``intents.Reaper``): all of them before any
@@ -214,6 +218,7 @@ class Ledger:
                 ttl_ms=int(ttl_seconds * 1000),
                 pid=me if pid is None else pid,
                 me=me,
+                note=None if note is None else note[:200],
             )
         if isinstance(got, str):
             raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {got}")
@@ -376,6 +381,29 @@ class Ledger:
     def equity_history(self, agent_id: str) -> list[EquityPoint]:
         """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
         return books.equity_history(self.store.conn, agent_id)
+
+    def import_equity(self, agent_id: str, points: Iterable[tuple[int, Decimal]]) -> int:
+        """Append many ``(time_ms, equity)`` snapshots at the agent's current units, in one
+        transaction (history imports, benches); the number written."""
+        with self.store.write() as conn:
+            return reports.import_equity(conn, agent_id, points)
+
+    # ----------------------------------------------------------------- trade history
+
+    def trade_fills(
+        self, agent_id: str | None = None, symbol: str | None = None
+    ) -> list[reports.TradeFill]:
+        """Every fill with its intent's kind and note, oldest first (``trades``)."""
+        return reports.trade_fills(self.store.conn, agent_id, symbol)
+
+    def funding_rows(self, agent_id: str | None = None) -> list[reports.FundingRow]:
+        return reports.funding_rows(self.store.conn, agent_id)
+
+    def state_changes(self) -> list[reports.StateChange]:
+        return reports.state_changes(self.store.conn)
+
+    def forced_closes(self) -> list[reports.ForcedClose]:
+        return reports.forced_closes(self.store.conn)
 
     def record_marks(
         self, user: str, marks: Mapping[str, Decimal], time_ms: int | None = None

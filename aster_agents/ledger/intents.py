@@ -35,8 +35,8 @@ _REAP_SQL: Final = (
 )
 _INSERT_SQL: Final = (
     "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, "
-    "kind, margin, notional, state, pid, created_ms, expires_ms, updated_ms) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?)"
+    "kind, margin, notional, state, pid, created_ms, expires_ms, updated_ms, reason) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)"
 )
 
 
@@ -137,6 +137,7 @@ def reserve(
     ttl_ms: int,
     pid: int,
     me: int,
+    note: str | None = None,
 ) -> Intent | str:
     """The checks and the ``reserved`` row of ``Ledger.reserve``; a denial's reason instead.
 
@@ -155,7 +156,8 @@ def reserve(
     coid = make_client_order_id(agent_id, agent.next_seq, kind)
     row = (symbol, side.value, kind, str(margin), str(notional), pid)
     conn.execute(
-        _INSERT_SQL, (agent.next_seq, coid, agent_id, agent.user, *row, now, now + ttl_ms, now)
+        _INSERT_SQL,
+        (agent.next_seq, coid, agent_id, agent.user, *row, now, now + ttl_ms, now, note),
     )
     record_at(conn, now, agent_id, "reserve", coid=coid, kind=kind, pid=pid, symbol=symbol)
     return Intent(
@@ -174,7 +176,7 @@ def reserve(
         now + ttl_ms,
         now,
         False,
-        None,
+        note,
     )
 
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from aster_agents.ledger.history import FillRecord
+    from aster_agents.ledger.reports import ForcedClose, FundingRow, StateChange, TradeFill
 
 
 class BucketLevel(NamedTuple):
@@ -171,6 +172,51 @@ class ReadOnlyLedger:
         from aster_agents.ledger import history
 
         return history.operator_enables(self.conn, agent_ids)
+
+    # ----------------------------------------------------------- trades and reports
+
+    def trade_fills(
+        self, agent_id: str | None = None, symbol: str | None = None
+    ) -> list[TradeFill]:
+        """Every fill with its intent's kind and note, oldest first (``ledger.reports``)."""
+        from aster_agents.ledger import reports
+
+        return reports.trade_fills(self.conn, agent_id, symbol) if self._ready("fills") else []
+
+    def funding_rows(self, agent_id: str | None = None) -> list[FundingRow]:
+        from aster_agents.ledger import reports
+
+        return reports.funding_rows(self.conn, agent_id) if self._ready("funding") else []
+
+    def state_changes(self) -> list[StateChange]:
+        from aster_agents.ledger import reports
+
+        return reports.state_changes(self.conn) if self._ready("audit") else []
+
+    def forced_closes(self) -> list[ForcedClose]:
+        from aster_agents.ledger import reports
+
+        return reports.forced_closes(self.conn) if self._ready("audit") else []
+
+    def rebalance_rows(self) -> list[RebalanceRow]:
+        from aster_agents.ledger import reports
+
+        return reports.rebalance_rows(self.conn) if self._ready("rebalances") else []
+
+    def equity_points(self, agent_id: str, since_ms: int | None = None) -> list[EquityPoint]:
+        if not self._ready("equity"):
+            return []
+        from aster_agents.ledger import reports
+
+        return reports.equity_points(
+            self.conn, agent_id, since_ms, has_nav=self._ready("rebalances")
+        )
+
+    def equity_curve(self, agent_id: str) -> list[tuple[int, Decimal]]:
+        """``(time_ms, equity)`` of every snapshot, oldest first (the portfolio's curves)."""
+        from aster_agents.ledger import reports
+
+        return reports.equity_curve(self.conn, agent_id) if self._ready("equity") else []
 
     def marks(self) -> dict[str, dict[str, Decimal]]:
         """The latest recorded mark price per account and symbol."""
