@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint demo bench clean
+.PHONY: test lint demo bench clean report-screenshot
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/aster-agent demo
+
+# docs/report.png: a 90 s demo (10 agents, simulated exchange), its report, headless Chromium.
+CHROMIUM ?= chromium
+report-screenshot: $(STAMP)
+	@set -e; run=$$(mktemp -d /tmp/aster-report.XXXXXX); trap 'rm -rf "$$run"' EXIT; \
+	$(BIN)/aster-agent --state-dir "$$run/demo" demo --duration 90 --json > "$$run/demo.json"; \
+	$(BIN)/aster-agent --config-dir "$$run/demo/agents.d" --state-dir "$$run/demo/state" \
+		report --out "$$run/report.html"; \
+	$(CHROMIUM) --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+		--disable-background-networking --disable-component-update --disable-sync \
+		--hide-scrollbars --user-data-dir="$$run/chromium" --window-size=1100,2050 \
+		--screenshot="$$run/report.png" "file://$$run/report.html" 2> "$$run/chromium.log"; \
+	mkdir -p docs; cp "$$run/report.png" docs/report.png; echo "wrote docs/report.png"
 
 bench: $(STAMP)
 	$(BIN)/python bench/sign.py --json

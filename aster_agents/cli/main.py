@@ -31,6 +31,7 @@ MODULES: Final = (
     "rebalance",
     "reconcile",
     "trades",
+    "report",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -50,6 +51,7 @@ COMMANDS: Final = {
     "wallet": "wallet",
     "doctor": "doctor",
     "trades": "trades",
+    "report": "report",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

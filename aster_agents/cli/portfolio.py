@@ -1,13 +1,14 @@
-"""``aster-agent portfolio [--json]``: the ETF view over every agent's sleeve."""
+"""``aster-agent portfolio [--json | --csv | --watch]``: the ETF view over every sleeve."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Final
 
 import typer
 
-from aster_agents.cli.common import console, emit_json
-from aster_agents.cli.status import FLAG, load, money, signed
+from aster_agents.cli.common import console, emit_json, iso_utc, plain, write_csv
+from aster_agents.cli.status import FLAG, load, money, signed, watch_live
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -16,25 +17,78 @@ if TYPE_CHECKING:
     from aster_agents.fleet.view import PortfolioReport
 
 
+CSV_HEADER: Final = (
+    "time",
+    "agent",
+    "name",
+    "user",
+    "state",
+    "weight",
+    "capital",
+    "equity",
+    "pnl",
+    "return",
+    "contribution",
+)
+
+
 def portfolio(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of a table."),
+    as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout: one row per sleeve."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh the view live until Ctrl-C."),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="Seconds between refreshes."),
 ) -> None:
     """Combined equity, P&L, return and drawdown; per-agent weight, contribution and state.
 
     Equity is the ledger's books: every sleeve valued at the latest recorded exchange marks
     plus the unallocated cash; the exchange equity last seen and the difference are shown.
     JSON: {"version": 1, "portfolio": {...}, "agents": [...]}; money as decimal strings,
-    ratios (return, drawdown, weight, contribution) as numbers.
+    ratios (return, drawdown, weight, contribution) as numbers. CSV: one row per sleeve and
+    one for the unallocated cash, plain decimal strings, ISO-8601 UTC times.
     """
     from aster_agents.fleet.view import collect_portfolio
 
+    if sum((as_json, as_csv, watch)) > 1:
+        raise typer.BadParameter("choose one of --json, --csv and --watch", param_hint="--watch")
     fleet, state_dir = load(ctx)
+    if watch:
+        watch_live(lambda: render_portfolio(collect_portfolio(fleet, state_dir)), interval)
+        return
     report = collect_portfolio(fleet, state_dir)
     if as_json:
         emit_json(report.to_json())
-        return
-    console().print(render_portfolio(report))
+    elif as_csv:
+        write_csv(sys.stdout, CSV_HEADER, csv_rows(report))
+    else:
+        console().print(render_portfolio(report))
+
+
+def csv_rows(report: PortfolioReport) -> list[list[str]]:
+    """One row per sleeve, then the unallocated cash (when the ledger has seen the account)."""
+    at = iso_utc(report.generated_ms)
+    rows = [
+        [
+            at,
+            s.id,
+            s.name,
+            s.figures.user,
+            s.ledger_state or s.state,
+            repr(s.figures.weight),
+            plain(s.figures.capital),
+            plain(s.figures.equity),
+            plain(s.figures.pnl),
+            repr(s.figures.ret),
+            repr(s.figures.contribution),
+        ]
+        for s in report.sleeves
+    ]
+    f = report.figures
+    if f.unallocated is not None:
+        weight = float(f.unallocated / f.equity) if f.equity > 0 else 0.0
+        rows.append([at, "unallocated", "", "", "", repr(weight), "", plain(f.unallocated)])
+        rows[-1] += ["", "", ""]
+    return rows
 
 
 def render_portfolio(report: PortfolioReport) -> RenderableType:

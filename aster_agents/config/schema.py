@@ -31,6 +31,7 @@ from aster_agents.config.view import (
     DEFAULT_MAX_GROSS_LEVERAGE,
     DEFAULT_MAX_POSITIONS,
     DEFAULT_MAX_TOTAL_POSITIONS,
+    DEFAULT_MIN_TRACK_RECORD_DAYS,
     DEFAULT_SCAN_SECONDS,
     DEFAULT_STATE_DIR,
     PORTFOLIO_FILE,
@@ -155,7 +156,7 @@ class RebalanceConfig(_Model):
     enabled: bool = False
     interval_minutes: float | None = Field(default=None, gt=0)
     lookback_days: float = Field(default=30, gt=0)
-    min_track_record_days: float = Field(default=7, ge=0)
+    min_track_record_days: float = Field(default=DEFAULT_MIN_TRACK_RECORD_DAYS, ge=0)
     cooldown_hours: float = Field(default=24, ge=0)
     hysteresis: float = Field(default=0.02, ge=0, lt=1)
     max_step: float = Field(default=0.05, gt=0, le=1)

@@ -24,6 +24,7 @@ DEFAULT_SCAN_SECONDS: Final = 60.0
 DEFAULT_MAX_POSITIONS: Final = 1
 DEFAULT_MAX_TOTAL_POSITIONS: Final = 10
 DEFAULT_MAX_GROSS_LEVERAGE: Final = 3.0
+DEFAULT_MIN_TRACK_RECORD_DAYS: Final = 7.0
 
 
 def resolve_config_dir(option: str | Path | None = None) -> Path:
@@ -80,6 +81,7 @@ class LimitsView(NamedTuple):
 class PortfolioView(NamedTuple):
     state_dir: str = DEFAULT_STATE_DIR
     limits: LimitsView = LimitsView()
+    min_track_record_days: float = DEFAULT_MIN_TRACK_RECORD_DAYS  # rebalance.*, for report
 
 
 class FleetView(NamedTuple):
@@ -195,6 +197,11 @@ def _portfolio(data: Mapping[str, Any]) -> PortfolioView:
             max_gross_leverage=_as(
                 float, limits.get("max_gross_leverage"), DEFAULT_MAX_GROSS_LEVERAGE
             ),
+        ),
+        min_track_record_days=_as(
+            float,
+            _section(data, "rebalance").get("min_track_record_days"),
+            DEFAULT_MIN_TRACK_RECORD_DAYS,
         ),
     )
 

@@ -456,11 +456,7 @@ def collect_portfolio(
     try:
         books = _read_books(ledger) if ledger else _Books({}, {}, {}, None)
         rows = books.rows
-        histories = (
-            {a: [(p.time_ms, p.equity) for p in ledger.equity_history(a)] for a in rows}
-            if ledger
-            else {}
-        )
+        histories = {a: ledger.equity_curve(a) for a in rows} if ledger else {}
     finally:
         if ledger is not None:
             ledger.close()
