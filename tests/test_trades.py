@@ -207,7 +207,8 @@ def test_trades_without_a_ledger_creates_nothing(
 def test_a_real_agent_logs_each_close_with_its_pnl_and_trades_add_up(tmp_path: Path) -> None:
     """An agent against the simulator: its close log lines carry the trip's P&L, which is the
     P&L `trades` shows, and `trades --csv` adds up to the books."""
-    with SimServer(SimConfig(port=0, seed=11, speed=60.0)) as sim:
+    # No funding: a settlement booked after a close would change that trip's P&L afterwards.
+    with SimServer(SimConfig(port=0, seed=11, speed=60.0, funding_interval_s=0)) as sim:
         fleet = make_fleet(
             tmp_path, sim, ["agent-1"], params="{p_enter: 1.0, p_exit: 0.6}", scan_interval=0.3
         )
