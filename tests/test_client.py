@@ -829,7 +829,7 @@ def test_new_order_unknown_outcome_found_by_query(rig: Rig, failure: Reply) -> N
 
 
 def test_new_order_not_placed_is_transient(rig: Rig) -> None:
-    """Every query says -2013: TransientExchangeError (it may still land: resolve by id), one POST."""
+    """Every query says -2013: TransientExchangeError (may still land: resolve by id), one POST."""
     rig.exchange.on("POST", "/fapi/v3/order", html(503, "503 Service Unavailable"))
     rig.exchange.on("GET", "/fapi/v3/order", err(400, -2013, "Order does not exist."))
     with pytest.raises(TransientExchangeError) as info:

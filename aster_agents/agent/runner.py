@@ -361,9 +361,15 @@ class AgentRunner:
         for intent in self.ledger.unresolved_intents(self.agent.id):
             if intent.kind != "protect" or intent.state == "reserved":
                 self._resolve(intent)  # resting stops are checked per symbol below
+        in_flight = {
+            i.symbol for i in self.ledger.unresolved_intents(self.agent.id) if i.kind != "protect"
+        }
         for symbol in self.agent.trading.symbols:
             if self.stop.is_set():
                 break
+            if symbol in in_flight:  # an order whose fate is open: no second one beside it
+                report.skipped.append(f"{symbol}: an order is still in flight")
+                continue
             self._tick_symbol(symbol, report)
         self._snapshot()
         self.governor.after_tick()  # kill switches, automatic rebalance
