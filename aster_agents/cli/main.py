@@ -30,6 +30,7 @@ MODULES: Final = (
     "doctor",
     "rebalance",
     "reconcile",
+    "conformance",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -48,6 +49,7 @@ COMMANDS: Final = {
     "sim": "sim",
     "wallet": "wallet",
     "doctor": "doctor",
+    "conformance": "conformance",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 
