@@ -1,4 +1,4 @@
-"""``aster-agent conformance`` against the simulator: it passes, cleans up, and catches a bad one."""
+"""`aster-agent conformance` against the simulator: passes, cleans up, catches a bad one."""
 
 from __future__ import annotations
 
