@@ -37,9 +37,10 @@ if TYPE_CHECKING:
     from aster_agents.signing import Signer
 
 # The V3 nonce window is 60 s (since 2026-07-16), but the older timestamp rule refused
-# requests more than 1000 ms ahead of the server (-1021, still seen live in 2026: shared/aster-v3-api.md 3.2) and which
-# one the live server applies is an open point; a clock off by a second also means NTP is not
-# keeping it and it will drift further. So: FAIL beyond 1000 ms, WARN beyond 500 ms.
+# requests more than 1000 ms ahead of the server (-1021, still seen live in 2026:
+# shared/aster-v3-api.md 3.2) and which one the live server applies is an open point; a clock
+# off by a second also means NTP is not keeping it and it will drift further. So: FAIL beyond
+# 1000 ms, WARN beyond 500 ms.
 SKEW_WARN_MS: Final = 500.0
 SKEW_FAIL_MS: Final = 1000.0
 BUCKET_WARN_USED: Final = 0.9
