@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aster_agents.errors import ConfigError, DepositRequired
+from aster_agents.errors import ConfigError, DepositRequired, OrderNotFound, OrderRejected
 from aster_agents.exchange.http import AsterClient
+from aster_agents.models import OrderRequest, OrderType, Side
 from aster_agents.signing import NonceSource, Signer
 from aster_agents.sim.accounts import load_accounts_file
 from aster_agents.sim.server import SimAccount, SimConfig, SimServer
@@ -121,3 +122,22 @@ def test_default_window_is_the_exchanges_60_s(sim_server: SimServer) -> None:
     """Without the option the simulator states the exchange's 60 s."""
     info = httpx.get(f"{sim_server.base_url}/fapi/v3/exchangeInfo", timeout=10).json()
     assert info["nonceWindowMs"] == 60_000
+
+
+def test_order_with_a_spent_pinned_nonce_is_rejected_not_retried(
+    sim_server: SimServer, sim_keys: SimKeys
+) -> None:
+    """new_order(nonce=n) after noop(n): OrderRejected -4225, and no retry with a fresh nonce."""
+    with AsterClient(
+        sim_server.base_url, user=sim_keys.user, signer=sim_keys.agents[0], nonces=NonceSource(4)
+    ) as client:
+        nonce = client.next_nonce()
+        assert client.noop(nonce)
+        request = OrderRequest(
+            "BTCUSDT", Side.BUY, OrderType.MARKET, "pinned-1", quantity=Decimal("0.001")
+        )
+        with pytest.raises(OrderRejected) as info:
+            client.new_order(request, nonce=nonce)
+        assert info.value.code == -4225 and "not placed" in str(info.value)
+        with pytest.raises(OrderNotFound):
+            client.query_order("BTCUSDT", client_order_id="pinned-1")
