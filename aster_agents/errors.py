@@ -10,6 +10,7 @@
     │   └── ReservationDenied        skip this tick (a limit says no); carries ``reason``
     └── ExchangeError                carries ``code`` (exchange error code) and ``msg``
         ├── AuthError                stop, exit 4 (signature, signer or nonce refused)
+        │   └── DepositRequired      stop, exit 4 (-5050: the main wallet never deposited)
         ├── TransientExchangeError   retry with backoff (5xx, timeouts, dropped connections)
         │   ├── RateLimited          pause every agent on the host until ``retry_at``
         │   │   └── IpBanned         the same, for HTTP 418
@@ -91,6 +92,10 @@ class AuthError(ExchangeError):
     """The exchange refused our credentials: stop, exit 4."""
 
     exit_code = EXIT_AUTH
+
+
+class DepositRequired(AuthError):
+    """-5050 DEPOSIT_REQUIRED: the main wallet has not deposited yet; deposit first, no retry."""
 
 
 class TransientExchangeError(ExchangeError):

@@ -115,6 +115,7 @@ class ExchangeInfo:
     server_time: int
     rate_limits: tuple[RateLimit, ...]
     symbols: dict[str, SymbolInfo] = field(hash=False)
+    nonce_window_ms: int | None = None  # only a simulator states it (``nonceWindowMs``)
 
     def symbol(self, name: str) -> SymbolInfo:
         return self.symbols[name]

@@ -1,6 +1,7 @@
 """Crash soak and exchange-fault runs (issue 9 parts 1 and 2).
 
     python bench/chaos.py --json [--agents 6] [--minutes 3] [--runs soak faults] [--seed 1]
+                                 [--no-noop]
 
 Each run starts the simulator in this process and ``--agents`` agents with the ``random``
 strategy under a real supervisord, on one account limited to 4 open positions. For
@@ -52,11 +53,20 @@ def main() -> int:
     parser.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--no-noop",
+        action="store_true",
+        help="agents wait out the 60 s nonce window instead of settling in-flight orders by noop",
+    )
     args = parser.parse_args()
     results = {}
     for name in args.runs:
         options = ChaosOptions(
-            agents=args.agents, duration=args.minutes * 60, faults=name == "faults", seed=args.seed
+            agents=args.agents,
+            duration=args.minutes * 60,
+            faults=name == "faults",
+            seed=args.seed,
+            noop=not args.no_noop,
         )
         results[name] = ChaosRun(options).run().to_json()
         if not args.json:

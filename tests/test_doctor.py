@@ -16,7 +16,7 @@ from aster_agents.cli.main import main
 from aster_agents.fleet.doctor import Status, classify_skew
 from aster_agents.ledger import Ledger, SharedBudget
 from aster_agents.signing import Signer, generate_private_key
-from aster_agents.sim.server import SimConfig, SimServer
+from aster_agents.sim.server import SimAccount, SimConfig, SimServer
 from tests.agentkit import Fleet, make_fleet
 
 HOST_CHECKS = ("key files", "ledger", "supervisord", "rate budget")
@@ -326,3 +326,16 @@ def test_llm_agent_model_key_env_is_checked_never_shown(
     monkeypatch.setenv("DOCTOR_MODEL_KEY", secret)
     code, doc = doctor_json(made, capsys, "--id", "agent-1")
     assert statuses(doc)["model key"] == "PASS" and secret not in json.dumps(doc)
+
+
+def test_account_without_deposit_says_deposit_first(
+    fleet: Fleet, sim_server: SimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-5050 DEPOSIT_REQUIRED: account FAIL 'the main wallet has not deposited yet', exit 1."""
+    signers = tuple(s.address for s in fleet.signers.values())
+    sim_server.add_account(SimAccount(fleet.user, signers, deposited=False))
+    code, doc = doctor_json(fleet, capsys)
+    got = statuses(doc)
+    assert code == 1 and got["account"] == "FAIL"
+    detail = next(c["detail"] for c in doc["checks"] if c["name"] == "account")
+    assert "the main wallet has not deposited yet" in detail and "-5050" in detail

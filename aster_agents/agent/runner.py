@@ -12,8 +12,10 @@ Order of a new position::
 
 A crash between any two steps leaves an intent the next start resolves by asking the
 exchange about its client order id. An intent whose order is not on the exchange is only
-released once the exchange's nonce window has passed, so a request still in flight when
-the process died can never land after it was written off.
+released once the order can no longer be accepted (``agent/inflight.py``): after the
+exchange's nonce window (60 s + margin), or at once when a noop signed with the order's own
+nonce (recorded by ``mark_sent``) was accepted. A request still in flight, held in the
+network or left behind by a dead process, can never land after it was written off.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
+from aster_agents.agent import inflight
 from aster_agents.agent.reconcile import FUNDING, book_funding
 from aster_agents.agent.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
 from aster_agents.config.schema import KLINE_INTERVALS, AgentConfig, FleetConfig
 from aster_agents.errors import (
     AsterAgentsError,
     AuthError,
+    BadRequest,
     ConfigError,
     ExchangeError,
     OrderNotFound,
@@ -73,7 +77,6 @@ from aster_agents.strategies import (
     attached,
 )
 
-NONCE_WINDOW_MS: Final = 12_000  # the exchange accepts a nonce for 10 s; 2 s of margin
 KLINE_FLOOR: Final = 60
 KLINE_LIMIT_MAX: Final = 499  # under 500 keeps the request at weight 2
 SPEED_ENV: Final = "ASTER_AGENTS_MARKET_SPEED"  # simulator market-time multiplier (demo only)
@@ -162,12 +165,18 @@ class AgentRunner:
         # symbol -> (stop, take-profit) distances of the last entry, clamped into the config;
         # protection re-placed after a restart uses the configured (wider) ones
         self.protect_pcts: dict[str, tuple[float, float]] = {}
+        # how long after sending an order the exchange does not know may be written off
+        self.write_off_ms = inflight.write_off_ms(agent.exchange.base_url, None, os.environ)
+        self.noop_resolve = inflight.noop_resolve(os.environ)
 
     # ------------------------------------------------------------------ start-up
 
     def start(self) -> None:
         """Exchange info, position mode, margin type, capital, then resolve old intents."""
         self.info = self.client.exchange_info()
+        self.write_off_ms = inflight.write_off_ms(
+            self.agent.exchange.base_url, self.info.nonce_window_ms, os.environ
+        )
         trading = self.agent.trading
         missing = [s for s in trading.symbols if s not in self.info.symbols]
         if missing:
@@ -251,12 +260,12 @@ class AgentRunner:
                 return
             self._resolve(intent)
 
-    def _resolve(self, intent: Intent) -> None:
+    def _resolve(self, intent: Intent, nonce_spent: bool = False) -> None:
         """Ask the exchange about one intent's order and settle the ledger with the answer."""
         try:
             order = self.client.query_order(intent.symbol, client_order_id=intent.client_order_id)
         except OrderNotFound:
-            self._not_on_exchange(intent)
+            self._not_on_exchange(intent, nonce_spent)
             return
         fired = intent.kind == "protect" and order.executed_qty > 0
         if fired:
@@ -284,18 +293,37 @@ class AgentRunner:
         )
         self._after_order(intent, order, seen)
 
-    def _not_on_exchange(self, intent: Intent) -> None:
-        age = now_ms() - intent.created_ms
-        if intent.sent and age < NONCE_WINDOW_MS:
-            logger.info(
-                "intent {} not on the exchange yet; deciding after the nonce window",
-                intent.client_order_id,
-            )
+    def _not_on_exchange(self, intent: Intent, nonce_spent: bool = False) -> None:
+        """Write off an intent the exchange does not know, once its order can never land."""
+        coid = intent.client_order_id
+        left_ms = inflight.sent_ms(intent) + self.write_off_ms - now_ms()
+        if intent.sent and not nonce_spent and left_ms > 0:
+            if self._spend_nonce(intent):
+                self._resolve(intent, nonce_spent=True)  # it may have landed just before
+            else:
+                logger.info(
+                    "intent {} not on the exchange yet; it can still land, deciding in {:.0f}s",
+                    coid,
+                    left_ms / 1000,
+                )
             return
+        if nonce_spent:
+            logger.info("intent {}: a noop spent its nonce and the order is unknown", coid)
         if intent.state in ("reserved", "confirmed"):
             self.ledger.release(intent.client_order_id, "not on the exchange")
         else:
             self.ledger.finish_intent(intent.client_order_id, "rejected")
+
+    def _spend_nonce(self, intent: Intent) -> bool:
+        """True once a noop signed with the intent's nonce was accepted: from then on the
+        exchange refuses any request carrying that nonce, the intent's order included."""
+        if not self.noop_resolve or intent.nonce is None:
+            return False
+        try:
+            return self.client.noop(intent.nonce)
+        except (OrderRejected, TransientExchangeError, BadRequest) as exc:
+            logger.warning("noop for intent {} failed: {}", intent.client_order_id, exc)
+            return False
 
     # ------------------------------------------------------------------ the loop
 
@@ -347,9 +375,15 @@ class AgentRunner:
         for intent in self.ledger.unresolved_intents(self.agent.id):
             if intent.kind != "protect" or intent.state == "reserved":
                 self._resolve(intent)  # resting stops are checked per symbol below
+        in_flight = {
+            i.symbol for i in self.ledger.unresolved_intents(self.agent.id) if i.kind != "protect"
+        }
         for symbol in self.agent.trading.symbols:
             if self.stop.is_set():
                 break
+            if symbol in in_flight:  # an order whose fate is open: no second one beside it
+                report.skipped.append(f"{symbol}: an order is still in flight")
+                continue
             self._tick_symbol(symbol, report)
         self._snapshot()
         self.governor.after_tick()  # kill switches, automatic rebalance
@@ -472,11 +506,12 @@ class AgentRunner:
         """Send an order for a reserved intent; None when it was refused or its fate is open."""
         coid = intent.client_order_id
         failpoint("after_reserve")
-        if not self.ledger.mark_sent(coid):
+        nonce = self.client.next_nonce()
+        if not self.ledger.mark_sent(coid, nonce=nonce):
             logger.warning("intent {} expired before it was sent; not sending", coid)
             return None
         try:
-            order = self.client.new_order(request)
+            order = self.client.new_order(request, nonce=nonce)
         except OrderRejected as exc:
             self.ledger.release(coid, f"rejected: {exc.msg}"[:200])
             logger.warning("order {} rejected: {}", coid, exc)

@@ -32,6 +32,7 @@ MODULES: Final = (
     "reconcile",
     "trades",
     "report",
+    "conformance",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -52,6 +53,7 @@ COMMANDS: Final = {
     "doctor": "doctor",
     "trades": "trades",
     "report": "report",
+    "conformance": "conformance",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

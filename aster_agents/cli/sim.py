@@ -35,7 +35,8 @@ def sim(
         1.0, help="Market time per wall-clock second (nonces use the wall clock)."
     ),
     accounts: Annotated[
-        Path | None, typer.Option("--accounts", help="YAML list of {user, signers, balance_usdt}.")
+        Path | None,
+        typer.Option("--accounts", help="YAML list of {user, signers, balance_usdt, deposited}."),
     ] = None,
     config_dir: Annotated[
         Path | None, typer.Option("--config-dir", help="Register every agent in this agents.d.")
@@ -65,6 +66,13 @@ def sim(
     fault_seed: int = typer.Option(0, help="Seed for fault injection."),
     start_time_ms: int | None = typer.Option(
         None, help="Market start time (epoch ms); default now. Fix it for reproducible runs."
+    ),
+    nonce_window_s: float = typer.Option(
+        60.0,
+        "--nonce-window-s",
+        min=0.001,
+        help="How far a nonce may be from the clock (s). The exchange's is 60; shorter is "
+        "for fast tests only.",
     ),
     funding_interval: float = typer.Option(
         8 * 3600.0,
@@ -118,6 +126,7 @@ def sim(
         start_time_ms=start_time_ms,
         allow_remote=allow_remote,
         funding_interval_s=funding_interval,
+        nonce_window_s=nonce_window_s,
     )
     server = SimServer(config)
     stop = threading.Event()

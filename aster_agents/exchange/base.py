@@ -112,7 +112,15 @@ class Exchange(Protocol):
 
     def set_margin_type(self, symbol: str, margin_type: MarginType) -> None: ...
 
-    def new_order(self, request: OrderRequest) -> Order: ...
+    def next_nonce(self) -> int:
+        """A fresh nonce to pin on a request (recorded before the request is sent)."""
+        ...
+
+    def new_order(self, request: OrderRequest, nonce: int | None = None) -> Order: ...
+
+    def noop(self, nonce: int | None = None) -> bool:
+        """Spend ``nonce`` (``POST /fapi/v3/noop``): True if accepted, False if refused."""
+        ...
 
     def query_order(
         self, symbol: str, *, order_id: int | None = None, client_order_id: str | None = None

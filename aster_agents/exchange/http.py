@@ -9,6 +9,7 @@ the reaction-named tree of ``aster_agents.errors``:
 - 429 / 418 (and -1003/-1015)        -> ``RateLimited`` / ``IpBanned`` after ``budget.pause``
 - 5xx, timeouts, dropped connections -> ``TransientExchangeError``, retried with backoff
 - -1022, -2014, -2015, 401, 403      -> ``AuthError`` (-4225/-1021 nonce: one retry first)
+- -5050 DEPOSIT_REQUIRED             -> ``DepositRequired`` (stop: the main wallet must deposit)
 - -2018/-2019, -2013, other order codes -> ``InsufficientMargin``, ``OrderNotFound``,
   ``OrderRejected`` (the open/stop order caps -2025/-4045 included: skip, not retry)
 - -1125 (listen key expired or closed)  -> ``ListenKeyInvalid``
@@ -16,6 +17,8 @@ the reaction-named tree of ``aster_agents.errors``:
 
 A new order is never sent twice blindly: when its outcome is unknown (timeout after sending,
 5xx, dropped connection) the client asks for it by client order id and returns it if it exists.
+A caller may pin an order's nonce (``next_nonce`` then ``new_order(..., nonce=n)``) and later
+``noop(n)``: once the noop is accepted that nonce is spent, so the order can never be accepted.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from aster_agents.errors import (
     AuthError,
     BadRequest,
     ConfigError,
+    DepositRequired,
     ExchangeError,
     InsufficientMargin,
     IpBanned,
@@ -80,6 +84,7 @@ _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
 _DEFAULT_PAUSE_S: Final = {429: 60.0, 418: 120.0}
 
 _NONCE_CODES: Final = frozenset({-4225, -1021})
+_DEPOSIT_REQUIRED: Final = -5050
 _AUTH_CODES: Final = frozenset({-1002, -1022, -2014, -2015})
 _TRANSIENT_CODES: Final = frozenset({-1000, -1001, -1006, -1007, -1008})
 _RATE_CODES: Final = frozenset({-1003, -1015})
@@ -140,6 +145,7 @@ _COUNTDOWN_CANCEL_ALL = _Call("POST", "/fapi/v3/countdownCancelAll", 10)
 _START_LISTEN_KEY = _Call("POST", "/fapi/v3/listenKey", 1)
 _KEEP_LISTEN_KEY = _Call("PUT", "/fapi/v3/listenKey", 1)
 _CLOSE_LISTEN_KEY = _Call("DELETE", "/fapi/v3/listenKey", 1)
+_NOOP = _Call("POST", "/fapi/v3/noop", 1)
 
 
 class _NotSent(TransientExchangeError):
@@ -209,6 +215,13 @@ def _error_for(status: int, code: int, msg: str, where: str) -> ExchangeError:
     cls: type[ExchangeError]
     if code in _NONCE_CODES:
         cls = _NonceRefused
+    elif code == _DEPOSIT_REQUIRED:
+        return DepositRequired(
+            f"{where}: the main wallet has not deposited yet ({msg or 'DEPOSIT_REQUIRED'}); "
+            "deposit to it first, then start again",
+            code,
+            status,
+        )
     elif code in _AUTH_CODES or status in (401, 403):
         cls = AuthError
     elif code in _TRANSIENT_CODES and status != 404:  # a missing path never comes back
@@ -365,11 +378,31 @@ class AsterClient:
 
     # --- orders --------------------------------------------------------------------------
 
-    def new_order(self, request: OrderRequest) -> Order:
-        """Place an order; an unknown outcome is resolved by client order id, never resent."""
+    def next_nonce(self) -> int:
+        """A fresh nonce of this client's source, for a request whose nonce must be recorded."""
+        return self._nonces.next()
+
+    def noop(self, nonce: int | None = None) -> bool:
+        """``POST /fapi/v3/noop`` signed with ``nonce``: True when accepted (the nonce is spent
+        now, so no other request carrying it can be accepted), False when the nonce was refused
+        (already used, or outside the exchange's window)."""
+        try:
+            self._request(_NOOP, nonce=nonce if nonce is not None else self._nonces.next())
+        except _NonceRefused:
+            return False
+        return True
+
+    def new_order(self, request: OrderRequest, nonce: int | None = None) -> Order:
+        """Place an order; an unknown outcome is resolved by client order id, never resent.
+
+        With ``nonce`` the request carries exactly that nonce (no retry with a fresh one): a
+        refused nonce means the order was not placed and raises ``OrderRejected``.
+        """
         params = order_params(request)
         try:
-            data = self._request(_NEW_ORDER, params, idempotent=False)
+            data = self._request(_NEW_ORDER, params, idempotent=False, nonce=nonce)
+        except _NonceRefused as exc:
+            raise OrderRejected(f"{exc.msg}; order not placed", exc.code, exc.status) from None
         except (RateLimited, _NotSent):
             raise
         except TransientExchangeError as exc:
@@ -487,8 +520,9 @@ class AsterClient:
                 not_found = False
         if not_found:
             raise TransientExchangeError(
-                f"{where}: not placed after '{cause.msg}' (the exchange does not know it); "
-                "safe to send again with the same client order id",
+                f"{where}: not on the exchange after '{cause.msg}'; a request held in the "
+                "network can still land while its nonce is valid, so resolve it by client "
+                "order id (or a noop with its nonce) before sending again",
                 -2013,
                 cause.status,
             ) from cause
@@ -510,20 +544,23 @@ class AsterClient:
         idempotent: bool = True,
         retries: int | None = None,
         after_retry: Callable[[ExchangeError], Any] | None = None,
+        nonce: int | None = None,
     ) -> Any:
         max_retries = self._max_retries if retries is None else retries
         attempt = 0
         nonce_retry_left = True
         while True:
             try:
-                return self._attempt(call, params)
+                return self._attempt(call, params, nonce)
             except RateLimited:
                 raise
             except _NonceRefused as exc:
+                if nonce is not None:
+                    raise  # a pinned nonce is the caller's to judge
                 if not nonce_retry_left:
                     raise AuthError(
                         f"{exc.msg}; the nonce was refused twice: check that the system clock "
-                        "is within 10 s of the exchange's",
+                        "is within 60 s of the exchange's",
                         exc.code,
                         exc.status,
                     ) from exc
@@ -543,9 +580,9 @@ class AsterClient:
         if delay > 0:
             self._sleep(delay * (0.5 + random.random() / 2))
 
-    def _attempt(self, call: _Call, params: Params) -> Any:
+    def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:
         self._budget.acquire(call.weight, call.orders)
-        request = self._build(call, params)
+        request = self._build(call, params, nonce)
         started = time.perf_counter()
         status: int | None = None
         code: int | None = None
@@ -564,11 +601,11 @@ class AsterClient:
         if self._on_request is not None:
             self._on_request(entry)
 
-    def _build(self, call: _Call, params: Params) -> httpx.Request:
+    def _build(self, call: _Call, params: Params, nonce: int | None = None) -> httpx.Request:
         pairs = [(k, _fmt(v)) for k, v in params]
         if call.signed:
             signer = self._require_signer(call)
-            msg = encode_params(pairs + self._auth_pairs(signer))
+            msg = encode_params(pairs + self._auth_pairs(signer, nonce))
             query = f"{msg}&signature={signer.sign(msg)}"
         else:
             query = encode_params(pairs)
@@ -588,8 +625,8 @@ class AsterClient:
             )
         return self._signer
 
-    def _auth_pairs(self, signer: Signer) -> list[tuple[str, str]]:
-        pairs = [("nonce", str(self._nonces.next()))]
+    def _auth_pairs(self, signer: Signer, nonce: int | None = None) -> list[tuple[str, str]]:
+        pairs = [("nonce", str(nonce if nonce is not None else self._nonces.next()))]
         if self._user:
             pairs.append(("user", self._user))
         pairs.append(("signer", signer.address))

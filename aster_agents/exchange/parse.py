@@ -189,6 +189,9 @@ def exchange_info(data: object) -> ExchangeInfo:
         server_time=integer(d, "serverTime", "exchangeInfo", 0),
         rate_limits=tuple(_each(d.get("rateLimits", []), "exchangeInfo", _rate_limit)),
         symbols={s.symbol: s for s in symbols},
+        nonce_window_ms=integer(d, "nonceWindowMs", "exchangeInfo", None)
+        if d.get("nonceWindowMs") is not None
+        else None,
     )
 
 

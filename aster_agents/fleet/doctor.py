@@ -20,7 +20,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from aster_agents.errors import AsterAgentsError, AuthError, ConfigError, ExchangeError
+from aster_agents.errors import (
+    AsterAgentsError,
+    AuthError,
+    ConfigError,
+    DepositRequired,
+    ExchangeError,
+)
 
 if TYPE_CHECKING:
     from aster_agents.config.schema import AgentConfig, FleetConfig
@@ -30,10 +36,11 @@ if TYPE_CHECKING:
     from aster_agents.models import Position
     from aster_agents.signing import Signer
 
-# The V3 nonce window is 10 s, but the older timestamp rule refused requests more than 1000 ms
-# ahead of the server (-1021, still seen live in 2026: shared/aster-v3-api.md 3.2) and which
-# one the live server applies is an open point; a clock off by a second also means NTP is not
-# keeping it and it will drift further. So: FAIL beyond 1000 ms, WARN beyond 500 ms.
+# The V3 nonce window is 60 s (since 2026-07-16), but the older timestamp rule refused
+# requests more than 1000 ms ahead of the server (-1021, still seen live in 2026:
+# shared/aster-v3-api.md 3.2) and which one the live server applies is an open point; a clock
+# off by a second also means NTP is not keeping it and it will drift further. So: FAIL beyond
+# 1000 ms, WARN beyond 500 ms.
 SKEW_WARN_MS: Final = 500.0
 SKEW_FAIL_MS: Final = 1000.0
 BUCKET_WARN_USED: Final = 0.9
@@ -310,6 +317,15 @@ class AgentChecks:
         exchange = self.agent.exchange
         try:
             info = client.account()
+        except DepositRequired:
+            self.check(
+                "account",
+                Status.FAIL,
+                f"the main wallet has not deposited yet: account {exchange.user} answers -5050 "
+                "DEPOSIT_REQUIRED to every signed request; deposit to it first, then run "
+                "doctor again",
+            )
+            return False
         except AuthError as exc:
             self.check(
                 "account",

@@ -224,16 +224,18 @@ class Ledger:
             raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {got}")
         return got
 
-    def mark_sent(self, client_order_id: str) -> bool:
+    def mark_sent(self, client_order_id: str, nonce: int | None = None) -> bool:
         """Record that the order is about to go on the wire; False if no longer reserved.
 
         From here on the intent is in flight and is never reaped. False means it expired or
         was released first: its slot may already be someone else's, so do not send.
         Durable: it returns once its commit, and with it the reservation's, is on disk, so
         no order goes out for an intent an OS crash or power cut could take back.
+        ``nonce`` is the nonce the order will carry: a noop with it later spends it, which
+        proves an order that is still unknown can never be accepted.
         """
         with self.store.write() as conn:
-            return intents.mark_sent(conn, client_order_id, now_ms())
+            return intents.mark_sent(conn, client_order_id, now_ms(), nonce)
 
     def confirm(self, client_order_id: str) -> bool:
         """Mark a reserved intent as sent and accepted; False if it expired or was released."""

@@ -68,6 +68,7 @@ def intent_row(row: tuple[Any, ...]) -> Intent:
         updated_ms=row[13],
         sent=bool(row[14]),
         reason=row[15],
+        nonce=row[16],
     )
 
 
@@ -196,12 +197,13 @@ def transition(
     return True
 
 
-def mark_sent(conn: Conn, coid: str, now: int) -> bool:
-    """Flag a reserved intent as on its way to the wire; False if no longer reserved."""
+def mark_sent(conn: Conn, coid: str, now: int, nonce: int | None = None) -> bool:
+    """Flag a reserved intent as on its way to the wire (with the nonce the order carries);
+    False if no longer reserved."""
     row = conn.execute(
-        "UPDATE intents SET sent = 1, updated_ms = ? WHERE client_order_id = ? "
+        "UPDATE intents SET sent = 1, nonce = ?, updated_ms = ? WHERE client_order_id = ? "
         "AND state = 'reserved' RETURNING agent_id",
-        (now, coid),
+        (nonce, now, coid),
     ).fetchone()
     if row is None:
         if exists(conn, coid):

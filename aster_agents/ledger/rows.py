@@ -39,6 +39,7 @@ class Intent(NamedTuple):
     updated_ms: int
     sent: bool
     reason: str | None
+    nonce: int | None = None  # the nonce the order was sent with (recorded by ``mark_sent``)
 
     @property
     def active(self) -> bool:
@@ -146,7 +147,7 @@ class AuditEntry(NamedTuple):
 
 INTENT_COLS: Final = (
     "client_order_id, seq, agent_id, user, symbol, side, kind, margin, notional, state, pid, "
-    "created_ms, expires_ms, updated_ms, sent, reason"
+    "created_ms, expires_ms, updated_ms, sent, reason, nonce"
 )
 EQUITY_COLS: Final = "time_ms, equity, nav"
 ACCOUNT_BOOK_COLS: Final = "user, unallocated, equity, equity_ms, opened_ms"

@@ -195,6 +195,12 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         CREATE INDEX income_by_time ON income (user, kind, time_ms);
         """,
     ),
+    (
+        "intent-nonce",
+        """
+        ALTER TABLE intents ADD COLUMN nonce INTEGER;
+        """,
+    ),
 )
 
 

@@ -1,4 +1,9 @@
-"""Accounts for the simulator from an accounts YAML file or from an agents.d directory."""
+"""Accounts for the simulator from an accounts YAML file or from an agents.d directory.
+
+An accounts file is a YAML list of ``{user, signers, balance_usdt, deposited}``;
+``deposited: false`` registers an account whose main wallet never deposited (every signed
+request answers -5050 DEPOSIT_REQUIRED); it defaults to true.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +27,15 @@ def _address(value: object, where: str) -> str:
 def _account(entry: object, where: str, default_balance: Decimal) -> SimAccount:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be a mapping with user, signers, balance_usdt")
-    unknown = set(entry) - {"user", "signers", "balance_usdt"}
+    unknown = set(entry) - {"user", "signers", "balance_usdt", "deposited"}
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {sorted(unknown)}; allowed: user, signers, balance_usdt"
+            f"{where}: unknown key(s) {sorted(unknown)}; allowed: user, signers, balance_usdt, "
+            "deposited"
         )
+    deposited = entry.get("deposited", True)
+    if not isinstance(deposited, bool):
+        raise ConfigError(f"{where}.deposited: must be true or false, got {deposited!r}")
     signers = entry.get("signers") or []
     if not isinstance(signers, list):
         raise ConfigError(f"{where}.signers: must be a list of 0x addresses")
@@ -40,11 +49,12 @@ def _account(entry: object, where: str, default_balance: Decimal) -> SimAccount:
         _address(entry.get("user"), f"{where}.user"),
         tuple(_address(s, f"{where}.signers[{i}]") for i, s in enumerate(signers)),
         balance,
+        deposited,
     )
 
 
 def load_accounts_file(path: Path, default_balance: Decimal = DEFAULT_BALANCE) -> list[SimAccount]:
-    """A YAML list of ``{user, signers, balance_usdt}``; ConfigError names the entry."""
+    """A YAML list of ``{user, signers, balance_usdt, deposited}``; ConfigError names the entry."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:

@@ -5,6 +5,15 @@ as-is first and, unless the fallback is turned off, again URL-decoded (some offi
 sign the decoded text and send it encoded). The recovered address must be the ``signer``;
 the signer must be an API wallet of a registered account, or that account's main address
 signing for itself; ``user``, when sent, must be that account.
+
+Nonces follow the rule in force since 2026-07-16 (API reference 0.1): within +-60 s of the
+server's clock (``nonce_window_us``; shorter only for fast tests), and the book of recent
+nonces (duplicates, and "older than the oldest of the last 100") is kept **per signer**, so
+agents of one account never collide. A nonce is recorded once the signature and the signer
+pass, before the endpoint runs: ``POST /fapi/v3/noop`` with the nonce of an order still in
+flight therefore consumes it, and the order is refused as a duplicate when it arrives.
+An account registered without a deposit answers -5050 DEPOSIT_REQUIRED to every signed
+request (API reference 0.1, since 2026-09-01).
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ from urllib.parse import parse_qsl, unquote_plus
 from aster_agents.signing import MAINNET_CHAIN_ID, recover_address
 from aster_agents.sim.engine import ApiError, missing
 
-NONCE_WINDOW_US: Final = 10_000_000
+NONCE_WINDOW_US: Final = 60_000_000  # the exchange's rule since 2026-07-16
 NONCE_KEEP: Final = 100
+DEPOSIT_REQUIRED: Final = -5050
 
 
 def _auth_error(code: int, msg: str) -> ApiError:
@@ -61,18 +71,25 @@ class Authenticator:
         chain_id: int = MAINNET_CHAIN_ID,
         decode_fallback: bool = True,
         wall_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        nonce_window_us: int = NONCE_WINDOW_US,
     ) -> None:
         self.chain_id = chain_id
         self.decode_fallback = decode_fallback
+        self.nonce_window_us = nonce_window_us
         self._wall_us = wall_us
         self._users: dict[str, str] = {}
+        self._no_deposit: set[str] = set()
         self._signers: dict[str, str] = {}
         self._nonces: dict[str, _NonceBook] = {}
         self._lock = threading.Lock()
 
-    def register(self, user: str, signers: Iterable[str]) -> None:
+    def register(self, user: str, signers: Iterable[str], deposited: bool = True) -> None:
         with self._lock:
             self._users[user.lower()] = user
+            if deposited:
+                self._no_deposit.discard(user.lower())
+            else:
+                self._no_deposit.add(user.lower())
             for signer in signers:
                 self._signers[signer.lower()] = user.lower()
 
@@ -88,7 +105,12 @@ class Authenticator:
         nonce = self._nonce(params)
         self._check_signature(msg, signature, signer)
         user_key = self._account_of(signer, params.get("user"))
-        self._record_nonce(user_key, nonce)
+        if user_key in self._no_deposit:
+            raise ApiError(
+                DEPOSIT_REQUIRED,
+                "DEPOSIT_REQUIRED: the main wallet must make a deposit before using the API.",
+            )
+        self._record_nonce(signer.lower(), nonce)
         return Authenticated(self._users[user_key], signer, params)
 
     def _nonce(self, params: dict[str, str]) -> int:
@@ -96,7 +118,7 @@ class Authenticator:
         if not text.isdigit():
             raise missing("nonce")
         nonce = int(text)
-        if abs(nonce - self._wall_us()) > NONCE_WINDOW_US:
+        if abs(nonce - self._wall_us()) > self.nonce_window_us:
             raise ApiError(-4225, "Nonce Expired")
         return nonce
 
@@ -130,9 +152,9 @@ class Authenticator:
             )
         return account
 
-    def _record_nonce(self, user_key: str, nonce: int) -> None:
+    def _record_nonce(self, signer_key: str, nonce: int) -> None:
         with self._lock:
-            book = self._nonces.setdefault(user_key, _NonceBook())
+            book = self._nonces.setdefault(signer_key, _NonceBook())
             if nonce in book.seen:
                 raise ApiError(-4225, "Nonce Expired")
             if len(book.heap) >= NONCE_KEEP and nonce < book.heap[0]:

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl
 from aster_agents.errors import ConfigError
 from aster_agents.signing import MAINNET_CHAIN_ID
 from aster_agents.sim import controls
-from aster_agents.sim.auth import Authenticator
+from aster_agents.sim.auth import NONCE_WINDOW_US, Authenticator
 from aster_agents.sim.engine import ApiError, Engine, parse_list
 from aster_agents.sim.faults import FaultConfig, Faults, Verdict
 from aster_agents.sim.limits import LimitConfig, RateLimiter
@@ -43,11 +43,16 @@ Json = Any
 
 @dataclass(frozen=True, slots=True)
 class SimAccount:
-    """A main account, its API wallets and its starting USDT balance."""
+    """A main account, its API wallets and its starting USDT balance.
+
+    ``deposited=False`` is an account whose main wallet never deposited: every signed
+    request answers -5050 DEPOSIT_REQUIRED (the exchange's rule since 2026-09-01).
+    """
 
     user: str
     signers: tuple[str, ...] = ()
     balance_usdt: Decimal = DEFAULT_BALANCE
+    deposited: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,7 @@ class SimConfig:
     tick_interval_s: float = 0.1
     funding_interval_s: float = 8 * 3600.0  # market time between funding settlements; 0: none
     listen_key_life_s: float = LISTEN_KEY_LIFE_S  # shorter only in tests of expiry
+    nonce_window_s: float = NONCE_WINDOW_US / 1e6  # +-60 s; shorter only for fast tests
 
 
 def is_loopback(host: str) -> bool:
@@ -129,7 +135,11 @@ class SimApp:
             config.seed, config.start_time_ms, config.speed, config.history_minutes
         )
         self.engine = Engine(self.market, funding_interval_ms=int(config.funding_interval_s * 1000))
-        self.auth = Authenticator(config.chain_id, config.decode_fallback)
+        self.auth = Authenticator(
+            config.chain_id,
+            config.decode_fallback,
+            nonce_window_us=int(config.nonce_window_s * 1_000_000),
+        )
         origin = time.time() if config.limits.align_to_start else 0.0
         self.limiter = RateLimiter(config.limits, origin)
         self.faults = Faults(config.faults)
@@ -139,7 +149,7 @@ class SimApp:
 
     def add_account(self, account: SimAccount) -> None:
         self.engine.add_account(account.user, account.balance_usdt)
-        self.auth.register(account.user, account.signers)
+        self.auth.register(account.user, account.signers, account.deposited)
 
     # ---- dispatch -----------------------------------------------------------------------
 
@@ -290,7 +300,11 @@ class SimApp:
         return lambda u, p: fn(self.engine, u, p)
 
     def _exchange_info(self, _u: str, _p: Params) -> Json:
-        return exchange_info(self.market.now_ms(), self.config.limits.rate_limits_doc())
+        doc = exchange_info(self.market.now_ms(), self.config.limits.rate_limits_doc())
+        # not in Aster's document: a simulator says how long a signed request stays valid,
+        # so agents may write off an unresolved order sooner when a test shortens it
+        doc["nonceWindowMs"] = int(self.config.nonce_window_s * 1000)
+        return doc
 
     @staticmethod
     def _symbol(p: Params, required: bool = True) -> str | None:

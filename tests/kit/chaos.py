@@ -44,6 +44,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
+from aster_agents.agent.inflight import NOOP_ENV
 from aster_agents.agent.runner import SPEED_ENV
 from aster_agents.config.schema import load_fleet
 from aster_agents.config.view import PORTFOLIO_FILE
@@ -95,7 +96,8 @@ class ChaosOptions:
     max_positions: int = 2  # per agent
     max_total_positions: int = 4  # the account limit the replay is checked against
     scan_interval: float = 0.5
-    recovery_timeout: float = 60.0
+    recovery_timeout: float = 90.0  # > the 60 s nonce window + 5 s an unknown order may wait
+    noop: bool = True  # False: agents wait out the nonce window instead of sending a noop
     directory: Path | None = None  # kept afterwards when given
 
 
@@ -141,6 +143,7 @@ class ChaosResult:
         return {
             "agents": o.agents,
             "faults": o.faults,
+            "noop": o.noop,
             "seed": o.seed,
             "seconds": round(self.seconds, 1),
             "chaos_seconds": o.duration,
@@ -280,6 +283,8 @@ class ChaosRun:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ASTER_AGENTS_")}
         self.env.update({key_env(a): k for a, k in self.keys.agents.items()})
         self.env[SPEED_ENV] = str(o.speed)
+        if not o.noop:
+            self.env[NOOP_ENV] = "0"
         self._spawn_supervisord()
 
     def _spawn_supervisord(self, *, wait_agents: bool = True) -> None:
@@ -370,9 +375,10 @@ class ChaosRun:
 
         Every agent is stopped gracefully, its strategy set to ``p_enter 0, p_exit 0`` and
         the fleet started again: the agents then only resolve their unfinished intents (one
-        whose order never reached the exchange is released after the exchange's 10 s nonce
-        window). The run waits until every agent has finished a quiet tick and no intent is
-        'reserved', then stops the fleet again; whatever is still reserved is a leak.
+        whose order never reached the exchange is released at once after a noop spends its
+        nonce, else after the exchange's 60 s nonce window + 5 s). The run waits until every
+        agent has finished a quiet tick and no intent is 'reserved', then stops the fleet
+        again; whatever is still reserved is a leak.
         """
         self._stop_supervisord()
         for agent_id in self.ids:
