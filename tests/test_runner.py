@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.agent.runner import FAILPOINTS, AgentRunner
+from aster_agents.agent.runner import FAILPOINTS, AgentRunner, RequestMeter
 from aster_agents.config.schema import load_fleet
+from aster_agents.exchange.base import RequestLog
 from aster_agents.exchange.http import AsterClient
 from aster_agents.ledger import Ledger, MarketDataCache
 from aster_agents.signing import NonceSource, Signer
@@ -51,7 +52,11 @@ def sim() -> Iterator[SimServer]:
 
 
 def in_process(
-    fleet: Fleet, agent_id: str, strategy: object, closing: ExitStack
+    fleet: Fleet,
+    agent_id: str,
+    strategy: object,
+    closing: ExitStack,
+    meter: RequestMeter | None = None,
 ) -> tuple[AgentRunner, Ledger]:
     config = load_fleet(fleet.config_dir)
     agent = config.agent(agent_id)
@@ -64,6 +69,7 @@ def in_process(
         user=fleet.user,
         signer=Signer(fleet.keys[agent_id]),
         nonces=NonceSource(slot),
+        on_request=meter,
     )
     closing.enter_context(client)
     runner = AgentRunner(
@@ -74,6 +80,7 @@ def in_process(
         cache=MarketDataCache(fleet.state_dir),
         strategy=strategy,  # type: ignore[arg-type]
         market_speed=fleet.sim.config.speed,
+        meter=meter,
     )
     runner.start()
     return runner, ledger
@@ -118,6 +125,24 @@ def test_agent_opens_protects_and_closes(
     assert row is not None
     assert row.realized_pnl == sum((t.realized_pnl for t in acct.trades), Decimal(0))
     assert row.fees == sum((t.commission for t in acct.trades), Decimal(0))
+
+
+def test_request_meter_adds_up_every_request_through_the_hook(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """The client's on_request hook feeds the meter: its totals are the sum of the entries."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"])
+    entries: list[RequestLog] = []
+    meter = RequestMeter(entries.append)
+    runner, _ = in_process(fleet, "agent-1", Scripted([Action.LONG]), closing, meter)
+    started = len(entries)
+    assert started > 0, "start-up requests go through the hook"
+    runner.tick()
+    paths = {e.path for e in entries[started:]}
+    assert {"/fapi/v3/order", "/fapi/v3/userTrades"} <= paths
+    assert meter.wall_ms == pytest.approx(sum(e.elapsed_ms for e in entries))
+    assert meter.cpu_ms == pytest.approx(sum(e.cpu_ms for e in entries))
+    assert all(e.elapsed_ms > 0 and e.cpu_ms >= 0 for e in entries)
 
 
 def test_triggered_stop_is_booked_and_its_twin_canceled(

@@ -9,8 +9,8 @@ from typing import Any, Final
 
 from aster_agents.config.keys import resolve_signer
 from aster_agents.config.schema import AgentConfig, FleetConfig
-from aster_agents.exchange.base import NullBudget, RequestBudget
-from aster_agents.exchange.http import AsterClient, RequestLog
+from aster_agents.exchange.base import NullBudget, RequestBudget, RequestLog
+from aster_agents.exchange.http import AsterClient
 from aster_agents.signing import NonceSource, Signer
 
 TOOL_NONCE_SLOT: Final = 63  # one-off CLI calls; running agents get slots 0..62 from the ledger
@@ -23,19 +23,30 @@ def make_client(
     slot: int = TOOL_NONCE_SLOT,
     budget: RequestBudget | None = None,
     signer: Signer | None = None,
+    keyless: bool = False,
     on_request: Callable[[RequestLog], None] | None = None,
     timeout: float = 10.0,
+    max_retries: int = 3,
+    backoff_base: float = 0.5,
 ) -> AsterClient:
-    """A signed client for ``agent``'s API wallet (the key is resolved unless given)."""
+    """The one client factory (run, reconcile, account, doctor): ``agent``'s API wallet signs.
+
+    The key is resolved from the agent's config unless ``signer`` is given; ``keyless`` builds
+    a client for the public endpoints only (doctor, when the key itself is the problem).
+    """
+    if signer is None and not keyless:
+        signer = resolve_signer(fleet, agent)
     return AsterClient(
         agent.exchange.base_url,
         user=agent.exchange.user,
-        signer=signer if signer is not None else resolve_signer(fleet, agent),
+        signer=signer,
         nonces=NonceSource(slot),
         budget=budget if budget is not None else NullBudget(),
         agent_id=agent.id,
         on_request=on_request,
         timeout=timeout,
+        max_retries=max_retries,
+        backoff_base=backoff_base,
     )
 
 

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, ParamSpec
 
 from aster_agents.agent import inflight
 from aster_agents.agent.reconcile import FUNDING, book_funding
@@ -49,7 +49,7 @@ from aster_agents.errors import (
     TransientExchangeError,
     UnknownOutcome,
 )
-from aster_agents.exchange.http import AsterClient, RequestLog
+from aster_agents.exchange.base import Exchange, RequestLog
 from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
 from aster_agents.ledger.rows import sleeve_equity
 from aster_agents.logs import logger
@@ -76,6 +76,8 @@ from aster_agents.strategies import (
     Strategy,
     attached,
 )
+
+_P = ParamSpec("_P")
 
 KLINE_FLOOR: Final = 60
 KLINE_LIMIT_MAX: Final = 499  # under 500 keeps the request at weight 2
@@ -140,17 +142,19 @@ class AgentRunner:
         fleet: FleetConfig,
         agent: AgentConfig,
         *,
-        client: AsterClient,
+        client: Exchange,
         ledger: Ledger,
         cache: MarketDataCache,
         strategy: Strategy,
         stop: threading.Event | None = None,
         market_speed: float = 1.0,
+        meter: RequestMeter | None = None,
     ) -> None:
         self.fleet = fleet
         self.agent = agent
-        self.meter = ClientMeter(client)
-        self.client: AsterClient = self.meter  # type: ignore[assignment]  # same interface, timed
+        self.client = client
+        # the client's on_request hook feeds it; without one the tick log shows no network time
+        self.meter = meter if meter is not None else RequestMeter()
         self.ledger = ledger
         self.cache = cache
         self.strategy = strategy
@@ -217,9 +221,11 @@ class AgentRunner:
             ) from None
         logger.warning("switched account {} to one-way position mode", self.agent.exchange.user)
 
-    def _quietly(self, what: str, fn: Callable[..., object], *args: object) -> None:
+    def _quietly(
+        self, what: str, fn: Callable[_P, object], *args: _P.args, **kw: _P.kwargs
+    ) -> None:
         try:
-            fn(*args)
+            fn(*args, **kw)
         except (OrderRejected, TransientExchangeError) as exc:
             logger.warning("{} failed: {}", what, exc)
 
@@ -868,13 +874,14 @@ def run_agent(
                 enabled=agent.enabled,
             )
             budget = SharedBudget(state_dir, user=agent.exchange.user)
+            meter = RequestMeter(log_request)
             client = make_client(
                 fleet,
                 agent,
                 slot=slot,
                 budget=budget,
                 signer=signer,
-                on_request=log_request,
+                on_request=meter,
                 timeout=5.0,
             )
             home = state_dir / "agents" / agent.id  # what a strategy keeps across restarts
@@ -888,6 +895,7 @@ def run_agent(
                     strategy=strategy,
                     stop=stop,
                     market_speed=market_speed(),
+                    meter=meter,
                 )
                 _start_with_retries(runner)
                 runner.run()
@@ -937,29 +945,21 @@ def log_request(entry: RequestLog) -> None:
     )
 
 
-class ClientMeter:
-    """Wraps the exchange client and adds up the wall and CPU time spent inside it.
+class RequestMeter:
+    """The client's ``on_request`` hook: adds up the wall and CPU time spent in requests.
 
     The tick's own cost is its time minus this: what the runner, ledger, cache and strategy
-    cost, without the network and the client's request handling.
+    cost, without the network and the client's request handling (budget, signing, answer).
+    Each entry is passed on to ``forward`` (the one-line-per-request log) when given.
     """
 
-    def __init__(self, client: AsterClient) -> None:
-        self._client = client
+    def __init__(self, forward: Callable[[RequestLog], None] | None = None) -> None:
+        self._forward = forward
         self.wall_ms = 0.0
         self.cpu_ms = 0.0
 
-    def __getattr__(self, name: str) -> Any:
-        target = getattr(self._client, name)
-        if not callable(target):
-            return target
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            wall, cpu = time.perf_counter(), time.process_time()
-            try:
-                return target(*args, **kwargs)
-            finally:
-                self.wall_ms += (time.perf_counter() - wall) * 1000
-                self.cpu_ms += (time.process_time() - cpu) * 1000
-
-        return timed
+    def __call__(self, entry: RequestLog) -> None:
+        self.wall_ms += entry.elapsed_ms
+        self.cpu_ms += entry.cpu_ms
+        if self._forward is not None:
+            self._forward(entry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -22,6 +23,23 @@ if TYPE_CHECKING:
         TickerPrice,
         UserTrade,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLog:
+    """One exchange request attempt, for the runtime's one-line-per-request log.
+
+    ``elapsed_ms`` (wall) and ``cpu_ms`` (this process's CPU) cover the whole attempt: the wait
+    for the request budget, signing, the round trip and reading the answer.
+    """
+
+    method: str
+    path: str
+    status: int | None
+    weight: int
+    elapsed_ms: float
+    error_code: int | None
+    cpu_ms: float = 0.0
 
 
 class RequestBudget(Protocol):

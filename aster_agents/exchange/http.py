@@ -53,7 +53,13 @@ from aster_agents.errors import (
     UnknownOutcome,
 )
 from aster_agents.exchange import parse
-from aster_agents.exchange.base import AccountControls, Exchange, NullBudget, RequestBudget
+from aster_agents.exchange.base import (
+    AccountControls,
+    Exchange,
+    NullBudget,
+    RequestBudget,
+    RequestLog,
+)
 from aster_agents.models import (
     AccountInfo,
     Balance,
@@ -95,18 +101,6 @@ _NO_CHANGE_POSITION_SIDE: Final = -4059
 _ORDER_CAP_CODES: Final = frozenset({-2025, -4045})  # MAX_OPEN_ORDER / MAX_STOP_ORDER exceeded
 _INVALID_LISTEN_KEY: Final = -1125
 _PATH_MISSING_CODES: Final = frozenset({-1121, -5000})
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLog:
-    """One exchange request attempt, for the runtime's one-line-per-request log."""
-
-    method: str
-    path: str
-    status: int | None
-    weight: int
-    elapsed_ms: float
-    error_code: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -581,9 +575,9 @@ class AsterClient:
             self._sleep(delay * (0.5 + random.random() / 2))
 
     def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:
+        started, cpu = time.perf_counter(), time.process_time()
         self._budget.acquire(call.weight, call.orders)
         request = self._build(call, params, nonce)
-        started = time.perf_counter()
         status: int | None = None
         code: int | None = None
         try:
@@ -594,8 +588,10 @@ class AsterClient:
             code = exc.code
             raise
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            self._log(RequestLog(call.method, call.path, status, call.weight, elapsed_ms, code))
+            wall_ms = (time.perf_counter() - started) * 1000
+            cpu_ms = (time.process_time() - cpu) * 1000
+            entry = RequestLog(call.method, call.path, status, call.weight, wall_ms, code, cpu_ms)
+            self._log(entry)
 
     def _log(self, entry: RequestLog) -> None:
         if self._on_request is not None:

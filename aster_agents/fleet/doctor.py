@@ -30,7 +30,7 @@ from aster_agents.errors import (
 
 if TYPE_CHECKING:
     from aster_agents.config.schema import AgentConfig, FleetConfig
-    from aster_agents.exchange.base import RequestBudget
+    from aster_agents.exchange.base import Exchange, RequestBudget
     from aster_agents.exchange.http import AsterClient
     from aster_agents.ledger.budget import SharedBudget
     from aster_agents.models import Position
@@ -235,7 +235,7 @@ class AgentChecks:
                 self.position_mode(*state)
                 self.leverage_and_margin(client, state[1])
 
-    def account_state(self, client: AsterClient) -> tuple[bool, list[Position]] | None:
+    def account_state(self, client: Exchange) -> tuple[bool, list[Position]] | None:
         """(hedge mode, open positions) of the main account, read once per account per run."""
         user = self.agent.exchange.user.lower()
         if user not in self.accounts:
@@ -250,20 +250,17 @@ class AgentChecks:
         return self.accounts[user]
 
     def _client(self, signer: Signer | None) -> AsterClient:
-        from aster_agents.agent.clients import TOOL_NONCE_SLOT
-        from aster_agents.exchange.http import AsterClient
-        from aster_agents.signing import NonceSource
+        from aster_agents.agent.clients import make_client
 
-        return AsterClient(
-            self.agent.exchange.base_url,
-            user=self.agent.exchange.user,
-            signer=signer,
-            nonces=NonceSource(TOOL_NONCE_SLOT),
+        return make_client(
+            self.fleet,
+            self.agent,
             budget=self.budget,
+            signer=signer,
+            keyless=signer is None,
             timeout=EXCHANGE_TIMEOUT_S,
             max_retries=1,
             backoff_base=0.2,
-            agent_id=self.agent.id,
         )
 
     def key(self) -> Signer | None:
@@ -297,7 +294,7 @@ class AgentChecks:
             return
         self.check("model key", Status.PASS, f"environment variable {name} is set")
 
-    def reachable(self, client: AsterClient) -> bool:
+    def reachable(self, client: Exchange) -> bool:
         url = self.agent.exchange.base_url
         try:
             before = time.time()
@@ -313,7 +310,7 @@ class AgentChecks:
         self.check("clock", status, detail)
         return True
 
-    def account(self, client: AsterClient) -> bool:
+    def account(self, client: Exchange) -> bool:
         exchange = self.agent.exchange
         try:
             info = client.account()
@@ -363,7 +360,7 @@ class AgentChecks:
                 "hedge mode, no open position: the agent switches it to one-way at start",
             )
 
-    def leverage_and_margin(self, client: AsterClient, open_positions: list[Position]) -> None:
+    def leverage_and_margin(self, client: Exchange, open_positions: list[Position]) -> None:
         from aster_agents.models import MarginType
 
         trading = self.agent.trading
