@@ -6,11 +6,39 @@ JSON from the exchange is parsed into these in ``exchange/``; nothing else sees 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import Final
 
 ZERO = Decimal(0)
+_MINUTE_MS: Final = 60_000
+_DAY_MS: Final = 1440 * _MINUTE_MS
+# Kline interval -> its length. "1M" candles follow the calendar (the simulator buckets them
+# by month); 30 days is its nominal length, for cache lifetimes and the like.
+INTERVAL_MS: Final[dict[str, int]] = {
+    "1m": _MINUTE_MS,
+    "3m": 3 * _MINUTE_MS,
+    "5m": 5 * _MINUTE_MS,
+    "15m": 15 * _MINUTE_MS,
+    "30m": 30 * _MINUTE_MS,
+    "1h": 60 * _MINUTE_MS,
+    "2h": 120 * _MINUTE_MS,
+    "4h": 240 * _MINUTE_MS,
+    "6h": 360 * _MINUTE_MS,
+    "8h": 480 * _MINUTE_MS,
+    "12h": 720 * _MINUTE_MS,
+    "1d": _DAY_MS,
+    "3d": 3 * _DAY_MS,
+    "1w": 7 * _DAY_MS,
+    "1M": 30 * _DAY_MS,
+}
+
+
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds, the unit of every time in the project."""
+    return time.time_ns() // 1_000_000
 
 
 class Side(StrEnum):

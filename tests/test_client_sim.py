@@ -19,6 +19,7 @@ from aster_agents.errors import (
 )
 from aster_agents.exchange.http import AsterClient, RequestLog
 from aster_agents.models import (
+    INTERVAL_MS,
     MarginType,
     OrderRequest,
     OrderStatus,
@@ -29,7 +30,6 @@ from aster_agents.models import (
 )
 from aster_agents.signing import TESTNET_CHAIN_ID, NonceSource, Signer, generate_private_key
 from aster_agents.sim.faults import FaultConfig
-from aster_agents.sim.market import INTERVAL_MS
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.sim.symbols import SYMBOLS
 from tests.plugins.sim import SIM_BALANCE, SimKeys

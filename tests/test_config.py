@@ -7,14 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 
 from aster_agents.cli.main import main
 from aster_agents.config.keys import resolve_signer
-from aster_agents.config.schema import load_fleet
+from aster_agents.config.schema import TradingConfig, load_fleet
 from aster_agents.errors import ConfigError, CredentialError
+from aster_agents.models import INTERVAL_MS
 from aster_agents.signing import encrypt_keystore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,3 +161,9 @@ def test_config_error_lists_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_fleet(config)
     assert len(info.value.problems) == 2
+
+
+def test_config_accepts_exactly_the_intervals_the_project_knows() -> None:
+    """trading.interval's allowed values are the keys of models.INTERVAL_MS, in order."""
+    allowed = typing.get_args(TradingConfig.model_fields["interval"].annotation)
+    assert allowed == tuple(INTERVAL_MS)

@@ -15,13 +15,13 @@ from aster_agents.cli.main import build_app, main
 from aster_agents.config.schema import FleetConfig, load_fleet
 from aster_agents.ledger import AgentRow, Ledger
 from aster_agents.ledger.readonly import open_readonly
+from aster_agents.models import now_ms
 from aster_agents.portfolio.governance import (
     Governor,
     auto_rebalance,
     capital_moves,
     check_kill_switches,
     fleet_metrics,
-    now_ms,
     operator_set,
     review,
 )

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from aster_agents.sim.market import INTERVAL_MS, MINUTE_MS, Market
+from aster_agents.models import INTERVAL_MS
+from aster_agents.sim.market import MINUTE_MS, Market
 from aster_agents.sim.symbols import SYMBOLS
 from tests.plugins.sim import SignedClient
 

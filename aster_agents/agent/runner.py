@@ -35,7 +35,7 @@ from typing import Final, ParamSpec
 from aster_agents.agent import inflight
 from aster_agents.agent.reconcile import FUNDING, book_funding
 from aster_agents.agent.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
-from aster_agents.config.schema import KLINE_INTERVALS, AgentConfig, FleetConfig
+from aster_agents.config.schema import AgentConfig, FleetConfig
 from aster_agents.errors import (
     AsterAgentsError,
     AuthError,
@@ -54,6 +54,7 @@ from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
 from aster_agents.ledger.rows import sleeve_equity
 from aster_agents.logs import logger
 from aster_agents.models import (
+    INTERVAL_MS,
     ZERO,
     ExchangeInfo,
     Kline,
@@ -64,6 +65,7 @@ from aster_agents.models import (
     OrderType,
     Side,
     SymbolInfo,
+    now_ms,
 )
 from aster_agents.portfolio.governance import Governor
 from aster_agents.portfolio.trades import last_closed_trip
@@ -91,28 +93,6 @@ PROTECT_NOTES: Final = {
     OrderType.STOP_MARKET: "stop loss",
     OrderType.TAKE_PROFIT_MARKET: "take profit",
 }
-INTERVAL_MS: Final = {
-    "1m": 60_000,
-    "3m": 180_000,
-    "5m": 300_000,
-    "15m": 900_000,
-    "30m": 1_800_000,
-    "1h": 3_600_000,
-    "2h": 7_200_000,
-    "4h": 14_400_000,
-    "6h": 21_600_000,
-    "8h": 28_800_000,
-    "12h": 43_200_000,
-    "1d": 86_400_000,
-    "3d": 259_200_000,
-    "1w": 604_800_000,
-    "1M": 2_592_000_000,
-}
-assert set(INTERVAL_MS) == set(KLINE_INTERVALS)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def failpoint(name: str) -> None:

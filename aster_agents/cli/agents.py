@@ -70,7 +70,8 @@ def enable(
 
 def _set_state(ctx: typer.Context, agent_id: str, *, enabled: bool, note: str | None) -> None:
     from aster_agents.ledger import Ledger
-    from aster_agents.portfolio.governance import now_ms, operator_set
+    from aster_agents.models import now_ms
+    from aster_agents.portfolio.governance import operator_set
 
     cli = state(ctx)
     agent = cli.fleet().agent(agent_id)  # unknown id: ConfigError, exit 2

@@ -25,10 +25,10 @@ def rebalance(
     "applied": bool, "rebalance_id": int|null, "metrics": {...}, ...}.
     """
     from aster_agents.ledger import Ledger
+    from aster_agents.models import now_ms
     from aster_agents.portfolio.governance import (
         Applied,
         check_kill_switches,
-        now_ms,
         rebalance_now,
         review,
     )

@@ -41,23 +41,6 @@ from aster_agents.config.view import (
 )
 from aster_agents.errors import ConfigError
 
-KLINE_INTERVALS: Final = (
-    "1m",
-    "3m",
-    "5m",
-    "15m",
-    "30m",
-    "1h",
-    "2h",
-    "4h",
-    "6h",
-    "8h",
-    "12h",
-    "1d",
-    "3d",
-    "1w",
-    "1M",
-)
 DEFAULT_BASE_URL: Final = "https://fapi.asterdex.com"
 
 _ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")

@@ -6,18 +6,14 @@ Functions over a ``backend.Conn`` (one transaction, or the store's connection fo
 from __future__ import annotations
 
 import json
-import time
 from typing import Any, Final
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.rows import AuditEntry
+from aster_agents.models import now_ms as now_ms  # the ledger modules' clock, re-exported
 
 RECONCILE: Final = "reconcile"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def record(conn: Conn, agent_id: str | None, event: str, **detail: Any) -> None:

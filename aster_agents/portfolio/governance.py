@@ -31,6 +31,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from aster_agents.ledger.history import OPERATOR_ENABLE
+from aster_agents.models import now_ms
 from aster_agents.portfolio import metrics
 from aster_agents.portfolio.metrics import MS_PER_DAY, CombinedNav, Metrics, NavPoint
 from aster_agents.portfolio.rebalance import (
@@ -55,10 +56,6 @@ ZERO: Final = Decimal(0)
 CENT: Final = Decimal("0.01")
 PORTFOLIO_CHECK_S: Final = 30.0  # wall seconds between a runner's portfolio kill-switch checks
 AUTO_CHECK_S: Final = 60.0  # wall seconds between a runner's looks at the automatic rebalance
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def policy_of(fleet: FleetConfig) -> Policy:

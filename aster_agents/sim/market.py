@@ -23,28 +23,12 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Final
 
+from aster_agents.models import INTERVAL_MS
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
 MINUTE_MS: Final = 60_000
 _CHUNK: Final = 1440
 _DAY_MS: Final = 86_400_000
-INTERVAL_MS: Final[dict[str, int]] = {
-    "1m": MINUTE_MS,
-    "3m": 3 * MINUTE_MS,
-    "5m": 5 * MINUTE_MS,
-    "15m": 15 * MINUTE_MS,
-    "30m": 30 * MINUTE_MS,
-    "1h": 60 * MINUTE_MS,
-    "2h": 120 * MINUTE_MS,
-    "4h": 240 * MINUTE_MS,
-    "6h": 360 * MINUTE_MS,
-    "8h": 480 * MINUTE_MS,
-    "12h": 720 * MINUTE_MS,
-    "1d": _DAY_MS,
-    "3d": 3 * _DAY_MS,
-    "1w": 7 * _DAY_MS,
-    "1M": 31 * _DAY_MS,
-}
 DEFAULT_HISTORY_MINUTES: Final = 30 * 1440
 MAX_FUNDING_RATE: Final = Decimal("0.0001")  # +-0.01% per funding interval
 

@@ -25,6 +25,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl
 
 from aster_agents.errors import ConfigError
+from aster_agents.models import INTERVAL_MS
 from aster_agents.signing import MAINNET_CHAIN_ID
 from aster_agents.sim import controls
 from aster_agents.sim.auth import NONCE_WINDOW_US, Authenticator
@@ -32,7 +33,7 @@ from aster_agents.sim.engine import ApiError, Engine, parse_list
 from aster_agents.sim.faults import FaultConfig, Faults, Verdict
 from aster_agents.sim.limits import LimitConfig, RateLimiter
 from aster_agents.sim.listen_keys import LISTEN_KEY_LIFE_S, ListenKeys
-from aster_agents.sim.market import DEFAULT_HISTORY_MINUTES, INTERVAL_MS, Market
+from aster_agents.sim.market import DEFAULT_HISTORY_MINUTES, Market
 from aster_agents.sim.symbols import SYMBOLS, exchange_info
 from aster_agents.sim.tape import Tape
 
