@@ -13,7 +13,6 @@ import contextlib
 import http.client
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Any, Final
 
 from aster_agents.config.schema import FleetConfig
 from aster_agents.errors import AsterAgentsError, ConfigError
+from aster_agents.fleet.rpc import supervisor_rpc
 from aster_agents.ledger.liveness import pid_alive
 
 GROUP: Final = "aster-agents"
@@ -287,10 +287,9 @@ class Supervisor:
     def _call(self, method: str, *args: object, ok_faults: tuple[int, ...] = ()) -> Any:
         if not self.socket.exists():
             raise self._not_running()
-        transport = _transport(self.socket, RPC_TIMEOUT_S)
         try:
-            proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-            return getattr(proxy.supervisor, method)(*args)
+            with supervisor_rpc(self.socket, RPC_TIMEOUT_S) as proxy:
+                return getattr(proxy.supervisor, method)(*args)
         except xmlrpc.client.Fault as exc:
             if exc.faultCode in ok_faults:
                 return None
@@ -299,8 +298,6 @@ class Supervisor:
             ) from None
         except (OSError, xmlrpc.client.ProtocolError, http.client.HTTPException):
             raise self._not_running() from None
-        finally:
-            transport.close()
 
     def _not_running(self) -> SupervisorNotRunning:
         return SupervisorNotRunning(
@@ -427,26 +424,6 @@ def _kill(pid: int, *, group: bool) -> None:
         else:
             os.kill(pid, signal.SIGKILL)
     wait_pid_gone(pid, 5.0)
-
-
-def _transport(sock: Path, timeout: float) -> Any:
-    """supervisor's unix-socket XML-RPC transport, with a timeout on the socket."""
-    from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
-
-    class _Connection(UnixStreamHTTPConnection):  # type: ignore[misc]  # untyped base
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(timeout)
-            self.sock.connect(self.socketfile)
-
-    def connection() -> _Connection:
-        conn = _Connection("localhost")
-        conn.socketfile = str(sock)
-        return conn
-
-    transport = SupervisorTransport(None, None, serverurl=f"unix://{sock}")
-    transport._get_connection = connection
-    return transport
 
 
 def supervisord_bin() -> str:

@@ -304,32 +304,15 @@ def supervisor_processes(state_dir: Path) -> dict[str, ProcInfo] | None:
 
 def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
     import http.client
-    import socket
     import xmlrpc.client
 
-    from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
+    from aster_agents.fleet.rpc import supervisor_rpc
 
-    class _Conn(UnixStreamHTTPConnection):  # type: ignore[misc]  # untyped base
-        def connect(self) -> None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(SUPERVISOR_TIMEOUT_S)
-            self.sock.connect(self.socketfile)
-
-    transport = SupervisorTransport(None, None, "unix://" + str(sock))
-
-    def connection() -> _Conn:
-        conn = _Conn("localhost")
-        conn.socketfile = str(sock)
-        return conn
-
-    transport._get_connection = connection
     try:
-        proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        result = proxy.supervisor.getAllProcessInfo()
+        with supervisor_rpc(sock, SUPERVISOR_TIMEOUT_S) as proxy:
+            result = proxy.supervisor.getAllProcessInfo()
     except (OSError, xmlrpc.client.Error, http.client.HTTPException):
         return None  # supervisord is down or refuses: the caller falls back to heartbeats
-    finally:
-        transport.close()
     return list(result) if isinstance(result, list) else None
 
 
