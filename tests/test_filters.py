@@ -8,7 +8,14 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aster_agents.agent.filters import check_order, require_valid_order, round_price, round_qty
+from aster_agents.agent.filters import (
+    check_order,
+    require_valid_order,
+    round_price,
+    round_protective,
+    round_qty,
+)
+from aster_agents.agent.sizing import entry_size, protective_prices
 from aster_agents.errors import OrderRejected
 from aster_agents.models import Side, SymbolFilters
 
@@ -132,6 +139,66 @@ def test_examples_btcusdt() -> None:
     assert round_qty(D("0.0005"), BTC) == D("0")
     assert round_qty(D("5000"), BTC) == D("1000")
     assert round_qty(D("5000"), BTC, market=True) == D("120")
+
+
+def test_long_protection_rounds_towards_the_entry() -> None:
+    """Long: the stop rounds UP and the take-profit DOWN, so neither is wider than configured."""
+    stop, take = protective_prices(Side.BUY, D("100.05"), 0.02, 0.04, BTC)
+    assert (stop, take) == (D("98.1"), D("104.0"))  # exact 98.049 and 104.052
+    assert D("100.05") - stop <= D("100.05") * D("0.02")
+    assert take - D("100.05") <= D("100.05") * D("0.04")
+
+
+def test_short_protection_rounds_towards_the_entry() -> None:
+    """Short: the stop rounds DOWN and the take-profit UP, so neither is wider than configured."""
+    stop, take = protective_prices(Side.SELL, D("100.05"), 0.02, 0.04, BTC)
+    assert (stop, take) == (D("102.0"), D("96.1"))  # exact 102.051 and 96.048
+    assert stop - D("100.05") <= D("100.05") * D("0.02")
+    assert D("100.05") - take <= D("100.05") * D("0.04")
+
+
+pcts = st.floats(min_value=0.001, max_value=0.5)
+
+
+@given(f=filters(), data=st.data(), side=st.sampled_from([Side.BUY, Side.SELL]), sl=pcts, tp=pcts)
+def test_protective_prices_never_wider_than_configured(
+    f: SymbolFilters, data: st.DataObject, side: Side, sl: float, tp: float
+) -> None:
+    """Both sides: on the grid, within a tick, never wider than exact (unless under a tick)."""
+    entry = data.draw(st.decimals(min_value=f.min_price, max_value=f.max_price, places=6))
+    assume(entry > 0)
+    stop, take = protective_prices(side, entry, sl, tp, f)
+    sign = 1 if side is Side.BUY else -1
+    exact_stop = entry * (1 - sign * D(str(sl)))
+    exact_take = entry * (1 + sign * D(str(tp)))
+    for rounded, exact in ((stop, exact_stop), (take, exact_take)):
+        assert _on_grid(rounded, f.min_price, f.tick_size)
+        assert abs(rounded - exact) < f.tick_size
+        assert (rounded < entry) == (exact < entry) and rounded != entry, "crossed the entry"
+        if abs(exact - entry) >= f.tick_size:
+            assert abs(rounded - entry) <= abs(exact - entry), "rounded away from the entry"
+
+
+def test_round_protective_keeps_grid_prices_and_its_side_of_the_entry() -> None:
+    """On-grid prices stay; under a tick from the entry it rounds away rather than cross it."""
+    assert round_protective(D("98.1"), D("100"), BTC) == D("98.1")
+    assert round_protective(D("100.05"), D("100.05"), BTC) == D("100.05")
+    assert round_protective(D("100.02"), D("100.05"), BTC) == D("100.0")  # not 100.1 (above)
+    assert round_protective(D("100.08"), D("100.05"), BTC) == D("100.1")  # not 100.0 (below)
+    assert round_protective(D("99.95"), D("100.0"), BTC) == D("99.9")  # not the entry itself
+
+
+@given(f=filters(), capital=amounts, price=amounts, leverage=st.integers(1, 20))
+def test_entry_size_rounds_with_the_filters(
+    f: SymbolFilters, capital: Decimal, price: Decimal, leverage: int
+) -> None:
+    """An entry size is the filters' market rounding of the target, and passes check_order."""
+    size = entry_size(capital, 0.1, leverage, price, f)
+    if size.skip_reason is None:
+        assert size.qty == round_qty(capital * D("0.1") * leverage / price, f, market=True)
+        assert check_order(f, size.qty, None, price, market=True) == []
+    else:
+        assert size.qty == 0
 
 
 def test_zero_tick_and_step_disable_rounding() -> None:

@@ -52,6 +52,26 @@ def round_price(price: Decimal, filters: SymbolFilters, side: Side | None = None
     return _snap(price, base, tick, ROUND_FLOOR)
 
 
+def round_protective(price: Decimal, entry: Decimal, filters: SymbolFilters) -> Decimal:
+    """A stop-loss or take-profit trigger ``price`` on the tick grid, rounded towards ``entry``.
+
+    Rounding never widens the distance to the entry: a stop never risks more than configured and
+    a take-profit is never placed beyond its target. Long: the stop (below the entry) rounds up,
+    the take-profit (above) rounds down; short: the stop rounds down, the take-profit up. Only
+    when ``price`` is less than a tick from the entry does it round away, so that the order stays
+    on its side of the entry (it would trigger at once otherwise).
+    """
+    tick = filters.tick_size
+    if tick <= 0 or price == entry:
+        return price
+    base = filters.min_price if filters.min_price > 0 else ZERO
+    below = price < entry
+    towards = _snap(price, base, tick, ROUND_CEILING if below else ROUND_FLOOR)
+    if (towards < entry) == below and towards != entry:
+        return towards
+    return _snap(price, base, tick, ROUND_FLOOR if below else ROUND_CEILING)
+
+
 def round_qty(qty: Decimal, filters: SymbolFilters, market: bool = False) -> Decimal:
     """``qty`` rounded down to the step grid, clamped to the maximum; 0 when below the minimum."""
     lot = _lot(filters, market)

@@ -620,7 +620,7 @@ class AgentRunner:
             position.entry_price,
             stop_pct,
             take_pct,
-            self._symbol(symbol).filters.tick_size,
+            self._symbol(symbol).filters,
         )
         prices = {OrderType.STOP_MARKET: stop, OrderType.TAKE_PROFIT_MARKET: take}
         for order_type in types:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, Decimal
+from decimal import Decimal
 from typing import Final
 
-from aster_agents.models import Side, SymbolFilters
+from aster_agents.agent.filters import check_order, round_protective, round_qty
+from aster_agents.models import ZERO, Side, SymbolFilters
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,50 +28,44 @@ def entry_size(
 ) -> Sizing:
     """Quantity for a new position: ``position_size_pct`` of capital as margin, times leverage.
 
-    Rounded down to the market step size and clamped to the market max quantity; a result below
-    the minimum quantity or notional comes back with ``qty == 0`` and a ``skip_reason``.
+    Rounded down to the market lot (``filters.round_qty``: step grid, clamped to the maximum); a
+    size that fails the symbol's filters (``filters.check_order``: minimum quantity or notional)
+    comes back with ``qty == 0`` and a ``skip_reason``.
     """
     margin = capital * Decimal(str(position_size_pct))
     target = margin * leverage
     if price <= 0 or target <= 0:
-        return Sizing(Decimal(0), Decimal(0), Decimal(0), "no capital or no price")
-    step = filters.market_step_size or filters.step_size
-    raw = min(target / price, filters.market_max_qty or target / price)
-    qty = (raw / step).to_integral_value(rounding=ROUND_DOWN) * step if step > 0 else raw
+        return Sizing(ZERO, ZERO, ZERO, "no capital or no price")
+    raw = target / price
+    qty = round_qty(raw, filters, market=True)
     notional = qty * price
-    min_qty = filters.market_min_qty or filters.min_qty
-    if qty <= 0 or qty < min_qty:
-        return Sizing(Decimal(0), margin, notional, f"size {raw:.8f} below min qty {min_qty}")
-    if notional < filters.min_notional:
-        return Sizing(
-            Decimal(0),
-            margin,
-            notional,
-            f"notional {notional:.2f} below min notional {filters.min_notional}",
-        )
+    if qty <= 0:
+        return Sizing(ZERO, margin, notional, f"size {raw:.8f} is below the minimum quantity")
+    problems = check_order(filters, qty, None, price, market=True)
+    if problems:  # in practice the minimum notional
+        return Sizing(ZERO, margin, notional, "; ".join(problems))
     return Sizing(qty, notional / leverage, notional)
 
 
 def protective_prices(
-    side: Side, entry: Decimal, stop_loss_pct: float, take_profit_pct: float, tick: Decimal
+    side: Side,
+    entry: Decimal,
+    stop_loss_pct: float,
+    take_profit_pct: float,
+    filters: SymbolFilters,
 ) -> tuple[Decimal, Decimal]:
     """(stop price, take-profit price) for a position opened on ``side`` at ``entry``.
 
-    The stop is rounded away from the entry's loss side conservatively (towards the entry),
-    and both are multiples of the tick size.
+    Both are on the tick grid, rounded towards the entry (``filters.round_protective``): the
+    loss at the stop is never larger than ``stop_loss_pct`` and the take-profit never further
+    than ``take_profit_pct``, for longs and shorts alike.
     """
     sl, tp = Decimal(str(stop_loss_pct)), Decimal(str(take_profit_pct))
     if side is Side.BUY:
         stop, take = entry * (1 - sl), entry * (1 + tp)
     else:
         stop, take = entry * (1 + sl), entry * (1 - tp)
-    return _to_tick(stop, tick), _to_tick(take, tick)
-
-
-def _to_tick(price: Decimal, tick: Decimal) -> Decimal:
-    if tick <= 0:
-        return price
-    return (price / tick).to_integral_value(rounding=ROUND_DOWN) * tick
+    return round_protective(stop, entry, filters), round_protective(take, entry, filters)
 
 
 MIN_PROTECTIVE_PCT: Final = 0.001  # a suggested stop closer than 0.1% would fire on noise
