@@ -19,6 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check aster_agents tests bench
 	$(BIN)/ruff format --check aster_agents tests bench
 	$(BIN)/mypy
+	$(BIN)/python -m tests.kit.architecture
 
 demo: $(STAMP)
 	$(BIN)/aster-agent demo

@@ -11,8 +11,7 @@ from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-import yaml  # the accounts file is the simulator's own format, not agents.d
-
+from aster_agents.config.yamlfile import load_yaml_file
 from aster_agents.errors import ConfigError
 from aster_agents.signing import checksum_address, is_address
 from aster_agents.sim.server import DEFAULT_BALANCE, SimAccount
@@ -55,10 +54,7 @@ def _account(entry: object, where: str, default_balance: Decimal) -> SimAccount:
 
 def load_accounts_file(path: Path, default_balance: Decimal = DEFAULT_BALANCE) -> list[SimAccount]:
     """A YAML list of ``{user, signers, balance_usdt, deposited}``; ConfigError names the entry."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read the accounts file: {exc}") from None
+    data = load_yaml_file(path, "the accounts file")  # the simulator's own format
     if not isinstance(data, list):
         raise ConfigError(f"{path}: must be a YAML list of {{user, signers, balance_usdt}}")
     return [_account(e, f"{path}: [{i}]", default_balance) for i, e in enumerate(data)]
