@@ -10,7 +10,7 @@ before an order goes out is ``mark_sent``, whose sync covers the reservation too
 ``--mark-sent`` adds that durable write to every loop (reserve, mark_sent, release), which is
 the cost of a reservation that reaches the wire (``marked_sent`` counts them); the targets are
 for plain reservations.
-Violations come from the independent journal check in ``tests/ledger_worker.py``.
+Violations come from the independent journal check in ``tests/kit/ledger_worker.py``.
 Targets: 0 violations; p99 <= 5 ms with 50 processes at 200 ms think time;
 >= 3,000 committed reservations/s with 10 processes and no think time.
 Runs last 15 s by default: at 50 processes and 200 ms think time that is about 3,800
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from aster_agents.ledger import Ledger  # noqa: E402
-from tests.ledger_worker import Limits, check_journal  # noqa: E402
+from tests.kit.ledger_worker import Limits, check_journal  # noqa: E402
 
 AGENTS_PER_ACCOUNT = 5
 MAX_POSITIONS = 3
@@ -74,7 +74,14 @@ def run(procs: int, think_ms: float, seconds: float, mark_sent: bool) -> dict[st
         workers = []
         for i, (agent, user, symbols) in enumerate(plan):
             out = Path(tmp) / f"out{i}.json"
-            cmd = [sys.executable, "-m", "tests.ledger_worker", "bench", str(state), str(journal)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "tests.kit.ledger_worker",
+                "bench",
+                str(state),
+                str(journal),
+            ]
             cmd += [agent, user, symbols, "--seed", str(i), "--seconds", str(seconds)]
             cmd += ["--think-ms", str(think_ms), "--go-file", str(go), "--out", str(out)]
             cmd += ["--mark-sent"] if mark_sent else []

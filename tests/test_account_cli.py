@@ -11,25 +11,18 @@ from typing import Any
 
 import pytest
 
-from aster_agents.cli.main import main
 from aster_agents.errors import EXIT_AUTH
 from aster_agents.exchange.http import AsterClient
 from aster_agents.models import OrderRequest, OrderType, Side, TimeInForce
 from aster_agents.signing import NonceSource, Signer, generate_private_key
 from aster_agents.sim.server import SimServer
+from tests.kit.cli import run_cli
 from tests.plugins.sim import SimKeys
 
 KEY_ENV = "AGENT_1_PRIVATE_KEY"
 BTC = "BTCUSDT"
 ETH = "ETHUSDT"
 _SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def write_agents_d(root: Path, sim: SimServer, keys: SimKeys, signer: str | None = None) -> Path:

@@ -12,25 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.cli.main import main
 from aster_agents.config.keys import resolve_signer
 from aster_agents.config.schema import TradingConfig, load_fleet
 from aster_agents.errors import ConfigError, CredentialError
 from aster_agents.models import INTERVAL_MS
 from aster_agents.signing import encrypt_keystore
+from tests.kit.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 BAD = Path(__file__).parent / "data" / "bad_configs"
 CASES = sorted(p.name for p in BAD.iterdir() if p.is_dir())
 DEMO_KEY = "0x4fd0a42218f3eae43a6ce26d22544e986139a01e5b34a62db53757ffca81bae1"
 DEMO_SIGNER = "0x21cF8Ae13Bb72632562c6Fff438652Ba1a151bb0"
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def test_shipped_agents_d_is_valid() -> None:

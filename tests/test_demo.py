@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.cli.main import main
 from aster_agents.config.schema import load_fleet
 from aster_agents.fleet.demo import DemoKeys, demo_agent_docs, pick_agents
 from aster_agents.ledger.liveness import pid_alive
+from tests.kit.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = str(Path(sys.executable).parent / "aster-agent")
@@ -106,10 +106,9 @@ def test_demo_refuses_bad_options(
     """Bad --agents or a non-empty --state-dir exit 2 before anything starts."""
     (tmp_path / "old-file").write_text("x")
     args = ["--config-dir", str(REPO / "agents.d"), *(a.format(tmp=tmp_path) for a in extra)]
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    assert exit_info.value.code == 2
-    assert expect in capsys.readouterr().err
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert expect in err
 
 
 @pytest.mark.slow

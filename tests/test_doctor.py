@@ -12,22 +12,15 @@ from typing import Any
 
 import pytest
 
-from aster_agents.cli.main import main
 from aster_agents.fleet.doctor import Status, classify_skew
 from aster_agents.ledger import Ledger, SharedBudget
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimAccount, SimConfig, SimServer
-from tests.agentkit import Fleet, make_fleet
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.cli import run_cli
 
 HOST_CHECKS = ("key files", "ledger", "supervisord", "rate budget")
 EXCHANGE_CHECKS = ("clock", "account", "position mode", "leverage and margin")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def doctor_json(

@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -21,22 +19,10 @@ from aster_agents.fleet.supervisor import Supervisor, pid_alive, pid_path, wait_
 from aster_agents.ledger import Ledger
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimAccount, SimConfig, SimServer
+from tests.kit.wait import wait_for
 
-T = TypeVar("T")
 SYMBOLS = {"agent-a": "BTCUSDT", "agent-b": "ETHUSDT", "agent-c": "SOLUSDT"}
 BIN = str(Path(sys.executable).parent / "aster-agent")
-
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float) -> T:
-    """Poll ``check`` until it returns something truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def _agent_doc(agent_id: str, user: str, signer: str, url: str) -> dict[str, object]:
@@ -163,8 +149,8 @@ def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: 
     up = fleet.cli("up", "--env-file", str(fleet.env_file))
     assert up.returncode == 0, up.stderr + up.stdout
     sup_pid = Supervisor(fleet.state).pid()
-    pids = wait_for("three agents RUNNING", lambda: _running(fleet.status()), 40)
-    wait_for("a first fill in the ledger", fleet.fills, 40)
+    pids = wait_for(lambda: _running(fleet.status()), 40, "three agents RUNNING")
+    wait_for(fleet.fills, 40, "a first fill in the ledger")
 
     doctor = fleet.cli("doctor", "--json", keys=True)
     checks = json.loads(doctor.stdout)["checks"]
@@ -181,7 +167,7 @@ def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: 
         now = _running(fleet.status())
         return now if now and now[victim] != pids[victim] else None
 
-    after = wait_for(f"{victim} restarted with a new pid", restarted, 60)
+    after = wait_for(restarted, 60, f"{victim} restarted with a new pid")
     assert after["agent-a"] == pids["agent-a"] and after["agent-c"] == pids["agent-c"]
 
     again = fleet.cli("restart", "--id", "agent-c")
@@ -189,7 +175,7 @@ def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: 
     assert not pid_alive(after["agent-c"])
     logs = fleet.cli("logs", "--id", "agent-c", "-n", "3")
     assert logs.returncode == 0 and "agent-c" in logs.stdout
-    new_c = wait_for("agent-c's new pid", lambda: fleet.status()["agent-c"][1], 30)
+    new_c = wait_for(lambda: fleet.status()["agent-c"][1], 30, "agent-c's new pid")
     after = {**after, "agent-c": new_c}
 
     down = fleet.cli("down")

@@ -27,7 +27,8 @@ from aster_agents.portfolio.governance import (
 )
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.wait import wait_for
 
 HOUR = 3_600_000
 USER = Signer(generate_private_key()).address

@@ -1,7 +1,7 @@
 """Chaos test: 12 real worker processes hammer one ledger while this process SIGKILLs them.
 
 The limits are checked from the workers' own ``O_APPEND`` journal and the kill times recorded
-here (see ``tests/ledger_worker.py``), never from the ledger's view of itself; afterwards the
+here (see ``tests/kit/ledger_worker.py``), never from the ledger's view of itself; afterwards the
 file must pass ``PRAGMA integrity_check`` and its positions must match the booked fills.
 """
 
@@ -24,7 +24,7 @@ import pytest
 from aster_agents.errors import ReservationDenied
 from aster_agents.ledger import Ledger, pid_alive
 from aster_agents.models import Side
-from tests.ledger_worker import Limits, check_journal
+from tests.kit.ledger_worker import Limits, check_journal
 from tests.plugins.ledger import ROOT
 
 ACCOUNTS = 3
@@ -56,7 +56,7 @@ def _setup(state: Path) -> list[tuple[str, str]]:
 
 
 def _start(state: Path, journal: Path, agent: str, user: str, seed: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "tests.ledger_worker", "chaos", str(state), str(journal)]
+    cmd = [sys.executable, "-m", "tests.kit.ledger_worker", "chaos", str(state), str(journal)]
     cmd += [agent, user, SYMBOLS, "--seed", str(seed), "--seconds", "120", "--ttl", "2"]
     return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
 

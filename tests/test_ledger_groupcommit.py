@@ -23,7 +23,7 @@ from aster_agents.ledger import Ledger
 from aster_agents.ledger.sqlite import SYNC_NAME
 from aster_agents.ledger.sqlite import SqliteStore as Store
 from aster_agents.models import Side
-from tests.agentkit import wait_for
+from tests.kit.wait import wait_for
 from tests.plugins.ledger import run_python
 
 AUDIT_ROW = "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (0, NULL, ?, '{}')"

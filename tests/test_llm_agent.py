@@ -13,7 +13,8 @@ from aster_agents.agent.sizing import entry_size
 from aster_agents.sim.model import GARBAGE, ModelServer, Reply
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.wait import wait_for
 from tests.test_runner import in_process, open_orders
 
 API_KEY = "sk-e2e-5b1f0c9d8e7a6b5c4d3e2f1a0b9c8d7e"

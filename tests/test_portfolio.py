@@ -11,24 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aster_agents.cli.main import main
 from aster_agents.config.schema import FleetConfig, load_fleet
 from aster_agents.fleet.view import collect_portfolio
 from aster_agents.ledger import Ledger
 from aster_agents.portfolio import nav as pf
+from tests.kit.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 USER = "0xD07531b644C108a916D454E029bE3C61B4A0de72"
 
 money = st.decimals(min_value=-10_000, max_value=1_000_000, places=4, allow_nan=False)
 positive = st.decimals(min_value=Decimal("0.01"), max_value=1_000_000, places=4)
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 @st.composite

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from aster_agents.cli.main import main
 from aster_agents.ledger import Ledger
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.cli import run_cli
+from tests.kit.wait import wait_for
 from tests.plugins.sim import SignedClient
 
 CENT = Decimal("0.01")
@@ -41,12 +42,8 @@ def reconcile(
 ) -> tuple[int, dict[str, Any]]:
     """Run ``aster-agent reconcile --json ARGS`` in-process; (exit code, JSON document)."""
     argv = ["--config-dir", str(fleet.config_dir), "--state-dir", str(fleet.state_dir)]
-    with pytest.raises(SystemExit) as exit_info:
-        main([*argv, "reconcile", "--json", *args])
-    out = capsys.readouterr()
-    code = exit_info.value.code
-    assert isinstance(code, int)
-    return code, json.loads(out.out) if out.out.strip() else {"stderr": out.err}
+    code, out, err = run_cli([*argv, "reconcile", "--json", *args], capsys)
+    return code, json.loads(out) if out.strip() else {"stderr": err}
 
 
 def web_ui_order(fleet: Fleet, symbol: str, qty: str) -> None:

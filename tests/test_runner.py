@@ -18,7 +18,8 @@ from aster_agents.ledger import Ledger, MarketDataCache
 from aster_agents.signing import NonceSource, Signer
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
-from tests.agentkit import Fleet, make_fleet, replay_max_positions, wait_for
+from tests.kit.agents import Fleet, make_fleet, replay_max_positions
+from tests.kit.wait import wait_for
 
 SIX = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ASTERUSDT")
 

@@ -28,7 +28,8 @@ from aster_agents.fleet.supervisor import Supervisor, pid_path, write_runtime_co
 from aster_agents.ledger import pid_alive
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimServer
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.wait import wait_for
 
 AGENTS = ("agent-1", "agent-2", "agent-3")
 SIGNATURE_RE = re.compile(rb"[0-9a-fA-F]{130}")

@@ -14,7 +14,7 @@ from aster_agents.cli import sim
 from aster_agents.errors import ConfigError
 from aster_agents.sim.accounts import accounts_from_config_dir, load_accounts_file
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import wait_for
+from tests.kit.wait import wait_for
 from tests.plugins.sim import SignedClient, new_keys, start_sim_process
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -11,6 +9,7 @@ import httpx
 import pytest
 
 from aster_agents.sim.server import SimAccount, SimServer
+from tests.kit.wait import wait_for
 from tests.plugins.sim import SIM_BALANCE, SignedClient, SimKeys
 
 D = Decimal
@@ -28,13 +27,6 @@ def _ok(client: SignedClient, method: str, path: str, **params: str) -> Any:
 def _code(response: httpx.Response) -> int:
     assert response.status_code >= 400, response.text
     return int(response.json()["code"])
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.02)
 
 
 def _market(client: SignedClient, side: str, qty: str, **extra: str) -> Any:
@@ -87,7 +79,7 @@ def test_fills_fees_and_realized_pnl_reconcile(
         sim_client, side="SELL", type="LIMIT", timeInForce="GTC", quantity="0.005", price="47500.0"
     ).json()
     pin("BTCUSDT", D("47600.0"))
-    _wait_for(
+    wait_for(
         lambda: (
             _ok(sim_client, "GET", ORDER, symbol="BTCUSDT", orderId=str(limit["orderId"]))["status"]
             == "FILLED"
@@ -189,7 +181,7 @@ def test_stop_market_close_position_triggers_on_mark(
     order = _order(sim_client, **stop, stopPrice="49500.0").json()
     assert (order["status"], order["origQty"]) == ("NEW", "0")
     pin("BTCUSDT", D("49400.0"))
-    _wait_for(lambda: _position(sim_client) == 0)
+    wait_for(lambda: _position(sim_client) == 0)
     done = _ok(sim_client, "GET", ORDER, symbol="BTCUSDT", orderId=str(order["orderId"]))
     assert (done["status"], done["executedQty"]) == ("FILLED", "0.02")
 
@@ -212,7 +204,7 @@ def test_take_profit_reduce_only_and_reduce_only_rejection(
         reduceOnly="true",
     ).json()
     pin("BTCUSDT", D("51200.0"))
-    _wait_for(lambda: _position(sim_client) == 0)
+    wait_for(lambda: _position(sim_client) == 0)
     done = _ok(sim_client, "GET", ORDER, symbol="BTCUSDT", orderId=str(tp["orderId"]))
     assert done["executedQty"] == "0.01"
     pnl = _ok(sim_client, "GET", "/fapi/v3/userTrades", symbol="BTCUSDT")[-1]["realizedPnl"]

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from aster_agents.cli.main import main
 from aster_agents.cli.status import render_status
 from aster_agents.config.schema import FleetConfig, load_fleet
 from aster_agents.fleet.view import (
@@ -31,16 +30,10 @@ from aster_agents.fleet.view import (
 )
 from aster_agents.ledger import Ledger
 from aster_agents.models import Side
+from tests.kit.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 EQUITY = Decimal(10000)
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def dead_pid() -> int:

@@ -14,15 +14,9 @@ from aster_agents.config.schema import load_fleet
 from aster_agents.errors import ConfigError
 from aster_agents.fleet.supervisor import load_env_file, render
 from aster_agents.signing import Signer, generate_private_key
+from tests.kit.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 def _parse(text: str) -> configparser.RawConfigParser:
@@ -248,7 +242,6 @@ def test_render_cli_output_does_not_depend_on_where_it_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`supervisor render -o ANYWHERE` writes the checked-in file; --here moves %(here)s."""
-    from aster_agents.cli.main import main
 
     monkeypatch.delenv("ASTER_AGENTS_STATE")
 

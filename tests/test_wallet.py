@@ -17,14 +17,15 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from aster_agents.cli.main import main
 from aster_agents.config.keys import resolve_signer
 from aster_agents.config.schema import load_fleet
 from aster_agents.config.wallet import keystore_path, updated_yaml
 from aster_agents.errors import ConfigError
 from aster_agents.signing import Signer, decrypt_keystore, encrypt_keystore, generate_private_key
 from aster_agents.sim.server import SimAccount, SimServer
-from tests.agentkit import make_fleet, wait_for
+from tests.kit.agents import make_fleet
+from tests.kit.cli import run_cli
+from tests.kit.wait import wait_for
 
 PASSWORD = "correct horse battery staple 42"
 ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
@@ -49,13 +50,6 @@ trading:
 allocation:
   capital_pct: 0.5  # half
 """
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 @pytest.fixture

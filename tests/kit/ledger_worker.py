@@ -1,6 +1,6 @@
 """A ledger worker process for the chaos test and the benchmark, and the independent checker.
 
-Run as ``python -m tests.ledger_worker STATE_DIR JOURNAL AGENT USER SYMBOLS ...``. The worker
+Run as ``python -m tests.kit.ledger_worker STATE_DIR JOURNAL AGENT USER SYMBOLS ...``. The worker
 hammers reserve/confirm/release/book_fill/close for its agent and appends one line per step to
 an ``O_APPEND`` journal *outside* the ledger: ``A`` right after a granted ``open`` reservation
 returns, ``B`` right before the call that gives the slot back (release or the closing fill).
