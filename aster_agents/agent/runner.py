@@ -929,8 +929,8 @@ class RequestMeter:
     """The client's ``on_request`` hook: adds up the wall and CPU time spent in requests.
 
     The tick's own cost is its time minus this: what the runner, ledger, cache and strategy
-    cost, without the network and the client's request handling (budget, signing, answer).
-    Each entry is passed on to ``forward`` (the one-line-per-request log) when given.
+    cost, without the network and the client's request handling (budget, signing, answer,
+    and ``forward``: the one-line-per-request log each entry is passed on to, when given).
     """
 
     def __init__(self, forward: Callable[[RequestLog], None] | None = None) -> None:
@@ -939,7 +939,8 @@ class RequestMeter:
         self.cpu_ms = 0.0
 
     def __call__(self, entry: RequestLog) -> None:
-        self.wall_ms += entry.elapsed_ms
-        self.cpu_ms += entry.cpu_ms
+        wall, cpu = time.perf_counter(), time.process_time()
         if self._forward is not None:
-            self._forward(entry)
+            self._forward(entry)  # the request's log line is request handling too
+        self.wall_ms += entry.elapsed_ms + (time.perf_counter() - wall) * 1000
+        self.cpu_ms += entry.cpu_ms + (time.process_time() - cpu) * 1000
