@@ -7,8 +7,7 @@ Raw signed requests (``SignedClient``) pin the wire shapes and error codes; the 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
@@ -22,18 +21,12 @@ from aster_agents.models import OrderRequest, OrderStatus, OrderType, Side, StpM
 from aster_agents.signing import NonceSource
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.sim.symbols import MAX_NUM_ALGO_ORDERS, MAX_NUM_ORDERS
+from tests.kit.wait import wait_for
 from tests.plugins.sim import SignedClient, SimKeys
 
 D = Decimal
 BTC = "BTCUSDT"
 ORDER = "/fapi/v3/order"
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.02)
 
 
 def _code(response: httpx.Response) -> int:
@@ -169,7 +162,7 @@ def test_listen_key_expires_without_keepalive(sim_keys: SimKeys) -> None:
         key = c.start_listen_key()
         c.keepalive_listen_key()
         assert sim.app.listen_keys.active(sim_keys.user) == key
-        _wait_for(lambda: sim.app.listen_keys.active(sim_keys.user) is None)
+        wait_for(lambda: sim.app.listen_keys.active(sim_keys.user) is None)
         with pytest.raises(ListenKeyInvalid) as gone:
             c.keepalive_listen_key()
         assert gone.value.code == -1125
@@ -374,7 +367,7 @@ def test_countdown_cancel_all_cancels_when_not_renewed(
     assert sim_server.engine.account(sim_keys.user).countdowns == {}
     assert client.countdown_cancel_all(BTC, 200) == 200
     query = {"symbol": BTC, "orderId": first["orderId"]}
-    _wait_for(lambda: sim_client.ok("GET", ORDER, query)["status"] == "CANCELED")
+    wait_for(lambda: sim_client.ok("GET", ORDER, query)["status"] == "CANCELED")
     assert sim_client.ok("GET", "/fapi/v3/openOrders", {"symbol": BTC}) == []
 
 
