@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aster_agents.agent.inflight import NOOP_ENV
 from aster_agents.ledger import Ledger
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import make_fleet, wait_for
+from tests.kit.agents import make_fleet
 from tests.kit.proxy import HoldingProxy, first
+from tests.kit.wait import wait_for
 
 
 def _sent_entries(state_dir: Path) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from aster_agents.agent.conformance import is_mainnet
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import Fleet, make_fleet
+from tests.kit.agents import Fleet, make_fleet
 
 EXPECTED = {
     "one-way position mode",

@@ -27,8 +27,9 @@ from aster_agents.agent.inflight import (
 from aster_agents.errors import ConfigError
 from aster_agents.ledger import Ledger
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
 from tests.kit.proxy import Held, HoldingProxy, first
+from tests.kit.wait import wait_for
 
 ORDER = ("POST", "/fapi/v3/order")
 QUERY = ("GET", "/fapi/v3/order")

@@ -20,22 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.cli.main import main
 from aster_agents.fleet.report import series_on_grid
 from aster_agents.portfolio.metrics import NavPoint
 from tests.kit.books import AGENTS, build_books, copy_config
 from tests.kit.browser import Browser, chromium_binary
+from tests.kit.cli import run_cli
 
 CHARTS = ("equity", "nav", "weights")
 PNG_SIZE = (1000, 450)  # charts.WIDTH_IN x HEIGHT_IN at DPI
 SVG_CSS_SIZE = (960, 432)  # 720 x 324 pt
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 @pytest.fixture

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.cli.main import main
 from aster_agents.ledger import Ledger
 from aster_agents.ledger.reports import ForcedClose, FundingRow, StateChange, TradeFill
 from aster_agents.portfolio.trades import read_trips, round_trips
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import make_fleet, wait_for
+from tests.kit.agents import make_fleet
 from tests.kit.books import AGENTS, build_books, copy_config
+from tests.kit.cli import run_cli
+from tests.kit.wait import wait_for
 
 ZERO = Decimal(0)
 
@@ -39,13 +40,6 @@ def fill(
         kind,
         note,
     )
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
 
 
 @pytest.fixture
