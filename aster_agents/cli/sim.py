@@ -80,6 +80,19 @@ def sim(
         min=0.0,
         help="Market seconds between funding settlements (seeded rates); 0 turns funding off.",
     ),
+    shock: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--shock",
+            help="SYMBOL:PCT@SECONDS, repeatable: move SYMBOL's mark by PCT percent (a crash "
+            "when negative) SECONDS after the start, e.g. BTCUSDT:-30@20.",
+        ),
+    ] = None,
+    insurance_fund: str = typer.Option(
+        "1000000",
+        "--insurance-fund",
+        help="USDT per symbol that covers liquidation losses; 0 makes every deficit an ADL.",
+    ),
 ) -> None:
     """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
     import signal
@@ -89,12 +102,21 @@ def sim(
     from aster_agents.sim.accounts import accounts_from_config_dir, load_accounts_file
     from aster_agents.sim.faults import FaultConfig
     from aster_agents.sim.limits import LimitConfig
-    from aster_agents.sim.server import SimConfig, SimServer
+    from aster_agents.sim.server import Shock, SimConfig, SimServer
 
     try:
         default_balance = Decimal(balance)
     except ArithmeticError:
         raise typer.BadParameter(f"--default-balance {balance!r}: expected a number") from None
+    try:
+        fund = Decimal(insurance_fund)
+        shocks = tuple(Shock.parse(s) for s in shock or [])
+    except ArithmeticError:
+        raise typer.BadParameter(
+            f"--insurance-fund {insurance_fund!r}: expected a number"
+        ) from None
+    except ValueError as exc:
+        raise typer.BadParameter(f"--shock {exc}") from None
     registered = load_accounts_file(accounts, default_balance) if accounts else []
     chosen_dir = config_dir or getattr(ctx.obj, "config_dir", None)
     if chosen_dir is not None:
@@ -127,6 +149,8 @@ def sim(
         allow_remote=allow_remote,
         funding_interval_s=funding_interval,
         nonce_window_s=nonce_window_s,
+        shocks=shocks,
+        insurance_fund=fund,
     )
     server = SimServer(config)
     stop = threading.Event()

@@ -8,7 +8,10 @@ JSON-ready dicts the real exchange returns (numbers as strings, ids and times as
 Fill model: infinite liquidity at the top of a simulated book around the mark price. Takers
 fill at the ask (BUY) or bid (SELL); resting LIMIT orders fill at their own price (maker) as
 soon as the book crosses it; STOP_MARKET and TAKE_PROFIT_MARKET trigger on the mark price and
-then execute as takers. No liquidations.
+then execute as takers.
+
+Margin: maintenance margin from the leverage brackets (``sim/brackets.py``); cross-margin
+liquidation and auto-deleveraging as described in ``sim/liquidation.py``.
 
 Funding: every ``funding_interval_ms`` of market time (8 h by default, 0 disables) each open
 position pays (or receives) qty x mark x rate at the settlement time, with the rate of
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Final, TypeVar
 
+from aster_agents.sim import liquidation
+from aster_agents.sim.brackets import bracket_for, brackets_json, maint_margin
 from aster_agents.sim.market import Market
 from aster_agents.sim.symbols import MAX_NUM_ALGO_ORDERS, MAX_NUM_ORDERS, SYMBOLS, SimSymbol
 
@@ -218,6 +223,7 @@ class SimAccountState:
     multi_assets: bool = False
     countdowns: dict[str, float] = field(default_factory=dict)  # symbol -> wall-clock deadline
     margin_changes: list[dict[str, object]] = field(default_factory=list)
+    liquidating_until: int = 0  # market ms: new orders answer -2023 until then
 
     def lev(self, symbol: str) -> int:
         return self.leverage.get(symbol, DEFAULT_LEVERAGE)
@@ -435,9 +441,12 @@ class Engine:
         maker_fee: Decimal = MAKER_FEE,
         funding_interval_ms: int = FUNDING_INTERVAL_MS,
         wall: Callable[[], float] = time.monotonic,
+        insurance_fund: Decimal = liquidation.INSURANCE_FUND,
     ) -> None:
         self.market = market
         self.wall = wall  # countdownCancelAll deadlines run on the wall clock, like the real one
+        self.insurance_start = insurance_fund
+        self.insurance: dict[str, Decimal] = {}  # per symbol, from insurance_start
         self.funding_interval_ms = max(0, funding_interval_ms)
         self._funded_until = self.last_funding_time()
         self.taker_fee = taker_fee
@@ -536,6 +545,31 @@ class Engine:
     def _total_unrealized(self, acct: SimAccountState) -> Decimal:
         return sum((self._unrealized(s, p) for (s, _), p in acct.positions.items()), ZERO)
 
+    def margin_balance(self, acct: SimAccountState) -> Decimal:
+        """Wallet + unrealized P&L at the mark prices."""
+        return acct.balance + self._total_unrealized(acct)
+
+    def position_maint(self, symbol: str, pos: SimPosition) -> Decimal:
+        if not pos.amount:
+            return ZERO
+        return maint_margin(symbol, pos.amount * self.market.mark(symbol))
+
+    def liquidation_price(self, acct: SimAccountState, symbol: str, pos: SimPosition) -> Decimal:
+        """The mark at which the account's margin balance meets its maintenance margin,
+        every other position and price held still (cross margin); 0 when there is none."""
+        q = pos.amount
+        if not q:
+            return ZERO
+        b = bracket_for(symbol, q * self.market.mark(symbol))
+        rest = (
+            self.margin_balance(acct)
+            - self._unrealized(symbol, pos)
+            - (self._maint_margin(acct) - self.position_maint(symbol, pos))
+        )
+        price = (q * pos.entry_price - rest - b.cum) / (q - abs(q) * b.maint_margin_ratio)
+        tick = SYMBOLS[symbol].tick_size
+        return max(ZERO, price).quantize(tick)
+
     def available(self, acct: SimAccountState) -> Decimal:
         """Wallet + unrealized P&L - position margin - open-order margin."""
         return (
@@ -629,6 +663,8 @@ class Engine:
         with self.lock:
             acct = self.account(user)
             self._tick_account(acct)
+            if acct.liquidating_until > self.market.now_ms():
+                raise ApiError(-2023, "User in liquidation mode now.")
             order = self._build_order(acct, req)
             ack = order.to_json(with_time=False)
             self._accept(acct, order, req)
@@ -817,13 +853,20 @@ class Engine:
         o.status = "FILLED"
 
     def _fill(
-        self, acct: SimAccountState, o: SimOrder, price: Decimal, qty: Decimal, maker: bool
+        self,
+        acct: SimAccountState,
+        o: SimOrder,
+        price: Decimal,
+        qty: Decimal,
+        maker: bool,
+        fee: Decimal | None = None,
     ) -> None:
         pos = self._position(acct, o.symbol, o.position_side)
         delta = qty if o.side == "BUY" else -qty
         pnl = self._apply(pos, delta, price)
         pos.update_time = self.market.now_ms()
-        fee = (price * qty * (self.maker_fee if maker else self.taker_fee)).quantize(MONEY)
+        if fee is None:
+            fee = (price * qty * (self.maker_fee if maker else self.taker_fee)).quantize(MONEY)
         pnl = pnl.quantize(MONEY)
         acct.balance += pnl - fee
         o.executed_qty += qty
@@ -847,6 +890,43 @@ class Engine:
         if pnl:
             self._income(acct, o.symbol, "REALIZED_PNL", pnl, str(trade.id))
         self._income(acct, o.symbol, "COMMISSION", -fee, str(trade.id))
+
+    def forced_fill(
+        self,
+        acct: SimAccountState,
+        key: tuple[str, str],
+        qty: Decimal,
+        price: Decimal,
+        fee: Decimal,
+        client_order_id: str,
+    ) -> SimOrder:
+        """An order the exchange places itself (liquidation, ADL): reduce-only, filled at once."""
+        pos = acct.positions[key]
+        side = "SELL" if pos.amount > 0 else "BUY"
+        now = self.market.now_ms()
+        order = SimOrder(
+            self._next_order_id,
+            acct.user,
+            key[0],
+            side,
+            "MARKET",
+            "GTC",
+            qty,
+            ZERO,
+            ZERO,
+            True,
+            False,
+            key[1],
+            client_order_id,
+            now,
+            update_time=now,
+        )
+        self._next_order_id += 1
+        self.orders[order.order_id] = order
+        acct.orders.append(order)
+        self._fill(acct, order, price, qty, maker=False, fee=fee)
+        order.status = "FILLED"
+        return order
 
     @staticmethod
     def _apply(pos: SimPosition, delta: Decimal, price: Decimal) -> Decimal:
@@ -898,8 +978,12 @@ class Engine:
                 self._tick_account(acct)
 
     def _tick_account(self, acct: SimAccountState) -> None:
-        if not acct.open_orders:
-            return
+        if acct.open_orders:
+            self._work_orders(acct)
+        if acct.positions:
+            liquidation.liquidate_if_due(self, acct)
+
+    def _work_orders(self, acct: SimAccountState) -> None:
         marks: dict[str, Decimal] = {}
         books: dict[str, tuple[Decimal, Decimal]] = {}
         for o in sorted(acct.open_orders.values(), key=lambda x: x.order_id):
@@ -1172,14 +1256,7 @@ class Engine:
             }
 
     def _maint_margin(self, acct: SimAccountState) -> Decimal:
-        return sum(
-            (
-                abs(p.amount) * self.market.mark(s) * SYMBOLS[s].maint_margin_pct / 200
-                for (s, _), p in acct.positions.items()
-                if p.amount
-            ),
-            ZERO,
-        )
+        return sum((self.position_maint(s, p) for (s, _), p in acct.positions.items()), ZERO)
 
     def _account_positions(self, acct: SimAccountState) -> list[dict[str, object]]:
         rows: list[dict[str, object]] = []
@@ -1190,7 +1267,7 @@ class Engine:
                 {
                     "symbol": symbol,
                     "initialMargin": money(margin),
-                    "maintMargin": money(margin / 4),
+                    "maintMargin": money(self.position_maint(symbol, pos)),
                     "unrealizedProfit": money(self._unrealized(symbol, pos)),
                     "positionInitialMargin": money(margin),
                     "openOrderInitialMargin": "0",
@@ -1234,7 +1311,7 @@ class Engine:
                         "entryPrice": fmt(pos.entry_price),
                         "markPrice": fmt(mark),
                         "unRealizedProfit": money(self._unrealized(symbol, pos)),
-                        "liquidationPrice": "0",
+                        "liquidationPrice": fmt(self.liquidation_price(acct, symbol, pos)),
                         "leverage": str(lev),
                         "maxNotionalValue": self._max_notional(lev),
                         "marginType": "isolated" if isolated else "cross",
@@ -1275,6 +1352,45 @@ class Engine:
             ]
             rows = rows[:limit] if start is not None else rows[-limit:]
             return [i.to_json() for i in rows]
+
+    def leverage_brackets(self, params: Mapping[str, str]) -> object:
+        """GET /fapi/v3/leverageBracket: one symbol's object, or every symbol's list."""
+        sym = _symbol(params, required=False)
+        if sym is not None:
+            return brackets_json(sym.symbol)
+        return [brackets_json(s) for s in SYMBOLS]
+
+    def adl_quantile(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        """GET /fapi/v3/adlQuantile: 0 (last in the ADL queue) to 4 (first) per position."""
+        sym = _symbol(params, required=False)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            rows: list[dict[str, object]] = []
+            for (symbol, pside), pos in self._position_rows(acct, sym.symbol if sym else None):
+                q = liquidation.adl_quantile(self, acct, symbol, pos)
+                rows.append({"symbol": symbol, "adlQuantile": {pside: q, "HEDGE": 0}})
+            return rows
+
+    def force_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        """GET /fapi/v3/forceOrders: the account's liquidation and ADL orders, newest last."""
+        sym = _symbol(params, required=False)
+        kind = _choice(params, "autoCloseType", ("LIQUIDATION", "ADL", ""), "")
+        start, end = _int(params, "startTime"), _int(params, "endTime")
+        limit = min(_int(params, "limit", 50) or 50, 100)
+        with self.lock:
+            acct = self.account(user)
+            self._tick_account(acct)
+            rows = [
+                o
+                for o in acct.orders
+                if liquidation.forced_kind(o.client_order_id) is not None
+                and (not kind or liquidation.forced_kind(o.client_order_id) == kind)
+                and (sym is None or o.symbol == sym.symbol)
+                and (start is None or o.time >= start)
+                and (end is None or o.time <= end)
+            ]
+            return [o.to_json() for o in rows[-limit:]]
 
     def commission_rate(self, params: Mapping[str, str]) -> dict[str, object]:
         sym = _symbol(params)

@@ -183,6 +183,7 @@ class Market:
         # genesis on a UTC day boundary: same seed, same day -> same price at the same time
         self.genesis_ms = self.start_ms // _DAY_MS * _DAY_MS - history_minutes * MINUTE_MS
         self._pinned: dict[str, Decimal] = {}
+        self._shocks: dict[str, list[tuple[int, Decimal]]] = {}
         self._frozen_ms: int | None = None
 
     def now_ms(self) -> int:
@@ -230,6 +231,26 @@ class Market:
         else:
             self._pinned[symbol] = price
 
+    def shock(self, symbol: str, pct: Decimal, at_ms: int | None = None) -> int:
+        """From market time ``at_ms`` (default now) on, move the mark of ``symbol`` by ``pct``
+        percent (a crash when negative, a spike when positive); shocks compound.
+
+        The mark price, the book and every account figure follow; klines keep the generated
+        path. Returns the market time the shock applies from.
+        """
+        if pct <= -100:
+            raise ValueError(f"shock {symbol} {pct}%: must be above -100%")
+        when = self.now_ms() if at_ms is None else at_ms
+        self._shocks.setdefault(symbol, []).append((when, 1 + pct / 100))
+        return when
+
+    def _shock_factor(self, symbol: str, t: int) -> Decimal:
+        factor = Decimal(1)
+        for when, f in self._shocks.get(symbol, ()):
+            if t >= when:
+                factor *= f
+        return factor
+
     def _minute(self, symbol: str, index: int) -> tuple[float, float, float, float, float]:
         p = _path(self.seed, symbol)
         p.ensure(index)
@@ -248,7 +269,11 @@ class Market:
         if pinned is not None:
             return pinned
         sym = SYMBOLS[symbol]
-        return _fmt(self.raw_price(symbol, t), _places(sym.tick_size)).quantize(sym.tick_size)
+        t = self.now_ms() if t is None else t
+        price = _fmt(self.raw_price(symbol, t), _places(sym.tick_size))
+        if symbol in self._shocks:
+            price = max(sym.tick_size, price * self._shock_factor(symbol, t))
+        return price.quantize(sym.tick_size)
 
     def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
         """(best bid, best ask): a tight spread around the mark, on the tick grid."""

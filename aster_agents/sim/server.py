@@ -32,6 +32,7 @@ from aster_agents.sim.auth import NONCE_WINDOW_US, Authenticator
 from aster_agents.sim.engine import ApiError, Engine, parse_list
 from aster_agents.sim.faults import FaultConfig, Faults, Verdict
 from aster_agents.sim.limits import LimitConfig, RateLimiter
+from aster_agents.sim.liquidation import INSURANCE_FUND
 from aster_agents.sim.listen_keys import LISTEN_KEY_LIFE_S, ListenKeys
 from aster_agents.sim.market import DEFAULT_HISTORY_MINUTES, Market
 from aster_agents.sim.symbols import SYMBOLS, exchange_info
@@ -57,6 +58,32 @@ class SimAccount:
 
 
 @dataclass(frozen=True, slots=True)
+class Shock:
+    """Move ``symbol``'s mark by ``pct`` percent, ``after_s`` seconds after the start."""
+
+    symbol: str
+    pct: Decimal
+    after_s: float
+
+    @classmethod
+    def parse(cls, text: str) -> Shock:
+        """``SYMBOL:PCT@SECONDS``, e.g. ``BTCUSDT:-30@20``; ValueError names what is wrong."""
+        symbol, _, rest = text.partition(":")
+        pct, _, after = rest.partition("@")
+        try:
+            shock = cls(symbol, Decimal(pct), float(after))
+        except (ArithmeticError, ValueError):
+            raise ValueError(
+                f"{text!r}: expected SYMBOL:PCT@SECONDS, e.g. BTCUSDT:-30@20"
+            ) from None
+        if symbol not in SYMBOLS:
+            raise ValueError(f"{text!r}: unknown symbol {symbol!r}")
+        if not shock.pct.is_finite() or shock.pct <= -100 or shock.after_s < 0:
+            raise ValueError(f"{text!r}: PCT must be above -100 and SECONDS >= 0")
+        return shock
+
+
+@dataclass(frozen=True, slots=True)
 class SimConfig:
     host: str = "127.0.0.1"
     port: int = 0
@@ -74,6 +101,8 @@ class SimConfig:
     funding_interval_s: float = 8 * 3600.0  # market time between funding settlements; 0: none
     listen_key_life_s: float = LISTEN_KEY_LIFE_S  # shorter only in tests of expiry
     nonce_window_s: float = NONCE_WINDOW_US / 1e6  # +-60 s; shorter only for fast tests
+    shocks: Sequence[Shock] = ()
+    insurance_fund: Decimal = INSURANCE_FUND  # USDT per symbol; 0 makes every deficit an ADL
 
 
 def is_loopback(host: str) -> bool:
@@ -135,7 +164,14 @@ class SimApp:
         self.market = Market(
             config.seed, config.start_time_ms, config.speed, config.history_minutes
         )
-        self.engine = Engine(self.market, funding_interval_ms=int(config.funding_interval_s * 1000))
+        self.engine = Engine(
+            self.market,
+            funding_interval_ms=int(config.funding_interval_s * 1000),
+            insurance_fund=config.insurance_fund,
+        )
+        for shock in config.shocks:
+            at = self.market.start_ms + int(shock.after_s * 1000 * config.speed)
+            self.market.shock(shock.symbol, shock.pct, at)
         self.auth = Authenticator(
             config.chain_id,
             config.decode_fallback,
@@ -271,7 +307,9 @@ class SimApp:
             ("GET", "userTrades"): Route(e.user_trades, _const(5), True),
             ("GET", "income"): Route(e.income_json, _const(30), True),
             ("GET", "commissionRate"): Route(lambda u, p: e.commission_rate(p), _const(20), True),
-            ("GET", "leverageBracket"): Route(self._brackets, _const(1), True),
+            ("GET", "leverageBracket"): Route(lambda u, p: e.leverage_brackets(p), _const(1), True),
+            ("GET", "adlQuantile"): Route(e.adl_quantile, _const(5), True),
+            ("GET", "forceOrders"): Route(e.force_orders, _by_symbol(20, 50), True),
             ("POST", "noop"): Route(lambda u, p: {"code": 200, "msg": "success"}, _const(1), True),
             ("POST", "order/test"): Route(e.test_order, _const(1), True),
             ("POST", "countdownCancelAll"): Route(
@@ -437,24 +475,6 @@ class SimApp:
                 }
             )
         return rows[0] if p.get("symbol") else rows
-
-    def _brackets(self, _u: str, p: Params) -> Json:
-        return [
-            {
-                "symbol": s,
-                "brackets": [
-                    {
-                        "bracket": 1,
-                        "initialLeverage": SYMBOLS[s].max_leverage,
-                        "notionalCap": 50000,
-                        "notionalFloor": 0,
-                        "maintMarginRatio": 0.004,
-                        "cum": 0.0,
-                    }
-                ],
-            }
-            for s in self._symbols(p)
-        ]
 
 
 class _Handler(BaseHTTPRequestHandler):
