@@ -822,3 +822,47 @@ def test_mark_sent_refuses_an_intent_that_is_no_longer_reserved(ledger: Ledger) 
     assert ledger.mark_sent(intent.client_order_id) is False
     current = ledger.intent(intent.client_order_id)
     assert current is not None and current.sent is False
+
+
+def _exchange_close(ledger: Ledger, trade_id: int, side: Side, qty: str) -> str | None:
+    return ledger.book_exchange_close(
+        "u1",
+        event="liquidation",
+        order_id=777,
+        client_order_id="autoclose-1-1",
+        trade_id=trade_id,
+        symbol="BTCUSDT",
+        side=side,
+        qty=D(qty),
+        price=D("40"),
+        realized_pnl=D("-10"),
+        commission=D("1"),
+        time_ms=5,
+    )
+
+
+def test_exchange_close_is_booked_once_to_the_holder_and_frees_the_symbol(ledger: Ledger) -> None:
+    """A liquidation trade books to the agent it closes, once per trade; no holder: None."""
+    _hold(ledger, "a1", "BTCUSDT")
+    assert _exchange_close(ledger, 9001, Side.BUY, "1") is None  # would not reduce a long
+    assert _exchange_close(ledger, 9001, Side.SELL, "0.4") == "a1"
+    assert _exchange_close(ledger, 9001, Side.SELL, "0.4") == "a1"  # the same trade again
+    assert [p.qty for p in ledger.positions(agent_id="a1")] == [D("0.6")]
+    assert _exchange_close(ledger, 9002, Side.SELL, "0.6") == "a1"  # same order, next trade
+    assert ledger.positions(user="u1") == []
+    assert ledger.symbol_owner("u1", "BTCUSDT") is None
+    row = ledger.agent("a1")
+    assert row is not None and (row.realized_pnl, row.fees) == (D("-20"), D("2.1"))
+    assert ledger.booked_trades("u1", "BTCUSDT")[9002] == (D("-10"), D("1"))
+    events = [e.event for e in ledger.audit(agent_id="a1")]
+    assert events.count("liquidation") == 2
+
+
+def test_release_unsent_leaves_a_sent_reservation_alone(ledger: Ledger) -> None:
+    """release_unsent frees a never-sent reservation, never one already marked sent."""
+    first, second = _open(ledger, "a1", "BTCUSDT"), _open(ledger, "a1", "ETHUSDT")
+    assert ledger.mark_sent(second.client_order_id)
+    assert ledger.release_unsent(first.client_order_id, "test")
+    assert not ledger.mark_sent(first.client_order_id)
+    assert not ledger.release_unsent(second.client_order_id, "test")
+    assert [i.client_order_id for i in ledger.unresolved_intents("a1")] == [second.client_order_id]

@@ -8,6 +8,8 @@ For one account (``user``), through any client signed for it, ``reconcile_accoun
 2. repairs what is safe and idempotent: fills of the ledger's own client order ids that are
    not booked yet; trades of orders no agent placed (web UI) and income no agent owns
    (transfers, funding on a symbol nobody held) into the account's ``unallocated`` sleeve;
+   closes the exchange made itself (liquidation ``autoclose-*``, ADL ``adl_autoclose``) to
+   the agent whose position they closed;
    funding into the agent that held the symbol then; ledger positions the exchange shows
    flat with no working order on the symbol are closed;
 3. compares per symbol the sum of the agents' ledger positions with the exchange position,
@@ -44,6 +46,37 @@ MAX_PAGES: Final = 50
 FUNDING: Final = "FUNDING_FEE"
 TRADE_INCOME: Final = frozenset({"REALIZED_PNL", "COMMISSION"})  # booked from userTrades
 QTY_EPS: Final = Decimal("1e-12")
+
+
+def exchange_close_event(client_order_id: str) -> str | None:
+    """``liquidation`` or ``adl`` for an order the exchange placed itself, else None."""
+    if client_order_id.startswith("autoclose-"):
+        return "liquidation"
+    if client_order_id.startswith("adl_autoclose"):
+        return "adl"
+    return None
+
+
+def book_exchange_close(ledger: Ledger, user: str, trade: UserTrade, coid: str) -> str | None:
+    """Book one trade of a liquidation or ADL order to the agent it closed; None if it is
+    not such a trade or no agent held the position."""
+    event = exchange_close_event(coid)
+    if event is None:
+        return None
+    return ledger.book_exchange_close(
+        user,
+        event=event,
+        order_id=trade.order_id,
+        client_order_id=coid,
+        trade_id=trade.id,
+        symbol=trade.symbol,
+        side=trade.side,
+        qty=trade.qty,
+        price=trade.price,
+        realized_pnl=trade.realized_pnl,
+        commission=trade.commission,
+        time_ms=trade.time,
+    )
 
 
 class Difference(NamedTuple):
@@ -252,6 +285,10 @@ def _book_trade(
             time_ms=trade.time,
         )
         report.repairs.append(f"booked {what} to {intent.agent_id}")
+        return
+    holder = book_exchange_close(ledger, user, trade, coid)
+    if holder is not None:
+        report.repairs.append(f"booked {what} ({exchange_close_event(coid)}) to {holder}")
         return
     ledger.book_unowned_trade(
         user,

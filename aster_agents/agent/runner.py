@@ -16,6 +16,11 @@ released once the order can no longer be accepted (``agent/inflight.py``): after
 exchange's nonce window (60 s + margin), or at once when a noop signed with the order's own
 nonce (recorded by ``mark_sent``) was accepted. A request still in flight, held in the
 network or left behind by a dead process, can never land after it was written off.
+
+Closes the exchange makes itself (liquidation, ADL) are noticed when a protective order
+vanishes, and every ``EXCHANGE_CHECK_EVERY`` ticks from ``positionRisk``; they are booked
+to this agent and its orphaned protective orders cancelled. An agent flattened by the
+operator (``aster-agent flatten``) stands down: it touches no order until enabled again.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from pathlib import Path
 from typing import Final, ParamSpec
 
 from aster_agents.agent import inflight
-from aster_agents.agent.reconcile import FUNDING, book_funding
+from aster_agents.agent.reconcile import FUNDING, book_exchange_close, book_funding
 from aster_agents.agent.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
 from aster_agents.config.schema import AgentConfig, FleetConfig
 from aster_agents.errors import (
@@ -87,6 +92,8 @@ SPEED_ENV: Final = "ASTER_AGENTS_MARKET_SPEED"  # simulator market-time multipli
 FAILPOINT_ENV: Final = "ASTER_AGENTS_FAILPOINT"  # crash tests: SIGKILL ourselves at this step
 FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fills")
 FUNDING_EVERY: Final = 10  # ticks between two reads of the funding income
+EXCHANGE_CHECK_EVERY: Final = 5  # ticks between two positionRisk reads (weight 5)
+FLATTENED: Final = "flattened by operator"  # the disabled reason `flatten` sets
 PROTECTIVE_TYPES: Final = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
 # The note on a protective intent: the trade history tells a stop from a take profit by it.
 PROTECT_NOTES: Final = {
@@ -145,6 +152,7 @@ class AgentRunner:
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
         self.last_prices: dict[str, Decimal] = {}
         self.ticks = 0
+        self.tick_count = 0
         self.governor = Governor(fleet, agent.id, ledger)
         # symbol -> (stop, take-profit) distances of the last entry, clamped into the config;
         # protection re-placed after a restart uses the configured (wider) ones
@@ -178,6 +186,9 @@ class AgentRunner:
             )
         self._ensure_capital()
         self.recover()
+        if not self._stood_down():
+            self.check_exchange_closes()
+        self._snapshot()  # the kill switch's first NAV point: a loss in the first tick counts
         logger.info(
             "started: strategy {} on {} ({}), every {}s",
             trading.strategy,
@@ -355,9 +366,21 @@ class AgentRunner:
         logger.error("tick failed: {}", message)
         self.ledger.heartbeat(self.agent.id, self.pid, error=message[:500])
 
+    def _stood_down(self) -> bool:
+        """True while the operator's flatten holds this agent: it must not race the closes."""
+        row = self.ledger.agent(self.agent.id)
+        return row is not None and row.state == "disabled" and row.state_reason == FLATTENED
+
     def tick(self) -> TickReport:
         report = TickReport()
         self.ledger.heartbeat(self.agent.id, self.pid, tick=True)
+        self.tick_count += 1
+        if self._stood_down():
+            report.skipped.append("flattened by the operator: standing down")
+            self._snapshot()
+            return report
+        if self.tick_count % EXCHANGE_CHECK_EVERY == 0:
+            self.check_exchange_closes()
         for intent in self.ledger.unresolved_intents(self.agent.id):
             if intent.kind != "protect" or intent.state == "reserved":
                 self._resolve(intent)  # resting stops are checked per symbol below
@@ -370,7 +393,11 @@ class AgentRunner:
             if symbol in in_flight:  # an order whose fate is open: no second one beside it
                 report.skipped.append(f"{symbol}: an order is still in flight")
                 continue
-            self._tick_symbol(symbol, report)
+            try:
+                self._tick_symbol(symbol, report)
+            except OrderRejected as exc:  # skip this symbol this tick; the books still update
+                logger.warning("{}: order refused: {}", symbol, exc)
+                report.errors.append(f"{symbol}: {exc}")
         self._snapshot()
         self.governor.after_tick()  # kill switches, automatic rebalance
         return report
@@ -589,9 +616,13 @@ class AgentRunner:
     def _check_protection(self, symbol: str, position: LedgerPosition) -> None:
         """Settle stops that fired or vanished, then put back whichever protection is missing."""
         live = {o.client_order_id: o for o in self.client.open_orders(symbol)}
+        vanished = False
         for intent in self._protective(symbol):
             if intent.client_order_id not in live and intent.state != "reserved":
                 self._resolve(intent)
+                vanished = True
+        if vanished:  # fired, or cancelled by a liquidation: did the exchange close us?
+            self._book_exchange_closes(symbol, position.opened_ms)
         position_now = self._position(symbol)
         if position_now is None:
             return
@@ -703,6 +734,50 @@ class AgentRunner:
             )
             seen[coid] = seen.get(coid, ZERO) + trade.qty
         return seen
+
+    # ------------------------------------------------------------------ exchange-made closes
+
+    def check_exchange_closes(self) -> None:
+        """Book liquidations and ADL of this agent's positions that the exchange shows."""
+        held = self.ledger.positions(agent_id=self.agent.id)
+        if not held:
+            return
+        exchange: dict[str, Decimal] = {}
+        for p in self.client.position_risk():
+            exchange[p.symbol] = exchange.get(p.symbol, ZERO) + p.position_amt
+        books: dict[str, Decimal] = {}
+        for mine in self.ledger.positions(user=self.agent.exchange.user):
+            books[mine.symbol] = books.get(mine.symbol, ZERO) + mine.qty
+        for position in held:
+            if exchange.get(position.symbol, ZERO) != books.get(position.symbol, ZERO):
+                self._book_exchange_closes(position.symbol, position.opened_ms)
+
+    def _book_exchange_closes(self, symbol: str, since_ms: int) -> None:
+        """Book the trades of liquidation/ADL orders on ``symbol``; if that closed our
+        position, cancel its now-orphaned protective orders."""
+        user, coids = self.agent.exchange.user, dict(self.orders)
+        booked = self.ledger.booked_trades(user, symbol)
+        start = max(0, since_ms - 1000)
+        for trade in self.client.user_trades(symbol, start_time=start, limit=1000):
+            if trade.id in booked:
+                continue
+            coid = coids.get(trade.order_id)
+            if coid is None:
+                coid = self.client.query_order(symbol, order_id=trade.order_id).client_order_id
+                coids[trade.order_id] = coid
+            if book_exchange_close(self.ledger, user, trade, coid) == self.agent.id:
+                logger.warning(
+                    "the exchange closed {} {} of {} ({}): realized {}, fee {}",
+                    trade.side.value,
+                    trade.qty,
+                    symbol,
+                    coid,
+                    trade.realized_pnl,
+                    trade.commission,
+                )
+        if self._position(symbol) is None:
+            self._cancel_protection(symbol)
+            self.protect_pcts.pop(symbol, None)
 
     def _position(self, symbol: str) -> LedgerPosition | None:
         for position in self.ledger.positions(agent_id=self.agent.id):

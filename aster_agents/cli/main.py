@@ -33,12 +33,14 @@ MODULES: Final = (
     "trades",
     "report",
     "conformance",
+    "flatten",
 )
 COMMANDS: Final = {
     "run": "run",
     "agents": "agents",
     "rebalance": "rebalance",
     "reconcile": "reconcile",
+    "flatten": "flatten",
     "account": "account",
     "supervisor": "fleet",
     "up": "fleet",

@@ -31,6 +31,7 @@ from aster_agents.ledger.intents import (
 from aster_agents.ledger.rows import (
     ACTIVE_STATES,
     AGENT_STATES,
+    EXCHANGE_CLOSE_KINDS,
     FINAL_STATES,
     INTENT_KINDS,
     AccountBooks,
@@ -255,6 +256,12 @@ class Ledger:
                 conn, client_order_id, ACTIVE_STATES, "released", reason, now_ms()
             )
 
+    def release_unsent(self, client_order_id: str, reason: str) -> bool:
+        """Release a reservation only if its order was never marked sent (another process's
+        too: its ``mark_sent`` then fails, so that order never goes out); False otherwise."""
+        with self.store.write() as conn:
+            return intents.release_unsent(conn, client_order_id, reason, now_ms())
+
     def finish_intent(self, client_order_id: str, state: str) -> None:
         """Close an intent with a final state (filled, canceled, rejected, ...)."""
         if state not in FINAL_STATES:
@@ -295,6 +302,50 @@ class Ledger:
             return fills.book_fill(
                 conn,
                 client_order_id,
+                trade_id=trade_id,
+                symbol=symbol,
+                side=side,
+                qty=qty,
+                price=price,
+                realized_pnl=realized_pnl,
+                commission=commission,
+                time_ms=time_ms,
+            )
+
+    def book_exchange_close(
+        self,
+        user: str,
+        *,
+        event: str,
+        order_id: int,
+        client_order_id: str,
+        trade_id: int,
+        symbol: str,
+        side: Side,
+        qty: Decimal,
+        price: Decimal,
+        realized_pnl: Decimal,
+        commission: Decimal,
+        time_ms: int,
+    ) -> str | None:
+        """Book a trade of an order the exchange placed itself (``event``: liquidation, adl)
+        to the agent whose position on ``symbol`` it reduces; returns that agent.
+
+        The order gets an intent of kind ``event`` (client order id ``<event>-<order id>``,
+        already filled) so the fill, its P&L and its fee are the agent's like any other, the
+        position shrinks or closes (freeing the slot and the symbol) and an audit row named
+        ``event`` records it. Idempotent per trade. None when no agent holds that side of
+        the symbol: the caller books the trade to unallocated.
+        """
+        if event not in EXCHANGE_CLOSE_KINDS:
+            raise LedgerError(f"exchange close {event!r} is not one of {EXCHANGE_CLOSE_KINDS}")
+        with self.store.write() as conn:
+            return fills.book_exchange_close(
+                conn,
+                user,
+                event=event,
+                order_id=order_id,
+                client_order_id=client_order_id,
                 trade_id=trade_id,
                 symbol=symbol,
                 side=side,

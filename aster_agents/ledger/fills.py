@@ -134,6 +134,99 @@ def _add_pnl(conn: Conn, agent_id: str, realized: Decimal, commission: Decimal) 
     )
 
 
+def book_exchange_close(
+    conn: Conn,
+    user: str,
+    *,
+    event: str,
+    order_id: int,
+    client_order_id: str,
+    trade_id: int,
+    symbol: str,
+    side: Side,
+    qty: Decimal,
+    price: Decimal,
+    realized_pnl: Decimal,
+    commission: Decimal,
+    time_ms: int,
+) -> str | None:
+    """Book a trade of an order the exchange placed (liquidation, ADL) to the agent whose
+    position it reduces; see ``Ledger.book_exchange_close``. None when no agent holds it."""
+    coid = f"{event}-{order_id}"
+    signed = qty if side is Side.BUY else -qty
+    agent_id = _exchange_close_holder(conn, user, symbol, coid, signed)
+    if agent_id is None:
+        return None
+    cur = conn.execute(
+        "INSERT INTO fills (agent_id, trade_id, client_order_id, symbol, side, qty, price, "
+        "realized_pnl, commission, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        (
+            agent_id,
+            trade_id,
+            coid,
+            symbol,
+            side.value,
+            str(qty),
+            str(price),
+            str(realized_pnl),
+            str(commission),
+            time_ms,
+        ),
+    )
+    if cur.rowcount == 0:
+        return agent_id
+    conn.execute(
+        "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, kind, margin, "
+        "notional, state, pid, created_ms, expires_ms, updated_ms, sent, reason) "
+        "SELECT COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, '0', '0', 'filled', 0, ?, ?, ?, 1, ? "
+        "FROM intents WHERE TRUE ON CONFLICT DO NOTHING",  # WHERE: SQLite's upsert parsing
+        (
+            coid,
+            agent_id,
+            user,
+            symbol,
+            side.value,
+            event,
+            time_ms,
+            time_ms,
+            time_ms,
+            client_order_id,
+        ),
+    )
+    _move_position(conn, agent_id, user, symbol, signed, price, ZERO)
+    _add_pnl(conn, agent_id, realized_pnl, commission)
+    record(
+        conn,
+        agent_id,
+        event,
+        user=user,
+        symbol=symbol,
+        qty=signed,
+        price=price,
+        realized_pnl=realized_pnl,
+        commission=commission,
+        trade_id=trade_id,
+        order_id=order_id,
+        exchange_coid=client_order_id,
+    )
+    return agent_id
+
+
+def _exchange_close_holder(
+    conn: Conn, user: str, symbol: str, coid: str, signed: Decimal
+) -> str | None:
+    """The order's earlier trades' agent, else the agent whose position on ``symbol`` the
+    trade reduces (the largest one)."""
+    row = conn.execute("SELECT agent_id FROM intents WHERE client_order_id = ?", (coid,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    rows = conn.execute(
+        "SELECT agent_id, qty FROM positions WHERE user = ? AND symbol = ?", (user, symbol)
+    ).fetchall()
+    reduced = [(abs(dec(q)), str(a)) for a, q in rows if (dec(q) > 0) != (signed > 0)]
+    return max(reduced)[1] if reduced else None
+
+
 def close_position(conn: Conn, agent_id: str, symbol: str, reason: str) -> bool:
     """Drop a position without a fill (reconcile found it flat); frees slot and symbol."""
     cur = conn.execute(

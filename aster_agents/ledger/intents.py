@@ -197,6 +197,19 @@ def transition(
     return True
 
 
+def release_unsent(conn: Conn, coid: str, reason: str, now: int) -> bool:
+    """Release a reservation never marked sent (its owner's ``mark_sent`` then fails)."""
+    row = conn.execute(
+        "UPDATE intents SET state = 'released', reason = ?, updated_ms = ? "
+        "WHERE client_order_id = ? AND state = 'reserved' AND sent = 0 RETURNING agent_id",
+        (reason, now, coid),
+    ).fetchone()
+    if row is None:
+        return False
+    record_at(conn, now, row[0], "released", coid=coid, reason=reason)
+    return True
+
+
 def mark_sent(conn: Conn, coid: str, now: int, nonce: int | None = None) -> bool:
     """Flag a reserved intent as on its way to the wire (with the nonce the order carries);
     False if no longer reserved."""

@@ -15,6 +15,7 @@ DB_NAME: Final = "ledger.sqlite3"
 LOCK_NAME: Final = "ledger.lock"
 BUSY_TIMEOUT_MS: Final = 10_000
 INTENT_KINDS: Final = ("open", "close", "protect")
+EXCHANGE_CLOSE_KINDS: Final = ("liquidation", "adl")  # intents of orders the exchange placed
 ACTIVE_STATES: Final = ("reserved", "confirmed")
 FINAL_STATES: Final = ("released", "expired", "filled", "canceled", "rejected")
 AGENT_STATES: Final = ("active", "probation", "disabled")

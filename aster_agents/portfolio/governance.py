@@ -65,14 +65,22 @@ def policy_of(fleet: FleetConfig) -> Policy:
 # ---------------------------------------------------------------------- reading
 
 
-def nav_points(rows: Sequence[tuple[int, float, float | None]], units: Decimal) -> list[NavPoint]:
-    """Snapshots as NAV points; a snapshot without NAV is priced at equity / current units."""
+def nav_points(
+    rows: Sequence[tuple[int, float, float | None]], units: Decimal, *, wiped: bool = False
+) -> list[NavPoint]:
+    """Snapshots as NAV points; a snapshot without NAV is priced at equity / current units.
+
+    Points at or below zero are left out, unless ``wiped``: then a sleeve that lost all its
+    capital (a liquidation) shows as NAV 0, which the kill switch must see.
+    """
     per_unit = 1 / float(units) if units > 0 else 0.0
     out = []
     for time_ms, equity, nav in rows:
         value = nav if nav is not None else equity * per_unit
         if value > 0:
             out.append(NavPoint(time_ms, equity, value))
+        elif wiped and units > 0:
+            out.append(NavPoint(time_ms, equity, 0.0))
     return out
 
 
@@ -525,7 +533,7 @@ class Governor:
         if row.state == "disabled":
             return []
         points = self.ledger.nav_after(row.agent_id, self._peak.last_ms)
-        drawdown = self._peak.feed(nav_points(points, row.units))
+        drawdown = self._peak.feed(nav_points(points, row.units, wiped=True))
         t = next_state(row.agent_id, row.state, drawdown, self.policy)
         return apply_transitions(self.ledger, [t] if t else [])
 

@@ -125,6 +125,10 @@ def make_fleet(
     take_profit_pct: float = 0.9,
     balance: Decimal = Decimal(100_000),
     capital_pct: float | None = None,
+    leverage: int = 2,
+    position_size_pct: float = 0.05,
+    max_gross_leverage: float = 5.0,
+    portfolio_extra: str = "",
 ) -> Fleet:
     """Write an agents.d for ``agents`` on one funded simulated account.
 
@@ -155,8 +159,8 @@ trading:
   scan_interval_seconds: {scan_interval}
   max_positions: {max_positions}
   min_confidence: 0.5
-  position_size_pct: 0.05
-  leverage: 2
+  position_size_pct: {position_size_pct}
+  leverage: {leverage}
   stop_loss_pct: {stop_loss_pct}
   take_profit_pct: {take_profit_pct}
 allocation:
@@ -164,7 +168,7 @@ allocation:
 """)
     (config / "_portfolio.yaml").write_text(
         f"state_dir: state\nlimits:\n  max_total_positions: {max_total_positions}\n"
-        "  max_gross_leverage: 5.0\n"
+        f"  max_gross_leverage: {max_gross_leverage}\n{portfolio_extra}"
     )
     return Fleet(root, sim, main, keys, signers)
 
