@@ -225,3 +225,43 @@ def test_enable_after_flatten_lets_the_agent_trade_again(tmp_path: Path, sim: Si
     assert enabled.returncode == 0, enabled.stderr
     assert _disabled(fleet) == []
     assert os.environ.get("ASTER_AGENTS_FAILPOINT") is None
+
+
+@pytest.mark.slow
+def test_flatten_all_under_supervisord_leaves_nothing_and_agents_stand_down() -> None:
+    """A real supervisord fleet trading: flatten --all -> flat, orders gone, books agree."""
+    from tests.test_fleet_e2e import Fleet as SupervisedFleet
+    from tests.test_fleet_e2e import _exchange_positions, _running
+
+    fleet = SupervisedFleet()
+    try:
+        up = fleet.cli("up", "--env-file", str(fleet.env_file))
+        assert up.returncode == 0, up.stderr + up.stdout
+        wait_for(lambda: _running(fleet.status()), 40, "three agents RUNNING")
+        wait_for(lambda: len(_exchange_positions(fleet.sim, fleet.user)) >= 2, 40, "positions")
+        done = fleet.cli("flatten", "--all", "--yes", "--json", keys=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["ok"] is True
+        orders = len(fleet.sim.engine.all_orders_ever())
+        with Ledger(fleet.state) as ledger:
+            ticks = {r.agent_id: r.ticks for r in ledger.agent_rows()}
+
+        def ticked_on() -> bool:
+            with Ledger(fleet.state) as ledger:
+                return all(r.ticks >= ticks[r.agent_id] + 3 for r in ledger.agent_rows())
+
+        wait_for(ticked_on, 30, "three more ticks of every supervised agent")
+        assert len(fleet.sim.engine.all_orders_ever()) == orders  # none reopened
+        assert _exchange_positions(fleet.sim, fleet.user) == {}
+        assert fleet.sim.engine.open_orders_of(fleet.user) == []
+        with Ledger(fleet.state) as ledger:
+            assert ledger.positions(user=fleet.user) == []
+            rows = ledger.agent_rows()
+            assert {(r.state, r.state_reason) for r in rows} == {("disabled", FLATTENED)}
+        reconciled = fleet.cli("reconcile", "--json", keys=True)
+        assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+        assert all(state == "RUNNING" for state, _pid in fleet.status().values())
+        down = fleet.cli("down")
+        assert down.returncode == 0, down.stderr + down.stdout
+    finally:
+        fleet.close()

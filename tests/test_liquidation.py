@@ -150,3 +150,28 @@ def test_adl_is_booked_to_the_counterparty_agent_and_its_stops_cancelled(
         assert [e.agent_id for e in ledger.audit(limit=10_000) if e.event == "adl"] == ["adl"]
     reconciled = _cli(fleet, "reconcile", "--json")
     assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+
+
+@pytest.mark.slow
+def test_reconcile_books_a_liquidation_of_a_dead_agent_to_it(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    """The agent is down when it is liquidated: reconcile books the close to it, not unallocated."""
+    fleet = _high_leverage(tmp_path, sim, "gone", D(1000))
+    fleet.start("gone")
+    amount = _protected_position(fleet)
+    fleet.kill("gone")
+    liq = _liquidation_price(sim, fleet.user)
+    sim.market.pin(BTC, liq - 50 if amount > 0 else liq + 50)
+    sim.engine.tick()
+    assert sim.engine.position(fleet.user, BTC) == 0
+    reconciled = _cli(fleet, "reconcile", "--json")
+    assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
+    repairs = json.loads(reconciled.stdout)["accounts"][0]["repairs"]
+    assert any("(liquidation) to gone" in r for r in repairs), repairs
+    assert fleet.ledger_positions() == {}
+    with Ledger(fleet.state_dir) as ledger:
+        events = [e.event for e in ledger.audit(limit=10_000)]
+        assert "liquidation" in events and "unowned_trade" not in events
+    again = _cli(fleet, "reconcile", "--json")
+    assert json.loads(again.stdout)["accounts"][0]["repairs"] == []
