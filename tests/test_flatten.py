@@ -265,3 +265,30 @@ def test_flatten_all_under_supervisord_leaves_nothing_and_agents_stand_down() ->
         assert down.returncode == 0, down.stderr + down.stdout
     finally:
         fleet.close()
+
+
+def test_flatten_on_a_terminal_asks_first_and_no_changes_nothing(
+    tmp_path: Path, sim: SimServer
+) -> None:
+    """On a terminal, flatten asks; answering no aborts with nothing disabled."""
+    import pty
+
+    fleet = make_fleet(tmp_path, sim, ["fa"])
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            fleet.command("flatten", "--id", "fa"),
+            env=fleet.env(),
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(master, b"n\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 1, out + err
+    assert "close their positions at market?" in out + err
+    assert not (fleet.state_dir / "ledger.sqlite3").exists() or _disabled(fleet) == []
