@@ -156,7 +156,7 @@ def test_sigkilled_flatten_then_rerun_never_closes_twice(tmp_path: Path, sim: Si
         time.sleep(random.uniform(0.0, 0.4))  # a random point: maybe before, maybe mid-close
         early.send_signal(signal.SIGKILL)
         finished(early)
-        for step in ("flatten_after_send", "flatten_after_reserve", "flatten_after_mark_sent"):
+        for step in ("flatten_after_mark_sent", "flatten_after_send", "flatten_after_reserve"):
             code, out, err = finished(flatten(fleet, env={"ASTER_AGENTS_FAILPOINT": step}))
             assert code in (-signal.SIGKILL, 0), out + err
         code, out, err = finished(flatten(fleet))

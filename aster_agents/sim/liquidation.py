@@ -20,6 +20,9 @@ A simple, documented rule (not Aster's exact engine):
    the liquidated quantity is matched.
 4. For ``LIQUIDATION_MS`` of market time afterwards, new orders of the account answer
    -2023 USER_IN_LIQUIDATION (cancels and queries still work).
+
+Isolated positions are counted in the account's margin like cross ones (the simulator has
+no per-position liquidation).
 """
 
 from __future__ import annotations
