@@ -6,11 +6,15 @@ import pytest
 
 from tests.kit.chaos import ChaosOptions, ChaosResult, ChaosRun
 
-QUICK_SECONDS = 15.0
+QUICK_SECONDS = 15.0  # of kills at least: the run goes on until every agent has worked
+MIN_TICKS = 3  # per agent, counted from the ledger, before the killing may stop
 
 
 def _run(*, faults: bool) -> ChaosResult:
-    return ChaosRun(ChaosOptions(agents=6, duration=QUICK_SECONDS, faults=faults, seed=7)).run()
+    options = ChaosOptions(
+        agents=6, duration=QUICK_SECONDS, min_ticks=MIN_TICKS, faults=faults, seed=7
+    )
+    return ChaosRun(options).run()
 
 
 def _assert_clean(result: ChaosResult) -> None:

@@ -86,7 +86,12 @@ def fault_limits() -> LimitConfig:
 @dataclass(frozen=True, slots=True)
 class ChaosOptions:
     agents: int = 6
-    duration: float = 60.0  # seconds of killing
+    duration: float = 60.0  # seconds of killing (at least; see min_ticks)
+    # The killing goes on past ``duration`` until every agent has started this many ticks
+    # and the account has sent an order, within ``work_timeout`` seconds in all: a loaded
+    # machine makes the run longer, never emptier.
+    min_ticks: int = 0
+    work_timeout: float = 300.0
     faults: bool = False
     seed: int = 1
     speed: float = 60.0
@@ -277,7 +282,7 @@ class ChaosRun:
         self.proc = self.supervisor.spawn(self.env)
         self.supervisor.wait_ready(self.proc)
         if wait_agents:
-            wait_for(self._all_running, 60, "every agent RUNNING")
+            wait_for(self._all_running, 120, "every agent RUNNING")
 
     def _all_running(self) -> bool:
         assert self.supervisor is not None
@@ -291,17 +296,31 @@ class ChaosRun:
 
     def _chaos(self) -> None:
         o = self.options
-        end = time.monotonic() + o.duration
-        sup_at = time.monotonic() + o.duration * self.rng.uniform(1 / 3, 2 / 3)
+        started = time.monotonic()
+        end = started + o.duration
+        sup_at = started + o.duration * self.rng.uniform(1 / 3, 2 / 3)
         pause = threading.Event()  # never set: waits below are the workload's random pauses
-        while (now := time.monotonic()) < end:
-            pause.wait(min(self.rng.uniform(*o.kill_interval), max(0.0, end - now)))
-            if time.monotonic() >= end:
+        while not self._done(started, end):
+            wait = self.rng.uniform(*o.kill_interval)
+            pause.wait(min(wait, end - now) if (now := time.monotonic()) < end else wait)
+            if self._done(started, end):
                 break
             if o.kill_supervisord and not self.supervisord_kills and time.monotonic() >= sup_at:
                 self._crash_supervisord()
             else:
                 self._kill_random_agent()
+
+    def _done(self, started: float, end: float) -> bool:
+        """``duration`` is over and every agent has started ``min_ticks`` ticks and an order
+        was sent, or ``work_timeout`` is over (the checks afterwards report what is missing)."""
+        o = self.options
+        now = time.monotonic()
+        if now < end:
+            return False
+        if o.min_ticks <= 0 or now - started >= o.work_timeout:
+            return True
+        ticks = self._tick_counts()
+        return all(ticks.get(a, 0) >= o.min_ticks for a in self.ids) and bool(self._coids())
 
     def _kill_random_agent(self) -> None:
         assert self.supervisor is not None
