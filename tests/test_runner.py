@@ -159,9 +159,16 @@ def test_triggered_stop_is_booked_and_its_twin_canceled(
         take_profit_pct=0.0005,
     )
     runner, ledger = in_process(fleet, "agent-1", Scripted([Action.SHORT]), closing)
+    # The mark stands still until both protective orders rest: a moving one could cross the
+    # stop (0.05 % away) between the entry's fill and the stop's placement, and the runner
+    # would then rightly close at once instead (a slow machine made that happen).
+    mark = sim.market.mark("SOLUSDT")
+    sim.market.pin("SOLUSDT", mark)
     runner.tick()
     assert fleet.ledger_positions()["SOLUSDT"] < 0
-    wait_for(lambda: not fleet.exchange_positions(), timeout=60, what="a protective order to fire")
+    assert [t for t, _, _ in open_orders(fleet, "SOLUSDT")] == ["STOP_MARKET", "TAKE_PROFIT_MARKET"]
+    sim.market.pin("SOLUSDT", mark * Decimal("1.01"))  # past the short's stop, away from its TP
+    wait_for(lambda: not fleet.exchange_positions(), timeout=60, what="the stop to fire")
     runner.tick()
     assert fleet.ledger_positions() == {}
     assert open_orders(fleet, "SOLUSDT") == []
