@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -724,6 +725,30 @@ def test_malformed_payload_is_transient(rig: Rig) -> None:
         rig.client.ticker_price("X")
     rig.exchange.on("GET", "/fapi/v3/klines", ok({"not": "a list"}))
     with pytest.raises(TransientExchangeError, match="expected a JSON list"):
+        rig.client.klines("X", "1m")
+
+
+@pytest.mark.parametrize(
+    ("row", "fault"),
+    [
+        ([1, "x", "2", "0.5", "1.5", "100", 2], "field 'open' is not a number: 'x'"),
+        ([1, True, "2", "0.5", "1.5", "100", 2], "field 'open' is not a number: True"),
+        ([1, "1", "2", "0.5", "1.5", "100", None], "field 'closeTime' is missing"),
+        ([1, "1", "2", "0.5", "1.5", "100"], "expected at least 7 columns, got 6"),
+    ],
+)
+def test_a_malformed_kline_row_is_named_despite_the_short_way(
+    rig: Rig, row: list[object], fault: str
+) -> None:
+    """Kline rows of the usual shape parse the short way; any other row still names its fault."""
+    good = [1, "1.0", "2.0", "0.5", "1.5", "100", 2]
+    odd = [1, 1.5, "2", "", "1.5", 100, "2"]  # numbers and strings where the exchange sends others
+    rig.exchange.on("GET", "/fapi/v3/klines", ok([good, odd]))
+    first, second = rig.client.klines("X", "1m")
+    assert (first.open, first.close, first.close_time) == (D("1.0"), D("1.5"), 2)
+    assert (second.open, second.low, second.volume, second.close_time) == (D("1.5"), 0, 100, 2)
+    rig.exchange.on("GET", "/fapi/v3/klines", ok([good, row]))
+    with pytest.raises(TransientExchangeError, match=re.escape(fault)):
         rig.client.klines("X", "1m")
 
 

@@ -151,6 +151,7 @@ class AgentRunner:
         self.info: ExchangeInfo | None = None
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
         self.last_prices: dict[str, Decimal] = {}
+        self.parsed_klines: dict[str, tuple[bytes | str, list[Kline]]] = {}  # cache key -> both
         self.ticks = 0
         self.tick_count = 0
         self.governor = Governor(fleet, agent.id, ledger)
@@ -436,11 +437,19 @@ class AgentRunner:
         ttl_ms = max(1000, int(INTERVAL_MS[interval] / self.market_speed / 4))
         key = f"klines:{self.agent.exchange.base_url}:{symbol}:{interval}:{limit}"
 
+        fetched: list[Kline] = []
+
         def fetch() -> str:
-            return _dump_klines(self.client.klines(symbol, interval, limit=limit))
+            fetched.extend(self.client.klines(symbol, interval, limit=limit))
+            return _dump_klines(fetched)
 
         raw = self.cache.get_or_fetch(key, now_ms() + ttl_ms, fetch)
-        klines = _load_klines(raw)
+        memo = self.parsed_klines.get(key)
+        if memo is not None and memo[0] == raw:  # the cache's value as parsed last time
+            klines = memo[1]
+        else:  # fetched just now: already parsed; else another agent's fetch
+            klines = fetched or _load_klines(raw)
+            self.parsed_klines[key] = (raw, klines)
         return klines[:-1]  # the last one is the candle still forming
 
     # ------------------------------------------------------------------ entries

@@ -196,6 +196,15 @@ def exchange_info(data: object) -> ExchangeInfo:
 
 
 def _kline(raw: object) -> Kline:
+    # The usual row ([int, "decimal" x 5, int, ...]) takes the short way: a tick parses two
+    # symbols' worth of rows; anything else goes through the checks below, which name the fault.
+    if type(raw) is list and len(raw) >= 7:
+        t0, o, h, lo, c, v, t1 = raw[:7]
+        if type(t0) is int and type(t1) is int and all(type(x) is str and x for x in raw[1:6]):
+            try:
+                return Kline(t0, Decimal(o), Decimal(h), Decimal(lo), Decimal(c), Decimal(v), t1)
+            except InvalidOperation:
+                pass
     row = _list(raw, "kline")
     if len(row) < 7:
         raise _fail("kline", f"expected at least 7 columns, got {len(row)}")
