@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import time
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -74,11 +73,12 @@ def collect_report(
     (``governance.sleeve_points``); the metrics are ``governance.fleet_metrics``'s, computed
     from those points.
     """
+    from aster_agents import models
     from aster_agents.fleet.view import collect_portfolio
     from aster_agents.ledger.readonly import open_readonly
     from aster_agents.portfolio.governance import FleetMetrics
 
-    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    now = models.now_ms() if now_ms is None else now_ms
     portfolio = collect_portfolio(fleet, state_dir, now_ms=now)
     min_days = fleet.portfolio.min_track_record_days
     ledger = open_readonly(state_dir)

@@ -324,6 +324,7 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
     from aster_agents.ledger.liveness import pid_alive
     from aster_agents.ledger.readonly import open_readonly
 
+    # models.now_ms's twin: importing models (dataclasses, enums) here would slow ``status``
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     procs = supervisor_processes(state_dir)
     ledger = open_readonly(state_dir)

@@ -12,10 +12,11 @@ import os
 import re
 import struct
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
+
+from aster_agents import models
 
 _HEADER: Final = struct.Struct("<qqB")  # fetched_ms, fresh_until_ms, is_text
 _SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -77,7 +78,7 @@ class MarketDataCache:
         if len(data) < _HEADER.size:
             return None
         fetched, fresh_until, is_text = _HEADER.unpack_from(data)
-        now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        now = models.now_ms() if now_ms is None else now_ms
         if now >= fresh_until:
             return None
         body = data[_HEADER.size :]
@@ -87,7 +88,7 @@ class MarketDataCache:
     def _write(path: Path, value: bytes | str, fresh_until_ms: int) -> None:
         is_text = isinstance(value, str)
         body = value.encode() if isinstance(value, str) else value
-        header = _HEADER.pack(time.time_ns() // 1_000_000, fresh_until_ms, int(is_text))
+        header = _HEADER.pack(models.now_ms(), fresh_until_ms, int(is_text))
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(header + body)
         os.replace(tmp, path)
