@@ -591,23 +591,23 @@ class Demo:
 
 def _with_deadline(fn: Callable[[], T], seconds: float, what: str) -> T:
     """``fn()`` in a daemon thread; TimeoutError if it has not returned within ``seconds``."""
-    box: list[tuple[bool, Any]] = []
+    box: list[T] = []
+    failed: list[BaseException] = []
 
     def target() -> None:
         try:
-            box.append((True, fn()))
+            box.append(fn())
         except BaseException as exc:  # handed to the caller below
-            box.append((False, exc))
+            failed.append(exc)
 
     worker = threading.Thread(target=target, name=what, daemon=True)
     worker.start()
     worker.join(seconds)
+    if failed:
+        raise failed[0]
     if not box:
         raise TimeoutError(f"{what} did not finish within {seconds:.0f} s")
-    ok, value = box[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
+    return box[0]
 
 
 def _or_error(fn: Callable[[], T], what: str, errors: list[str]) -> T | None:

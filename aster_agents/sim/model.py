@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import signal
+import socket
 import sys
 import threading
 from collections import deque
@@ -302,11 +303,13 @@ class _HttpServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.state = state
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: tuple[str, int]
+    ) -> None:
         """A client that gave up (timed out) and hung up is normal here."""
         if isinstance(sys.exc_info()[1], ConnectionError):
             return
-        super().handle_error(request, client_address)  # type: ignore[arg-type]
+        super().handle_error(request, client_address)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
