@@ -428,13 +428,21 @@ def _accounts(
 
 
 def collect_portfolio(
-    fleet: FleetView, state_dir: Path, *, now_ms: int | None = None, points: int = 200
+    fleet: FleetView,
+    state_dir: Path,
+    *,
+    now_ms: int | None = None,
+    points: int = 200,
+    status: StatusReport | None = None,
 ) -> PortfolioReport:
-    """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots."""
+    """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots.
+
+    ``status`` is a ``collect_status`` taken just before, when the caller has one.
+    """
     from aster_agents.ledger.readonly import open_readonly
     from aster_agents.portfolio import nav as pf
 
-    status = collect_status(fleet, state_dir, now_ms=now_ms)
+    status = status or collect_status(fleet, state_dir, now_ms=now_ms)
     ledger = open_readonly(state_dir)
     try:
         books = _read_books(ledger) if ledger else _Books({}, {}, {}, None)
