@@ -179,7 +179,7 @@ def _sleeve_families(snap: Snapshot) -> Iterator[Metric]:
         "equity": _gauge("aster_agent_equity_usdt", "Sleeve equity, unrealized P&L included."),
         "capital": _gauge("aster_agent_capital_usdt", "Capital allocated to the sleeve."),
         "pnl": _gauge("aster_agent_pnl_usdt", "Sleeve P&L: equity minus capital."),
-        "ret": _gauge("aster_agent_return_ratio", "Sleeve return on NAV per unit."),
+        "ret": _gauge("aster_agent_return", "Sleeve return on NAV per unit (-0.05: -5%)."),
         "weight": _gauge("aster_agent_allocation_ratio", "Sleeve weight in its account."),
         "nav": _gauge("aster_agent_nav_per_unit", "Book NAV per unit (no unrealized P&L)."),
         "dd": _gauge("aster_agent_drawdown_ratio", "Fall of NAV per unit from its peak."),
@@ -337,7 +337,7 @@ def _portfolio_families(snap: Snapshot) -> Iterator[Metric]:
         ("aster_portfolio_equity_usdt", "Combined equity of every sleeve.", float(f.equity)),
         ("aster_portfolio_capital_usdt", "Combined allocated capital.", float(f.capital)),
         ("aster_portfolio_pnl_usdt", "Combined P&L.", float(f.pnl)),
-        ("aster_portfolio_return_ratio", "Combined return.", f.ret),
+        ("aster_portfolio_return", "Combined return (-0.05: -5%).", f.ret),
         ("aster_portfolio_drawdown_ratio", "Combined drawdown from the peak.", f.drawdown),
         ("aster_portfolio_max_drawdown_ratio", "Largest combined drawdown.", f.max_drawdown),
         (
