@@ -41,5 +41,23 @@ def metrics(
     raise typer.Exit(m.serve(reg, bind, port))
 
 
+def notify(ctx: typer.Context) -> None:
+    """Deliver fleet alerts and a daily summary through Apprise (``notify:`` in _portfolio.yaml).
+
+    The URLs come from the environment variable named by notify.urls_env; runs until SIGTERM.
+    """
+    import threading
+
+    from aster_agents.agent.runner import stop_on_signals
+    from aster_agents.fleet.notify import run
+
+    cli = state(ctx)
+    fleet = cli.fleet()
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        raise typer.Exit(run(fleet, cli.resolved_state_dir(), stop))
+
+
 def register(app: typer.Typer) -> None:
     app.command("metrics")(metrics)
+    app.command("notify")(notify)
