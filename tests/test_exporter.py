@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from aster_agents.ledger import Ledger
+from aster_agents.ledger.rows import EquityPoint
 from aster_agents.sim.server import SimServer
 from tests.agentkit import Fleet, make_fleet, wait_for
 
@@ -74,6 +75,21 @@ def check_naming(metrics: dict[str, list[Sample]]) -> None:
             assert not any(COID_RE.search(v) for v in s.labels.values()), s  # no order ids
 
 
+def combined_drawdowns(histories: dict[str, list[EquityPoint]]) -> tuple[float, float]:
+    """Sum of the sleeves' latest equity after each snapshot (in time order): (now, max) fall."""
+    points = sorted((p.time_ms, n, a, float(p.equity)) for a, h in histories.items()
+                    for n, p in enumerate(h))  # fmt: skip
+    latest: dict[str, float] = {}
+    peak = worst = dd = 0.0
+    for _, _, agent, equity in points:
+        latest[agent] = equity
+        total = sum(latest.values())
+        peak = max(peak, total)
+        dd = (peak - total) / peak if peak > 0 else 0.0
+        worst = max(worst, dd)
+    return dd, worst
+
+
 def value(samples: list[Sample], name: str, **labels: str) -> float:
     hits = [s.value for s in samples if s.name == name and labels.items() <= s.labels.items()]
     assert len(hits) == 1, (name, labels, hits)
@@ -113,14 +129,23 @@ def test_scrape_matches_ledger_and_portfolio_json(traded: Fleet) -> None:
     assert float(doc["portfolio"]["equity"]) == value(
         metrics["aster_portfolio_equity_usdt"], "aster_portfolio_equity_usdt"
     )
-    assert doc["portfolio"]["drawdown"] == value(
-        metrics["aster_portfolio_drawdown_ratio"], "aster_portfolio_drawdown_ratio"
-    )
     with Ledger(traded.state_dir) as ledger:
         rows = {r.agent_id: r for r in ledger.agent_rows()}
         positions = ledger.positions()
         audit = ledger.audit(limit=100_000)
         marks = ledger.marks(traded.user)
+        histories = {a: ledger.equity_history(a) for a in rows}
+    drawdown, max_drawdown = combined_drawdowns(histories)
+    assert drawdown == pytest.approx(
+        value(metrics["aster_portfolio_drawdown_ratio"], "aster_portfolio_drawdown_ratio"),
+        rel=1e-9,
+        abs=1e-12,
+    )
+    assert max_drawdown == pytest.approx(
+        value(metrics["aster_portfolio_max_drawdown_ratio"], "aster_portfolio_max_drawdown_ratio"),
+        rel=1e-9,
+        abs=1e-12,
+    )
     for sleeve in doc["agents"]:
         agent = sleeve["id"]
         assert float(sleeve["equity"]) == value(
@@ -135,6 +160,12 @@ def test_scrape_matches_ledger_and_portfolio_json(traded: Fleet) -> None:
         )
         assert float(row.nav_per_unit) == value(
             metrics["aster_agent_nav_per_unit"], "aster_agent_nav_per_unit", agent=agent
+        )
+        navs = [float(p.nav) for p in histories[agent] if p.nav]
+        assert max(navs) > 0
+        assert (max(navs) - navs[-1]) / max(navs) == pytest.approx(
+            value(metrics["aster_agent_drawdown_ratio"], "aster_agent_drawdown_ratio", agent=agent),
+            abs=1e-12,
         )
         fills = sum(1 for e in audit if e.agent_id == agent and e.event == "fill")
         assert fills > 0

@@ -66,6 +66,43 @@ BUCKET_LABELS: Final = {
 }
 
 
+class Drawdowns:
+    """Peaks followed incrementally over the ``equity`` table (new rows only per scrape).
+
+    Per agent: NAV per unit against its running peak. Portfolio: the sum of every sleeve's
+    latest equity, after each snapshot, against its running peak (exact, where ``portfolio``
+    resamples the curve to 200 points). Memory is O(agents), whatever the history's length.
+    """
+
+    def __init__(self) -> None:
+        self.rowid = 0
+        self.nav_peak: dict[str, float] = {}
+        self.nav: dict[str, float] = {}
+        self.latest: dict[str, float] = {}
+        self.total = 0.0
+        self.peak = 0.0
+        self.max_drawdown = 0.0
+
+    def feed(self, rows: Iterable[tuple[int, str, float, float]]) -> None:
+        for rowid, agent, equity, nav in rows:
+            self.rowid = rowid
+            if nav > 0:
+                self.nav[agent] = nav
+                self.nav_peak[agent] = max(nav, self.nav_peak.get(agent, 0.0))
+            self.total += equity - self.latest.get(agent, 0.0)
+            self.latest[agent] = equity
+            self.peak = max(self.peak, self.total)
+            self.max_drawdown = max(self.max_drawdown, self.drawdown)
+
+    def agent(self, agent_id: str) -> float:
+        peak = self.nav_peak.get(agent_id, 0.0)
+        return min(1.0, (peak - self.nav[agent_id]) / peak) if peak > 0 else 0.0
+
+    @property
+    def drawdown(self) -> float:
+        return min(1.0, max(0.0, (self.peak - self.total) / self.peak)) if self.peak > 0 else 0.0
+
+
 class Snapshot(NamedTuple):
     """Everything one scrape reads, taken before any metric is built."""
 
@@ -74,7 +111,7 @@ class Snapshot(NamedTuple):
     counters: list[Counter]
     positions: list[LedgerPosition]
     marks: dict[str, dict[str, Decimal]]
-    navs: dict[str, list[float]]
+    drawdowns: Drawdowns
     buckets: list[BucketLevel]
     pause: HostPause | None
     reconciles: dict[str, tuple[int, int]]
@@ -82,26 +119,27 @@ class Snapshot(NamedTuple):
     rows: dict[str, AgentRow]
 
 
-def take_snapshot(fleet: FleetView, state_dir: Path) -> Snapshot:
+def take_snapshot(fleet: FleetView, state_dir: Path, drawdowns: Drawdowns) -> Snapshot:
     """One consistent-enough read of the fleet (each source read once, nothing written)."""
     from aster_agents.ledger.readonly import open_readonly
 
     status = collect_status(fleet, state_dir)
-    portfolio = collect_portfolio(fleet, state_dir, status=status)
+    portfolio = collect_portfolio(fleet, state_dir, status=status, history=False)
     signers = {a.id: a.exchange.signer for a in fleet.agents}
     ledger = open_readonly(state_dir)
     if ledger is None:
-        return Snapshot(status, portfolio, [], [], {}, {}, [], None, {}, signers, {})
+        return Snapshot(status, portfolio, [], [], {}, drawdowns, [], None, {}, signers, {})
     with ledger:
         rows = {r.agent_id: r for r in ledger.agent_rows()}
-        navs = {a: [float(p.nav) for p in ledger.equity_history(a) if p.nav] for a in rows}
+        while batch := ledger.equity_after(drawdowns.rowid):
+            drawdowns.feed(batch)
         return Snapshot(
             status,
             portfolio,
             ledger.counters(),
             ledger.positions(),
             ledger.marks(),
-            navs,
+            drawdowns,
             ledger.buckets(),
             ledger.host_pause(),
             ledger.last_reconciles(),
@@ -116,11 +154,14 @@ class FleetCollector(Collector):
     def __init__(self, config_dir: Path | None, state_dir: Path | None) -> None:
         self.config_dir = config_dir
         self.state_dir = state_dir
+        self.drawdowns = Drawdowns()
+        self._lock = threading.Lock()  # scrapes may overlap; the peaks are fed in order
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         fleet = load_view(self.config_dir)
-        snap = take_snapshot(fleet, fleet.state_dir(self.state_dir))
+        with self._lock:
+            snap = take_snapshot(fleet, fleet.state_dir(self.state_dir), self.drawdowns)
         yield from families(snap)
         took = GaugeMetricFamily(
             "aster_exporter_scrape_duration_seconds", "How long the last scrape took to read."
@@ -173,8 +214,6 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
 
 
 def _sleeve_families(snap: Snapshot) -> Iterator[Metric]:
-    from aster_agents.portfolio.metrics import drawdowns
-
     m = {
         "equity": _gauge("aster_agent_equity_usdt", "Sleeve equity, unrealized P&L included."),
         "capital": _gauge("aster_agent_capital_usdt", "Capital allocated to the sleeve."),
@@ -194,8 +233,8 @@ def _sleeve_families(snap: Snapshot) -> Iterator[Metric]:
         m["pnl"].add_metric(a, float(f.pnl))
         m["ret"].add_metric(a, f.ret)
         m["weight"].add_metric(a, f.weight)
-        navs = snap.navs.get(f.agent_id) or []
-        m["dd"].add_metric(a, drawdowns(navs)[-1] if navs else 0.0)
+        if f.agent_id in snap.drawdowns.nav:
+            m["dd"].add_metric(a, snap.drawdowns.agent(f.agent_id))
         row = snap.rows.get(f.agent_id)
         if row is not None:
             m["nav"].add_metric(a, float(row.nav_per_unit))
@@ -226,7 +265,7 @@ def _counter_families(counters: list[Counter]) -> Iterator[Metric]:
     )
     fills = CounterMetricFamily("aster_fills", "Fills booked.", labels=["agent"])
     events = CounterMetricFamily(
-        "aster_ledger_events", "Ledger audit rows by event.", labels=["agent", "event"]
+        "aster_ledger_events", "Ledger audit rows by event (all agents).", labels=["event"]
     )
     denials = CounterMetricFamily(
         "aster_reservation_denials",
@@ -243,10 +282,11 @@ def _counter_families(counters: list[Counter]) -> Iterator[Metric]:
         "aster_exchange_rate_limited", "429 and 418 replies (host-wide).", labels=["status"]
     )
     outcomes: dict[tuple[str, str], float] = defaultdict(float)
+    by_event: dict[str, float] = defaultdict(float)
     for c in counters:
         if c.name == "audit":
             event = c.labels.get("event", "")
-            events.add_metric([c.agent_id, event], c.value)
+            by_event[event] += c.value
             if event == "fill":
                 fills.add_metric([c.agent_id], c.value)
             if event in ORDER_OUTCOMES:
@@ -261,6 +301,8 @@ def _counter_families(counters: list[Counter]) -> Iterator[Metric]:
             limited.add_metric([c.labels.get("status", "")], c.value)
     for (agent, outcome), value in sorted(outcomes.items()):
         orders.add_metric([agent, outcome], value)
+    for event, value in sorted(by_event.items()):
+        events.add_metric([event], value)
     yield from (orders, fills, events, denials, requests, errors, limited)
     yield _histogram(
         counters,
@@ -338,8 +380,16 @@ def _portfolio_families(snap: Snapshot) -> Iterator[Metric]:
         ("aster_portfolio_capital_usdt", "Combined allocated capital.", float(f.capital)),
         ("aster_portfolio_pnl_usdt", "Combined P&L.", float(f.pnl)),
         ("aster_portfolio_return", "Combined return (-0.05: -5%).", f.ret),
-        ("aster_portfolio_drawdown_ratio", "Combined drawdown from the peak.", f.drawdown),
-        ("aster_portfolio_max_drawdown_ratio", "Largest combined drawdown.", f.max_drawdown),
+        (
+            "aster_portfolio_drawdown_ratio",
+            "Combined sleeve equity below its peak, over every snapshot.",
+            snap.drawdowns.drawdown,
+        ),
+        (
+            "aster_portfolio_max_drawdown_ratio",
+            "Largest combined drawdown seen over every snapshot.",
+            snap.drawdowns.max_drawdown,
+        ),
         (
             "aster_portfolio_exchange_equity_usdt",
             "Account equity the exchange last reported (start or reconcile).",

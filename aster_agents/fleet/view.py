@@ -434,10 +434,14 @@ def collect_portfolio(
     now_ms: int | None = None,
     points: int = 200,
     status: StatusReport | None = None,
+    history: bool = True,
 ) -> PortfolioReport:
     """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots.
 
-    ``status`` is a ``collect_status`` taken just before, when the caller has one.
+    ``status`` is a ``collect_status`` taken just before, when the caller has one. With
+    ``history=False`` the snapshots are not read: the combined drawdowns are 0 and the
+    sparklines empty, every other figure is the same (the exporter follows the snapshots
+    itself, incrementally).
     """
     from aster_agents.ledger.readonly import open_readonly
     from aster_agents.portfolio import nav as pf
@@ -447,7 +451,11 @@ def collect_portfolio(
     try:
         books = _read_books(ledger) if ledger else _Books({}, {}, {}, None)
         rows = books.rows
-        histories = {a: ledger.equity_curve(a) for a in rows} if ledger else {}
+        histories = (
+            {a: ledger.equity_curve(a) for a in rows}
+            if ledger and history
+            else {a: [] for a in rows}
+        )
     finally:
         if ledger is not None:
             ledger.close()

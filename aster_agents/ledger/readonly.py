@@ -259,6 +259,21 @@ class ReadOnlyLedger:
             return None
         return HostPause(float(row[0]), str(row[1]))
 
+    def equity_after(self, rowid: int, limit: int = 50_000) -> list[tuple[int, str, float, float]]:
+        """Snapshots appended after ``rowid``, in insertion order: (rowid, agent, equity, nav).
+
+        NAV is 0.0 where it was not recorded. For readers that follow the table incrementally.
+        """
+        if not self._ready("equity"):
+            return []
+        nav = "COALESCE(nav, 0)" if self._ready("rebalances") else "0"
+        rows = self.conn.execute(
+            f"SELECT rowid, agent_id, equity, {nav} FROM equity WHERE rowid > ? "
+            "ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in rows]
+
     def counters(self) -> list[Counter]:
         """Every counter the exporter publishes (``ledger/counters.py``); [] before v4."""
         if not self._ready("counters"):
