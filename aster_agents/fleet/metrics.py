@@ -376,7 +376,11 @@ def _budget_families(buckets: list[BucketLevel], pause: HostPause | None) -> Ite
 def _portfolio_families(snap: Snapshot) -> Iterator[Metric]:
     report, f = snap.portfolio, snap.portfolio.figures
     pairs: list[tuple[str, str, float | None]] = [
-        ("aster_portfolio_equity_usdt", "Combined equity: every sleeve plus unallocated cash.", float(f.equity)),
+        (
+            "aster_portfolio_equity_usdt",
+            "Combined equity: every sleeve plus unallocated cash.",
+            float(f.equity),
+        ),
         ("aster_portfolio_capital_usdt", "Combined allocated capital.", float(f.capital)),
         ("aster_portfolio_pnl_usdt", "Combined P&L.", float(f.pnl)),
         ("aster_portfolio_return", "Combined return (-0.05: -5%).", f.ret),
