@@ -175,7 +175,7 @@ class Notifier:
     view: FleetView
     state_dir: Path
     cfg: NotifyConfig
-    store: NotifyStore
+    ledger: NotifyStore
     delivery: Delivery
     clock: Callable[[], float] = time.time
     cursor: int = 0
@@ -190,9 +190,9 @@ class Notifier:
     rejections: Rejections | None = None
 
     def __post_init__(self) -> None:
-        self.cursor = self.last_read = self.store.cursor()
+        self.cursor = self.last_read = self.ledger.cursor()
         self.rejections = Rejections(self.cfg.rejections, self.cfg.rejection_window_minutes * 6e4)
-        last = self.store.last_event("process_state")
+        last = self.ledger.last_event("process_state")
         self.proc_states = {a: str(_detail(e).get("state")) for a, e in last.items()}
 
     def step(self) -> None:
@@ -211,11 +211,11 @@ class Notifier:
             watched = state if state in WATCHED_PROCESS_STATES else "OK"
             if self.proc_states.get(agent.id, "OK") != watched:
                 age = None if agent.last_tick_age_s is None else round(agent.last_tick_age_s)
-                self.store.record(agent.id, "process_state", state=watched, age_s=age)
+                self.ledger.record(agent.id, "process_state", state=watched, age_s=age)
                 self.proc_states[agent.id] = watched
 
     def read_events(self) -> None:
-        entries = self.store.events_after(self.last_read)
+        entries = self.ledger.events_after(self.last_read)
         assert self.rejections is not None
         for entry in entries:
             alert = alert_for(entry, self.cfg) or self.rejections.feed(entry)
@@ -226,7 +226,7 @@ class Notifier:
         if entries:
             self.last_read = entries[-1].id
             if not self.pending:
-                self.store.advance(self.last_read)
+                self.ledger.advance(self.last_read)
                 self.cursor = self.last_read
 
     def _fresh(self, alert: Alert) -> bool:
@@ -259,7 +259,7 @@ class Notifier:
                 "notify: delivery failed ({} in a row); retry in {:.0f} s", self.failures, delay
             )
             return
-        self.store.sent(self.pending[0].audit_id, self.last_read, len(self.pending), title)
+        self.ledger.sent(self.pending[0].audit_id, self.last_read, len(self.pending), title)
         logger.info("notify: sent {!r} ({} event(s))", title, len(self.pending))
         self.cursor = self.last_read
         self.sent_times.append(now)
@@ -270,11 +270,11 @@ class Notifier:
             return
         now = datetime.fromtimestamp(self.clock(), UTC)
         day = now.strftime("%Y-%m-%d")
-        if now.strftime("%H:%M") < self.cfg.daily_summary_utc or self.store.summary_day() == day:
+        if now.strftime("%H:%M") < self.cfg.daily_summary_utc or self.ledger.summary_day() == day:
             return
         title, body, events = self.summary(now)
         if self.delivery.send(title, body):
-            self.store.summary_sent(day, events, title)
+            self.ledger.summary_sent(day, events, title)
             logger.info("notify: sent the daily summary for {}", day)
 
     def summary(self, now: datetime) -> tuple[str, str, int]:
@@ -283,7 +283,7 @@ class Notifier:
         report = collect_portfolio(self.view, self.state_dir)
         f = report.figures
         since = int(now.timestamp() * 1000) - 86_400_000
-        events = sum(m.events for m in self.store.messages(since))
+        events = sum(m.events for m in self.ledger.messages(since))
         lines = [
             f"equity {f.equity:.2f} USDT, P&L {f.pnl:+.2f}, return {f.ret:+.2%}, "
             f"drawdown {f.drawdown:.2%}",

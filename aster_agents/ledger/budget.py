@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aster_agents.errors import RateLimited
 from aster_agents.ledger.backend import Conn
-from aster_agents.ledger.sqlite import SqliteStore
 from aster_agents.ledger.counters import LATENCY_BUCKETS, CounterKey, bump, key, observe
+from aster_agents.ledger.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from aster_agents.exchange.http import RequestLog

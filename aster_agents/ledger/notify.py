@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from aster_agents.ledger.audit import now_ms
+from aster_agents.ledger.backend import open_store
 from aster_agents.ledger.rows import AuditEntry
-from aster_agents.ledger.store import Store, now_ms
 
 
 class SentMessage(NamedTuple):
@@ -28,7 +29,7 @@ class NotifyStore:
     """Cursor, sent messages and the notifier's own audit rows (supervisord states)."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.store = Store(Path(state_dir))
+        self.store = open_store(Path(state_dir))
 
     def close(self) -> None:
         self.store.close()
