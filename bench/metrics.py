@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from aster_agents.exchange.http import RequestLog
+from aster_agents.exchange.base import RequestLog
 from aster_agents.ledger import Ledger, SharedBudget
 from aster_agents.models import Side
 from aster_agents.signing import Signer, generate_private_key

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from aster_agents.sim.server import SimServer
-from tests.agentkit import make_fleet
+from tests.kit.agents import make_fleet
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "ops" / "grafana-dashboard.json"

@@ -18,7 +18,8 @@ from prometheus_client.samples import Sample
 from aster_agents.ledger import Ledger
 from aster_agents.ledger.rows import EquityPoint
 from aster_agents.sim.server import SimServer
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.wait import wait_for
 
 NAME_RE = re.compile(r"aster_[a-z0-9_]+")
 COID_RE = re.compile(r"-\d{6}-")  # client order ids look like a01-000123-open

@@ -19,7 +19,8 @@ from aster_agents.errors import ConfigError
 from aster_agents.ledger import Ledger
 from aster_agents.ledger.notify import NotifyStore, SentMessage
 from aster_agents.sim.server import SimServer
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.wait import wait_for
 
 URLS_ENV = "ASTER_AGENTS_NOTIFY_URLS"
 

@@ -30,9 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from loguru import logger
-
 from aster_agents.errors import ConfigError
+from aster_agents.logs import logger
 
 if TYPE_CHECKING:
     from aster_agents.config.schema import FleetConfig, NotifyConfig
@@ -93,6 +92,8 @@ def alert_for(entry: AuditEntry, cfg: NotifyConfig) -> Alert | None:
     elif entry.event in ("liquidation", "adl"):
         what = "liquidated" if entry.event == "liquidation" else "auto-deleveraged (ADL)"
         text = f"{who} {what} on {d.get('symbol', '?')}"
+    elif entry.event == "position_closed" and d.get("reason"):  # closed without a fill
+        text = f"{who} position on {d.get('symbol', '?')} written off: {d['reason']}"
     elif entry.event == "error":
         text = f"{who} error: {str(d.get('error', ''))[:200]}"
     if text is None:

@@ -19,7 +19,7 @@ from aster_agents.ledger.counters import LATENCY_BUCKETS, CounterKey, bump, key,
 from aster_agents.ledger.sqlite import SqliteStore
 
 if TYPE_CHECKING:
-    from aster_agents.exchange.http import RequestLog
+    from aster_agents.exchange.base import RequestLog
 
 MAX_PAUSE_WAIT_S: Final = 5.0
 MAX_SLEEP_S: Final = 0.25
