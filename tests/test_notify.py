@@ -180,3 +180,32 @@ def test_missing_or_bad_urls_exit_2_without_the_value(
         assert done.returncode == 2, done.stderr
         assert URLS_ENV in done.stderr and "SECRETTOKEN" not in done.stderr
         assert done.stderr.strip().count("\n") == 0
+
+
+def test_alert_texts_for_ledger_events() -> None:
+    """Liquidation, 418 ban, reconcile over the threshold, write-off and repeated rejections."""
+    from aster_agents.config.schema import NotifyConfig
+    from aster_agents.fleet.notify import Rejections, alert_for
+    from aster_agents.ledger.rows import AuditEntry
+
+    cfg = NotifyConfig(reconcile_threshold=2)
+
+    def text(event: str, agent: str | None = "agent-3", **detail: object) -> str | None:
+        alert = alert_for(AuditEntry(1, 0, agent, event, json.dumps(detail)), cfg)
+        return None if alert is None else alert.text
+
+    liq = text("liquidation", symbol="BTCUSDT", qty="-0.01", price="61000", realized_pnl="-120")
+    assert liq == "agent-3 liquidated on BTCUSDT: qty -0.01 at 61000, realized P&L -120"
+    ban = text("pause", None, until=0, reason="GET /fapi/v3/order: HTTP 418 banned until 1")
+    assert ban is not None and ban.startswith("418 ban: every agent on the host paused until")
+    assert text("reconcile", None, user="0xabc", differences=1) is None
+    assert text("reconcile", None, user="0xabc", differences=2) is not None
+    assert text("position_closed", symbol="ETHUSDT") is None  # an ordinary close by a fill
+    assert "written off" in (text("position_closed", symbol="ETHUSDT", reason="flat") or "")
+    assert text("fill", coid="x") is None
+    rejections = Rejections(threshold=3, window_ms=60_000)
+    got = [
+        rejections.feed(AuditEntry(n, n * 1000, "agent-1", "intent_rejected", "{}"))
+        for n in (1, 2, 3)
+    ]
+    assert got[:2] == [None, None] and got[2] is not None and "3 orders rejected" in got[2].text

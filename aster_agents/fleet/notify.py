@@ -91,7 +91,8 @@ def alert_for(entry: AuditEntry, cfg: NotifyConfig) -> Alert | None:
         }.get(state)
     elif entry.event in ("liquidation", "adl"):
         what = "liquidated" if entry.event == "liquidation" else "auto-deleveraged (ADL)"
-        text = f"{who} {what} on {d.get('symbol', '?')}"
+        text = f"{who} {what} on {d.get('symbol', '?')}: qty {d.get('qty', '?')} at "
+        text += f"{d.get('price', '?')}, realized P&L {d.get('realized_pnl', '?')}"
     elif entry.event == "position_closed" and d.get("reason"):  # closed without a fill
         text = f"{who} position on {d.get('symbol', '?')} written off: {d['reason']}"
     elif entry.event == "error":
