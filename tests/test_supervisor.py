@@ -265,3 +265,18 @@ def test_render_cli_output_does_not_depend_on_where_it_is_written(
             ]
         )
     assert "%(here)s/../" in out.read_text()
+
+
+def test_metrics_and_notify_programs_when_configured(tmp_path: Path) -> None:
+    """metrics.enabled and notify: add two programs outside the agents' group, loopback bind."""
+    config = _copy_agents(tmp_path)
+    with (config / "_portfolio.yaml").open("a") as f:
+        f.write("metrics:\n  enabled: true\n  port: 9500\nnotify:\n  daily_summary_utc: null\n")
+    fleet = load_fleet(config)
+    conf = _parse(render(fleet, tmp_path / "supervisord.conf"))
+    metrics = conf.get("program:aster_metrics", "command")
+    assert metrics.endswith("run") is False and " metrics --bind 127.0.0.1 --port 9500" in metrics
+    assert conf.get("program:aster_notify", "command").endswith(" notify")
+    assert "aster_metrics" not in conf.get("group:aster-agents", "programs")
+    plain = _parse(render(load_fleet(REPO / "agents.d"), REPO / "supervisord.conf"))
+    assert not [s for s in plain.sections() if s.startswith("program:aster_")]

@@ -937,8 +937,13 @@ def run_agent(
                 max_positions=agent.trading.max_positions,
                 enabled=agent.enabled,
             )
-            budget = SharedBudget(state_dir, user=agent.exchange.user)
-            meter = RequestMeter(log_request)
+            budget = SharedBudget(state_dir, user=agent.exchange.user, agent_id=agent.id)
+
+            def on_request(entry: RequestLog) -> None:
+                log_request(entry)
+                budget.record(entry)  # counted for the exporter with the next request
+
+            meter = RequestMeter(on_request)
             client = make_client(
                 fleet,
                 agent,

@@ -34,6 +34,7 @@ MODULES: Final = (
     "report",
     "conformance",
     "flatten",
+    "ops",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -56,6 +57,8 @@ COMMANDS: Final = {
     "trades": "trades",
     "report": "report",
     "conformance": "conformance",
+    "metrics": "ops",
+    "notify": "ops",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

@@ -24,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from aster_agents.config.view import (
     CONFIG_ENV,
@@ -165,11 +166,52 @@ class RebalanceConfig(_Model):
         return self
 
 
+class MetricsConfig(_Model):
+    """``aster-agent metrics`` as a supervisord program (README "Monitoring and alerts")."""
+
+    enabled: bool = False
+    port: int = Field(default=9464, ge=1, le=65535)
+    bind: str = "127.0.0.1"
+    allow_remote: bool = False
+
+
+class NotifyConfig(_Model):
+    """``aster-agent notify``: where alerts go (URLs from the environment) and how often."""
+
+    urls_env: str = Field(default="ASTER_AGENTS_NOTIFY_URLS", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    poll_seconds: float = Field(default=2.0, gt=0, le=300)
+    group_seconds: float = Field(default=10.0, ge=0, le=600)
+    max_per_hour: int = Field(default=20, ge=1, le=3600)
+    reconcile_threshold: int = Field(default=1, ge=1)
+    rejections: int = Field(default=3, ge=1)
+    rejection_window_minutes: float = Field(default=10.0, gt=0)
+    repeat_minutes: float = Field(default=60.0, ge=0)
+    daily_summary_utc: str | None = Field(
+        default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+    )
+
+    urls: Any = Field(default=None, exclude=True)  # refused: see _no_urls_here
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _no_urls_here(cls, value: Any) -> Any:
+        if value is not None:
+            raise PydanticCustomError(
+                "secret_refused",
+                "Apprise URLs carry tokens and are refused in YAML: put them, separated by "
+                "spaces, in the environment variable named by notify.urls_env "
+                "(default ASTER_AGENTS_NOTIFY_URLS)",
+            )
+        return value
+
+
 class PortfolioConfig(_Model):
     state_dir: str = DEFAULT_STATE_DIR
     limits: LimitsConfig = LimitsConfig()
     symbol_policy: Literal["exclusive"] = "exclusive"
     rebalance: RebalanceConfig = RebalanceConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,6 +415,8 @@ def _describe(path: Path, exc: ValidationError) -> list[str]:
         message = _humanize(err)
         if err["type"] == "missing":
             lines.append(f"{path}: {key}: required key is missing")
+        elif err["type"] == "secret_refused":  # never echo the value: it holds a token
+            lines.append(f"{path}: {key}: {message}")
         elif err["type"] == "extra_forbidden":
             lines.append(
                 f"{path}: {key}: unknown key (check the spelling; see README 'Configuration')"

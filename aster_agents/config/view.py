@@ -50,6 +50,7 @@ def agent_files(directory: Path) -> list[Path]:
 
 class ExchangeView(NamedTuple):
     user: str
+    signer: str = ""
 
 
 class TradingView(NamedTuple):
@@ -215,7 +216,9 @@ def _agent(stem: str, data: Mapping[str, Any]) -> AgentView | None:
         id=str(data.get("id", stem)),
         name=str(data.get("name", stem)),
         enabled=bool(data.get("enabled", True)),
-        exchange=ExchangeView(user=str(exchange.get("user", ""))),
+        exchange=ExchangeView(
+            user=str(exchange.get("user", "")), signer=str(exchange.get("signer", ""))
+        ),
         trading=TradingView(
             strategy=str(trading.get("strategy", "?")),
             symbols=tuple(str(s) for s in symbols) if isinstance(symbols, list) else (),

@@ -39,6 +39,8 @@ LOG_MAXBYTES: Final = "10MB"
 LOG_BACKUPS: Final = 5
 FAULT_ALREADY_STARTED: Final = 60  # supervisor.xmlrpc.Faults
 FAULT_NOT_RUNNING: Final = 70
+METRICS_PROGRAM: Final = "aster_metrics"
+NOTIFY_PROGRAM: Final = "aster_notify"
 RPC_TIMEOUT_S: Final = 30.0  # shutdown answers only after it has begun stopping the agents
 
 
@@ -115,7 +117,45 @@ def render(
         f"--state-dir {s} run"
     )
     sections.extend(_program(a.id, command, _here(fleet.root, base), s) for a in agents)
+    sections.extend(_ops_programs(fleet, command.removesuffix(" run"), _here(fleet.root, base), s))
     return "\n".join(sections)
+
+
+def _ops_programs(fleet: FleetConfig, base_command: str, directory: str, s: str) -> list[str]:
+    """The exporter and the notifier when ``_portfolio.yaml`` asks for them (outside the group).
+
+    Their names hold an underscore, which agent ids cannot, so they never clash with an agent.
+    """
+    out = []
+    m = fleet.portfolio.metrics
+    if m.enabled:
+        remote = " --allow-remote" if m.allow_remote else ""
+        command = f"{base_command} metrics --bind {m.bind} --port {m.port}{remote}"
+        out.append(_ops_program(METRICS_PROGRAM, command, directory, s))
+    if fleet.portfolio.notify is not None:
+        out.append(_ops_program(NOTIFY_PROGRAM, f"{base_command} notify", directory, s))
+    return out
+
+
+def _ops_program(name: str, command: str, directory: str, s: str) -> str:
+    return (
+        f"[program:{name}]\n"
+        f"command={command}\n"
+        'environment=PYTHONUNBUFFERED="1"\n'
+        f"directory={directory}\n"
+        "autostart=true\n"
+        "autorestart=true\n"
+        "startsecs=2\n"
+        "startretries=1000\n"
+        "stopsignal=TERM\n"
+        "stopwaitsecs=10\n"
+        f"stdout_logfile={s}/logs/{name}.out.log\n"
+        f"stdout_logfile_maxbytes={LOG_MAXBYTES}\n"
+        f"stdout_logfile_backups={LOG_BACKUPS}\n"
+        f"stderr_logfile={s}/logs/{name}.err.log\n"
+        f"stderr_logfile_maxbytes={LOG_MAXBYTES}\n"
+        f"stderr_logfile_backups={LOG_BACKUPS}\n"
+    )
 
 
 def _header(fleet: FleetConfig) -> str:
@@ -329,7 +369,7 @@ class Supervisor:
         names = list(agent_ids) if agent_ids else [p.name for p in self.processes()]
         for agent_id in names:
             info = self.process(agent_id)
-            full = program_name(info.name)
+            full = f"{info.group}:{info.name}"  # the exporter and notifier are their own group
             if info.state in ("RUNNING", "STARTING", "BACKOFF"):
                 self._call("stopProcess", full, True, ok_faults=(FAULT_NOT_RUNNING,))
             self._call("startProcess", full, False, ok_faults=(FAULT_ALREADY_STARTED,))

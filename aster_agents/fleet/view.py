@@ -429,18 +429,34 @@ def _accounts(
 
 
 def collect_portfolio(
-    fleet: FleetView, state_dir: Path, *, now_ms: int | None = None, points: int = 200
+    fleet: FleetView,
+    state_dir: Path,
+    *,
+    now_ms: int | None = None,
+    points: int = 200,
+    status: StatusReport | None = None,
+    history: bool = True,
 ) -> PortfolioReport:
-    """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots."""
+    """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots.
+
+    ``status`` is a ``collect_status`` taken just before, when the caller has one. With
+    ``history=False`` the snapshots are not read: the combined drawdowns are 0 and the
+    sparklines empty, every other figure is the same (the exporter follows the snapshots
+    itself, incrementally).
+    """
     from aster_agents.ledger.readonly import open_readonly
     from aster_agents.portfolio import nav as pf
 
-    status = collect_status(fleet, state_dir, now_ms=now_ms)
+    status = status or collect_status(fleet, state_dir, now_ms=now_ms)
     ledger = open_readonly(state_dir)
     try:
         books = _read_books(ledger) if ledger else _Books({}, {}, {}, None)
         rows = books.rows
-        histories = {a: ledger.equity_curve(a) for a in rows} if ledger else {}
+        histories = (
+            {a: ledger.equity_curve(a) for a in rows}
+            if ledger and history
+            else {a: [] for a in rows}
+        )
     finally:
         if ledger is not None:
             ledger.close()

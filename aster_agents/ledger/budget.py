@@ -11,11 +11,15 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aster_agents.errors import RateLimited
 from aster_agents.ledger.backend import Conn
+from aster_agents.ledger.counters import LATENCY_BUCKETS, CounterKey, bump, key, observe
 from aster_agents.ledger.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from aster_agents.exchange.base import RequestLog
 
 MAX_PAUSE_WAIT_S: Final = 5.0
 MAX_SLEEP_S: Final = 0.25
@@ -42,9 +46,12 @@ class SharedBudget:
         orders_per_minute: int = 1200,
         safety: float = 0.8,
         max_pause_wait_s: float = MAX_PAUSE_WAIT_S,
+        agent_id: str | None = None,
     ) -> None:
         self.store = SqliteStore(Path(state_dir))
         self.user = user
+        self.agent_id = agent_id
+        self._pending: dict[CounterKey, float] = {}  # request counters not yet in the ledger
         self.max_pause_wait_s = max_pause_wait_s
         self._buckets = (
             _Bucket("weight:ip", weight_per_minute * safety, 60.0, "weight"),
@@ -70,8 +77,42 @@ class SharedBudget:
                 return
             time.sleep(min(wait, MAX_SLEEP_S))
 
+    def record(self, entry: RequestLog) -> None:
+        """Count one finished request (an ``on_request`` hook); stored by the next write.
+
+        The counters ride on the budget transaction every request already runs, so the
+        exporter's request metrics cost no write of their own; the last few requests before
+        a process exits may go uncounted.
+        """
+        deltas, agent = self._pending, self.agent_id
+        status = str(entry.status) if entry.status is not None else "none"
+        for k in (key("exchange_requests", agent, status=status),) + (
+            (key("exchange_errors", agent, code=str(entry.error_code)),)
+            if entry.error_code is not None
+            else ()
+        ):
+            deltas[k] = deltas.get(k, 0.0) + 1
+        if entry.status in (429, 418):
+            k = key("exchange_rate_limited", None, status=status)
+            deltas[k] = deltas.get(k, 0.0) + 1
+        seconds = entry.elapsed_ms / 1000
+        observe(
+            deltas,
+            "exchange_request_duration_seconds",
+            seconds,
+            LATENCY_BUCKETS,
+            None,
+            endpoint=f"{entry.method} {entry.path}",
+        )
+
+    def _flush(self, conn: Conn) -> None:
+        if self._pending:
+            bump(conn, self._pending)
+            self._pending = {}
+
     def _try_take(self, costs: dict[str, float]) -> float:
         with self.store.write() as conn:
+            self._flush(conn)
             now = time.time()
             paused = self._pause_row(conn)
             if paused is not None and paused[0] > now:
@@ -127,6 +168,7 @@ class SharedBudget:
         if all(u is None for u in used):
             return
         with self.store.write() as conn:
+            self._flush(conn)
             now = time.time()
             for bucket, count in zip(self._buckets, used, strict=True):
                 if count is not None:

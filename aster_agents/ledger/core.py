@@ -23,6 +23,8 @@ from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import agents, audit, books, fills, history, income, intents, reports
 from aster_agents.ledger.audit import now_ms
 from aster_agents.ledger.backend import HeldLock, Store, open_store
+from aster_agents.ledger.counters import bump, denial_reason
+from aster_agents.ledger.counters import key as counter_key
 from aster_agents.ledger.intents import (
     REAP_INTERVAL_S,
     REAP_MIN_AGE_S,
@@ -221,6 +223,11 @@ class Ledger:
                 me=me,
                 note=None if note is None else note[:200],
             )
+            if isinstance(got, str):  # counted for the exporter in the deciding transaction
+                bump(
+                    conn,
+                    {counter_key("reservation_denials", agent_id, reason=denial_reason(got)): 1},
+                )
         if isinstance(got, str):
             raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {got}")
         return got

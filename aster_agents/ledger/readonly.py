@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from aster_agents.errors import LedgerError
+from aster_agents.ledger.counters import Counter
+from aster_agents.ledger.counters import read as read_counters
 from aster_agents.ledger.rows import (
     ACCOUNT_BOOK_COLS,
     AGENT_COLS,
@@ -256,6 +258,38 @@ class ReadOnlyLedger:
         if row is None or float(row[0]) <= now:
             return None
         return HostPause(float(row[0]), str(row[1]))
+
+    def equity_after(self, rowid: int, limit: int = 50_000) -> list[tuple[int, str, float, float]]:
+        """Snapshots appended after ``rowid``, in insertion order: (rowid, agent, equity, nav).
+
+        NAV is 0.0 where it was not recorded. For readers that follow the table incrementally.
+        """
+        if not self._ready("equity"):
+            return []
+        nav = "COALESCE(nav, 0)" if self._ready("rebalances") else "0"
+        rows = self.conn.execute(
+            f"SELECT rowid, agent_id, equity, {nav} FROM equity WHERE rowid > ? "
+            "ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+    def counters(self) -> list[Counter]:
+        """Every counter the exporter publishes (``ledger/counters.py``); [] before v4."""
+        if not self._ready("counters"):
+            return []
+        return read_counters(self.conn)
+
+    def last_reconciles(self) -> dict[str, tuple[int, int]]:
+        """Per account: (time_ms, differences found) of the newest reconcile."""
+        if not self._ready("counters"):  # the audit_by_event index came with it
+            return {}
+        rows = self.conn.execute(  # SQLite takes the bare columns from the MAX(id) row
+            "SELECT json_extract(detail, '$.user'), MAX(id), time_ms, "
+            "json_extract(detail, '$.differences') FROM audit "
+            "WHERE event = 'reconcile' GROUP BY 1"
+        ).fetchall()
+        return {str(r[0]): (int(r[2]), int(r[3] or 0)) for r in rows}
 
 
 def open_readonly(state_dir: Path) -> ReadOnlyLedger | None:

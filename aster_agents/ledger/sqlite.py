@@ -46,6 +46,7 @@ from typing import Final
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.audit import now_ms
+from aster_agents.ledger.counters import bump, lock_wait_deltas
 from aster_agents.ledger.lock import NamedLock
 from aster_agents.ledger.rows import BUSY_TIMEOUT_MS, DB_NAME, LOCK_NAME
 
@@ -201,6 +202,40 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ALTER TABLE intents ADD COLUMN nonce INTEGER;
         """,
     ),
+    (
+        "operations",
+        """
+        CREATE TABLE counters (
+            name TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (name, agent_id, labels)
+        ) WITHOUT ROWID;
+        INSERT INTO counters (name, agent_id, labels, value)
+            SELECT 'audit', COALESCE(agent_id, ''), json_object('event', event), COUNT(*)
+            FROM audit GROUP BY 1, 2, 3;
+        CREATE INDEX audit_by_event ON audit (event, id);
+        CREATE TRIGGER audit_counts AFTER INSERT ON audit BEGIN
+            INSERT INTO counters (name, agent_id, labels, value)
+            VALUES ('audit', COALESCE(NEW.agent_id, ''), json_object('event', NEW.event), 1)
+            ON CONFLICT (name, agent_id, labels) DO UPDATE SET value = value + 1;
+        END;
+        CREATE TABLE notify_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            audit_id INTEGER NOT NULL,
+            summary_day TEXT
+        );
+        CREATE TABLE notify_sent (
+            id INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            first_audit_id INTEGER,
+            last_audit_id INTEGER,
+            events INTEGER NOT NULL,
+            title TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 
@@ -278,12 +313,14 @@ class SqliteStore:
         self._thread_lock = threading.RLock()
         self.last_wait_ns = 0  # how long the last write waited for the flock (diagnostics)
         self.last_hold_ns = 0  # how long it held the flock
+        self._counting = False  # set once migrations have created ``counters``
         try:
             self.conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10
             )
             self._configure()
             self._migrate()
+            self._counting = True
         except sqlite3.DatabaseError as exc:
             self.close()
             raise LedgerError(
@@ -324,9 +361,13 @@ class SqliteStore:
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, version: int, name: str, sql: str) -> None:
-        for statement in sql.split(";"):
-            if statement.strip():
-                conn.execute(statement)
+        pending = ""
+        for piece in sql.split(";"):  # a trigger's body holds ";": join until complete
+            pending += piece + ";"
+            if sqlite3.complete_statement(pending):
+                if pending.strip(" \n;"):
+                    conn.execute(pending)
+                pending = ""
         conn.execute(
             "INSERT INTO schema_migrations (version, name, applied_ms) VALUES (?, ?, ?)",
             (version, name, now_ms()),
@@ -337,11 +378,11 @@ class SqliteStore:
         started = time.perf_counter_ns()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         locked = time.perf_counter_ns()
+        self.last_wait_ns = locked - started
         try:
             yield
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            self.last_wait_ns = locked - started
             self.last_hold_ns = time.perf_counter_ns() - locked
 
     @contextmanager
@@ -361,6 +402,8 @@ class SqliteStore:
                 self.conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield self.conn
+                    if self._counting:  # the exporter's lock-wait histogram, same commit
+                        bump(self.conn, lock_wait_deltas(self.last_wait_ns / 1e9))
                     self.conn.execute("COMMIT")
                 except BaseException:
                     if self.conn.in_transaction:

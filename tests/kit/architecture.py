@@ -50,7 +50,12 @@ LIBRARIES: Final[Mapping[str, Mapping[str, str]]] = {
         "config/": "the agents.d schema",
         "strategies/": "each strategy validates its own params",
     },
-    "pydantic_core": {"strategies/base.py": "formats a strategy's params error"},
+    "pydantic_core": {
+        "strategies/base.py": "formats a strategy's params error",
+        "config/schema.py": "refuses a notify URL in YAML without echoing its token",
+    },
+    "prometheus_client": {"fleet/metrics.py": "the exporter's exposition and HTTP server"},
+    "apprise": {"fleet/notify.py": "the notifier's delivery"},
     "loguru": {"logs.py": "logging is set up in one module"},
     "coincurve": {"signing.py": "EIP-712 signatures"},
     "eth_account": {"signing.py": "keystores"},

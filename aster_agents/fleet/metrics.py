@@ -1,0 +1,484 @@
+"""The fleet's Prometheus metrics, gathered at scrape time (``aster-agent metrics``).
+
+``FleetCollector`` reads what ``status`` and ``portfolio`` read (the config's fast view, the
+ledger opened read-only, supervisord over XML-RPC) plus the ledger's ``counters`` table, and
+turns it into metric families; agent processes carry no exporter code. The only
+``prometheus_client`` import of the package is here.
+
+Names follow the Prometheus naming guide: an ``aster_`` prefix, base units in the name
+(``_seconds``, ``_usdt`` for money), ``_total`` on counters, ratios in [0, 1], and bounded
+labels (``agent``, ``symbol``, ``state``, ``outcome``, ``reason``, ``code``, ``endpoint``;
+never an order id).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import signal
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from aster_agents import __version__
+from aster_agents.config.view import load_view
+from aster_agents.errors import ConfigError
+from aster_agents.fleet.view import collect_portfolio, collect_status
+from aster_agents.ledger.counters import LATENCY_BUCKETS, LOCK_WAIT_BUCKETS
+
+if TYPE_CHECKING:
+    from aster_agents.config.view import FleetView
+    from aster_agents.fleet.view import PortfolioReport, StatusReport
+    from aster_agents.ledger.counters import Counter
+    from aster_agents.ledger.readonly import BucketLevel, HostPause
+    from aster_agents.ledger.rows import AgentRow, LedgerPosition
+
+DEFAULT_PORT: Final = 9464
+DEFAULT_BIND: Final = "127.0.0.1"
+AGENT_STATES: Final = ("active", "probation", "disabled")
+# audit event -> order outcome (``aster_orders_total``)
+ORDER_OUTCOMES: Final = {
+    "reserve": "reserved",
+    "sent": "sent",
+    "confirmed": "confirmed",
+    "released": "released",
+    "reap": "expired",
+    "intent_expired": "expired",
+    "intent_filled": "filled",
+    "intent_canceled": "canceled",
+    "intent_rejected": "rejected",
+}
+BUCKET_LABELS: Final = {
+    "weight:ip": "weight_1m",
+    "orders10s": "orders_10s",
+    "orders1m": "orders_1m",
+}
+
+
+class Drawdowns:
+    """Peaks followed incrementally over the ``equity`` table (new rows only per scrape).
+
+    Per agent: NAV per unit against its running peak. Portfolio: the sum of every sleeve's
+    latest equity, after each snapshot, against its running peak (exact, where ``portfolio``
+    resamples the curve to 200 points). Memory is O(agents), whatever the history's length.
+    """
+
+    def __init__(self) -> None:
+        self.rowid = 0
+        self.nav_peak: dict[str, float] = {}
+        self.nav: dict[str, float] = {}
+        self.latest: dict[str, float] = {}
+        self.total = 0.0
+        self.peak = 0.0
+        self.max_drawdown = 0.0
+
+    def feed(self, rows: Iterable[tuple[int, str, float, float]]) -> None:
+        for rowid, agent, equity, nav in rows:
+            self.rowid = rowid
+            if nav > 0:
+                self.nav[agent] = nav
+                self.nav_peak[agent] = max(nav, self.nav_peak.get(agent, 0.0))
+            self.total += equity - self.latest.get(agent, 0.0)
+            self.latest[agent] = equity
+            self.peak = max(self.peak, self.total)
+            self.max_drawdown = max(self.max_drawdown, self.drawdown)
+
+    def agent(self, agent_id: str) -> float:
+        peak = self.nav_peak.get(agent_id, 0.0)
+        return min(1.0, (peak - self.nav[agent_id]) / peak) if peak > 0 else 0.0
+
+    @property
+    def drawdown(self) -> float:
+        return min(1.0, max(0.0, (self.peak - self.total) / self.peak)) if self.peak > 0 else 0.0
+
+
+class Snapshot(NamedTuple):
+    """Everything one scrape reads, taken before any metric is built."""
+
+    status: StatusReport
+    portfolio: PortfolioReport
+    counters: list[Counter]
+    positions: list[LedgerPosition]
+    marks: dict[str, dict[str, Decimal]]
+    drawdowns: Drawdowns
+    buckets: list[BucketLevel]
+    pause: HostPause | None
+    reconciles: dict[str, tuple[int, int]]
+    signers: dict[str, str]
+    rows: dict[str, AgentRow]
+
+
+def take_snapshot(fleet: FleetView, state_dir: Path, drawdowns: Drawdowns) -> Snapshot:
+    """One consistent-enough read of the fleet (each source read once, nothing written)."""
+    from aster_agents.ledger.readonly import open_readonly
+
+    status = collect_status(fleet, state_dir)
+    portfolio = collect_portfolio(fleet, state_dir, status=status, history=False)
+    signers = {a.id: a.exchange.signer for a in fleet.agents}
+    ledger = open_readonly(state_dir)
+    if ledger is None:
+        return Snapshot(status, portfolio, [], [], {}, drawdowns, [], None, {}, signers, {})
+    with ledger:
+        rows = {r.agent_id: r for r in ledger.agent_rows()}
+        while batch := ledger.equity_after(drawdowns.rowid):
+            drawdowns.feed(batch)
+        return Snapshot(
+            status,
+            portfolio,
+            ledger.counters(),
+            ledger.positions(),
+            ledger.marks(),
+            drawdowns,
+            ledger.buckets(),
+            ledger.host_pause(),
+            ledger.last_reconciles(),
+            signers,
+            rows,
+        )
+
+
+class FleetCollector(Collector):
+    """A custom collector: every scrape reads the fleet afresh."""
+
+    def __init__(self, config_dir: Path | None, state_dir: Path | None) -> None:
+        self.config_dir = config_dir
+        self.state_dir = state_dir
+        self.drawdowns = Drawdowns()
+        self._lock = threading.Lock()  # scrapes may overlap; the peaks are fed in order
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        fleet = load_view(self.config_dir)
+        with self._lock:
+            snap = take_snapshot(fleet, fleet.state_dir(self.state_dir), self.drawdowns)
+        yield from families(snap)
+        took = GaugeMetricFamily(
+            "aster_exporter_scrape_duration_seconds", "How long the last scrape took to read."
+        )
+        took.add_metric([], time.perf_counter() - started)
+        yield took
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    yield from _agent_families(snap)
+    yield from _position_families(snap)
+    yield from _counter_families(snap.counters)
+    yield from _budget_families(snap.buckets, snap.pause)
+    yield from _portfolio_families(snap)
+
+
+# ----------------------------------------------------------------- per agent
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ("agent",)) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _agent_families(snap: Snapshot) -> Iterator[Metric]:
+    info = _gauge(
+        "aster_agent_info",
+        "Agent configuration; always 1.",
+        ("agent", "strategy", "signer", "user", "version"),
+    )
+    up = _gauge("aster_agent_up", "1 when the agent process is running (supervisord or pid).")
+    flagged = _gauge("aster_agent_flagged", "1 when status flags the agent (down or stale).")
+    state = _gauge(
+        "aster_agent_state", "1 for the agent's ledger state, 0 for the others.", ("agent", "state")
+    )
+    tick = _gauge("aster_agent_last_tick_timestamp_seconds", "Time of the agent's last heartbeat.")
+    ticks = CounterMetricFamily("aster_agent_ticks", "Ticks the agent has run.", labels=["agent"])
+    positions = _gauge("aster_agent_positions", "Open positions the ledger books for the agent.")
+    for a in snap.status.agents:
+        info.add_metric([a.id, a.strategy, snap.signers.get(a.id, ""), a.user, __version__], 1)
+        up.add_metric([a.id], 1 if a.process.state == "RUNNING" else 0)
+        flagged.add_metric([a.id], 1 if a.flagged else 0)
+        for s in AGENT_STATES:
+            state.add_metric([a.id, s], 1 if a.ledger_state == s else 0)
+        if a.last_tick_ms is not None:
+            tick.add_metric([a.id], a.last_tick_ms / 1000)
+        ticks.add_metric([a.id], a.ticks)
+        positions.add_metric([a.id], a.positions)
+    yield from (info, up, flagged, state, tick, ticks, positions)
+    yield from _sleeve_families(snap)
+
+
+def _sleeve_families(snap: Snapshot) -> Iterator[Metric]:
+    m = {
+        "equity": _gauge("aster_agent_equity_usdt", "Sleeve equity, unrealized P&L included."),
+        "capital": _gauge("aster_agent_capital_usdt", "Capital allocated to the sleeve."),
+        "pnl": _gauge("aster_agent_pnl_usdt", "Sleeve P&L: equity minus capital."),
+        "ret": _gauge("aster_agent_return", "Sleeve return on NAV per unit (-0.05: -5%)."),
+        "weight": _gauge("aster_agent_allocation_ratio", "Sleeve weight in its account."),
+        "nav": _gauge("aster_agent_nav_per_unit", "Book NAV per unit (no unrealized P&L)."),
+        "dd": _gauge("aster_agent_drawdown_ratio", "Fall of NAV per unit from its peak."),
+        "realized": _gauge("aster_agent_realized_pnl_usdt", "Realized P&L booked from fills."),
+        "fees": _gauge("aster_agent_fees_usdt", "Trading fees paid (cumulative)."),
+        "funding": _gauge("aster_agent_funding_usdt", "Funding received (negative: paid)."),
+    }
+    for f in snap.portfolio.figures.sleeves:
+        a = [f.agent_id]
+        m["equity"].add_metric(a, float(f.equity))
+        m["capital"].add_metric(a, float(f.capital))
+        m["pnl"].add_metric(a, float(f.pnl))
+        m["ret"].add_metric(a, f.ret)
+        m["weight"].add_metric(a, f.weight)
+        if f.agent_id in snap.drawdowns.nav:
+            m["dd"].add_metric(a, snap.drawdowns.agent(f.agent_id))
+        row = snap.rows.get(f.agent_id)
+        if row is not None:
+            m["nav"].add_metric(a, float(row.nav_per_unit))
+            m["realized"].add_metric(a, float(row.realized_pnl))
+            m["fees"].add_metric(a, float(row.fees))
+            m["funding"].add_metric(a, float(row.funding))
+    yield from m.values()
+
+
+def _position_families(snap: Snapshot) -> Iterator[Metric]:
+    notional = _gauge(
+        "aster_position_notional_usdt",
+        "Signed position notional at the last recorded mark (negative: short).",
+        ("agent", "symbol"),
+    )
+    for p in snap.positions:
+        mark = snap.marks.get(p.user, {}).get(p.symbol, p.entry_price)
+        notional.add_metric([p.agent_id, p.symbol], float(p.qty * mark))
+    yield notional
+
+
+# ----------------------------------------------------------------- counters
+
+
+def _counter_families(counters: list[Counter]) -> Iterator[Metric]:
+    orders = CounterMetricFamily(
+        "aster_orders", "Order intents by outcome.", labels=["agent", "outcome"]
+    )
+    fills = CounterMetricFamily("aster_fills", "Fills booked.", labels=["agent"])
+    events = CounterMetricFamily(
+        "aster_ledger_events", "Ledger audit rows by event (all agents).", labels=["event"]
+    )
+    denials = CounterMetricFamily(
+        "aster_reservation_denials",
+        "Reservations the ledger refused, by reason.",
+        labels=["agent", "reason"],
+    )
+    requests = CounterMetricFamily(
+        "aster_exchange_requests", "Exchange requests by HTTP status.", labels=["agent", "status"]
+    )
+    errors = CounterMetricFamily(
+        "aster_exchange_errors", "Exchange error replies by code.", labels=["agent", "code"]
+    )
+    limited = CounterMetricFamily(
+        "aster_exchange_rate_limited", "429 and 418 replies (host-wide).", labels=["status"]
+    )
+    outcomes: dict[tuple[str, str], float] = defaultdict(float)
+    by_event: dict[str, float] = defaultdict(float)
+    for c in counters:
+        if c.name == "audit":
+            event = c.labels.get("event", "")
+            by_event[event] += c.value
+            if event == "fill":
+                fills.add_metric([c.agent_id], c.value)
+            if event in ORDER_OUTCOMES:
+                outcomes[(c.agent_id, ORDER_OUTCOMES[event])] += c.value
+        elif c.name == "reservation_denials":
+            denials.add_metric([c.agent_id, c.labels.get("reason", "")], c.value)
+        elif c.name == "exchange_requests":
+            requests.add_metric([c.agent_id, c.labels.get("status", "")], c.value)
+        elif c.name == "exchange_errors":
+            errors.add_metric([c.agent_id, c.labels.get("code", "")], c.value)
+        elif c.name == "exchange_rate_limited":
+            limited.add_metric([c.labels.get("status", "")], c.value)
+    for (agent, outcome), value in sorted(outcomes.items()):
+        orders.add_metric([agent, outcome], value)
+    for event, value in sorted(by_event.items()):
+        events.add_metric([event], value)
+    yield from (orders, fills, events, denials, requests, errors, limited)
+    yield _histogram(
+        counters,
+        "exchange_request_duration_seconds",
+        "aster_exchange_request_duration_seconds",
+        "Exchange request latency by endpoint (host-wide).",
+        "endpoint",
+        LATENCY_BUCKETS,
+    )
+    yield _histogram(
+        counters,
+        "ledger_lock_wait_seconds",
+        "aster_ledger_lock_wait_seconds",
+        "Time ledger writes waited for the ledger lock.",
+        None,
+        LOCK_WAIT_BUCKETS,
+    )
+
+
+def _histogram(
+    counters: list[Counter],
+    stored: str,
+    name: str,
+    doc: str,
+    label: str | None,
+    bounds: tuple[float, ...],
+) -> HistogramMetricFamily:
+    """Cumulate the stored per-bucket counts into a Prometheus histogram per label value."""
+    buckets: dict[str, dict[str, float]] = defaultdict(dict)
+    sums: dict[str, float] = defaultdict(float)
+    for c in counters:
+        value = c.labels.get(label, "") if label else ""
+        if c.name == f"{stored}_bucket":
+            buckets[value][c.labels["le"]] = c.value
+        elif c.name == f"{stored}_sum":
+            sums[value] += c.value
+    family = HistogramMetricFamily(name, doc, labels=[label] if label else [])
+    for value, hits in sorted(buckets.items()):
+        running, out = 0.0, []
+        for b in bounds:
+            running += hits.get(repr(b), 0.0)
+            out.append((repr(b), running))
+        out.append(("+Inf", running + hits.get("+Inf", 0.0)))
+        family.add_metric([value] if label else [], out, sums[value])
+    return family
+
+
+# ----------------------------------------------------------------- budgets, portfolio
+
+
+def _budget_families(buckets: list[BucketLevel], pause: HostPause | None) -> Iterator[Metric]:
+    labels = ("bucket", "user")
+    used = _gauge("aster_rate_budget_used", "Tokens used in a shared rate bucket.", labels)
+    capacity = _gauge("aster_rate_budget_capacity", "Capacity of a shared rate bucket.", labels)
+    ratio = _gauge("aster_rate_budget_used_ratio", "Share of a rate bucket in use.", labels)
+    for b in buckets:
+        kind, _, user = b.key.partition(":")
+        name = BUCKET_LABELS.get(b.key) or BUCKET_LABELS.get(kind, kind)
+        lv = [name, "" if b.key == "weight:ip" else user]
+        used.add_metric(lv, b.used)
+        capacity.add_metric(lv, b.capacity)
+        ratio.add_metric(lv, b.used / b.capacity if b.capacity else 0.0)
+    paused = _gauge("aster_host_paused", "1 while a 429/418 pauses every agent on the host.", ())
+    paused.add_metric([], 1 if pause else 0)
+    until = _gauge("aster_host_pause_until_timestamp_seconds", "End of the host pause.", ())
+    if pause:
+        until.add_metric([], pause.until_s)
+    yield from (used, capacity, ratio, paused, until)
+
+
+def _portfolio_families(snap: Snapshot) -> Iterator[Metric]:
+    report, f = snap.portfolio, snap.portfolio.figures
+    pairs: list[tuple[str, str, float | None]] = [
+        (
+            "aster_portfolio_equity_usdt",
+            "Combined equity: every sleeve plus unallocated cash.",
+            float(f.equity),
+        ),
+        ("aster_portfolio_capital_usdt", "Combined allocated capital.", float(f.capital)),
+        ("aster_portfolio_pnl_usdt", "Combined P&L.", float(f.pnl)),
+        ("aster_portfolio_return", "Combined return (-0.05: -5%).", f.ret),
+        (
+            "aster_portfolio_drawdown_ratio",
+            "Combined sleeve equity below its peak, over every snapshot.",
+            snap.drawdowns.drawdown,
+        ),
+        (
+            "aster_portfolio_max_drawdown_ratio",
+            "Largest combined drawdown seen over every snapshot.",
+            snap.drawdowns.max_drawdown,
+        ),
+        (
+            "aster_portfolio_exchange_equity_usdt",
+            "Account equity the exchange last reported (start or reconcile).",
+            None if report.exchange_equity is None else float(report.exchange_equity),
+        ),
+        (
+            "aster_portfolio_equity_difference_usdt",
+            "Books minus the exchange's last reported equity.",
+            None if report.exchange_equity is None else float(f.equity - report.exchange_equity),
+        ),
+        ("aster_ledger_found", "1 when the ledger file exists.", 1 if report.ledger_found else 0),
+        ("aster_supervisor_up", "1 when supervisord answers.", 1 if snap.status.supervisor else 0),
+    ]
+    for name, doc, value in pairs:
+        g = _gauge(name, doc, ())
+        if value is not None:
+            g.add_metric([], value)
+        yield g
+    diffs = _gauge("aster_reconcile_differences", "Differences the last reconcile found.", ["user"])
+    when = _gauge("aster_reconcile_last_timestamp_seconds", "Time of the last reconcile.", ["user"])
+    for user, (time_ms, count) in sorted(snap.reconciles.items()):
+        diffs.add_metric([user], count)
+        when.add_metric([user], time_ms / 1000)
+    yield from (diffs, when)
+
+
+# ----------------------------------------------------------------- serving
+
+
+def registry(config_dir: Path | None, state_dir: Path | None) -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(FleetCollector(config_dir, state_dir))
+    return reg
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    from prometheus_client import generate_latest
+
+    return generate_latest(reg)
+
+
+def write_textfile(reg: CollectorRegistry, path: Path) -> None:
+    """Write once for node_exporter's textfile collector (temp file + rename)."""
+    from prometheus_client import write_to_textfile
+
+    write_to_textfile(str(path), reg)
+
+
+def check_bind(bind: str, allow_remote: bool) -> None:
+    """Loopback only, unless the operator says otherwise."""
+    if bind == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        raise ConfigError(f"--bind {bind!r}: expected an IP address such as 127.0.0.1") from None
+    if not loopback and not allow_remote:
+        raise ConfigError(
+            f"--bind {bind}: not a loopback address; the metrics name accounts and agents, "
+            "so pass --allow-remote to serve them beyond this host"
+        )
+
+
+def serve(
+    reg: CollectorRegistry, bind: str, port: int, ready: threading.Event | None = None
+) -> int:
+    """Serve ``/metrics`` until SIGTERM or SIGINT; prints the URL first. Returns 0."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, thread = start_http_server(port, addr=bind, registry=reg)
+    except OSError as exc:
+        from aster_agents.errors import AsterAgentsError
+
+        raise AsterAgentsError(f"cannot listen on {bind}:{port}: {exc.strerror}") from None
+    host = f"[{bind}]" if ":" in bind else bind
+    print(f"http://{host}:{server.server_port}/metrics", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if ready is not None:
+        ready.set()
+    while not stop.wait(1.0):
+        pass
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+    return 0
