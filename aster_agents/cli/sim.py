@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from aster_agents.sim.server import SimServer
 
 
 def _error_rates(values: list[str]) -> dict[int, float]:
@@ -93,6 +96,13 @@ def sim(
         "--insurance-fund",
         help="USDT per symbol that covers liquidation losses; 0 makes every deficit an ADL.",
     ),
+    market: str = typer.Option(
+        "synthetic", "--market", help="Price source: synthetic (seeded) or replay (--data)."
+    ),
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Recording directory for --market replay (see README)."),
+    ] = None,
 ) -> None:
     """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
     import signal
@@ -132,6 +142,10 @@ def sim(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if market not in ("synthetic", "replay"):
+        raise typer.BadParameter(f"--market {market!r}: expected synthetic or replay")
+    if (market == "replay") != (data is not None):
+        raise typer.BadParameter("--data DIR goes with --market replay (and only with it)")
     limits = LimitConfig(
         weight_limit, weight_window, orders_10s, 10.0, orders_1m, 60.0, ban_seconds
     )
@@ -151,6 +165,8 @@ def sim(
         nonce_window_s=nonce_window_s,
         shocks=shocks,
         insurance_fund=fund,
+        market=market,
+        data_dir=data,
     )
     server = SimServer(config)
     stop = threading.Event()
@@ -160,10 +176,21 @@ def sim(
     print(url, flush=True)
     users = ", ".join(a.user for a in registered) or "none (use --accounts or --config-dir)"
     print(f"sim: seed={seed} speed={speed} accounts: {users}", file=sys.stderr, flush=True)
+    print(f"sim: market {_describe(server)}", file=sys.stderr, flush=True)
     try:
         server.serve_until(stop)
     finally:
         server.stop()
+
+
+def _describe(server: SimServer) -> str:
+    from aster_agents.sim.sources import ReplayMarket
+
+    m = server.market
+    if not isinstance(m, ReplayMarket):
+        return "synthetic"
+    names = ", ".join(sorted(m.recording.symbols))
+    return f"replay of {m.recording.path} ({names}), shifted by {m.offset_ms // 86_400_000} days"
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -103,6 +104,8 @@ class SimConfig:
     nonce_window_s: float = NONCE_WINDOW_US / 1e6  # +-60 s; shorter only for fast tests
     shocks: Sequence[Shock] = ()
     insurance_fund: Decimal = INSURANCE_FUND  # USDT per symbol; 0 makes every deficit an ADL
+    market: str = "synthetic"  # or "replay" (needs data_dir); see sim/sources.py
+    data_dir: Path | None = None  # the recording a replay plays
 
 
 def is_loopback(host: str) -> bool:
@@ -156,14 +159,29 @@ def _batch_size(params: Params) -> int:
     return max(1, len(entries)) if isinstance(entries, list) else 1
 
 
+def make_market(config: SimConfig) -> Market:
+    """The market source ``config.market`` names: the seeded generator or a replay."""
+    if config.market == "synthetic":
+        return Market(config.seed, config.start_time_ms, config.speed, config.history_minutes)
+    if config.market == "replay" and config.data_dir is not None:
+        from aster_agents.sim.recording import load_recording
+        from aster_agents.sim.sources import ReplayMarket
+
+        recording = load_recording(config.data_dir, frozenset(SYMBOLS))
+        return ReplayMarket(
+            recording, seed=config.seed, speed=config.speed, reference_ms=config.start_time_ms
+        )
+    raise ConfigError(
+        f"sim: --market {config.market}: expected synthetic, or replay with --data DIR"
+    )
+
+
 class SimApp:
     """Routing and protocol rules; independent of the socket layer."""
 
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.market = Market(
-            config.seed, config.start_time_ms, config.speed, config.history_minutes
-        )
+        self.market = make_market(config)
         self.engine = Engine(
             self.market,
             funding_interval_ms=int(config.funding_interval_s * 1000),

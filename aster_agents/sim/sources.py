@@ -1,0 +1,144 @@
+"""Market sources for the simulator beyond the seeded generator of ``market.py``.
+
+``ReplayMarket`` plays a recording (``recording.py``) with the same interface as ``Market``,
+so the engine, fees, funding, filters, limits and the nonce rule are untouched by the choice.
+
+Market time runs through the recording's candles. The recording is shifted by whole weeks so
+that the replay starts at or after the reference time (default: now): the agents keep their
+books on the wall clock and look for their fills from the moment they sent an order, so a
+market living in 2021 would hide every fill from them. Whole weeks keep weekdays, the UTC
+day and the 8-hour funding grid; the served klines are the recording's candles, time-shifted.
+The clock stops at the end of the recording (the last close holds from then on).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Final
+
+from aster_agents.sim.engine import ApiError
+from aster_agents.sim.market import INTERVAL_MS, Market, _fmt, _intra, _places, bucket_close
+from aster_agents.sim.recording import Recording, Series, SymbolRecording
+from aster_agents.sim.symbols import SYMBOLS
+
+WEEK_MS: Final = 7 * 86_400_000
+DEFAULT_WARMUP: Final = 100  # base candles of history before the replay's market time starts
+
+
+def week_offset(recording_start: int, reference_ms: int) -> int:
+    """The whole-week shift that moves ``recording_start`` to at or after ``reference_ms``."""
+    return max(0, math.ceil((reference_ms - recording_start) / WEEK_MS)) * WEEK_MS
+
+
+class ReplayMarket(Market):
+    """Recorded prices as a pure function of (recording, market time); synthetic elsewhere.
+
+    Symbols the recording does not hold keep the seeded generator's path.
+    """
+
+    def __init__(
+        self,
+        recording: Recording,
+        *,
+        seed: int = 1,
+        speed: float = 1.0,
+        reference_ms: int | None = None,
+        warmup: int = DEFAULT_WARMUP,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.recording = recording
+        reference = int(wall() * 1000) if reference_ms is None else reference_ms
+        self.offset_ms = week_offset(recording.start_ms, reference)
+        first = min(recording.symbols.values(), key=lambda s: s.klines.first_open).klines
+        start = first.first_open + min(warmup, max(0, len(first.c) - 1)) * first.step_ms
+        super().__init__(seed, start + self.offset_ms, speed, history_minutes=0, wall=wall)
+        self.genesis_ms = recording.start_ms + self.offset_ms
+        self.end_ms = recording.end_ms + self.offset_ms - 1
+
+    def now_ms(self) -> int:
+        return min(super().now_ms(), self.end_ms)
+
+    @property
+    def finished(self) -> bool:
+        """True once market time has reached the recording's last close."""
+        return self.now_ms() >= self.end_ms
+
+    def _recorded(self, symbol: str) -> SymbolRecording | None:
+        return self.recording.symbols.get(symbol)
+
+    def funding_rate(self, symbol: str, funding_time_ms: int) -> Decimal:
+        """The recorded rate settled at this time; zero when the recording has none there."""
+        rec = self._recorded(symbol)
+        if rec is None:
+            return super().funding_rate(symbol, funding_time_ms)
+        return rec.funding.get(funding_time_ms - self.offset_ms, Decimal(0))
+
+    def raw_price(self, symbol: str, t: int | None = None) -> float:
+        rec = self._recorded(symbol)
+        if rec is None:
+            return super().raw_price(symbol, t)
+        t = self.now_ms() if t is None else t
+        series = rec.mark or rec.klines
+        rel = t - self.offset_ms - series.first_open
+        i = min(max(0, rel // series.step_ms), len(series.c) - 1)
+        frac = min(1.0, max(0.0, (rel - i * series.step_ms) / series.step_ms))
+        return _intra(series.o[i], series.h[i], series.low[i], series.c[i], frac)[0]
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[list[object]]:
+        rec = self._recorded(symbol)
+        if rec is not None and INTERVAL_MS[interval] < rec.klines.step_ms:
+            raise ApiError(
+                -1120,
+                f"Invalid interval: the recording of {symbol} starts at {rec.klines.interval}.",
+            )
+        return super().klines(symbol, interval, start, end, limit)
+
+    def _candle(self, symbol: str, interval: str, open_ms: int, now: int) -> list[object]:
+        rec = self._recorded(symbol)
+        if rec is None:
+            return super()._candle(symbol, interval, open_ms, now)
+        return self._recorded_candle(rec.klines, symbol, interval, open_ms, now)
+
+    def _recorded_candle(
+        self, s: Series, symbol: str, interval: str, open_ms: int, now: int
+    ) -> list[object]:
+        sym = SYMBOLS[symbol]
+        close_ms = bucket_close(interval, open_ms)
+        base = s.first_open + self.offset_ms
+        lo_i = max(0, (open_ms - base) // s.step_ms)
+        hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // s.step_ms)
+        op, hi, low, cl, vol = s.o[lo_i], -math.inf, math.inf, s.o[lo_i], 0.0
+        for i in range(lo_i, hi_i + 1):
+            h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
+            candle_end = base + (i + 1) * s.step_ms - 1
+            if candle_end > now:
+                frac = min(1.0, max(0.0, (now - base - i * s.step_ms) / s.step_ms))
+                c, h, lw = _intra(s.o[i], h, lw, c, frac)
+                v *= frac
+            hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
+        pp, qp = _places(sym.tick_size), _places(sym.step_size)
+        mid = (op + cl) / 2
+        return [
+            open_ms,
+            str(_fmt(op, pp)),
+            str(_fmt(hi, pp)),
+            str(_fmt(low, pp)),
+            str(_fmt(cl, pp)),
+            str(_fmt(vol, qp)),
+            close_ms,
+            str(_fmt(vol * mid, 4)),
+            int(vol * mid / 500) + 1,
+            str(_fmt(vol / 2, qp)),
+            str(_fmt(vol * mid / 2, 4)),
+            "0",
+        ]
