@@ -157,16 +157,11 @@ def test_the_cli_refuses_a_bad_recording_with_exit_2_and_one_line(tmp_path: Path
 
 
 def _replay_server(keys: SimKeys) -> SimServer:
-    config = SimConfig(
-        seed=5,
-        accounts=(keys.account(),),
-        start_time_ms=REFERENCE,
-        market="replay",
-        data_dir=FIXTURE,
-    )
+    config = SimConfig(seed=5, start_time_ms=REFERENCE, market="replay", data_dir=FIXTURE)
     server = SimServer(config)
+    server.market.freeze(server.market.start_ms)  # the same market time from the first request
+    server.add_account(keys.account())
     server.start()
-    server.freeze()
     return server
 
 

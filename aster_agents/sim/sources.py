@@ -9,6 +9,11 @@ books on the wall clock and look for their fills from the moment they sent an or
 market living in 2021 would hide every fill from them. Whole weeks keep weekdays, the UTC
 day and the 8-hour funding grid; the served klines are the recording's candles, time-shifted.
 The clock stops at the end of the recording (the last close holds from then on).
+
+Inside a recorded candle the price holds four values for a quarter of the candle each:
+open, the first extreme, the second extreme (the low first when the candle closes up), close.
+A held path makes a replay independent of when the engine happens to look: every order and
+every stop triggered inside one quarter meets the same price, whatever the speed.
 """
 
 from __future__ import annotations
@@ -20,12 +25,19 @@ from decimal import Decimal
 from typing import Final
 
 from aster_agents.sim.engine import ApiError
-from aster_agents.sim.market import INTERVAL_MS, Market, _fmt, _intra, _places, bucket_close
+from aster_agents.sim.market import INTERVAL_MS, Market, _fmt, _places, bucket_close
 from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS
 
 WEEK_MS: Final = 7 * 86_400_000
 DEFAULT_WARMUP: Final = 100  # base candles of history before the replay's market time starts
+
+
+def held(o: float, h: float, lo: float, c: float, frac: float) -> tuple[float, float, float]:
+    """(price, high so far, low so far) at ``frac`` of a candle on the held four-step path."""
+    path = (o, lo, h, c) if c >= o else (o, h, lo, c)
+    seen = path[: min(3, int(frac * 4)) + 1]
+    return seen[-1], max(seen), min(seen)
 
 
 def week_offset(recording_start: int, reference_ms: int) -> int:
@@ -85,7 +97,7 @@ class ReplayMarket(Market):
         rel = t - self.offset_ms - series.first_open
         i = min(max(0, rel // series.step_ms), len(series.c) - 1)
         frac = min(1.0, max(0.0, (rel - i * series.step_ms) / series.step_ms))
-        return _intra(series.o[i], series.h[i], series.low[i], series.c[i], frac)[0]
+        return held(series.o[i], series.h[i], series.low[i], series.c[i], frac)[0]
 
     def klines(
         self,
@@ -123,7 +135,7 @@ class ReplayMarket(Market):
             candle_end = base + (i + 1) * s.step_ms - 1
             if candle_end > now:
                 frac = min(1.0, max(0.0, (now - base - i * s.step_ms) / s.step_ms))
-                c, h, lw = _intra(s.o[i], h, lw, c, frac)
+                c, h, lw = held(s.o[i], h, lw, c, frac)
                 v *= frac
             hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
         pp, qp = _places(sym.tick_size), _places(sym.step_size)
