@@ -179,9 +179,9 @@ def make_market(config: SimConfig) -> Market:
 class SimApp:
     """Routing and protocol rules; independent of the socket layer."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, market: Market | None = None) -> None:
         self.config = config
-        self.market = make_market(config)
+        self.market = market if market is not None else make_market(config)
         self.engine = Engine(
             self.market,
             funding_interval_ms=int(config.funding_interval_s * 1000),
