@@ -148,7 +148,7 @@ class AgentRunner:
         self.strategy = strategy
         self.stop = stop or threading.Event()
         self.market_speed = market_speed
-        self.clock = clock  # market time (ms) for strategies and the kline cache; a backtest's
+        self.clock = clock  # market time (ms) for strategies and the kline cache (backtest)
         self.pid = os.getpid()
         self.info: ExchangeInfo | None = None
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
@@ -445,8 +445,10 @@ class AgentRunner:
             fetched.extend(self.client.klines(symbol, interval, limit=limit))
             return _dump_klines(fetched)
 
-        now = self.clock()
-        raw = self.cache.get_or_fetch(key, now + ttl_ms, fetch, now_ms=now)
+        now, step = self.clock(), INTERVAL_MS[interval]
+        # never past the forming candle's close: the next tick after it sees the closed one
+        fresh_until = min(now + ttl_ms, (now // step + 1) * step)
+        raw = self.cache.get_or_fetch(key, fresh_until, fetch, now_ms=now)
         memo = self.parsed_klines.get(key)
         if memo is not None and memo[0] == raw:  # the cache's value as parsed last time
             klines = memo[1]

@@ -34,6 +34,7 @@ MODULES: Final = (
     "report",
     "conformance",
     "flatten",
+    "backtest",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -56,6 +57,7 @@ COMMANDS: Final = {
     "trades": "trades",
     "report": "report",
     "conformance": "conformance",
+    "backtest": "backtest",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

@@ -69,6 +69,7 @@ class ReplayMarket(Market):
         super().__init__(seed, start + self.offset_ms, speed, history_minutes=0, wall=wall)
         self.genesis_ms = recording.start_ms + self.offset_ms
         self.end_ms = recording.end_ms + self.offset_ms - 1
+        self._closed: dict[tuple[str, str, int], list[object]] = {}
 
     def now_ms(self) -> int:
         return min(super().now_ms(), self.end_ms)
@@ -119,7 +120,13 @@ class ReplayMarket(Market):
         rec = self._recorded(symbol)
         if rec is None:
             return super()._candle(symbol, interval, open_ms, now)
-        return self._recorded_candle(rec.klines, symbol, interval, open_ms, now)
+        key = (symbol, interval, open_ms)
+        row = self._closed.get(key)
+        if row is None:
+            row = self._recorded_candle(rec.klines, symbol, interval, open_ms, now)
+            if bucket_close(interval, open_ms) <= now:  # closed candles never change
+                self._closed[key] = row
+        return row
 
     def _recorded_candle(
         self, s: Series, symbol: str, interval: str, open_ms: int, now: int
