@@ -16,7 +16,7 @@ from aster_agents.sim.engine import MONEY, ApiError, Engine
 from aster_agents.sim.recording import load_recording
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.sim.sources import WEEK_MS, ReplayMarket
-from tests.agentkit import wait_for
+from tests.kit.wait import wait_for
 from tests.plugins.sim import SignedClient, SimKeys, new_keys, start_sim_process
 
 FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"

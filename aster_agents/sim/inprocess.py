@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aster_agents.errors import BadRequest
-from aster_agents.exchange.http import AsterClient, _Call, _error_for, _fmt
+from aster_agents.exchange.http import AsterClient, Params, _Call, _error_for, _fmt
 from aster_agents.signing import NonceSource
 from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
@@ -46,7 +46,7 @@ class InProcessClient(AsterClient):
         self._app = app
         self._wall_to_market = wall_to_market
 
-    def _attempt(self, call: _Call, params: Any) -> Any:
+    def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:
         route = self._app.routes.get((call.method, call.path))
         where = f"{self._prefix}{call.method} {call.path}"
         if route is None:

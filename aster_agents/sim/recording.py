@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Final
 
 from aster_agents.errors import ConfigError
-from aster_agents.sim.market import INTERVAL_MS, MINUTE_MS
+from aster_agents.models import INTERVAL_MS
+from aster_agents.sim.market import MINUTE_MS
 
 KLINE_COLUMNS: Final = ("open_time", "open", "high", "low", "close", "volume")
 MARK_COLUMNS: Final = ("open_time", "open", "high", "low", "close")

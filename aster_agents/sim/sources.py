@@ -24,8 +24,9 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Final
 
+from aster_agents.models import INTERVAL_MS
 from aster_agents.sim.engine import ApiError
-from aster_agents.sim.market import INTERVAL_MS, Market, _fmt, _places, bucket_close
+from aster_agents.sim.market import Market, _fmt, _places, bucket_close
 from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS
 
