@@ -97,12 +97,19 @@ def sim(
         help="USDT per symbol that covers liquidation losses; 0 makes every deficit an ADL.",
     ),
     market: str = typer.Option(
-        "synthetic", "--market", help="Price source: synthetic (seeded) or replay (--data)."
+        "synthetic",
+        "--market",
+        help="Price source: synthetic (seeded), replay (--data) or live (--upstream).",
     ),
     data: Annotated[
         Path | None,
         typer.Option("--data", help="Recording directory for --market replay (see README)."),
     ] = None,
+    upstream: str = typer.Option(
+        "https://fapi.asterdex.com",
+        "--upstream",
+        help="The exchange --market live mirrors (public data only; orders stay local).",
+    ),
 ) -> None:
     """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
     import signal
@@ -142,8 +149,8 @@ def sim(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if market not in ("synthetic", "replay"):
-        raise typer.BadParameter(f"--market {market!r}: expected synthetic or replay")
+    if market not in ("synthetic", "replay", "live"):
+        raise typer.BadParameter(f"--market {market!r}: expected synthetic, replay or live")
     if (market == "replay") != (data is not None):
         raise typer.BadParameter("--data DIR goes with --market replay (and only with it)")
     limits = LimitConfig(
@@ -167,6 +174,7 @@ def sim(
         insurance_fund=fund,
         market=market,
         data_dir=data,
+        upstream=upstream,
     )
     server = SimServer(config)
     stop = threading.Event()
@@ -187,6 +195,8 @@ def _describe(server: SimServer) -> str:
     from aster_agents.sim.sources import ReplayMarket
 
     m = server.market
+    if server.config.market == "live":
+        return f"live from {server.config.upstream} (public data; orders matched here)"
     if not isinstance(m, ReplayMarket):
         return "synthetic"
     names = ", ".join(sorted(m.recording.symbols))

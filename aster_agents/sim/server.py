@@ -106,6 +106,7 @@ class SimConfig:
     insurance_fund: Decimal = INSURANCE_FUND  # USDT per symbol; 0 makes every deficit an ADL
     market: str = "synthetic"  # or "replay" (needs data_dir); see sim/sources.py
     data_dir: Path | None = None  # the recording a replay plays
+    upstream: str = "https://fapi.asterdex.com"  # the exchange --market live mirrors
 
 
 def is_loopback(host: str) -> bool:
@@ -171,9 +172,29 @@ def make_market(config: SimConfig) -> Market:
         return ReplayMarket(
             recording, seed=config.seed, speed=config.speed, reference_ms=config.start_time_ms
         )
+    if config.market == "live":
+        return _live_market(config)
     raise ConfigError(
-        f"sim: --market {config.market}: expected synthetic, or replay with --data DIR"
+        f"sim: --market {config.market}: expected synthetic, live, or replay with --data DIR"
     )
+
+
+def _live_market(config: SimConfig) -> Market:
+    from aster_agents.errors import AsterAgentsError
+    from aster_agents.exchange.http import AsterClient
+    from aster_agents.signing import NonceSource
+    from aster_agents.sim.sources import LiveMarket
+
+    client = AsterClient(
+        config.upstream, user=None, signer=None, nonces=NonceSource(0), timeout=5.0, max_retries=1
+    )
+    try:
+        return LiveMarket(client, seed=config.seed)
+    except AsterAgentsError as exc:
+        client.close()
+        raise AsterAgentsError(
+            f"sim: --upstream {config.upstream}: cannot read its public market data ({exc})"
+        ) from None
 
 
 class SimApp:
@@ -617,6 +638,9 @@ class SimServer:
 
     def stop(self) -> None:
         self._stop.set()
+        close = getattr(self.market, "close", None)  # a live market's poller
+        if close is not None:
+            close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

@@ -19,16 +19,20 @@ every stop triggered inside one quarter meets the same price, whatever the speed
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Final
 
-from aster_agents.models import INTERVAL_MS
+from aster_agents.errors import AsterAgentsError
+from aster_agents.exchange.base import Exchange
+from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.sim.engine import ApiError
 from aster_agents.sim.market import Market, _fmt, _places, bucket_close
 from aster_agents.sim.recording import Recording, Series, SymbolRecording
-from aster_agents.sim.symbols import SYMBOLS
+from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
 WEEK_MS: Final = 7 * 86_400_000
 DEFAULT_WARMUP: Final = 100  # base candles of history before the replay's market time starts
@@ -162,3 +166,123 @@ class ReplayMarket(Market):
             str(_fmt(vol * mid / 2, 4)),
             "0",
         ]
+
+
+LIVE_POLL_S: Final = 2.0  # premiumIndex + bookTicker per symbol: 6 x 2 weight every 2 s
+LIVE_KLINES_TTL_MS: Final = 2_000
+
+
+class LiveMarket(Market):
+    """A real exchange's public market data (no keys); orders are matched locally on it.
+
+    Mark and index prices, the last funding rate and the best bid/ask of every simulator
+    symbol are polled from ``upstream`` every ``poll_s``; klines are fetched on request (cached
+    for two seconds). Market time is the wall clock. Nothing but public GET requests is ever
+    sent upstream.
+    """
+
+    def __init__(
+        self,
+        upstream: Exchange,
+        *,
+        seed: int = 1,
+        poll_s: float = LIVE_POLL_S,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(seed, None, 1.0, history_minutes=0, wall=wall)
+        self.upstream = upstream
+        self.poll_s = poll_s
+        self._premium: dict[str, PremiumIndex] = {}
+        self._book: dict[str, tuple[Decimal, Decimal]] = {}
+        self._klines: dict[tuple[object, ...], tuple[int, list[list[object]]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.poll()  # the first answers (or a clear error) before the simulator serves anything
+        self._thread = threading.Thread(target=self._run, name="sim-live-poller", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> None:
+        """Fetch every symbol's premium index and best bid/ask once."""
+        for symbol in SYMBOLS:
+            premium = self.upstream.premium_index(symbol)
+            book = self.upstream.book_ticker(symbol)
+            with self._lock:
+                self._premium[symbol] = premium
+                self._book[symbol] = (book.bid_price, book.ask_price)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll()
+            except AsterAgentsError as exc:  # keep the last prices; say why they are old
+                print(f"sim: upstream poll failed: {exc}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def mark(self, symbol: str, t: int | None = None) -> Decimal:
+        pinned = self._pinned.get(symbol)
+        if pinned is not None:
+            return pinned
+        with self._lock:
+            return self._premium[symbol].mark_price
+
+    def index(self, symbol: str) -> Decimal:
+        with self._lock:
+            return self._premium[symbol].index_price
+
+    def raw_price(self, symbol: str, t: int | None = None) -> float:
+        return float(self.mark(symbol, t))
+
+    def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
+        if symbol in self._pinned:
+            return super().book(symbol, t)
+        with self._lock:
+            return self._book[symbol]
+
+    def funding_rate(self, symbol: str, funding_time_ms: int) -> Decimal:
+        """The upstream's last settled rate (the settlement the simulator applies now)."""
+        with self._lock:
+            return self._premium[symbol].last_funding_rate
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[list[object]]:
+        key = (symbol, interval, start, end, limit)
+        now = self.now_ms()
+        hit = self._klines.get(key)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        rows = [
+            _row(k, SYMBOLS[symbol])
+            for k in self.upstream.klines(symbol, interval, limit, start_time=start, end_time=end)
+        ]
+        self._klines[key] = (now + LIVE_KLINES_TTL_MS, rows)
+        return rows
+
+
+def _row(k: Kline, sym: SimSymbol) -> list[object]:
+    """A Binance-shaped kline row from the upstream's candle (derived volume fields)."""
+    mid = (k.open + k.close) / 2
+    quote = (k.volume * mid).quantize(Decimal("0.0001"))
+    half = (k.volume / 2).quantize(sym.step_size)
+    return [
+        k.open_time,
+        str(k.open),
+        str(k.high),
+        str(k.low),
+        str(k.close),
+        str(k.volume),
+        k.close_time,
+        str(quote),
+        int(quote / 500) + 1,
+        str(half),
+        str((quote / 2).quantize(Decimal("0.0001"))),
+        "0",
+    ]
