@@ -35,6 +35,7 @@ MODULES: Final = (
     "conformance",
     "flatten",
     "backtest",
+    "data",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -58,6 +59,7 @@ COMMANDS: Final = {
     "report": "report",
     "conformance": "conformance",
     "backtest": "backtest",
+    "data": "data",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

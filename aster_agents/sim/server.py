@@ -460,12 +460,19 @@ class SimApp:
         step = self.engine.funding_interval_ms
         if not step:
             return []
-        last = self.engine.last_funding_time()
         limit = min(int(p.get("limit") or 100), 1000)
-        times = [last - i * step for i in range(limit) if last - i * step >= self.market.genesis_ms]
+        last = self.engine.last_funding_time()
+        if p.get("endTime"):
+            last = min(last, int(p["endTime"]) // step * step)
+        first_ok = -(-self.market.genesis_ms // step) * step
+        if p.get("startTime"):  # oldest first from startTime, as the exchange pages
+            first = max(first_ok, -(-int(p["startTime"]) // step) * step)
+            times = list(range(first, last + 1, step))[:limit]
+        else:
+            times = [t for t in (last - i * step for i in range(limit)) if t >= first_ok][::-1]
         return [
             {"symbol": symbol, "fundingRate": self._rate(symbol, t), "fundingTime": t}
-            for t in reversed(times)
+            for t in times
         ]
 
     def _ticker_price(self, _u: str, p: Params) -> Json:
