@@ -31,6 +31,7 @@ from aster_agents.config.schema import AgentConfig, FleetConfig
 from aster_agents.errors import ConfigError
 from aster_agents.ledger import Ledger, MarketDataCache
 from aster_agents.logs import logger
+from aster_agents.models import Kline
 from aster_agents.portfolio.trades import read_trips, totals
 from aster_agents.sim.accounts import accounts_from_pairs
 from aster_agents.sim.inprocess import InProcessClient
@@ -234,6 +235,7 @@ def _runners(
     strategies: Mapping[str, Strategy],
 ) -> list[AgentRunner]:
     cache = MemoryCache()
+    closed: dict[tuple[str, str, str, int], Kline] = {}
     runners = []
     for agent in agents:
         ledger.register_agent(
@@ -243,7 +245,11 @@ def _runners(
             agent.trading.strategy, agent.trading.params, seed=_seed(agent.id)
         )
         client = InProcessClient(
-            app, agent.exchange.user, agent_id=agent.id, wall_to_market=clock.wall_to_market
+            app,
+            agent.exchange.user,
+            agent_id=agent.id,
+            wall_to_market=clock.wall_to_market,
+            closed_klines=closed,
         )
         runner = AgentRunner(
             fleet,

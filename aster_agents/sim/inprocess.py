@@ -16,7 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from aster_agents.errors import BadRequest
-from aster_agents.exchange.http import AsterClient, Params, _Call, _error_for, _fmt
+from aster_agents.exchange import parse
+from aster_agents.exchange.http import (
+    AsterClient,
+    Params,
+    ParamValue,
+    _Call,
+    _error_for,
+    _fmt,
+    klines_weight,
+)
+from aster_agents.models import Kline
 from aster_agents.signing import NonceSource
 from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
@@ -34,6 +44,7 @@ class InProcessClient(AsterClient):
         *,
         agent_id: str | None = None,
         wall_to_market: Callable[[int], int] | None = None,
+        closed_klines: dict[tuple[str, str, str, int], Kline] | None = None,
     ) -> None:
         super().__init__(
             "http://in-process.invalid",
@@ -45,6 +56,39 @@ class InProcessClient(AsterClient):
         )
         self._app = app
         self._wall_to_market = wall_to_market
+        # parsed closed candles, shared by the clients of one run: a closed candle never changes
+        self._closed = closed_klines if closed_klines is not None else {}
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        limit: int = 500,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        *,
+        kind: str = "klines",
+    ) -> list[Kline]:
+        """As ``AsterClient.klines``, parsing each closed candle once per run."""
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
+        if start_time is not None:
+            params.append(("startTime", start_time))
+        if end_time is not None:
+            params.append(("endTime", end_time))
+        params.append(("limit", limit))
+        call = _Call("GET", f"/fapi/v3/{kind}", klines_weight(limit), signed=False)
+        rows = self._request(call, params)
+        now = self._app.market.now_ms()
+        out: list[Kline] = []
+        for row in rows:
+            key = (kind, symbol, interval, int(row[0]))
+            kline = self._closed.get(key)
+            if kline is None:
+                kline = parse.klines([row])[0]
+                if kline.close_time < now:
+                    self._closed[key] = kline
+            out.append(kline)
+        return out
 
     def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:
         route = self._app.routes.get((call.method, call.path))
