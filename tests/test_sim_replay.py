@@ -243,3 +243,35 @@ def test_sim_process_replays_the_recording_to_its_end_at_speed() -> None:
     finally:
         client.close()
         assert proc.stop() == 0
+
+
+def test_an_agent_process_on_a_replay_books_its_fills_and_matches_the_exchange(
+    tmp_path: Path,
+) -> None:
+    """A real agent process trading a replay (market time weeks ahead) books every fill."""
+    from aster_agents.ledger import Ledger
+    from tests.kit.agents import make_fleet
+
+    server = SimServer(SimConfig(market="replay", data_dir=FIXTURE, speed=300.0))
+    server.start()
+    fleet = make_fleet(
+        tmp_path, server, ["replay-1"], symbols=("XRPUSDT",), interval="5m", balance=D(10_000)
+    )
+    fleet.start("replay-1")
+    try:
+
+        def traded() -> bool:
+            if not (fleet.state_dir / "ledger.sqlite3").exists():
+                return False
+            with Ledger(fleet.state_dir) as ledger:
+                return len(ledger.trade_fills("replay-1")) >= 2
+
+        wait_for(traded, timeout=60, what="two booked fills on the replay")
+    finally:
+        codes = fleet.stop_all()
+        server.stop()
+    assert codes == {"replay-1": 0}, fleet.stderr("replay-1")
+    assert fleet.ledger_positions() == fleet.exchange_positions()
+    with Ledger(fleet.state_dir) as ledger:
+        fills = ledger.trade_fills("replay-1")
+    assert all(f.time_ms >= server.market.genesis_ms for f in fills)  # replay time, not 2021
