@@ -161,6 +161,15 @@ class Kline:
 
 
 @dataclass(frozen=True, slots=True)
+class FundingRate:
+    """One settled funding rate (``GET fundingRate``)."""
+
+    symbol: str
+    rate: Decimal
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
 class PremiumIndex:
     symbol: str
     mark_price: Decimal

@@ -136,6 +136,7 @@ class AgentRunner:
         stop: threading.Event | None = None,
         market_speed: float = 1.0,
         meter: RequestMeter | None = None,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.fleet = fleet
         self.agent = agent
@@ -147,6 +148,7 @@ class AgentRunner:
         self.strategy = strategy
         self.stop = stop or threading.Event()
         self.market_speed = market_speed
+        self.clock = clock  # market time (ms) for strategies and the kline cache (backtest)
         self.pid = os.getpid()
         self.info: ExchangeInfo | None = None
         self.orders: dict[int, str] = {}  # exchange order id -> our client order id
@@ -416,7 +418,7 @@ class AgentRunner:
             position = self._position(symbol)
         view = _view(position)
         snapshot = MarketSnapshot(
-            symbol, self.agent.trading.interval, tuple(klines), price, now_ms()
+            symbol, self.agent.trading.interval, tuple(klines), price, self.clock()
         )
         signal = self.strategy.decide(snapshot, view)
         if signal.confidence < self.agent.trading.min_confidence or signal.action is Action.HOLD:
@@ -443,7 +445,10 @@ class AgentRunner:
             fetched.extend(self.client.klines(symbol, interval, limit=limit))
             return _dump_klines(fetched)
 
-        raw = self.cache.get_or_fetch(key, now_ms() + ttl_ms, fetch)
+        now, step = self.clock(), INTERVAL_MS[interval]
+        # never past the forming candle's close: the next tick after it sees the closed one
+        fresh_until = min(now + ttl_ms, (now // step + 1) * step)
+        raw = self.cache.get_or_fetch(key, fresh_until, fetch, now_ms=now)
         memo = self.parsed_klines.get(key)
         if memo is not None and memo[0] == raw:  # the cache's value as parsed last time
             klines = memo[1]

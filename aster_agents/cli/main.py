@@ -35,6 +35,8 @@ MODULES: Final = (
     "conformance",
     "flatten",
     "ops",
+    "backtest",
+    "data",
 )
 COMMANDS: Final = {
     "run": "run",
@@ -59,6 +61,8 @@ COMMANDS: Final = {
     "conformance": "conformance",
     "metrics": "ops",
     "notify": "ops",
+    "backtest": "backtest",
+    "data": "data",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from aster_agents.sim.server import SimServer
 
 
 def _error_rates(values: list[str]) -> dict[int, float]:
@@ -93,6 +96,20 @@ def sim(
         "--insurance-fund",
         help="USDT per symbol that covers liquidation losses; 0 makes every deficit an ADL.",
     ),
+    market: str = typer.Option(
+        "synthetic",
+        "--market",
+        help="Price source: synthetic (seeded), replay (--data) or live (--upstream).",
+    ),
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Recording directory for --market replay (see README)."),
+    ] = None,
+    upstream: str = typer.Option(
+        "https://fapi.asterdex.com",
+        "--upstream",
+        help="The exchange --market live mirrors (public data only; orders stay local).",
+    ),
 ) -> None:
     """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
     import signal
@@ -132,6 +149,10 @@ def sim(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if market not in ("synthetic", "replay", "live"):
+        raise typer.BadParameter(f"--market {market!r}: expected synthetic, replay or live")
+    if (market == "replay") != (data is not None):
+        raise typer.BadParameter("--data DIR goes with --market replay (and only with it)")
     limits = LimitConfig(
         weight_limit, weight_window, orders_10s, 10.0, orders_1m, 60.0, ban_seconds
     )
@@ -151,6 +172,9 @@ def sim(
         nonce_window_s=nonce_window_s,
         shocks=shocks,
         insurance_fund=fund,
+        market=market,
+        data_dir=data,
+        upstream=upstream,
     )
     server = SimServer(config)
     stop = threading.Event()
@@ -160,10 +184,23 @@ def sim(
     print(url, flush=True)
     users = ", ".join(a.user for a in registered) or "none (use --accounts or --config-dir)"
     print(f"sim: seed={seed} speed={speed} accounts: {users}", file=sys.stderr, flush=True)
+    print(f"sim: market {_describe(server)}", file=sys.stderr, flush=True)
     try:
         server.serve_until(stop)
     finally:
         server.stop()
+
+
+def _describe(server: SimServer) -> str:
+    from aster_agents.sim.sources import ReplayMarket
+
+    m = server.market
+    if server.config.market == "live":
+        return f"live from {server.config.upstream} (public data; orders matched here)"
+    if not isinstance(m, ReplayMarket):
+        return "synthetic"
+    names = ", ".join(sorted(m.recording.symbols))
+    return f"replay of {m.recording.path} ({names}), shifted by {m.offset_ms // 86_400_000} days"
 
 
 def register(app: typer.Typer) -> None:

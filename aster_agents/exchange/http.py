@@ -66,6 +66,7 @@ from aster_agents.models import (
     BookTicker,
     CommissionRate,
     ExchangeInfo,
+    FundingRate,
     Income,
     Kline,
     MarginType,
@@ -116,6 +117,7 @@ _TIME = _Call("GET", "/fapi/v3/time", 1, signed=False)
 _EXCHANGE_INFO = _Call("GET", "/fapi/v3/exchangeInfo", 1, signed=False)
 _PREMIUM_INDEX = _Call("GET", "/fapi/v3/premiumIndex", 1, signed=False)
 _TICKER_PRICE = _Call("GET", "/fapi/v3/ticker/price", 1, signed=False)
+_FUNDING_RATE = _Call("GET", "/fapi/v3/fundingRate", 1, signed=False)
 _BOOK_TICKER = _Call("GET", "/fapi/v3/ticker/bookTicker", 1, signed=False)
 _BALANCE = _Call("GET", "/fapi/v3/balance", 5)
 _ACCOUNT = _Call("GET", "/fapi/v3/accountWithJoinMargin", 5)
@@ -313,12 +315,24 @@ class AsterClient:
         limit: int = 500,
         start_time: int | None = None,
         end_time: int | None = None,
+        *,
+        kind: str = "klines",
     ) -> list[Kline]:
+        """Candles oldest first; ``kind="markPriceKlines"`` for the mark price's."""
         params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
         params += _optional(startTime=start_time, endTime=end_time)
         params.append(("limit", limit))
-        call = _Call("GET", "/fapi/v3/klines", klines_weight(limit), signed=False)
+        call = _Call("GET", f"/fapi/v3/{kind}", klines_weight(limit), signed=False)
         return parse.klines(self._request(call, params))
+
+    def funding_rates(
+        self, symbol: str, start_time: int | None = None, limit: int = 1000
+    ) -> list[FundingRate]:
+        """Settled funding rates oldest first, from ``start_time`` (``GET fundingRate``)."""
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol)]
+        params += _optional(startTime=start_time)
+        params.append(("limit", limit))
+        return parse.funding_rates(self._request(_FUNDING_RATE, params))
 
     def premium_index(self, symbol: str) -> PremiumIndex:
         return parse.premium_index(self._request(_PREMIUM_INDEX, [("symbol", symbol)]))

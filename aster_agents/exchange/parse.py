@@ -19,6 +19,7 @@ from aster_agents.models import (
     BookTicker,
     CommissionRate,
     ExchangeInfo,
+    FundingRate,
     Income,
     Kline,
     Order,
@@ -223,6 +224,19 @@ def _kline(raw: object) -> Kline:
 
 def klines(data: object) -> list[Kline]:
     return _each(data, "klines", _kline)
+
+
+def _funding_rate(raw: object) -> FundingRate:
+    d = _obj(raw, "fundingRate")
+    return FundingRate(
+        symbol=text(d, "symbol", "fundingRate"),
+        rate=dec(d, "fundingRate", "fundingRate"),
+        time=integer(d, "fundingTime", "fundingRate"),
+    )
+
+
+def funding_rates(data: object) -> list[FundingRate]:
+    return _each(data, "fundingRate", _funding_rate)
 
 
 def premium_index(data: object) -> PremiumIndex:

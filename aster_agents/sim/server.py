@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -103,6 +104,9 @@ class SimConfig:
     nonce_window_s: float = NONCE_WINDOW_US / 1e6  # +-60 s; shorter only for fast tests
     shocks: Sequence[Shock] = ()
     insurance_fund: Decimal = INSURANCE_FUND  # USDT per symbol; 0 makes every deficit an ADL
+    market: str = "synthetic"  # or "replay" (needs data_dir); see sim/sources.py
+    data_dir: Path | None = None  # the recording a replay plays
+    upstream: str = "https://fapi.asterdex.com"  # the exchange --market live mirrors
 
 
 def is_loopback(host: str) -> bool:
@@ -156,14 +160,49 @@ def _batch_size(params: Params) -> int:
     return max(1, len(entries)) if isinstance(entries, list) else 1
 
 
+def make_market(config: SimConfig) -> Market:
+    """The market source ``config.market`` names: the seeded generator or a replay."""
+    if config.market == "synthetic":
+        return Market(config.seed, config.start_time_ms, config.speed, config.history_minutes)
+    if config.market == "replay" and config.data_dir is not None:
+        from aster_agents.sim.recording import load_recording
+        from aster_agents.sim.sources import ReplayMarket
+
+        recording = load_recording(config.data_dir, frozenset(SYMBOLS))
+        return ReplayMarket(
+            recording, seed=config.seed, speed=config.speed, reference_ms=config.start_time_ms
+        )
+    if config.market == "live":
+        return _live_market(config)
+    raise ConfigError(
+        f"sim: --market {config.market}: expected synthetic, live, or replay with --data DIR"
+    )
+
+
+def _live_market(config: SimConfig) -> Market:
+    from aster_agents.errors import AsterAgentsError
+    from aster_agents.exchange.http import AsterClient
+    from aster_agents.signing import NonceSource
+    from aster_agents.sim.sources import LiveMarket
+
+    client = AsterClient(
+        config.upstream, user=None, signer=None, nonces=NonceSource(0), timeout=5.0, max_retries=1
+    )
+    try:
+        return LiveMarket(client, seed=config.seed)
+    except AsterAgentsError as exc:
+        client.close()
+        raise AsterAgentsError(
+            f"sim: --upstream {config.upstream}: cannot read its public market data ({exc})"
+        ) from None
+
+
 class SimApp:
     """Routing and protocol rules; independent of the socket layer."""
 
-    def __init__(self, config: SimConfig) -> None:
+    def __init__(self, config: SimConfig, market: Market | None = None) -> None:
         self.config = config
-        self.market = Market(
-            config.seed, config.start_time_ms, config.speed, config.history_minutes
-        )
+        self.market = market if market is not None else make_market(config)
         self.engine = Engine(
             self.market,
             funding_interval_ms=int(config.funding_interval_s * 1000),
@@ -421,12 +460,19 @@ class SimApp:
         step = self.engine.funding_interval_ms
         if not step:
             return []
-        last = self.engine.last_funding_time()
         limit = min(int(p.get("limit") or 100), 1000)
-        times = [last - i * step for i in range(limit) if last - i * step >= self.market.genesis_ms]
+        last = self.engine.last_funding_time()
+        if p.get("endTime"):
+            last = min(last, int(p["endTime"]) // step * step)
+        first_ok = -(-self.market.genesis_ms // step) * step
+        if p.get("startTime"):  # oldest first from startTime, as the exchange pages
+            first = max(first_ok, -(-int(p["startTime"]) // step) * step)
+            times = list(range(first, last + 1, step))[:limit]
+        else:
+            times = [t for t in (last - i * step for i in range(limit)) if t >= first_ok][::-1]
         return [
             {"symbol": symbol, "fundingRate": self._rate(symbol, t), "fundingTime": t}
-            for t in reversed(times)
+            for t in times
         ]
 
     def _ticker_price(self, _u: str, p: Params) -> Json:
@@ -599,6 +645,9 @@ class SimServer:
 
     def stop(self) -> None:
         self._stop.set()
+        close = getattr(self.market, "close", None)  # a live market's poller
+        if close is not None:
+            close()
         if self._http is not None:
             self._http.shutdown()
             self._http.server_close()

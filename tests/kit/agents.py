@@ -129,6 +129,7 @@ def make_fleet(
     position_size_pct: float = 0.05,
     max_gross_leverage: float = 5.0,
     portfolio_extra: str = "",
+    interval: str = "1m",
 ) -> Fleet:
     """Write an agents.d for ``agents`` on one funded simulated account.
 
@@ -155,7 +156,7 @@ trading:
   strategy: {strategy}
   params: {params}
   symbols: [{", ".join(symbols)}]
-  interval: 1m
+  interval: {interval}
   scan_interval_seconds: {scan_interval}
   max_positions: {max_positions}
   min_confidence: 0.5

@@ -1,0 +1,104 @@
+"""The project's exchange client wired straight to a simulator in the same process.
+
+``InProcessClient`` is ``AsterClient`` with its request pipeline replaced by a call of the
+simulator's route handler: the same parameters, the same JSON documents, the same parsing
+into models and the same mapping of error codes, without HTTP, signatures or rate limits.
+``backtest`` drives the agents' real runner through it.
+
+History queries (``userTrades``, ``income``) carry a ``startTime`` the runner takes from the
+ledger, which keeps its own times on the wall clock. ``wall_to_market`` (set by the driver)
+turns such a wall-clock time into the market time the simulator had then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aster_agents.errors import BadRequest
+from aster_agents.exchange import parse
+from aster_agents.exchange.http import (
+    AsterClient,
+    Params,
+    ParamValue,
+    _Call,
+    _error_for,
+    _fmt,
+    klines_weight,
+)
+from aster_agents.models import Kline
+from aster_agents.signing import NonceSource
+from aster_agents.sim.engine import ApiError
+from aster_agents.sim.server import SimApp
+
+_HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
+
+
+class InProcessClient(AsterClient):
+    """An :class:`AsterClient` answering from ``app`` for ``user`` (no network, no keys)."""
+
+    def __init__(
+        self,
+        app: SimApp,
+        user: str,
+        *,
+        agent_id: str | None = None,
+        wall_to_market: Callable[[int], int] | None = None,
+        closed_klines: dict[tuple[str, str, str, int], Kline] | None = None,
+    ) -> None:
+        super().__init__(
+            "http://in-process.invalid",
+            user=user,
+            signer=None,
+            nonces=NonceSource(0),
+            agent_id=agent_id,
+            max_retries=0,
+        )
+        self._app = app
+        self._wall_to_market = wall_to_market
+        # parsed closed candles, shared by the clients of one run: a closed candle never changes
+        self._closed = closed_klines if closed_klines is not None else {}
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        limit: int = 500,
+        start_time: int | None = None,
+        end_time: int | None = None,
+        *,
+        kind: str = "klines",
+    ) -> list[Kline]:
+        """As ``AsterClient.klines``, parsing each closed candle once per run."""
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
+        if start_time is not None:
+            params.append(("startTime", start_time))
+        if end_time is not None:
+            params.append(("endTime", end_time))
+        params.append(("limit", limit))
+        call = _Call("GET", f"/fapi/v3/{kind}", klines_weight(limit), signed=False)
+        rows = self._request(call, params)
+        now = self._app.market.now_ms()
+        out: list[Kline] = []
+        for row in rows:
+            key = (kind, symbol, interval, int(row[0]))
+            kline = self._closed.get(key)
+            if kline is None:
+                kline = parse.klines([row])[0]
+                if kline.close_time < now:
+                    self._closed[key] = kline
+            out.append(kline)
+        return out
+
+    def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:
+        route = self._app.routes.get((call.method, call.path))
+        where = f"{self._prefix}{call.method} {call.path}"
+        if route is None:
+            raise BadRequest(f"{where}: the in-process simulator has no such endpoint", None, 404)
+        args = {k: _fmt(v) for k, v in params}
+        if call.path in _HISTORY and "startTime" in args and self._wall_to_market is not None:
+            args["startTime"] = str(self._wall_to_market(int(args["startTime"])))
+        try:
+            return route.handler((self._user or "") if call.signed else "", args)
+        except ApiError as exc:
+            raise _error_for(exc.status, exc.code, exc.msg, where) from None

@@ -1,0 +1,288 @@
+"""Market sources for the simulator beyond the seeded generator of ``market.py``.
+
+``ReplayMarket`` plays a recording (``recording.py``) with the same interface as ``Market``,
+so the engine, fees, funding, filters, limits and the nonce rule are untouched by the choice.
+
+Market time runs through the recording's candles. The recording is shifted by whole weeks so
+that the replay starts at or after the reference time (default: now): the agents keep their
+books on the wall clock and look for their fills from the moment they sent an order, so a
+market living in 2021 would hide every fill from them. Whole weeks keep weekdays, the UTC
+day and the 8-hour funding grid; the served klines are the recording's candles, time-shifted.
+The clock stops at the end of the recording (the last close holds from then on).
+
+Inside a recorded candle the price holds four values for a quarter of the candle each:
+open, the first extreme, the second extreme (the low first when the candle closes up), close.
+A held path makes a replay independent of when the engine happens to look: every order and
+every stop triggered inside one quarter meets the same price, whatever the speed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Final
+
+from aster_agents.errors import AsterAgentsError
+from aster_agents.exchange.base import Exchange
+from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
+from aster_agents.sim.engine import ApiError
+from aster_agents.sim.market import Market, _fmt, _places, bucket_close
+from aster_agents.sim.recording import Recording, Series, SymbolRecording
+from aster_agents.sim.symbols import SYMBOLS, SimSymbol
+
+WEEK_MS: Final = 7 * 86_400_000
+DEFAULT_WARMUP: Final = 100  # base candles of history before the replay's market time starts
+
+
+def held(o: float, h: float, lo: float, c: float, frac: float) -> tuple[float, float, float]:
+    """(price, high so far, low so far) at ``frac`` of a candle on the held four-step path."""
+    path = (o, lo, h, c) if c >= o else (o, h, lo, c)
+    seen = path[: min(3, int(frac * 4)) + 1]
+    return seen[-1], max(seen), min(seen)
+
+
+def week_offset(recording_start: int, reference_ms: int) -> int:
+    """The whole-week shift that moves ``recording_start`` to at or after ``reference_ms``."""
+    return max(0, math.ceil((reference_ms - recording_start) / WEEK_MS)) * WEEK_MS
+
+
+class ReplayMarket(Market):
+    """Recorded prices as a pure function of (recording, market time); synthetic elsewhere.
+
+    Symbols the recording does not hold keep the seeded generator's path.
+    """
+
+    def __init__(
+        self,
+        recording: Recording,
+        *,
+        seed: int = 1,
+        speed: float = 1.0,
+        reference_ms: int | None = None,
+        warmup: int = DEFAULT_WARMUP,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.recording = recording
+        reference = int(wall() * 1000) if reference_ms is None else reference_ms
+        self.offset_ms = week_offset(recording.start_ms, reference)
+        first = min(recording.symbols.values(), key=lambda s: s.klines.first_open).klines
+        start = first.first_open + min(warmup, max(0, len(first.c) - 1)) * first.step_ms
+        super().__init__(seed, start + self.offset_ms, speed, history_minutes=0, wall=wall)
+        self.genesis_ms = recording.start_ms + self.offset_ms
+        self.end_ms = recording.end_ms + self.offset_ms - 1
+        self._closed: dict[tuple[str, str, int], list[object]] = {}
+
+    def now_ms(self) -> int:
+        return min(super().now_ms(), self.end_ms)
+
+    @property
+    def finished(self) -> bool:
+        """True once market time has reached the recording's last close."""
+        return self.now_ms() >= self.end_ms
+
+    def _recorded(self, symbol: str) -> SymbolRecording | None:
+        return self.recording.symbols.get(symbol)
+
+    def funding_rate(self, symbol: str, funding_time_ms: int) -> Decimal:
+        """The recorded rate settled at this time; zero when the recording has none there."""
+        rec = self._recorded(symbol)
+        if rec is None:
+            return super().funding_rate(symbol, funding_time_ms)
+        return rec.funding.get(funding_time_ms - self.offset_ms, Decimal(0))
+
+    def raw_price(self, symbol: str, t: int | None = None) -> float:
+        rec = self._recorded(symbol)
+        if rec is None:
+            return super().raw_price(symbol, t)
+        t = self.now_ms() if t is None else t
+        series = rec.mark or rec.klines
+        rel = t - self.offset_ms - series.first_open
+        i = min(max(0, rel // series.step_ms), len(series.c) - 1)
+        frac = min(1.0, max(0.0, (rel - i * series.step_ms) / series.step_ms))
+        return held(series.o[i], series.h[i], series.low[i], series.c[i], frac)[0]
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[list[object]]:
+        rec = self._recorded(symbol)
+        if rec is not None and INTERVAL_MS[interval] < rec.klines.step_ms:
+            raise ApiError(
+                -1120,
+                f"Invalid interval: the recording of {symbol} starts at {rec.klines.interval}.",
+            )
+        return super().klines(symbol, interval, start, end, limit)
+
+    def _candle(self, symbol: str, interval: str, open_ms: int, now: int) -> list[object]:
+        rec = self._recorded(symbol)
+        if rec is None:
+            return super()._candle(symbol, interval, open_ms, now)
+        key = (symbol, interval, open_ms)
+        row = self._closed.get(key)
+        if row is None:
+            row = self._recorded_candle(rec.klines, symbol, interval, open_ms, now)
+            if bucket_close(interval, open_ms) <= now:  # closed candles never change
+                self._closed[key] = row
+        return row
+
+    def _recorded_candle(
+        self, s: Series, symbol: str, interval: str, open_ms: int, now: int
+    ) -> list[object]:
+        sym = SYMBOLS[symbol]
+        close_ms = bucket_close(interval, open_ms)
+        base = s.first_open + self.offset_ms
+        lo_i = max(0, (open_ms - base) // s.step_ms)
+        hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // s.step_ms)
+        op, hi, low, cl, vol = s.o[lo_i], -math.inf, math.inf, s.o[lo_i], 0.0
+        for i in range(lo_i, hi_i + 1):
+            h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
+            candle_end = base + (i + 1) * s.step_ms - 1
+            if candle_end > now:
+                frac = min(1.0, max(0.0, (now - base - i * s.step_ms) / s.step_ms))
+                c, h, lw = held(s.o[i], h, lw, c, frac)
+                v *= frac
+            hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
+        pp, qp = _places(sym.tick_size), _places(sym.step_size)
+        mid = (op + cl) / 2
+        return [
+            open_ms,
+            str(_fmt(op, pp)),
+            str(_fmt(hi, pp)),
+            str(_fmt(low, pp)),
+            str(_fmt(cl, pp)),
+            str(_fmt(vol, qp)),
+            close_ms,
+            str(_fmt(vol * mid, 4)),
+            int(vol * mid / 500) + 1,
+            str(_fmt(vol / 2, qp)),
+            str(_fmt(vol * mid / 2, 4)),
+            "0",
+        ]
+
+
+LIVE_POLL_S: Final = 2.0  # premiumIndex + bookTicker per symbol: 6 x 2 weight every 2 s
+LIVE_KLINES_TTL_MS: Final = 2_000
+
+
+class LiveMarket(Market):
+    """A real exchange's public market data (no keys); orders are matched locally on it.
+
+    Mark and index prices, the last funding rate and the best bid/ask of every simulator
+    symbol are polled from ``upstream`` every ``poll_s``; klines are fetched on request (cached
+    for two seconds). Market time is the wall clock. Nothing but public GET requests is ever
+    sent upstream.
+    """
+
+    def __init__(
+        self,
+        upstream: Exchange,
+        *,
+        seed: int = 1,
+        poll_s: float = LIVE_POLL_S,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(seed, None, 1.0, history_minutes=0, wall=wall)
+        self.upstream = upstream
+        self.poll_s = poll_s
+        self._premium: dict[str, PremiumIndex] = {}
+        self._book: dict[str, tuple[Decimal, Decimal]] = {}
+        self._klines: dict[tuple[object, ...], tuple[int, list[list[object]]]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.poll()  # the first answers (or a clear error) before the simulator serves anything
+        self._thread = threading.Thread(target=self._run, name="sim-live-poller", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> None:
+        """Fetch every symbol's premium index and best bid/ask once."""
+        for symbol in SYMBOLS:
+            premium = self.upstream.premium_index(symbol)
+            book = self.upstream.book_ticker(symbol)
+            with self._lock:
+                self._premium[symbol] = premium
+                self._book[symbol] = (book.bid_price, book.ask_price)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll()
+            except AsterAgentsError as exc:  # keep the last prices; say why they are old
+                print(f"sim: upstream poll failed: {exc}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def mark(self, symbol: str, t: int | None = None) -> Decimal:
+        pinned = self._pinned.get(symbol)
+        if pinned is not None:
+            return pinned
+        with self._lock:
+            return self._premium[symbol].mark_price
+
+    def index(self, symbol: str) -> Decimal:
+        with self._lock:
+            return self._premium[symbol].index_price
+
+    def raw_price(self, symbol: str, t: int | None = None) -> float:
+        return float(self.mark(symbol, t))
+
+    def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
+        if symbol in self._pinned:
+            return super().book(symbol, t)
+        with self._lock:
+            return self._book[symbol]
+
+    def funding_rate(self, symbol: str, funding_time_ms: int) -> Decimal:
+        """The upstream's last settled rate (the settlement the simulator applies now)."""
+        with self._lock:
+            return self._premium[symbol].last_funding_rate
+
+    def klines(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[list[object]]:
+        key = (symbol, interval, start, end, limit)
+        now = self.now_ms()
+        hit = self._klines.get(key)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        rows = [
+            _row(k, SYMBOLS[symbol])
+            for k in self.upstream.klines(symbol, interval, limit, start_time=start, end_time=end)
+        ]
+        self._klines[key] = (now + LIVE_KLINES_TTL_MS, rows)
+        return rows
+
+
+def _row(k: Kline, sym: SimSymbol) -> list[object]:
+    """A Binance-shaped kline row from the upstream's candle (derived volume fields)."""
+    mid = (k.open + k.close) / 2
+    quote = (k.volume * mid).quantize(Decimal("0.0001"))
+    half = (k.volume / 2).quantize(sym.step_size)
+    return [
+        k.open_time,
+        str(k.open),
+        str(k.high),
+        str(k.low),
+        str(k.close),
+        str(k.volume),
+        k.close_time,
+        str(quote),
+        int(quote / 500) + 1,
+        str(half),
+        str((quote / 2).quantize(Decimal("0.0001"))),
+        "0",
+    ]

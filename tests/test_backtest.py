@@ -1,0 +1,134 @@
+"""``aster-agent backtest``: the real runner in-process over a recording, with no look-ahead."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from aster_agents.config.schema import FleetConfig, load_fleet
+from aster_agents.errors import ConfigError
+from aster_agents.fleet.backtest import run_backtest
+from aster_agents.models import Kline
+from aster_agents.sim.recording import load_recording
+from aster_agents.sim.sources import ReplayMarket
+from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
+
+FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"
+HOUR = 3_600_000
+FIVE_MIN = 300_000
+START = 1_637_180_400_000  # the fixture's first candle + 100 (the replay's default start)
+
+
+def write_fleet(root: Path, strategies: tuple[str, ...] = ("trend", "mean_reversion")) -> Path:
+    """An agents.d with one agent per strategy on XRPUSDT 5m, each on its own account."""
+    d = root / "agents.d"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "_portfolio.yaml").write_text("state_dir: state\n")
+    for i, strategy in enumerate(strategies, 1):
+        (d / f"bt-{i}.yaml").write_text(
+            f"id: bt-{i}\nname: backtest {i}\nexchange:\n"
+            f'  user: "0x{i:040x}"\n  signer: "0x{i + 100:040x}"\n'
+            f"  signer_key_env: BT_{i}_KEY\n  base_url: http://127.0.0.1:1\n"
+            f"trading:\n  strategy: {strategy}\n  symbols: [XRPUSDT]\n  interval: 5m\n"
+            "  scan_interval_seconds: 60\n  max_positions: 1\n  min_confidence: 0.5\n"
+            "  position_size_pct: 0.1\n  leverage: 3\n  stop_loss_pct: 0.01\n"
+            "  take_profit_pct: 0.02\nallocation:\n  capital_pct: 0.5\n"
+        )
+    return d
+
+
+def _fleet(tmp_path: Path, *strategies: str) -> FleetConfig:
+    return load_fleet(write_fleet(tmp_path, strategies or ("trend", "mean_reversion")))
+
+
+def test_backtest_runs_the_agents_and_books_round_trips_inside_the_window(tmp_path: Path) -> None:
+    """Fills land inside --from/--to, in market time; the summary counts them per agent."""
+    result = run_backtest(_fleet(tmp_path), FIXTURE, from_ms=START, to_ms=START + 10 * HOUR)
+    assert result.fills and {f.agent_id for f in result.fills} <= {"bt-1", "bt-2"}
+    assert all(START <= f.time_ms <= START + 10 * HOUR for f in result.fills)
+    assert result.agent_ticks == 2 * (10 * 60 + 1)  # every 60 market seconds, both ends included
+    summary = {a.agent_id: a for a in result.agents}
+    assert sum(a.trips for a in summary.values()) >= 1
+    assert all(a.capital == Decimal("5000.00") for a in summary.values())
+
+
+def test_two_backtests_of_the_same_recording_are_identical(tmp_path: Path) -> None:
+    """Same agents, same recording, same window: the same fills, trade for trade."""
+    fleet = _fleet(tmp_path)
+    one = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
+    two = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
+    assert one.fills and one.fills == two.fills
+
+
+@dataclass
+class Peeker:
+    """Trades on the *next* candle of the recording, which it read from disk itself."""
+
+    future: dict[int, Decimal]  # open time -> close, the whole recording
+    name: str = "peeker"
+    min_klines: int = 1
+    seen: list[tuple[int, tuple[Kline, ...], Decimal]] = field(default_factory=list)
+
+    def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
+        self.seen.append((market.time_ms, market.klines, market.mark_price))
+        nxt = self.future.get(market.klines[-1].close_time + 1 + FIVE_MIN)
+        if nxt is None or position.qty != 0:
+            return Signal(Action.CLOSE if position.qty else Action.HOLD, 1.0, "peek")
+        action = Action.LONG if nxt > market.mark_price else Action.SHORT
+        return Signal(action, 1.0, "peeked at the next candle")
+
+
+def test_a_strategy_sees_only_closed_klines_and_fills_at_the_price_of_its_moment(
+    tmp_path: Path,
+) -> None:
+    """No look-ahead: every kline closed before the decision; fills happen then, at that price."""
+    recording = load_recording(FIXTURE)
+    series = recording.symbols["XRPUSDT"].klines
+    future = {series.first_open + i * FIVE_MIN: Decimal(str(c)) for i, c in enumerate(series.c)}
+    peeker = Peeker(future)
+    fleet = _fleet(tmp_path, "trend")
+    result = run_backtest(fleet, FIXTURE, to_ms=START + 6 * HOUR, strategies={"bt-1": peeker})
+    assert len(peeker.seen) == 6 * 60 + 1
+    for now, klines, _ in peeker.seen:
+        assert klines[-1].close_time < now  # closed before the decision
+        assert klines[-1].close_time >= now - FIVE_MIN  # and the latest one that has closed
+    decided = {now for now, _, _ in peeker.seen}
+    prices = ReplayMarket(recording, reference_ms=recording.start_ms)
+    opens = [f for f in result.fills if f.kind == "open"]
+    assert opens
+    for fill in opens:
+        assert fill.time_ms in decided  # the same simulated instant as the decision
+        bid, ask = prices.book("XRPUSDT", fill.time_ms)
+        assert fill.price == (ask if fill.qty > 0 else bid)  # the book then, not the future
+
+
+def test_an_agent_trading_a_symbol_the_recording_lacks_is_refused(tmp_path: Path) -> None:
+    """An agent on BTCUSDT over an XRPUSDT recording: ConfigError naming its file and symbol."""
+    d = write_fleet(tmp_path, ("trend",))
+    path = d / "bt-1.yaml"
+    path.write_text(path.read_text().replace("[XRPUSDT]", "[BTCUSDT]"))
+    with pytest.raises(ConfigError, match=r"bt-1.yaml: trading.symbols: BTCUSDT not in"):
+        run_backtest(load_fleet(d), FIXTURE)
+
+
+def test_backtest_cli_prints_the_versioned_json_summary(tmp_path: Path) -> None:
+    """aster-agent backtest --json: {"version": 1, "agents": [...], "fills": [...]}, exit 0."""
+    d = write_fleet(tmp_path, ("mean_reversion",))
+    cmd = [sys.executable, "-m", "aster_agents", "--config-dir", str(d), "backtest"]
+    args = ["--data", str(FIXTURE), "--to", "2021-11-18T03:00:00", "--json"]
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["version"] == 1 and [a["agent"] for a in doc["agents"]] == ["bt-1"]
+    assert doc["to"] == 1_637_204_400_000 and doc["agent_ticks"] > 0
+    bad = subprocess.run(
+        [*cmd, "--data", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "not a directory" in bad.stderr
+    assert "Traceback" not in bad.stderr
