@@ -36,10 +36,29 @@ class CliState:
             from aster_agents.config.schema import load_fleet
 
             self._fleet = load_fleet(self.config_dir)
+            load_dotenv(self._fleet.root)
         return self._fleet
 
     def resolved_state_dir(self) -> Path:
         return self.fleet().state_dir(self.state_dir)
+
+
+def load_dotenv(root: Path) -> None:
+    """The one ``.env`` rule of every command: ``<dir holding agents.d>/.env``, when it exists,
+    is read into this process's environment, its values winning (as ``up`` passes them to
+    supervisord). A file readable by others is warned about on stderr.
+    """
+    path = root / ".env"
+    if not path.is_file():
+        return
+    import os
+
+    from aster_agents.fleet.supervisor import load_env_file
+
+    loaded = load_env_file(path)
+    if loaded.warning:
+        print(f"warning: {loaded.warning}", file=sys.stderr)
+    os.environ.update(loaded.values)
 
 
 def state(ctx: typer.Context) -> CliState:

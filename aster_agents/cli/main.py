@@ -18,6 +18,7 @@ from aster_agents.cli.common import CliState
 # Each command's module is imported only when that command runs (``status`` must start
 # fast); help, completion and unknown commands load them all.
 MODULES: Final = (
+    "init",
     "run",
     "agents",
     "account",
@@ -37,6 +38,7 @@ MODULES: Final = (
     "ops",
 )
 COMMANDS: Final = {
+    "init": "init",
     "run": "run",
     "agents": "agents",
     "rebalance": "rebalance",

@@ -1,0 +1,148 @@
+"""The README's "First hour" path as real processes: init, sim, up, status, account, reconcile."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.plugins.sim import SimProcess, start_sim_process
+
+T = TypeVar("T")
+BIN = str(Path(sys.executable).parent / "aster-agent")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float) -> T:
+    """Poll ``check`` until it returns something truthy, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def cli(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``aster-agent ARGS`` run from ``root`` the way a user types it (no global options)."""
+    return subprocess.run(
+        [BIN, *args], cwd=root, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def project(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """``aster-agent init`` in a short fresh directory (the supervisord socket path is short)."""
+    monkeypatch.delenv("ASTER_AGENTS_CONFIG")
+    monkeypatch.delenv("ASTER_AGENTS_STATE")
+    root = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
+    done = cli(root, "init")
+    assert done.returncode == 0, done.stderr
+    try:
+        yield root
+    finally:
+        if (root / "state" / "supervisor.sock").exists():
+            cli(root, "down", "--timeout", "30")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def sim(project: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimProcess]:
+    """The simulator with init's accounts file; every agent pointed at it by one variable."""
+    process = start_sim_process("--speed", "60", "--accounts", str(project / "sim-accounts.yaml"))
+    monkeypatch.setenv("ASTER_AGENTS_BASE_URL", process.base_url)
+    monkeypatch.setenv("ASTER_AGENTS_MARKET_SPEED", "60")
+    for path in (project / "agents.d").glob("agent-*.yaml"):  # tick every second, not minute
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("scan_interval_seconds: 60", "scan_interval_seconds: 1"))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def status(root: Path) -> dict[str, Any]:
+    done = cli(root, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    document: dict[str, Any] = json.loads(done.stdout)
+    return document
+
+
+def test_init_writes_a_valid_project_with_private_keys(project: Path) -> None:
+    """init: two valid agents on distinct symbols, 0600 keystores and .env, no key in YAML."""
+    assert cli(project, "agents", "validate").returncode == 0
+    for private in (project / ".env", project / "keys" / "agent-1.json"):
+        assert private.stat().st_mode & 0o077 == 0
+    texts = [p.read_text() for p in (project / "agents.d").glob("agent-*.yaml")]
+    assert len(texts) == 2 and all("base_url: http://127.0.0.1:8765" in t for t in texts)
+    accounts = (project / "sim-accounts.yaml").read_text()
+    assert accounts.count('    - "0x') == 2
+
+
+def test_init_refuses_an_existing_project(project: Path) -> None:
+    """A second init in the same directory exits 2, names the file and changes nothing."""
+    before = (project / ".env").read_bytes()
+    done = cli(project, "init")
+    assert done.returncode == 2
+    assert "agents.d: already exists" in done.stderr and "Traceback" not in done.stderr
+    assert (project / ".env").read_bytes() == before
+    assert not [p for p in project.iterdir() if p.name.startswith(".aster-init-")]
+
+
+def test_first_hour_two_agents_trade_on_the_simulator(project: Path, sim: SimProcess) -> None:
+    """init -> sim -> up: both agents tick, one trades; account and reconcile read .env."""
+    done = cli(project, "up")
+    assert done.returncode == 0, done.stderr
+
+    def both_ticking_and_a_trade() -> dict[str, Any] | None:
+        doc = status(project)
+        agents = doc["agents"]
+        ticking = all(a["ticks"] and a["state"] == "RUNNING" for a in agents)
+        traded = any(a["positions"] or Decimal(a["pnl"] or 0) for a in agents)
+        return doc if ticking and traded else None
+
+    doc = wait_for("both agents ticking and a trade", both_ticking_and_a_trade, 60)
+    assert [a["last_error"] for a in doc["agents"]] == [None, None]
+    account = cli(project, "account", "--id", "agent-1", "--json")
+    assert account.returncode == 0, account.stderr
+    assert json.loads(account.stdout)["base_url"] == sim.base_url
+    assert cli(project, "down").returncode == 0
+    reconciled = cli(project, "reconcile", "--json")
+    assert reconciled.returncode in (0, 1), reconciled.stderr
+    assert "KEYSTORE_PASSWORD is not set" not in reconciled.stderr
+
+
+def test_run_reads_the_env_file_next_to_agents_d(project: Path, sim: SimProcess) -> None:
+    """`run` resolves its keystore password from .env, as up and doctor do (no exit 2)."""
+    assert "AGENT_1_KEYSTORE_PASSWORD" not in os.environ
+    proc = subprocess.Popen(
+        [BIN, "run", "--id", "agent-1"], cwd=project, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for("agent-1's first tick", lambda: status(project)["agents"][0]["ticks"], 30)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def test_base_url_override_refuses_a_remote_url(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ASTER_AGENTS_BASE_URL is for a loopback simulator: a remote URL exits 2 with one line."""
+    monkeypatch.setenv("ASTER_AGENTS_BASE_URL", "https://fapi.asterdex.com")
+    done = cli(project, "agents", "validate")
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ASTER_AGENTS_BASE_URL: 'https://fapi.asterdex.com'")
+    assert len(done.stderr.splitlines()) == 1
