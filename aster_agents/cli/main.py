@@ -141,3 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # a state dir that is read-only, missing or full: one line
+        from aster_agents.cli.common import disk_problem
+
+        message = disk_problem(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
