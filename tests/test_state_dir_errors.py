@@ -34,7 +34,7 @@ needs_mount = pytest.mark.skipif(not _can_mount(), reason="needs unshare -m (roo
 
 
 def cli(root: Path, args: str, *, setup: str = "") -> subprocess.CompletedProcess[str]:
-    """``aster-agent ARGS`` in ``root``, after ``setup`` shell lines in a private mount namespace."""
+    """``aster-agent ARGS`` in ``root``, after ``setup`` lines in a private mount namespace."""
     command = f"{shlex.quote(BIN)} {args}"
     if setup:
         argv = ["unshare", "-m", "sh", "-ec", f"{setup}\nexec {command}"]
