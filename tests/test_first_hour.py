@@ -146,3 +146,52 @@ def test_base_url_override_refuses_a_remote_url(
     assert done.returncode == 2
     assert done.stderr.startswith("error: ASTER_AGENTS_BASE_URL: 'https://fapi.asterdex.com'")
     assert len(done.stderr.splitlines()) == 1
+
+
+def _terminal_agent(root: Path) -> subprocess.Popen[str]:
+    """``aster-agent run --id agent-1`` as a user starts it in a terminal, once it has ticked."""
+    proc = subprocess.Popen(
+        [BIN, "run", "--id", "agent-1"], cwd=root, stderr=subprocess.DEVNULL, text=True
+    )
+    wait_for("agent-1's first tick", lambda: status(root)["agents"][0]["ticks"], 30)
+    return proc
+
+
+def test_up_refuses_while_an_agent_runs_in_a_terminal(project: Path, sim: SimProcess) -> None:
+    """`up` exits 3 naming the agent and its pid, and starts nothing."""
+    proc = _terminal_agent(project)
+    try:
+        done = cli(project, "up")
+        assert done.returncode == 3, done.stderr
+        assert f"agent-1 (pid {proc.pid})" in done.stderr and "nothing started" in done.stderr
+        assert not (project / "state" / "supervisor.sock").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_supervised_copy_exits_3_once_and_status_says_why(project: Path, sim: SimProcess) -> None:
+    """A supervised agent refused by the lock stays EXITED 3 (one spawn), status names the pid."""
+    from aster_agents.fleet.supervisor import supervisord_bin
+
+    proc = _terminal_agent(project)
+    conf = project / "supervisord.conf"
+    try:
+        rendered = cli(project, "supervisor", "render", "-o", str(conf), "--bin", BIN)
+        assert rendered.returncode == 0, rendered.stderr
+        subprocess.run([supervisord_bin(), "-c", str(conf)], cwd=project, check=True)
+
+        def exited() -> dict[str, Any] | None:
+            agent = status(project)["agents"][0]
+            return agent if agent["state"] == "EXITED" else None
+
+        agent = wait_for("the supervised agent-1 to exit", exited, 30)
+        assert agent["last_error"].startswith(
+            f"exit 3: already running outside supervisord (pid {proc.pid})"
+        )
+        log = (project / "state" / "logs" / "supervisord.log").read_text()
+        assert log.count("spawned: 'agent-1'") == 1
+        assert "exit status 3; expected" in log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

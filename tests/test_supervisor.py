@@ -59,7 +59,7 @@ def test_render_sections_and_options() -> None:
         assert f'AGENT_ID="{agent_id}"' in p["environment"]
         assert (p["stopsignal"], p["stopasgroup"], p["killasgroup"]) == ("TERM", "true", "true")
         assert int(p["stopwaitsecs"]) > 10 and p["startsecs"] == "5"
-        assert p["autorestart"] == "true"
+        assert (p["autorestart"], p["exitcodes"]) == ("unexpected", "0,2,3,4")
         assert p["stdout_logfile"] == f"%(here)s/state/logs/{agent_id}.out.log"
         assert p["stderr_logfile"] == f"%(here)s/state/logs/{agent_id}.err.log"
         assert p["stdout_logfile_maxbytes"] and p["stderr_logfile_backups"]

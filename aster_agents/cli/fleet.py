@@ -81,6 +81,7 @@ def up(
     _check_keys(fleet, env)
     supervisor = Supervisor(state_dir)
     supervisor.refuse_if_running()
+    _refuse_agents_running_elsewhere(fleet, state_dir)
     conf = write_runtime_config(fleet, state_dir)
     if foreground:
         argv = supervisor.foreground_argv()
@@ -105,6 +106,23 @@ def _environment(default_file: Path, chosen: Path | None) -> dict[str, str]:
     env.update(loaded.values)
     err_console().print(f"loaded {len(loaded.values)} variable(s) from {path}")
     return env
+
+
+def _refuse_agents_running_elsewhere(fleet: object, state_dir: Path) -> None:
+    """Exit 3 when an enabled agent already runs outside supervisord (e.g. `run` in a terminal)."""
+    from aster_agents.config.schema import FleetConfig
+    from aster_agents.errors import AlreadyRunning
+    from aster_agents.ledger.lock import lock_holder
+
+    assert isinstance(fleet, FleetConfig)
+    held = [(a.id, lock_holder(state_dir, a.id)) for a in fleet.enabled_agents]
+    running = [(agent_id, pid) for agent_id, pid in held if pid is not None]
+    if running:
+        names = ", ".join(f"{agent_id} (pid {pid})" for agent_id, pid in running)
+        raise AlreadyRunning(
+            f"already running outside supervisord: {names}; stop it first (Ctrl-C in its "
+            "terminal, or kill the pid), then `aster-agent up` again; nothing started"
+        )
 
 
 def _check_keys(fleet: object, env: dict[str, str]) -> None:

@@ -34,6 +34,9 @@ SOCKET_NAME: Final = "supervisor.sock"
 PID_NAME: Final = "supervisord.pid"
 SOCKET_PATH_MAX: Final = 100  # sun_path is 108 bytes on Linux, 104 on macOS; keep a margin
 STOP_WAIT_SECONDS: Final = 20  # the agent's own shutdown takes at most ~10 s
+START_SECONDS: Final = 5  # an exit sooner than this is a failed start (retried with backoff)
+# exits a restart cannot fix: clean stop, bad config or key, already running, credentials refused
+EXPECTED_EXITS: Final = (0, 2, 3, 4)
 DEFAULT_BIN: Final = "%(here)s/.venv/bin/aster-agent"
 LOG_MAXBYTES: Final = "10MB"
 LOG_BACKUPS: Final = 5
@@ -198,8 +201,9 @@ def _program(agent_id: str, command: str, directory: str, s: str) -> str:
         f'environment=AGENT_ID="{agent_id}",PYTHONUNBUFFERED="1"\n'
         f"directory={directory}\n"
         "autostart=true\n"
-        "autorestart=true\n"
-        "startsecs=5\n"
+        "autorestart=unexpected\n"
+        f"exitcodes={','.join(str(c) for c in EXPECTED_EXITS)}\n"
+        f"startsecs={START_SECONDS}\n"
         "startretries=1000\n"
         "stopsignal=TERM\n"
         f"stopwaitsecs={STOP_WAIT_SECONDS}\n"

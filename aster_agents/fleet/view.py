@@ -39,6 +39,7 @@ class ProcInfo(NamedTuple):
     state: str
     pid: int | None
     uptime_s: float | None
+    exitstatus: int = 0
 
 
 class ProcessView(NamedTuple):
@@ -298,7 +299,9 @@ def supervisor_processes(state_dir: Path) -> dict[str, ProcInfo] | None:
         pid = int(info.get("pid") or 0) or None
         start, now = int(info.get("start") or 0), int(info.get("now") or 0)
         uptime = float(now - start) if pid and start and now >= start else None
-        out[str(info["name"])] = ProcInfo(str(info["name"]), str(info["statename"]), pid, uptime)
+        exitstatus = int(info.get("exitstatus") or 0)
+        name, statename = str(info["name"]), str(info["statename"])
+        out[name] = ProcInfo(name, statename, pid, uptime, exitstatus)
     return out
 
 
@@ -337,7 +340,9 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
             latest = ledger.latest_equity(agent.id) if ledger and row else None
             hb_pid = row.heartbeat_pid if row else None
             alive = hb_pid is not None and proc is None and pid_alive(hb_pid)
-            agents.append(_agent_status(agent, row, proc, alive, latest, now))
+            status = _agent_status(agent, row, proc, alive, latest, now)
+            reason = exit_reason(proc, state_dir)
+            agents.append(status._replace(last_error=reason) if reason else status)
         accounts = _accounts(fleet, ledger, now)
     finally:
         if ledger is not None:
@@ -345,6 +350,23 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
     return StatusReport(
         now, Path(state_dir), ledger is not None, procs is not None, tuple(agents), accounts
     )
+
+
+def exit_reason(proc: ProcInfo | None, state_dir: Path) -> str | None:
+    """Why supervisord holds an agent stopped: its exit code 2, 3 or 4, in words."""
+    from aster_agents.ledger.lock import lock_holder
+
+    if proc is None or proc.state not in ("EXITED", "BACKOFF", "FATAL") or not proc.exitstatus:
+        return None
+    if proc.exitstatus == 3:
+        holder = lock_holder(state_dir, proc.name)
+        where = f" (pid {holder})" if holder else ""
+        return f"exit 3: already running outside supervisord{where}; stop that copy, then restart"
+    if proc.exitstatus == 2:
+        return f"exit 2: bad config or key; see `aster-agent logs --id {proc.name}`"
+    if proc.exitstatus == 4:
+        return "exit 4: the exchange refused the credentials (API wallet not authorised?)"
+    return None
 
 
 def _agent_status(

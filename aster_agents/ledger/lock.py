@@ -95,3 +95,26 @@ class NamedLock:
     def set_stamp(self, value: int) -> None:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{value}\n".encode(), 0)
+
+
+def lock_holder(state_dir: Path, agent_id: str) -> int | None:
+    """The pid holding ``agent_id``'s singleton lock, or None when nobody holds it.
+
+    Probes with a shared lock, which conflicts only with a holder's exclusive one; the file
+    is never created here.
+    """
+    path = Path(state_dir) / "agents" / f"{agent_id}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
