@@ -121,6 +121,10 @@ def test_first_hour_two_agents_trade_on_the_simulator(project: Path, sim: SimPro
     reconciled = cli(project, "reconcile", "--json")
     assert reconciled.returncode in (0, 1), reconciled.stderr
     assert "KEYSTORE_PASSWORD is not set" not in reconciled.stderr
+    assert (
+        "E-" not in reconciled.stdout
+        and "E-" not in cli(project, "account", "--id", "agent-2").stdout
+    )
 
 
 def test_run_reads_the_env_file_next_to_agents_d(project: Path, sim: SimProcess) -> None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from aster_agents.decimals import plain
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -118,10 +120,10 @@ class AccountReport:
             "user": self.user,
             "ok": self.ok,
             "exchange_time_ms": self.exchange_ms,
-            "exchange_equity": str(self.exchange_equity),
-            "books_equity": str(self.books_equity),
-            "equity_difference": str(self.books_equity - self.exchange_equity),
-            "unallocated": None if self.unallocated is None else str(self.unallocated),
+            "exchange_equity": plain(self.exchange_equity),
+            "books_equity": plain(self.books_equity),
+            "equity_difference": plain(self.books_equity - self.exchange_equity),
+            "unallocated": None if self.unallocated is None else plain(self.unallocated),
             "repairs": self.repairs,
             "differences": [d.to_json() for d in self.differences],
         }
@@ -248,8 +250,8 @@ def _compare_fill(trade: UserTrade, mine: tuple[Decimal, Decimal], report: Accou
             Difference(
                 "fill",
                 trade.symbol,
-                f"pnl {mine[0]} fee {mine[1]}",
-                f"pnl {trade.realized_pnl} fee {trade.commission}",
+                f"pnl {plain(mine[0])} fee {plain(mine[1])}",
+                f"pnl {plain(trade.realized_pnl)} fee {plain(trade.commission)}",
                 False,
                 f"trade {trade.id}: booked figures differ",
             )
@@ -386,7 +388,9 @@ def _check_positions(
         elif symbol in snap.working:
             note = "quantities differ while orders work on the symbol: run again later"
         kind = "unowned_position" if mine == 0 else "position"
-        report.differences.append(Difference(kind, symbol, str(mine), str(theirs), repaired, note))
+        report.differences.append(
+            Difference(kind, symbol, plain(mine), plain(theirs), repaired, note)
+        )
         if repaired:
             report.repairs.append(f"closed the ledger position on {symbol}")
 
@@ -401,10 +405,10 @@ def _check_equity(ledger: Ledger, user: str, snap: _Snapshot, report: AccountRep
             Difference(
                 "equity",
                 None,
-                str(report.books_equity),
-                str(snap.equity),
+                plain(report.books_equity),
+                plain(snap.equity),
                 False,
-                f"books differ from the exchange by {gap}",
+                f"books differ from the exchange by {plain(gap)}",
             )
         )
 

@@ -77,7 +77,9 @@ def state(ctx: typer.Context) -> CliState:
 
 def _default(value: object) -> Any:
     if isinstance(value, Decimal):
-        return str(value)
+        from aster_agents.decimals import plain
+
+        return plain(value)
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
@@ -89,16 +91,26 @@ def emit_json(document: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload, default=_default, indent=2, sort_keys=False) + "\n")
 
 
-def console() -> Console:
-    from rich.console import Console
+PIPE_WIDTH: Final = 1000  # tables keep their natural width when written to a pipe or a file
 
-    return Console(highlight=False)
+
+def console() -> Console:
+    """stdout; full width when it is not a terminal (``status | head``, ``status > f``)."""
+    return _console(sys.stdout)
 
 
 def err_console() -> Console:
+    return _console(sys.stderr)
+
+
+def _console(stream: Any) -> Console:
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    terminal = stream.isatty() if hasattr(stream, "isatty") else False
+    width = None if terminal or os.environ.get("COLUMNS") else PIPE_WIDTH
+    return Console(file=stream, highlight=False, width=width)
 
 
 def parse_since(value: str | None) -> int | None:

@@ -222,7 +222,9 @@ class PortfolioReport(NamedTuple):
 
 
 def _str(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+    from aster_agents.decimals import plain
+
+    return None if value is None else plain(value)
 
 
 def _ms(seconds: float | None) -> int | None:
