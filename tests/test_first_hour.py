@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -157,7 +158,12 @@ def _terminal_agent(root: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [BIN, "run", "--id", "agent-1"], cwd=root, stderr=subprocess.DEVNULL, text=True
     )
-    wait_for("agent-1's first tick", lambda: status(root)["agents"][0]["ticks"], 30)
+
+    def ticking() -> bool:
+        agent = status(root)["agents"][0]
+        return bool(agent["ticks"]) and agent["pid"] == proc.pid and agent["state"] == "RUNNING"
+
+    wait_for("agent-1 ticking in the terminal", ticking, 30)
     return proc
 
 
@@ -199,3 +205,65 @@ def test_supervised_copy_exits_3_once_and_status_says_why(project: Path, sim: Si
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_status_tells_a_clean_stop_from_a_crash(project: Path, sim: SimProcess) -> None:
+    """Ctrl-C leaves STOPPED (no pid, not flagged); SIGKILL leaves DOWN with its pid, flagged."""
+    stopped = _terminal_agent(project)
+    stopped.send_signal(signal.SIGINT)
+    assert stopped.wait(timeout=30) == 0
+    agent = status(project)["agents"][0]
+    assert (agent["state"], agent["pid"], agent["flagged"]) == ("STOPPED", None, False)
+    killed = _terminal_agent(project)
+    killed.kill()
+    killed.wait(timeout=30)
+    agent = status(project)["agents"][0]
+    assert (agent["state"], agent["pid"], agent["flagged"]) == ("DOWN", killed.pid, True)
+
+
+def test_wrong_base_url_is_retrying_and_named(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreachable exchange: RETRYING (not RUNNING) with the URL; later "unreachable"."""
+    url = "http://127.0.0.1:9"  # the discard port: nothing listens
+    monkeypatch.setenv("ASTER_AGENTS_BASE_URL", url)
+    proc = subprocess.Popen(
+        [BIN, "run", "--id", "agent-1"], cwd=project, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+
+        def error() -> str | None:
+            agent = status(project)["agents"][0]
+            return agent["last_error"] if agent["state"] == "RETRYING" else None
+
+        assert f"start-up against {url} failed" in wait_for("RETRYING", error, 30)
+        unreachable = f"start-up: the exchange at {url} is unreachable"
+        wait_for("unreachable", lambda: unreachable in (error() or ""), 60)
+        assert status(project)["agents"][0]["flagged"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_agents_list_shows_an_operator_disable(project: Path) -> None:
+    """`agents list` says no for a disabled agent; disabling twice keeps the first reason."""
+    assert cli(project, "agents", "disable", "--id", "agent-2", "--reason", "first").returncode == 0
+    again = cli(project, "agents", "disable", "--id", "agent-2", "--reason", "second")
+    assert again.returncode == 0 and "already disabled (disabled by operator" in again.stdout
+    assert ": first); nothing changed" in again.stdout
+    listed = cli(project, "agents", "list")
+    assert "no (disabled by operator" in listed.stdout and ": first)" in listed.stdout
+    rows = json.loads(cli(project, "agents", "list", "--json").stdout)["agents"]
+    assert [(r["id"], r["state"]) for r in rows] == [("agent-1", None), ("agent-2", "disabled")]
+
+
+def test_status_flags_a_yaml_typo(project: Path) -> None:
+    """A misspelt key is flagged in status (not silently shown as defaults)."""
+    path = project / "agents.d" / "agent-1.yaml"
+    path.write_text(path.read_text().replace("max_positions:", "max_positons:"))
+    agent = status(project)["agents"][0]
+    assert agent["flagged"] is True
+    assert agent["last_error"].startswith("agent-1.yaml: unknown key trading.max_positons")
+    validated = cli(project, "agents", "validate", "--json")
+    assert validated.returncode == 2
+    assert json.loads(validated.stdout)["ok"] is False

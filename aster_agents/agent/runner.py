@@ -979,8 +979,11 @@ def risk_limits(agent: AgentConfig) -> RiskLimits:
     )
 
 
+UNREACHABLE_AFTER: Final = 3  # failed start-ups before the message says the exchange is down
+
+
 def _start_with_retries(runner: AgentRunner) -> None:
-    delay = 1.0
+    delay, tries, url = 1.0, 0, runner.agent.exchange.base_url
     while not runner.stop.is_set():
         try:
             runner.start()
@@ -988,8 +991,12 @@ def _start_with_retries(runner: AgentRunner) -> None:
         except (AuthError, ConfigError):
             raise
         except (TransientExchangeError, ExchangeError) as exc:
-            logger.error("start-up failed: {}; retrying in {:.0f}s", exc, delay)
-            runner.ledger.heartbeat(runner.agent.id, runner.pid, error=f"start-up: {exc}"[:500])
+            tries += 1
+            what = f"start-up against {url} failed: {exc}"
+            if tries >= UNREACHABLE_AFTER and isinstance(exc, TransientExchangeError):
+                what = f"start-up: the exchange at {url} is unreachable ({tries} tries): {exc}"
+            logger.error("{}; retrying in {:.0f}s", what, delay)
+            runner.ledger.heartbeat(runner.agent.id, runner.pid, error=what[:500])
             runner.stop.wait(delay)
             delay = min(delay * 2, 30.0)
 

@@ -29,7 +29,10 @@ SUPERVISOR_GROUP: Final = "aster-agents"
 SUPERVISOR_TIMEOUT_S: Final = 2.0
 MIN_STALE_S: Final = 30.0
 NEVER_STARTED: Final = "NEVER STARTED"
-FLAGGED_STATES: Final = frozenset({"DOWN", "STALE", "FATAL", "BACKOFF", "EXITED", "UNKNOWN"})
+FLAGGED_STATES: Final = frozenset(
+    {"DOWN", "STALE", "FATAL", "BACKOFF", "EXITED", "UNKNOWN", "RETRYING"}
+)
+STARTUP_ERROR: Final = "start-up"  # the runner's heartbeat error while it retries start-up
 
 
 class ProcInfo(NamedTuple):
@@ -249,8 +252,14 @@ def classify(
     hb_age_s: float | None,
     stale_s: float,
     pid_alive: bool,
+    *,
+    stopped: bool = False,
 ) -> ProcessView:
-    """Process state from supervisord if it knows the program, else from the heartbeat."""
+    """Process state from supervisord if it knows the program, else from the heartbeat.
+
+    ``stopped``: the agent's last run ended normally (Ctrl-C, SIGTERM, `down`): STOPPED, not
+    the DOWN of a crash.
+    """
     if proc is not None:
         state = proc.state
         if state == "RUNNING" and hb_age_s is not None and hb_age_s > stale_s:
@@ -259,6 +268,8 @@ def classify(
     if hb_pid is None or hb_age_s is None:
         return ProcessView(NEVER_STARTED, "none", None, None)
     if not pid_alive:
+        if stopped:
+            return ProcessView("STOPPED", "heartbeat", None, None)
         return ProcessView("DOWN", "heartbeat", hb_pid, None)
     state = "STALE" if hb_age_s > stale_s else "RUNNING"
     return ProcessView(state, "heartbeat", hb_pid, _proc_uptime_s(hb_pid))
@@ -327,6 +338,7 @@ def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
 def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = None) -> StatusReport:
     """One snapshot of every configured agent and account; writes nothing."""
     from aster_agents.ledger.liveness import pid_alive
+    from aster_agents.ledger.lock import stopped_cleanly
     from aster_agents.ledger.readonly import open_readonly
 
     # models.now_ms's twin: importing models (dataclasses, enums) here would slow ``status``
@@ -342,7 +354,8 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
             latest = ledger.latest_equity(agent.id) if ledger and row else None
             hb_pid = row.heartbeat_pid if row else None
             alive = hb_pid is not None and proc is None and pid_alive(hb_pid)
-            status = _agent_status(agent, row, proc, alive, latest, now)
+            stopped = hb_pid is not None and not alive and stopped_cleanly(state_dir, agent.id)
+            status = _agent_status(agent, row, proc, alive, latest, now, stopped=stopped)
             reason = exit_reason(proc, state_dir)
             agents.append(status._replace(last_error=reason) if reason else status)
         accounts = _accounts(fleet, ledger, now)
@@ -378,6 +391,8 @@ def _agent_status(
     alive: bool,
     latest: tuple[int, Decimal] | None,
     now_ms: int,
+    *,
+    stopped: bool = False,
 ) -> AgentStatus:
     hb_ms = row.heartbeat_ms if row else None
     age = None if hb_ms is None else max(0.0, (now_ms - hb_ms) / 1000)
@@ -387,7 +402,12 @@ def _agent_status(
         age,
         stale_after_s(agent.trading.scan_interval_seconds),
         alive,
+        stopped=stopped,
     )
+    error = row.heartbeat_error if row else None
+    issue = getattr(agent, "issue", None)  # a validated FleetConfig has none
+    if view.state == "RUNNING" and error and error.startswith(STARTUP_ERROR):
+        view = view._replace(state="RETRYING")  # alive, but not trading: start-up keeps failing
     equity = latest[1] if latest else (row.book_equity if row else None)
     return AgentStatus(
         id=agent.id,
@@ -395,7 +415,7 @@ def _agent_status(
         enabled=agent.enabled,
         user=agent.exchange.user,
         process=view,
-        flagged=is_flagged(view, agent.enabled),
+        flagged=bool(issue) or is_flagged(view, agent.enabled),
         strategy=agent.trading.strategy,
         interval=agent.trading.interval,
         symbols=tuple(agent.trading.symbols),
@@ -410,7 +430,7 @@ def _agent_status(
         ticks=row.ticks if row else 0,
         last_tick_ms=hb_ms,
         last_tick_age_s=age,
-        last_error=row.heartbeat_error if row else None,
+        last_error=issue or error,
     )
 
 
