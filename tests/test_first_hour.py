@@ -115,6 +115,11 @@ def test_first_hour_two_agents_trade_on_the_simulator(project: Path, sim: SimPro
 
     doc = wait_for("both agents ticking and a trade", both_ticking_and_a_trade, 60)
     assert [a["last_error"] for a in doc["agents"]] == [None, None]
+    names = sorted(p.name for p in (project / "state" / "logs").iterdir())
+    assert names == ["agent-1.log", "agent-2.log", "supervisord.log"]  # one log per agent
+    shown = cli(project, "logs", "--id", "agent-2", "-n", "5")
+    assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 5
+    assert "| agent-2 |" in shown.stdout
     account = cli(project, "account", "--id", "agent-1", "--json")
     assert account.returncode == 0, account.stderr
     assert json.loads(account.stdout)["base_url"] == sim.base_url
@@ -129,13 +134,15 @@ def test_first_hour_two_agents_trade_on_the_simulator(project: Path, sim: SimPro
 
 
 def test_run_reads_the_env_file_next_to_agents_d(project: Path, sim: SimProcess) -> None:
-    """`run` resolves its keystore password from .env, as up and doctor do (no exit 2)."""
+    """`run` resolves its keystore password from .env (no exit 2); `logs` finds its log."""
     assert "AGENT_1_KEYSTORE_PASSWORD" not in os.environ
     proc = subprocess.Popen(
         [BIN, "run", "--id", "agent-1"], cwd=project, stderr=subprocess.PIPE, text=True
     )
     try:
         wait_for("agent-1's first tick", lambda: status(project)["agents"][0]["ticks"], 30)
+        shown = cli(project, "logs", "--id", "agent-1")  # found though supervisord never ran
+        assert shown.returncode == 0 and "| agent-1 | " in shown.stdout
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)

@@ -209,12 +209,10 @@ def _program(agent_id: str, command: str, directory: str, s: str) -> str:
         f"stopwaitsecs={STOP_WAIT_SECONDS}\n"
         "stopasgroup=true\n"
         "killasgroup=true\n"
-        f"stdout_logfile={s}/logs/{agent_id}.out.log\n"
+        "redirect_stderr=true\n"
+        f"stdout_logfile={s}/logs/{agent_id}.log\n"
         f"stdout_logfile_maxbytes={LOG_MAXBYTES}\n"
         f"stdout_logfile_backups={LOG_BACKUPS}\n"
-        f"stderr_logfile={s}/logs/{agent_id}.err.log\n"
-        f"stderr_logfile_maxbytes={LOG_MAXBYTES}\n"
-        f"stderr_logfile_backups={LOG_BACKUPS}\n"
     )
 
 
@@ -495,6 +493,16 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def agent_log(state_dir: Path, agent_id: str) -> Path:
+    """The one log of an agent, however it was started: ``<state_dir>/logs/<id>.log``.
+
+    In a terminal the agent writes it itself (and rotates it); under supervisord the agent
+    writes only to stderr and supervisord captures stdout and stderr into this same file, so
+    a crash before logging is set up is in it too.
+    """
+    return state_dir / "logs" / f"{agent_id}.log"
 
 
 def tail(path: Path, lines: int = 50) -> list[str]:
