@@ -274,3 +274,31 @@ def test_status_flags_a_yaml_typo(project: Path) -> None:
     validated = cli(project, "agents", "validate", "--json")
     assert validated.returncode == 2
     assert json.loads(validated.stdout)["ok"] is False
+
+
+def test_down_when_nothing_runs_is_already_stopped(project: Path) -> None:
+    """`down` with no supervisord (e.g. run twice) exits 0 and says so."""
+    done = cli(project, "down")
+    assert done.returncode == 0, done.stderr
+    assert "already stopped" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "text"),
+    [
+        (("restart",), "Only this agent [default: all]."),
+        (("run",), "[env AGENT_ID]"),
+        (("supervisor", "render"), "[default: the one holding agents.d]"),
+    ],
+)
+def test_option_help_keeps_its_brackets(command: tuple[str, ...], text: str) -> None:
+    """Help texts keep "[default: ...]" instead of a stray " ." (it is not markup)."""
+    done = subprocess.run(
+        [BIN, *command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert text in " ".join(done.stdout.split())
+    assert " ." not in done.stdout

@@ -148,10 +148,14 @@ def down(
     timeout: float = typer.Option(60.0, help="Seconds to wait for supervisord to exit."),
 ) -> None:
     """Stop every agent (SIGTERM, they finish their step) and supervisord; waits until gone."""
-    from aster_agents.fleet.supervisor import Supervisor
+    from aster_agents.fleet.supervisor import Supervisor, SupervisorNotRunning
 
     supervisor = Supervisor(state(ctx).resolved_state_dir())
-    pid = supervisor.shutdown(timeout)
+    try:
+        pid = supervisor.shutdown(timeout)
+    except SupervisorNotRunning:  # like `supervisorctl stop` on a stopped program: nothing to do
+        console().print(f"already stopped: no supervisord runs for {supervisor.state_dir}")
+        return
     console().print(f"supervisord (pid {pid}) and its agents have stopped")
 
 

@@ -96,6 +96,7 @@ def build_app(modules: tuple[str, ...] = MODULES) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # help texts hold "[default: ...]", which is not markup
     )
     app.callback()(root)
     for name in modules:

@@ -17,7 +17,7 @@ def run(
     ),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
 ) -> None:
-    """Run one agent until SIGTERM/SIGINT (exit 0).
+    """Run one agent (--id, else $AGENT_ID) until SIGTERM/SIGINT (exit 0).
 
     Exit 2: bad config or key; 3: the agent is already running; 4: credentials refused.
     """
