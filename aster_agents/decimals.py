@@ -9,15 +9,17 @@ _PLACES: Final = Decimal("1e-8")
 
 
 def plain(value: Decimal) -> str:
-    """A decimal as people and JSON read it: no exponent, at most 8 places, no trailing zeros.
+    """A decimal as people and JSON read it: no exponent, at most 8 places, zero as ``"0"``.
 
-    ``Decimal("0E-8")`` is ``"0"``, ``10000.00000000`` is ``"10000"``, ``1.31245779`` stays.
+    ``Decimal("0E-8")`` is ``"0"``, ``Decimal("1E+3")`` is ``"1000"``; otherwise the value's
+    own places are kept (``"350.00"`` stays), rounded to 8 when there are more.
     """
+    if value.is_zero():
+        return "0"
     exponent = value.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -8:
         value = value.quantize(_PLACES)
-    text = format(value.normalize(), "f")
-    return "0" if text == "-0" else text
+    return format(value, "f")
 
 
 def signed(value: Decimal) -> str:

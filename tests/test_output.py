@@ -72,14 +72,15 @@ def test_tables_fit_the_terminal_in_a_pty(env: dict[str, str]) -> None:
     [
         ("0E-8", "0"),
         ("-0E-8", "0"),
-        ("10000.00000000", "10000"),
+        ("10000.00000000", "10000.00000000"),
+        ("350.00", "350.00"),
         ("9998.06575935", "9998.06575935"),
         ("1.123456789", "1.12345679"),
         ("1E+3", "1000"),
     ],
 )
 def test_plain_decimal_strings(value: str, text: str) -> None:
-    """No exponent, at most 8 places, no trailing zeros."""
+    """No exponent, at most 8 places, zero is "0"; the value's own places are kept."""
     assert plain(Decimal(value)) == text
 
 

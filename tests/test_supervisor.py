@@ -146,11 +146,11 @@ def test_env_file_bad_line(tmp_path: Path) -> None:
         load_env_file(path)
 
 
-@pytest.mark.parametrize("command", [["down"], ["restart"], ["restart", "--id", "agent-1"]])
+@pytest.mark.parametrize("command", [["restart"], ["restart", "--id", "agent-1"]])
 def test_commands_without_supervisord(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """down/restart with no supervisord running exit 1 and say how to start it."""
+    """restart with no supervisord running exits 1 and says how to start it (down: exit 0)."""
     state = tmp_path / "st"
     args = ["--config-dir", str(_copy_agents(tmp_path)), "--state-dir", str(state), *command]
     code, _, err = run_cli(args, capsys)

@@ -39,6 +39,7 @@ from aster_agents.config.view import (
     DEFAULT_STATE_DIR,
     PORTFOLIO_FILE,
     agent_files,
+    natural_key,
     resolve_config_dir,
     resolve_state_dir,
 )
@@ -273,7 +274,8 @@ def load_fleet(
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in {directory}", problems)
     agents = _with_base_url_override(agents, os.environ.get(BASE_URL_ENV, "").strip())
-    return FleetConfig(directory, portfolio, tuple(sorted(agents, key=lambda a: a.id)), files)
+    ordered = tuple(sorted(agents, key=lambda a: natural_key(a.id)))  # agent-2 before agent-10
+    return FleetConfig(directory, portfolio, ordered, files)
 
 
 def _with_base_url_override(agents: list[AgentConfig], url: str) -> list[AgentConfig]:

@@ -39,6 +39,15 @@ def resolve_state_dir(root: Path, configured: str, override: str | Path | None =
     return path if path.is_absolute() else root / path
 
 
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders numbers by value: agent-2 before agent-10."""
+    import re
+
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part
+    )
+
+
 def agent_files(directory: Path) -> list[Path]:
     """The agent files of an agents.d, in name order (``_*`` and dot files are not agents)."""
     return [
@@ -161,7 +170,7 @@ def load_view(config_dir: str | Path | None = None) -> FleetView:
         agent = _agent(path.name, raw.get(path.name, {}))
         if agent is not None:
             agents.append(agent)
-    return FleetView(directory, portfolio, tuple(sorted(agents, key=lambda a: a.id)))
+    return FleetView(directory, portfolio, tuple(sorted(agents, key=lambda a: natural_key(a.id))))
 
 
 def _stamp(path: Path) -> list[object]:
