@@ -302,3 +302,27 @@ def test_option_help_keeps_its_brackets(command: tuple[str, ...], text: str) -> 
     )
     assert text in " ".join(done.stdout.split())
     assert " ." not in done.stdout
+
+
+def test_reconcile_against_a_restarted_simulator_refuses_to_mix_books(
+    project: Path, sim: SimProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the simulator restarts, reconcile repairs nothing and says how to start fresh."""
+    proc = subprocess.Popen(
+        [BIN, "run", "--id", "agent-2"], cwd=project, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        wait_for("agent-2's first trade", lambda: status(project)["agents"][1]["positions"], 60)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    sim.stop()
+    fresh = start_sim_process("--accounts", str(project / "sim-accounts.yaml"))
+    try:
+        monkeypatch.setenv("ASTER_AGENTS_BASE_URL", fresh.base_url)
+        done = cli(project, "reconcile")
+    finally:
+        fresh.stop()
+    assert done.returncode == 1, done.stderr
+    assert "it is not the exchange they were kept against" in done.stdout
+    assert "mv state state.old" in done.stdout and "repaired:" not in done.stdout

@@ -169,6 +169,11 @@ def reconcile_account(
     ledger_symbols = {p.symbol for p in ledger.positions(user=user)}
     snap = _read(client, ledger_symbols)
     report.exchange_ms, report.exchange_equity = snap.time_ms, snap.equity
+    unknown = _unknown_history(ledger, client, user, ledger_symbols | ledger.intent_symbols(user))
+    if unknown:
+        report.books_equity = ledger.books_equity(user, snap.marks)
+        report.differences.append(Difference("exchange", None, *unknown, False, NEW_EXCHANGE))
+        return report  # repairing would mix two exchanges' books
     if not dry_run:
         ledger.record_marks(user, snap.marks, snap.time_ms)
         _ensure_books(ledger, user, snap)
@@ -185,6 +190,37 @@ def reconcile_account(
         _snapshot_sleeves(ledger, user, snap)
         ledger.note_reconcile(user, snap.time_ms, len(report.open_differences))
     return report
+
+
+NEW_EXCHANGE: Final = (
+    "the exchange has none of the trades these books hold for this account: it is not the "
+    "exchange they were kept against (a restarted simulator, or another base_url). Nothing "
+    "was repaired. To start fresh: `aster-agent down`, move the state dir away (e.g. "
+    "`mv state state.old`), then start the agents again"
+)
+
+
+def _unknown_history(
+    ledger: Ledger, client: Exchange, user: str, symbols: Iterable[str]
+) -> tuple[str, str] | None:
+    """(ledger, exchange) counts when the exchange knows none of the account's booked trades.
+
+    A trade counts as known when the exchange has its id with the same realized P&L and
+    commission (a restarted simulator numbers its trades from 1 again).
+    """
+    booked = total = 0
+    for symbol in sorted(symbols):
+        mine = {i: v for i, v in ledger.booked_trades(user, symbol).items() if v is not None}
+        if not mine:
+            continue
+        booked += len(mine)
+        theirs = client.user_trades(symbol, from_id=min(mine), limit=PAGE)
+        total += len(theirs)
+        if any(mine.get(t.id) == (t.realized_pnl, t.commission) for t in theirs):
+            return None
+    if not booked:
+        return None
+    return f"{booked} trade(s) booked", f"none of them among its {total}"
 
 
 def _ensure_books(ledger: Ledger, user: str, snap: _Snapshot) -> None:
