@@ -328,9 +328,14 @@ class AgentRunner:
     def run(self) -> None:
         """Tick until ``stop`` is set; a failing tick is logged and the loop goes on."""
         interval = self.agent.trading.scan_interval_seconds
+        last_skips: tuple[str, ...] = ()
         while not self.stop.is_set():
             started = time.monotonic()
-            self.safe_tick()
+            report = self.safe_tick()
+            skips = tuple(report.skipped) if report is not None and not report.opened else ()
+            if skips and skips != last_skips:  # why it did not trade, once per change
+                logger.info("{} {}", NO_TRADE, "; ".join(skips))
+            last_skips = skips
             self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
         logger.info("stopped")
 
@@ -979,6 +984,7 @@ def risk_limits(agent: AgentConfig) -> RiskLimits:
     )
 
 
+NO_TRADE: Final = "no trade:"  # the log line saying why a tick did not open (demo summary)
 UNREACHABLE_AFTER: Final = 3  # failed start-ups before the message says the exchange is down
 
 
