@@ -54,3 +54,15 @@ def test_fast_view_knows_every_schema_key() -> None:
     }
     assert KNOWN_KEYS[""] == fields(AgentConfig)
     assert {k: v for k, v in KNOWN_KEYS.items() if k} == {k: fields(m) for k, m in nested.items()}
+
+
+def test_minutes_of_history_are_not_annualised() -> None:
+    """Six minutes of NAV give no Sharpe or volatility (n/a); two days of the same shape do."""
+    from aster_agents.portfolio.metrics import MS_PER_DAY, series_metrics
+
+    navs = [1.0 + 0.001 * (i % 3) + 0.0005 * i for i in range(13)]
+    minutes = [i * 30_000 for i in range(13)]
+    short = series_metrics(minutes, navs)
+    assert (short.sharpe, short.volatility) == (None, None)
+    days = [i * MS_PER_DAY // 6 for i in range(13)]
+    assert series_metrics(days, navs).sharpe is not None

@@ -469,7 +469,7 @@ class AgentRunner:
         trading = self.agent.trading
         row = self.ledger.agent(self.agent.id)
         if row is not None and row.state == "disabled":  # quietly: the ledger would refuse
-            report.skipped.append(f"{symbol}: agent disabled")
+            report.skipped.append(f"{symbol}: disabled, opens nothing (agents enable)")
             return
         capital = row.capital if row is not None else ZERO
         size = entry_size(
