@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -66,3 +67,25 @@ def test_minutes_of_history_are_not_annualised() -> None:
     assert (short.sharpe, short.volatility) == (None, None)
     days = [i * MS_PER_DAY // 6 for i in range(13)]
     assert series_metrics(days, navs).sharpe is not None
+
+
+def test_portfolio_before_the_books_open_shows_no_zero_equity(tmp_path: Path) -> None:
+    """Agents registered but no exchange reading yet (a demo's first frame): "-", not 0.00."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    with Ledger(tmp_path / "state") as ledger:
+        ledger.register_agent("agent-1", "0x" + "1" * 40, max_positions=1)
+    env = {**os.environ, "ASTER_AGENTS_CONFIG": str(repo / "agents.d")}
+    env["ASTER_AGENTS_STATE"] = str(tmp_path / "state")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "aster-agent"), "portfolio"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.startswith("equity - (the books open once an agent has read")
+    assert "equity 0.00" not in done.stdout
