@@ -42,14 +42,28 @@ def cli(root: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProc
     )
 
 
+@pytest.fixture(scope="module")
+def template() -> Iterator[Path]:
+    """One ``aster-agent init`` per module (its scrypt keystores cost seconds), copied per test."""
+    root = Path(tempfile.mkdtemp(prefix="fh-tpl-", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASTER_AGENTS_")}
+    done = subprocess.run(
+        [BIN, "init"], cwd=root, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def project(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """``aster-agent init`` in a short fresh directory (the supervisord socket path is short)."""
+def project(template: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh copy of the init project in a short directory (supervisord's socket path)."""
     monkeypatch.delenv("ASTER_AGENTS_CONFIG")
     monkeypatch.delenv("ASTER_AGENTS_STATE")
     root = Path(tempfile.mkdtemp(prefix="fh-", dir="/tmp"))
-    done = cli(root, "init")
-    assert done.returncode == 0, done.stderr
+    shutil.copytree(template, root, dirs_exist_ok=True)  # modes kept: keys 0600, .env 0600
     try:
         yield root
     finally:
