@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -348,5 +349,6 @@ def test_doctor_recognises_a_simulator_market_clock(project: Path, sim: SimProce
     clock = next(c for c in doc["checks"] if c["name"] == "clock")
     # the market has run 60x the wall clock since the sim started (seconds ago): far ahead
     assert clock["status"] == "SKIP", clock
-    assert "a simulator's market clock (running at about 6" in clock["detail"]
+    rate = re.search(r"a simulator's market clock \(running at about (\d+)x", clock["detail"])
+    assert rate is not None and 20 <= int(rate[1]) <= 100, clock  # about 60, on a busy host
     assert not [c for c in doc["checks"] if c["status"] == "FAIL"], doc["checks"]
