@@ -1,9 +1,11 @@
 """Logging, configured once per process (the only loguru configuration).
 
 Every line carries the agent id; a per-agent file under ``<state_dir>/logs/<id>.log`` rotates
-and is pruned; stderr gets the same lines. ``diagnose=False`` keeps local variables (where keys
-live) out of tracebacks, and a redaction filter replaces anything shaped like a private key or
-a signature before a record is written anywhere.
+and is pruned; stderr gets the same lines. Under supervisord the agent writes stderr only and
+supervisord captures it into that same file, so every agent has one log however it started.
+``diagnose=False`` keeps local variables (where keys live) out of tracebacks, and a redaction
+filter replaces anything shaped like a private key or a signature before a record is written
+anywhere.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def _redacted(value: BaseException) -> BaseException:
 
 
 LEVEL_ENV: Final = "ASTER_AGENTS_LOG_LEVEL"
+SUPERVISED_ENV: Final = "SUPERVISOR_ENABLED"  # set by supervisord in its children's environment
 
 
 def setup_logging(
@@ -79,7 +82,7 @@ def setup_logging(
     }
     if stderr:
         logger.add(sys.stderr, colorize=False, **common)
-    if state_dir is not None:
+    if state_dir is not None and SUPERVISED_ENV not in os.environ:  # else supervisord writes it
         log_dir = state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         logger.add(

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from aster_agents.config.schema import load_fleet
-from aster_agents.fleet.demo import DemoKeys, demo_agent_docs, pick_agents
+from aster_agents.fleet.demo import (
+    DemoKeys,
+    demo_agent_docs,
+    demo_overrides,
+    pick_agents,
+    why_no_trade,
+    write_config_dir,
+)
 from aster_agents.ledger.liveness import pid_alive
 from tests.kit.cli import run_cli
 
@@ -50,6 +57,29 @@ def test_demo_agents_keep_strategies_and_scale_intervals() -> None:
     assert all(k not in repr(keys) for k in (keys.main, *keys.agents))
 
 
+def test_demo_picks_agents_in_natural_order_and_says_what_it_overrides(tmp_path: Path) -> None:
+    """--agents 3 is agent-1..3 (not agent-1, agent-10, agent-2); a raised limit is named."""
+    shipped = load_fleet(REPO / "agents.d")
+    agents = pick_agents(shipped, 3)
+    assert [a.id for a in agents] == ["agent-1", "agent-2", "agent-3"]
+    docs = demo_agent_docs(pick_agents(shipped, None), DemoKeys.generate(10), "http://x:1", 60.0)
+    demo = load_fleet(write_config_dir(tmp_path, docs, shipped))
+    notes = demo_overrides(shipped, demo, 60.0)
+    assert notes[1].startswith("limits.max_total_positions 10 -> ")
+
+
+def test_why_no_trade_reads_the_agents_log(tmp_path: Path) -> None:
+    """The summary's reason is the agent's last "no trade:" line, else its confidence bar."""
+    agent = load_fleet(REPO / "agents.d").agent("agent-8")
+    assert why_no_trade(tmp_path, agent) == "no signal reached min_confidence 0.5"
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "agent-8.log").write_text(
+        "2026-12-06 10:00:00.000 | INFO    | agent-8 | no trade: SOLUSDT: symbol owned by a\n"
+        "2026-12-06 10:00:01.000 | INFO    | agent-8 | no trade: XRPUSDT: symbol owned by b\n"
+    )
+    assert why_no_trade(tmp_path, agent) == "XRPUSDT: symbol owned by b"
+
+
 @pytest.mark.slow
 def test_demo_trades_and_leaves_nothing_behind() -> None:
     """demo --agents 3 --duration 20 --json exits 0 with trades; no process or file remains."""
@@ -68,6 +98,9 @@ def test_demo_trades_and_leaves_nothing_behind() -> None:
     assert len(demo["agents"]) == 3
     assert sum(a["trades"] for a in demo["agents"]) == demo["trades"]
     assert demo["account"]["pnl"] == demo["pnl"]  # ledger P&L equals the exchange's
+    assert [a["id"] for a in demo["agents"]] == ["agent-1", "agent-2", "agent-3"]  # natural
+    assert all(a["why_no_trade"] for a in demo["agents"] if not a["trades"])
+    assert "scan intervals divided by 60 (the market runs 60x)" in demo["overrides"]
     _assert_gone(demo)
 
 

@@ -56,8 +56,8 @@ def populate(fleet: FleetConfig, state: Path, *, dead: int) -> None:
         ledger.set_account_limits(
             user, max_total_positions=10, max_gross_leverage=Decimal(3), equity=EQUITY
         )
-        for agent in fleet.agents[:3]:
-            ledger.register_agent(agent.id, user, max_positions=2, capital=Decimal(1000))
+        for agent_id in ("agent-1", "agent-2", "agent-10"):
+            ledger.register_agent(agent_id, user, max_positions=2, capital=Decimal(1000))
         intent = ledger.reserve(
             "agent-1", "BTCUSDT", Side.BUY, margin=Decimal(50), notional=Decimal(150)
         )
@@ -209,7 +209,7 @@ def test_real_supervisord_states(fleet: FleetConfig, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
     assert procs["agent-2"].state == "STOPPED"
-    one, two = report.agents[0], report.agents[2]
+    one, two = report.agents[0], report.agents[1]  # natural order: agent-1, agent-2, ...
     assert (one.id, one.process.state, one.process.source) == ("agent-1", "RUNNING", "supervisor")
     assert one.process.pid == procs["agent-1"].pid and one.process.pid is not None
     assert (two.id, two.process.state, two.flagged) == ("agent-2", "STOPPED", False)

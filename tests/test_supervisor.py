@@ -59,10 +59,10 @@ def test_render_sections_and_options() -> None:
         assert f'AGENT_ID="{agent_id}"' in p["environment"]
         assert (p["stopsignal"], p["stopasgroup"], p["killasgroup"]) == ("TERM", "true", "true")
         assert int(p["stopwaitsecs"]) > 10 and p["startsecs"] == "5"
-        assert p["autorestart"] == "true"
-        assert p["stdout_logfile"] == f"%(here)s/state/logs/{agent_id}.out.log"
-        assert p["stderr_logfile"] == f"%(here)s/state/logs/{agent_id}.err.log"
-        assert p["stdout_logfile_maxbytes"] and p["stderr_logfile_backups"]
+        assert (p["autorestart"], p["exitcodes"]) == ("unexpected", "0,2,3,4")
+        assert p["stdout_logfile"] == f"%(here)s/state/logs/{agent_id}.log"
+        assert p["redirect_stderr"] == "true" and "stderr_logfile" not in p
+        assert p["stdout_logfile_maxbytes"] and p["stdout_logfile_backups"]
 
 
 def test_render_skips_disabled_agents(tmp_path: Path) -> None:
@@ -146,11 +146,11 @@ def test_env_file_bad_line(tmp_path: Path) -> None:
         load_env_file(path)
 
 
-@pytest.mark.parametrize("command", [["down"], ["restart"], ["restart", "--id", "agent-1"]])
+@pytest.mark.parametrize("command", [["restart"], ["restart", "--id", "agent-1"]])
 def test_commands_without_supervisord(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """down/restart with no supervisord running exit 1 and say how to start it."""
+    """restart with no supervisord running exits 1 and says how to start it (down: exit 0)."""
     state = tmp_path / "st"
     args = ["--config-dir", str(_copy_agents(tmp_path)), "--state-dir", str(state), *command]
     code, _, err = run_cli(args, capsys)
@@ -164,17 +164,17 @@ def test_logs_unknown_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     args = ["--config-dir", str(_copy_agents(tmp_path)), "logs", "--id", "nope"]
     code, _, err = run_cli(args, capsys)
     assert code == 2
-    assert "unknown agent 'nope' (known: agent-1, agent-10," in err
+    assert "no agent with id 'nope' (known: agent-1, " in err
 
 
 def test_logs_prints_the_captured_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """logs --id shows the last lines of the agent's supervisord stderr log."""
+    """logs --id shows the last lines of the agent's one log."""
     state = tmp_path / "st"
     (state / "logs").mkdir(parents=True)
     lines = [f"line {i}" for i in range(80)]
-    (state / "logs" / "agent-3.err.log").write_text("\n".join(lines) + "\n")
+    (state / "logs" / "agent-3.log").write_text("\n".join(lines) + "\n")
     args = [
         "--config-dir",
         str(_copy_agents(tmp_path)),

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from aster_agents.decimals import plain
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -118,10 +120,10 @@ class AccountReport:
             "user": self.user,
             "ok": self.ok,
             "exchange_time_ms": self.exchange_ms,
-            "exchange_equity": str(self.exchange_equity),
-            "books_equity": str(self.books_equity),
-            "equity_difference": str(self.books_equity - self.exchange_equity),
-            "unallocated": None if self.unallocated is None else str(self.unallocated),
+            "exchange_equity": plain(self.exchange_equity),
+            "books_equity": plain(self.books_equity),
+            "equity_difference": plain(self.books_equity - self.exchange_equity),
+            "unallocated": None if self.unallocated is None else plain(self.unallocated),
             "repairs": self.repairs,
             "differences": [d.to_json() for d in self.differences],
         }
@@ -167,6 +169,11 @@ def reconcile_account(
     ledger_symbols = {p.symbol for p in ledger.positions(user=user)}
     snap = _read(client, ledger_symbols)
     report.exchange_ms, report.exchange_equity = snap.time_ms, snap.equity
+    unknown = _unknown_history(ledger, client, user, ledger_symbols | ledger.intent_symbols(user))
+    if unknown:
+        report.books_equity = ledger.books_equity(user, snap.marks)
+        report.differences.append(Difference("exchange", None, *unknown, False, NEW_EXCHANGE))
+        return report  # repairing would mix two exchanges' books
     if not dry_run:
         ledger.record_marks(user, snap.marks, snap.time_ms)
         _ensure_books(ledger, user, snap)
@@ -183,6 +190,37 @@ def reconcile_account(
         _snapshot_sleeves(ledger, user, snap)
         ledger.note_reconcile(user, snap.time_ms, len(report.open_differences))
     return report
+
+
+NEW_EXCHANGE: Final = (
+    "the exchange has none of the trades these books hold for this account: it is not the "
+    "exchange they were kept against (a restarted simulator, or another base_url). Nothing "
+    "was repaired. To start fresh: `aster-agent down`, move the state dir away (e.g. "
+    "`mv state state.old`), then start the agents again"
+)
+
+
+def _unknown_history(
+    ledger: Ledger, client: Exchange, user: str, symbols: Iterable[str]
+) -> tuple[str, str] | None:
+    """(ledger, exchange) counts when the exchange knows none of the account's booked trades.
+
+    A trade counts as known when the exchange has its id with the same realized P&L and
+    commission (a restarted simulator numbers its trades from 1 again).
+    """
+    booked = total = 0
+    for symbol in sorted(symbols):
+        mine = {i: v for i, v in ledger.booked_trades(user, symbol).items() if v is not None}
+        if not mine:
+            continue
+        booked += len(mine)
+        theirs = client.user_trades(symbol, from_id=min(mine), limit=PAGE)
+        total += len(theirs)
+        if any(mine.get(t.id) == (t.realized_pnl, t.commission) for t in theirs):
+            return None
+    if not booked:
+        return None
+    return f"{booked} trade(s) booked", f"none of them among its {total}"
 
 
 def _ensure_books(ledger: Ledger, user: str, snap: _Snapshot) -> None:
@@ -248,8 +286,8 @@ def _compare_fill(trade: UserTrade, mine: tuple[Decimal, Decimal], report: Accou
             Difference(
                 "fill",
                 trade.symbol,
-                f"pnl {mine[0]} fee {mine[1]}",
-                f"pnl {trade.realized_pnl} fee {trade.commission}",
+                f"pnl {plain(mine[0])} fee {plain(mine[1])}",
+                f"pnl {plain(trade.realized_pnl)} fee {plain(trade.commission)}",
                 False,
                 f"trade {trade.id}: booked figures differ",
             )
@@ -386,7 +424,9 @@ def _check_positions(
         elif symbol in snap.working:
             note = "quantities differ while orders work on the symbol: run again later"
         kind = "unowned_position" if mine == 0 else "position"
-        report.differences.append(Difference(kind, symbol, str(mine), str(theirs), repaired, note))
+        report.differences.append(
+            Difference(kind, symbol, plain(mine), plain(theirs), repaired, note)
+        )
         if repaired:
             report.repairs.append(f"closed the ledger position on {symbol}")
 
@@ -401,10 +441,10 @@ def _check_equity(ledger: Ledger, user: str, snap: _Snapshot, report: AccountRep
             Difference(
                 "equity",
                 None,
-                str(report.books_equity),
-                str(snap.equity),
+                plain(report.books_equity),
+                plain(snap.equity),
                 False,
-                f"books differ from the exchange by {gap}",
+                f"books differ from the exchange by {plain(gap)}",
             )
         )
 

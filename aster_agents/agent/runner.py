@@ -330,9 +330,14 @@ class AgentRunner:
     def run(self) -> None:
         """Tick until ``stop`` is set; a failing tick is logged and the loop goes on."""
         interval = self.agent.trading.scan_interval_seconds
+        last_skips: tuple[str, ...] = ()
         while not self.stop.is_set():
             started = time.monotonic()
-            self.safe_tick()
+            report = self.safe_tick()
+            skips = tuple(report.skipped) if report is not None and not report.opened else ()
+            if skips and skips != last_skips:  # why it did not trade, once per change
+                logger.info("{} {}", NO_TRADE, "; ".join(skips))
+            last_skips = skips
             self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
         logger.info("stopped")
 
@@ -469,7 +474,7 @@ class AgentRunner:
         trading = self.agent.trading
         row = self.ledger.agent(self.agent.id)
         if row is not None and row.state == "disabled":  # quietly: the ledger would refuse
-            report.skipped.append(f"{symbol}: agent disabled")
+            report.skipped.append(f"{symbol}: disabled, opens nothing (agents enable)")
             return
         capital = row.capital if row is not None else ZERO
         size = entry_size(
@@ -984,8 +989,12 @@ def risk_limits(agent: AgentConfig) -> RiskLimits:
     )
 
 
+NO_TRADE: Final = "no trade:"  # the log line saying why a tick did not open (demo summary)
+UNREACHABLE_AFTER: Final = 3  # failed start-ups before the message says the exchange is down
+
+
 def _start_with_retries(runner: AgentRunner) -> None:
-    delay = 1.0
+    delay, tries, url = 1.0, 0, runner.agent.exchange.base_url
     while not runner.stop.is_set():
         try:
             runner.start()
@@ -993,8 +1002,12 @@ def _start_with_retries(runner: AgentRunner) -> None:
         except (AuthError, ConfigError):
             raise
         except (TransientExchangeError, ExchangeError) as exc:
-            logger.error("start-up failed: {}; retrying in {:.0f}s", exc, delay)
-            runner.ledger.heartbeat(runner.agent.id, runner.pid, error=f"start-up: {exc}"[:500])
+            tries += 1
+            what = f"start-up against {url} failed: {exc}"
+            if tries >= UNREACHABLE_AFTER and isinstance(exc, TransientExchangeError):
+                what = f"start-up: the exchange at {url} is unreachable ({tries} tries): {exc}"
+            logger.error("{}; retrying in {:.0f}s", what, delay)
+            runner.ledger.heartbeat(runner.agent.id, runner.pid, error=what[:500])
             runner.stop.wait(delay)
             delay = min(delay * 2, 30.0)
 

@@ -56,8 +56,16 @@ def _render(snap: dict[str, Any]) -> None:
         for column in columns:
             table.add_column(column)
         for row in snap[title]:
-            table.add_row(*(str(row[c]) for c in columns))
+            table.add_row(*(_text(row[c]) for c in columns))
         out.print(table)
+
+
+def _text(value: object) -> str:
+    from decimal import Decimal
+
+    from aster_agents.decimals import plain
+
+    return plain(value) if isinstance(value, Decimal) else str(value)
 
 
 def register(app: typer.Typer) -> None:

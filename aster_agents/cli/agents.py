@@ -16,10 +16,12 @@ def list_agents(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of a table."),
 ) -> None:
-    """List the configured agents."""
-    fleet = state(ctx).fleet()
+    """List the configured agents; `enabled` also says when the ledger has disabled one."""
+    cli = state(ctx)
+    fleet = cli.fleet()
+    states = _ledger_states(cli.resolved_state_dir())
     if as_json:
-        emit_json({"agents": [_row(a) for a in fleet.agents]})
+        emit_json({"agents": [_row(a, states.get(a.id)) for a in fleet.agents]})
         return
     from rich.table import Table
 
@@ -30,7 +32,7 @@ def list_agents(
         table.add_row(
             a.id,
             a.name,
-            "yes" if a.enabled else "no",
+            _enabled_text(a.enabled, states.get(a.id)),
             a.trading.strategy,
             a.trading.interval,
             ",".join(a.trading.symbols),
@@ -40,11 +42,50 @@ def list_agents(
     console().print(table)
 
 
+def _ledger_states(state_dir: object) -> dict[str, tuple[str, str | None]]:
+    """(state, reason) per agent the ledger knows; empty without a ledger (read-only)."""
+    from pathlib import Path
+
+    from aster_agents.ledger.readonly import open_readonly
+
+    ledger = open_readonly(Path(str(state_dir)))
+    if ledger is None:
+        return {}
+    try:
+        return {r.agent_id: (r.state, r.state_reason) for r in ledger.agent_rows()}
+    finally:
+        ledger.close()
+
+
+def _enabled_text(configured: bool, ledger: tuple[str, str | None] | None) -> str:
+    if not configured:
+        return "no (agents.d)"
+    if ledger is not None and ledger[0] == "disabled":
+        return f"no ({ledger[1] or 'disabled in the ledger'})"
+    return "yes" if ledger is None or ledger[0] == "active" else f"yes ({ledger[0]})"
+
+
 @agents_app.command("validate")
-def validate(ctx: typer.Context) -> None:
+def validate(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="One JSON document instead of text."),
+) -> None:
     """Check every file in agents.d; exit 2 with one line per problem."""
-    fleet = state(ctx).fleet()
+    from aster_agents.errors import ConfigError
+
+    try:
+        fleet = state(ctx).fleet()
+    except ConfigError as exc:
+        if not as_json:
+            raise
+        emit_json({"ok": False, "problems": list(exc.problems)})
+        raise typer.Exit(exc.exit_code) from None
     n = len(fleet.agents)
+    if as_json:
+        emit_json(
+            {"ok": True, "config_dir": fleet.config_dir, "agents": [a.id for a in fleet.agents]}
+        )
+        return
     console().print(f"ok: {n} agent(s) in {fleet.config_dir} are valid")
 
 
@@ -76,7 +117,14 @@ def _set_state(ctx: typer.Context, agent_id: str, *, enabled: bool, note: str | 
     cli = state(ctx)
     agent = cli.fleet().agent(agent_id)  # unknown id: ConfigError, exit 2
     with Ledger(cli.resolved_state_dir()) as ledger:
-        if ledger.agent(agent.id) is None:
+        row = ledger.agent(agent.id)
+        if row is not None and not enabled and row.state == "disabled":
+            console().print(
+                f"{agent.id}: already disabled ({row.state_reason or 'no reason given'}); "
+                "nothing changed (`agents enable` first to give a new reason)"
+            )
+            return
+        if row is None:
             if enabled:
                 console().print(f"{agent.id}: active (it has not run yet)")
                 return
@@ -90,7 +138,7 @@ def _set_state(ctx: typer.Context, agent_id: str, *, enabled: bool, note: str | 
     console().print(f"{agent.id}: {'active' if enabled else 'disabled'} ({reason})")
 
 
-def _row(agent: object) -> dict[str, object]:
+def _row(agent: object, ledger: tuple[str, str | None] | None) -> dict[str, object]:
     from aster_agents.config.schema import AgentConfig
 
     assert isinstance(agent, AgentConfig)
@@ -98,6 +146,8 @@ def _row(agent: object) -> dict[str, object]:
         "id": agent.id,
         "name": agent.name,
         "enabled": agent.enabled,
+        "state": ledger[0] if ledger else None,
+        "state_reason": ledger[1] if ledger else None,
         "strategy": agent.trading.strategy,
         "interval": agent.trading.interval,
         "symbols": list(agent.trading.symbols),

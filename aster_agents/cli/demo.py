@@ -171,6 +171,11 @@ def _report(result: DemoResult, as_json: bool) -> None:
         return
     out = console()
     out.print(_view(result.final, "demo summary"))
+    for a in result.final.agents:
+        if a.why_no_trade:
+            out.print(f"{a.id}: no trade: {a.why_no_trade}", markup=False, highlight=False)
+    for note in result.overrides:
+        out.print(f"demo override: {note}", markup=False, highlight=False)
     how = "interrupted" if result.interrupted else "finished"
     where = f"; kept {result.directory}" if result.kept else ""
     if result.books is not None:

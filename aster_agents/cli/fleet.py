@@ -81,6 +81,7 @@ def up(
     _check_keys(fleet, env)
     supervisor = Supervisor(state_dir)
     supervisor.refuse_if_running()
+    _refuse_agents_running_elsewhere(fleet, state_dir)
     conf = write_runtime_config(fleet, state_dir)
     if foreground:
         argv = supervisor.foreground_argv()
@@ -107,6 +108,23 @@ def _environment(default_file: Path, chosen: Path | None) -> dict[str, str]:
     return env
 
 
+def _refuse_agents_running_elsewhere(fleet: object, state_dir: Path) -> None:
+    """Exit 3 when an enabled agent already runs outside supervisord (e.g. `run` in a terminal)."""
+    from aster_agents.config.schema import FleetConfig
+    from aster_agents.errors import AlreadyRunning
+    from aster_agents.ledger.lock import lock_holder
+
+    assert isinstance(fleet, FleetConfig)
+    held = [(a.id, lock_holder(state_dir, a.id)) for a in fleet.enabled_agents]
+    running = [(agent_id, pid) for agent_id, pid in held if pid is not None]
+    if running:
+        names = ", ".join(f"{agent_id} (pid {pid})" for agent_id, pid in running)
+        raise AlreadyRunning(
+            f"already running outside supervisord: {names}; stop it first (Ctrl-C in its "
+            "terminal, or kill the pid), then `aster-agent up` again; nothing started"
+        )
+
+
 def _check_keys(fleet: object, env: dict[str, str]) -> None:
     from aster_agents.config.keys import check_model_key, resolve_signer
     from aster_agents.config.schema import FleetConfig
@@ -130,10 +148,14 @@ def down(
     timeout: float = typer.Option(60.0, help="Seconds to wait for supervisord to exit."),
 ) -> None:
     """Stop every agent (SIGTERM, they finish their step) and supervisord; waits until gone."""
-    from aster_agents.fleet.supervisor import Supervisor
+    from aster_agents.fleet.supervisor import Supervisor, SupervisorNotRunning
 
     supervisor = Supervisor(state(ctx).resolved_state_dir())
-    pid = supervisor.shutdown(timeout)
+    try:
+        pid = supervisor.shutdown(timeout)
+    except SupervisorNotRunning:  # like `supervisorctl stop` on a stopped program: nothing to do
+        console().print(f"already stopped: no supervisord runs for {supervisor.state_dir}")
+        return
     console().print(f"supervisord (pid {pid}) and its agents have stopped")
 
 
@@ -155,35 +177,42 @@ def logs(
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep printing new lines."),
     lines: int = typer.Option(50, "-n", "--lines", help="How many lines to show."),
 ) -> None:
-    """Show an agent's output captured by supervisord (its stderr log)."""
-    from aster_agents.errors import ConfigError
-    from aster_agents.fleet.supervisor import Supervisor, supervisorctl_bin, tail
+    """Show an agent's log, state/logs/<id>.log, however the agent was started."""
+    from aster_agents.fleet.supervisor import agent_log, tail
 
     cli = state(ctx)
-    fleet = cli.fleet()
-    known = [a.id for a in fleet.enabled_agents]
-    if agent_id not in known:
-        raise ConfigError(f"unknown agent {agent_id!r} (known: {', '.join(known) or 'none'})")
-    state_dir = cli.resolved_state_dir()
-    if follow:
-        supervisor = Supervisor(state_dir)
-        supervisor.process(agent_id)  # clear error when supervisord is not running
-        argv = [
-            supervisorctl_bin(),
-            "-c",
-            str(supervisor.conf),
-            "tail",
-            "-f",
-            f"aster-agents:{agent_id}",
-            "stderr",
-        ]
-        os.execv(argv[0], argv)
-    log = state_dir / "logs" / f"{agent_id}.err.log"
+    agent = cli.fleet().agent(agent_id)  # an unknown id: exit 2 naming the known ones
+    log = agent_log(cli.resolved_state_dir(), agent.id)
     found = tail(log, lines)
-    if not found:
-        err_console().print(f"no output yet in {log}")
+    if not found and not follow:
+        err_console().print(f"no log yet at {log} (the agent has not run)")
     for line in found:
         sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+    if follow:
+        _follow(log)
+
+
+def _follow(path: Path) -> None:
+    """Print what is appended to ``path`` until Ctrl-C; reopens it after a rotation."""
+    import time
+
+    position = path.stat().st_size if path.exists() else 0
+    try:
+        while True:
+            size = path.stat().st_size if path.exists() else 0
+            if size < position:  # rotated or truncated: start from the top of the new file
+                position = 0
+            if size > position:
+                with path.open("rb") as f:
+                    f.seek(position)
+                    data = f.read()
+                position += len(data)
+                sys.stdout.write(data.decode("utf-8", "replace"))
+                sys.stdout.flush()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
 
 
 def register(app: typer.Typer) -> None:

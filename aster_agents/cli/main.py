@@ -18,6 +18,7 @@ from aster_agents.cli.common import CliState
 # Each command's module is imported only when that command runs (``status`` must start
 # fast); help, completion and unknown commands load them all.
 MODULES: Final = (
+    "init",
     "run",
     "agents",
     "account",
@@ -39,6 +40,7 @@ MODULES: Final = (
     "data",
 )
 COMMANDS: Final = {
+    "init": "init",
     "run": "run",
     "agents": "agents",
     "rebalance": "rebalance",
@@ -98,6 +100,7 @@ def build_app(modules: tuple[str, ...] = MODULES) -> typer.Typer:
         no_args_is_help=True,
         add_completion=False,
         pretty_exceptions_enable=False,
+        rich_markup_mode=None,  # help texts hold "[default: ...]", which is not markup
     )
     app.callback()(root)
     for name in modules:
@@ -143,3 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # a state dir that is read-only, missing or full: one line
+        from aster_agents.cli.common import disk_problem
+
+        message = disk_problem(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)

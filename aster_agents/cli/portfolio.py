@@ -100,6 +100,8 @@ def render_portfolio(report: PortfolioReport) -> RenderableType:
         f"equity {money(f.equity)}  P&L {signed(f.pnl)}  return {f.ret:+.2%}  "
         f"drawdown {f.drawdown:.2%} (max {f.max_drawdown:.2%})  {report.sparkline}"
     )
+    if report.exchange_equity is None and not f.equity:  # agents registered, nothing read yet
+        summary = "equity - (the books open once an agent has read the exchange's balance)"
     lines = [summary]
     if report.exchange_equity is not None:
         gap = f.equity - report.exchange_equity

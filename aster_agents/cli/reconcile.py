@@ -38,22 +38,32 @@ def reconcile(
 
 
 def _render(report: ReconcileReport) -> None:
+    from aster_agents.decimals import plain, signed
+
     out = console()
     for a in report.accounts:
         gap = a.books_equity - a.exchange_equity
+        unallocated = "-" if a.unallocated is None else plain(a.unallocated)
         out.print(
-            f"account {a.user}: exchange equity {a.exchange_equity}, books "
-            f"{a.books_equity} ({gap:+}), unallocated {a.unallocated}"
+            f"account {a.user}: exchange equity {plain(a.exchange_equity)}, books "
+            f"{plain(a.books_equity)} ({signed(gap)}), unallocated {unallocated}"
         )
         for line in a.repairs:
             out.print(f"  repaired: {line}")
-        for d in a.differences:
-            fixed = "repaired" if d.repaired else "DIFFERS"
+        for d in a.open_differences:  # the repaired ones are in the repairs above
             out.print(
-                f"  {fixed}: {d.kind} {d.symbol or ''} ledger {d.ledger} exchange "
-                f"{d.exchange}: {d.note}"
+                f"  DIFFERS: {d.kind} {d.symbol or ''} ledger {_text(d.ledger)} exchange "
+                f"{_text(d.exchange)}: {d.note}"
             )
         out.print("  books agree" if a.ok else "  books differ")
+
+
+def _text(value: object) -> str:
+    from decimal import Decimal
+
+    from aster_agents.decimals import plain
+
+    return plain(value) if isinstance(value, Decimal) else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ import typer
 
 if TYPE_CHECKING:
     from aster_agents.sim.server import SimServer
+from aster_agents.config.starter import SIM_DEFAULT_PORT
 
 
 def _error_rates(values: list[str]) -> dict[int, float]:
@@ -31,7 +32,7 @@ def sim(
     ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Listen address (loopback unless --allow-remote)."),
     port: int = typer.Option(
-        0, help="Port; 0 picks a free one. The base URL is stdout's first line."
+        SIM_DEFAULT_PORT, help="Port; 0 picks a free one. The base URL is stdout's first line."
     ),
     seed: int = typer.Option(1, help="Market generator seed (same seed, same prices)."),
     speed: float = typer.Option(

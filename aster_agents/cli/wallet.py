@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from aster_agents.cli.common import console, emit_json, state
+from aster_agents.cli.common import console, emit_json, load_dotenv, state
 
 if TYPE_CHECKING:
     from aster_agents.config.wallet import NewWallet, WalletAddress
@@ -42,6 +42,7 @@ def new(
 
     wallet.check_agent_id(agent_id)
     config_dir = wallet.config_dir_or_fail(state(ctx).config_dir)
+    load_dotenv(config_dir.resolve().parent)
     default_env = wallet.configured_password_env(config_dir, agent_id)
     default_env = default_env or wallet.default_password_env(agent_id)
     password, variable = wallet.password_from_env(os.environ, password_env, default_env)
@@ -134,9 +135,12 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="One JSON document instead of text."),
 ) -> None:
     """Print the agent's API-wallet address (never the key)."""
+    from aster_agents.config.view import resolve_config_dir
     from aster_agents.config.wallet import show_wallet
 
-    found = show_wallet(state(ctx).config_dir, agent_id)
+    config_dir = state(ctx).config_dir
+    load_dotenv(resolve_config_dir(config_dir).resolve().parent)
+    found = show_wallet(config_dir, agent_id)
     if as_json:
         emit_json(_show_json(found))
         return

@@ -8,6 +8,7 @@ the whole list at once.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from aster_agents.config.starter import SIM_DEFAULT_URL
 from aster_agents.config.view import (
     CONFIG_ENV,
     DEFAULT_INTERVAL,
@@ -37,12 +39,14 @@ from aster_agents.config.view import (
     DEFAULT_STATE_DIR,
     PORTFOLIO_FILE,
     agent_files,
+    natural_key,
     resolve_config_dir,
     resolve_state_dir,
 )
 from aster_agents.errors import ConfigError
 
 DEFAULT_BASE_URL: Final = "https://fapi.asterdex.com"
+BASE_URL_ENV: Final = "ASTER_AGENTS_BASE_URL"
 
 _ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _RAW_KEY_RE: Final = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -269,7 +273,45 @@ def load_fleet(
     _check_fleet(agents, files, problems)
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in {directory}", problems)
-    return FleetConfig(directory, portfolio, tuple(sorted(agents, key=lambda a: a.id)), files)
+    agents = _with_base_url_override(agents, os.environ.get(BASE_URL_ENV, "").strip())
+    ordered = tuple(sorted(agents, key=lambda a: natural_key(a.id)))  # agent-2 before agent-10
+    return FleetConfig(directory, portfolio, ordered, files)
+
+
+def _with_base_url_override(agents: list[AgentConfig], url: str) -> list[AgentConfig]:
+    """Every agent's ``exchange.base_url`` replaced by ``$ASTER_AGENTS_BASE_URL`` when set.
+
+    Only a loopback URL (a local simulator) is accepted: pointing a whole fleet at another
+    exchange takes an explicit ``base_url`` in each agent's YAML.
+    """
+    if not url:
+        return agents
+    if not is_loopback_url(url):
+        raise ConfigError(
+            f"{BASE_URL_ENV}: {url!r} is not a loopback simulator URL such as "
+            f"{SIM_DEFAULT_URL}; to use another exchange set exchange.base_url in each "
+            "agent's YAML (and unset the variable)"
+        )
+    return [
+        a.model_copy(update={"exchange": a.exchange.model_copy(update={"base_url": url})})
+        for a in agents
+    ]
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for an http(s) URL whose host is 127.0.0.0/8, ::1 or localhost."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    if not re.match(r"^https?://[^\s/?#]+(:\d+)?/?$", url):
+        return False
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_yaml(path: Path, problems: list[str]) -> object:

@@ -39,6 +39,15 @@ def resolve_state_dir(root: Path, configured: str, override: str | Path | None =
     return path if path.is_absolute() else root / path
 
 
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders numbers by value: agent-2 before agent-10."""
+    import re
+
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part
+    )
+
+
 def agent_files(directory: Path) -> list[Path]:
     """The agent files of an agents.d, in name order (``_*`` and dot files are not agents)."""
     return [
@@ -72,6 +81,41 @@ class AgentView(NamedTuple):
     exchange: ExchangeView
     trading: TradingView
     allocation: AllocationView
+    issue: str | None = None  # why the file would not validate, when it can tell cheaply
+
+
+# the keys of an agent file (tests keep this equal to config.schema's models)
+KNOWN_KEYS: Final[dict[str, frozenset[str]]] = {
+    "": frozenset({"id", "name", "enabled", "exchange", "trading", "allocation"}),
+    "exchange": frozenset(
+        {
+            "user",
+            "signer",
+            "signer_key_env",
+            "signer_keystore",
+            "signer_keystore_password_env",
+            "base_url",
+            "chain_id",
+        }
+    ),
+    "trading": frozenset(
+        {
+            "strategy",
+            "params",
+            "symbols",
+            "interval",
+            "scan_interval_seconds",
+            "max_positions",
+            "min_confidence",
+            "position_size_pct",
+            "leverage",
+            "stop_loss_pct",
+            "take_profit_pct",
+        }
+    ),
+    "allocation": frozenset({"capital_pct"}),
+}
+_BROKEN: Final = "__unreadable__"
 
 
 class LimitsView(NamedTuple):
@@ -123,10 +167,10 @@ def load_view(config_dir: str | Path | None = None) -> FleetView:
     portfolio = _portfolio(raw.get(PORTFOLIO_FILE, {}))
     agents = []
     for path in files[1:]:
-        agent = _agent(path.stem, raw.get(path.name, {}))
+        agent = _agent(path.name, raw.get(path.name, {}))
         if agent is not None:
             agents.append(agent)
-    return FleetView(directory, portfolio, tuple(sorted(agents, key=lambda a: a.id)))
+    return FleetView(directory, portfolio, tuple(sorted(agents, key=lambda a: natural_key(a.id))))
 
 
 def _stamp(path: Path) -> list[object]:
@@ -177,9 +221,9 @@ def _read(path: Path) -> Mapping[str, Any]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return {_BROKEN: type(exc).__name__}
+    return data if isinstance(data, dict) else {_BROKEN: "not a mapping"}
 
 
 def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -207,9 +251,24 @@ def _portfolio(data: Mapping[str, Any]) -> PortfolioView:
     )
 
 
-def _agent(stem: str, data: Mapping[str, Any]) -> AgentView | None:
+def _issue(name: str, data: Mapping[str, Any]) -> str | None:
+    """The first unknown key (a typo that validation would refuse), or an unreadable file."""
+    hint = "run `aster-agent agents validate`"
+    if _BROKEN in data:
+        return f"{name}: cannot be read as YAML ({data[_BROKEN]}); {hint}"
+    for section, known in KNOWN_KEYS.items():
+        values = data if not section else _section(data, section)
+        for key in values:
+            if key not in known:
+                where = f"{section}.{key}" if section else str(key)
+                return f"{name}: unknown key {where}, so defaults are shown; {hint}"
+    return None
+
+
+def _agent(name: str, data: Mapping[str, Any]) -> AgentView | None:
     if not data:
         return None
+    stem = name.rsplit(".", 1)[0]
     trading, exchange = _section(data, "trading"), _section(data, "exchange")
     symbols = trading.get("symbols")
     return AgentView(
@@ -231,6 +290,7 @@ def _agent(stem: str, data: Mapping[str, Any]) -> AgentView | None:
         allocation=AllocationView(
             capital_pct=_as(float, _section(data, "allocation").get("capital_pct"), 0.0)
         ),
+        issue=_issue(name, data),
     )
 
 

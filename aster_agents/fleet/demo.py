@@ -94,6 +94,7 @@ class AgentLine:
     fees: Decimal
     unrealized_pnl: Decimal
     funding: Decimal = Decimal(0)
+    why_no_trade: str | None = None  # in the final summary, for an agent that made none
 
     @property
     def pnl(self) -> Decimal:
@@ -108,6 +109,7 @@ class AgentLine:
             "pid": self.pid,
             "trades": self.trades,
             "open_positions": self.open_positions,
+            "why_no_trade": self.why_no_trade,
             "realized_pnl": _money(self.realized_pnl),
             "fees": _money(self.fees),
             "funding": _money(self.funding),
@@ -199,6 +201,7 @@ class DemoResult:
     supervisord_pid: int | None
     agent_pids: tuple[int, ...]
     books: BooksCheck | None = None
+    overrides: tuple[str, ...] = ()  # the shipped settings the demo changed, said out loud
 
     def to_json(self) -> dict[str, Any]:
         f = self.final
@@ -216,6 +219,7 @@ class DemoResult:
                 "pnl": _money(f.account_equity - f.starting_balance),
             },
             "books": None if self.books is None else self.books.to_json(),
+            "overrides": list(self.overrides),
             "agents": [a.to_json() for a in f.agents],
             "supervisord_pid": self.supervisord_pid,
             "agent_pids": list(self.agent_pids),
@@ -305,6 +309,30 @@ def key_env(agent_id: str) -> str:
     return "DEMO_" + agent_id.upper().replace("-", "_") + "_PRIVATE_KEY"
 
 
+def demo_overrides(shipped: FleetConfig, demo: FleetConfig, speed: float) -> list[str]:
+    """The shipped settings the demo runs with changed, one line each."""
+    before = shipped.portfolio.limits.max_total_positions
+    after = demo.portfolio.limits.max_total_positions
+    out = [f"scan intervals divided by {speed:g} (the market runs {speed:g}x)"]
+    if after != before:
+        out.append(
+            f"limits.max_total_positions {before} -> {after} (the agents' max_positions added up)"
+        )
+    return out
+
+
+def why_no_trade(state_dir: Path, agent: AgentConfig) -> str:
+    """Why an agent made no trade: its log's last "no trade:" line, else no strong signal."""
+    from aster_agents.agent.runner import NO_TRADE
+    from aster_agents.fleet.supervisor import agent_log, tail
+
+    for line in reversed(tail(agent_log(state_dir, agent.id), 400)):
+        _, found, reason = line.partition(f"| {NO_TRADE} ")
+        if found:
+            return reason.strip()
+    return f"no signal reached min_confidence {agent.trading.min_confidence:g}"
+
+
 def write_config_dir(
     directory: Path, docs: dict[str, dict[str, Any]], shipped: FleetConfig
 ) -> Path:
@@ -356,6 +384,7 @@ class Demo:
         self.last_seen: dict[str, tuple[str, int | None]] = {}
         self.agent_ids: list[str] = []
         self.books: BooksCheck | None = None
+        self.overrides: list[str] = []
         self.started = time.monotonic()
 
     def run(self, stop: threading.Event) -> DemoResult:
@@ -375,6 +404,7 @@ class Demo:
             sup_pid,
             tuple(sorted(self.pids)),
             self.books,
+            tuple(self.overrides),
         )
 
     def _start(self) -> None:
@@ -400,6 +430,7 @@ class Demo:
         docs = demo_agent_docs(self.agents, self.keys, url, o.speed, model_url)
         self.agent_ids = list(docs)
         self.fleet = load_fleet(write_config_dir(self.directory, docs, self.shipped))
+        self.overrides = demo_overrides(self.shipped, self.fleet, o.speed)
         conf = write_runtime_config(self.fleet, self.state_dir)
         self.supervisor = Supervisor(self.state_dir, conf)
         self.proc = self.supervisor.spawn(self._environment(list(docs)))
@@ -423,7 +454,7 @@ class Demo:
 
     # -- views
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, *, final: bool = False) -> Snapshot:
         assert self.fleet is not None and self.sim is not None
         procs = self._processes()
         with Ledger(self.state_dir) as ledger:
@@ -451,6 +482,7 @@ class Demo:
                     row.fees if row else Decimal(0),
                     unrealized,
                     row.funding if row else Decimal(0),
+                    why_no_trade(self.state_dir, agent) if final and not trades[agent.id] else None,
                 )
             )
         return Snapshot(
@@ -492,7 +524,7 @@ class Demo:
                 if self.proc is not None:
                     self.books = self.check_books()
                 with suppress(Exception):
-                    final = self.snapshot()
+                    final = self.snapshot(final=True)
             if self.sim is not None:
                 self.sim.stop()
             if self.model is not None:

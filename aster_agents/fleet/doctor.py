@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from aster_agents.config.schema import is_loopback_url
 from aster_agents.errors import (
     AsterAgentsError,
     AuthError,
@@ -307,8 +308,34 @@ class AgentChecks:
         self.check("exchange", Status.PASS, f"{url} answered in {rtt_ms:.0f} ms")
         skew_ms = (before + after) / 2 * 1000 - server_ms
         status, detail = classify_skew(skew_ms, rtt_ms)
+        if status is not Status.PASS and is_loopback_url(url):
+            market = self._market_clock(client, server_ms, (before + after) / 2)
+            if market is not None:
+                status, detail = Status.SKIP, market
         self.check("clock", status, detail)
         return True
+
+    def _market_clock(self, client: Exchange, server_ms: int, local_s: float) -> str | None:
+        """A local simulator's market clock (``--speed``, ``--start-time-ms``), or None.
+
+        Two readings 0.3 s apart: a server clock that runs faster or slower than the wall
+        clock, or is hours away from it, is simulated market time, not a wrong local clock.
+        """
+        time.sleep(0.3)
+        try:
+            before = time.time()
+            later_ms = client.server_time()
+            after = time.time()
+        except ExchangeError:
+            return None
+        rate = (later_ms - server_ms) / 1000 / max((before + after) / 2 - local_s, 1e-3)
+        hours = abs(later_ms / 1000 - (before + after) / 2) / 3600
+        if 0.8 <= rate <= 1.2 and hours < 1:
+            return None
+        return (
+            f"a simulator's market clock (running at about {rate:.0f}x wall time, "
+            f"{hours:.1f} h from it): the clock check does not apply; nonces use the wall clock"
+        )
 
     def account(self, client: Exchange) -> bool:
         exchange = self.agent.exchange

@@ -34,6 +34,9 @@ SOCKET_NAME: Final = "supervisor.sock"
 PID_NAME: Final = "supervisord.pid"
 SOCKET_PATH_MAX: Final = 100  # sun_path is 108 bytes on Linux, 104 on macOS; keep a margin
 STOP_WAIT_SECONDS: Final = 20  # the agent's own shutdown takes at most ~10 s
+START_SECONDS: Final = 5  # an exit sooner than this is a failed start (retried with backoff)
+# exits a restart cannot fix: clean stop, bad config or key, already running, credentials refused
+EXPECTED_EXITS: Final = (0, 2, 3, 4)
 DEFAULT_BIN: Final = "%(here)s/.venv/bin/aster-agent"
 LOG_MAXBYTES: Final = "10MB"
 LOG_BACKUPS: Final = 5
@@ -198,19 +201,18 @@ def _program(agent_id: str, command: str, directory: str, s: str) -> str:
         f'environment=AGENT_ID="{agent_id}",PYTHONUNBUFFERED="1"\n'
         f"directory={directory}\n"
         "autostart=true\n"
-        "autorestart=true\n"
-        "startsecs=5\n"
+        "autorestart=unexpected\n"
+        f"exitcodes={','.join(str(c) for c in EXPECTED_EXITS)}\n"
+        f"startsecs={START_SECONDS}\n"
         "startretries=1000\n"
         "stopsignal=TERM\n"
         f"stopwaitsecs={STOP_WAIT_SECONDS}\n"
         "stopasgroup=true\n"
         "killasgroup=true\n"
-        f"stdout_logfile={s}/logs/{agent_id}.out.log\n"
+        "redirect_stderr=true\n"
+        f"stdout_logfile={s}/logs/{agent_id}.log\n"
         f"stdout_logfile_maxbytes={LOG_MAXBYTES}\n"
         f"stdout_logfile_backups={LOG_BACKUPS}\n"
-        f"stderr_logfile={s}/logs/{agent_id}.err.log\n"
-        f"stderr_logfile_maxbytes={LOG_MAXBYTES}\n"
-        f"stderr_logfile_backups={LOG_BACKUPS}\n"
     )
 
 
@@ -491,6 +493,16 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def agent_log(state_dir: Path, agent_id: str) -> Path:
+    """The one log of an agent, however it was started: ``<state_dir>/logs/<id>.log``.
+
+    In a terminal the agent writes it itself (and rotates it); under supervisord the agent
+    writes only to stderr and supervisord captures stdout and stderr into this same file, so
+    a crash before logging is set up is in it too.
+    """
+    return state_dir / "logs" / f"{agent_id}.log"
 
 
 def tail(path: Path, lines: int = 50) -> list[str]:

@@ -29,7 +29,10 @@ SUPERVISOR_GROUP: Final = "aster-agents"
 SUPERVISOR_TIMEOUT_S: Final = 2.0
 MIN_STALE_S: Final = 30.0
 NEVER_STARTED: Final = "NEVER STARTED"
-FLAGGED_STATES: Final = frozenset({"DOWN", "STALE", "FATAL", "BACKOFF", "EXITED", "UNKNOWN"})
+FLAGGED_STATES: Final = frozenset(
+    {"DOWN", "STALE", "FATAL", "BACKOFF", "EXITED", "UNKNOWN", "RETRYING"}
+)
+STARTUP_ERROR: Final = "start-up"  # the runner's heartbeat error while it retries start-up
 
 
 class ProcInfo(NamedTuple):
@@ -39,6 +42,7 @@ class ProcInfo(NamedTuple):
     state: str
     pid: int | None
     uptime_s: float | None
+    exitstatus: int = 0
 
 
 class ProcessView(NamedTuple):
@@ -221,7 +225,9 @@ class PortfolioReport(NamedTuple):
 
 
 def _str(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
+    from aster_agents.decimals import plain
+
+    return None if value is None else plain(value)
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -246,8 +252,14 @@ def classify(
     hb_age_s: float | None,
     stale_s: float,
     pid_alive: bool,
+    *,
+    stopped: bool = False,
 ) -> ProcessView:
-    """Process state from supervisord if it knows the program, else from the heartbeat."""
+    """Process state from supervisord if it knows the program, else from the heartbeat.
+
+    ``stopped``: the agent's last run ended normally (Ctrl-C, SIGTERM, `down`): STOPPED, not
+    the DOWN of a crash.
+    """
     if proc is not None:
         state = proc.state
         if state == "RUNNING" and hb_age_s is not None and hb_age_s > stale_s:
@@ -256,6 +268,8 @@ def classify(
     if hb_pid is None or hb_age_s is None:
         return ProcessView(NEVER_STARTED, "none", None, None)
     if not pid_alive:
+        if stopped:
+            return ProcessView("STOPPED", "heartbeat", None, None)
         return ProcessView("DOWN", "heartbeat", hb_pid, None)
     state = "STALE" if hb_age_s > stale_s else "RUNNING"
     return ProcessView(state, "heartbeat", hb_pid, _proc_uptime_s(hb_pid))
@@ -298,7 +312,9 @@ def supervisor_processes(state_dir: Path) -> dict[str, ProcInfo] | None:
         pid = int(info.get("pid") or 0) or None
         start, now = int(info.get("start") or 0), int(info.get("now") or 0)
         uptime = float(now - start) if pid and start and now >= start else None
-        out[str(info["name"])] = ProcInfo(str(info["name"]), str(info["statename"]), pid, uptime)
+        exitstatus = int(info.get("exitstatus") or 0)
+        name, statename = str(info["name"]), str(info["statename"])
+        out[name] = ProcInfo(name, statename, pid, uptime, exitstatus)
     return out
 
 
@@ -322,6 +338,7 @@ def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
 def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = None) -> StatusReport:
     """One snapshot of every configured agent and account; writes nothing."""
     from aster_agents.ledger.liveness import pid_alive
+    from aster_agents.ledger.lock import stopped_cleanly
     from aster_agents.ledger.readonly import open_readonly
 
     # models.now_ms's twin: importing models (dataclasses, enums) here would slow ``status``
@@ -337,7 +354,10 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
             latest = ledger.latest_equity(agent.id) if ledger and row else None
             hb_pid = row.heartbeat_pid if row else None
             alive = hb_pid is not None and proc is None and pid_alive(hb_pid)
-            agents.append(_agent_status(agent, row, proc, alive, latest, now))
+            stopped = hb_pid is not None and not alive and stopped_cleanly(state_dir, agent.id)
+            status = _agent_status(agent, row, proc, alive, latest, now, stopped=stopped)
+            reason = exit_reason(proc, state_dir)
+            agents.append(status._replace(last_error=reason) if reason else status)
         accounts = _accounts(fleet, ledger, now)
     finally:
         if ledger is not None:
@@ -347,6 +367,23 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
     )
 
 
+def exit_reason(proc: ProcInfo | None, state_dir: Path) -> str | None:
+    """Why supervisord holds an agent stopped: its exit code 2, 3 or 4, in words."""
+    from aster_agents.ledger.lock import lock_holder
+
+    if proc is None or proc.state not in ("EXITED", "BACKOFF", "FATAL") or not proc.exitstatus:
+        return None
+    if proc.exitstatus == 3:
+        holder = lock_holder(state_dir, proc.name)
+        where = f" (pid {holder})" if holder else ""
+        return f"exit 3: already running outside supervisord{where}; stop that copy, then restart"
+    if proc.exitstatus == 2:
+        return f"exit 2: bad config or key; see `aster-agent logs --id {proc.name}`"
+    if proc.exitstatus == 4:
+        return "exit 4: the exchange refused the credentials (API wallet not authorised?)"
+    return None
+
+
 def _agent_status(
     agent: AgentView,
     row: AgentRow | None,
@@ -354,6 +391,8 @@ def _agent_status(
     alive: bool,
     latest: tuple[int, Decimal] | None,
     now_ms: int,
+    *,
+    stopped: bool = False,
 ) -> AgentStatus:
     hb_ms = row.heartbeat_ms if row else None
     age = None if hb_ms is None else max(0.0, (now_ms - hb_ms) / 1000)
@@ -363,7 +402,12 @@ def _agent_status(
         age,
         stale_after_s(agent.trading.scan_interval_seconds),
         alive,
+        stopped=stopped,
     )
+    error = row.heartbeat_error if row else None
+    issue = getattr(agent, "issue", None)  # a validated FleetConfig has none
+    if view.state == "RUNNING" and error and error.startswith(STARTUP_ERROR):
+        view = view._replace(state="RETRYING")  # alive, but not trading: start-up keeps failing
     equity = latest[1] if latest else (row.book_equity if row else None)
     return AgentStatus(
         id=agent.id,
@@ -371,7 +415,7 @@ def _agent_status(
         enabled=agent.enabled,
         user=agent.exchange.user,
         process=view,
-        flagged=is_flagged(view, agent.enabled),
+        flagged=bool(issue) or is_flagged(view, agent.enabled),
         strategy=agent.trading.strategy,
         interval=agent.trading.interval,
         symbols=tuple(agent.trading.symbols),
@@ -386,7 +430,7 @@ def _agent_status(
         ticks=row.ticks if row else 0,
         last_tick_ms=hb_ms,
         last_tick_age_s=age,
-        last_error=row.heartbeat_error if row else None,
+        last_error=issue or error,
     )
 
 

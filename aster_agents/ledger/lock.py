@@ -39,8 +39,12 @@ class AgentLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, *, clean: bool = False) -> None:
+        """Let go; ``clean`` (a normal stop) empties the file so `status` can tell a stop
+        from a crash, which leaves the pid in it."""
         if self._fd >= 0:
+            if clean:
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = -1
 
@@ -58,7 +62,7 @@ class AgentLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.release()
+        self.release(clean=exc_type is None)
 
 
 class NamedLock:
@@ -95,3 +99,35 @@ class NamedLock:
     def set_stamp(self, value: int) -> None:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, f"{value}\n".encode(), 0)
+
+
+def lock_holder(state_dir: Path, agent_id: str) -> int | None:
+    """The pid holding ``agent_id``'s singleton lock, or None when nobody holds it.
+
+    Probes with a shared lock, which conflicts only with a holder's exclusive one; the file
+    is never created here.
+    """
+    path = Path(state_dir) / "agents" / f"{agent_id}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def stopped_cleanly(state_dir: Path, agent_id: str) -> bool:
+    """True when the agent's last run ended normally: its lock file is there and empty."""
+    path = Path(state_dir) / "agents" / f"{agent_id}.lock"
+    try:
+        return path.stat().st_size == 0 and lock_holder(state_dir, agent_id) is None
+    except OSError:
+        return False

@@ -159,7 +159,8 @@ AGENT_COLS: Final = (
     "a.capital, a.units, a.realized_pnl, a.fees, a.funding, a.hb_pid, a.hb_ms, a.hb_error, "
     "a.ticks, (SELECT COUNT(*) FROM positions p WHERE p.agent_id = a.agent_id), "
     "(SELECT COUNT(*) FROM intents i WHERE i.agent_id = a.agent_id "
-    "AND i.state IN ('reserved', 'confirmed'))"
+    "AND i.kind = 'open' AND i.state IN ('reserved', 'confirmed') AND NOT EXISTS "
+    "(SELECT 1 FROM positions p WHERE p.agent_id = i.agent_id AND p.symbol = i.symbol))"
 )
 
 

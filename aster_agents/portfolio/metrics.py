@@ -12,7 +12,8 @@ Definitions (every ratio is a float; ``None`` when it cannot be computed):
 - annualised volatility: sample standard deviation of the period returns x
   sqrt(periods per year), with a 365-day year (crypto trades every day);
 - Sharpe: mean / standard deviation of the period returns x sqrt(periods per year),
-  risk-free rate 0; ``None`` with fewer than ``MIN_RETURNS`` returns or zero variance;
+  risk-free rate 0; ``None`` with fewer than ``MIN_RETURNS`` returns, less than
+  ``MIN_HISTORY_MS`` (a day) of history, or zero variance;
 - max drawdown: the largest fall from a running NAV peak, in [0, 1]; drawdown: the current one;
 - trades: closing fills (fills that reduce a position, replayed per symbol from all fills);
   win rate: closing fills with realized P&L > 0 / closing fills;
@@ -39,6 +40,7 @@ MS_PER_DAY: Final = 86_400_000
 MS_PER_YEAR: Final = 365 * MS_PER_DAY
 MAX_PERIODS: Final = 1000
 MIN_RETURNS: Final = 10
+MIN_HISTORY_MS: Final = MS_PER_DAY  # less history than this is not annualised (n/a)
 
 Number = Decimal | float | int
 
@@ -156,8 +158,9 @@ def period_returns(values: Sequence[float]) -> list[float]:
 
 
 def volatility_and_sharpe(returns: Sequence[float], step_ms: int) -> tuple[float | None, ...]:
-    """(annualised volatility, Sharpe); None where too few returns or zero variance."""
-    if len(returns) < MIN_RETURNS or step_ms <= 0:
+    """(annualised volatility, Sharpe); None where too few returns, less than a day of history
+    (minutes of data times sqrt(periods per year) make headline nonsense) or zero variance."""
+    if len(returns) < MIN_RETURNS or step_ms <= 0 or len(returns) * step_ms < MIN_HISTORY_MS:
         return None, None
     scale = math.sqrt(MS_PER_YEAR / step_ms)
     std = statistics.stdev(returns)

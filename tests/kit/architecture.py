@@ -26,7 +26,7 @@ from typing import Final
 ROOT: Final = Path(__file__).resolve().parents[2]
 
 LAYERS: Final = (
-    ("models", "errors", "logs", "signing", "fsutil"),  # the ground floor
+    ("models", "errors", "logs", "signing", "fsutil", "decimals"),  # the ground floor
     ("strategies",),
     ("config",),
     ("exchange",),
