@@ -63,10 +63,16 @@ def build(root: Path, agents: int, snapshots: int) -> tuple[Path, Path]:
             )
             ledger.mark_sent(intent.client_order_id)
             ledger.book_fill(
-                intent.client_order_id, trade_id=n, symbol=symbol, side=Side.BUY,
-                qty=Decimal("0.01"), price=Decimal(30_000), realized_pnl=Decimal(0),
-                commission=Decimal("0.12"), time_ms=now,
-            )  # fmt: skip
+                intent.client_order_id,
+                trade_id=n,
+                symbol=symbol,
+                side=Side.BUY,
+                qty=Decimal("0.01"),
+                price=Decimal(30_000),
+                realized_pnl=Decimal(0),
+                commission=Decimal("0.12"),
+                time_ms=now,
+            )
             for i in range(snapshots):
                 t = now - (snapshots - i) * 60_000
                 ledger.snapshot_equity(agent_id, Decimal(10_000 + (i % 17) - 8), t)
@@ -102,8 +108,18 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aster-bench-metrics-") as tmp:
         config, state = build(Path(tmp), args.agents, args.snapshots)
-        cmd = [sys.executable, "-m", "aster_agents", "--config-dir", str(config),
-               "--state-dir", str(state), "metrics", "--port", "0"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "aster_agents",
+            "--config-dir",
+            str(config),
+            "--state-dir",
+            str(state),
+            "metrics",
+            "--port",
+            "0",
+        ]
         env = {**os.environ, "XDG_CACHE_HOME": str(Path(tmp) / "cache")}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         try:

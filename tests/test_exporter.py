@@ -24,9 +24,22 @@ from tests.kit.wait import wait_for
 NAME_RE = re.compile(r"aster_[a-z0-9_]+")
 COID_RE = re.compile(r"-\d{6}-")  # client order ids look like a01-000123-open
 BOUNDED_LABELS = {
-    "agent", "symbol", "state", "outcome", "reason", "code", "endpoint", "status", "event",
-    "bucket", "user", "strategy", "signer", "version", "le",
-}  # fmt: skip
+    "agent",
+    "symbol",
+    "state",
+    "outcome",
+    "reason",
+    "code",
+    "endpoint",
+    "status",
+    "event",
+    "bucket",
+    "user",
+    "strategy",
+    "signer",
+    "version",
+    "le",
+}
 
 
 def start_exporter(fleet: Fleet, *args: str) -> tuple[subprocess.Popen[str], str]:
@@ -78,8 +91,9 @@ def check_naming(metrics: dict[str, list[Sample]]) -> None:
 
 def combined_drawdowns(histories: dict[str, list[EquityPoint]]) -> tuple[float, float]:
     """Sum of the sleeves' latest equity after each snapshot (in time order): (now, max) fall."""
-    points = sorted((p.time_ms, n, a, float(p.equity)) for a, h in histories.items()
-                    for n, p in enumerate(h))  # fmt: skip
+    points = sorted(
+        (p.time_ms, n, a, float(p.equity)) for a, h in histories.items() for n, p in enumerate(h)
+    )
     latest: dict[str, float] = {}
     peak = worst = dd = 0.0
     for _, _, agent, equity in points:
