@@ -32,6 +32,8 @@ def entry_size(
     size that fails the symbol's filters (``filters.check_order``: minimum quantity or notional)
     comes back with ``qty == 0`` and a ``skip_reason``.
     """
+    if not (price.is_finite() and capital.is_finite() and math.isfinite(position_size_pct)):
+        return Sizing(Decimal(0), Decimal(0), Decimal(0), "price or capital is not a number")
     margin = capital * Decimal(str(position_size_pct))
     target = margin * leverage
     if price <= 0 or target <= 0:

@@ -102,6 +102,9 @@ _NO_CHANGE_POSITION_SIDE: Final = -4059
 _ORDER_CAP_CODES: Final = frozenset({-2025, -4045})  # MAX_OPEN_ORDER / MAX_STOP_ORDER exceeded
 _INVALID_LISTEN_KEY: Final = -1125
 _PATH_MISSING_CODES: Final = frozenset({-1121, -5000})
+# The largest answer read (after decompression): exchangeInfo of every symbol or 1000 trades is
+# well under 2 MiB; anything far larger is a broken or hostile server, not data.
+MAX_ANSWER_BYTES: Final = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +264,10 @@ class AsterClient:
         backoff_max: float = 8.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         self._user = user
+        self._max_answer_bytes = max_answer_bytes
         self._signer = signer
         self._nonces = nonces
         self._budget: RequestBudget = budget if budget is not None else NullBudget()
@@ -645,17 +650,31 @@ class AsterClient:
     def _send(self, call: _Call, request: httpx.Request) -> httpx.Response:
         where = f"{self._prefix}{call.method} {call.path}"
         try:
-            return self._http.send(request)
+            return self._read_capped(where, request)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _NotSent(f"{where}: could not connect ({type(exc).__name__})") from None
         except httpx.TimeoutException as exc:
             raise TransientExchangeError(
                 f"{where}: no reply in time ({type(exc).__name__})"
             ) from None
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, httpx.DecodingError) as exc:
             raise TransientExchangeError(
                 f"{where}: connection dropped ({type(exc).__name__})"
             ) from None
+
+    def _read_capped(self, where: str, request: httpx.Request) -> httpx.Response:
+        """Send and read the answer, stopping once it passes ``max_answer_bytes``."""
+        response = self._http.send(request, stream=True)
+        try:
+            body = read_capped(response, self._max_answer_bytes)
+        finally:
+            response.close()
+        if body is None:
+            raise TransientExchangeError(
+                f"{where}: answer larger than {self._max_answer_bytes} bytes; not read further"
+            )
+        headers = [(k, v) for k, v in response.headers.multi_items() if k != "content-encoding"]
+        return httpx.Response(response.status_code, headers=headers, content=body, request=request)
 
     def _interpret(self, call: _Call, response: httpx.Response) -> Any:
         where = f"{self._prefix}{call.method} {call.path}"
@@ -699,6 +718,21 @@ class AsterClient:
         cls = IpBanned if banned else RateLimited
         text = f"{reason}; every agent on this host pauses until {retry_at:.0f} (epoch s)"
         return cls(text, retry_at, code, status)
+
+
+def read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The (decoded) body of a streamed ``response``, or None once it passes ``limit`` bytes."""
+    declared = _as_int(response.headers.get("Content-Length"))
+    if declared is not None and declared > limit and not response.headers.get("Content-Encoding"):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _optional(**values: ParamValue | None) -> list[tuple[str, ParamValue]]:

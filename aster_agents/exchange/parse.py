@@ -77,14 +77,17 @@ def _get(d: Mapping[str, Any], key: str, what: str, default: Any) -> Any:
 
 def dec(d: Mapping[str, Any], key: str, what: str, default: Any = _MISSING) -> Decimal:
     value = _get(d, key, what, default)
-    if isinstance(value, Decimal):
+    if isinstance(value, Decimal) and value.is_finite():
         return value
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _fail(what, f"field '{key}' is not a number: {value!r}")
     try:
-        return Decimal(str(value)) if value != "" else ZERO
+        number = Decimal(str(value)) if value != "" else ZERO
     except InvalidOperation:
         raise _fail(what, f"field '{key}' is not a number: {value!r}") from None
+    if not number.is_finite():
+        raise _fail(what, f"field '{key}' is not a finite number: {value!r}")
+    return number
 
 
 def integer(d: Mapping[str, Any], key: str, what: str, default: Any = _MISSING) -> int:
@@ -93,7 +96,7 @@ def integer(d: Mapping[str, Any], key: str, what: str, default: Any = _MISSING) 
         raise _fail(what, f"field '{key}' is not an integer: {value!r}")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise _fail(what, f"field '{key}' is not an integer: {value!r}") from None
 
 

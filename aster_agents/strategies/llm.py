@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 REASON_MAX: Final = 200
 HOUR_S: Final = 3600.0
 POLL_S: Final = 0.1  # how fast a stop request interrupts a call in flight
+MAX_ANSWER_BYTES: Final = 1 << 20  # a chat completion is a few KiB; more is not an answer
 _ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAMES: Final = ("api_key", "apikey", "key", "token", "secret", "password", "authorization")
 _SECRET_VALUE_RE: Final = re.compile(r"^(sk-|bearer\s)", re.IGNORECASE)
@@ -364,21 +365,27 @@ class ChatClient:
         import httpx
 
         try:
-            response = http.post(self.url, json=self._payload(messages))
-            if (
-                response.status_code == 400
-                and self.json_mode
-                and "response_format" in response.text
-            ):
+            status, body = self._call(http, messages)
+            if status == 400 and self.json_mode and b"response_format" in body:
                 self.json_mode = False  # this server does not do JSON mode: ask without it
-                response = http.post(self.url, json=self._payload(messages))
+                status, body = self._call(http, messages)
         except httpx.TimeoutException:
             raise CallFailed(f"timeout after {self.params.timeout_seconds:g}s") from None
         except httpx.HTTPError as exc:
             raise CallFailed(f"cannot reach {self.url}: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            raise CallFailed(f"HTTP {response.status_code} from {self.url}")
-        return response.text
+        if status != 200:
+            raise CallFailed(f"HTTP {status} from {self.url}")
+        return body.decode("utf-8", "replace")
+
+    def _call(self, http: httpx.Client, messages: list[dict[str, str]]) -> tuple[int, bytes]:
+        """(status, body) of one POST, reading at most MAX_ANSWER_BYTES of the body."""
+        with http.stream("POST", self.url, json=self._payload(messages)) as response:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise CallFailed(f"answer larger than {MAX_ANSWER_BYTES} bytes; not read")
+            return response.status_code, bytes(body)
 
     def _payload(self, messages: list[dict[str, str]]) -> dict[str, object]:
         payload: dict[str, object] = {
