@@ -174,3 +174,19 @@ def test_llm_answer_is_read_only_up_to_the_cap() -> None:
             strategy.close()  # type: ignore[attr-defined]
     assert signal.action is Action.HOLD and "answer larger than" in signal.reason
     assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
+
+
+# ---------------------------------------------------------------------- wasted weight
+
+
+def test_margin_type_is_asked_once_per_account_and_symbol(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """Two agents on one account, each started twice: one marginType call per symbol in all."""
+    symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    fleet = make_fleet(tmp_path, sim, ["agent-1", "agent-2"], symbols=symbols)
+    proxy = closing.enter_context(HostileProxy(sim.base_url))
+    for agent_id in ("agent-1", "agent-2", "agent-1", "agent-2"):
+        with ExitStack() as stack:
+            proxied_runner(fleet, proxy, Scripted([]), stack, agent_id)
+    assert proxy.count("POST", "/fapi/v3/marginType") == len(symbols)

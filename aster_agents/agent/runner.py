@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Final, ParamSpec
+from typing import Final
 
 from aster_agents.agent import inflight
 from aster_agents.agent.reconcile import FUNDING, book_exchange_close, book_funding
@@ -55,7 +55,7 @@ from aster_agents.errors import (
     UnknownOutcome,
 )
 from aster_agents.exchange.base import Exchange, RequestLog
-from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache
+from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache, facts
 from aster_agents.ledger.rows import sleeve_equity
 from aster_agents.logs import logger
 from aster_agents.models import (
@@ -83,8 +83,6 @@ from aster_agents.strategies import (
     Strategy,
     attached,
 )
-
-_P = ParamSpec("_P")
 
 KLINE_FLOOR: Final = 60
 KLINE_LIMIT_MAX: Final = 499  # under 500 keeps the request at weight 2
@@ -181,12 +179,7 @@ class AgentRunner:
             )
         self._ensure_one_way_mode()
         for symbol in trading.symbols:
-            self._quietly(
-                f"set margin type on {symbol}",
-                self.client.set_margin_type,
-                symbol,
-                MarginType.CROSSED,
-            )
+            self._ensure_cross_margin(symbol)
         self._ensure_capital()
         self.recover()
         if not self._stood_down():
@@ -215,13 +208,17 @@ class AgentRunner:
             ) from None
         logger.warning("switched account {} to one-way position mode", self.agent.exchange.user)
 
-    def _quietly(
-        self, what: str, fn: Callable[_P, object], *args: _P.args, **kw: _P.kwargs
-    ) -> None:
+    def _ensure_cross_margin(self, symbol: str) -> None:
+        """Ask for cross margin once per account and symbol; the ledger remembers the answer."""
+        user = self.agent.exchange.user
+        if facts.margin_type(self.ledger, user, symbol) == MarginType.CROSSED.value:
+            return
         try:
-            fn(*args, **kw)
+            self.client.set_margin_type(symbol, MarginType.CROSSED)
         except (OrderRejected, TransientExchangeError) as exc:
-            logger.warning("{} failed: {}", what, exc)
+            logger.warning("set margin type on {} failed: {}", symbol, exc)
+            return
+        facts.note_margin_type(self.ledger, user, symbol, MarginType.CROSSED.value)
 
     def _ensure_capital(self) -> None:
         exchange_ms = self.client.server_time()

@@ -1,0 +1,74 @@
+"""What the ledger remembers about the exchange, and the answers it refused to believe.
+
+Functions over a read-write :class:`~aster_agents.ledger.core.Ledger`, kept in the audit
+table (no schema of their own):
+
+- ``margin_type`` / ``note_margin_type``: the margin type last seen set on a symbol of an
+  account, so a restarted agent does not ask the exchange to change it again (each ask costs
+  request weight, and an unchanged type is answered -4046);
+- ``booked_qty``: how much of one order the ledger has booked, the cap against which a fill is
+  checked (never more than the order's ``executedQty``);
+- ``note_distrusted`` / ``distrusted_count``: an exchange answer that did not match the
+  intent it was about (a fill of another symbol or order, more than the order executed); it
+  is logged, counted here and left to ``reconcile``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Final
+
+from aster_agents.ledger.rows import dec
+
+if TYPE_CHECKING:
+    from aster_agents.ledger.core import Ledger
+
+MARGIN_TYPE: Final = "margin_type"
+DISTRUSTED: Final = "distrusted"
+
+
+def _note(ledger: Ledger, agent_id: str | None, event: str, **detail: object) -> None:
+    with ledger.store.write(durable=False) as conn:
+        conn.execute(
+            "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, ?, ?, ?)",
+            (time.time_ns() // 1_000_000, agent_id, event, json.dumps(detail, sort_keys=True)),
+        )
+
+
+def margin_type(ledger: Ledger, user: str, symbol: str) -> str | None:
+    """The margin type last noted for ``symbol`` of ``user``, or None."""
+    row = ledger.store.conn.execute(
+        "SELECT json_extract(detail, '$.margin_type') FROM audit WHERE event = ? "
+        "AND json_extract(detail, '$.user') = ? AND json_extract(detail, '$.symbol') = ? "
+        "ORDER BY id DESC LIMIT 1",
+        (MARGIN_TYPE, user, symbol),
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def note_margin_type(ledger: Ledger, user: str, symbol: str, value: str) -> None:
+    _note(ledger, None, MARGIN_TYPE, user=user, symbol=symbol, margin_type=value)
+
+
+def booked_qty(ledger: Ledger, client_order_id: str) -> Decimal:
+    """The quantity of ``client_order_id`` booked so far (every fill, unsigned)."""
+    rows = ledger.store.conn.execute(
+        "SELECT qty FROM fills WHERE client_order_id = ?", (client_order_id,)
+    ).fetchall()
+    return sum((dec(r[0]) for r in rows), Decimal(0))
+
+
+def note_distrusted(ledger: Ledger, agent_id: str | None, what: str) -> None:
+    _note(ledger, agent_id, DISTRUSTED, what=what[:300])
+
+
+def distrusted_count(ledger: Ledger, agent_id: str | None = None) -> int:
+    """How many exchange answers were refused (of ``agent_id``, or of everyone)."""
+    sql = "SELECT COUNT(*) FROM audit WHERE event = ?"
+    args: tuple[str, ...] = (DISTRUSTED,)
+    if agent_id is not None:
+        sql += " AND agent_id = ?"
+        args += (agent_id,)
+    return int(ledger.store.conn.execute(sql, args).fetchone()[0])
