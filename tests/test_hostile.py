@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from aster_agents.agent.reconcile import reconcile_account
 from aster_agents.agent.runner import AgentRunner
 from aster_agents.agent.sizing import entry_size
 from aster_agents.config.schema import load_fleet
 from aster_agents.errors import TransientExchangeError
 from aster_agents.exchange import parse
 from aster_agents.exchange.http import AsterClient
-from aster_agents.ledger import Ledger, MarketDataCache
+from aster_agents.ledger import Ledger, MarketDataCache, facts
 from aster_agents.models import Kline, SymbolFilters
 from aster_agents.signing import NonceSource, Signer
 from aster_agents.sim.model import ModelServer
@@ -25,6 +26,7 @@ from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.strategies import FLAT, Action, MarketSnapshot, PositionView, Signal, get_strategy
 from tests.agentkit import Fleet, make_fleet
 from tests.kit.hostile import HostileProxy, Seen, padded
+from tests.plugins.sim import SignedClient
 
 MiB = 1 << 20
 
@@ -190,3 +192,86 @@ def test_margin_type_is_asked_once_per_account_and_symbol(
         with ExitStack() as stack:
             proxied_runner(fleet, proxy, Scripted([]), stack, agent_id)
     assert proxy.count("POST", "/fapi/v3/marginType") == len(symbols)
+
+
+# ---------------------------------------------------------------------- fills checked
+
+
+def foreign_and_extra_trades(seen: Seen) -> bytes:
+    """Each trade, plus a copy of it on another symbol, a copy past the order's quantity and
+    a trade of an order nobody placed (new trade ids for all)."""
+    trades = seen.doc()
+    out = list(trades)
+    for n, t in enumerate(trades):
+        out.append({**t, "id": t["id"] + 10**9, "symbol": "ETHUSDT"})
+        out.append({**t, "id": t["id"] + 2 * 10**9})
+        out.append({**t, "id": t["id"] + 3 * 10**9, "orderId": 777_000 + n})
+    return json.dumps(out).encode()
+
+
+def test_foreign_and_excess_trades_are_not_booked(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """userTrades carrying other symbols' trades and more than the order executed: only the
+    order's own fills are booked; the rest is counted as distrusted."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"])
+    proxy = closing.enter_context(HostileProxy(sim.base_url))
+    runner, ledger = proxied_runner(fleet, proxy, Scripted([Action.LONG]), closing)
+    proxy.rule("GET", "/fapi/v3/userTrades", foreign_and_extra_trades)
+    assert runner.tick().opened == ["BTCUSDT"]
+    assert fleet.ledger_positions() == fleet.exchange_positions()
+    assert set(fleet.exchange_positions()) == {"BTCUSDT"}
+    assert runner.distrusted >= 2 and facts.distrusted_count(ledger, "agent-1") == runner.distrusted
+
+
+def web_ui_round_trip(fleet: Fleet, symbol: str, qty: str) -> int:
+    """A buy and a sell of ``qty`` by the main wallet (not an agent); the buy's order id."""
+    client = SignedClient(fleet.sim.base_url, fleet.main, fleet.user)
+    try:
+        ids = []
+        for side in ("BUY", "SELL"):
+            order = {"symbol": symbol, "side": side, "type": "MARKET", "quantity": qty}
+            ids.append(int(client.ok("POST", "/fapi/v3/order", order)["orderId"]))
+        return ids[0]
+    finally:
+        client.close()
+
+
+def test_new_order_answer_naming_another_order_books_no_wrong_fill(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """A new-order answer whose orderId is another order's: that order's fills are not booked
+    as ours, our own are, and the ledger equals the exchange."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"])
+    proxy = closing.enter_context(HostileProxy(sim.base_url))
+    runner, _ = proxied_runner(fleet, proxy, Scripted([Action.LONG]), closing)
+    other = web_ui_round_trip(fleet, "BTCUSDT", "0.003")
+
+    def swap_id(seen: Seen) -> bytes | None:
+        doc = seen.doc()
+        if seen.status != 200 or doc.get("type") != "MARKET":
+            return None
+        return json.dumps({**doc, "orderId": other}).encode()
+
+    proxy.rule("POST", "/fapi/v3/order", swap_id)
+    runner.tick()
+    assert fleet.ledger_positions() == fleet.exchange_positions()
+    assert fleet.exchange_positions()["BTCUSDT"] > 0
+    assert runner.distrusted == 1
+
+
+def test_reconcile_reports_foreign_and_excess_trades_instead_of_booking_them(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """Reconcile through the same hostile answers books nothing wrong and reports each trade."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"])
+    proxy = closing.enter_context(HostileProxy(sim.base_url))
+    runner, ledger = proxied_runner(fleet, proxy, Scripted([Action.LONG]), closing)
+    assert runner.tick().opened == ["BTCUSDT"]
+    proxy.rule("GET", "/fapi/v3/userTrades", foreign_and_extra_trades)
+    report = reconcile_account(ledger, runner.client, fleet.user)
+    assert fleet.ledger_positions() == fleet.exchange_positions()
+    notes = [d.note for d in report.differences if d.kind == "fill" and not d.repaired]
+    trades = len(sim.engine.account(fleet.user).trades)
+    assert len(notes) == 3 * trades, report.to_json()
+    assert not report.ok

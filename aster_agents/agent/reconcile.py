@@ -16,7 +16,9 @@ For one account (``user``), through any client signed for it, ``reconcile_accoun
    each booked trade's realized P&L and commission with the exchange's, and the exchange
    equity (wallet + unrealized at the marks) with the books (sleeves at the same marks +
    unallocated); a difference it cannot safely repair (a position no agent owns, a quantity
-   mismatch while orders work) is reported and left alone;
+   mismatch while orders work) is reported and left alone; so is a trade that does not
+   match the order it names (another symbol or side, an order the exchange does not know,
+   more than the order's ``executedQty``): reconcile reports it instead of guessing;
 4. records the marks, one equity snapshot per sleeve at those marks and the exchange equity.
 
 ``dry_run`` reads and compares only. No ledger transaction is held across a network call,
@@ -32,6 +34,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from aster_agents.decimals import plain
+from aster_agents.errors import OrderNotFound
+from aster_agents.ledger import facts
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -39,7 +43,8 @@ if TYPE_CHECKING:
     from aster_agents.config.schema import FleetConfig
     from aster_agents.exchange.base import Exchange  # the read-only calls are all reconcile uses
     from aster_agents.ledger import Ledger
-    from aster_agents.models import Income, UserTrade
+    from aster_agents.ledger.rows import Intent
+    from aster_agents.models import Income, Order, UserTrade
 
 ZERO: Final = Decimal(0)
 TOLERANCE: Final = Decimal("0.01")
@@ -261,18 +266,29 @@ def _sync_trades(
 ) -> None:
     booked = ledger.booked_trades(user, symbol)
     opened = _opened(ledger, user)
-    coids: dict[int, str] = {}
+    orders: dict[int, Order] = {}
     for trade in _trades(client, symbol, since):
+        if trade.symbol != symbol:
+            _distrusted(report, symbol, trade, f"a trade of {trade.symbol} in the answer")
+            continue
         if trade.id in booked:
             mine = booked[trade.id]
             if mine is not None:  # None: booked to unallocated before
                 _compare_fill(trade, mine, report)
             continue
-        coid = coids.get(trade.order_id)
-        if coid is None:
-            coid = client.query_order(symbol, order_id=trade.order_id).client_order_id
-            coids[trade.order_id] = coid
-        _book_trade(ledger, user, trade, coid, opened, report, dry_run)
+        order = orders.get(trade.order_id)
+        if order is None:
+            try:
+                order = client.query_order(symbol, order_id=trade.order_id)
+            except OrderNotFound:
+                _distrusted(report, symbol, trade, f"order {trade.order_id} is not known")
+                continue
+            orders[trade.order_id] = order
+        if (order.order_id, order.symbol) != (trade.order_id, symbol):
+            what = f"order {trade.order_id} answered as {order.order_id} ({order.symbol})"
+            _distrusted(report, symbol, trade, what)
+            continue
+        _book_trade(ledger, user, trade, order, opened, report, dry_run)
 
 
 def _opened(ledger: Ledger, user: str) -> int:
@@ -294,19 +310,48 @@ def _compare_fill(trade: UserTrade, mine: tuple[Decimal, Decimal], report: Accou
         )
 
 
+def _distrusted(report: AccountReport, symbol: str, trade: UserTrade, what: str) -> None:
+    """A trade that does not match the order it names: reported, never booked."""
+    report.differences.append(
+        Difference(
+            "fill",
+            symbol,
+            "-",
+            f"trade {trade.id}: {trade.side.value} {trade.qty} {trade.symbol}",
+            False,
+            f"{what}: not booked; check the exchange's trade history",
+        )
+    )
+
+
+def _intent_problem(intent: Intent, order: Order, trade: UserTrade, booked: Decimal) -> str | None:
+    if (intent.symbol, intent.side) != (trade.symbol, trade.side):
+        return f"{intent.client_order_id} is a {intent.side.value} of {intent.symbol}"
+    if booked + trade.qty > order.executed_qty:
+        return f"{booked} booked + {trade.qty} would pass executedQty {order.executed_qty}"
+    return None
+
+
 def _book_trade(
     ledger: Ledger,
     user: str,
     trade: UserTrade,
-    coid: str,
+    order: Order,
     opened: int,
     report: AccountReport,
     dry_run: bool,
 ) -> None:
+    coid = order.client_order_id
     intent = ledger.intent(coid)
     what = f"trade {trade.id} of {coid or trade.order_id} on {trade.symbol}"
     if intent is None and trade.time <= opened:
         return  # before the books opened: already inside the opening equity
+    if intent is not None:
+        booked = facts.booked_qty(ledger, intent.agent_id, coid)
+        problem = _intent_problem(intent, order, trade, booked)
+        if problem is not None:
+            _distrusted(report, trade.symbol, trade, f"{what}: {problem}")
+            return
     if dry_run:
         report.repairs.append(f"would book {what}")
         return

@@ -70,6 +70,7 @@ from aster_agents.models import (
     OrderType,
     Side,
     SymbolInfo,
+    UserTrade,
     now_ms,
 )
 from aster_agents.portfolio.governance import Governor
@@ -149,7 +150,9 @@ class AgentRunner:
         self.clock = clock  # market time (ms) for strategies and the kline cache (backtest)
         self.pid = os.getpid()
         self.info: ExchangeInfo | None = None
-        self.orders: dict[int, str] = {}  # exchange order id -> our client order id
+        # exchange order id -> our order, from answers that named our client order id
+        self.known: dict[int, Order] = {}
+        self.distrusted = 0  # exchange answers refused as not matching their intent
         self.last_prices: dict[str, Decimal] = {}
         self.parsed_klines: dict[str, tuple[bytes | str, list[Kline]]] = {}  # cache key -> both
         self.ticks = 0
@@ -280,7 +283,9 @@ class AgentRunner:
     def _settle(self, intent: Intent, order: Order) -> None:
         """Record the order, confirm a reserved intent, book its fills, finish it when final."""
         coid = intent.client_order_id
-        self.orders[order.order_id] = coid
+        if not self._matches(intent, order):
+            return
+        self.known[order.order_id] = order
         if intent.state == "reserved":
             self.ledger.confirm(coid)
         seen = (
@@ -524,9 +529,12 @@ class AgentRunner:
             clamp_distance(trading.stop_loss_pct, signal.stop_loss_pct),
             clamp_distance(trading.take_profit_pct, signal.take_profit_pct),
         )
+        verified = self._verified(intent, order)
+        if verified is None:
+            return
         seen = self._sync_fills(symbol, since_ms=intent.created_ms)
         failpoint("after_fills")
-        self._after_order(intent, order, seen)
+        self._after_order(intent, verified, seen)
         position = self._position(symbol)
         if position is not None:
             self._protect(symbol, position)
@@ -550,12 +558,50 @@ class AgentRunner:
                 "order {} outcome unknown ({}); resolving by client order id later", coid, exc
             )
             return None
-        self.orders[order.order_id] = coid
+        if not self._matches(intent, order):
+            return None  # resolved by its client order id on the next tick
         failpoint("after_send")
         if not self.ledger.confirm(coid):
             logger.warning("intent {} expired before confirm; the order stands and is booked", coid)
         failpoint("after_confirm")
         return order
+
+    def _matches(self, intent: Intent, order: Order) -> bool:
+        """True when an answer about ``intent``'s order names its client order id and symbol."""
+        if (order.client_order_id, order.symbol) == (intent.client_order_id, intent.symbol):
+            return True
+        self._distrust(
+            f"answer about {intent.client_order_id} ({intent.symbol}) names order "
+            f"{order.order_id} {order.client_order_id!r} ({order.symbol})"
+        )
+        return False
+
+    def _verified(self, intent: Intent, answer: Order) -> Order | None:
+        """The order of ``intent`` as the exchange knows it by client order id.
+
+        A new-order answer's ``orderId`` is what the fills are matched by, so it is checked
+        against a query by our own client order id before any fill is booked with it.
+        """
+        try:
+            order = self.client.query_order(intent.symbol, client_order_id=intent.client_order_id)
+        except (OrderNotFound, TransientExchangeError) as exc:
+            logger.warning("order {} not confirmed ({}); resolving it later", answer.order_id, exc)
+            return None
+        if not self._matches(intent, order):
+            return None
+        if order.order_id != answer.order_id:
+            self._distrust(
+                f"new-order answer for {intent.client_order_id} named order {answer.order_id}; "
+                f"the exchange knows it as {order.order_id}"
+            )
+        self.known[order.order_id] = order
+        return order
+
+    def _distrust(self, what: str) -> None:
+        """An answer that does not match its intent: logged, counted, left to reconcile."""
+        self.distrusted += 1
+        logger.warning("distrusting the exchange: {}; left to reconcile", what)
+        facts.note_distrusted(self.ledger, self.agent.id, what)
 
     def _after_order(self, intent: Intent, order: Order, seen: dict[str, Decimal]) -> None:
         """Finish the intent once its order is final and every fill of it is booked."""
@@ -596,8 +642,10 @@ class AgentRunner:
         if order is None:
             return
         report.closed.append(symbol)
-        seen = self._sync_fills(symbol, since_ms=intent.created_ms)
-        self._after_order(intent, order, seen)
+        verified = self._verified(intent, order)
+        if verified is not None:
+            seen = self._sync_fills(symbol, since_ms=intent.created_ms)
+            self._after_order(intent, verified, seen)
         logger.info(
             "closed {} {} ({}; confidence {:.2f}){}",
             symbol,
@@ -728,14 +776,25 @@ class AgentRunner:
     def _sync_fills(self, symbol: str, since_ms: int) -> dict[str, Decimal]:
         """Book every trade of our orders on ``symbol`` since ``since_ms`` (idempotent).
 
-        Returns the quantity seen per client order id, all of it booked now or before.
+        A trade is booked only when it is of ``symbol``, of an order known by our client order
+        id, on that order's side, and within the order's ``executedQty``; anything else is
+        distrusted. Returns the quantity booked so far per client order id seen.
         """
         seen: dict[str, Decimal] = {}
         for trade in self.client.user_trades(
             symbol, start_time=max(0, since_ms - 1000), limit=1000
         ):
-            coid = self.orders.get(trade.order_id)
-            if coid is None:
+            order = self.known.get(trade.order_id)
+            if order is None:
+                continue
+            coid = order.client_order_id
+            if coid not in seen:
+                seen[coid] = facts.booked_qty(self.ledger, self.agent.id, coid)
+            if facts.trade_booked(self.ledger, self.agent.id, trade.id):
+                continue
+            problem = _fill_problem(symbol, order, trade, seen[coid])
+            if problem is not None:
+                self._distrust(f"trade {trade.id} of order {order.order_id}: {problem}")
                 continue
             self.ledger.book_fill(
                 coid,
@@ -748,7 +807,7 @@ class AgentRunner:
                 commission=trade.commission,
                 time_ms=trade.time,
             )
-            seen[coid] = seen.get(coid, ZERO) + trade.qty
+            seen[coid] += trade.qty
         return seen
 
     # ------------------------------------------------------------------ exchange-made closes
@@ -831,6 +890,17 @@ class AgentRunner:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _fill_problem(symbol: str, order: Order, trade: UserTrade, booked: Decimal) -> str | None:
+    """Why ``trade`` cannot be a fill of ``order`` (already ``booked``), or None."""
+    if trade.symbol != symbol or order.symbol != symbol:
+        return f"a trade of {trade.symbol} in the answer for {symbol}"
+    if trade.side is not order.side:
+        return f"a {trade.side.value} trade of a {order.side.value} order"
+    if booked + trade.qty > order.executed_qty:
+        return f"{booked} + {trade.qty} would pass the order's executedQty {order.executed_qty}"
+    return None
 
 
 def _final_state(status: OrderStatus) -> str:

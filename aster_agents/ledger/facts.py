@@ -52,12 +52,21 @@ def note_margin_type(ledger: Ledger, user: str, symbol: str, value: str) -> None
     _note(ledger, None, MARGIN_TYPE, user=user, symbol=symbol, margin_type=value)
 
 
-def booked_qty(ledger: Ledger, client_order_id: str) -> Decimal:
-    """The quantity of ``client_order_id`` booked so far (every fill, unsigned)."""
+def booked_qty(ledger: Ledger, agent_id: str, client_order_id: str) -> Decimal:
+    """The quantity of ``agent_id``'s order ``client_order_id`` booked so far (unsigned)."""
     rows = ledger.store.conn.execute(
-        "SELECT qty FROM fills WHERE client_order_id = ?", (client_order_id,)
+        "SELECT qty FROM fills WHERE agent_id = ? AND client_order_id = ?",
+        (agent_id, client_order_id),
     ).fetchall()
     return sum((dec(r[0]) for r in rows), Decimal(0))
+
+
+def trade_booked(ledger: Ledger, agent_id: str, trade_id: int) -> bool:
+    """True when ``agent_id`` has booked the exchange trade ``trade_id``."""
+    row = ledger.store.conn.execute(
+        "SELECT 1 FROM fills WHERE agent_id = ? AND trade_id = ?", (agent_id, trade_id)
+    ).fetchone()
+    return row is not None
 
 
 def note_distrusted(ledger: Ledger, agent_id: str | None, what: str) -> None:
