@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from aster_agents.config import safeyaml
 from aster_agents.config.starter import SIM_DEFAULT_URL
 from aster_agents.config.view import (
     CONFIG_ENV,
@@ -316,12 +317,10 @@ def is_loopback_url(url: str) -> bool:
 
 def _read_yaml(path: Path, problems: list[str]) -> object:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{path}: cannot read file: {exc}")
+        return safeyaml.load(safeyaml.read_text(path))
+    except safeyaml.BadYamlFile as exc:
+        problems.append(f"{path}: {exc}")
         return None
-    try:
-        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""

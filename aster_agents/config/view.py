@@ -216,13 +216,15 @@ def _store(cache: Path, stamp: list[list[object]], files: dict[str, Any]) -> Non
 
 
 def _read(path: Path) -> Mapping[str, Any]:
+    """The file's mapping, or {} when it is missing or refused (the same bounds as the loader)."""
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    from aster_agents.config import safeyaml
+
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return {_BROKEN: type(exc).__name__}
+        data = safeyaml.load(safeyaml.read_text(path))
+    except (safeyaml.BadYamlFile, yaml.YAMLError) as exc:
+        return {_BROKEN: str(exc) if isinstance(exc, safeyaml.BadYamlFile) else type(exc).__name__}
     return data if isinstance(data, dict) else {_BROKEN: "not a mapping"}
 
 
