@@ -7,6 +7,7 @@
     ├── CredentialError              stop, exit 2 (key missing, wrong password, key/signer mismatch)
     ├── AlreadyRunning               stop, exit 3 (the agent's singleton lock is held)
     ├── LedgerError                  stop, exit 1 (ledger unusable: newer schema, corrupt file)
+    │   ├── StateDirFull             stop opening, retry with backoff (no space left)
     │   └── ReservationDenied        skip this tick (a limit says no); carries ``reason``
     └── ExchangeError                carries ``code`` (exchange error code) and ``msg``
         ├── AuthError                stop, exit 4 (signature, signer or nonce refused)
@@ -68,6 +69,14 @@ class AlreadyRunning(AsterAgentsError):
 
 class LedgerError(AsterAgentsError):
     """The ledger cannot be used (newer schema, corrupt file)."""
+
+
+class StateDirFull(LedgerError):
+    """The state dir's filesystem is full: stop opening, keep what is on the exchange, retry."""
+
+    def __init__(self, path: object, free: str) -> None:
+        super().__init__(f"state dir full: {path}, {free}")
+        self.path = path
 
 
 class ReservationDenied(LedgerError):

@@ -1,11 +1,60 @@
-"""Atomic, owner-only file writes, shared by the keystores and the agents' own state files."""
+"""Atomic, owner-only file writes, shared by the keystores and the agents' own state files;
+owner-only directories for the state dir; free space and disk-full detection."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
+import sqlite3
 from pathlib import Path
+from typing import Final
+
+PRIVATE_DIR: Final = 0o700
+PRIVATE_FILE: Final = 0o600
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_SQLITE_FULL: Final = 13
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create ``directory`` and its missing parents owner-only, 0700; existing ones are left."""
+    if directory.is_dir():
+        return
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for each in reversed(missing):
+        each.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+
+
+def touch_private(path: Path) -> None:
+    """Create ``path`` empty and 0600 unless it exists, so whatever opens it later keeps that."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left" (or quota, or file-size limit) from the OS or from SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == _SQLITE_FULL or "database or disk is full" in str(exc)
+    return False
+
+
+def free_space(path: Path) -> str:
+    """Free space on the filesystem holding ``path`` (its nearest existing parent), for humans."""
+    target = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    try:
+        free = float(shutil.disk_usage(target).free)
+    except OSError:
+        return "free space unknown"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if free < 1024 or unit == "GiB":
+            return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"
+        free /= 1024
+    return "free space unknown"  # pragma: no cover - the loop always returns
 
 
 def write_private_file(target: Path, data: bytes, *, replace: bool) -> None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from loguru import logger
 
+from aster_agents.fsutil import is_disk_full, make_private_dir
+
 if TYPE_CHECKING:
     from loguru import Record
 
@@ -26,10 +28,66 @@ __all__ = ["logger", "redact", "setup_logging"]
 # 130 hex digits = a 65-byte signature; 64 = a private key (or a hash: redacting those is cheap).
 _SECRET_RE: Final = re.compile(r"(?i)(0x)?(?<![0-9a-f])([0-9a-f]{130}|[0-9a-f]{64})(?![0-9a-f])")
 _FORMAT: Final = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {extra[agent]} | {message}"
-ROTATION: Final = "10 MB"
+ROTATION_BYTES: Final = 10_000_000
 RETENTION: Final = 5
 
 _configured = False
+
+
+class LogFile:
+    """The agent's log file: created 0600, rotated at ROTATION_BYTES into ``<name>.1`` ..
+    ``<name>.<RETENTION>``, written with one ``write`` per line.
+
+    A line that finds the disk full is dropped and counted (a note says how many once there is
+    room again) instead of raising into loguru, which would print the whole record to stderr.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dropped = 0
+        self._fd = -1
+        self._size = 0
+
+    def write(self, message: str) -> None:
+        data = message.encode("utf-8", "replace")
+        try:
+            if self._fd < 0:
+                self._open()
+            if self._size and self._size + len(data) > ROTATION_BYTES:
+                self._rotate()
+            if self.dropped:
+                self._put(f"({self.dropped} log lines dropped: disk full)\n".encode())
+                self.dropped = 0
+            self._put(data)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.dropped += 1
+
+    def _put(self, data: bytes) -> None:
+        self._size += os.write(self._fd, data)
+
+    def _open(self) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(self.path, flags, 0o600)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        self.close()
+        for n in range(RETENTION - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+_log_file: LogFile | None = None
 
 
 def redact(text: str) -> str:
@@ -69,9 +127,12 @@ def setup_logging(
 
     The level is ``level``, else ``$ASTER_AGENTS_LOG_LEVEL``, else INFO.
     """
-    global _configured
+    global _configured, _log_file
     level = (level or os.environ.get(LEVEL_ENV) or "INFO").upper()
     logger.remove()
+    if _log_file is not None:
+        _log_file.close()
+        _log_file = None
     logger.configure(extra={"agent": agent_id}, patcher=_patch)
     common: dict[str, Any] = {
         "level": level,
@@ -84,13 +145,13 @@ def setup_logging(
         logger.add(sys.stderr, colorize=False, **common)
     if state_dir is not None and SUPERVISED_ENV not in os.environ:  # else supervisord writes it
         log_dir = state_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        logger.add(
-            log_dir / f"{agent_id}.log",
-            rotation=ROTATION,
-            retention=RETENTION,
-            encoding="utf-8",
-            enqueue=False,
-            **common,
-        )
+        try:
+            make_private_dir(log_dir)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            logger.warning("no log file: {} ({})", log_dir, exc.strerror)
+        else:
+            _log_file = LogFile(log_dir / f"{agent_id}.log")
+            logger.add(_log_file, colorize=False, **common)
     _configured = True

@@ -31,11 +31,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from aster_agents.agent import inflight
 from aster_agents.agent.reconcile import FUNDING, book_exchange_close, book_funding
@@ -51,10 +51,12 @@ from aster_agents.errors import (
     OrderRejected,
     RateLimited,
     ReservationDenied,
+    StateDirFull,
     TransientExchangeError,
     UnknownOutcome,
 )
 from aster_agents.exchange.base import Exchange, RequestLog
+from aster_agents.fsutil import free_space, make_private_dir
 from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache, facts
 from aster_agents.ledger.rows import sleeve_equity
 from aster_agents.logs import logger
@@ -93,6 +95,7 @@ FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fill
 FUNDING_EVERY: Final = 10  # ticks between two reads of the funding income
 EXCHANGE_CHECK_EVERY: Final = 5  # ticks between two positionRisk reads (weight 5)
 FLATTENED: Final = "flattened by operator"  # the disabled reason `flatten` sets
+FULL_BACKOFF_MAX_S: Final = 60.0  # the longest wait between two tries on a full state dir
 PROTECTIVE_TYPES: Final = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
 # The note on a protective intent: the trade history tells a stop from a take profit by it.
 PROTECT_NOTES: Final = {
@@ -108,6 +111,27 @@ def failpoint(name: str) -> None:
     """
     if os.environ.get(FAILPOINT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class FullDisk:
+    """Backoff while the state dir is full: nothing can be reserved, so nothing is opened, and
+    the protective orders stay on the exchange untouched; one line per retry."""
+
+    delay: float = 0.0
+
+    def failed(self, exc: StateDirFull, interval: float) -> None:
+        self.delay = min(FULL_BACKOFF_MAX_S, max(interval, self.delay * 2, 1.0))
+        logger.error(
+            "{}; not opening, protective orders stay; retrying in {:.0f}s", exc, self.delay
+        )
+
+    def cleared(self, state_dir: Path) -> None:
+        if self.delay:
+            self.delay = 0.0
+            logger.warning(
+                "state dir has room again: {}, {}; resuming", state_dir, free_space(state_dir)
+            )
 
 
 @dataclass
@@ -153,6 +177,7 @@ class AgentRunner:
         # exchange order id -> our order, from answers that named our client order id
         self.known: dict[int, Order] = {}
         self.distrusted = 0  # exchange answers refused as not matching their intent
+        self.full = FullDisk()
         self.last_prices: dict[str, Decimal] = {}
         self.parsed_klines: dict[str, tuple[bytes | str, list[Kline]]] = {}  # cache key -> both
         self.ticks = 0
@@ -340,16 +365,21 @@ class AgentRunner:
             if skips and skips != last_skips:  # why it did not trade, once per change
                 logger.info("{} {}", NO_TRADE, "; ".join(skips))
             last_skips = skips
-            self.stop.wait(max(0.0, interval - (time.monotonic() - started)))
+            wait = self.full.delay if self.full.delay else interval
+            self.stop.wait(max(0.0, wait - (time.monotonic() - started)))
         logger.info("stopped")
 
     def safe_tick(self) -> TickReport | None:
         started, cpu = time.perf_counter(), time.process_time()
         client_wall, client_cpu = self.meter.wall_ms, self.meter.cpu_ms
         try:
-            return self.tick()
+            report = self.tick()
+            self.full.cleared(self.ledger.state_dir)
+            return report
         except (AuthError, ConfigError):
             raise
+        except StateDirFull as exc:
+            self.full.failed(exc, self.agent.trading.scan_interval_seconds)
         except RateLimited as exc:
             self._tick_failed(
                 f"rate limited until {time.strftime('%H:%M:%S', time.localtime(exc.retry_at))}"
@@ -374,7 +404,13 @@ class AgentRunner:
 
     def _tick_failed(self, message: str) -> None:
         logger.error("tick failed: {}", message)
-        self.ledger.heartbeat(self.agent.id, self.pid, error=message[:500])
+        self._note_error(message)
+
+    def _note_error(self, message: str) -> None:
+        try:
+            self.ledger.heartbeat(self.agent.id, self.pid, error=message[:500])
+        except StateDirFull as exc:
+            self.full.failed(exc, self.agent.trading.scan_interval_seconds)
 
     def _stood_down(self) -> bool:
         """True while the operator's flatten holds this agent: it must not race the closes."""
@@ -996,7 +1032,8 @@ def run_agent(
     from aster_agents.strategies import get_strategy
 
     agent = fleet.agent(agent_id)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    os.umask(0o077)  # the ledger, logs and caches hold the fleet's trading history: owner-only
+    make_private_dir(state_dir)
     with AgentLock(state_dir, agent.id):
         setup_logging(agent.id, state_dir, json_lines=log_json)
         signer = resolve_signer(fleet, agent)
@@ -1006,15 +1043,14 @@ def run_agent(
                 logger.warning("keystore {} is readable by group or others; chmod 600 it", keystore)
         strategy = get_strategy(agent.trading.strategy, agent.trading.params, seed=_seed(agent.id))
         stop = stop or threading.Event()
-        with stop_on_signals(stop), Ledger(state_dir) as ledger:
-            # a disabled agent stays disabled (the ledger keeps it): only `agents enable` undoes it
-            slot = ledger.register_agent(
-                agent.id,
-                agent.exchange.user,
-                max_positions=agent.trading.max_positions,
-                enabled=agent.enabled,
+        with stop_on_signals(stop), ExitStack() as books:
+            opened = _while_full(stop, lambda: _open_books(books, state_dir, agent))
+            if opened is None:
+                return 0
+            ledger, slot = opened
+            budget = books.enter_context(
+                closing(SharedBudget(state_dir, user=agent.exchange.user, agent_id=agent.id))
             )
-            budget = SharedBudget(state_dir, user=agent.exchange.user, agent_id=agent.id)
 
             def on_request(entry: RequestLog) -> None:
                 log_request(entry)
@@ -1048,6 +1084,36 @@ def run_agent(
     return 0
 
 
+T = TypeVar("T")
+
+
+def _while_full(stop: threading.Event, step: Callable[[], T]) -> T | None:
+    """``step()``, tried again with backoff while the state dir is full; None once stopped."""
+    full = FullDisk()
+    while not stop.is_set():
+        try:
+            return step()
+        except StateDirFull as exc:
+            full.failed(exc, 1.0)
+            stop.wait(full.delay)
+    return None
+
+
+def _open_books(books: ExitStack, state_dir: Path, agent: AgentConfig) -> tuple[Ledger, int]:
+    """The ledger with this agent registered (a disabled agent stays disabled: the ledger
+    keeps it, and only `agents enable` undoes it)."""
+    with ExitStack() as attempt:
+        ledger = attempt.enter_context(Ledger(state_dir))
+        slot = ledger.register_agent(
+            agent.id,
+            agent.exchange.user,
+            max_positions=agent.trading.max_positions,
+            enabled=agent.enabled,
+        )
+        books.enter_context(attempt.pop_all())
+        return ledger, slot
+
+
 def risk_limits(agent: AgentConfig) -> RiskLimits:
     """The agent's configured limits, as strategies that explain themselves see them."""
     t = agent.trading
@@ -1068,13 +1134,17 @@ def _start_with_retries(runner: AgentRunner) -> None:
             return
         except (AuthError, ConfigError):
             raise
+        except StateDirFull as exc:
+            runner.full.failed(exc, delay)
+            runner.stop.wait(runner.full.delay)
+            continue
         except (TransientExchangeError, ExchangeError) as exc:
             tries += 1
             what = f"start-up against {url} failed: {exc}"
             if tries >= UNREACHABLE_AFTER and isinstance(exc, TransientExchangeError):
                 what = f"start-up: the exchange at {url} is unreachable ({tries} tries): {exc}"
             logger.error("{}; retrying in {:.0f}s", what, delay)
-            runner.ledger.heartbeat(runner.agent.id, runner.pid, error=what[:500])
+            runner._note_error(what)
             runner.stop.wait(delay)
             delay = min(delay * 2, 30.0)
 

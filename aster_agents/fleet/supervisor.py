@@ -26,6 +26,7 @@ from typing import Any, Final
 from aster_agents.config.schema import FleetConfig
 from aster_agents.errors import AsterAgentsError, ConfigError
 from aster_agents.fleet.rpc import supervisor_rpc
+from aster_agents.fsutil import make_private_dir
 from aster_agents.ledger.liveness import pid_alive
 
 GROUP: Final = "aster-agents"
@@ -183,6 +184,7 @@ def _core_sections(s: str) -> str:
         f"logfile_maxbytes={LOG_MAXBYTES}\n"
         f"logfile_backups={LOG_BACKUPS}\n"
         "loglevel=info\n"
+        "umask=077\n"  # its logs and the agents' files are the fleet's trading history
         f"pidfile={s}/{PID_NAME}\n"
         f"childlogdir={s}/logs\n"
         "\n"
@@ -225,8 +227,7 @@ def write_runtime_config(
     fleet: FleetConfig, state_dir: Path, *, aster_agent_bin: str | None = None
 ) -> Path:
     """Render into ``<state_dir>/supervisord.conf`` (atomically) and create the log dir."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "logs").mkdir(exist_ok=True)
+    make_private_dir(state_dir / "logs")
     path = conf_path(state_dir)
     text = render(
         fleet, path, aster_agent_bin=aster_agent_bin or installed_bin(), state_dir=state_dir

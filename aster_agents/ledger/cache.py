@@ -6,6 +6,7 @@ while the others wait and then read what it stored. The ledger lock is never inv
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from aster_agents import models
+from aster_agents.fsutil import is_disk_full, make_private_dir
 
 _HEADER: Final = struct.Struct("<qqB")  # fetched_ms, fresh_until_ms, is_text
 _SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -27,7 +29,11 @@ class MarketDataCache:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir) / "cache"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            make_private_dir(self.dir)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
 
     def _path(self, key: str) -> Path:
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -49,7 +55,12 @@ class MarketDataCache:
         hit = self._read(path, now_ms)
         if hit is not None:
             return hit[0]
-        fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            return fetch()  # no room to cache: serve this caller uncached
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             hit = self._read(path, now_ms)
@@ -90,5 +101,13 @@ class MarketDataCache:
         body = value.encode() if isinstance(value, str) else value
         header = _HEADER.pack(models.now_ms(), fresh_until_ms, int(is_text))
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(header + body)
-        os.replace(tmp, path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(header + body)
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if not is_disk_full(exc):
+                raise

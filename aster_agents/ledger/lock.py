@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from aster_agents.errors import AlreadyRunning
+from aster_agents.fsutil import is_disk_full, make_private_dir
 
 
 class AgentLock:
@@ -24,7 +25,7 @@ class AgentLock:
         self._fd = -1
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -35,9 +36,13 @@ class AgentLock:
                 f"agent {self.agent_id} is already running (pid {holder}; lock {self.path}): "
                 "stop that process first, or check it with `aster-agent status`"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # the pid is only shown to a second copy: a full disk may skip it
+            if not is_disk_full(exc):
+                raise
 
     def release(self, *, clean: bool = False) -> None:
         """Let go; ``clean`` (a normal stop) empties the file so `status` can tell a stop

@@ -36,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -44,7 +45,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from aster_agents.errors import LedgerError
+from aster_agents.errors import LedgerError, StateDirFull
+from aster_agents.fsutil import free_space, is_disk_full, make_private_dir, touch_private
 from aster_agents.ledger.audit import now_ms
 from aster_agents.ledger.counters import bump, lock_wait_deltas
 from aster_agents.ledger.lock import NamedLock
@@ -240,6 +242,16 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
 
 
 SYNC_NAME: Final = "ledger.sync"
+_SQLITE_IOERR: Final = 10
+_NEARLY_FULL_BYTES: Final = 256 << 10
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        return shutil.disk_usage(directory).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
 
 Sync = Callable[[int], None]
 DEFAULT_SYNC: Final[Sync] = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
@@ -261,7 +273,12 @@ class _SyncPoint:
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         if os.fstat(self._fd).st_size < 16:
-            os.ftruncate(self._fd, 16)  # extending zero-fills; never shrinks live counters
+            # allocated, not sparse: a store into a mapped hole on a full disk is a SIGBUS
+            try:
+                os.posix_fallocate(self._fd, 0, 16)  # zero-fills; never shrinks live counters
+            except OSError:
+                os.close(self._fd)
+                raise
         self._map = mmap.mmap(self._fd, 16)
         self._words = memoryview(self._map).cast("Q")
         if self._words[1] > self._words[0]:  # not from us (the synced count trails): distrust
@@ -302,33 +319,59 @@ class SqliteStore:
 
     def __init__(self, state_dir: Path, *, sync: Sync = DEFAULT_SYNC) -> None:
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / DB_NAME
         self.wal_path = self.state_dir / f"{DB_NAME}-wal"
         self._sync = sync
         self._wal_fd = -1
         self._wal_ino = -1
-        self._lock_fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-        self._syncpoint: _SyncPoint | None = _SyncPoint(self.state_dir / SYNC_NAME)
+        self._lock_fd = -1
+        self._syncpoint: _SyncPoint | None = None
         self._thread_lock = threading.RLock()
         self.last_wait_ns = 0  # how long the last write waited for the flock (diagnostics)
         self.last_hold_ns = 0  # how long it held the flock
         self._counting = False  # set once migrations have created ``counters``
         try:
+            self._open_files()
             self.conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=10
             )
             self._configure()
             self._migrate()
             self._counting = True
+        except OSError as exc:
+            self.close()
+            if is_disk_full(exc):
+                raise self._full() from exc
+            raise
         except sqlite3.DatabaseError as exc:
             self.close()
+            if self._is_full(exc):
+                raise self._full() from exc
             raise LedgerError(
                 f"cannot open ledger {self.path}: {exc}; check the file or move it aside"
             ) from exc
         except LedgerError:
             self.close()
             raise
+
+    def _open_files(self) -> None:
+        """The state dir 0700, and the database, the writer lock and the sync counters 0600
+        (SQLite gives its -wal and -shm files the database file's mode)."""
+        make_private_dir(self.state_dir)
+        touch_private(self.path)
+        self._lock_fd = os.open(self.state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        self._syncpoint = _SyncPoint(self.state_dir / SYNC_NAME)
+
+    def _full(self) -> StateDirFull:
+        return StateDirFull(self.state_dir, free_space(self.state_dir))
+
+    def _is_full(self, exc: BaseException) -> bool:
+        """SQLITE_FULL or ENOSPC, or an I/O error while the disk has no room left (SQLite
+        reports a -shm file it cannot extend as SQLITE_IOERR_SHMSIZE)."""
+        if is_disk_full(exc):
+            return True
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF == _SQLITE_IOERR and _nearly_full(self.state_dir)
 
     def _configure(self) -> None:
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -397,26 +440,33 @@ class SqliteStore:
         as its (dead) pid is noticed.
         A process crash never loses a committed transaction either way.
         """
-        with self._thread_lock:
-            with self._flock():
-                self.conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self.conn
-                    if self._counting:  # the exporter's lock-wait histogram, same commit
-                        bump(self.conn, lock_wait_deltas(self.last_wait_ns / 1e9))
-                    self.conn.execute("COMMIT")
-                except BaseException:
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    raise
-                ticket = self._syncpoint.committed() if self._syncpoint and durable else 0
-            if ticket and self._syncpoint:
-                self._syncpoint.wait_durable(ticket, self._sync_wal)
+        try:
+            with self._thread_lock:
+                with self._flock():
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield self.conn
+                        if self._counting:  # the exporter's lock-wait histogram, same commit
+                            bump(self.conn, lock_wait_deltas(self.last_wait_ns / 1e9))
+                        self.conn.execute("COMMIT")
+                    except BaseException:
+                        if self.conn.in_transaction:
+                            self.conn.execute("ROLLBACK")
+                        raise
+                    ticket = self._syncpoint.committed() if self._syncpoint and durable else 0
+                if ticket and self._syncpoint:
+                    self._syncpoint.wait_durable(ticket, self._sync_wal)
+        except (sqlite3.Error, OSError) as exc:
+            if self._is_full(exc):
+                raise self._full() from exc
+            raise
 
     def _sync_wal(self) -> None:
         try:
             self._sync(self._wal())
         except OSError as exc:
+            if is_disk_full(exc):
+                raise self._full() from exc
             raise LedgerError(
                 f"ledger {self.path}: syncing {self.wal_path} failed ({exc}); the last write "
                 "is committed but may not survive a power cut: check the disk"
