@@ -43,13 +43,21 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
-def free_space(path: Path) -> str:
-    """Free space on the filesystem holding ``path`` (its nearest existing parent), for humans."""
+def free_bytes(path: Path) -> int | None:
+    """Bytes free on the filesystem holding ``path`` (its nearest existing parent)."""
     target = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
     try:
-        free = float(shutil.disk_usage(target).free)
+        return shutil.disk_usage(target).free
     except OSError:
+        return None
+
+
+def free_space(path: Path) -> str:
+    """Free space on the filesystem holding ``path``, for humans ("1.5 MiB free")."""
+    raw = free_bytes(path)
+    if raw is None:
         return "free space unknown"
+    free = float(raw)
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if free < 1024 or unit == "GiB":
             return f"{free:.0f} {unit} free" if unit == "bytes" else f"{free:.1f} {unit} free"

@@ -19,7 +19,7 @@ from aster_agents.sim.server import SimAccount, SimConfig, SimServer
 from tests.kit.agents import Fleet, make_fleet
 from tests.kit.cli import run_cli
 
-HOST_CHECKS = ("key files", "ledger", "supervisord", "rate budget")
+HOST_CHECKS = ("key files", "state dir", "ledger", "supervisord", "rate budget")
 EXCHANGE_CHECKS = ("clock", "account", "position mode", "leverage and margin")
 
 
@@ -332,3 +332,42 @@ def test_account_without_deposit_says_deposit_first(
     assert code == 1 and got["account"] == "FAIL"
     detail = next(c["detail"] for c in doc["checks"] if c["name"] == "account")
     assert "the main wallet has not deposited yet" in detail and "-5050" in detail
+
+
+def detail(doc: dict[str, Any], name: str) -> str:
+    return str(next(c["detail"] for c in doc["checks"] if c["name"] == name))
+
+
+def test_state_dir_check_reports_free_space_and_loose_modes(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state dir check shows the free space; a file others can read is a WARN naming it."""
+    Ledger(fleet.state_dir).close()
+    _, doc = doctor_json(fleet, capsys, "--id", "agent-1")
+    assert statuses(doc)["state dir"] == "PASS", detail(doc, "state dir")
+    assert " free" in detail(doc, "state dir") and str(fleet.state_dir) in detail(doc, "state dir")
+    os.chmod(fleet.state_dir / "ledger.sqlite3", 0o644)
+    code, doc = doctor_json(fleet, capsys, "--id", "agent-1")
+    assert code == 0 and statuses(doc)["state dir"] == "WARN"
+    assert "ledger.sqlite3 644" in detail(doc, "state dir")
+
+
+def test_keystore_dir_behind_a_symlink_is_a_warning(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """keys/ as a symlink to a 0755 directory: key files WARN naming the link and the mode."""
+    real = tmp_path / "elsewhere"
+    real.mkdir(mode=0o755)
+    os.chmod(real, 0o755)
+    (real / "agent-1.json").write_text("{}")
+    os.chmod(real / "agent-1.json", 0o600)
+    (fleet.root / "keys").symlink_to(real)
+    config = fleet.config_dir / "agent-1.yaml"
+    text = config.read_text().replace(
+        "signer_key_env: AGENT_1_PRIVATE_KEY",
+        "signer_keystore: keys/agent-1.json\n  signer_keystore_password_env: AGENT_1_PASSWORD",
+    )
+    config.write_text(text)
+    _, doc = doctor_json(fleet, capsys, "--id", "agent-1")
+    assert statuses(doc)["key files"] == "WARN"
+    assert "is a symlink to" in detail(doc, "key files") and "mode 755" in detail(doc, "key files")

@@ -11,6 +11,7 @@ only on symbols without an open position. Signed requests use the tool nonce slo
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -46,6 +47,9 @@ SKEW_WARN_MS: Final = 500.0
 SKEW_FAIL_MS: Final = 1000.0
 BUCKET_WARN_USED: Final = 0.9
 EXCHANGE_TIMEOUT_S: Final = 5.0
+FREE_FAIL_BYTES: Final = 16 << 20  # below this the ledger may fill it within a day
+FREE_WARN_BYTES: Final = 256 << 20
+MAX_STATE_ENTRIES: Final = 10_000  # a mode check, not a full walk of a huge cache
 
 
 class Status(StrEnum):
@@ -117,7 +121,7 @@ def run_doctor(
 
     fleet = _config_check(config_dir, add)
     if fleet is None:
-        for name in ("agents", "ledger", "supervisord", "rate budget"):
+        for name in ("agents", "state dir", "ledger", "supervisord", "rate budget"):
             add(Check(None, name, Status.SKIP, "config invalid"))
         return checks
     agents = [fleet.agent(agent_id)] if agent_id is not None else list(fleet.enabled_agents)
@@ -419,6 +423,7 @@ def _host_checks(
     fleet: FleetConfig, agents: list[AgentConfig], state_dir: Path, add: Report
 ) -> None:
     add(_key_files(fleet, agents))
+    add(_state_dir(state_dir))
     add(_ledger(state_dir))
     add(_supervisord(state_dir, [a.id for a in agents]))
     add(_rate_budget(state_dir))
@@ -441,9 +446,64 @@ def _key_files(fleet: FleetConfig, agents: list[AgentConfig]) -> Check:
         names = ", ".join(str(f) for f in loose)
         detail = f"readable by group or others: {names}; chmod 600 them"
         return Check(None, "key files", Status.WARN, detail)
+    dirs = _key_dir_problems(fleet.root, present)
+    if dirs:
+        return Check(None, "key files", Status.WARN, "; ".join(dirs))
     if not present:
         return Check(None, "key files", Status.PASS, "no keystore or .env file (keys from env)")
     return Check(None, "key files", Status.PASS, f"{len(present)} file(s), owner-only")
+
+
+def _key_dir_problems(root: Path, files: list[Path]) -> list[str]:
+    """Keystore directories reached through a symlink, or open to group or others."""
+    problems: list[str] = []
+    for directory in sorted({f.parent for f in files if f.name != ".env"}):
+        for part in (directory, *directory.parents):
+            if part == root or part in root.parents:
+                break
+            if part.is_symlink():
+                problems.append(f"{part} is a symlink to {part.resolve()}; keep keys in a real dir")
+        real = directory.resolve()
+        mode = real.stat().st_mode & 0o777
+        if mode & 0o077:
+            problems.append(f"{real} is mode {mode:o}, open to group or others; chmod 700 it")
+    return problems
+
+
+def _state_dir(state_dir: Path) -> Check:
+    """Free space on the state dir's filesystem, and owner-only modes (dirs 0700, files 0600)."""
+    from aster_agents.fsutil import free_bytes, free_space
+
+    free = free_bytes(state_dir)
+    detail = f"{state_dir}: {free_space(state_dir)}"
+    if free is not None and free < FREE_FAIL_BYTES:
+        detail += "; agents stop opening positions when it is full: make room"
+        return Check(None, "state dir", Status.FAIL, detail)
+    loose = _loose_state(state_dir)
+    if loose:
+        shown = ", ".join(loose[:5]) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+        detail += f"; readable by group or others: {shown}; chmod -R go-rwx {state_dir}"
+        return Check(None, "state dir", Status.WARN, detail)
+    if free is not None and free < FREE_WARN_BYTES:
+        return Check(None, "state dir", Status.WARN, detail + "; running low")
+    return Check(
+        None, "state dir", Status.PASS, detail + ("; owner-only" if state_dir.is_dir() else "")
+    )
+
+
+def _loose_state(state_dir: Path) -> list[str]:
+    """Entries of the state dir (itself included) with any group or other permission bit."""
+    if not state_dir.is_dir():
+        return []
+    found: list[str] = []
+    for index, path in enumerate([state_dir, *state_dir.rglob("*")]):
+        if index > MAX_STATE_ENTRIES:
+            break
+        with suppress(OSError):
+            st = path.lstat()
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                found.append(f"{path.name} {stat.S_IMODE(st.st_mode):o}")
+    return found
 
 
 def _ledger(state_dir: Path) -> Check:
