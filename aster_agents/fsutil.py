@@ -22,9 +22,9 @@ def make_private_dir(directory: Path) -> None:
     """Create ``directory`` and its missing parents owner-only, 0700; existing ones are left."""
     if directory.is_dir():
         return
-    missing = [d for d in (directory, *directory.parents) if not d.exists()]
-    for each in reversed(missing):
-        each.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    for parent in reversed([d for d in directory.parents if not d.exists()]):
+        parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    directory.mkdir(mode=PRIVATE_DIR, exist_ok=True)  # FileExistsError if a file is in the way
 
 
 def touch_private(path: Path) -> None:
