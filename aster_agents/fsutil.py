@@ -8,14 +8,12 @@ import errno
 import os
 import secrets
 import shutil
-import sqlite3
 from pathlib import Path
 from typing import Final
 
 PRIVATE_DIR: Final = 0o700
 PRIVATE_FILE: Final = 0o600
 _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-_SQLITE_FULL: Final = 13
 
 
 def make_private_dir(directory: Path) -> None:
@@ -34,13 +32,8 @@ def touch_private(path: Path) -> None:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True for "no space left" (or quota, or file-size limit) from the OS or from SQLite."""
-    if isinstance(exc, OSError):
-        return exc.errno in _FULL_ERRNOS
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return code == _SQLITE_FULL or "database or disk is full" in str(exc)
-    return False
+    """True for "no space left" (or over quota, or past the file-size limit) from the OS."""
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
 
 
 def free_bytes(path: Path) -> int | None:

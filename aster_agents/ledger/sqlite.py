@@ -243,6 +243,7 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
 
 SYNC_NAME: Final = "ledger.sync"
 _SQLITE_IOERR: Final = 10
+_SQLITE_FULL: Final = 13
 _NEARLY_FULL_BYTES: Final = 256 << 10
 
 
@@ -368,10 +369,14 @@ class SqliteStore:
     def _is_full(self, exc: BaseException) -> bool:
         """SQLITE_FULL or ENOSPC, or an I/O error while the disk has no room left (SQLite
         reports a -shm file it cannot extend as SQLITE_IOERR_SHMSIZE)."""
-        if is_disk_full(exc):
+        if is_disk_full(exc) or "database or disk is full" in str(exc):
             return True
         code = getattr(exc, "sqlite_errorcode", None)
-        return code is not None and code & 0xFF == _SQLITE_IOERR and _nearly_full(self.state_dir)
+        if code is None:
+            return False
+        return code & 0xFF == _SQLITE_FULL or (
+            code & 0xFF == _SQLITE_IOERR and _nearly_full(self.state_dir)
+        )
 
     def _configure(self) -> None:
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
