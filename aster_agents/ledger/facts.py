@@ -15,11 +15,10 @@ table (no schema of their own):
 
 from __future__ import annotations
 
-import json
-import time
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
+from aster_agents.ledger import audit
 from aster_agents.ledger.rows import dec
 
 if TYPE_CHECKING:
@@ -31,10 +30,7 @@ DISTRUSTED: Final = "distrusted"
 
 def _note(ledger: Ledger, agent_id: str | None, event: str, **detail: object) -> None:
     with ledger.store.write(durable=False) as conn:
-        conn.execute(
-            "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, ?, ?, ?)",
-            (time.time_ns() // 1_000_000, agent_id, event, json.dumps(detail, sort_keys=True)),
-        )
+        audit.record(conn, agent_id, event, **detail)
 
 
 def margin_type(ledger: Ledger, user: str, symbol: str) -> str | None:
