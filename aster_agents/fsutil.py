@@ -13,6 +13,7 @@ from typing import Final
 
 PRIVATE_DIR: Final = 0o700
 PRIVATE_FILE: Final = 0o600
+PRIVATE_UMASK: Final = 0o077  # for processes whose every file is the fleet's (agents, supervisord)
 _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 

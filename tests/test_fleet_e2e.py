@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -185,3 +186,13 @@ def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: 
     assert not (fleet.state / "supervisor.sock").exists()
     assert fleet.fills() > 0
     assert _ledger_positions(fleet.state, fleet.user) == _exchange_positions(fleet.sim, fleet.user)
+    assert _open_to_others(fleet.state) == []  # supervisord's logs and the agents' files too
+
+
+def _open_to_others(root: Path) -> list[str]:
+    """Entries under ``root`` (itself included) with a group or other permission bit."""
+    return [
+        f"{p.relative_to(root)} {stat.S_IMODE(p.lstat().st_mode):o}"
+        for p in [root, *root.rglob("*")]
+        if not p.is_symlink() and p.lstat().st_mode & 0o077
+    ]

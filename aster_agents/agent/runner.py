@@ -56,7 +56,7 @@ from aster_agents.errors import (
     UnknownOutcome,
 )
 from aster_agents.exchange.base import Exchange, RequestLog
-from aster_agents.fsutil import free_space, make_private_dir
+from aster_agents.fsutil import PRIVATE_UMASK, free_space, make_private_dir
 from aster_agents.ledger import Intent, Ledger, LedgerPosition, MarketDataCache, facts
 from aster_agents.ledger.rows import sleeve_equity
 from aster_agents.logs import logger
@@ -1032,7 +1032,7 @@ def run_agent(
     from aster_agents.strategies import get_strategy
 
     agent = fleet.agent(agent_id)
-    os.umask(0o077)  # the ledger, logs and caches hold the fleet's trading history: owner-only
+    os.umask(PRIVATE_UMASK)  # the ledger, logs and caches are the fleet's trading history
     make_private_dir(state_dir)
     with AgentLock(state_dir, agent.id):
         setup_logging(agent.id, state_dir, json_lines=log_json)

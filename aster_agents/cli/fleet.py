@@ -86,6 +86,9 @@ def up(
     if foreground:
         argv = supervisor.foreground_argv()
         err_console().print(f"supervisord -n -c {conf} (Ctrl-C stops every agent)")
+        from aster_agents.fsutil import PRIVATE_UMASK
+
+        os.umask(PRIVATE_UMASK)  # its logs and the agents' state: owner-only
         os.execve(argv[0], argv, env)
     pid = supervisor.start(env)
     n = len(fleet.enabled_agents)

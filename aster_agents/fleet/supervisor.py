@@ -26,7 +26,7 @@ from typing import Any, Final
 from aster_agents.config.schema import FleetConfig
 from aster_agents.errors import AsterAgentsError, ConfigError
 from aster_agents.fleet.rpc import supervisor_rpc
-from aster_agents.fsutil import make_private_dir
+from aster_agents.fsutil import PRIVATE_UMASK, make_private_dir, write_private_file
 from aster_agents.ledger.liveness import pid_alive
 
 GROUP: Final = "aster-agents"
@@ -184,7 +184,8 @@ def _core_sections(s: str) -> str:
         f"logfile_maxbytes={LOG_MAXBYTES}\n"
         f"logfile_backups={LOG_BACKUPS}\n"
         "loglevel=info\n"
-        "umask=077\n"  # its logs and the agents' files are the fleet's trading history
+        "umask=077\n"  # its logs and the agents' files are the fleet's trading history (`up`
+        # also starts it with that umask: supervisord -n never applies this line)
         f"pidfile={s}/{PID_NAME}\n"
         f"childlogdir={s}/logs\n"
         "\n"
@@ -232,9 +233,7 @@ def write_runtime_config(
     text = render(
         fleet, path, aster_agent_bin=aster_agent_bin or installed_bin(), state_dir=state_dir
     )
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_private_file(path, text.encode("utf-8"), replace=True)
     return path
 
 
@@ -394,6 +393,7 @@ class Supervisor:
         result = subprocess.run(
             [supervisord_bin(), "-c", str(self.conf)],
             env=dict(env),
+            umask=PRIVATE_UMASK,  # it opens its log before it daemonizes and applies `umask=`
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -415,6 +415,7 @@ class Supervisor:
             cmd,
             env=dict(env),
             start_new_session=True,
+            umask=PRIVATE_UMASK,  # `umask=` in the conf only applies when it daemonizes
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
