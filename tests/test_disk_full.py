@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import Fleet, make_fleet, wait_for
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.wait import wait_for
 
 FULL_LINE = re.compile(r"state dir full: (.+?), [\d.]+ (bytes|KiB|MiB) free; not opening")
 

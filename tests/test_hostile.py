@@ -24,7 +24,7 @@ from aster_agents.signing import NonceSource, Signer
 from aster_agents.sim.model import ModelServer
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.strategies import FLAT, Action, MarketSnapshot, PositionView, Signal, get_strategy
-from tests.agentkit import Fleet, make_fleet
+from tests.kit.agents import Fleet, make_fleet
 from tests.kit.hostile import HostileProxy, Seen, padded
 from tests.plugins.sim import SignedClient
 

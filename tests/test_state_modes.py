@@ -10,7 +10,8 @@ import pytest
 
 from aster_agents.ledger import Ledger, MarketDataCache
 from aster_agents.sim.server import SimConfig, SimServer
-from tests.agentkit import make_fleet, wait_for
+from tests.kit.agents import make_fleet
+from tests.kit.wait import wait_for
 
 
 @pytest.fixture
