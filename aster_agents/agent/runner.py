@@ -866,11 +866,12 @@ class AgentRunner:
     def _book_exchange_closes(self, symbol: str, since_ms: int) -> None:
         """Book the trades of liquidation/ADL orders on ``symbol``; if that closed our
         position, cancel its now-orphaned protective orders."""
-        user, coids = self.agent.exchange.user, dict(self.orders)
+        user = self.agent.exchange.user
+        coids = {order_id: o.client_order_id for order_id, o in self.known.items()}
         booked = self.ledger.booked_trades(user, symbol)
         start = max(0, since_ms - 1000)
         for trade in self.client.user_trades(symbol, start_time=start, limit=1000):
-            if trade.id in booked:
+            if trade.id in booked or trade.symbol != symbol:  # another symbol's: not ours here
                 continue
             coid = coids.get(trade.order_id)
             if coid is None:
