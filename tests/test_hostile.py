@@ -107,8 +107,8 @@ def test_nan_prices_are_a_malformed_answer_and_no_order_is_sent(
     """Klines with NaN closes fail the tick as a malformed answer (retry later), never an order."""
     fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"])
     proxy = closing.enter_context(HostileProxy(sim.base_url))
-    runner, _ = proxied_runner(fleet, proxy, Scripted([Action.LONG]), closing)
     proxy.rule("GET", "/fapi/v3/klines", nan_closes)
+    runner, _ = proxied_runner(fleet, proxy, Scripted([Action.LONG]), closing)
     with pytest.raises(parse.MalformedPayload, match="not a finite number"):
         runner.tick()
     assert proxy.count("POST", "/fapi/v3/order") == 0

@@ -206,9 +206,13 @@ def _kline(raw: object) -> Kline:
         t0, o, h, lo, c, v, t1 = raw[:7]
         if type(t0) is int and type(t1) is int and all(type(x) is str and x for x in raw[1:6]):
             try:
-                return Kline(t0, Decimal(o), Decimal(h), Decimal(lo), Decimal(c), Decimal(v), t1)
+                k = Kline(t0, Decimal(o), Decimal(h), Decimal(lo), Decimal(c), Decimal(v), t1)
             except InvalidOperation:
-                pass
+                k = None
+            if k is not None and all(  # NaN or Infinity: the long way, which names the field
+                p.is_finite() for p in (k.open, k.high, k.low, k.close, k.volume)
+            ):
+                return k
     row = _list(raw, "kline")
     if len(row) < 7:
         raise _fail("kline", f"expected at least 7 columns, got {len(row)}")
