@@ -156,7 +156,9 @@ def test_supervisord_restarts_a_killed_agent_and_ledger_matches_exchange(fleet: 
     doctor = fleet.cli("doctor", "--json", keys=True)
     checks = json.loads(doctor.stdout)["checks"]
     failed = {c["name"] for c in checks if c["status"] == "FAIL"}
-    assert failed == {"clock"}, checks  # the sim's clock runs 60x: its time is market time
+    assert failed == set(), checks
+    clock = {c["status"] for c in checks if c["name"] == "clock"}
+    assert clock == {"SKIP"}, checks  # the sim's clock runs 60x: doctor names it, no FAIL
     host = {c["name"]: c["status"] for c in checks if c["agent"] is None}
     assert host["supervisord"] == "PASS" and host["ledger"] == "PASS", host
 
