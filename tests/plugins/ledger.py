@@ -1,8 +1,9 @@
 """pytest fixtures for the ledger (owned by the ledger work).
 
 - ``state_dir``: an empty state directory under ``tmp_path``.
-- ``ledger``: a :class:`Ledger` on each backend (``backend``: SQLite, PostgreSQL) with account ``u1`` (3 slots, 5x leverage on 1000 equity)
-  and agents ``a1`` (2 slots) and ``a2`` (2 slots), 100 capital each.
+- ``ledger``: a :class:`Ledger` on each backend (``backend``: SQLite, PostgreSQL) with
+  account ``u1`` (3 slots, 5x leverage on 1000 equity) and agents ``a1`` (2 slots) and
+  ``a2`` (2 slots), 100 capital each.
 - :func:`run_python`: run a short ``python -c`` snippet in a real child process.
 """
 
