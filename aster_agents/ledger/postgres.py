@@ -71,23 +71,29 @@ def translate(sql: str) -> str:
 
 
 class _Cursor:
-    """What ``backend.Cursor`` promises, over a psycopg cursor whose rows were fetched."""
+    """What ``backend.Cursor`` promises, over a psycopg cursor.
 
-    def __init__(self, rows: list[Any], rowcount: int) -> None:
-        self._rows = rows
-        self._at = 0
-        self.rowcount = rowcount
+    Results are fetched when asked for: inside a write (pipeline mode) a statement whose
+    result nobody reads (an INSERT, an audit row) costs no round trip of its own.
+    """
+
+    def __init__(self, cur: psycopg.Cursor[Any], conn: _Conn) -> None:
+        self._cur = cur
+        self._conn = conn
+
+    @property
+    def rowcount(self) -> int:
+        with self._conn.errors():
+            self._conn.sync()
+            return self._cur.rowcount
 
     def fetchone(self) -> Any:
-        if self._at >= len(self._rows):
-            return None
-        self._at += 1
-        return self._rows[self._at - 1]
+        with self._conn.errors():
+            return self._cur.fetchone()
 
     def fetchall(self) -> list[Any]:
-        rest = self._rows[self._at :]
-        self._at = len(self._rows)
-        return rest
+        with self._conn.errors():
+            return self._cur.fetchall()
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
@@ -98,23 +104,29 @@ class _Conn:
 
     def __init__(self, raw: psycopg.Connection[Any], where: str) -> None:
         self.raw = raw
-        self._where = where
+        self.where = where
+        self.pipeline: psycopg.Pipeline | None = None
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise _error(self.where, exc) from None
+
+    def sync(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.sync()
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> _Cursor:
-        try:
-            cur = self.raw.execute(translate(sql), tuple(parameters))
-            rows = cur.fetchall() if cur.description is not None else []
-            return _Cursor(rows, cur.rowcount)
-        except psycopg.Error as exc:
-            raise _error(self._where, exc) from None
+        with self.errors():
+            return _Cursor(self.raw.execute(translate(sql), tuple(parameters)), self)
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> _Cursor:
-        try:
-            with self.raw.cursor() as cur:
-                cur.executemany(translate(sql), [tuple(p) for p in parameters])
-                return _Cursor([], cur.rowcount)
-        except psycopg.Error as exc:
-            raise _error(self._where, exc) from None
+        with self.errors():
+            cur = self.raw.cursor()
+            cur.executemany(translate(sql), [tuple(p) for p in parameters])
+            return _Cursor(cur, self)
 
 
 def _error(where: str, exc: BaseException) -> LedgerError:
@@ -140,11 +152,13 @@ class PostgresStore:
         self.last_wait_ns = 0
         self.last_hold_ns = 0
         self._conn = _Conn(self._connect(), self.where)
+        self._lock_sql = b""
         try:
             row = self._conn.execute(
                 "SELECT hashtext(current_database() || '/' || current_schema())"
             ).fetchone()
             self.lock_key = int(row[0])
+            self._lock_sql = f"SELECT pg_advisory_xact_lock({self.lock_key})".encode()
             self._migrate(create)
         except BaseException:
             self.close()
@@ -213,22 +227,26 @@ class PostgresStore:
 
     @contextmanager
     def write(self, *, durable: bool = True) -> Iterator[_Conn]:
-        """One transaction holding the ledger's advisory lock; rolled back on any error."""
+        """One transaction holding the ledger's advisory lock; rolled back on any error.
+
+        Run in pipeline mode: BEGIN and the lock go out with the first statement whose
+        result is read, and statements nobody reads the result of go out with COMMIT, so a
+        reservation costs four round trips instead of seven. ``last_hold_ns`` is the whole
+        transaction, lock wait included (the wait is not separable in a pipeline).
+        """
         with self._thread_lock:
             raw = self._live()
+            conn = self._conn
             started = time.perf_counter_ns()
             try:
-                raw.execute(b"BEGIN")
-                if not durable:
-                    raw.execute(b"SET LOCAL synchronous_commit = off")
-                raw.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
-            except psycopg.Error as exc:
-                self._rollback()
-                raise _error(self.where, exc) from None
-            locked = time.perf_counter_ns()
-            try:
-                yield self._conn
-                raw.execute(b"COMMIT")
+                with raw.pipeline() as pipeline:
+                    conn.pipeline = pipeline
+                    raw.execute(b"BEGIN")
+                    if not durable:
+                        raw.execute(b"SET LOCAL synchronous_commit = off")
+                    raw.execute(self._lock_sql)
+                    yield conn
+                    raw.execute(b"COMMIT")
             except psycopg.Error as exc:
                 self._rollback()
                 raise _error(self.where, exc) from None
@@ -236,8 +254,9 @@ class PostgresStore:
                 self._rollback()
                 raise
             finally:
-                self.last_wait_ns = locked - started
-                self.last_hold_ns = time.perf_counter_ns() - locked
+                conn.pipeline = None
+                self.last_wait_ns = 0
+                self.last_hold_ns = time.perf_counter_ns() - started
 
     def _rollback(self) -> None:
         raw = self._conn.raw
