@@ -939,7 +939,7 @@ def run_agent(
                 logger.warning("keystore {} is readable by group or others; chmod 600 it", keystore)
         strategy = get_strategy(agent.trading.strategy, agent.trading.params, seed=_seed(agent.id))
         stop = stop or threading.Event()
-        with stop_on_signals(stop), Ledger(state_dir) as ledger:
+        with stop_on_signals(stop), Ledger(state_dir, url=fleet.ledger_url) as ledger:
             # a disabled agent stays disabled (the ledger keeps it): only `agents enable` undoes it
             slot = ledger.register_agent(
                 agent.id,

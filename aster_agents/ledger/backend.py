@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from aster_agents.config.view import LEDGER_URL_ENV, mask_url
 from aster_agents.errors import LedgerError
 
 
@@ -90,13 +91,10 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-URL_ENV = "ASTER_AGENTS_LEDGER_URL"
-
-
 def ledger_url(configured: str | None = None) -> str | None:
     """The PostgreSQL URL to use: ``$ASTER_AGENTS_LEDGER_URL``, then ``configured``
     (``ledger.url`` of ``_portfolio.yaml``); None means the SQLite file in the state dir."""
-    return os.environ.get(URL_ENV) or configured or None
+    return os.environ.get(LEDGER_URL_ENV) or configured or None
 
 
 def open_store(state_dir: Path, url: str | None = None) -> Store:
@@ -106,7 +104,7 @@ def open_store(state_dir: Path, url: str | None = None) -> Store:
         from aster_agents.ledger.sqlite import SqliteStore
 
         return SqliteStore(state_dir)
-    from aster_agents.ledger.postgres import PostgresStore, is_postgres_url, mask_url
+    from aster_agents.ledger.postgres import PostgresStore, is_postgres_url
 
     if not is_postgres_url(url):
         raise LedgerError(

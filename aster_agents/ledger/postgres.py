@@ -21,17 +21,17 @@ or from ``PGPASSWORD`` (libpq reads it).
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 
+from aster_agents.config.view import mask_url
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.audit import now_ms
 from aster_agents.ledger.lock import NamedLock
@@ -44,19 +44,6 @@ _TRANSLATED: dict[str, str] = {}
 
 def is_postgres_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (also in ``password=`` query terms)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        cred, _, host = netloc.rpartition("@")
-        if ":" in cred:
-            cred = cred.split(":", 1)[0] + ":***"
-        netloc = f"{cred}@{host}"
-    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def translate(sql: str) -> str:
@@ -312,3 +299,20 @@ class PostgresStore:
         conn = getattr(self, "_conn", None)
         if conn is not None and not conn.raw.closed:
             conn.raw.close()
+
+
+def read_schema_version(url: str) -> int:
+    """The schema version of the ledger at ``url`` (0: no ledger there yet); writes nothing."""
+    where = mask_url(url)
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as raw:
+            found = raw.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+            if not found or not found[0]:
+                return 0
+            row = raw.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()
+            return int(row[0]) if row else 0
+    except psycopg.Error as exc:
+        raise _error(where, exc) from None
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        raise LedgerError(f"ledger {where}: not a usable PostgreSQL URL: {text}") from None

@@ -30,19 +30,21 @@ _schemas = itertools.count(1)
 class PgServer:
     """The running test server: its base URL and an admin connection helper."""
 
-    def __init__(self, server: Any, uri: str) -> None:
+    def __init__(self, server: Any, uri: str, data: Path) -> None:
         self.server = server
         self.uri = uri
+        self.data = data  # the data directory (pg_hba.conf lives there)
 
     def url_for(self, schema: str) -> str:
         sep = "&" if "?" in self.uri else "?"
         return f"{self.uri}{sep}options={quote(f'-csearch_path={schema}')}"
 
-    def execute(self, sql: str) -> None:
+    def execute(self, sql: str) -> list[Any]:
         import psycopg
 
         with psycopg.connect(self.uri, autocommit=True) as conn:
-            conn.execute(sql.encode())
+            cur = conn.execute(sql.encode())
+            return cur.fetchall() if cur.description is not None else []
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +60,7 @@ def pg_server() -> Iterator[PgServer]:
         import pgserver
 
         server = pgserver.get_server(root / "data", cleanup_mode="stop")
-    srv = PgServer(server, server.get_uri())
+    srv = PgServer(server, server.get_uri(), root / "data")
     srv.execute("ALTER SYSTEM SET fsync = off")
     srv.execute("ALTER SYSTEM SET max_connections = 200")  # read at restart only; harmless
     srv.execute("SELECT pg_reload_conf()")
