@@ -1,18 +1,21 @@
 """The PostgreSQL store (``backend.Store``): one ledger shared by agents on several hosts.
 
 The use-case modules write SQLite-flavoured SQL; ``translate`` turns it into PostgreSQL's
-(``?`` -> ``%s``, the reserved word ``user`` quoted, ``REAL`` -> double precision), cached
-per statement. The schema is the same migration list as SQLite's (``migrations``), run
-through ``postgres_ddl``.
+(the reserved word ``user`` quoted, ``REAL`` -> double precision), cached per statement, and
+``render`` puts the values in as literals, so that a transaction's statements can be sent
+in a few simple-query round trips (``_Conn``): the cost of a write on a busy machine is its
+round trips, each a wake-up of the server process and of ours. The schema is the same
+migration list as SQLite's (``migrations``), run through ``postgres_ddl``.
 
 The critical section: every write is one transaction that first takes
 ``pg_advisory_xact_lock(key)``; the lock is released by the server at commit or rollback,
 and also when the connection dies, so a SIGKILLed writer never leaves it held (the same
 meaning as SQLite's ``flock``). ``key`` is derived from the database and schema, so two
-ledgers in one database never share it. Non-durable writes (a reservation, a release, a
-heartbeat) commit with ``synchronous_commit = off``: a later durable commit flushes the WAL
-up to itself, which covers them (the same prefix argument as the SQLite store's group
-commit).
+ledgers in one database never share it. Every write commits with ``synchronous_commit =
+off`` (so the lock is not held across an fsync); a durable one then waits for the WAL flush
+outside the lock (``write``). Non-durable writes (a reservation, a release, a heartbeat)
+become durable with the next durable one, which flushes the WAL up to itself (the same
+prefix argument as the SQLite store's group commit).
 
 The password never appears in anything this module prints: errors name the URL with the
 password masked (``mask_url``); the password comes from the URL given by the environment,
@@ -30,6 +33,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import psycopg
+import psycopg.pq
 
 from aster_agents.config.view import mask_url
 from aster_agents.errors import LedgerError
@@ -39,81 +43,151 @@ from aster_agents.ledger.migrations import MIGRATIONS, USER_WORD, postgres_ddl
 
 CONNECT_TIMEOUT_S: Final = 5
 SCHEMES: Final = ("postgresql", "postgres")
-_TRANSLATED: dict[str, str] = {}
+_TRANSLATED: dict[str, tuple[str, ...]] = {}
+MAX_BATCH: Final = 500  # statements sent in one round trip at most
 
 
 def is_postgres_url(url: str) -> bool:
     return urlsplit(url).scheme in SCHEMES
 
 
-def translate(sql: str) -> str:
-    """A statement of the use-case modules in PostgreSQL's dialect (cached)."""
+def translate(sql: str) -> tuple[str, ...]:
+    """A statement of the use-case modules in PostgreSQL's dialect, split at its ``?``
+    placeholders (cached): the reserved word ``user`` quoted, ``REAL`` as double precision."""
     out = _TRANSLATED.get(sql)
     if out is None:
-        out = USER_WORD.sub('"user"', sql.replace("%", "%%").replace("?", "%s"))
-        out = out.replace(" AS REAL)", " AS DOUBLE PRECISION)")
+        text = USER_WORD.sub('"user"', sql).replace(" AS REAL)", " AS DOUBLE PRECISION)")
+        out = tuple(text.split("?"))
         if len(_TRANSLATED) < 4096:
             _TRANSLATED[sql] = out
     return out
 
 
+def literal(value: Any) -> str:
+    """``value`` as a PostgreSQL literal (``standard_conforming_strings`` is checked on)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"'{value}'::float8"
+        return repr(value)
+    text = str(value)
+    if "\x00" in text:
+        raise LedgerError("a NUL character cannot be stored in the ledger")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def render(sql: str, parameters: Sequence[Any]) -> str:
+    parts = translate(sql)
+    if len(parts) - 1 != len(parameters):
+        raise LedgerError(
+            f"ledger statement has {len(parts) - 1} placeholders but {len(parameters)} values"
+        )
+    if len(parts) == 1:
+        return parts[0]
+    out = [parts[0]]
+    for value, part in zip(parameters, parts[1:], strict=True):
+        out.append(literal(value))
+        out.append(part)
+    return "".join(out)
+
+
 class _Cursor:
-    """What ``backend.Cursor`` promises, over a psycopg cursor.
+    """What ``backend.Cursor`` promises; filled when its batch has been sent."""
 
-    Results are fetched when asked for: inside a write (pipeline mode) a statement whose
-    result nobody reads (an INSERT, an audit row) costs no round trip of its own.
-    """
-
-    def __init__(self, cur: psycopg.Cursor[Any], conn: _Conn) -> None:
-        self._cur = cur
+    def __init__(self, conn: _Conn) -> None:
         self._conn = conn
+        self._rows: list[Any] = []
+        self._at = 0
+        self._rowcount = -1
+        self.done = False
+
+    def fill(self, rows: list[Any], rowcount: int) -> None:
+        self._rows, self._rowcount, self.done = rows, rowcount, True
+
+    def _ready(self) -> None:
+        if not self.done:
+            self._conn.flush()
 
     @property
     def rowcount(self) -> int:
-        with self._conn.errors():
-            self._conn.sync()
-            return self._cur.rowcount
+        self._ready()
+        return self._rowcount
 
     def fetchone(self) -> Any:
-        with self._conn.errors():
-            return self._cur.fetchone()
+        self._ready()
+        if self._at >= len(self._rows):
+            return None
+        self._at += 1
+        return self._rows[self._at - 1]
 
     def fetchall(self) -> list[Any]:
-        with self._conn.errors():
-            return self._cur.fetchall()
+        self._ready()
+        rest = self._rows[self._at :]
+        self._at = len(self._rows)
+        return rest
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
 
 
 class _Conn:
-    """``backend.Conn`` over one psycopg connection (statements translated on the way)."""
+    """``backend.Conn`` over one psycopg connection, batching statements.
+
+    Statements are rendered with their values as literals and queued; the queue goes out
+    as one simple-query round trip when a result is asked for (or at COMMIT). Inside a
+    write, BEGIN and the lock go out with the first read, and the INSERTs nobody reads the
+    result of go out with COMMIT: a reservation is three round trips, a release two, and
+    the driver is called once per round trip rather than once per statement.
+    """
 
     def __init__(self, raw: psycopg.Connection[Any], where: str) -> None:
         self.raw = raw
         self.where = where
-        self.pipeline: psycopg.Pipeline | None = None
+        self.batching = False  # inside write()/read(); otherwise every statement goes at once
+        self._queue: list[tuple[str, _Cursor | None]] = []
 
-    @contextmanager
-    def errors(self) -> Iterator[None]:
-        try:
-            yield
-        except psycopg.Error as exc:
-            raise _error(self.where, exc) from None
-
-    def sync(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.sync()
+    def queue(self, sql: str, cursor: _Cursor | None = None) -> None:
+        self._queue.append((sql, cursor))
+        if not self.batching or len(self._queue) >= MAX_BATCH:
+            self.flush()
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> _Cursor:
-        with self.errors():
-            return _Cursor(self.raw.execute(translate(sql), tuple(parameters)), self)
+        cursor = _Cursor(self)
+        self.queue(render(sql, parameters), cursor)
+        return cursor
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> _Cursor:
-        with self.errors():
+        cursor = _Cursor(self)
+        for values in parameters:
+            self.queue(render(sql, values))
+        self.queue("SELECT 1", cursor)  # done once the whole batch went through
+        return cursor
+
+    def discard(self) -> None:
+        self._queue.clear()
+
+    def flush(self) -> None:
+        """Send every queued statement in one round trip and fill their cursors."""
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        text = ";\n".join(sql for sql, _ in batch)
+        try:
             cur = self.raw.cursor()
-            cur.executemany(translate(sql), [tuple(p) for p in parameters])
-            return _Cursor(cur, self)
+            cur.execute(text.encode())
+            for i, (_, cursor) in enumerate(batch):
+                if i and not cur.nextset():
+                    raise LedgerError(f"ledger {self.where}: a batch came back short")
+                if cursor is not None:
+                    rows = cur.fetchall() if cur.description is not None else []
+                    cursor.fill(rows, cur.rowcount)
+        except psycopg.Error as exc:
+            raise _error(self.where, exc) from None
 
 
 def _error(where: str, exc: BaseException) -> LedgerError:
@@ -139,14 +213,21 @@ class PostgresStore:
         self.last_wait_ns = 0
         self.last_hold_ns = 0
         self._conn = _Conn(self._connect(), self.where)
-        self._lock_sql = b""
+        self._lock_sql = ""
         try:
             row = self._conn.execute(
-                "SELECT hashtext(current_database() || '/' || current_schema())"
+                "SELECT hashtext(current_database() || '/' || current_schema()), "
+                "current_setting('standard_conforming_strings'), "
+                "to_regclass('schema_migrations') IS NOT NULL"
             ).fetchone()
+            if row[1] != "on":  # literals are rendered for standard strings (see ``literal``)
+                raise LedgerError(
+                    f"ledger {self.where}: standard_conforming_strings is off; turn it on"
+                )
             self.lock_key = int(row[0])
-            self._lock_sql = f"SELECT pg_advisory_xact_lock({self.lock_key})".encode()
-            self._migrate(create)
+            self._lock_sql = f"SELECT pg_advisory_xact_lock({self.lock_key})"
+            if not row[2] or self.schema_version() != len(MIGRATIONS):
+                self._migrate(create)  # under the lock; a current schema needs no write
         except BaseException:
             self.close()
             raise
@@ -205,7 +286,7 @@ class PostgresStore:
                 if version > current:
                     for statement in postgres_ddl(sql).split(";"):
                         if statement.strip():
-                            self._conn.raw.execute(statement.encode())
+                            conn.queue(statement.strip())
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, applied_ms) "
                         "VALUES (?, ?, ?)",
@@ -216,36 +297,43 @@ class PostgresStore:
     def write(self, *, durable: bool = True) -> Iterator[_Conn]:
         """One transaction holding the ledger's advisory lock; rolled back on any error.
 
-        Run in pipeline mode: BEGIN and the lock go out with the first statement whose
-        result is read, and statements nobody reads the result of go out with COMMIT, so a
-        reservation costs four round trips instead of seven. ``last_hold_ns`` is the whole
-        transaction, lock wait included (the wait is not separable in a pipeline).
+        Statements are batched (see ``_Conn``): BEGIN and the lock go out with the first
+        read. ``last_hold_ns`` is the whole transaction, lock wait included (the wait is
+        not separable from the first read's round trip).
+
+        Group commit, as in the SQLite store: the transaction commits without waiting for
+        its WAL to reach the disk (``synchronous_commit = off``), so the advisory lock is
+        released at once and no writer waits behind another's fsync. A durable write then
+        runs, in the same round trip, a one-statement transaction that takes a transaction
+        id and commits synchronously: it returns only once the WAL is flushed past its own
+        commit record, which lies after ours. Whatever another process read from our
+        commit and acted on was itself committed later (lost with ours) or was a denial.
         """
         with self._thread_lock:
-            raw = self._live()
+            self._live()
             conn = self._conn
+            conn.discard()
             started = time.perf_counter_ns()
+            conn.batching = True
             try:
-                with raw.pipeline() as pipeline:
-                    conn.pipeline = pipeline
-                    raw.execute(b"BEGIN")
-                    if not durable:
-                        raw.execute(b"SET LOCAL synchronous_commit = off")
-                    raw.execute(self._lock_sql)
-                    yield conn
-                    raw.execute(b"COMMIT")
-            except psycopg.Error as exc:
-                self._rollback()
-                raise _error(self.where, exc) from None
+                conn.queue("BEGIN")
+                conn.queue("SET LOCAL synchronous_commit = off")
+                conn.queue(self._lock_sql)
+                yield conn
+                conn.queue("COMMIT")
+                if durable:  # after COMMIT: the lock is already released (see docstring)
+                    conn.queue("SELECT pg_current_xact_id()")
+                conn.flush()
             except BaseException:
                 self._rollback()
                 raise
             finally:
-                conn.pipeline = None
+                conn.batching = False
                 self.last_wait_ns = 0
                 self.last_hold_ns = time.perf_counter_ns() - started
 
     def _rollback(self) -> None:
+        self._conn.discard()
         raw = self._conn.raw
         if raw.closed:
             return
@@ -259,14 +347,15 @@ class PostgresStore:
     def read(self) -> Iterator[_Conn]:
         """A consistent snapshot (REPEATABLE READ, read only); takes no lock."""
         with self._thread_lock:
-            raw = self._live()
+            self._live()
+            conn = self._conn
+            conn.discard()
+            conn.batching = True
             try:
-                raw.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            except psycopg.Error as exc:
-                raise _error(self.where, exc) from None
-            try:
-                yield self._conn
+                conn.queue("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                yield conn
             finally:
+                conn.batching = False
                 self._rollback()
 
     def integrity_check(self) -> str:
@@ -278,7 +367,9 @@ class PostgresStore:
         return "ok" if int(row[0]) == 0 else f"{row[0]} intents in an unknown state"
 
     def schema_version(self) -> int:
-        row = self._conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        row = self._conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"
+        ).fetchone()
         return int(row[0])
 
     def touch(self) -> float:
