@@ -37,7 +37,7 @@ _REAP_SQL: Final = (
 _INSERT_SQL: Final = (
     "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, "
     "kind, margin, notional, state, pid, created_ms, expires_ms, updated_ms, reason, host) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -181,7 +181,18 @@ def reserve(
     row = (symbol, side.value, kind, str(margin), str(notional), pid)
     conn.execute(
         _INSERT_SQL,
-        (agent.next_seq, coid, agent_id, agent.user, *row, now, now + ttl_ms, now, note, reaper.host),
+        (
+            agent.next_seq,
+            coid,
+            agent_id,
+            agent.user,
+            *row,
+            now,
+            now + ttl_ms,
+            now,
+            note,
+            reaper.host,
+        ),
     )
     record_at(conn, now, agent_id, "reserve", coid=coid, kind=kind, pid=pid, symbol=symbol)
     return Intent(
