@@ -57,6 +57,9 @@ def translate(sql: str) -> tuple[str, ...]:
     out = _TRANSLATED.get(sql)
     if out is None:
         text = USER_WORD.sub('"user"', sql).replace(" AS REAL)", " AS DOUBLE PRECISION)")
+        if text.startswith("INSERT OR IGNORE INTO"):
+            text = "INSERT INTO" + text.removeprefix("INSERT OR IGNORE INTO")
+            text += " ON CONFLICT DO NOTHING"
         out = tuple(text.split("?"))
         if len(_TRANSLATED) < 4096:
             _TRANSLATED[sql] = out
@@ -284,9 +287,11 @@ class PostgresStore:
                 )
             for version, (name, sql) in enumerate(MIGRATIONS, start=1):
                 if version > current:
-                    for statement in postgres_ddl(sql).split(";"):
-                        if statement.strip():
-                            conn.queue(statement.strip())
+                    conn.flush()  # BEGIN and the lock are on the server; then the script
+                    try:
+                        self._conn.raw.execute(postgres_ddl(name, sql).encode())
+                    except psycopg.Error as exc:
+                        raise _error(self.where, exc) from None
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, applied_ms) "
                         "VALUES (?, ?, ?)",
