@@ -2,6 +2,11 @@
 
     python bench/ledger.py --procs 10 --json
     python bench/ledger.py --procs 50 --think-ms 200 --json
+    python bench/ledger.py --procs 10 --url postgresql://user@host/db --json
+
+``--url``: the same run against a PostgreSQL ledger; the bench creates a fresh schema there
+(``ledger_bench_<pid>``), points every worker at it (``ASTER_AGENTS_LEDGER_URL`` with a
+``search_path``) and drops it afterwards; ``backend`` in the JSON says which one ran.
 
 Each process is one agent (accounts of up to 5 agents); a reservation is one ``reserve`` call
 (one ``BEGIN IMMEDIATE`` transaction, committed before the call returns), followed after the
@@ -26,12 +31,14 @@ than it, so compare them when trying a change.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -65,7 +72,37 @@ def setup(state: Path, procs: int) -> list[tuple[str, str, str]]:
     return plan
 
 
-def run(procs: int, think_ms: float, seconds: float, mark_sent: bool) -> dict[str, object]:
+@contextlib.contextmanager
+def postgres_schema(url: str | None) -> Iterator[None]:
+    """Run the block with ``ASTER_AGENTS_LEDGER_URL`` on a fresh schema of ``url`` (if any)."""
+    if url is None:
+        yield
+        return
+    import psycopg
+
+    schema = f"ledger_bench_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE".encode())
+        admin.execute(f"CREATE SCHEMA {schema}".encode())
+        sep = "&" if "?" in url else "?"
+        os.environ["ASTER_AGENTS_LEDGER_URL"] = f"{url}{sep}options=-csearch_path%3D{schema}"
+        try:
+            yield
+        finally:
+            del os.environ["ASTER_AGENTS_LEDGER_URL"]
+            admin.execute(f"DROP SCHEMA {schema} CASCADE".encode())
+
+
+def run(
+    procs: int, think_ms: float, seconds: float, mark_sent: bool, url: str | None = None
+) -> dict[str, object]:
+    with postgres_schema(url):
+        result = _run(procs, think_ms, seconds, mark_sent)
+    result["backend"] = "sqlite" if url is None else "postgresql"
+    return result
+
+
+def _run(procs: int, think_ms: float, seconds: float, mark_sent: bool) -> dict[str, object]:
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ledger-bench-") as tmp:
         state, journal = Path(tmp) / "state", Path(tmp) / "journal"
@@ -150,9 +187,10 @@ def main() -> None:
     parser.add_argument("--think-ms", type=float, default=0.0)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--mark-sent", action="store_true", help="also mark each one sent")
+    parser.add_argument("--url", help="a PostgreSQL server to run against (default: SQLite)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.procs, args.think_ms, args.seconds, args.mark_sent)
+    result = run(args.procs, args.think_ms, args.seconds, args.mark_sent, args.url)
     if args.json:
         print(json.dumps(result))
     else:

@@ -14,7 +14,7 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
-pytest_plugins = ["tests.plugins.sim", "tests.plugins.ledger"]
+pytest_plugins = ["tests.plugins.sim", "tests.plugins.ledger", "tests.plugins.postgres"]
 
 _PROJECT_ENV_PREFIXES = ("ASTER_AGENTS_", "AGENT_")
 

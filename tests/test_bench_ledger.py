@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugins.postgres import PgServer
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -34,3 +36,22 @@ def test_ledger_bench_prints_its_figures_and_finds_no_violation(extra: list[str]
     assert result["violations"] == 0
     assert result["marked_sent"] == (result["reservations"] if extra else 0)
     assert result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+
+
+def test_ledger_bench_runs_against_postgresql(pg_server: PgServer) -> None:
+    """--url: the same JSON from a run on the test server, in a schema it drops afterwards."""
+    args = ["--procs", "2", "--seconds", "0.5", "--json", "--url", pg_server.uri]
+    done = subprocess.run(
+        [sys.executable, "bench/ledger.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["backend"] == "postgresql" and result["reservations"] > 0
+    assert result["violations"] == 0
+    left = pg_server.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ledger_bench_%'")
+    assert left == []

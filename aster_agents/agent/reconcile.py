@@ -524,7 +524,7 @@ def reconcile_fleet(
     agents = [fleet.agent(agent_id)] if agent_id else list(fleet.agents)
     by_user = {a.exchange.user: a for a in reversed(agents)}
     reports = []
-    with Ledger(state_dir) as ledger:
+    with Ledger(state_dir, url=fleet.ledger_url) as ledger:
         for user, agent in sorted(by_user.items()):
             budget = SharedBudget(state_dir, user=user)
             with make_client(fleet, agent, budget=budget) as client:

@@ -1045,7 +1045,7 @@ def run_agent(
         strategy = get_strategy(agent.trading.strategy, agent.trading.params, seed=_seed(agent.id))
         stop = stop or threading.Event()
         with stop_on_signals(stop), ExitStack() as books:
-            opened = _while_full(stop, lambda: _open_books(books, state_dir, agent))
+            opened = _while_full(stop, lambda: _open_books(books, state_dir, agent, fleet.ledger_url))
             if opened is None:
                 return 0
             ledger, slot = opened
@@ -1100,11 +1100,13 @@ def _while_full(stop: threading.Event, step: Callable[[], T]) -> T | None:
     return None
 
 
-def _open_books(books: ExitStack, state_dir: Path, agent: AgentConfig) -> tuple[Ledger, int]:
+def _open_books(
+    books: ExitStack, state_dir: Path, agent: AgentConfig, url: str | None
+) -> tuple[Ledger, int]:
     """The ledger with this agent registered (a disabled agent stays disabled: the ledger
     keeps it, and only `agents enable` undoes it)."""
     with ExitStack() as attempt:
-        ledger = attempt.enter_context(Ledger(state_dir))
+        ledger = attempt.enter_context(Ledger(state_dir, url=url))
         slot = ledger.register_agent(
             agent.id,
             agent.exchange.user,

@@ -116,7 +116,7 @@ def _set_state(ctx: typer.Context, agent_id: str, *, enabled: bool, note: str | 
 
     cli = state(ctx)
     agent = cli.fleet().agent(agent_id)  # unknown id: ConfigError, exit 2
-    with Ledger(cli.resolved_state_dir()) as ledger:
+    with Ledger(cli.resolved_state_dir(), url=cli.fleet().ledger_url) as ledger:
         row = ledger.agent(agent.id)
         if row is not None and not enabled and row.state == "disabled":
             console().print(

@@ -38,6 +38,7 @@ MODULES: Final = (
     "ops",
     "backtest",
     "data",
+    "ledger",
 )
 COMMANDS: Final = {
     "init": "init",
@@ -65,6 +66,7 @@ COMMANDS: Final = {
     "notify": "ops",
     "backtest": "backtest",
     "data": "data",
+    "ledger": "ledger",
 }
 _GLOBAL_VALUE_OPTIONS: Final = ("--config-dir", "--state-dir")
 

@@ -35,7 +35,7 @@ def rebalance(
 
     cli = state(ctx)
     fleet, state_dir = cli.fleet(), cli.resolved_state_dir()
-    with Ledger(state_dir) as ledger:
+    with Ledger(state_dir, url=fleet.ledger_url) as ledger:
         now = now_ms()
         if apply:
             with ledger.rebalance_lock():

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -38,8 +39,10 @@ from aster_agents.config.view import (
     DEFAULT_MIN_TRACK_RECORD_DAYS,
     DEFAULT_SCAN_SECONDS,
     DEFAULT_STATE_DIR,
+    LEDGER_URL_ENV,
     PORTFOLIO_FILE,
     agent_files,
+    mask_url,
     natural_key,
     resolve_config_dir,
     resolve_state_dir,
@@ -210,8 +213,30 @@ class NotifyConfig(_Model):
         return value
 
 
+class LedgerConfig(_Model):
+    """``ledger.url``: a PostgreSQL database shared by hosts; absent: the SQLite file."""
+
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgres_without_password(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.netloc + parts.query:
+            raise ValueError("must be a URL like postgresql://user@host:5432/database")
+        if parts.password or "password=" in parts.query.lower():
+            raise ValueError(
+                "must not contain a password: set PGPASSWORD in the environment "
+                f"(or the whole URL in {LEDGER_URL_ENV})"
+            )
+        return value
+
+
 class PortfolioConfig(_Model):
     state_dir: str = DEFAULT_STATE_DIR
+    ledger: LedgerConfig = LedgerConfig()
     limits: LimitsConfig = LimitsConfig()
     symbol_policy: Literal["exclusive"] = "exclusive"
     rebalance: RebalanceConfig = RebalanceConfig()
@@ -243,6 +268,10 @@ class FleetConfig:
                 return agent
         known = ", ".join(a.id for a in self.agents) or "none"
         raise ConfigError(f"{self.config_dir}: no agent with id {agent_id!r} (known: {known})")
+
+    @property
+    def ledger_url(self) -> str | None:
+        return self.portfolio.ledger.url
 
     def state_dir(self, override: str | Path | None = None) -> Path:
         """``--state-dir``, then ``$ASTER_AGENTS_STATE``, then ``_portfolio.yaml``, then ./state."""
@@ -463,7 +492,10 @@ def _describe(path: Path, exc: ValidationError) -> list[str]:
                 f"{path}: {key}: unknown key (check the spelling; see README 'Configuration')"
             )
         else:
-            lines.append(f"{path}: {key}: {message}, got {_show(err.get('input'))}")
+            given = err.get("input")
+            if loc[:1] == ("ledger",) and isinstance(given, str):
+                given = mask_url(given)  # never echo a password
+            lines.append(f"{path}: {key}: {message}, got {_show(given)}")
     return lines
 
 

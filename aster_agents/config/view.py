@@ -19,6 +19,7 @@ CONFIG_ENV: Final = "ASTER_AGENTS_CONFIG"
 STATE_ENV: Final = "ASTER_AGENTS_STATE"
 PORTFOLIO_FILE: Final = "_portfolio.yaml"
 DEFAULT_STATE_DIR: Final = "state"
+LEDGER_URL_ENV: Final = "ASTER_AGENTS_LEDGER_URL"
 DEFAULT_INTERVAL: Final = "5m"
 DEFAULT_SCAN_SECONDS: Final = 60.0
 DEFAULT_MAX_POSITIONS: Final = 1
@@ -127,6 +128,7 @@ class PortfolioView(NamedTuple):
     state_dir: str = DEFAULT_STATE_DIR
     limits: LimitsView = LimitsView()
     min_track_record_days: float = DEFAULT_MIN_TRACK_RECORD_DAYS  # rebalance.*, for report
+    ledger_url: str | None = None  # ``ledger.url``: a PostgreSQL ledger instead of the file
 
 
 class FleetView(NamedTuple):
@@ -235,8 +237,10 @@ def _section(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 def _portfolio(data: Mapping[str, Any]) -> PortfolioView:
     limits = _section(data, "limits")
+    url = _section(data, "ledger").get("url")
     return PortfolioView(
         state_dir=str(data.get("state_dir", DEFAULT_STATE_DIR)),
+        ledger_url=url if isinstance(url, str) and url else None,
         limits=LimitsView(
             max_total_positions=_as(
                 int, limits.get("max_total_positions"), DEFAULT_MAX_TOTAL_POSITIONS
@@ -301,3 +305,22 @@ def _as(kind: type[Any], value: object, default: Any) -> Any:
         return kind(value) if value is not None else default
     except (TypeError, ValueError):
         return default
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (in the user part or a ``password=`` term) shown as ``***``."""
+    import re
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        cred, _, host = netloc.rpartition("@")
+        if ":" in cred:
+            cred = cred.split(":", 1)[0] + ":***"
+        netloc = f"{cred}@{host}"
+    query = re.sub(r"(?i)(password=)[^&]*", r"\1***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -48,8 +48,8 @@ def register(
     # (a kill switch or an operator put it there): only ``set_state`` does that.
     conn.execute(
         "UPDATE agents SET user = ?, nonce_slot = ?, max_positions = ?, "
-        "state = CASE WHEN ? THEN state ELSE 'disabled' END, "
-        "enabled = CASE WHEN ? AND state != 'disabled' THEN 1 ELSE 0 END "
+        "state = CASE WHEN ? = 1 THEN state ELSE 'disabled' END, "
+        "enabled = CASE WHEN ? = 1 AND state != 'disabled' THEN 1 ELSE 0 END "
         "WHERE agent_id = ?",
         (user, slot, max_positions, int(enabled), int(enabled), agent_id),
     )
@@ -168,11 +168,13 @@ def set_state(conn: Conn, agent_id: str, state: str, reason: str, expect: str | 
     return True
 
 
-def heartbeat(conn: Conn, agent_id: str, pid: int, error: str | None, tick: bool) -> None:
+def heartbeat(
+    conn: Conn, agent_id: str, pid: int, error: str | None, tick: bool, host: str | None = None
+) -> None:
     cur = conn.execute(
-        "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ? "
+        "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ?, hb_host = ? "
         "WHERE agent_id = ?",
-        (pid, now_ms(), error, int(tick), agent_id),
+        (pid, now_ms(), error, int(tick), host, agent_id),
     )
     require_agent(cur.rowcount, agent_id)
     if error is not None:

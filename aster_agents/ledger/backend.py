@@ -6,16 +6,20 @@ for single-statement reads. They write SQL both SQLite and PostgreSQL accept (``
 placeholders, ``INSERT ... ON CONFLICT (...) DO UPDATE/DO NOTHING``, ``RETURNING``); what is
 dialect-specific lives in a ``Store``: the schema and its migrations, pragmas, how a write
 transaction is begun and made durable, the lock that serialises writers, integrity checks,
-and named host locks. ``sqlite.SqliteStore`` is the one store today; another backend is
-another ``Store`` (translating placeholders if its driver needs to) run through the same tests.
+and named host locks. ``sqlite.SqliteStore`` is the default store; ``postgres.PostgresStore``
+(chosen by a ``postgresql://`` URL) translates placeholders and runs through the same tests.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
+
+from aster_agents.config.view import LEDGER_URL_ENV, mask_url
+from aster_agents.errors import LedgerError
 
 
 class Cursor(Protocol):
@@ -87,8 +91,23 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(state_dir: Path) -> Store:
-    """The store for ``state_dir`` (the SQLite file; the only backend so far)."""
-    from aster_agents.ledger.sqlite import SqliteStore
+def ledger_url(configured: str | None = None) -> str | None:
+    """The PostgreSQL URL to use: ``$ASTER_AGENTS_LEDGER_URL``, then ``configured``
+    (``ledger.url`` of ``_portfolio.yaml``); None means the SQLite file in the state dir."""
+    return os.environ.get(LEDGER_URL_ENV) or configured or None
 
-    return SqliteStore(state_dir)
+
+def open_store(state_dir: Path, url: str | None = None) -> Store:
+    """The store for ``url`` (see ``ledger_url``), else the SQLite file in ``state_dir``."""
+    url = ledger_url(url)
+    if url is None:
+        from aster_agents.ledger.sqlite import SqliteStore
+
+        return SqliteStore(state_dir)
+    from aster_agents.ledger.postgres import PostgresStore, is_postgres_url
+
+    if not is_postgres_url(url):
+        raise LedgerError(
+            f"ledger url {mask_url(url)}: expected postgresql://user@host:port/database"
+        )
+    return PostgresStore(url, state_dir)

@@ -30,6 +30,7 @@ from aster_agents.ledger.intents import (
     REAP_MIN_AGE_S,
     STALE_HEARTBEAT_S,
 )
+from aster_agents.ledger.liveness import host_name
 from aster_agents.ledger.rows import (
     ACTIVE_STATES,
     AGENT_STATES,
@@ -51,7 +52,8 @@ REBALANCE_LOCK: Final = "rebalance"
 
 
 class Ledger:
-    """The shared ledger at ``<state_dir>/ledger.sqlite3``; one instance per process."""
+    """The shared ledger: ``<state_dir>/ledger.sqlite3``, or the PostgreSQL database of
+    ``url`` / ``$ASTER_AGENTS_LEDGER_URL`` (``backend.ledger_url``); one instance per process."""
 
     def __init__(
         self,
@@ -60,13 +62,16 @@ class Ledger:
         stale_heartbeat_s: float = STALE_HEARTBEAT_S,
         reap_interval_s: float = REAP_INTERVAL_S,
         reap_min_age_s: float = REAP_MIN_AGE_S,
+        url: str | None = None,
     ) -> None:
-        self.store: Store = open_store(Path(state_dir))
+        self.store: Store = open_store(Path(state_dir), url)
         self.state_dir = self.store.state_dir
+        self.host = host_name()
         self._reaper = intents.Reaper(
             stale_heartbeat_s=stale_heartbeat_s,
             interval_s=reap_interval_s,
             min_age_s=reap_min_age_s,
+            host=self.host,
         )
 
     def close(self) -> None:
@@ -160,7 +165,7 @@ class Ledger:
     ) -> None:
         """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None)."""
         with self.store.write(durable=False) as conn:
-            agents.heartbeat(conn, agent_id, pid, error, tick)
+            agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
 
     def agent(self, agent_id: str) -> AgentRow | None:
         return agents.get(self.store.conn, agent_id)

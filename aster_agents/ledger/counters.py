@@ -38,7 +38,7 @@ DENIAL_REASONS: Final = (
 
 _UPSERT: Final = (
     "INSERT INTO counters (name, agent_id, labels, value) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (name, agent_id, labels) DO UPDATE SET value = value + excluded.value"
+    "ON CONFLICT (name, agent_id, labels) DO UPDATE SET value = counters.value + excluded.value"
 )
 
 CounterKey = tuple[str, str, str]  # name, agent_id ('' for host-wide), labels as JSON

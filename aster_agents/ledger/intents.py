@@ -28,15 +28,16 @@ REAP_MIN_AGE_S: Final = 1.0
 # cutoff. The ``state IN (...)`` term lets SQLite walk the partial index ``intents_active``
 # instead of scanning every intent ever written.
 _REAP_SQL: Final = (
-    "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms "
+    "SELECT i.client_order_id, i.agent_id, i.pid, i.expires_ms, a.hb_pid, a.hb_ms, "
+    "i.host, a.hb_host "
     "FROM intents i LEFT JOIN agents a ON a.agent_id = i.agent_id "
     "WHERE i.state IN ('reserved', 'confirmed') AND i.state = 'reserved' AND i.sent = 0 "
     "AND (i.expires_ms <= ? OR i.created_ms <= ?)"
 )
 _INSERT_SQL: Final = (
     "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, "
-    "kind, margin, notional, state, pid, created_ms, expires_ms, updated_ms, reason) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?)"
+    "kind, margin, notional, state, pid, created_ms, expires_ms, updated_ms, reason, host) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -77,9 +78,22 @@ class Reaper:
 
     ``due`` paces the periodic sweep (``interval_s``; it skips reservations younger than
     ``min_age_s``); a denial reaps every stale one regardless (see ``reserve``).
+
+    ``host`` is this host's name: a pid is only looked up in ``/proc`` when the intent was
+    written on this host (a NULL host is a row from before hosts were recorded: local). An
+    agent on another host is judged by its heartbeat lease (``stale_heartbeat_s``) and the
+    intent's TTL alone.
     """
 
-    def __init__(self, *, stale_heartbeat_s: float, interval_s: float, min_age_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        stale_heartbeat_s: float,
+        interval_s: float,
+        min_age_s: float,
+        host: str | None = None,
+    ) -> None:
+        self.host = host
         self._liveness = PidLiveness()
         self._stale_heartbeat_ms = int(stale_heartbeat_s * 1000)
         self._interval_s = interval_s
@@ -100,8 +114,10 @@ class Reaper:
         self._next = time.monotonic() + self._interval_s
         reaped = 0
         candidates = conn.execute(_REAP_SQL, (now, created_by)).fetchall()
-        for coid, agent_id, pid, expires, hb_pid, hb_ms in candidates:
-            why = self._reason(now, me, pid, expires, hb_pid, hb_ms)
+        for coid, agent_id, pid, expires, hb_pid, hb_ms, host, hb_host in candidates:
+            local = host is None or host == self.host
+            same = hb_pid == pid and (hb_host == host or hb_host is None)
+            why = self._reason(now, me if local else -1, pid, expires, same, hb_ms, local)
             if why is not None:
                 conn.execute(
                     "UPDATE intents SET state = 'expired', reason = ?, updated_ms = ? "
@@ -113,13 +129,20 @@ class Reaper:
         return reaped
 
     def _reason(
-        self, now: int, me: int, pid: int, expires: int, hb_pid: int | None, hb_ms: int | None
+        self,
+        now: int,
+        me: int,
+        pid: int,
+        expires: int,
+        same_owner: bool,
+        hb_ms: int | None,
+        local: bool,
     ) -> str | None:
         if expires <= now:
             return "ttl"
-        if pid != me and not self._liveness.alive(pid):
+        if local and pid != me and not self._liveness.alive(pid):
             return "pid dead"
-        if hb_pid == pid and hb_ms is not None and now - hb_ms > self._stale_heartbeat_ms:
+        if same_owner and hb_ms is not None and now - hb_ms > self._stale_heartbeat_ms:
             return "heartbeat stale"
         return None
 
@@ -158,7 +181,18 @@ def reserve(
     row = (symbol, side.value, kind, str(margin), str(notional), pid)
     conn.execute(
         _INSERT_SQL,
-        (agent.next_seq, coid, agent_id, agent.user, *row, now, now + ttl_ms, now, note),
+        (
+            agent.next_seq,
+            coid,
+            agent_id,
+            agent.user,
+            *row,
+            now,
+            now + ttl_ms,
+            now,
+            note,
+            reaper.host,
+        ),
     )
     record_at(conn, now, agent_id, "reserve", coid=coid, kind=kind, pid=pid, symbol=symbol)
     return Intent(

@@ -73,11 +73,11 @@ def denial(
     """Why ``agent`` may not reserve ``kind`` on ``symbol`` now, or None if it may."""
     if agent is None:
         return "agent not registered"
-    book = Book(
-        agent,
-        conn.execute(_HELD_SQL, (agent.user,)).fetchall(),
-        conn.execute(_PENDING_SQL, (agent.user,)).fetchall(),
-    )
+    # Both statements are issued before either result is read: one round trip on a store
+    # that pipelines (PostgreSQL), no difference on SQLite.
+    held = conn.execute(_HELD_SQL, (agent.user,))
+    pending = conn.execute(_PENDING_SQL, (agent.user,))
+    book = Book(agent, held.fetchall(), pending.fetchall())
     if kind != "open":
         return (
             None if (symbol, agent.agent_id) in book.slots else "agent holds no position on symbol"

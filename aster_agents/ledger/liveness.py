@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from typing import Final
 
 RECHECK_S: Final = 2.0
+HOST_ENV: Final = "ASTER_AGENTS_HOST"
+
+
+def host_name() -> str:
+    """This host's name in the ledger: ``$ASTER_AGENTS_HOST``, else the system host name.
+
+    Pids are only meaningful on the host that wrote them; the override lets several "hosts"
+    share one machine (tests) or gives a host a stable name across renames.
+    """
+    return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
 def pid_alive(pid: int) -> bool:

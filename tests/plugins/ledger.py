@@ -1,8 +1,9 @@
 """pytest fixtures for the ledger (owned by the ledger work).
 
 - ``state_dir``: an empty state directory under ``tmp_path``.
-- ``ledger``: a :class:`Ledger` there with account ``u1`` (3 slots, 5x leverage on 1000 equity)
-  and agents ``a1`` (2 slots) and ``a2`` (2 slots), 100 capital each.
+- ``ledger``: a :class:`Ledger` on each backend (``backend``: SQLite, PostgreSQL) with
+  account ``u1`` (3 slots, 5x leverage on 1000 equity) and agents ``a1`` (2 slots) and
+  ``a2`` (2 slots), 100 capital each.
 - :func:`run_python`: run a short ``python -c`` snippet in a real child process.
 """
 
@@ -27,7 +28,7 @@ def state_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def ledger(state_dir: Path) -> Iterator[Ledger]:
+def ledger(state_dir: Path, backend: str) -> Iterator[Ledger]:
     led = Ledger(state_dir)
     led.set_account_limits(
         "u1", max_total_positions=3, max_gross_leverage=Decimal(5), equity=Decimal(1000)

@@ -1,0 +1,269 @@
+"""The ledger's schema migrations: one list for every backend (append only, never edit).
+
+Each entry is written in SQLite's dialect; ``postgres_ddl`` translates one for PostgreSQL
+(64-bit integers, identity keys, double precision, the reserved word ``user`` quoted, and an
+explicit ``rowid`` on ``equity`` where SQLite has an implicit one), so both backends walk the
+same versions in the same order and ``schema_migrations`` means the same thing in both.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
+    (
+        "initial",
+        """
+        CREATE TABLE accounts (
+            user TEXT PRIMARY KEY,
+            max_total_positions INTEGER NOT NULL,
+            max_gross_leverage TEXT NOT NULL,
+            equity TEXT
+        );
+        CREATE TABLE agents (
+            agent_id TEXT PRIMARY KEY,
+            user TEXT NOT NULL,
+            nonce_slot INTEGER NOT NULL,
+            max_positions INTEGER NOT NULL,
+            enabled INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            state_reason TEXT,
+            capital TEXT NOT NULL,
+            units TEXT NOT NULL,
+            realized_pnl TEXT NOT NULL,
+            fees TEXT NOT NULL,
+            funding TEXT NOT NULL,
+            hb_pid INTEGER,
+            hb_ms INTEGER,
+            hb_error TEXT,
+            ticks INTEGER NOT NULL DEFAULT 0,
+            created_ms INTEGER NOT NULL,
+            UNIQUE (user, nonce_slot)
+        );
+        CREATE TABLE intents (
+            seq INTEGER PRIMARY KEY,
+            client_order_id TEXT NOT NULL UNIQUE,
+            agent_id TEXT NOT NULL,
+            user TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            side TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            margin TEXT NOT NULL,
+            notional TEXT NOT NULL,
+            state TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            sent INTEGER NOT NULL DEFAULT 0,
+            margin_booked INTEGER NOT NULL DEFAULT 0,
+            reason TEXT
+        );
+        CREATE INDEX intents_active ON intents (user, kind)
+            WHERE state IN ('reserved', 'confirmed');
+        CREATE INDEX intents_by_agent ON intents (agent_id, seq);
+        CREATE TABLE positions (
+            agent_id TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            user TEXT NOT NULL,
+            qty TEXT NOT NULL,
+            entry_price TEXT NOT NULL,
+            margin TEXT NOT NULL,
+            opened_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, symbol)
+        );
+        CREATE INDEX positions_by_user ON positions (user, symbol);
+        CREATE TABLE fills (
+            agent_id TEXT NOT NULL,
+            trade_id INTEGER NOT NULL,
+            client_order_id TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            side TEXT NOT NULL,
+            qty TEXT NOT NULL,
+            price TEXT NOT NULL,
+            realized_pnl TEXT NOT NULL,
+            commission TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, trade_id)
+        );
+        CREATE TABLE funding (
+            agent_id TEXT NOT NULL,
+            tran_id INTEGER NOT NULL,
+            symbol TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, tran_id)
+        );
+        CREATE TABLE equity (
+            agent_id TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            equity TEXT NOT NULL
+        );
+        CREATE INDEX equity_by_agent ON equity (agent_id, time_ms);
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            agent_id TEXT,
+            event TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE TABLE budgets (
+            key TEXT PRIMARY KEY,
+            tokens REAL NOT NULL,
+            capacity REAL NOT NULL,
+            refill_per_s REAL NOT NULL,
+            updated_s REAL NOT NULL
+        );
+        CREATE TABLE host_pause (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            until_s REAL NOT NULL,
+            reason TEXT NOT NULL
+        );
+        """,
+    ),
+    (
+        "accounting",
+        """
+        ALTER TABLE accounts ADD COLUMN unallocated TEXT;
+        ALTER TABLE accounts ADD COLUMN equity_ms INTEGER;
+        ALTER TABLE accounts ADD COLUMN opened_ms INTEGER;
+        ALTER TABLE equity ADD COLUMN units TEXT;
+        ALTER TABLE equity ADD COLUMN nav TEXT;
+        CREATE TABLE rebalances (
+            id INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE TABLE marks (
+            user TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            mark TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (user, symbol)
+        );
+        CREATE TABLE income (
+            user TEXT NOT NULL,
+            source TEXT NOT NULL,
+            agent_id TEXT,
+            kind TEXT NOT NULL,
+            symbol TEXT NOT NULL,
+            amount TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            PRIMARY KEY (user, source)
+        );
+        CREATE INDEX income_by_time ON income (user, kind, time_ms);
+        """,
+    ),
+    (
+        "intent-nonce",
+        """
+        ALTER TABLE intents ADD COLUMN nonce INTEGER;
+        """,
+    ),
+    (
+        "operations",
+        """
+        CREATE TABLE counters (
+            name TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (name, agent_id, labels)
+        ) WITHOUT ROWID;
+        INSERT INTO counters (name, agent_id, labels, value)
+            SELECT 'audit', COALESCE(agent_id, ''), json_object('event', event), COUNT(*)
+            FROM audit GROUP BY 1, 2, 3;
+        CREATE INDEX audit_by_event ON audit (event, id);
+        CREATE TRIGGER audit_counts AFTER INSERT ON audit BEGIN
+            INSERT INTO counters (name, agent_id, labels, value)
+            VALUES ('audit', COALESCE(NEW.agent_id, ''), json_object('event', NEW.event), 1)
+            ON CONFLICT (name, agent_id, labels) DO UPDATE SET value = value + 1;
+        END;
+        CREATE TABLE notify_state (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            audit_id INTEGER NOT NULL,
+            summary_day TEXT
+        );
+        CREATE TABLE notify_sent (
+            id INTEGER PRIMARY KEY,
+            time_ms INTEGER NOT NULL,
+            first_audit_id INTEGER,
+            last_audit_id INTEGER,
+            events INTEGER NOT NULL,
+            title TEXT NOT NULL
+        );
+        """,
+    ),
+    (
+        "hosts",
+        """
+        ALTER TABLE intents ADD COLUMN host TEXT;
+        ALTER TABLE agents ADD COLUMN hb_host TEXT;
+        """,
+    ),
+)
+
+# ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both
+# databases read it as the column.
+USER_WORD: Final = re.compile(r'(?<![\w"])user(?![\w"])')
+
+
+# Migrations whose SQLite text has no mechanical PostgreSQL form (a trigger, JSON functions):
+# their PostgreSQL text, kept here next to the list. Counter labels are the compact JSON the
+# SQLite trigger's json_object() writes, built by hand so both databases store the same text.
+POSTGRES_FORMS: Final = {
+    "operations": """
+        CREATE TABLE counters (
+            name TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            value DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (name, agent_id, labels)
+        );
+        INSERT INTO counters (name, agent_id, labels, value)
+            SELECT 'audit', COALESCE(agent_id, ''), '{"event":' || to_json(event)::text || '}',
+                COUNT(*)
+            FROM audit GROUP BY 1, 2, 3;
+        CREATE INDEX audit_by_event ON audit (event, id);
+        CREATE FUNCTION audit_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO counters (name, agent_id, labels, value)
+            VALUES ('audit', COALESCE(NEW.agent_id, ''),
+                    '{"event":' || to_json(NEW.event)::text || '}', 1)
+            ON CONFLICT (name, agent_id, labels) DO UPDATE SET value = counters.value + 1;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER audit_counts AFTER INSERT ON audit
+            FOR EACH ROW EXECUTE FUNCTION audit_counts();
+        CREATE TABLE notify_state (
+            id BIGINT PRIMARY KEY CHECK (id = 1),
+            audit_id BIGINT NOT NULL,
+            summary_day TEXT
+        );
+        CREATE TABLE notify_sent (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            time_ms BIGINT NOT NULL,
+            first_audit_id BIGINT,
+            last_audit_id BIGINT,
+            events BIGINT NOT NULL,
+            title TEXT NOT NULL
+        );
+    """,
+}
+
+
+def postgres_ddl(name: str, sql: str) -> str:
+    """One migration's SQL in PostgreSQL's dialect: its own form, or the SQLite text
+    translated (64-bit integers, identity keys, double precision, ``user`` quoted)."""
+    if name in POSTGRES_FORMS:
+        return POSTGRES_FORMS[name]
+    out = USER_WORD.sub('"user"', sql)
+    out = out.replace("INTEGER PRIMARY KEY", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+    out = re.sub(r"\bINTEGER\b", "BIGINT", out)
+    out = re.sub(r"\bREAL\b", "DOUBLE PRECISION", out)
+    return out.replace(
+        "CREATE TABLE equity (", "CREATE TABLE equity (\n            rowid BIGSERIAL NOT NULL,"
+    )

@@ -1,0 +1,266 @@
+"""The PostgreSQL ledger's own edges: bad URLs and servers, hosts and leases, migrate and info.
+
+The shared contract (limits, intents, fills, books, kill -9) runs on both backends through the
+``backend`` fixture in ``test_ledger.py``, ``test_ledger_chaos.py`` and friends; this file
+covers what only a server has: authentication, a schema that is not ours or is newer, the
+server going away mid-transaction, agents on other hosts, and the SQLite -> PostgreSQL copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from aster_agents.errors import LedgerError
+from aster_agents.ledger import Ledger
+from aster_agents.ledger.migrations import MIGRATIONS
+from aster_agents.models import Side
+from tests.plugins.ledger import ROOT, run_python
+from tests.plugins.postgres import PgServer
+
+D = Decimal
+
+
+def _setup(ledger: Ledger) -> None:
+    ledger.set_account_limits("u1", max_total_positions=3, max_gross_leverage=D(5), equity=D(1000))
+    ledger.register_agent("a1", "u1", max_positions=2, capital=D(100))
+    ledger.register_agent("a2", "u1", max_positions=2, capital=D(100))
+
+
+AGENT_YAML = (
+    Path(__file__).parent / "data" / "bad_configs" / "portfolio-unknown-key" / "agent-1.yaml"
+)
+
+
+def _config_env(tmp_path: Path, ledger_url: str | None = None) -> dict[str, str]:
+    """An agents.d with one valid agent (and ``ledger.url`` if given); the env to use it."""
+    config = tmp_path / "agents.d"
+    config.mkdir(exist_ok=True)
+    (config / "agent-1.yaml").write_text(AGENT_YAML.read_text())
+    portfolio = "" if ledger_url is None else f"ledger:\n  url: '{ledger_url}'\n"
+    (config / "_portfolio.yaml").write_text(portfolio or "{}\n")
+    env = {k: v for k, v in os.environ.items() if k != "ASTER_AGENTS_LEDGER_URL"}
+    env["ASTER_AGENTS_CONFIG"] = str(config)
+    return env
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aster_agents", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
+# ----------------------------------------------------------------- bad input
+
+
+def test_url_of_another_kind_is_refused_in_one_line(state_dir: Path) -> None:
+    """A non-PostgreSQL ledger URL raises LedgerError naming what is expected."""
+    with pytest.raises(LedgerError, match=r"expected postgresql://") as info:
+        Ledger(state_dir, url="mysql://root:s3cret@db/ledger")
+    assert "s3cret" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unreachable_server_is_one_line_with_the_password_masked(state_dir: Path) -> None:
+    """No server behind the socket: one line, 'unreachable', the password never shown."""
+    url = f"postgresql://bob:t0psecret@/ledger?host={quote(str(state_dir))}"
+    with pytest.raises(LedgerError, match=r"unreachable") as info:
+        Ledger(state_dir, url=url)
+    text = str(info.value)
+    assert "t0psecret" not in text and "bob:***@" in text and "\n" not in text
+
+
+def test_refused_password_is_one_line_with_the_password_masked(
+    pg_server: PgServer, state_dir: Path
+) -> None:
+    """A wrong password: LedgerError naming the failed authentication, password masked."""
+    hba = pg_server.data / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text("local all alice scram-sha-256\n" + original)
+    pg_server.execute("SELECT pg_reload_conf()")
+    try:
+        pg_server.execute("DROP ROLE IF EXISTS alice")
+        pg_server.execute("CREATE ROLE alice LOGIN PASSWORD 'right-one'")
+        base = pg_server.uri.replace("postgres:@", "alice:wrong-one@")
+        with pytest.raises(LedgerError, match=r"password authentication failed") as info:
+            Ledger(state_dir, url=base)
+        assert "wrong-one" not in str(info.value) and "alice:***@" in str(info.value)
+    finally:
+        hba.write_text(original)
+        pg_server.execute("SELECT pg_reload_conf()")
+
+
+def test_database_with_foreign_tables_is_refused_and_left_alone(
+    pg_url: str, pg_server: PgServer, state_dir: Path
+) -> None:
+    """A schema that has tables but not ours: refused, nothing created in it."""
+    schema = pg_url.rsplit("%3D", 1)[1]
+    pg_server.execute(f"CREATE TABLE {schema}.customers (id int)")
+    with pytest.raises(LedgerError, match=r"tables but no aster-agents schema"):
+        Ledger(state_dir, url=pg_url)
+    tables = pg_server.execute(
+        f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"
+    )
+    assert tables == [("customers",)]
+
+
+def test_newer_schema_is_refused_naming_both_versions(pg_url: str, state_dir: Path) -> None:
+    """A ledger migrated by a newer aster-agents: refused with both versions, untouched."""
+    with Ledger(state_dir, url=pg_url) as ledger:
+        ledger.store.conn.execute("INSERT INTO schema_migrations VALUES (99, 'future', 0)")
+    with pytest.raises(LedgerError, match=rf"schema version 99, newer .*\({len(MIGRATIONS)}\)"):
+        Ledger(state_dir, url=pg_url)
+
+
+def test_server_gone_mid_transaction_writes_nothing_and_the_next_call_reconnects(
+    pg_url: str, pg_server: PgServer, state_dir: Path
+) -> None:
+    """The backend killed inside a write: one-line LedgerError, rolled back; then it works."""
+    ledger = Ledger(state_dir, url=pg_url)
+    _setup(ledger)
+    before = len(ledger.audit(1000))
+    with pytest.raises(LedgerError, match=r"unreachable or gone"), ledger.store.write() as conn:
+        conn.execute("UPDATE agents SET capital = '999' WHERE agent_id = 'a1'")
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pg_server.execute(f"SELECT pg_terminate_backend({pid})")
+        conn.execute("INSERT INTO audit (time_ms, event, detail) VALUES (0, 'half', '')")
+    row = ledger.agent("a1")  # a new connection
+    assert row is not None and row.capital == D(100)
+    assert len(ledger.audit(1000)) == before
+    intent = ledger.reserve("a1", "BTCUSDT", Side.BUY, margin=D(1), notional=D(1))
+    assert ledger.release(intent.client_order_id, "test")
+    ledger.close()
+
+
+# ----------------------------------------------------------------- hosts
+
+
+REMOTE_AGENT = """
+import os, sys
+from decimal import Decimal
+from pathlib import Path
+from aster_agents.ledger import Ledger
+from aster_agents.models import Side
+ledger = Ledger(Path(sys.argv[1]))
+ledger.heartbeat("a1", os.getpid())
+intent = ledger.reserve("a1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(1))
+print(intent.client_order_id)
+"""
+
+
+def test_pid_of_another_host_is_judged_by_its_heartbeat_lease(
+    backend: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead pid on host h1 is not reaped from h2 by pid, only once its heartbeat is stale."""
+    with Ledger(state_dir) as ledger:
+        _setup(ledger)
+    monkeypatch.setenv("ASTER_AGENTS_HOST", "h1")
+    done = run_python(REMOTE_AGENT, str(state_dir))
+    assert done.returncode == 0, done.stderr
+    coid = done.stdout.strip()
+    monkeypatch.setenv("ASTER_AGENTS_HOST", "h2")
+    with Ledger(state_dir, reap_interval_s=0, reap_min_age_s=0) as fresh:
+        fresh.reserve("a2", "ETHUSDT", Side.BUY, margin=D(1), notional=D(1))
+        held = fresh.intent(coid)
+        assert held is not None and held.state == "reserved"  # the dead pid is not ours to read
+        assert fresh.agent("a1") is not None
+    with Ledger(state_dir, reap_interval_s=0, reap_min_age_s=0, stale_heartbeat_s=0) as lapsed:
+        lapsed.reserve("a2", "SOLUSDT", Side.BUY, margin=D(1), notional=D(1))
+        gone = lapsed.intent(coid)
+        assert gone is not None and gone.state == "expired" and gone.reason == "heartbeat stale"
+
+
+# ----------------------------------------------------------------- migrate and info
+
+
+def _sqlite_ledger_with_history(state_dir: Path) -> dict[str, object]:
+    with Ledger(state_dir, url=None) as ledger:
+        _setup(ledger)
+        intent = ledger.reserve("a1", "BTCUSDT", Side.BUY, margin=D(10), notional=D(50))
+        assert ledger.mark_sent(intent.client_order_id)
+        assert ledger.confirm(intent.client_order_id)
+        ledger.book_fill(
+            intent.client_order_id,
+            trade_id=7,
+            symbol="BTCUSDT",
+            side=Side.BUY,
+            qty=D(1),
+            price=D(50),
+            realized_pnl=D(0),
+            commission=D("0.1"),
+            time_ms=1,
+        )
+        ledger.finish_intent(intent.client_order_id, "filled")
+        ledger.record_marks("u1", {"BTCUSDT": D(55)})
+        ledger.snapshot_equity("a1", D(104))
+        ledger.book_funding("a1", "BTCUSDT", D("-0.2"), 11, 2)
+        return {
+            "positions": [(p.agent_id, p.symbol, p.qty) for p in ledger.positions()],
+            "books": ledger.books_equity("u1"),
+            "audit": len(ledger.audit(10_000)),
+            "equity": [(p[0], p[1]) for p in ledger.equity_history("a1")],
+        }
+
+
+def test_migrate_copies_history_verifies_and_refuses_a_second_time(
+    pg_url: str, state_dir: Path, tmp_path: Path
+) -> None:
+    """ledger migrate --to: every row and the books arrive; a non-empty target is refused."""
+    expected = _sqlite_ledger_with_history(state_dir)
+    env = _config_env(tmp_path)
+    done = _cli(
+        "--state-dir", str(state_dir), "ledger", "migrate", "--to", pg_url, "--json", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["version"] == 1 and doc["rows"]["fills"] == 1 and doc["rows"]["audit"] > 5
+    assert doc["books"] == {"u1": str(expected["books"])}
+    with Ledger(state_dir, url=pg_url) as copied:
+        assert [(p.agent_id, p.symbol, p.qty) for p in copied.positions()] == expected["positions"]
+        assert copied.books_equity("u1") == expected["books"]
+        assert len(copied.audit(10_000)) == expected["audit"]
+        assert [(p[0], p[1]) for p in copied.equity_history("a1")] == expected["equity"]
+        # the copied sequences continue: new rows get fresh ids
+        intent = copied.reserve("a2", "ETHUSDT", Side.BUY, margin=D(1), notional=D(1))
+        assert intent.seq == 2 and copied.audit(1)[0].id == expected["audit"] + 1
+    again = _cli("--state-dir", str(state_dir), "ledger", "migrate", "--to", pg_url, env=env)
+    assert again.returncode == 1
+    assert again.stderr.strip().count("\n") == 0 and "is not empty" in again.stderr
+
+
+def test_ledger_info_names_backend_place_and_version(
+    pg_url: str, state_dir: Path, tmp_path: Path
+) -> None:
+    """ledger info --json: sqlite file or masked postgresql URL (from the environment or from
+    _portfolio.yaml), with its schema version."""
+    env = _config_env(tmp_path)
+    fresh = _cli("--state-dir", str(state_dir), "ledger", "info", "--json", env=env)
+    assert fresh.returncode == 0, fresh.stderr
+    doc = json.loads(fresh.stdout)
+    assert doc["backend"] == "sqlite" and doc["schema_version"] == 0
+    assert not state_dir.exists()  # info writes nothing
+    Ledger(state_dir, url=pg_url).close()
+    secret_url = pg_url.replace("postgres:@", "postgres:hunter2@")
+    env["ASTER_AGENTS_LEDGER_URL"] = secret_url
+    pg = _cli("--state-dir", str(state_dir), "ledger", "info", "--json", env=env)
+    assert pg.returncode == 0, pg.stderr
+    doc = json.loads(pg.stdout)
+    assert doc["backend"] == "postgresql" and doc["schema_version"] == len(MIGRATIONS)
+    assert "hunter2" not in pg.stdout and "postgres:***@" in doc["where"]
+    from_yaml = _cli(
+        "--state-dir", str(state_dir), "ledger", "info", env=_config_env(tmp_path, pg_url)
+    )
+    assert from_yaml.returncode == 0, from_yaml.stderr
+    assert "postgresql" in from_yaml.stdout and f" {len(MIGRATIONS)}" in from_yaml.stdout
