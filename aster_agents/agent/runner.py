@@ -1045,7 +1045,9 @@ def run_agent(
         strategy = get_strategy(agent.trading.strategy, agent.trading.params, seed=_seed(agent.id))
         stop = stop or threading.Event()
         with stop_on_signals(stop), ExitStack() as books:
-            opened = _while_full(stop, lambda: _open_books(books, state_dir, agent, fleet.ledger_url))
+            opened = _while_full(
+                stop, lambda: _open_books(books, state_dir, agent, fleet.ledger_url)
+            )
             if opened is None:
                 return 0
             ledger, slot = opened
