@@ -34,6 +34,21 @@ def test_shipped_agents_d_is_valid() -> None:
     assert [a.id for a in fleet.agents] == [f"agent-{i}" for i in range(1, 11)]  # natural order
 
 
+def test_shipped_agents_trade_disjoint_symbols_the_simulator_offers() -> None:
+    """Under the exclusive policy no shipped agent shares a symbol; the simulator offers all."""
+    from aster_agents.sim.symbols import SYMBOLS
+
+    fleet = load_fleet(REPO / "agents.d")
+    assert fleet.portfolio.symbol_policy == "exclusive"
+    owners: dict[str, str] = {}
+    for agent in fleet.agents:
+        for symbol in agent.trading.symbols:
+            assert symbol not in owners, f"{symbol}: {owners.get(symbol)} and {agent.id}"
+            owners[symbol] = agent.id
+        assert len(agent.trading.symbols) >= agent.trading.max_positions
+    assert set(owners) <= set(SYMBOLS)
+
+
 def test_corpus_is_large_enough() -> None:
     """The bad-config corpus holds at least 30 distinct malformed configs."""
     assert len(CASES) >= 30

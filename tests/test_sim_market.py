@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from aster_agents.models import INTERVAL_MS
 from aster_agents.sim.market import MINUTE_MS, Market
-from aster_agents.sim.symbols import SYMBOLS
+from aster_agents.sim.symbols import SYMBOLS, symbol_info
 from tests.plugins.sim import SignedClient
 
 START = 1_790_000_000_000  # a fixed market start keeps these tests independent of the clock
+REAL_SYMBOLS = Path(__file__).parent / "data" / "exchange_info" / "symbols-2026-01.json"
 SIX = {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ASTERUSDT"}
 
 
@@ -86,16 +89,28 @@ def test_book_and_pin() -> None:
     assert market.mark("XRPUSDT") != Decimal("2.0000")
 
 
-def test_exchange_info_lists_six_symbols_with_real_filters(sim_client: SignedClient) -> None:
-    """exchangeInfo has the six symbols, their filters and the three rate limits."""
+def test_exchange_info_lists_the_symbols_with_real_filters(sim_client: SignedClient) -> None:
+    """exchangeInfo has every symbol of the table, its filters and the three rate limits."""
     info = sim_client.public("/fapi/v3/exchangeInfo").json()
-    assert {s["symbol"] for s in info["symbols"]} == SIX
+    assert {s["symbol"] for s in info["symbols"]} == set(SYMBOLS) >= SIX
     btc = next(s for s in info["symbols"] if s["symbol"] == "BTCUSDT")
     filters = {f["filterType"]: f for f in btc["filters"]}
     assert filters["PRICE_FILTER"]["tickSize"] == "0.1"
     assert filters["LOT_SIZE"]["stepSize"] == "0.001"
     assert filters["MIN_NOTIONAL"]["notional"] == "5"
     assert [r["limit"] for r in info["rateLimits"]] == [2400, 1200, 300]
+
+
+def test_symbol_table_copies_the_real_exchange_info() -> None:
+    """Every simulated symbol's precisions, margins and filters equal the real exchangeInfo."""
+    real = json.loads(REAL_SYMBOLS.read_text())
+    assert [r["symbol"] for r in real] == list(SYMBOLS)
+    for row in real:
+        ours = symbol_info(SYMBOLS[row["symbol"]])
+        assert row["status"] == "TRADING"
+        for key in row.keys() - {"filters", "status"}:
+            assert ours[key] == row[key], f"{row['symbol']} {key}"
+        assert ours["filters"] == row["filters"], row["symbol"]
 
 
 def test_market_data_endpoints(sim_client: SignedClient) -> None:
@@ -105,7 +120,7 @@ def test_market_data_endpoints(sim_client: SignedClient) -> None:
     premium = sim_client.public("/fapi/v3/premiumIndex", symbol="BNBUSDT").json()
     book = sim_client.public("/fapi/v3/ticker/bookTicker", symbol="BNBUSDT").json()
     assert Decimal(book["bidPrice"]) < Decimal(premium["markPrice"]) < Decimal(book["askPrice"])
-    assert len(sim_client.public("/fapi/v3/premiumIndex").json()) == 6
+    assert len(sim_client.public("/fapi/v3/premiumIndex").json()) == len(SYMBOLS)
     depth = sim_client.public("/fapi/v3/depth", symbol="BNBUSDT", limit=5).json()
     assert len(depth["bids"]) == len(depth["asks"]) == 5
     assert "lastPrice" in sim_client.public("/fapi/v3/ticker/24hr", symbol="BNBUSDT").json()

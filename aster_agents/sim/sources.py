@@ -168,7 +168,10 @@ class ReplayMarket(Market):
         ]
 
 
-LIVE_POLL_S: Final = 2.0  # premiumIndex + bookTicker per symbol: 6 x 2 weight every 2 s
+# premiumIndex + bookTicker per symbol (weight 1 each) every LIVE_POLL_S: at most a quarter of
+# the exchange's 2400 REQUEST_WEIGHT a minute per IP (4.2 s for 21 symbols), and never under 2 s
+LIVE_POLL_WEIGHT_PER_MIN: Final = 600
+LIVE_POLL_S: Final = max(2.0, 2 * len(SYMBOLS) * 60 / LIVE_POLL_WEIGHT_PER_MIN)
 LIVE_KLINES_TTL_MS: Final = 2_000
 
 
