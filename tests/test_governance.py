@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from aster_agents.cli.main import build_app, main
 from aster_agents.config.schema import FleetConfig, load_fleet
-from aster_agents.ledger import AgentRow, Ledger
+from aster_agents.ledger import AgentRow, Ledger, LedgerPosition
 from aster_agents.ledger.readonly import open_readonly
 from aster_agents.models import now_ms
 from aster_agents.portfolio.governance import (
@@ -390,3 +390,50 @@ def _disabled(fleet: Fleet) -> AgentRow | None:
 def _ticks(fleet: Fleet) -> int:
     row = _row(fleet)
     return 0 if row is None else row.ticks
+
+
+def test_exposure_is_measured_on_one_clock_on_a_fast_simulator(tmp_path: Path) -> None:
+    """An agent holding a position the whole time on a x60 market shows exposure near 100%."""
+    with SimServer(SimConfig(port=0, seed=7, speed=60.0)) as sim:
+        fleet = make_fleet(
+            tmp_path,
+            sim,
+            ["agent-1"],
+            symbols=["ETHUSDT"],
+            params="{p_enter: 1.0, p_exit: 0.0}",
+            max_positions=1,
+            scan_interval=0.3,
+        )
+        fleet.start("agent-1")
+        try:
+            opened = wait_for(lambda: _held(fleet), 60, "an open position").opened_ms
+            first = _snapshot_times(fleet)[0]
+            # held (on the local clock) six times as long as the start-up before the entry
+            held_until = opened + max(3000, 6 * (opened - first))
+            wait_for(lambda: _snapshot_times(fleet)[-1] >= held_until, 60, "snapshots")
+        finally:
+            codes = fleet.stop_all()
+        assert codes == {"agent-1": 0}, fleet.stderr("agent-1")[-2000:]
+        done = subprocess.run(
+            fleet.command("rebalance", "--json"),
+            env=fleet.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert list(fleet.ledger_positions()) == ["ETHUSDT"]  # never closed
+    exposure = json.loads(done.stdout)["metrics"]["agents"]["agent-1"]["exposure"]
+    assert 0.8 <= exposure <= 1.0, exposure  # 0.0 when fills were on the market's clock
+
+
+def _held(fleet: Fleet) -> LedgerPosition | None:
+    with Ledger(fleet.state_dir) as ledger:
+        held = ledger.positions(agent_id="agent-1")
+    return held[0] if held else None
+
+
+def _snapshot_times(fleet: Fleet) -> list[int]:
+    with Ledger(fleet.state_dir) as ledger:
+        return [t for t, _, _ in ledger.nav_after("agent-1")] or [0]

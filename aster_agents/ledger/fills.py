@@ -19,6 +19,14 @@ from aster_agents.models import Side
 ZERO: Final = Decimal(0)
 
 
+# time_ms is the exchange's trade time; booked_ms the local clock's when the ledger booked it
+INSERT_FILL: Final = (
+    "INSERT INTO fills (agent_id, trade_id, client_order_id, symbol, side, qty, price, "
+    "realized_pnl, commission, time_ms, booked_ms) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
 def apply_fill(
     qty: Decimal, entry: Decimal, fill_qty: Decimal, price: Decimal
 ) -> tuple[Decimal, Decimal]:
@@ -58,8 +66,7 @@ def book_fill(
         )
     agent_id, user, kind, margin, margin_booked = intent
     cur = conn.execute(
-        "INSERT INTO fills (agent_id, trade_id, client_order_id, symbol, side, qty, price, "
-        "realized_pnl, commission, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        INSERT_FILL,
         (
             agent_id,
             trade_id,
@@ -71,6 +78,7 @@ def book_fill(
             str(realized_pnl),
             str(commission),
             time_ms,
+            now_ms(),
         ),
     )
     if cur.rowcount == 0:
@@ -158,8 +166,7 @@ def book_exchange_close(
     if agent_id is None:
         return None
     cur = conn.execute(
-        "INSERT INTO fills (agent_id, trade_id, client_order_id, symbol, side, qty, price, "
-        "realized_pnl, commission, time_ms) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+        INSERT_FILL,
         (
             agent_id,
             trade_id,
@@ -171,6 +178,7 @@ def book_exchange_close(
             str(realized_pnl),
             str(commission),
             time_ms,
+            now_ms(),
         ),
     )
     if cur.rowcount == 0:

@@ -19,7 +19,12 @@ OPERATOR_ENABLE: Final = "enabled by operator"
 
 
 class FillRecord(NamedTuple):
-    """One booked fill; ``qty`` is signed (+ buy, - sell)."""
+    """One booked fill; ``qty`` is signed (+ buy, - sell).
+
+    ``time_ms`` is when the ledger booked it, on the local clock of the equity snapshots (a
+    simulator's market time can run many times faster); the exchange's trade time for fills
+    booked before the ledger recorded that (``has_booked`` False: a file older than the column).
+    """
 
     time_ms: int
     symbol: str
@@ -27,11 +32,12 @@ class FillRecord(NamedTuple):
     realized_pnl: Decimal
 
 
-def fills(conn: Conn, agent_id: str) -> list[FillRecord]:
-    """Every fill of ``agent_id``, oldest first."""
+def fills(conn: Conn, agent_id: str, *, has_booked: bool = True) -> list[FillRecord]:
+    """Every fill of ``agent_id``, oldest first by booking time."""
+    when = "COALESCE(booked_ms, time_ms)" if has_booked else "time_ms"
     rows = conn.execute(
-        "SELECT time_ms, symbol, side, qty, realized_pnl FROM fills WHERE agent_id = ? "
-        "ORDER BY time_ms, trade_id",
+        f"SELECT {when}, symbol, side, qty, realized_pnl FROM fills WHERE agent_id = ? "
+        f"ORDER BY {when}, trade_id",
         (agent_id,),
     ).fetchall()
     return [

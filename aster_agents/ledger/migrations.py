@@ -204,6 +204,14 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ALTER TABLE agents ADD COLUMN hb_host TEXT;
         """,
     ),
+    (
+        # the local time a fill was booked: the clock of the equity snapshots, which the
+        # exchange's trade time is not on a simulator whose market runs faster (metrics)
+        "fill-booked-time",
+        """
+        ALTER TABLE fills ADD COLUMN booked_ms INTEGER;
+        """,
+    ),
 )
 
 # ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both

@@ -88,6 +88,11 @@ class ReadOnlyLedger:
     def _ready(self, table: str) -> bool:
         return table in self._tables
 
+    def _has_column(self, table: str, column: str) -> bool:
+        """A file not yet migrated (read as it is) may lack a later migration's column."""
+        rows = self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+        return any(r[1] == column for r in rows)
+
     def agent_rows(self) -> list[AgentRow]:
         if not self._ready("agents"):
             return []
@@ -165,7 +170,7 @@ class ReadOnlyLedger:
             return []
         from aster_agents.ledger import history
 
-        return history.fills(self.conn, agent_id)
+        return history.fills(self.conn, agent_id, has_booked=self._has_column("fills", "booked_ms"))
 
     def operator_enables(self, agent_ids: Sequence[str]) -> dict[str, int]:
         """The time of each agent's latest enable by an operator."""

@@ -19,6 +19,10 @@ Definitions (every ratio is a float; ``None`` when it cannot be computed):
   win rate: closing fills with realized P&L > 0 / closing fills;
 - exposure: the fraction of the window during which at least one position was open.
 
+One clock: fill times are the local time the ledger booked each fill (``FillRecord``), the
+clock of the equity snapshots, never the exchange's trade time (a simulator's market time
+runs ``--speed`` times faster, which put every fill after the last snapshot: exposure 0).
+
 Combined (portfolio) NAV: chained from 1.0 at every snapshot of any sleeve; a snapshot moves
 it by that sleeve's NAV return times the sleeve's share of the sleeves' equity (each at its
 previous snapshot). Money moved between sleeves or to the unallocated sleeve is a flow, not
