@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from aster_agents.cli.main import build_app, main
 from aster_agents.config.schema import FleetConfig, load_fleet
 from aster_agents.ledger import AgentRow, Ledger, LedgerPosition
 from aster_agents.ledger.readonly import open_readonly
-from aster_agents.models import now_ms
+from aster_agents.ledger.rows import DB_NAME
+from aster_agents.models import Side, now_ms
 from aster_agents.portfolio.governance import (
     Governor,
     auto_rebalance,
@@ -28,6 +31,7 @@ from aster_agents.portfolio.governance import (
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimConfig, SimServer
 from tests.kit.agents import Fleet, make_fleet
+from tests.kit.books import Trader
 from tests.kit.wait import wait_for
 
 HOUR = 3_600_000
@@ -236,6 +240,27 @@ def test_fleet_metrics_from_the_read_only_view_match_the_ledger(
     with ro:
         assert fleet_metrics(ro, ro.agent_rows()) == fleet_metrics(ledger, ledger.agent_rows())
         assert ro.operator_enables(["a1", "a2"]) == ledger.operator_enables(["a1", "a2"])
+
+
+def test_fills_count_from_their_booking_time_and_older_files_still_read(tmp_path: Path) -> None:
+    """Metrics see a fill at the local time it was booked, not the exchange's (a fast
+    market's) trade time; a file from before that column reads the trade time, read-only."""
+    state_dir = tmp_path / "state"
+    market_ms = now_ms() + 30 * 86_400_000  # a x60 market is a month ahead after 12 hours
+    with open_ledger(state_dir) as ledger:
+        before = now_ms()
+        Trader(ledger, "a1", market_ms).order(
+            "BTCUSDT", Side.BUY, "0.001", "50000", kind="open", at_min=0
+        )
+        booked = ledger.fill_records("a1")
+        assert [f.time_ms for f in booked if before <= f.time_ms <= now_ms()] == [booked[0].time_ms]
+    with closing(sqlite3.connect(state_dir / DB_NAME)) as conn:
+        conn.execute("ALTER TABLE fills DROP COLUMN booked_ms")  # as the file was before
+        conn.commit()
+    ro = open_readonly(state_dir)
+    assert ro is not None
+    with ro:
+        assert [f.time_ms for f in ro.fill_records("a1")] == [market_ms]
 
 
 def test_auto_rebalance_applies_once_and_only_one_process_at_a_time(tmp_path: Path) -> None:
