@@ -130,7 +130,7 @@ def test_mark_price_follows_recorded_mark_klines_at_the_base_interval(tmp_path: 
             "open_time,open,high,low,close,volume\n0,1,x,1,1,1\n",
             "line 2: high: expected a number",
         ),
-        ("DOGEUSDT-5m-klines.csv", "open_time\n", "DOGEUSDT is not offered"),
+        ("QQQXUSDT-5m-klines.csv", "open_time\n", "QQQXUSDT is not offered"),
         ("notes.txt", "", "no SYMBOL-INTERVAL-klines.csv file"),
     ],
 )

@@ -136,6 +136,35 @@ def _intra(o: float, h: float, lo: float, c: float, frac: float) -> tuple[float,
     return c, hi, low
 
 
+def kline_row(
+    sym: SimSymbol,
+    open_ms: int,
+    close_ms: int,
+    op: float,
+    hi: float,
+    low: float,
+    cl: float,
+    vol: float,
+) -> list[object]:
+    """One candle in the exchange's kline array form, on the symbol's tick and step."""
+    pp, qp = _places(sym.tick_size), _places(sym.step_size)
+    mid = (op + cl) / 2
+    return [
+        open_ms,
+        str(_fmt(op, pp)),
+        str(_fmt(hi, pp)),
+        str(_fmt(low, pp)),
+        str(_fmt(cl, pp)),
+        str(_fmt(vol, qp)),
+        close_ms,
+        str(_fmt(vol * mid, 4)),
+        int(vol * mid / 500) + 1,
+        str(_fmt(vol / 2, qp)),
+        str(_fmt(vol * mid / 2, 4)),
+        "0",
+    ]
+
+
 def _fmt(x: float, places: int) -> Decimal:
     return Decimal(f"{x:.{places}f}")
 
@@ -336,19 +365,4 @@ class Market:
                 c, h, lw = _intra(p.o[i], h, lw, c, frac)
                 v *= frac
             hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
-        pp, qp = _places(sym.tick_size), _places(sym.step_size)
-        mid = (op + cl) / 2
-        return [
-            open_ms,
-            str(_fmt(op, pp)),
-            str(_fmt(hi, pp)),
-            str(_fmt(low, pp)),
-            str(_fmt(cl, pp)),
-            str(_fmt(vol, qp)),
-            close_ms,
-            str(_fmt(vol * mid, 4)),
-            int(vol * mid / 500) + 1,
-            str(_fmt(vol / 2, qp)),
-            str(_fmt(vol * mid / 2, 4)),
-            "0",
-        ]
+        return kline_row(sym, open_ms, close_ms, op, hi, low, cl, vol)

@@ -30,7 +30,7 @@ from aster_agents.errors import AsterAgentsError
 from aster_agents.exchange.base import Exchange
 from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.sim.engine import ApiError
-from aster_agents.sim.market import Market, _fmt, _places, bucket_close
+from aster_agents.sim.market import Market, bucket_close, kline_row
 from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
@@ -150,22 +150,7 @@ class ReplayMarket(Market):
                 c, h, lw = held(s.o[i], h, lw, c, frac)
                 v *= frac
             hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
-        pp, qp = _places(sym.tick_size), _places(sym.step_size)
-        mid = (op + cl) / 2
-        return [
-            open_ms,
-            str(_fmt(op, pp)),
-            str(_fmt(hi, pp)),
-            str(_fmt(low, pp)),
-            str(_fmt(cl, pp)),
-            str(_fmt(vol, qp)),
-            close_ms,
-            str(_fmt(vol * mid, 4)),
-            int(vol * mid / 500) + 1,
-            str(_fmt(vol / 2, qp)),
-            str(_fmt(vol * mid / 2, 4)),
-            "0",
-        ]
+        return kline_row(sym, open_ms, close_ms, op, hi, low, cl, vol)
 
 
 # premiumIndex + bookTicker per symbol (weight 1 each) every LIVE_POLL_S: at most a quarter of
