@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -11,6 +12,7 @@ import pytest
 from aster_agents.sim.faults import FaultConfig
 from aster_agents.sim.limits import LimitConfig
 from aster_agents.sim.server import SimConfig, SimServer
+from tests.kit.wait import wait_for
 from tests.plugins.sim import SignedClient, SimKeys
 
 MARKET_BUY = {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET", "quantity": "0.001"}
@@ -79,6 +81,24 @@ def test_requests_in_flight_at_a_429_get_grace_not_a_ban(sim_keys: SimKeys) -> N
         again = client.public("/fapi/v3/ping")
         assert (again.status_code, again.json()["code"]) == (429, -1003)
         assert server.app.limiter.counts() == (2, 0)
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_request_that_arrived_before_a_429_is_judged_by_its_arrival(sim_keys: SimKeys) -> None:
+    """In-flight means arrived: a request that reached the server before the 429 went out gets
+    a 429, not a 418, however late this process gets to it (a busy simulator)."""
+    limits = LimitConfig(weight_per_window=12, grace_s=1, align_to_start=True, weight_window_s=3600)
+    server, client = _serve(sim_keys, limits=limits)
+    try:
+        while client.send("GET", "/fapi/v3/balance").status_code == 200:
+            pass
+        late = time.time()  # arrived right as the 429 went out: in flight
+        wait_for(lambda: time.time() > late + 1.2, 5, "the grace to pass on the wall clock")
+        reply = server.app.handle("GET", "/fapi/v3/ping", "", "", "127.0.0.1", received=late)
+        assert reply.status == 429, reply.body
+        assert server.app.handle("GET", "/fapi/v3/ping", "", "", "127.0.0.1").status == 418
     finally:
         client.close()
         server.stop()

@@ -229,7 +229,19 @@ class SimApp:
 
     # ---- dispatch -----------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: str, body: str, ip: str) -> Reply:
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        body: str,
+        ip: str,
+        received: float | None = None,
+    ) -> Reply:
+        """Answer one request; ``received`` is when it arrived (the limits judge that moment:
+        a request already sent when a 429 went out cannot have honoured it, however long
+        this process then took to get to it)."""
+        received = time.time() if received is None else received
         verdict = self.faults.before()
         if verdict is Verdict.DROP:
             return Reply(0, b"", drop=True)
@@ -245,7 +257,7 @@ class SimApp:
             )
         headers: dict[str, str] = {}
         try:
-            return self._dispatch(method, path, query, body, ip, headers)
+            return self._dispatch(method, path, query, body, ip, headers, received)
         except ApiError as exc:
             return self._error(exc, headers)
         except ValueError as exc:  # int()/Decimal() of a malformed parameter
@@ -255,7 +267,14 @@ class SimApp:
             return self._error(ApiError(-1000, msg, 500), headers)
 
     def _dispatch(
-        self, method: str, path: str, query: str, body: str, ip: str, headers: dict[str, str]
+        self,
+        method: str,
+        path: str,
+        query: str,
+        body: str,
+        ip: str,
+        headers: dict[str, str],
+        received: float,
     ) -> Reply:
         route = self.routes.get((method, path.replace("/fapi/v1/", "/fapi/v3/", 1)))
         if route is None or (route.signed and not path.startswith("/fapi/v3/")):
@@ -266,7 +285,7 @@ class SimApp:
             weight = route.weight(public)
         except ValueError:
             raise ApiError(-1102, "Parameter 'limit' was malformed.") from None
-        now = time.time()
+        now = received
         headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.used_weight(ip, now))  # for a 429
         headers["X-MBX-USED-WEIGHT-1M"] = str(self.limiter.weight(ip, weight, now))
         user, params = "", public
@@ -536,10 +555,13 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _serve(self) -> None:
+        received = time.time()
         path, _, query = self.path.partition("?")
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-        reply = self.server.app.handle(self.command, path, query, body, self.client_address[0])
+        reply = self.server.app.handle(
+            self.command, path, query, body, self.client_address[0], received
+        )
         if reply.drop:
             self.close_connection = True
             return
