@@ -6,8 +6,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Final
 
@@ -41,9 +39,10 @@ def free_bytes(path: Path) -> int | None:
     """Bytes free on the filesystem holding ``path`` (its nearest existing parent)."""
     target = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
     try:
-        return shutil.disk_usage(target).free
+        st = os.statvfs(target)  # shutil.disk_usage's figure, without importing shutil (status)
     except OSError:
         return None
+    return st.f_bavail * st.f_frsize
 
 
 def free_space(path: Path) -> str:
@@ -90,7 +89,7 @@ def _private_dir(directory: Path) -> None:
 
 
 def _private_temp(directory: Path, name: str) -> tuple[int, str]:
-    tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+    tmp = directory / f".{name}.{os.urandom(6).hex()}.tmp"  # no secrets/random import: status
     return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), str(tmp)
 
 
