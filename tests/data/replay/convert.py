@@ -5,7 +5,7 @@ Run once by hand (tests never read the source; they read the files this writes):
     python tests/data/replay/convert.py SOURCE_DIR tests/data/replay/xrp
 
 SOURCE_DIR holds the plain-CSV XRPUSDT klines and funding rates described in
-tests/data/replay/README (where the prices come from); nothing reads it at test time.
+tests/data/replay/README.md (where the prices come from); nothing reads it at test time.
 
 Numbers are written with at most 8 decimals. Keeps 32 hours of 5-minute klines
 (2021-11-17 12:00 to 2021-11-18 20:00 UTC) and the funding rates inside that window,
