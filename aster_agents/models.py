@@ -144,9 +144,19 @@ class ExchangeInfo:
     rate_limits: tuple[RateLimit, ...]
     symbols: dict[str, SymbolInfo] = field(hash=False)
     nonce_window_ms: int | None = None  # only a simulator states it (``nonceWindowMs``)
+    # only a simulator states it (``marketClock``): "lockstep" when agents take turns
+    market_clock: str | None = None
 
     def symbol(self, name: str) -> SymbolInfo:
         return self.symbols[name]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """An agent's turn on a lockstep simulator: its number (to say it is done) and market time."""
+
+    number: int
+    time_ms: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,7 @@ from aster_agents.models import (
     OrderType,
     Side,
     SymbolInfo,
+    Turn,
     UserTrade,
     now_ms,
 )
@@ -94,6 +95,7 @@ FAILPOINT_ENV: Final = "ASTER_AGENTS_FAILPOINT"  # crash tests: SIGKILL ourselve
 FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fills")
 FUNDING_EVERY: Final = 10  # ticks between two reads of the funding income
 EXCHANGE_CHECK_EVERY: Final = 5  # ticks between two positionRisk reads (weight 5)
+LOCKSTEP: Final = "lockstep"  # ExchangeInfo.market_clock of a simulator stepping on turns
 FLATTENED: Final = "flattened by operator"  # the disabled reason `flatten` sets
 FULL_BACKOFF_MAX_S: Final = 60.0  # the longest wait between two tries on a full state dir
 PROTECTIVE_TYPES: Final = (OrderType.STOP_MARKET, OrderType.TAKE_PROFIT_MARKET)
@@ -189,6 +191,9 @@ class AgentRunner:
         # how long after sending an order the exchange does not know may be written off
         self.write_off_ms = inflight.write_off_ms(agent.exchange.base_url, None, os.environ)
         self.noop_resolve = inflight.noop_resolve(os.environ)
+        # on a lockstep simulator: ticks are the simulator's turns, the clock is their time
+        self.lockstep = False
+        self.turn = Turn(0, 0)  # the last turn the simulator gave (0: none yet)
 
     # ------------------------------------------------------------------ start-up
 
@@ -198,6 +203,10 @@ class AgentRunner:
         self.write_off_ms = inflight.write_off_ms(
             self.agent.exchange.base_url, self.info.nonce_window_ms, os.environ
         )
+        if self.info.market_clock == LOCKSTEP:
+            self.lockstep, self.clock = True, self._turn_clock
+            if not self.await_turn():  # start-up is a turn too, in the agents' order
+                return
         trading = self.agent.trading
         missing = [s for s in trading.symbols if s not in self.info.symbols]
         if missing:
@@ -355,10 +364,16 @@ class AgentRunner:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        """Tick until ``stop`` is set; a failing tick is logged and the loop goes on."""
+        """Tick until ``stop`` is set; a failing tick is logged and the loop goes on.
+
+        On a lockstep simulator each tick waits for the simulator's turn instead of the
+        scan interval's wall time (the simulator counts the interval in market time).
+        """
         interval = self.agent.trading.scan_interval_seconds
         last_skips: tuple[str, ...] = ()
         while not self.stop.is_set():
+            if self.lockstep and not self.await_turn():
+                break
             started = time.monotonic()
             report = self.safe_tick()
             skips = tuple(report.skipped) if report is not None and not report.opened else ()
@@ -366,8 +381,29 @@ class AgentRunner:
                 logger.info("{} {}", NO_TRADE, "; ".join(skips))
             last_skips = skips
             wait = self.full.delay if self.full.delay else interval
-            self.stop.wait(max(0.0, wait - (time.monotonic() - started)))
+            if not self.lockstep:
+                self.stop.wait(max(0.0, wait - (time.monotonic() - started)))
         logger.info("stopped")
+
+    def await_turn(self) -> bool:
+        """End this agent's lockstep turn and wait for the next; False once stopped."""
+        scan_ms = int(self.agent.trading.scan_interval_seconds * 1000)
+        while not self.stop.is_set():
+            try:
+                turn = self.client.lockstep_turn(self.agent.id, scan_ms, self.turn.number)
+            except BadRequest as exc:  # not an agent of this replay: a config mismatch
+                raise ConfigError(f"{self.agent.exchange.base_url}: {exc}") from None
+            except ExchangeError as exc:
+                logger.warning("waiting for the lockstep turn: {}; asking again in 1s", exc)
+                self.stop.wait(1.0)
+                continue
+            if turn is not None:
+                self.turn = turn
+                return True
+        return False
+
+    def _turn_clock(self) -> int:
+        return self.turn.time_ms
 
     def safe_tick(self) -> TickReport | None:
         started, cpu = time.perf_counter(), time.process_time()

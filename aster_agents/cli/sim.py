@@ -111,6 +111,12 @@ def sim(
         "--upstream",
         help="The exchange --market live mirrors (public data only; orders stay local).",
     ),
+    lockstep: bool = typer.Option(
+        False,
+        "--lockstep",
+        help="Replay only: market time moves from event to event as the --config-dir agents "
+        "finish their turns (results equal backtest's; --speed does not apply).",
+    ),
 ) -> None:
     """Run the simulated Aster exchange (Futures V3) until SIGTERM or Ctrl-C."""
     import signal
@@ -154,6 +160,9 @@ def sim(
         raise typer.BadParameter(f"--market {market!r}: expected synthetic, replay or live")
     if (market == "replay") != (data is not None):
         raise typer.BadParameter("--data DIR goes with --market replay (and only with it)")
+    if lockstep and market != "replay":
+        raise typer.BadParameter("--lockstep steps a recording: use it with --market replay")
+    turns = _lockstep_agents(Path(chosen_dir) if chosen_dir else None) if lockstep else ()
     limits = LimitConfig(
         weight_limit, weight_window, orders_10s, 10.0, orders_1m, 60.0, ban_seconds
     )
@@ -176,6 +185,7 @@ def sim(
         market=market,
         data_dir=data,
         upstream=upstream,
+        lockstep=turns,
     )
     server = SimServer(config)
     stop = threading.Event()
@@ -201,7 +211,22 @@ def _describe(server: SimServer) -> str:
     if not isinstance(m, ReplayMarket):
         return "synthetic"
     names = ", ".join(sorted(m.recording.symbols))
-    return f"replay of {m.recording.path} ({names}), shifted by {m.offset_ms // 86_400_000} days"
+    text = f"replay of {m.recording.path} ({names}), shifted by {m.offset_ms // 86_400_000} days"
+    if server.app.lockstep is not None:
+        text += f"; lockstep with {', '.join(server.app.lockstep.agents)} (waiting for them)"
+    return text
+
+
+def _lockstep_agents(config_dir: Path | None) -> tuple[str, ...]:
+    """The enabled agents of ``config_dir``: the ones a lockstep replay waits for."""
+    from aster_agents.config.schema import load_fleet
+
+    if config_dir is None:
+        raise typer.BadParameter("--lockstep waits for the agents of --config-dir: give one")
+    agents = tuple(a.id for a in load_fleet(config_dir, check_strategies=False).enabled_agents)
+    if not agents:
+        raise typer.BadParameter(f"--lockstep: {config_dir} has no enabled agent to wait for")
+    return agents
 
 
 def register(app: typer.Typer) -> None:

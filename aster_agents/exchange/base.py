@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         PremiumIndex,
         StpMode,
         TickerPrice,
+        Turn,
         UserTrade,
     )
 
@@ -132,6 +133,11 @@ class Exchange(Protocol):
 
     def next_nonce(self) -> int:
         """A fresh nonce to pin on a request (recorded before the request is sent)."""
+        ...
+
+    def lockstep_turn(self, agent_id: str, scan_ms: int, done: int = 0) -> Turn | None:
+        """On a lockstep simulator (``ExchangeInfo.market_clock``): end turn ``done`` and
+        wait for this agent's next; None when it has not come yet (ask again)."""
         ...
 
     def new_order(self, request: OrderRequest, nonce: int | None = None) -> Order: ...

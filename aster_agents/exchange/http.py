@@ -78,6 +78,7 @@ from aster_agents.models import (
     PremiumIndex,
     StpMode,
     TickerPrice,
+    Turn,
     UserTrade,
 )
 from aster_agents.signing import NonceSource, Signer
@@ -145,6 +146,7 @@ _START_LISTEN_KEY = _Call("POST", "/fapi/v3/listenKey", 1)
 _KEEP_LISTEN_KEY = _Call("PUT", "/fapi/v3/listenKey", 1)
 _CLOSE_LISTEN_KEY = _Call("DELETE", "/fapi/v3/listenKey", 1)
 _NOOP = _Call("POST", "/fapi/v3/noop", 1)
+_TURN = _Call("POST", "/sim/lockstep/turn", 0, signed=False)  # a lockstep simulator's only
 
 
 class _NotSent(TransientExchangeError):
@@ -404,6 +406,15 @@ class AsterClient:
         except _NonceRefused:
             return False
         return True
+
+    def lockstep_turn(self, agent_id: str, scan_ms: int, done: int = 0) -> Turn | None:
+        """Finish turn ``done`` (0: none) on a lockstep simulator and ask for the next one.
+
+        The turn once it is this agent's; None when it has not come within the simulator's
+        wait (a few seconds): ask again.
+        """
+        params: Params = [("agent", agent_id), ("scanMs", scan_ms), ("done", done)]
+        return parse.lockstep_turn(self._request(_TURN, params))
 
     def new_order(self, request: OrderRequest, nonce: int | None = None) -> Order:
         """Place an order; an unknown outcome is resolved by client order id, never resent.

@@ -34,6 +34,7 @@ from aster_agents.models import (
     SymbolFilters,
     SymbolInfo,
     TickerPrice,
+    Turn,
     UserTrade,
 )
 
@@ -196,7 +197,15 @@ def exchange_info(data: object) -> ExchangeInfo:
         nonce_window_ms=integer(d, "nonceWindowMs", "exchangeInfo", None)
         if d.get("nonceWindowMs") is not None
         else None,
+        market_clock=text(d, "marketClock", "exchangeInfo", "") or None,
     )
+
+
+def lockstep_turn(data: object) -> Turn | None:
+    """A lockstep simulator's answer: our turn (number > 0) with its market time, else None."""
+    d = _obj(data, "lockstep turn")
+    number = integer(d, "turn", "lockstep turn")
+    return Turn(number, integer(d, "time", "lockstep turn")) if number > 0 else None
 
 
 def _kline(raw: object) -> Kline:

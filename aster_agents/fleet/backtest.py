@@ -16,7 +16,6 @@ history queries that use them.
 from __future__ import annotations
 
 import bisect
-import heapq
 import os
 import tempfile
 import time
@@ -35,6 +34,7 @@ from aster_agents.models import Kline
 from aster_agents.portfolio.trades import read_trips, totals
 from aster_agents.sim.accounts import accounts_from_pairs
 from aster_agents.sim.inprocess import InProcessClient
+from aster_agents.sim.lockstep import replay_events, step_of
 from aster_agents.sim.recording import Recording, load_recording
 from aster_agents.sim.server import SimApp, SimConfig
 from aster_agents.sim.sources import ReplayMarket
@@ -172,8 +172,12 @@ class BacktestResult:
 def select_agents(
     fleet: FleetConfig, ids: Sequence[str], recording: Recording
 ) -> list[AgentConfig]:
-    """The enabled agents (or ``ids``), each trading only symbols the recording holds."""
+    """The enabled agents (or ``ids``) by id, each trading only symbols the recording holds.
+
+    By id: the agents due at one moment tick in this order, as under ``sim --lockstep``.
+    """
     agents = [fleet.agent(i) for i in ids] if ids else list(fleet.enabled_agents)
+    agents.sort(key=lambda a: a.id)
     if not agents:
         raise ConfigError(f"{fleet.config_dir}: no enabled agent to backtest")
     for agent in agents:
@@ -282,28 +286,18 @@ def _seed(agent_id: str) -> int:
 def _drive(
     app: SimApp, clock: SimClock, runners: Sequence[AgentRunner], start: int, end: int
 ) -> int:
-    """Step market time through price steps and agent ticks; returns the agent-ticks run."""
-    market = clock.market
-    quarter = min(s.klines.step_ms for s in market.recording.symbols.values()) // 4
-    due = [(start, i) for i in range(len(runners))]
-    heapq.heapify(due)
+    """Step market time through the replay's events (``sim/lockstep.py``, the schedule
+    ``sim --lockstep`` gives agent processes); returns the agent-ticks run."""
     scans = [int(r.agent.trading.scan_interval_seconds * 1000) for r in runners]
-    next_step = (start // quarter + 1) * quarter
     ticks = 0
-    while True:
-        t = min(due[0][0], next_step)
-        if t > end:
-            return ticks
+    for t, due in replay_events(start, end, step_of(clock.market), scans):
         clock.move_to(t)
         app.engine.settle_funding()
         app.engine.tick()
-        if t == next_step:
-            next_step += quarter
-        while due[0][0] == t:
-            _, i = heapq.heappop(due)
+        for i in due:
             runners[i].safe_tick()
-            ticks += 1
-            heapq.heappush(due, (t + scans[i], i))
+        ticks += len(due)
+    return ticks
 
 
 def _result(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 from aster_agents.errors import ConfigError
@@ -38,6 +38,9 @@ from aster_agents.sim.listen_keys import LISTEN_KEY_LIFE_S, ListenKeys
 from aster_agents.sim.market import DEFAULT_HISTORY_MINUTES, Market
 from aster_agents.sim.symbols import SYMBOLS, exchange_info
 from aster_agents.sim.tape import Tape
+
+if TYPE_CHECKING:
+    from aster_agents.sim.lockstep import Lockstep
 
 DEFAULT_BALANCE: Final = Decimal("10000")
 Params = Mapping[str, str]
@@ -107,6 +110,8 @@ class SimConfig:
     market: str = "synthetic"  # or "replay" (needs data_dir); see sim/sources.py
     data_dir: Path | None = None  # the recording a replay plays
     upstream: str = "https://fapi.asterdex.com"  # the exchange --market live mirrors
+    # replay only: agent ids whose turns step the market clock (sim/lockstep.py); () runs it
+    lockstep: tuple[str, ...] = ()
 
 
 def is_loopback(host: str) -> bool:
@@ -221,7 +226,16 @@ class SimApp:
         self.faults = Faults(config.faults)
         self.tape = Tape(self.market, self.engine)
         self.listen_keys = ListenKeys(config.listen_key_life_s)
+        self.lockstep = self._lockstep() if config.lockstep else None
         self.routes = self._routes()
+
+    def _lockstep(self) -> Lockstep:
+        from aster_agents.sim.lockstep import Lockstep
+        from aster_agents.sim.sources import ReplayMarket
+
+        if not isinstance(self.market, ReplayMarket):
+            raise ConfigError("sim: --lockstep steps a recording: use it with --market replay")
+        return Lockstep(self.market, self.engine, self.config.lockstep)
 
     def add_account(self, account: SimAccount) -> None:
         self.engine.add_account(account.user, account.balance_usdt)
@@ -391,7 +405,16 @@ class SimApp:
             ("PUT", "listenKey"): Route(self.listen_keys.keepalive, _const(1), True),
             ("DELETE", "listenKey"): Route(self.listen_keys.close, _const(1), True),
         }
-        return {(m, v3 + path): r for (m, path), r in (public | signed).items()}
+        routes = {(m, v3 + path): r for (m, path), r in (public | signed).items()}
+        if self.lockstep is not None:
+            routes[("POST", "/sim/lockstep/turn")] = Route(self._turn, _const(0), False)
+            routes[("GET", "/sim/lockstep")] = Route(self.lockstep.status, _const(0), False)
+        return routes
+
+    def _turn(self, _u: str, p: Params) -> Json:
+        assert self.lockstep is not None
+        agent = p.get("agent") or ""
+        return self.lockstep.turn(agent, int(p.get("scanMs") or 0), int(p.get("done") or 0))
 
     def _on(self, fn: Callable[[Engine, str, Params], Json]) -> Callable[[str, Params], Json]:
         return lambda u, p: fn(self.engine, u, p)
@@ -401,6 +424,8 @@ class SimApp:
         # not in Aster's document: a simulator says how long a signed request stays valid,
         # so agents may write off an unresolved order sooner when a test shortens it
         doc["nonceWindowMs"] = int(self.config.nonce_window_s * 1000)
+        if self.lockstep is not None:  # also not Aster's: agents take their turns (lockstep.py)
+            doc["marketClock"] = "lockstep"
         return doc
 
     @staticmethod
@@ -655,8 +680,11 @@ class SimServer:
                 name="sim-http",
                 daemon=True,
             ),
-            threading.Thread(target=self._tick_loop, name="sim-ticker", daemon=True),
         ]
+        if self.app.lockstep is None:  # a lockstep replay's engine works at its events only
+            self._threads.append(
+                threading.Thread(target=self._tick_loop, name="sim-ticker", daemon=True)
+            )
         for t in self._threads:
             t.start()
         return self.base_url
