@@ -27,6 +27,7 @@ from typing import Any
 
 from aster_agents.agent.runner import AgentRunner, risk_limits
 from aster_agents.config.schema import AgentConfig, FleetConfig
+from aster_agents.config.view import natural_key
 from aster_agents.errors import ConfigError
 from aster_agents.ledger import Ledger, MarketDataCache
 from aster_agents.logs import logger
@@ -174,10 +175,11 @@ def select_agents(
 ) -> list[AgentConfig]:
     """The enabled agents (or ``ids``) by id, each trading only symbols the recording holds.
 
-    By id: the agents due at one moment tick in this order, as under ``sim --lockstep``.
+    By id (naturally: agent-2 before agent-10): the agents due at one moment tick in this
+    order, as under ``sim --lockstep``.
     """
     agents = [fleet.agent(i) for i in ids] if ids else list(fleet.enabled_agents)
-    agents.sort(key=lambda a: a.id)
+    agents.sort(key=lambda a: natural_key(a.id))
     if not agents:
         raise ConfigError(f"{fleet.config_dir}: no enabled agent to backtest")
     for agent in agents:

@@ -4,9 +4,10 @@ A replay's market time moves in *events*: every ``step_ms`` (a quarter of the re
 candle: the held price path's steps, so stops trigger where they would at any speed) and
 every agent's scan interval, counted in market time from the start. At each event the
 market clock moves to its time, the engine settles funding and works resting orders, then
-the agents due at that time tick one after another, by agent id. ``replay_events`` is that
-schedule; ``backtest`` runs it in one process, and ``Lockstep`` runs it for agent processes
-over HTTP, so both produce the same trades (symbol, side, qty, price, market time).
+the agents due at that time tick one after another, by agent id (natural order: agent-2
+before agent-10). ``replay_events`` is that schedule; ``backtest`` runs it in one process,
+and ``Lockstep`` runs it for agent processes over HTTP, so both produce the same trades
+(symbol, side, qty, price, market time).
 
 ``Lockstep`` is the simulator's side (``sim --market replay --lockstep``). The market clock
 stands still between events. Every expected agent asks for its turn
@@ -29,6 +30,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
+from aster_agents.config.view import natural_key
 from aster_agents.sim.engine import ApiError, Engine
 from aster_agents.sim.sources import ReplayMarket
 
@@ -80,7 +82,7 @@ class Lockstep:
             raise ValueError("Lockstep: no agents to wait for")
         self.market = market
         self.engine = engine
-        self.agents = tuple(sorted(set(agents)))
+        self.agents = tuple(sorted(set(agents), key=natural_key))  # backtest's order
         self.wait_s = wait_s
         self.start_ms = market.start_ms
         self.end_ms = market.end_ms
