@@ -28,7 +28,7 @@ FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"
 WARMUP = 100  # the replay's default start: 100 candles in
 CANDLES = 48  # then four hours of 5m candles, across the recorded funding at 00:00 UTC
 # (id, strategy, scan seconds): three styles that trade several times in those four hours
-AGENTS = (("eq-1", "scalper", 150), ("eq-2", "momentum", 300), ("eq-3", "breakout", 300))
+AGENTS = (("eq-1", "scalper", 300), ("eq-2", "momentum", 300), ("eq-3", "breakout", 600))
 
 
 def write_recording(out: Path) -> Path:

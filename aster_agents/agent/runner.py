@@ -25,6 +25,7 @@ operator (``aster-agent flatten``) stands down: it touches no order until enable
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import signal
@@ -194,6 +195,8 @@ class AgentRunner:
         # on a lockstep simulator: ticks are the simulator's turns, the clock is their time
         self.lockstep = False
         self.turn = Turn(0, 0)  # the last turn the simulator gave (0: none yet)
+        self.turn_walls: list[int] = []  # when each turn began (wall ms), and its market time
+        self.turn_marks: list[int] = []
 
     # ------------------------------------------------------------------ start-up
 
@@ -399,11 +402,20 @@ class AgentRunner:
                 continue
             if turn is not None:
                 self.turn = turn
+                self.turn_walls.append(now_ms())
+                self.turn_marks.append(turn.time_ms)
                 return True
         return False
 
     def _turn_clock(self) -> int:
         return self.turn.time_ms
+
+    def _market_ms(self, wall_ms: int) -> int:
+        """A ledger time (wall clock) as the market time of the lockstep turn begun before it,
+        where trade history queries start. Without turns it stays: a replay runs weeks ahead
+        of the wall clock, so such a query reads from the replay's start (1,000 trades)."""
+        i = bisect.bisect_left(self.turn_walls, wall_ms) - 1
+        return self.turn_marks[i] if i >= 0 else wall_ms
 
     def safe_tick(self) -> TickReport | None:
         started, cpu = time.perf_counter(), time.process_time()
@@ -854,7 +866,7 @@ class AgentRunner:
         """
         seen: dict[str, Decimal] = {}
         for trade in self.client.user_trades(
-            symbol, start_time=max(0, since_ms - 1000), limit=1000
+            symbol, start_time=max(0, self._market_ms(since_ms) - 1000), limit=1000
         ):
             order = self.known.get(trade.order_id)
             if order is None:
@@ -905,7 +917,7 @@ class AgentRunner:
         user = self.agent.exchange.user
         coids = {order_id: o.client_order_id for order_id, o in self.known.items()}
         booked = self.ledger.booked_trades(user, symbol)
-        start = max(0, since_ms - 1000)
+        start = max(0, self._market_ms(since_ms) - 1000)
         for trade in self.client.user_trades(symbol, start_time=start, limit=1000):
             if trade.id in booked or trade.symbol != symbol:  # another symbol's: not ours here
                 continue
