@@ -19,8 +19,10 @@ from aster_agents.config.schema import load_fleet
 from aster_agents.fleet.backtest import run_backtest
 from aster_agents.ledger import Ledger
 from aster_agents.signing import Signer, generate_private_key
-from aster_agents.sim.lockstep import replay_events
-from aster_agents.sim.sources import WEEK_MS
+from aster_agents.sim.engine import Engine
+from aster_agents.sim.lockstep import Lockstep, replay_events
+from aster_agents.sim.recording import load_recording
+from aster_agents.sim.sources import WEEK_MS, ReplayMarket
 from tests.kit.wait import wait_for
 from tests.plugins.sim import start_sim_process
 
@@ -198,3 +200,29 @@ def test_lockstep_refuses_an_unknown_agent_and_a_market_that_is_not_a_replay(
             assert status["time"] == status["start"] and not status["finished"]
     finally:
         assert sim.stop() == 0
+
+
+def test_lockstep_waits_for_every_agent_then_hands_turns_in_order_and_again_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Nothing before all have asked; start-ups by id; an unfinished turn is given again."""
+    market = ReplayMarket(load_recording(write_recording(tmp_path / "data")))
+    steps = Lockstep(market, Engine(market), ("b", "a"), wait_s=0.05)
+    scan = 3_600_000
+    assert steps.turn("b", scan)["turn"] == 0  # "a" has not asked yet: nothing moves
+    assert steps.turn("a", scan)["turn"] == 1  # both here: start-up turns, by id
+    assert steps.turn("b", scan)["turn"] == 0
+    assert steps.turn("a", scan, done=0)["turn"] == 1  # "a" restarted: its turn again
+    assert steps.turn("a", scan, done=1)["turn"] == 0
+    assert steps.turn("b", scan)["turn"] == 2
+    grants = []
+    while not steps.finished:  # each holder finishes its turn: the ticks, hour by hour
+        holder, number = steps.holder, steps.turns
+        assert holder is not None
+        grants.append((holder, market.now_ms()))
+        steps.turn(holder, scan, done=number)
+    hours = [steps.start_ms + h * scan for h in range(4)]  # four hours of candles, end excluded
+    assert grants == [("b", steps.start_ms)] + [(a, t) for t in hours for a in ("a", "b")]
+    last_step = steps.start_ms + 4 * scan - 75_000  # a quarter of 5m before the end
+    assert steps.status()["time"] == last_step and steps.holder is None
+    assert steps.turn("a", scan, done=steps.turns)["finished"]
