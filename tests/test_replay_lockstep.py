@@ -28,7 +28,8 @@ from tests.plugins.sim import start_sim_process
 
 FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"
 WARMUP = 100  # the replay's default start: 100 candles in
-CANDLES = 48  # then four hours of 5m candles, across the recorded funding at 00:00 UTC
+CANDLES = 52  # then 4h20 of 5m candles: across the recorded funding at 00:00 UTC, long enough
+# for an agent that holds then to book it (the runner reads its funding every tenth tick)
 # (id, strategy, scan seconds): three styles that trade several times in those four hours
 AGENTS = (("eq-1", "scalper", 300), ("eq-2", "momentum", 300), ("eq-3", "breakout", 600))
 
@@ -99,7 +100,7 @@ def agent_processes(
 
 
 def lockstep_run(root: Path, data: Path, speed: float) -> tuple[dict[str, Any], int]:
-    """A lockstep replay of ``data`` by the agents as processes; (books, market offset)."""
+    """A lockstep replay of ``data`` by the agents as processes: (books, its start time)."""
     config_dir, env = write_fleet(root)
     sim = start_sim_process(
         "--market", "replay", "--data", str(data), "--lockstep", "--speed", str(speed),
@@ -131,6 +132,7 @@ def books(state_dir: Path, offset_ms: int = 0) -> dict[str, Any]:
             "positions": [p[:6] for p in ledger.positions()],
             "sleeves": sorted((a.agent_id, a.capital, a.units) for a in ledger.agent_rows()),
             "equity": {a: [p.equity for p in ledger.equity_history(a)] for a, _, _ in AGENTS},
+            "funding": [r._replace(time_ms=r.time_ms - offset_ms) for r in ledger.funding_rows()],
         }
 
 
@@ -147,7 +149,7 @@ def test_a_lockstep_replay_of_agent_processes_equals_the_backtest_trade_for_trad
     kinds = {(f.agent_id, f.kind) for f in want["fills"]}
     assert {a for a, _ in kinds} == {a for a, _, _ in AGENTS}  # every agent traded
     assert {k for _, k in kinds} >= {"open", "close", "protect"}
-    assert len(want["fills"]) >= 10
+    assert len(want["fills"]) >= 10 and want["funding"]
     speeds = (1.0, 5000.0)  # both at once: they wait on each other's HTTP more than on CPU
     with ThreadPoolExecutor(len(speeds)) as pool:
         runs = [pool.submit(lockstep_run, tmp_path / f"speed-{s:g}", data, s) for s in speeds]
@@ -221,8 +223,8 @@ def test_lockstep_waits_for_every_agent_then_hands_turns_in_order_and_again_afte
         assert holder is not None
         grants.append((holder, market.now_ms()))
         steps.turn(holder, scan, done=number)
-    hours = [steps.start_ms + h * scan for h in range(4)]  # four hours of candles, end excluded
+    hours = [steps.start_ms + h * scan for h in range(5)]  # 4h20 of candles: five hours begin
     assert grants == [("b", steps.start_ms)] + [(a, t) for t in hours for a in ("a", "b")]
-    last_step = steps.start_ms + 4 * scan - 75_000  # a quarter of 5m before the end
+    last_step = steps.start_ms + CANDLES * 300_000 - 75_000  # a quarter of 5m before the end
     assert steps.status()["time"] == last_step and steps.holder is None
     assert steps.turn("a", scan, done=steps.turns)["finished"]
