@@ -99,10 +99,11 @@ def test_newer_schema_is_refused_with_a_clear_error(state_dir: Path) -> None:
     """A ledger written by a newer schema raises LedgerError naming both versions."""
     Ledger(state_dir).close()
     conn = sqlite3.connect(state_dir / "ledger.sqlite3")
-    conn.execute("INSERT INTO schema_migrations VALUES (7, 'future', 0)")
+    future = len(MIGRATIONS) + 1
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 'future', 0)", (future,))
     conn.commit()
     conn.close()
-    with pytest.raises(LedgerError, match=r"schema version 7, newer .*\(\d+\).*upgrade"):
+    with pytest.raises(LedgerError, match=rf"schema version {future}, newer .*\(\d+\).*upgrade"):
         Ledger(state_dir)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from aster_agents.ledger import Ledger
 from aster_agents.ledger.notify import NotifyStore, SentMessage
 from aster_agents.sim.server import SimServer
 from tests.kit.agents import Fleet, make_fleet
+from tests.kit.proxy import HoldingProxy
 from tests.kit.wait import wait_for
 
 URLS_ENV = "ASTER_AGENTS_NOTIFY_URLS"
@@ -30,12 +32,17 @@ class Receiver:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.kill_pid: int | None = None  # SIGKILLed on the next message, before the reply
         received = self.messages
+        receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 received.append(json.loads(body))
+                if receiver.kill_pid is not None:
+                    os.kill(receiver.kill_pid, signal.SIGKILL)
+                    receiver.kill_pid = None
                 self.send_response(200)
                 self.end_headers()
 
@@ -53,6 +60,15 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def by_id(self) -> dict[str, list[dict[str, Any]]]:
+        """Messages grouped by the id on their last line (what a deduplicating receiver keeps)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for m in self.messages:
+            last = m["message"].rsplit("\n", 1)[-1]
+            assert last.startswith("id: aster-"), m
+            out.setdefault(last.removeprefix("id: "), []).append(m)
+        return out
 
 
 @pytest.fixture
@@ -209,3 +225,100 @@ def test_alert_texts_for_ledger_events() -> None:
         for n in (1, 2, 3)
     ]
     assert got[:2] == [None, None] and got[2] is not None and "3 orders rejected" in got[2].text
+
+
+def test_a_message_accepted_before_a_sigkill_is_resent_under_the_same_id(
+    tmp_path: Path, sim_server: SimServer, receiver: Receiver
+) -> None:
+    """Killed between the receiver's accept and the commit: the copy has the same id and body."""
+    fleet = notify_fleet(
+        tmp_path, sim_server, ["agent-1", "agent-2"], "  daily_summary_utc: null\n"
+    )
+    proc = start_notify(fleet, receiver.url)
+    receiver.kill_pid = proc.pid  # the receiver keeps the message, then kills the sender
+    disable(fleet, "agent-1")
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and len(receiver.messages) == 1
+    assert sent(fleet) == []  # accepted, never recorded as delivered
+    disable(fleet, "agent-2")  # arrives while the notifier is down
+    proc = start_notify(fleet, receiver.url)
+    try:
+        wait_for(lambda: len(sent(fleet)) == 2, 30, "both messages recorded as sent")
+    finally:
+        assert end(proc) == 0
+    assert len(receiver.messages) == 3
+    first, again, second = receiver.messages
+    assert again == first  # the very same message, not regrouped with agent-2's event
+    unique = receiver.by_id()
+    assert len(unique) == 2
+    texts = [copies[0]["message"] for copies in unique.values()]
+    assert sum("agent-1 DISABLED" in t for t in texts) == 1
+    assert sum("agent-2 DISABLED" in t for t in texts) == 1
+    assert "agent-1" not in second["message"]
+
+
+def test_reachability_rows_once_per_change_however_many_agents_see_it(state_dir: Path) -> None:
+    """Two agents report one outage and its end: one row each; a recovery needs an outage."""
+    url = "http://127.0.0.1:9/"
+    with Ledger(state_dir) as ledger:
+
+        def note(agent: str, reachable: bool) -> bool:
+            return ledger.note_exchange_reachability(
+                agent, url, reachable=reachable, since_ms=1, down_s=5
+            )
+
+        assert not note("agent-1", True)
+        assert note("agent-1", False) and not note("agent-2", False)
+        assert not ledger.note_exchange_reachability(
+            "agent-1", url + "x", reachable=True, since_ms=1, down_s=5
+        )
+        assert note("agent-2", True) and not note("agent-1", True)
+        assert note("agent-2", False)
+        events = [e.event for e in reversed(ledger.audit(100)) if e.event.startswith("exchange")]
+    assert events == ["exchange_unreachable", "exchange_reachable", "exchange_unreachable"]
+
+
+def test_exchange_unreachable_for_n_seconds_then_back_is_one_alert_each(
+    tmp_path: Path, sim_server: SimServer, receiver: Receiver
+) -> None:
+    """Two agents cut off from the exchange by a proxy: one outage alert, then one recovery."""
+    agents = ["agent-1", "agent-2"]
+    notify = "notify:\n  poll_seconds: 0.2\n  group_seconds: 0.5\n  daily_summary_utc: null\n"
+    notify += "  repeat_minutes: 60\n  unreachable_minutes: 0.05\n"  # 3 s
+    fleet = make_fleet(
+        tmp_path, sim_server, agents, params="{p_enter: 0.0, p_exit: 0.0}", portfolio_extra=notify
+    )
+    with HoldingProxy(sim_server.base_url, hold=lambda m, p, n: False) as proxy:
+        url = proxy.start()
+        for agent in agents:
+            path = fleet.config_dir / f"{agent}.yaml"
+            path.write_text(path.read_text().replace(sim_server.base_url, url))
+            fleet.start(agent)
+        notifier = start_notify(fleet, receiver.url)
+        try:
+            wait_for(lambda: ticked(fleet, agents), 60, "both agents ticking")
+            proxy.cut = True
+            wait_for(lambda: texts(receiver, "unreachable for"), 60, "the outage alert")
+            proxy.cut = False
+            wait_for(lambda: texts(receiver, "reachable again"), 60, "the recovery alert")
+        finally:
+            assert end(notifier) == 0
+            assert fleet.stop_all() == dict.fromkeys(agents, 0)
+    assert len(texts(receiver, "unreachable for")) == 1
+    assert len(texts(receiver, "reachable again")) == 1
+    assert f"exchange {url} unreachable for" in texts(receiver, "unreachable for")[0]
+    with Ledger(fleet.state_dir) as ledger:
+        rows = [e for e in ledger.audit(10_000) if e.event.startswith("exchange_")]
+    assert sorted(e.event for e in rows) == ["exchange_reachable", "exchange_unreachable"]
+
+
+def ticked(fleet: Fleet, agents: list[str]) -> bool:
+    with Ledger(fleet.state_dir) as ledger:
+        rows = {a: ledger.agent(a) for a in agents}
+    return all(r is not None and r.ticks > 0 for r in rows.values())
+
+
+def texts(receiver: Receiver, needle: str) -> list[str]:
+    """The message lines (across every received message) that contain ``needle``."""
+    lines = (line for m in list(receiver.messages) for line in m["message"].splitlines())
+    return [line for line in lines if needle in line]

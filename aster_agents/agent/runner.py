@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from aster_agents.agent import inflight
+from aster_agents.agent.reachability import Reachability
 from aster_agents.agent.reconcile import FUNDING, book_exchange_close, book_funding
 from aster_agents.agent.sizing import clamp_distance, entry_size, protective_prices, scaled_size_pct
-from aster_agents.config.schema import AgentConfig, FleetConfig
+from aster_agents.config.schema import AgentConfig, FleetConfig, NotifyConfig
 from aster_agents.errors import (
     AsterAgentsError,
     AuthError,
@@ -1058,6 +1059,11 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def unreachable_s(fleet: FleetConfig) -> float:
+    """Seconds without an answer before ``exchange_unreachable`` (notify.unreachable_minutes)."""
+    return 60.0 * (fleet.portfolio.notify or NotifyConfig()).unreachable_minutes
+
+
 def market_speed() -> float:
     try:
         return max(1e-6, float(os.environ.get(SPEED_ENV, "1")))
@@ -1103,9 +1109,12 @@ def run_agent(
                 closing(SharedBudget(state_dir, user=agent.exchange.user, agent_id=agent.id))
             )
 
+            reach = Reachability(ledger, agent.id, agent.exchange.base_url, unreachable_s(fleet))
+
             def on_request(entry: RequestLog) -> None:
                 log_request(entry)
                 budget.record(entry)  # counted for the exporter with the next request
+                reach(entry)  # writes only when the exchange stops or starts answering
 
             meter = RequestMeter(on_request)
             client = make_client(

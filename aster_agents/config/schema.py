@@ -194,6 +194,8 @@ class NotifyConfig(_Model):
     rejections: int = Field(default=3, ge=1)
     rejection_window_minutes: float = Field(default=10.0, gt=0)
     repeat_minutes: float = Field(default=60.0, ge=0)
+    # how long the exchange gives an agent no answer before an ``exchange_unreachable`` event
+    unreachable_minutes: float = Field(default=5.0, gt=0, le=1440)
     daily_summary_utc: str | None = Field(
         default="08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
     )

@@ -2,15 +2,20 @@
 
 The loop reads new ``audit`` rows after the ledger cursor, turns the ones that matter into
 alerts (``alert_for``), waits ``group_seconds`` after the first alert so that a burst (ten
-agents failing together) leaves as one grouped message, respects ``max_per_hour``, sends
-through every Apprise URL, and only then records the message and moves the cursor in one
-transaction. It also watches supervisord and the heartbeats (``collect_status``) and records
-FATAL, BACKOFF (crash loop) and STALE transitions as ``process_state`` audit rows, so they
-flow through the same path. Once a day it sends a summary.
+agents failing together) leaves as one grouped message, respects ``max_per_hour``, writes
+the message whole to the ledger (``sending``, synced), sends it through every Apprise URL,
+and only then records it as delivered and moves the cursor in one transaction. It also
+watches supervisord and the heartbeats (``collect_status``) and records FATAL, BACKOFF
+(crash loop) and STALE transitions as ``process_state`` audit rows, so they flow through
+the same path. Once a day it sends a summary.
 
-Delivery promise: every alert is delivered at least once; it is delivered twice only if the
-notifier dies after the receiver accepted a message and before the commit that records it
-(one message at most). A delivery that fails is retried with backoff; nothing is skipped.
+Delivery promise: every alert is delivered at least once. Exactly once is impossible at one
+point: the notifier dying after the receiver accepted a message and before the commit that
+records it. A restart then resends the message in flight unchanged (same events, same last
+line ``id: aster-<first>-<last>``, the audit ids it covers), so a receiver that keeps the ids
+it has seen drops the copy; the next events go in the next message. A delivery that fails
+is retried with backoff, also unchanged; nothing is skipped. The daily summary carries
+``id: aster-summary-<day>``.
 The notifier never writes anything an agent waits for: its writes are short transactions
 on its own tables and an occasional audit row.
 
@@ -42,6 +47,30 @@ if TYPE_CHECKING:
 WATCHED_PROCESS_STATES: Final = frozenset({"FATAL", "BACKOFF", "STALE"})
 MAX_BACKOFF_S: Final = 300.0
 TITLE: Final = "aster-agents"
+
+
+class Outgoing(NamedTuple):
+    """A composed message: what ``sending`` stores and a restart resends unchanged."""
+
+    id: str
+    first: int | None
+    last: int | None
+    events: int
+    title: str
+    body: str
+
+    def dump(self) -> str:
+        return json.dumps(self._asdict(), sort_keys=True)
+
+    @classmethod
+    def load(cls, text: str) -> Outgoing:
+        d = json.loads(text)
+        return cls(d["id"], d["first"], d["last"], d["events"], d["title"], d["body"])
+
+
+def with_id(body: str, message_id: str) -> str:
+    """The body with its id on the last line, where a receiver can dedup on it."""
+    return f"{body}\nid: {message_id}"
 
 
 class Alert(NamedTuple):
@@ -95,6 +124,13 @@ def alert_for(entry: AuditEntry, cfg: NotifyConfig) -> Alert | None:
         text += f"{d.get('price', '?')}, realized P&L {d.get('realized_pnl', '?')}"
     elif entry.event == "position_closed" and d.get("reason"):  # closed without a fill
         text = f"{who} position on {d.get('symbol', '?')} written off: {d['reason']}"
+    elif entry.event == "exchange_unreachable":
+        since = _utc(float(d.get("since_ms", 0)) / 1000)
+        text = f"exchange {d.get('url', '?')} unreachable for {float(d.get('down_s', 0)):.0f} s "
+        text += f"(no answer since {since}; seen by {who})"
+    elif entry.event == "exchange_reachable":
+        text = f"exchange {d.get('url', '?')} reachable again after "
+        text += f"{float(d.get('down_s', 0)):.0f} s without an answer"
     elif entry.event == "error":
         text = f"{who} error: {str(d.get('error', ''))[:200]}"
     if text is None:
@@ -190,9 +226,14 @@ class Notifier:
     retry_at: float = 0.0
     proc_states: dict[str, str] = field(default_factory=dict)
     rejections: Rejections | None = None
+    outbox: Outgoing | None = None
 
     def __post_init__(self) -> None:
         self.cursor = self.last_read = self.ledger.cursor()
+        in_flight = self.ledger.in_flight()
+        if in_flight is not None:  # handed over, maybe delivered: resend it as it was
+            self.outbox = Outgoing.load(in_flight)
+            self.last_read = max(self.last_read, self.outbox.last or 0)
         self.rejections = Rejections(self.cfg.rejections, self.cfg.rejection_window_minutes * 6e4)
         last = self.ledger.last_event("process_state")
         self.proc_states = {a: str(_detail(e).get("state")) for a, e in last.items()}
@@ -227,7 +268,7 @@ class Notifier:
                     self.first_seen = self.clock()
         if entries:
             self.last_read = entries[-1].id
-            if not self.pending:
+            if not self.pending and self.outbox is None:
                 self.ledger.advance(self.last_read)
                 self.cursor = self.last_read
 
@@ -244,16 +285,33 @@ class Notifier:
 
     def maybe_send(self) -> None:
         now = self.clock()
+        if self.outbox is None and not self._compose(now):
+            return
+        if now >= self.retry_at:
+            self._deliver(now)
+
+    def _compose(self, now: float) -> bool:
+        """Group the pending alerts into the outbox (stored before it leaves); False to wait."""
         if not self.pending or self.first_seen is None:
-            return
-        if now - self.first_seen < self.cfg.group_seconds or now < self.retry_at:
-            return
+            return False
+        if now - self.first_seen < self.cfg.group_seconds:
+            return False
         while self.sent_times and self.sent_times[0] < now - 3600:
             self.sent_times.popleft()
         if len(self.sent_times) >= self.cfg.max_per_hour:
-            return  # rate limited: alerts keep piling into the next grouped message
+            return False  # rate limited: alerts keep piling into the next grouped message
         title, body = compose(self.pending)
-        if not self.delivery.send(title, body):
+        first, last = self.pending[0].audit_id, self.last_read
+        message_id = f"aster-{first}-{last}"
+        out = Outgoing(message_id, first, last, len(self.pending), title, with_id(body, message_id))
+        self.ledger.sending(out.dump())
+        self.outbox, self.pending, self.first_seen = out, [], None
+        return True
+
+    def _deliver(self, now: float) -> None:
+        out = self.outbox
+        assert out is not None
+        if not self.delivery.send(out.title, out.body):
             self.failures += 1
             delay = min(MAX_BACKOFF_S, 2.0**self.failures)
             self.retry_at = now + delay
@@ -261,11 +319,14 @@ class Notifier:
                 "notify: delivery failed ({} in a row); retry in {:.0f} s", self.failures, delay
             )
             return
-        self.ledger.sent(self.pending[0].audit_id, self.last_read, len(self.pending), title)
-        logger.info("notify: sent {!r} ({} event(s))", title, len(self.pending))
-        self.cursor = self.last_read
+        self.ledger.sent(out.first, out.last, out.events, out.title)
+        logger.info("notify: sent {!r} ({} event(s), {})", out.title, out.events, out.id)
+        self.cursor = max(self.cursor, out.last or 0)
         self.sent_times.append(now)
-        self.pending, self.first_seen, self.failures = [], None, 0
+        self.outbox, self.failures = None, 0
+        if not self.pending and self.last_read > self.cursor:
+            self.ledger.advance(self.last_read)  # rows read meanwhile that needed no message
+            self.cursor = self.last_read
 
     def maybe_summary(self) -> None:
         if self.cfg.daily_summary_utc is None:
@@ -275,7 +336,7 @@ class Notifier:
         if now.strftime("%H:%M") < self.cfg.daily_summary_utc or self.ledger.summary_day() == day:
             return
         title, body, events = self.summary(now)
-        if self.delivery.send(title, body):
+        if self.delivery.send(title, with_id(body, f"aster-summary-{day}")):
             self.ledger.summary_sent(day, events, title)
             logger.info("notify: sent the daily summary for {}", day)
 

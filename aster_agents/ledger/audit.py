@@ -14,6 +14,8 @@ from aster_agents.ledger.rows import AuditEntry
 from aster_agents.models import now_ms as now_ms  # the ledger modules' clock, re-exported
 
 RECONCILE: Final = "reconcile"
+EXCHANGE_DOWN: Final = "exchange_unreachable"
+EXCHANGE_UP: Final = "exchange_reachable"
 
 
 def record(conn: Conn, agent_id: str | None, event: str, **detail: Any) -> None:
@@ -59,4 +61,28 @@ def last_reconcile_ms(conn: Conn, user: str) -> int | None:
         if doc.get("user") == user:
             value = doc.get("exchange_ms")
             return None if value is None else int(value)
+    return None
+
+
+def note_reachability(conn: Conn, agent_id: str, url: str, reachable: bool, **detail: Any) -> bool:
+    """Record that the exchange at ``url`` went unreachable (or answers again), unless the
+    newest such row for ``url`` already says so: one row per change however many agents
+    see it. A recovery is only recorded after a recorded outage. True when a row was added."""
+    event = EXCHANGE_UP if reachable else EXCHANGE_DOWN
+    last = _reachability(conn, url)
+    if last == event or (reachable and last is None):
+        return False
+    record(conn, agent_id, event, url=url, **detail)
+    return True
+
+
+def _reachability(conn: Conn, url: str) -> str | None:
+    """The newest reachability event recorded for ``url`` (matched as last_reconcile_ms does)."""
+    pattern = "%" + json.dumps({"url": url})[1:-1] + "%"
+    for event, detail in conn.execute(
+        "SELECT event, detail FROM audit WHERE event IN (?, ?) AND detail LIKE ? ORDER BY id DESC",
+        (EXCHANGE_DOWN, EXCHANGE_UP, pattern),
+    ):
+        if json.loads(detail).get("url") == url:
+            return str(event)
     return None

@@ -591,6 +591,16 @@ class Ledger:
                 differences=differences,
             )
 
+    def note_exchange_reachability(
+        self, agent_id: str, url: str, *, reachable: bool, since_ms: int, down_s: float
+    ) -> bool:
+        """Record that the exchange at ``url`` has given no answer since ``since_ms`` (or
+        answers again after ``down_s``); the first agent to see a change writes the one row."""
+        with self.store.write(durable=False) as conn:
+            return audit.note_reachability(
+                conn, agent_id, url, reachable, since_ms=since_ms, down_s=round(down_s, 1)
+            )
+
     def last_reconcile_ms(self, user: str) -> int | None:
         """The exchange time the last reconcile of ``user`` saw, or None."""
         return audit.last_reconcile_ms(self.store.conn, user)

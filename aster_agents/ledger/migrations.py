@@ -212,6 +212,14 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ALTER TABLE fills ADD COLUMN booked_ms INTEGER;
         """,
     ),
+    (
+        # the notifier's message in flight (JSON), written before it is handed to Apprise so
+        # a restart resends the very same message, with the same id, instead of regrouping
+        "notify-sending",
+        """
+        ALTER TABLE notify_state ADD COLUMN sending TEXT;
+        """,
+    ),
 )
 
 # ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both

@@ -2,7 +2,10 @@
 
 The cursor (``notify_state.audit_id``) moves in the same transaction that records a sent
 message (``notify_sent``), so a notifier restarted after any crash resumes right after the
-last message it knows was delivered. Only ``aster-agent notify`` writes these tables.
+last message it knows was delivered. Before a message is handed to Apprise it is written
+whole to ``notify_state.sending`` (synced), and that same commit clears it: a notifier
+restarted with a message there resends exactly that message, under the same id. Only
+``aster-agent notify`` writes these tables.
 """
 
 from __future__ import annotations
@@ -65,9 +68,21 @@ class NotifyStore:
                 (audit_id, audit_id),
             )
 
-    def sent(self, first: int | None, last: int | None, events: int, title: str) -> None:
-        """Record a delivered message and move the cursor to ``last``, in one transaction."""
+    def sending(self, message: str) -> None:
+        """Remember the message about to be handed over (synced before it leaves)."""
         with self.store.write() as conn:
+            conn.execute("UPDATE notify_state SET sending = ? WHERE id = 1", (message,))
+
+    def in_flight(self) -> str | None:
+        """The message a previous run handed over without recording it as delivered."""
+        row = self.store.conn.execute("SELECT sending FROM notify_state").fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def sent(self, first: int | None, last: int | None, events: int, title: str) -> None:
+        """Record a delivered message, clear the one in flight and move the cursor to
+        ``last``, in one transaction."""
+        with self.store.write() as conn:
+            conn.execute("UPDATE notify_state SET sending = NULL WHERE id = 1")
             conn.execute(
                 "INSERT INTO notify_sent (time_ms, first_audit_id, last_audit_id, events, title) "
                 "VALUES (?, ?, ?, ?, ?)",

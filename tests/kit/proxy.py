@@ -10,6 +10,9 @@ timed out and hung up long ago), exactly like a request stuck in a slow network:
     url = proxy.start()
     ...
     held = proxy.held[0]; held.release(); held.answered.wait(10)
+
+``proxy.cut = True`` makes it drop every connection without an answer (the exchange
+unreachable) until it is set back to False.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class HoldingProxy:
         self.upstream = upstream
         self.hold = hold
         self.held: list[Held] = []
+        self.cut = False  # drop every request unanswered: the exchange unreachable
         self.seen: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -127,6 +131,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        if self.server.proxy.cut:
+            self.close_connection = True  # hang up without a status line
+            return
         status, content, headers = self.server.proxy.forward(
             self.command, self.path, body, self.headers.get("Content-Type")
         )
