@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from aster_agents.config.schema import load_fleet
+from aster_agents.config.view import LEDGER_URL_ENV
 from aster_agents.errors import ConfigError
 from aster_agents.ledger import Ledger
 from aster_agents.ledger.notify import NotifyStore, SentMessage
@@ -23,6 +24,7 @@ from aster_agents.sim.server import SimServer
 from tests.kit.agents import Fleet, make_fleet
 from tests.kit.proxy import HoldingProxy
 from tests.kit.wait import wait_for
+from tests.plugins.postgres import PgServer
 
 URLS_ENV = "ASTER_AGENTS_NOTIFY_URLS"
 
@@ -322,3 +324,61 @@ def texts(receiver: Receiver, needle: str) -> list[str]:
     """The message lines (across every received message) that contain ``needle``."""
     lines = (line for m in list(receiver.messages) for line in m["message"].splitlines())
     return [line for line in lines if needle in line]
+
+
+def test_ledger_unreachable_is_sent_directly_then_its_recovery_once(
+    tmp_path: Path, sim_server: SimServer, receiver: Receiver, pg_server: PgServer, pg_url: str
+) -> None:
+    """The notifier's PostgreSQL role refused for a while: one direct alert, one recovery."""
+    notify = "notify:\n  poll_seconds: 0.2\n  group_seconds: 0.2\n  daily_summary_utc: null\n"
+    notify += "  unreachable_minutes: 0.05\n"  # 3 s
+    fleet = make_fleet(tmp_path, sim_server, ["agent-1"], portfolio_extra=notify)
+    with Ledger(fleet.state_dir, url=pg_url) as ledger:
+        ledger.register_agent("agent-1", fleet.user, max_positions=2, enabled=True)
+    role, schema = f"notifier_{os.getpid()}", pg_url.rsplit("%3D", 1)[1]
+    for sql in (
+        f"CREATE ROLE {role} LOGIN",
+        f"GRANT USAGE ON SCHEMA {schema} TO {role}",
+        f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}",
+    ):
+        pg_server.execute(sql)
+    proc = subprocess.Popen(
+        fleet.command("notify"),
+        env=fleet.env({URLS_ENV: receiver.url, LEDGER_URL_ENV: as_role(pg_url, role)}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready and proc.stdout.readline().startswith("notify: watching")
+        pg_server.execute(f"ALTER ROLE {role} NOLOGIN")  # the server refuses the notifier
+        pg_server.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+        )
+        wait_for(lambda: receiver.messages, 30, "the direct outage alert")
+        pg_server.execute(f"ALTER ROLE {role} LOGIN")
+        wait_for(lambda: texts(receiver, "ledger reachable again"), 30, "the recovery alert")
+    finally:
+        assert end(proc) == 0
+        pg_server.execute(f"DROP OWNED BY {role}")
+        pg_server.execute(f"DROP ROLE {role}")
+    assert len(receiver.messages) == 2
+    outage, recovery = receiver.messages
+    assert outage["title"] == "aster-agents: ledger unreachable"
+    assert "unreachable or gone" in outage["message"] and role in outage["message"]
+    assert "ledger reachable again after" in recovery["message"]
+    assert set(receiver.by_id()) == {
+        outage["message"].rsplit("id: ", 1)[1],
+        recovery["message"].rsplit("id: ", 1)[1],
+    }
+    with Ledger(fleet.state_dir, url=pg_url) as ledger:
+        assert [e.event for e in ledger.audit(100)].count("ledger_reachable") == 1
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` logging in as ``role`` (no password: the test server trusts local sockets)."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{role}@{rest.split('@', 1)[1]}"

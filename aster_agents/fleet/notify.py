@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from aster_agents.errors import ConfigError
+from aster_agents.errors import ConfigError, LedgerError
 from aster_agents.logs import logger
 
 if TYPE_CHECKING:
@@ -131,6 +131,10 @@ def alert_for(entry: AuditEntry, cfg: NotifyConfig) -> Alert | None:
     elif entry.event == "exchange_reachable":
         text = f"exchange {d.get('url', '?')} reachable again after "
         text += f"{float(d.get('down_s', 0)):.0f} s without an answer"
+    elif entry.event == "ledger_reachable":
+        since = _utc(float(d.get("since_ms", 0)) / 1000)
+        text = f"ledger reachable again after {float(d.get('down_s', 0)):.0f} s "
+        text += f"(no answer since {since})"
     elif entry.event == "error":
         text = f"{who} error: {str(d.get('error', ''))[:200]}"
     if text is None:
@@ -359,11 +363,52 @@ class Notifier:
         return f"{TITLE}: daily summary {now:%Y-%m-%d}", "\n".join(lines), events
 
 
-def run(fleet: FleetConfig, state_dir: Path, stop: threading.Event) -> int:
-    """The notifier process: poll until ``stop``; returns 0."""
-    from aster_agents.config.view import load_view
-    from aster_agents.ledger.notify import NotifyStore
+@dataclass
+class LedgerWatch:
+    """The one alert the ledger cannot carry: the ledger itself unreachable for ``after_s``.
 
+    Sent straight through Apprise (id ``aster-ledger-<since ms>``) and not recorded, since
+    nothing can be; the recovery is recorded as a ``ledger_reachable`` audit row once the
+    ledger answers, and delivered like any other event. A notifier restarted during an
+    outage starts counting again and may send the outage alert twice, under two ids.
+    """
+
+    delivery: Delivery
+    after_s: float
+    clock: Callable[[], float] = time.time
+    down_since: float | None = None
+    alerted: bool = False
+
+    def failed(self, exc: Exception) -> None:
+        now = self.clock()
+        if self.down_since is None:
+            self.down_since = now
+            logger.warning("notify: the ledger does not answer: {}", exc)
+        since = self.down_since
+        if self.alerted or now - since < self.after_s:
+            return
+        body = f"the ledger has not answered for {now - since:.0f} s (since {_utc(since)}): "
+        body += f"{exc}; agents open nothing until it answers"
+        message_id = f"aster-ledger-{int(since * 1000)}"
+        self.alerted = self.delivery.send(f"{TITLE}: ledger unreachable", with_id(body, message_id))
+
+    def ok(self, ledger: NotifyStore) -> None:
+        since = self.down_since
+        if since is None:
+            return
+        if self.alerted:
+            down_s = round(self.clock() - since, 1)
+            ledger.record(None, "ledger_reachable", since_ms=int(since * 1000), down_s=down_s)
+        logger.info("notify: the ledger answers again")
+        self.down_since, self.alerted = None, False
+
+
+def run(fleet: FleetConfig, state_dir: Path, stop: threading.Event) -> int:
+    """The notifier process: poll until ``stop``; returns 0.
+
+    Ledger errors never end it: they are counted by ``LedgerWatch``, which alerts directly
+    once they last ``notify.unreachable_minutes``.
+    """
     cfg = fleet.portfolio.notify
     if cfg is None:
         raise ConfigError(
@@ -371,10 +416,47 @@ def run(fleet: FleetConfig, state_dir: Path, stop: threading.Event) -> int:
             "section (README 'Monitoring and alerts')"
         )
     delivery = delivery_from_env(cfg)
-    with NotifyStore(state_dir) as store:
-        notifier = Notifier(load_view(fleet.config_dir), state_dir, cfg, store, delivery)
+    watch = LedgerWatch(delivery, cfg.unreachable_minutes * 60)
+    opened = _open(fleet, state_dir, delivery, watch, stop)
+    if opened is None:
+        return 0
+    store, notifier = opened
+    with store:
         print(f"notify: watching {state_dir} from audit id {notifier.cursor}", flush=True)
         while not stop.is_set():
-            notifier.step()
+            try:
+                notifier.step()
+                watch.ok(store)
+            except LedgerError as exc:
+                watch.failed(exc)
             stop.wait(cfg.poll_seconds)
     return 0
+
+
+def _open(
+    fleet: FleetConfig,
+    state_dir: Path,
+    delivery: Delivery,
+    watch: LedgerWatch,
+    stop: threading.Event,
+) -> tuple[NotifyStore, Notifier] | None:
+    """The store and the notifier, tried again every poll while the ledger does not answer."""
+    from aster_agents.config.view import load_view
+    from aster_agents.ledger.notify import NotifyStore
+
+    cfg = fleet.portfolio.notify
+    assert cfg is not None
+    while not stop.is_set():
+        try:
+            store = NotifyStore(state_dir, fleet.ledger_url)
+        except LedgerError as exc:
+            watch.failed(exc)
+            stop.wait(cfg.poll_seconds)
+            continue
+        try:
+            return store, Notifier(load_view(fleet.config_dir), state_dir, cfg, store, delivery)
+        except LedgerError as exc:
+            store.close()
+            watch.failed(exc)
+            stop.wait(cfg.poll_seconds)
+    return None

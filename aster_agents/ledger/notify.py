@@ -31,8 +31,8 @@ class SentMessage(NamedTuple):
 class NotifyStore:
     """Cursor, sent messages and the notifier's own audit rows (supervisord states)."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.store = open_store(Path(state_dir))
+    def __init__(self, state_dir: Path, url: str | None = None) -> None:
+        self.store = open_store(Path(state_dir), url)
 
     def close(self) -> None:
         self.store.close()
@@ -125,9 +125,9 @@ class NotifyStore:
 
     def last_event(self, event: str) -> dict[str, AuditEntry]:
         """The newest row of ``event`` per agent (what the notifier last recorded)."""
-        rows = self.store.conn.execute(
-            "SELECT MAX(id), time_ms, agent_id, event, detail FROM audit WHERE event = ? "
-            "GROUP BY agent_id",
+        rows = self.store.conn.execute(  # no bare columns beside MAX(): PostgreSQL refuses them
+            "SELECT a.id, a.time_ms, a.agent_id, a.event, a.detail FROM audit a JOIN "
+            "(SELECT MAX(id) AS id FROM audit WHERE event = ? GROUP BY agent_id) m ON a.id = m.id",
             (event,),
         ).fetchall()
         return {str(r[2]): AuditEntry(*r) for r in rows}
