@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 WATCHED_PROCESS_STATES: Final = frozenset({"FATAL", "BACKOFF", "STALE"})
 MAX_BACKOFF_S: Final = 300.0
 TITLE: Final = "aster-agents"
+LEDGER_ALERT_RETRY_S: Final = 60.0
 
 
 class Outgoing(NamedTuple):
@@ -378,6 +379,7 @@ class LedgerWatch:
     clock: Callable[[], float] = time.time
     down_since: float | None = None
     alerted: bool = False
+    retry_at: float = 0.0
 
     def failed(self, exc: Exception) -> None:
         now = self.clock()
@@ -385,12 +387,13 @@ class LedgerWatch:
             self.down_since = now
             logger.warning("notify: the ledger does not answer: {}", exc)
         since = self.down_since
-        if self.alerted or now - since < self.after_s:
+        if self.alerted or now - since < self.after_s or now < self.retry_at:
             return
         body = f"the ledger has not answered for {now - since:.0f} s (since {_utc(since)}): "
         body += f"{exc}; agents open nothing until it answers"
         message_id = f"aster-ledger-{int(since * 1000)}"
         self.alerted = self.delivery.send(f"{TITLE}: ledger unreachable", with_id(body, message_id))
+        self.retry_at = now + LEDGER_ALERT_RETRY_S  # the receiver down as well: not every poll
 
     def ok(self, ledger: NotifyStore) -> None:
         since = self.down_since
