@@ -269,13 +269,14 @@ def test_watch_refreshes_and_exits_0_on_ctrl_c(fleet: FleetConfig, tmp_path: Pat
 
 
 def test_status_imports_neither_eth_account_nor_httpx(fleet: FleetConfig, tmp_path: Path) -> None:
-    """`aster-agent status` (table and JSON) never imports eth_account or httpx."""
+    """`status` (table and JSON) on SQLite never imports eth_account, httpx or psycopg."""
     state = tmp_path / "state"
     populate(fleet, state, dead=dead_pid())
     probe = (
         "import sys\nfrom aster_agents.cli.main import main\n"
         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('eth_account', 'httpx'))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('eth_account', 'httpx', 'psycopg'))\n"
         "print('IMPORTED', bad, file=sys.stderr)\n"
     )
     for extra in ([], ["--json"]):

@@ -280,3 +280,54 @@ def test_metrics_and_notify_programs_when_configured(tmp_path: Path) -> None:
     assert "aster_metrics" not in conf.get("group:aster-agents", "programs")
     plain = _parse(render(load_fleet(REPO / "agents.d"), REPO / "supervisord.conf"))
     assert not [s for s in plain.sections() if s.startswith("program:aster_")]
+
+
+def _hosted(tmp_path: Path) -> Path:
+    """agent-1 pinned to host beta, agent-2 to alpha, the others on any host."""
+    config = _copy_agents(tmp_path)
+    for agent_id, host in (("agent-1", "beta"), ("agent-2", "alpha")):
+        path = config / f"{agent_id}.yaml"
+        path.write_text(path.read_text() + f"host: {host}\n")
+    return config
+
+
+def test_render_keeps_this_hosts_agents_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent with `host:` is rendered on that host only; one without it on every host."""
+    fleet = load_fleet(_hosted(tmp_path))
+    monkeypatch.setenv("ASTER_AGENTS_HOST", "alpha")
+    here = _parse(render(fleet, tmp_path / "supervisord.conf"))
+    beta = _parse(render(fleet, tmp_path / "supervisord.conf", host="beta"))
+    everyone = [a.id for a in fleet.enabled_agents]
+    assert "program:agent-1" not in here.sections() and "program:agent-2" in here.sections()
+    assert beta.get("group:aster-agents", "programs") == ",".join(
+        a for a in everyone if a != "agent-2"
+    )
+    assert 'ASTER_AGENTS_HOST="beta"' in beta.get("program:agent-1", "environment")
+    assert "ASTER_AGENTS_HOST" not in here.get("program:agent-2", "environment")
+
+
+def test_render_host_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`supervisor render --host NAME` renders that host's agents; a bad name exits 2."""
+    config = _hosted(tmp_path)
+    code, out, err = run_cli(
+        ["--config-dir", str(config), "supervisor", "render", "--host", "beta"], capsys
+    )
+    assert code == 0, err
+    assert "[program:agent-1]" in out and "[program:agent-2]" not in out
+    code, _, err = run_cli(
+        ["--config-dir", str(config), "supervisor", "render", "--host", "no spaces"], capsys
+    )
+    assert code == 2 and "--host" in err
+
+
+def test_host_key_is_validated(tmp_path: Path) -> None:
+    """`host:` must be a host name: the error names the file and the key."""
+    config = _copy_agents(tmp_path)
+    path = config / "agent-3.yaml"
+    path.write_text(path.read_text() + "host: 'two words'\n")
+    with pytest.raises(ConfigError) as info:
+        load_fleet(config)
+    problems = " ".join(info.value.problems)
+    assert "agent-3.yaml" in problems and "host" in problems

@@ -31,29 +31,41 @@ def render_cmd(
     aster_agent_bin: str | None = typer.Option(
         None, "--bin", help="aster-agent executable [default %(here)s/.venv/bin/aster-agent]."
     ),
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="Render the agents of this host (no `host:` key, or this one) "
+            "[default: $ASTER_AGENTS_HOST, else the system host name].",
+        ),
+    ] = None,
 ) -> None:
-    """Render supervisord.conf for the enabled agents (no secrets in it).
+    """Render supervisord.conf for this host's enabled agents (no secrets in it).
 
     Paths are written relative to the file's own directory (``%(here)s``), which is the
     directory holding agents.d unless ``--here`` says otherwise, so the output does not depend
     on where ``-o`` writes it.
     """
     from aster_agents.fleet.supervisor import render
+    from aster_agents.ledger.liveness import host_name
 
     cli = state(ctx)
     fleet = cli.fleet()
+    _check_host(host)
     base = (here or fleet.root).resolve()
     text = render(
         fleet,
         base / "supervisord.conf",
         aster_agent_bin=aster_agent_bin,
         state_dir=fleet.state_dir(cli.state_dir),
+        host=host,
     )
     if output is None:
         sys.stdout.write(text)
         return
     output.write_text(text, encoding="utf-8")
-    err_console().print(f"wrote {output} ({len(fleet.enabled_agents)} agent(s))")
+    n = len(fleet.agents_on(host or host_name()))
+    err_console().print(f"wrote {output} ({n} agent(s) of host {host or host_name()})")
     if output.resolve().parent != base:
         err_console().print(
             f"note: its paths are relative to {base}; keep the file there, "
@@ -73,6 +85,7 @@ def up(
 ) -> None:
     """Start supervisord with every enabled agent; config and keys are checked first."""
     from aster_agents.fleet.supervisor import Supervisor, write_runtime_config
+    from aster_agents.ledger.liveness import host_name
 
     cli = state(ctx)
     fleet = cli.fleet()
@@ -91,9 +104,20 @@ def up(
         os.umask(PRIVATE_UMASK)  # its logs and the agents' state: owner-only
         os.execve(argv[0], argv, env)
     pid = supervisor.start(env)
-    n = len(fleet.enabled_agents)
+    n = len(fleet.agents_on(host_name()))
     console().print(f"supervisord running (pid {pid}) with {n} agent(s); config {conf}")
     console().print("see `aster-agent status`, `aster-agent logs --id ID`, `aster-agent down`")
+
+
+def _check_host(host: str | None) -> None:
+    import re
+
+    from aster_agents.config.schema import HOST_PATTERN
+
+    if host is not None and not re.fullmatch(HOST_PATTERN, host):
+        raise typer.BadParameter(
+            f"{host!r} is not a host name (letters, digits, '.', '_', '-')", param_hint="--host"
+        )
 
 
 def _environment(default_file: Path, chosen: Path | None) -> dict[str, str]:
@@ -115,10 +139,11 @@ def _refuse_agents_running_elsewhere(fleet: object, state_dir: Path) -> None:
     """Exit 3 when an enabled agent already runs outside supervisord (e.g. `run` in a terminal)."""
     from aster_agents.config.schema import FleetConfig
     from aster_agents.errors import AlreadyRunning
+    from aster_agents.ledger.liveness import host_name
     from aster_agents.ledger.lock import lock_holder
 
     assert isinstance(fleet, FleetConfig)
-    held = [(a.id, lock_holder(state_dir, a.id)) for a in fleet.enabled_agents]
+    held = [(a.id, lock_holder(state_dir, a.id)) for a in fleet.agents_on(host_name())]
     running = [(agent_id, pid) for agent_id, pid in held if pid is not None]
     if running:
         names = ", ".join(f"{agent_id} (pid {pid})" for agent_id, pid in running)
@@ -132,10 +157,11 @@ def _check_keys(fleet: object, env: dict[str, str]) -> None:
     from aster_agents.config.keys import check_model_key, resolve_signer
     from aster_agents.config.schema import FleetConfig
     from aster_agents.errors import ConfigError
+    from aster_agents.ledger.liveness import host_name
 
     assert isinstance(fleet, FleetConfig)
     problems = []
-    for agent in fleet.enabled_agents:
+    for agent in fleet.agents_on(host_name()):  # another host's keys are not needed here
         for check in (resolve_signer, check_model_key):
             try:
                 check(fleet, agent, env)

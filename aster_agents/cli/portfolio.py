@@ -122,6 +122,7 @@ def _sleeves_table(report: PortfolioReport) -> Table:
     for name in (
         "id",
         "name",
+        "host",
         "state",
         "weight",
         "capital",
@@ -144,6 +145,7 @@ def _sleeves_table(report: PortfolioReport) -> Table:
         table.add_row(
             s.id,
             s.name,
+            s.host or "-",
             state_text,
             f"{g.weight:.1%}",
             money(g.capital),
@@ -159,6 +161,7 @@ def _sleeves_table(report: PortfolioReport) -> Table:
         weight = float(f.unallocated / f.equity) if f.equity > 0 else 0.0
         table.add_row(
             "unallocated",
+            "",
             "",
             "",
             f"{weight:.1%}",

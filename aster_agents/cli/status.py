@@ -88,8 +88,9 @@ def _agents_table(report: StatusReport) -> Table:
     from rich.table import Table
 
     where = "" if report.ledger_found else " (no ledger yet: nothing has run)"
+    ledger = f"ledger {report.ledger}" if report.ledger else f"state in {report.state_dir}"
     table = Table(
-        title=f"agents, state in {report.state_dir}{where}",
+        title=f"agents on host {report.host}, {ledger}{where}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -97,6 +98,7 @@ def _agents_table(report: StatusReport) -> Table:
     for name in (
         "id",
         "name",
+        "host",
         "state",
         "pid",
         "uptime",
@@ -106,7 +108,7 @@ def _agents_table(report: StatusReport) -> Table:
         "alloc",
         "equity",
         "P&L",
-        "last tick",
+        "last tick",  # a remote agent's only sign of life: its heartbeat's age
         "last error",
     ):
         right = name in ("pid", "uptime", "pos", "alloc", "equity", "P&L")
@@ -130,13 +132,15 @@ def _cells(a: AgentStatus) -> list[str]:
     return [
         a.id,
         a.name,
+        a.host or "-",
         state_text,
         "-" if a.process.pid is None else str(a.process.pid),
         duration(a.process.uptime_s),
         f"{a.strategy} {a.interval}",
         ",".join(a.symbols),
         f"{a.positions}/{a.max_positions}" + (f" +{a.reserved}r" if a.reserved else ""),
-        f"{a.capital_pct:.0%}" + ("" if a.capital is None else f" {money(a.capital)}"),
+        ("-" if a.capital_pct is None else f"{a.capital_pct:.0%}")
+        + ("" if a.capital is None else f" {money(a.capital)}"),
         money(a.equity),
         signed(a.pnl),
         "-" if a.last_tick_age_s is None else f"{duration(a.last_tick_age_s)} ago",

@@ -55,6 +55,7 @@ BASE_URL_ENV: Final = "ASTER_AGENTS_BASE_URL"
 _ADDRESS_RE: Final = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _RAW_KEY_RE: Final = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HOST_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"  # a host name, as `host:` and --host
 _SECRET_HINT: Final = (
     "use signer_key_env (an environment variable) or signer_keystore (an encrypted keystore)"
 )
@@ -134,9 +135,14 @@ class AgentConfig(_Model):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,19}$")
     name: str = Field(min_length=1, max_length=60)
     enabled: bool = True
+    host: str | None = Field(default=None, pattern=HOST_PATTERN)  # None: any host
     exchange: ExchangeConfig
     trading: TradingConfig
     allocation: AllocationConfig
+
+    def runs_on(self, host: str) -> bool:
+        """True when this agent belongs to ``host`` (no ``host:`` key: every host)."""
+        return self.host is None or self.host == host
 
 
 class LimitsConfig(_Model):
@@ -244,6 +250,9 @@ class PortfolioConfig(_Model):
     rebalance: RebalanceConfig = RebalanceConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig | None = None
+    # the hosts sharing one public IP (behind one NAT) name one group: they share the
+    # exchange's request-weight budget; absent, each host is its own group (ledger/budget.py)
+    rate_group: str | None = Field(default=None, pattern=HOST_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +272,10 @@ class FleetConfig:
     @property
     def enabled_agents(self) -> tuple[AgentConfig, ...]:
         return tuple(a for a in self.agents if a.enabled)
+
+    def agents_on(self, host: str) -> tuple[AgentConfig, ...]:
+        """The enabled agents ``host`` runs (``host:`` absent or equal to it)."""
+        return tuple(a for a in self.enabled_agents if a.runs_on(host))
 
     def agent(self, agent_id: str) -> AgentConfig:
         for agent in self.agents:

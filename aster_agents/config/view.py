@@ -83,11 +83,12 @@ class AgentView(NamedTuple):
     trading: TradingView
     allocation: AllocationView
     issue: str | None = None  # why the file would not validate, when it can tell cheaply
+    host: str | None = None  # ``host:``: the one host that runs it (None: any)
 
 
 # the keys of an agent file (tests keep this equal to config.schema's models)
 KNOWN_KEYS: Final[dict[str, frozenset[str]]] = {
-    "": frozenset({"id", "name", "enabled", "exchange", "trading", "allocation"}),
+    "": frozenset({"id", "name", "enabled", "host", "exchange", "trading", "allocation"}),
     "exchange": frozenset(
         {
             "user",
@@ -144,6 +145,10 @@ class FleetView(NamedTuple):
 
     def state_dir(self, override: str | Path | None = None) -> Path:
         return resolve_state_dir(self.root, self.portfolio.state_dir, override)
+
+    @property
+    def ledger_url(self) -> str | None:
+        return self.portfolio.ledger_url
 
 
 def load_view(config_dir: str | Path | None = None) -> FleetView:
@@ -297,6 +302,7 @@ def _agent(name: str, data: Mapping[str, Any]) -> AgentView | None:
             capital_pct=_as(float, _section(data, "allocation").get("capital_pct"), 0.0)
         ),
         issue=_issue(name, data),
+        host=str(data["host"]) if data.get("host") else None,
     )
 
 

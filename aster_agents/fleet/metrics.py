@@ -126,7 +126,7 @@ def take_snapshot(fleet: FleetView, state_dir: Path, drawdowns: Drawdowns) -> Sn
     status = collect_status(fleet, state_dir)
     portfolio = collect_portfolio(fleet, state_dir, status=status, history=False)
     signers = {a.id: a.exchange.signer for a in fleet.agents}
-    ledger = open_readonly(state_dir)
+    ledger = open_readonly(state_dir, fleet.ledger_url)
     if ledger is None:
         return Snapshot(status, portfolio, [], [], {}, drawdowns, [], None, {}, signers, {})
     with ledger:

@@ -81,7 +81,7 @@ def collect_report(
     now = models.now_ms() if now_ms is None else now_ms
     portfolio = collect_portfolio(fleet, state_dir, now_ms=now)
     min_days = fleet.portfolio.min_track_record_days
-    ledger = open_readonly(state_dir)
+    ledger = open_readonly(state_dir, fleet.ledger_url)
     if ledger is None:
         empty = series_on_grid({}, {}, {}, points)
         return ReportData(

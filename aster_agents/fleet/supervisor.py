@@ -27,7 +27,7 @@ from aster_agents.config.schema import FleetConfig
 from aster_agents.errors import AsterAgentsError, ConfigError
 from aster_agents.fleet.rpc import supervisor_rpc
 from aster_agents.fsutil import PRIVATE_UMASK, make_private_dir, write_private_file
-from aster_agents.ledger.liveness import pid_alive
+from aster_agents.ledger.liveness import HOST_ENV, host_name, pid_alive
 
 GROUP: Final = "aster-agents"
 CONF_NAME: Final = "supervisord.conf"
@@ -97,8 +97,14 @@ def render(
     *,
     aster_agent_bin: str | None = None,
     state_dir: str | Path | None = None,
+    host: str | None = None,
 ) -> str:
     """The text of ``supervisord.conf`` for ``fleet``, to be written at ``output_path``.
+
+    Only the agents of one host are rendered: those with no ``host:`` key or with
+    ``host: <host>``; ``host`` defaults to this host's name (``$ASTER_AGENTS_HOST``, else
+    the system's). A ``host`` given explicitly is also set as each agent's
+    ``ASTER_AGENTS_HOST``, so the ledger records the same name the file was rendered for.
 
     ``state_dir`` defaults to ``_portfolio.yaml``'s (not ``$ASTER_AGENTS_STATE``) so the
     checked-in file does not depend on the shell it was rendered from. ``aster_agent_bin``
@@ -113,14 +119,14 @@ def render(
     check_socket_path(socket_path(state))
     s = _here(state, base)
     sections = [_header(fleet), _core_sections(s)]
-    agents = fleet.enabled_agents
+    agents = fleet.agents_on(host or host_name())
     if agents:
         sections.append(f"[group:{GROUP}]\nprograms={','.join(a.id for a in agents)}\n")
     command = (
         f"{aster_agent_bin or DEFAULT_BIN} --config-dir {_here(fleet.config_dir, base)} "
         f"--state-dir {s} run"
     )
-    sections.extend(_program(a.id, command, _here(fleet.root, base), s) for a in agents)
+    sections.extend(_program(a.id, command, _here(fleet.root, base), s, host) for a in agents)
     sections.extend(_ops_programs(fleet, command.removesuffix(" run"), _here(fleet.root, base), s))
     return "\n".join(sections)
 
@@ -197,11 +203,12 @@ def _core_sections(s: str) -> str:
     )
 
 
-def _program(agent_id: str, command: str, directory: str, s: str) -> str:
+def _program(agent_id: str, command: str, directory: str, s: str, host: str | None) -> str:
+    named = f',{HOST_ENV}="{host}"' if host else ""
     return (
         f"[program:{agent_id}]\n"
         f"command={command}\n"
-        f'environment=AGENT_ID="{agent_id}",PYTHONUNBUFFERED="1"\n'
+        f'environment=AGENT_ID="{agent_id}",PYTHONUNBUFFERED="1"{named}\n'
         f"directory={directory}\n"
         "autostart=true\n"
         "autorestart=unexpected\n"
@@ -225,13 +232,21 @@ def installed_bin() -> str:
 
 
 def write_runtime_config(
-    fleet: FleetConfig, state_dir: Path, *, aster_agent_bin: str | None = None
+    fleet: FleetConfig,
+    state_dir: Path,
+    *,
+    aster_agent_bin: str | None = None,
+    host: str | None = None,
 ) -> Path:
     """Render into ``<state_dir>/supervisord.conf`` (atomically) and create the log dir."""
     make_private_dir(state_dir / "logs")
     path = conf_path(state_dir)
     text = render(
-        fleet, path, aster_agent_bin=aster_agent_bin or installed_bin(), state_dir=state_dir
+        fleet,
+        path,
+        aster_agent_bin=aster_agent_bin or installed_bin(),
+        state_dir=state_dir,
+        host=host,
     )
     write_private_file(path, text.encode("utf-8"), replace=True)
     return path

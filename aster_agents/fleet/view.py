@@ -5,6 +5,11 @@ missing ledger means "never started", nothing is created) and, when its socket e
 supervisord over XML-RPC. Process state comes from supervisord when it answers, otherwise from
 the heartbeat and the liveness of its pid. Neither eth_account nor httpx is imported here.
 
+Several hosts (a PostgreSQL ledger): every agent of the ledger is shown, with the host of its
+last heartbeat. An agent is local when that host is this one (or it has not run yet and its
+config is here); a pid means nothing on another host, so a remote agent is judged by the age
+of its heartbeat alone (``remote_view``): RUNNING while fresh, STALE after.
+
 JSON (``StatusReport.to_json``/``PortfolioReport.to_json``): money and quantities are decimal
 strings, ratios (weights, returns, drawdowns, budget use) and durations in seconds are JSON
 numbers, times are epoch milliseconds (integers), absent values are ``null``.
@@ -18,7 +23,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
+from aster_agents.config.view import natural_key
+
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from aster_agents.config.view import AgentView, FleetView
     from aster_agents.ledger.readonly import ReadOnlyLedger
     from aster_agents.ledger.rows import AccountBooks, AgentRow, RebalanceRow
@@ -29,6 +38,7 @@ SUPERVISOR_GROUP: Final = "aster-agents"
 SUPERVISOR_TIMEOUT_S: Final = 2.0
 MIN_STALE_S: Final = 30.0
 NEVER_STARTED: Final = "NEVER STARTED"
+LIVE_PROGRAM_STATES: Final = frozenset({"RUNNING", "STARTING", "BACKOFF", "STOPPING"})
 FLAGGED_STATES: Final = frozenset(
     {"DOWN", "STALE", "FATAL", "BACKOFF", "EXITED", "UNKNOWN", "RETRYING"}
 )
@@ -47,7 +57,7 @@ class ProcInfo(NamedTuple):
 
 class ProcessView(NamedTuple):
     state: str
-    source: str  # "supervisor", "heartbeat" or "none"
+    source: str  # "supervisor", "heartbeat", "remote" (another host's heartbeat) or "none"
     pid: int | None
     uptime_s: float | None
 
@@ -65,7 +75,7 @@ class AgentStatus(NamedTuple):
     positions: int
     reserved: int
     max_positions: int
-    capital_pct: float
+    capital_pct: float | None  # None: an agent of another host whose config is not here
     capital: Decimal | None
     equity: Decimal | None
     pnl: Decimal | None
@@ -74,6 +84,8 @@ class AgentStatus(NamedTuple):
     last_tick_ms: int | None
     last_tick_age_s: float | None
     last_error: str | None
+    host: str | None = None  # where it runs (its last heartbeat's host); None: never ran
+    local: bool = True  # on this host: pid, uptime and supervisord state are meaningful
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +93,8 @@ class AgentStatus(NamedTuple):
             "name": self.name,
             "enabled": self.enabled,
             "user": self.user,
+            "host": self.host,
+            "local": self.local,
             "state": self.process.state,
             "state_source": self.process.source,
             "flagged": self.flagged,
@@ -142,12 +156,16 @@ class StatusReport(NamedTuple):
     supervisor: bool
     agents: tuple[AgentStatus, ...]
     accounts: tuple[AccountStatus, ...]
+    host: str = ""  # this host's name (``ASTER_AGENTS_HOST`` or the system's)
+    ledger: str = ""  # where the ledger is: the file, or the URL with its password masked
 
     def to_json(self) -> dict[str, Any]:
         """The ``status --json`` document (without the ``version`` key ``emit_json`` adds)."""
         return {
             "generated_ms": self.generated_ms,
             "state_dir": str(self.state_dir),
+            "host": self.host,
+            "ledger": self.ledger,
             "ledger_found": self.ledger_found,
             "supervisor": self.supervisor,
             "agents": [a.to_json() for a in self.agents],
@@ -164,6 +182,7 @@ class SleeveView(NamedTuple):
     figures: pf.SleeveFigures
     sparkline: str
     state_reason: str | None = None
+    host: str | None = None  # where the agent runs (its last heartbeat's host)
 
     def to_json(self) -> dict[str, Any]:
         f = self.figures
@@ -171,6 +190,7 @@ class SleeveView(NamedTuple):
             "id": self.id,
             "name": self.name,
             "user": f.user,
+            "host": self.host,
             "state": self.state,
             "flagged": self.flagged,
             "ledger_state": self.ledger_state,
@@ -336,35 +356,100 @@ def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
 
 
 def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = None) -> StatusReport:
-    """One snapshot of every configured agent and account; writes nothing."""
-    from aster_agents.ledger.liveness import pid_alive
-    from aster_agents.ledger.lock import stopped_cleanly
+    """One snapshot of every configured agent, every agent of the ledger and every account;
+    writes nothing."""
+    from aster_agents.ledger.liveness import host_name
     from aster_agents.ledger.readonly import open_readonly
 
     # models.now_ms's twin: importing models (dataclasses, enums) here would slow ``status``
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    me = host_name()
     procs = supervisor_processes(state_dir)
-    ledger = open_readonly(state_dir)
+    ledger = open_readonly(state_dir, fleet.ledger_url)
     try:
         rows = {r.agent_id: r for r in ledger.agent_rows()} if ledger else {}
-        agents = []
-        for agent in fleet.agents:
-            row = rows.get(agent.id)
-            proc = procs.get(agent.id) if procs is not None else None
-            latest = ledger.latest_equity(agent.id) if ledger and row else None
-            hb_pid = row.heartbeat_pid if row else None
-            alive = hb_pid is not None and proc is None and pid_alive(hb_pid)
-            stopped = hb_pid is not None and not alive and stopped_cleanly(state_dir, agent.id)
-            status = _agent_status(agent, row, proc, alive, latest, now, stopped=stopped)
-            reason = exit_reason(proc, state_dir)
-            agents.append(status._replace(last_error=reason) if reason else status)
-        accounts = _accounts(fleet, ledger, now)
+        views = {a.id: a for a in fleet.agents}
+        views.update({i: placeholder(r) for i, r in rows.items() if i not in views})
+        agents = [
+            _one_status(views[i], rows.get(i), procs, ledger, state_dir, now, me)
+            for i in sorted(views, key=natural_key)
+        ]
+        accounts = _accounts(fleet, ledger, now, rows.values(), me)
+        where = ledger.where if ledger else ""
     finally:
         if ledger is not None:
             ledger.close()
     return StatusReport(
-        now, Path(state_dir), ledger is not None, procs is not None, tuple(agents), accounts
+        now,
+        Path(state_dir),
+        ledger is not None,
+        procs is not None,
+        tuple(agents),
+        accounts,
+        me,
+        where,
     )
+
+
+def placeholder(row: AgentRow) -> AgentView:
+    """What is known of an agent whose config lives on another host: the ledger's row."""
+    from aster_agents.config.view import (
+        DEFAULT_SCAN_SECONDS,
+        AgentView,
+        AllocationView,
+        ExchangeView,
+        TradingView,
+    )
+
+    return AgentView(
+        id=row.agent_id,
+        name=row.agent_id,
+        enabled=row.enabled,
+        exchange=ExchangeView(user=row.user, signer=""),
+        trading=TradingView("-", (), "-", DEFAULT_SCAN_SECONDS, row.max_positions),
+        allocation=AllocationView(capital_pct=-1.0),  # unknown here (shown as -)
+    )
+
+
+def _one_status(
+    agent: AgentView,
+    row: AgentRow | None,
+    procs: dict[str, ProcInfo] | None,
+    ledger: ReadOnlyLedger | None,
+    state_dir: Path,
+    now: int,
+    me: str,
+) -> AgentStatus:
+    from aster_agents.ledger.liveness import pid_alive
+    from aster_agents.ledger.lock import stopped_cleanly
+
+    proc = procs.get(agent.id) if procs is not None else None
+    latest = ledger.latest_equity(agent.id) if ledger and row else None
+    ran_on = row.heartbeat_host if row and row.heartbeat_ms is not None else None
+    host = ran_on or agent.host  # where it ran, else where it is meant to
+    local = host in (None, me) or (proc is not None and proc.state in LIVE_PROGRAM_STATES)
+    hb_pid = row.heartbeat_pid if row else None
+    alive = local and hb_pid is not None and proc is None and pid_alive(hb_pid)
+    stopped = local and hb_pid is not None and not alive and stopped_cleanly(state_dir, agent.id)
+    status = _agent_status(agent, row, proc if local else None, alive, latest, now, stopped=stopped)
+    if not local:
+        status = remote_status(status, agent)
+    reason = exit_reason(proc, state_dir) if local else None
+    status = status._replace(host=host or (me if local and row else None), local=local)
+    return status._replace(last_error=reason) if reason else status
+
+
+def remote_status(status: AgentStatus, agent: AgentView) -> AgentStatus:
+    """An agent whose last heartbeat came from another host: no pid or uptime here, only
+    the heartbeat's age (RUNNING while within the stale limit, STALE after)."""
+    view = remote_view(status.last_tick_age_s, stale_after_s(agent.trading.scan_interval_seconds))
+    return status._replace(process=view, flagged=is_flagged(view, agent.enabled))
+
+
+def remote_view(hb_age_s: float | None, stale_s: float) -> ProcessView:
+    if hb_age_s is None:
+        return ProcessView(NEVER_STARTED, "none", None, None)
+    return ProcessView("STALE" if hb_age_s > stale_s else "RUNNING", "remote", None, None)
 
 
 def exit_reason(proc: ProcInfo | None, state_dir: Path) -> str | None:
@@ -422,7 +507,7 @@ def _agent_status(
         positions=row.positions if row else 0,
         reserved=row.reserved if row else 0,
         max_positions=agent.trading.max_positions,
-        capital_pct=agent.allocation.capital_pct,
+        capital_pct=agent.allocation.capital_pct if agent.allocation.capital_pct >= 0 else None,
         capital=row.capital if row else None,
         equity=equity,
         pnl=None if row is None or equity is None else equity - row.capital,  # sleeve P&L
@@ -435,19 +520,23 @@ def _agent_status(
 
 
 def _accounts(
-    fleet: FleetView, ledger: ReadOnlyLedger | None, now_ms: int
+    fleet: FleetView,
+    ledger: ReadOnlyLedger | None,
+    now_ms: int,
+    rows: Iterable[AgentRow],
+    me: str,
 ) -> tuple[AccountStatus, ...]:
-    users = list(dict.fromkeys(a.exchange.user for a in fleet.agents))
+    rows = list(rows)
+    users = list(dict.fromkeys([*(a.exchange.user for a in fleet.agents), *(r.user for r in rows)]))
     limits = ledger.account_limits() if ledger else {}
     positions = ledger.positions() if ledger else []
     buckets = {b.key: b for b in ledger.buckets(now_ms / 1000)} if ledger else {}
     pause = ledger.host_pause(now_ms / 1000) if ledger else None
-    rows = ledger.agent_rows() if ledger else []
     out = []
     for user in users:
         lim = limits.get(user)
         orders = buckets.get(f"orders1m:{user}")
-        weight = buckets.get("weight:ip")
+        weight = buckets.get(weight_bucket_key(fleet, me)) or buckets.get("weight:ip")
         held = {(p.agent_id, p.symbol) for p in positions if p.user == user}
         out.append(
             AccountStatus(
@@ -467,6 +556,11 @@ def _accounts(
             )
         )
     return tuple(out)
+
+
+def weight_bucket_key(fleet: FleetView, me: str) -> str:
+    """The request-weight bucket of this host's group (see ``ledger.budget``)."""
+    return f"weight:{me}"
 
 
 # ----------------------------------------------------------------- portfolio
@@ -492,7 +586,7 @@ def collect_portfolio(
     from aster_agents.portfolio import nav as pf
 
     status = status or collect_status(fleet, state_dir, now_ms=now_ms)
-    ledger = open_readonly(state_dir)
+    ledger = open_readonly(state_dir, fleet.ledger_url)
     try:
         books = _read_books(ledger) if ledger else _Books({}, {}, {}, None)
         rows = books.rows
@@ -504,11 +598,11 @@ def collect_portfolio(
     finally:
         if ledger is not None:
             ledger.close()
-    inputs = [
+    inputs = [  # every sleeve of the ledger, whichever host runs it
         pf.SleeveInput(
             a.id, rows[a.id].user, rows[a.id].capital, rows[a.id].units, books.sleeves[a.id]
         )
-        for a in fleet.agents
+        for a in status.agents
         if a.id in rows
     ]
     balances: dict[str, Decimal | None] = {a.user: a.balance for a in status.accounts}
@@ -528,6 +622,7 @@ def collect_portfolio(
             figures=f,
             sparkline=pf.sparkline([e for _, e in histories[f.agent_id]]),
             state_reason=rows[f.agent_id].state_reason,
+            host=by_id[f.agent_id].host,
         )
         for f in figures.sleeves
     )

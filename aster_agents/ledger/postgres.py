@@ -412,3 +412,19 @@ def read_schema_version(url: str) -> int:
     except Exception as exc:
         text = " ".join(str(exc).split())
         raise LedgerError(f"ledger {where}: not a usable PostgreSQL URL: {text}") from None
+
+
+def readonly_conn(url: str) -> tuple[_Conn, str]:
+    """A session on the ledger at ``url`` that cannot write (``status``, ``portfolio``, the
+    exporter): every statement goes at once, each its own snapshot. Returns it with the
+    URL as it may be shown (password masked)."""
+    where = mask_url(url)
+    try:
+        raw = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        raw.execute(b"SET default_transaction_read_only = on")
+    except psycopg.Error as exc:
+        raise _error(where, exc) from None
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        raise LedgerError(f"ledger {where}: not a usable PostgreSQL URL: {text}") from None
+    return _Conn(raw, where), where

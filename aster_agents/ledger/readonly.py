@@ -4,15 +4,20 @@
 shows agents as "never started" without creating a state dir. The connection is opened with
 SQLite's ``mode=ro`` URI: no migration, no flock, no WAL switch. Rows are the same frozen
 dataclasses the read-write ``Ledger`` hands out.
+
+With a PostgreSQL URL (``ledger.url`` or ``$ASTER_AGENTS_LEDGER_URL``) the same class reads
+the shared database through a read-only session (``postgres.readonly_conn``); psycopg is
+imported only then, so ``status`` on the SQLite file stays as fast as it was.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.counters import Counter
@@ -20,6 +25,7 @@ from aster_agents.ledger.counters import read as read_counters
 from aster_agents.ledger.rows import (
     ACCOUNT_BOOK_COLS,
     AGENT_COLS,
+    AGENT_COLS_NO_HOST,
     BUSY_TIMEOUT_MS,
     DB_NAME,
     EQUITY_COLS,
@@ -39,8 +45,9 @@ from aster_agents.ledger.rows import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
+    from aster_agents.ledger.backend import Conn
     from aster_agents.ledger.history import FillRecord
     from aster_agents.ledger.reports import ForcedClose, FundingRow, StateChange, TradeFill
 
@@ -59,13 +66,19 @@ class HostPause(NamedTuple):
 
 
 class ReadOnlyLedger:
-    """SELECT-only access to ``<state_dir>/ledger.sqlite3``."""
+    """SELECT-only access to ``<state_dir>/ledger.sqlite3`` (or, built by ``open_readonly``
+    with a URL, to a PostgreSQL ledger: ``where`` then names it, password masked)."""
+
+    backend = "sqlite"
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.where = str(path)
         uri = f"file:{_uri_path(path)}?mode=ro"
         try:
-            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
+            raw = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
+            self.conn: Conn = raw
+            self._close: Callable[[], None] = raw.close
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._tables = {
                 str(r[0])
@@ -76,8 +89,24 @@ class ReadOnlyLedger:
                 f"cannot read ledger {path}: {exc}; check the file's permissions or integrity"
             ) from exc
 
+    @classmethod
+    def over(
+        cls, conn: Conn, close: Callable[[], None], tables: set[str], where: str
+    ) -> ReadOnlyLedger:
+        """The same reads over another backend's read-only connection (PostgreSQL)."""
+        self = cls.__new__(cls)
+        self.path, self.where, self.conn, self._close, self._tables = (
+            Path(where),
+            where,
+            conn,
+            close,
+            tables,
+        )
+        self.backend = "postgresql"
+        return self
+
     def close(self) -> None:
-        self.conn.close()
+        self._close()
 
     def __enter__(self) -> ReadOnlyLedger:
         return self
@@ -90,14 +119,17 @@ class ReadOnlyLedger:
 
     def _has_column(self, table: str, column: str) -> bool:
         """A file not yet migrated (read as it is) may lack a later migration's column."""
+        if self.backend != "sqlite":  # a PostgreSQL ledger is always migrated when opened
+            return True
         rows = self.conn.execute(f"PRAGMA table_info({table})").fetchall()
         return any(r[1] == column for r in rows)
 
     def agent_rows(self) -> list[AgentRow]:
         if not self._ready("agents"):
             return []
+        cols = AGENT_COLS if self._has_column("agents", "hb_host") else AGENT_COLS_NO_HOST
         rows = self.conn.execute(
-            f"SELECT {AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id"
+            f"SELECT {cols} FROM agents a ORDER BY a.user, a.agent_id"
         ).fetchall()
         return [agent_row(r) for r in rows]
 
@@ -289,6 +321,8 @@ class ReadOnlyLedger:
         """Per account: (time_ms, differences found) of the newest reconcile."""
         if not self._ready("counters"):  # the audit_by_event index came with it
             return {}
+        if self.backend != "sqlite":
+            return self._last_reconciles_pg()
         rows = self.conn.execute(  # SQLite takes the bare columns from the MAX(id) row
             "SELECT json_extract(detail, '$.user'), MAX(id), time_ms, "
             "json_extract(detail, '$.differences') FROM audit "
@@ -296,13 +330,50 @@ class ReadOnlyLedger:
         ).fetchall()
         return {str(r[0]): (int(r[2]), int(r[3] or 0)) for r in rows}
 
+    def _last_reconciles_pg(self) -> dict[str, tuple[int, int]]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT ON (1) CAST(detail AS json)->>'user', time_ms, "
+            "CAST(detail AS json)->>'differences' FROM audit "
+            "WHERE event = 'reconcile' ORDER BY 1, id DESC"
+        ).fetchall()
+        return {str(r[0]): (int(r[1]), int(r[2] or 0)) for r in rows}
 
-def open_readonly(state_dir: Path) -> ReadOnlyLedger | None:
-    """The ledger under ``state_dir`` opened read-only, or None if it does not exist yet."""
+
+def open_readonly(state_dir: Path, url: str | None = None) -> ReadOnlyLedger | None:
+    """The ledger opened read-only, or None if it does not exist yet: the PostgreSQL ledger
+    of ``$ASTER_AGENTS_LEDGER_URL`` or ``url`` (``ledger.url``) when one is set, else the
+    file under ``state_dir``."""
+    from aster_agents.config.view import LEDGER_URL_ENV
+
+    url = os.environ.get(LEDGER_URL_ENV) or url
+    if url:
+        return _open_postgres(url)
     path = Path(state_dir) / DB_NAME
     if not path.is_file():
         return None
     return ReadOnlyLedger(path)
+
+
+def _open_postgres(url: str) -> ReadOnlyLedger | None:
+    from aster_agents.ledger.postgres import readonly_conn
+
+    conn, where = readonly_conn(url)
+    try:
+        tables = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = current_schema()"
+            ).fetchall()
+        }
+    except BaseException:
+        conn.raw.close()
+        raise
+    if "schema_migrations" not in tables:
+        conn.raw.close()
+        return None  # nothing has run against it yet (or it is not a ledger: doctor says)
+    closer: Any = conn.raw.close
+    return ReadOnlyLedger.over(conn, closer, tables, where)
 
 
 def _uri_path(path: Path) -> str:

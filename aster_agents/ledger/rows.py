@@ -81,6 +81,7 @@ class AgentRow(NamedTuple):
     ticks: int
     positions: int
     reserved: int
+    heartbeat_host: str | None = None  # the host of the last heartbeat (None: before hosts)
 
     @property
     def book_equity(self) -> Decimal:
@@ -160,8 +161,10 @@ AGENT_COLS: Final = (
     "a.ticks, (SELECT COUNT(*) FROM positions p WHERE p.agent_id = a.agent_id), "
     "(SELECT COUNT(*) FROM intents i WHERE i.agent_id = a.agent_id "
     "AND i.kind = 'open' AND i.state IN ('reserved', 'confirmed') AND NOT EXISTS "
-    "(SELECT 1 FROM positions p WHERE p.agent_id = i.agent_id AND p.symbol = i.symbol))"
+    "(SELECT 1 FROM positions p WHERE p.agent_id = i.agent_id AND p.symbol = i.symbol)), "
+    "a.hb_host"
 )
+AGENT_COLS_NO_HOST: Final = AGENT_COLS.removesuffix("a.hb_host") + "NULL"  # before "hosts"
 
 
 def dec(value: Any) -> Decimal:
@@ -234,4 +237,5 @@ def agent_row(row: tuple[Any, ...]) -> AgentRow:
         ticks=row[15],
         positions=row[16],
         reserved=row[17],
+        heartbeat_host=row[18],
     )
