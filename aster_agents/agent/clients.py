@@ -50,10 +50,12 @@ def make_client(
     )
 
 
-def _budget(state_dir: Path, user: str) -> RequestBudget:
+def _budget(fleet: FleetConfig, state_dir: Path, user: str) -> RequestBudget:
     from aster_agents.ledger import SharedBudget
 
-    return SharedBudget(state_dir, user=user)
+    return SharedBudget(
+        state_dir, user=user, url=fleet.ledger_url, group=fleet.portfolio.rate_group
+    )
 
 
 def account_snapshot(
@@ -61,7 +63,7 @@ def account_snapshot(
 ) -> dict[str, Any]:
     """Balances, positions and open orders as the exchange reports them for ``agent_id``."""
     agent = fleet.agent(agent_id)
-    budget = _budget(state_dir, agent.exchange.user) if state_dir is not None else None
+    budget = _budget(fleet, state_dir, agent.exchange.user) if state_dir is not None else None
     with make_client(fleet, agent, budget=budget) as client:
         balances = [asdict(b) for b in client.balances()]
         positions = [asdict(p) for p in client.position_risk() if p.position_amt != 0]

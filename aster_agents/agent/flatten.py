@@ -368,10 +368,12 @@ def flatten_fleet(
 
     chosen = [fleet.agent(a) for a in agent_ids]
     report = FlattenReport([])
-    with Ledger(state_dir) as ledger:
+    with Ledger(state_dir, url=fleet.ledger_url) as ledger:
         for user in sorted({a.exchange.user for a in chosen}):
             mine = [a for a in chosen if a.exchange.user == user]
-            budget = SharedBudget(state_dir, user=user)
+            budget = SharedBudget(
+                state_dir, user=user, url=fleet.ledger_url, group=fleet.portfolio.rate_group
+            )
             with make_client(fleet, mine[0], budget=budget) as client:
                 done = [Flattener(ledger, client, a).run(timeout_s) for a in mine]
                 report.agents += done

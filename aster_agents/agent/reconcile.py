@@ -526,7 +526,9 @@ def reconcile_fleet(
     reports = []
     with Ledger(state_dir, url=fleet.ledger_url) as ledger:
         for user, agent in sorted(by_user.items()):
-            budget = SharedBudget(state_dir, user=user)
+            budget = SharedBudget(
+                state_dir, user=user, url=fleet.ledger_url, group=fleet.portfolio.rate_group
+            )
             with make_client(fleet, agent, budget=budget) as client:
                 reports.append(reconcile_account(ledger, client, user, dry_run=dry_run))
     return ReconcileReport(tuple(reports))

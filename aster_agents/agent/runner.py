@@ -1106,7 +1106,15 @@ def run_agent(
                 return 0
             ledger, slot = opened
             budget = books.enter_context(
-                closing(SharedBudget(state_dir, user=agent.exchange.user, agent_id=agent.id))
+                closing(
+                    SharedBudget(
+                        state_dir,
+                        user=agent.exchange.user,
+                        agent_id=agent.id,
+                        url=fleet.ledger_url,
+                        group=fleet.portfolio.rate_group,
+                    )
+                )
             )
 
             reach = Reachability(ledger, agent.id, agent.exchange.base_url, unreachable_s(fleet))

@@ -130,6 +130,7 @@ class PortfolioView(NamedTuple):
     limits: LimitsView = LimitsView()
     min_track_record_days: float = DEFAULT_MIN_TRACK_RECORD_DAYS  # rebalance.*, for report
     ledger_url: str | None = None  # ``ledger.url``: a PostgreSQL ledger instead of the file
+    rate_group: str | None = None  # ``rate_group``: hosts sharing one IP's request weight
 
 
 class FleetView(NamedTuple):
@@ -246,6 +247,7 @@ def _portfolio(data: Mapping[str, Any]) -> PortfolioView:
     return PortfolioView(
         state_dir=str(data.get("state_dir", DEFAULT_STATE_DIR)),
         ledger_url=url if isinstance(url, str) and url else None,
+        rate_group=str(data["rate_group"]) if data.get("rate_group") else None,
         limits=LimitsView(
             max_total_positions=_as(
                 int, limits.get("max_total_positions"), DEFAULT_MAX_TOTAL_POSITIONS

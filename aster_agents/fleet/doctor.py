@@ -426,7 +426,7 @@ def _host_checks(
     add(_state_dir(state_dir))
     add(_ledger(state_dir))
     add(_supervisord(state_dir, [a.id for a in agents]))
-    add(_rate_budget(state_dir))
+    add(_rate_budget(state_dir, fleet))
 
 
 def _key_files(fleet: FleetConfig, agents: list[AgentConfig]) -> Check:
@@ -572,18 +572,19 @@ def _supervisord(state_dir: Path, agent_ids: list[str]) -> Check:
     return Check(None, "supervisord", Status.PASS, f"running (pid {pid}); {shown}".rstrip("; "))
 
 
-def _rate_budget(state_dir: Path) -> Check:
+def _rate_budget(state_dir: Path, fleet: FleetConfig) -> Check:
+    from aster_agents.fleet.view import weight_group
     from aster_agents.ledger.readonly import open_readonly
 
     try:
-        ledger = open_readonly(state_dir)
+        ledger = open_readonly(state_dir, fleet.ledger_url)
     except AsterAgentsError as exc:
         return Check(None, "rate budget", Status.FAIL, str(exc))
     if ledger is None:
         return Check(None, "rate budget", Status.PASS, "no ledger yet: every budget is full")
     with ledger:
         buckets = ledger.buckets()
-        pause = ledger.host_pause()
+        pause = ledger.host_pause(group=weight_group(fleet.portfolio.rate_group, ledger))
     levels = ", ".join(f"{b.key} {b.used:.0f}/{b.capacity:.0f} used" for b in buckets)
     levels = levels or "no request made yet"
     if pause is not None:

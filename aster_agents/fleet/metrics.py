@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from aster_agents import __version__
 from aster_agents.config.view import load_view
 from aster_agents.errors import ConfigError
-from aster_agents.fleet.view import collect_portfolio, collect_status
+from aster_agents.fleet.view import collect_portfolio, collect_status, weight_group
 from aster_agents.ledger.counters import LATENCY_BUCKETS, LOCK_WAIT_BUCKETS
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ ORDER_OUTCOMES: Final = {
     "intent_rejected": "rejected",
 }
 BUCKET_LABELS: Final = {
-    "weight:ip": "weight_1m",
+    "weight": "weight_1m",
     "orders10s": "orders_10s",
     "orders1m": "orders_1m",
 }
@@ -133,6 +133,12 @@ def take_snapshot(fleet: FleetView, state_dir: Path, drawdowns: Drawdowns) -> Sn
         rows = {r.agent_id: r for r in ledger.agent_rows()}
         while batch := ledger.equity_after(drawdowns.rowid):
             drawdowns.feed(batch)
+        group = weight_group(fleet.portfolio.rate_group, ledger)
+        mine = [  # this host's weight bucket only: other groups are their exporters' to show
+            b
+            for b in ledger.buckets()
+            if not b.key.startswith("weight:") or b.key == f"weight:{group}"
+        ]
         return Snapshot(
             status,
             portfolio,
@@ -140,8 +146,8 @@ def take_snapshot(fleet: FleetView, state_dir: Path, drawdowns: Drawdowns) -> Sn
             ledger.positions(),
             ledger.marks(),
             drawdowns,
-            ledger.buckets(),
-            ledger.host_pause(),
+            mine,
+            ledger.host_pause(group=group),
             ledger.last_reconciles(),
             signers,
             rows,
@@ -361,7 +367,7 @@ def _budget_families(buckets: list[BucketLevel], pause: HostPause | None) -> Ite
     for b in buckets:
         kind, _, user = b.key.partition(":")
         name = BUCKET_LABELS.get(b.key) or BUCKET_LABELS.get(kind, kind)
-        lv = [name, "" if b.key == "weight:ip" else user]
+        lv = [name, "" if kind == "weight" else user]
         used.add_metric(lv, b.used)
         capacity.add_metric(lv, b.capacity)
         ratio.add_metric(lv, b.used / b.capacity if b.capacity else 0.0)

@@ -374,7 +374,7 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
             _one_status(views[i], rows.get(i), procs, ledger, state_dir, now, me)
             for i in sorted(views, key=natural_key)
         ]
-        accounts = _accounts(fleet, ledger, now, rows.values(), me)
+        accounts = _accounts(fleet, ledger, now, rows.values())
         where = ledger.where if ledger else ""
     finally:
         if ledger is not None:
@@ -524,19 +524,19 @@ def _accounts(
     ledger: ReadOnlyLedger | None,
     now_ms: int,
     rows: Iterable[AgentRow],
-    me: str,
 ) -> tuple[AccountStatus, ...]:
     rows = list(rows)
     users = list(dict.fromkeys([*(a.exchange.user for a in fleet.agents), *(r.user for r in rows)]))
     limits = ledger.account_limits() if ledger else {}
     positions = ledger.positions() if ledger else []
     buckets = {b.key: b for b in ledger.buckets(now_ms / 1000)} if ledger else {}
-    pause = ledger.host_pause(now_ms / 1000) if ledger else None
+    group = weight_group(fleet.portfolio.rate_group, ledger)
+    pause = ledger.host_pause(now_ms / 1000, group) if ledger else None
     out = []
     for user in users:
         lim = limits.get(user)
         orders = buckets.get(f"orders1m:{user}")
-        weight = buckets.get(weight_bucket_key(fleet, me)) or buckets.get("weight:ip")
+        weight = buckets.get(f"weight:{group}")
         held = {(p.agent_id, p.symbol) for p in positions if p.user == user}
         out.append(
             AccountStatus(
@@ -558,9 +558,13 @@ def _accounts(
     return tuple(out)
 
 
-def weight_bucket_key(fleet: FleetView, me: str) -> str:
-    """The request-weight bucket of this host's group (see ``ledger.budget``)."""
-    return f"weight:{me}"
+def weight_group(configured: str | None, ledger: ReadOnlyLedger | None) -> str:
+    """This host's rate group on ``ledger`` (``configured``: ``rate_group:``): whose weight
+    bucket and pause it shares."""
+    from aster_agents.ledger.liveness import rate_group
+
+    shared = ledger is not None and ledger.backend != "sqlite"
+    return rate_group(configured, shared=shared)
 
 
 # ----------------------------------------------------------------- portfolio

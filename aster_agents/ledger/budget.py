@@ -1,8 +1,15 @@
 """Cross-process token buckets for the exchange's limits, stored in the ledger (design 6).
 
-Buckets: request weight per IP (host-wide), orders per account per 10 s and per minute.
-Each bucket holds ``limit * safety`` tokens and refills linearly over its window. A 429/418
-pauses every process on the host until the stated time.
+Buckets: request weight per IP, orders per account per 10 s and per minute. Each bucket
+holds ``limit * safety`` tokens and refills linearly over its window. A 429/418 pauses every
+process behind that IP until the stated time.
+
+The buckets live in the ledger's store, so on a PostgreSQL ledger shared by several hosts
+the order buckets are one per account for every host (the exchange counts orders per
+account), while request weight, which the exchange counts per IP, has one bucket (and one
+pause) per rate group: ``weight:<group>``, the group being the host's name unless
+``rate_group:`` says several hosts share one IP (``liveness.rate_group``). On the SQLite
+file (one host) the group is ``ip``.
 """
 
 from __future__ import annotations
@@ -14,9 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from aster_agents.errors import RateLimited
-from aster_agents.ledger.backend import Conn
+from aster_agents.ledger.backend import Conn, Store, open_store
 from aster_agents.ledger.counters import LATENCY_BUCKETS, CounterKey, bump, key, observe
-from aster_agents.ledger.sqlite import SqliteStore
+from aster_agents.ledger.liveness import rate_group
 
 if TYPE_CHECKING:
     from aster_agents.exchange.base import RequestLog
@@ -47,14 +54,20 @@ class SharedBudget:
         safety: float = 0.8,
         max_pause_wait_s: float = MAX_PAUSE_WAIT_S,
         agent_id: str | None = None,
+        url: str | None = None,
+        group: str | None = None,
     ) -> None:
-        self.store = SqliteStore(Path(state_dir))
+        """``url``: the ledger's (``ledger.url``; ``$ASTER_AGENTS_LEDGER_URL`` wins), None for
+        the file in ``state_dir``; ``group``: ``rate_group:`` of ``_portfolio.yaml``."""
+        self.store: Store = open_store(Path(state_dir), url)
+        shared = getattr(self.store, "backend", "sqlite") != "sqlite"
+        self.group = rate_group(group, shared=shared)
         self.user = user
         self.agent_id = agent_id
         self._pending: dict[CounterKey, float] = {}  # request counters not yet in the ledger
         self.max_pause_wait_s = max_pause_wait_s
         self._buckets = (
-            _Bucket("weight:ip", weight_per_minute * safety, 60.0, "weight"),
+            _Bucket(f"weight:{self.group}", weight_per_minute * safety, 60.0, "weight"),
             _Bucket(f"orders10s:{user}", orders_per_10s * safety, 10.0, "orders"),
             _Bucket(f"orders1m:{user}", orders_per_minute * safety, 60.0, "orders"),
         )
@@ -114,7 +127,7 @@ class SharedBudget:
         with self.store.write() as conn:
             self._flush(conn)
             now = time.time()
-            paused = self._pause_row(conn)
+            paused = self._pause_row(conn, self.group)
             if paused is not None and paused[0] > now:
                 if paused[0] - now > self.max_pause_wait_s:
                     raise RateLimited(
@@ -133,8 +146,10 @@ class SharedBudget:
             return 0.0
 
     @staticmethod
-    def _pause_row(conn: Conn) -> tuple[float, str] | None:
-        row = conn.execute("SELECT until_s, reason FROM host_pause WHERE id = 1").fetchone()
+    def _pause_row(conn: Conn, group: str) -> tuple[float, str] | None:
+        row = conn.execute(
+            "SELECT until_s, reason FROM rate_pauses WHERE grp = ?", (group,)
+        ).fetchone()
         return None if row is None else (float(row[0]), str(row[1]))
 
     @staticmethod
@@ -177,21 +192,28 @@ class SharedBudget:
                     self._store_level(conn, bucket, min(level, left), now)
 
     def pause(self, until: float, reason: str) -> None:
-        """Pause every process on this host until ``until`` (epoch seconds); never shortens."""
+        """Pause every process of this rate group (this host, or the hosts behind its IP)
+        until ``until`` (epoch seconds); never shortens a pause."""
         with self.store.write() as conn:
-            conn.execute(
-                "INSERT INTO host_pause (id, until_s, reason) VALUES (1, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET reason = CASE WHEN excluded.until_s > until_s "
-                "THEN excluded.reason ELSE reason END, until_s = MAX(until_s, excluded.until_s)",
-                (until, reason),
-            )
+            row = self._pause_row(conn, self.group)
+            if row is None:
+                conn.execute(
+                    "INSERT INTO rate_pauses (grp, until_s, reason) VALUES (?, ?, ?)",
+                    (self.group, until, reason),
+                )
+            elif until > row[0]:
+                conn.execute(
+                    "UPDATE rate_pauses SET until_s = ?, reason = ? WHERE grp = ?",
+                    (until, reason, self.group),
+                )
+            detail = {"until": until, "reason": reason, "group": self.group}
             conn.execute(
                 "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, NULL, 'pause', ?)",
-                (int(time.time() * 1000), json.dumps({"until": until, "reason": reason})),
+                (int(time.time() * 1000), json.dumps(detail)),
             )
 
     def paused_until(self) -> float | None:
-        row = self._pause_row(self.store.conn)
+        row = self._pause_row(self.store.conn, self.group)
         return row[0] if row is not None and row[0] > time.time() else None
 
     def state(self) -> dict[str, Any]:
@@ -199,7 +221,7 @@ class SharedBudget:
         now = time.time()
         with self.store.read() as conn:
             levels = {b.key: round(self._level(conn, b, now), 3) for b in self._buckets}
-            paused = self._pause_row(conn)
+            paused = self._pause_row(conn, self.group)
         active = paused is not None and paused[0] > now
         return {
             "buckets": levels,

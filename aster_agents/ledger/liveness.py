@@ -20,6 +20,18 @@ def host_name() -> str:
     return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
+def rate_group(configured: str | None, *, shared: bool) -> str:
+    """The group of hosts that share one IP's request-weight budget (and its 429/418 pause).
+
+    One ledger file is one host: ``ip``. On a shared (PostgreSQL) ledger each host is its
+    own group unless ``rate_group:`` in ``_portfolio.yaml`` names one (hosts behind one NAT
+    give it the same value).
+    """
+    if not shared:
+        return "ip"
+    return configured or host_name()
+
+
 def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie (a killed child nobody has waited for)."""
     if pid <= 0:

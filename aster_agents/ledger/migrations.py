@@ -220,6 +220,19 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         ALTER TABLE notify_state ADD COLUMN sending TEXT;
         """,
     ),
+    (
+        # a 429/418 pauses the hosts behind one IP (a rate group, see ledger/budget.py), not
+        # one ledger: several hosts share a PostgreSQL ledger; a pause in force carries over
+        "rate-groups",
+        """
+        CREATE TABLE rate_pauses (
+            grp TEXT PRIMARY KEY,
+            until_s REAL NOT NULL,
+            reason TEXT NOT NULL
+        );
+        INSERT INTO rate_pauses (grp, until_s, reason) SELECT 'ip', until_s, reason FROM host_pause;
+        """,
+    ),
 )
 
 # ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both

@@ -286,11 +286,27 @@ class ReadOnlyLedger:
             out.append(BucketLevel(str(key), round(float(capacity) - level, 3), float(capacity)))
         return out
 
-    def host_pause(self, now_s: float | None = None) -> HostPause | None:
-        """The host-wide pause after a 429/418, if it is still in force."""
-        if not self._ready("host_pause"):
+    @property
+    def rate_group(self) -> str:
+        """This host's rate group on this ledger (``liveness.rate_group``) with no
+        ``rate_group:`` configured; callers with a config pass theirs to ``host_pause``."""
+        from aster_agents.ledger.liveness import rate_group
+
+        return rate_group(None, shared=self.backend != "sqlite")
+
+    def host_pause(self, now_s: float | None = None, group: str | None = None) -> HostPause | None:
+        """The pause of this host's rate group after a 429/418, if it is still in force."""
+        if self._ready("rate_pauses"):
+            row = self.conn.execute(
+                "SELECT until_s, reason FROM rate_pauses WHERE grp = ?",
+                (group or self.rate_group,),
+            ).fetchone()
+        elif self._ready("host_pause"):  # a file from before rate groups
+            row = self.conn.execute(
+                "SELECT until_s, reason FROM host_pause WHERE id = 1"
+            ).fetchone()
+        else:
             return None
-        row = self.conn.execute("SELECT until_s, reason FROM host_pause WHERE id = 1").fetchone()
         now = time.time() if now_s is None else now_s
         if row is None or float(row[0]) <= now:
             return None

@@ -37,7 +37,7 @@ SHARED_TABLES: Final = (
     "marks",
     "income",
 )
-HOST_TABLES: Final = ("budgets", "host_pause")
+HOST_TABLES: Final = ("budgets", "host_pause", "rate_pauses")
 # Keys PostgreSQL generates (identity columns): their sequences continue after the copy.
 _IDENTITY: Final = (("intents", "seq"), ("audit", "id"), ("rebalances", "id"))
 
