@@ -384,12 +384,42 @@ class PostgresStore:
 
     @contextmanager
     def named_lock(self, name: str, *, wait: bool = True) -> Iterator[NamedLock | None]:
-        """Hold ``<state_dir>/<name>.lock`` (this host's lock, as with SQLite)."""
+        """Hold the lock ``name`` for every host of this ledger (e.g. the rebalance lock).
+
+        A session advisory lock on a connection of its own, taken inside this host's
+        ``<state_dir>/<name>.lock`` flock (which keeps the lock's stamp, the last attempt on
+        this host). The server drops the advisory lock with its connection, so a holder
+        SIGKILLed on any host never leaves it held.
+        """
         lock = NamedLock(self.state_dir / f"{name}.lock")
+        session: psycopg.Connection[Any] | None = None
         try:
-            yield lock if lock.acquire(wait=wait) else None
+            if lock.acquire(wait=wait):
+                session = self._advisory_session(name, wait)
+            yield lock if session is not None else None
         finally:
+            if session is not None:
+                session.close()
             lock.release()
+
+    def _advisory_session(self, name: str, wait: bool) -> psycopg.Connection[Any] | None:
+        """A connection holding the advisory lock ``name`` (two-key form: apart from the
+        write lock's one-key space), or None when ``wait`` is off and another session has it."""
+        take = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+        sql = (
+            f"SELECT {take}(hashtext(current_database() || '/' || current_schema()), "
+            f"hashtext({literal(name)}))"
+        )
+        raw = self._connect()
+        try:
+            row = raw.execute(sql.encode()).fetchone()
+        except psycopg.Error as exc:
+            raw.close()
+            raise _error(self.where, exc) from None
+        if not wait and not (row and row[0]):
+            raw.close()
+            return None
+        return raw
 
     def close(self) -> None:
         conn = getattr(self, "_conn", None)

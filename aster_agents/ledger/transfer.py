@@ -4,8 +4,9 @@
 fills, funding, income, equity, audit, rebalances) into an empty PostgreSQL ledger in one
 transaction under the ledger's advisory lock, checks the row counts and each account's books
 inside that transaction, and commits only when both agree: a failure leaves the target as
-empty as it was. The rate-budget tables (``budgets``, ``host_pause``) are per host and stay
-in the SQLite file of each host's state dir.
+empty as it was. The exporter's counters and the notifier's state (which audit row it has
+delivered up to, what it sent) come along, so neither starts over. The rate-budget tables
+(``budgets``, ``host_pause``, ``rate_pauses``) are not copied: they refill within a minute.
 """
 
 from __future__ import annotations
@@ -36,10 +37,21 @@ SHARED_TABLES: Final = (
     "rebalances",
     "marks",
     "income",
+    "counters",
+    "notify_state",
+    "notify_sent",
 )
 HOST_TABLES: Final = ("budgets", "host_pause", "rate_pauses")
 # Keys PostgreSQL generates (identity columns): their sequences continue after the copy.
-_IDENTITY: Final = (("intents", "seq"), ("audit", "id"), ("rebalances", "id"))
+_IDENTITY: Final = (
+    ("intents", "seq"),
+    ("audit", "id"),
+    ("rebalances", "id"),
+    ("notify_sent", "id"),
+)
+# Filled by a trigger as the audit rows arrive: emptied before the file's own rows go in.
+_DERIVED: Final = ("counters",)
+_ORDER: Final = {"counters": "name, agent_id, labels"}  # WITHOUT ROWID in SQLite
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +129,10 @@ def _copy(source: object, target: object) -> CopyReport:
         for table in SHARED_TABLES:
             cols = [r[1] for r in src.execute(f"PRAGMA table_info({table})").fetchall()]
             names = ", ".join(cols)
-            rows = src.execute(f"SELECT {names} FROM {table} ORDER BY rowid").fetchall()
+            order = _ORDER.get(table, "rowid")
+            rows = src.execute(f"SELECT {names} FROM {table} ORDER BY {order}").fetchall()
+            if table in _DERIVED:
+                dst.execute(f"DELETE FROM {table}")
             if rows:
                 marks = ", ".join("?" * len(cols))
                 dst.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
