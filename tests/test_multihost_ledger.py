@@ -94,3 +94,17 @@ def test_rebalance_lock_is_one_for_every_host(
     finally:
         if holder.poll() is None:
             kill_child(holder)
+
+
+def test_margin_type_is_remembered_on_both_backends(ledger: Ledger) -> None:
+    """The margin type noted for an account's symbol is read back (an agent starting on a
+    PostgreSQL ledger asked with SQLite's json_extract and exited 1 before)."""
+    from aster_agents.ledger import facts
+
+    assert facts.margin_type(ledger, "u1", "BTCUSDT") is None
+    facts.note_margin_type(ledger, "u1", "BTCUSDT", "CROSSED")
+    facts.note_margin_type(ledger, "u2", "BTCUSDT", "ISOLATED")
+    facts.note_margin_type(ledger, "u1", "ETHUSDT", "ISOLATED")
+    assert facts.margin_type(ledger, "u1", "BTCUSDT") == "CROSSED"
+    facts.note_margin_type(ledger, "u1", "BTCUSDT", "ISOLATED")
+    assert facts.margin_type(ledger, "u1", "BTCUSDT") == "ISOLATED"

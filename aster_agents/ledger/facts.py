@@ -15,6 +15,7 @@ table (no schema of their own):
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
@@ -35,13 +36,17 @@ def _note(ledger: Ledger, agent_id: str | None, event: str, **detail: object) ->
 
 def margin_type(ledger: Ledger, user: str, symbol: str) -> str | None:
     """The margin type last noted for ``symbol`` of ``user``, or None."""
-    row = ledger.store.conn.execute(
-        "SELECT json_extract(detail, '$.margin_type') FROM audit WHERE event = ? "
-        "AND json_extract(detail, '$.user') = ? AND json_extract(detail, '$.symbol') = ? "
-        "ORDER BY id DESC LIMIT 1",
-        (MARGIN_TYPE, user, symbol),
-    ).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
+    # JSON read here, not in SQL: SQLite's json_extract is not PostgreSQL's (a few rows: one
+    # per account and symbol whose type was ever set)
+    rows = ledger.store.conn.execute(
+        "SELECT detail FROM audit WHERE event = ? ORDER BY id DESC", (MARGIN_TYPE,)
+    ).fetchall()
+    for (detail,) in rows:
+        seen = json.loads(detail)
+        if seen.get("user") == user and seen.get("symbol") == symbol:
+            value = seen.get("margin_type")
+            return None if value is None else str(value)
+    return None
 
 
 def note_margin_type(ledger: Ledger, user: str, symbol: str, value: str) -> None:
