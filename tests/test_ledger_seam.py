@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from aster_agents.errors import ReservationDenied
 from aster_agents.ledger import Ledger
+from aster_agents.models import Side
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aster_agents"
 LEDGER = PACKAGE / "ledger"
@@ -117,3 +119,22 @@ def test_check_writable_commits_a_no_op_write(tmp_path: Path) -> None:
         before = ledger.audit(100)
         assert ledger.check_writable() >= 0.0
         assert ledger.audit(100) == before
+
+
+def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """throwaway=True: the same ledger (limits, reservations, audit) with no file in the state
+    dir (no database, flock or sync file), and $ASTER_AGENTS_LEDGER_URL ignored."""
+    monkeypatch.setenv("ASTER_AGENTS_LEDGER_URL", "postgresql://nobody@127.0.0.1:1/none")
+    state = tmp_path / "state"
+    with Ledger(state, throwaway=True) as ledger:
+        ledger.set_account_limits("0xaa", max_total_positions=1, max_gross_leverage=Decimal(3))
+        ledger.register_agent("a-1", "0xaa", max_positions=1, capital=Decimal(100))
+        ledger.register_agent("a-2", "0xaa", max_positions=1, capital=Decimal(100))
+        intent = ledger.reserve("a-1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
+        with pytest.raises(ReservationDenied, match="max_total_positions"):
+            ledger.reserve("a-2", "ETHUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
+        assert ledger.mark_sent(intent.client_order_id) and ledger.confirm(intent.client_order_id)
+        assert [e.event for e in ledger.audit(10, "a-1")][:2] == ["confirmed", "sent"]
+    assert not state.exists()

@@ -223,7 +223,7 @@ def run_backtest(
         started = time.perf_counter()
         logger.disable("aster_agents")
         try:
-            with Ledger(books) as ledger:
+            with Ledger(books, throwaway=state_dir is None) as ledger:
                 runners = _runners(fleet, agents, app, ledger, clock, strategies or {})
                 ticks = _drive(app, clock, runners, start, end)
                 elapsed = time.perf_counter() - started

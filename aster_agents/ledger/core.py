@@ -53,7 +53,11 @@ REBALANCE_LOCK: Final = "rebalance"
 
 class Ledger:
     """The shared ledger: ``<state_dir>/ledger.sqlite3``, or the PostgreSQL database of
-    ``url`` / ``$ASTER_AGENTS_LEDGER_URL`` (``backend.ledger_url``); one instance per process."""
+    ``url`` / ``$ASTER_AGENTS_LEDGER_URL`` (``backend.ledger_url``); one instance per process.
+
+    ``throwaway=True``: a ledger in this process's memory, gone when it is closed (``backtest``);
+    no file, lock or sync, and never the configured PostgreSQL database.
+    """
 
     def __init__(
         self,
@@ -63,8 +67,9 @@ class Ledger:
         reap_interval_s: float = REAP_INTERVAL_S,
         reap_min_age_s: float = REAP_MIN_AGE_S,
         url: str | None = None,
+        throwaway: bool = False,
     ) -> None:
-        self.store: Store = open_store(Path(state_dir), url)
+        self.store: Store = open_store(Path(state_dir), url, throwaway=throwaway)
         self.state_dir = self.store.state_dir
         self.host = host_name()
         self._reaper = intents.Reaper(

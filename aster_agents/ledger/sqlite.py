@@ -29,6 +29,11 @@ Commits that need no sync of their own (``durable=False``) become durable with t
 synced one, because every sync covers the whole prefix before it. That is the case for
 writes nothing outside the ledger acts on before a later durable write: a reservation (its
 order goes out only after the durable ``mark_sent``), a release, a heartbeat.
+
+A *throwaway* store (``throwaway=True``) is for one process that discards its ledger when it
+is done (``backtest``): the database lives in memory, with no file, flock, sync or lock-wait
+histogram, and no other process can see it. Everything else (schema, migrations,
+transactions, triggers) is the same.
 """
 
 from __future__ import annotations
@@ -127,10 +132,13 @@ class SqliteStore:
     """One connection to ``<state_dir>/ledger.sqlite3`` plus the writer flock.
 
     ``sync`` makes a file descriptor's data durable (``os.fdatasync`` where it exists); it is
-    a parameter so tests can count and inspect what is synced.
+    a parameter so tests can count and inspect what is synced. ``throwaway``: an in-memory
+    database for this process alone (see the module docstring).
     """
 
-    def __init__(self, state_dir: Path, *, sync: Sync = DEFAULT_SYNC) -> None:
+    def __init__(
+        self, state_dir: Path, *, sync: Sync = DEFAULT_SYNC, throwaway: bool = False
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DB_NAME
         self.wal_path = self.state_dir / f"{DB_NAME}-wal"
@@ -143,14 +151,20 @@ class SqliteStore:
         self.last_wait_ns = 0  # how long the last write waited for the flock (diagnostics)
         self.last_hold_ns = 0  # how long it held the flock
         self._counting = False  # set once migrations have created ``counters``
+        self.throwaway = throwaway
         try:
-            self._open_files()
+            if not throwaway:
+                self._open_files()
             self.conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10
+                ":memory:" if throwaway else self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=10,
             )
-            self._configure()
+            if not throwaway:
+                self._configure()
             self._migrate()
-            self._counting = True
+            self._counting = not throwaway
         except OSError as exc:
             self.close()
             if is_disk_full(exc):
@@ -235,6 +249,9 @@ class SqliteStore:
 
     @contextmanager
     def _flock(self) -> Iterator[None]:
+        if self.throwaway:  # no other process: nothing to queue behind
+            yield
+            return
         started = time.perf_counter_ns()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         locked = time.perf_counter_ns()
