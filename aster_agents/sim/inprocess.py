@@ -58,6 +58,8 @@ class InProcessClient(AsterClient):
         self._wall_to_market = wall_to_market
         # parsed closed candles, shared by the clients of one run: a closed candle never changes
         self._closed = closed_klines if closed_klines is not None else {}
+        # (symbol, interval, limit) -> the closed candles of the last answer, oldest first
+        self._latest: dict[tuple[str, str, int], list[Kline]] = {}
 
     def klines(
         self,
@@ -69,7 +71,38 @@ class InProcessClient(AsterClient):
         *,
         kind: str = "klines",
     ) -> list[Kline]:
-        """As ``AsterClient.klines``, parsing each closed candle once per run."""
+        """As ``AsterClient.klines``, parsing each closed candle once per run.
+
+        The latest ``limit`` candles (no ``startTime``/``endTime``) are asked for from the
+        first candle this client has not yet seen closed, and joined to the closed ones it
+        holds: the same answer (a closed candle never changes), without the simulator
+        rebuilding the whole window every tick.
+        """
+        if start_time is not None or end_time is not None or kind != "klines":
+            return self._klines(symbol, interval, limit, start_time, end_time, kind)
+        key = (symbol, interval, limit)
+        held = self._latest.get(key)
+        if held:
+            newer = self._klines(symbol, interval, limit, held[-1].close_time + 1, None, kind)
+            if 0 < len(newer) < limit:  # else a window passed (or none): ask for the whole one
+                out = (held + newer)[-limit:]
+            else:
+                out = self._klines(symbol, interval, limit, None, None, kind)
+        else:
+            out = self._klines(symbol, interval, limit, None, None, kind)
+        now = self._app.market.now_ms()
+        self._latest[key] = [k for k in out if k.close_time < now]
+        return out
+
+    def _klines(
+        self,
+        symbol: str,
+        interval: str,
+        limit: int,
+        start_time: int | None,
+        end_time: int | None,
+        kind: str,
+    ) -> list[Kline]:
         params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
         if start_time is not None:
             params.append(("startTime", start_time))
