@@ -46,10 +46,27 @@ DEFAULT_BALANCE = Decimal("10000")
 
 
 class MemoryCache(MarketDataCache):
-    """The kline cache in a dict, on the simulated clock (one process, no files)."""
+    """The kline cache in a dict, on the simulated clock (one process, no files): candles
+    are kept as the parsed objects, with no JSON between the agents that share them."""
 
     def __init__(self) -> None:  # no directory: nothing to share with other processes
         self._values: dict[str, tuple[int, bytes | str]] = {}
+        self._klines: dict[str, tuple[int, list[Kline]]] = {}
+
+    def klines(
+        self,
+        key: str,
+        fresh_until_ms: int,
+        fetch: Callable[[], list[Kline]],
+        *,
+        now_ms: int | None = None,
+    ) -> list[Kline]:
+        hit = self._klines.get(key)
+        if hit is not None and now_ms is not None and now_ms < hit[0]:
+            return hit[1]
+        value = fetch()
+        self._klines[key] = (fresh_until_ms, value)
+        return value
 
     def get_or_fetch(
         self,
