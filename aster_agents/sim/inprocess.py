@@ -19,6 +19,7 @@ from aster_agents.errors import BadRequest
 from aster_agents.exchange import parse
 from aster_agents.exchange.http import (
     AsterClient,
+    NoNetwork,
     Params,
     ParamValue,
     _Call,
@@ -53,6 +54,7 @@ class InProcessClient(AsterClient):
             nonces=NonceSource(0),
             agent_id=agent_id,
             max_retries=0,
+            transport=NoNetwork(),
         )
         self._app = app
         self._wall_to_market = wall_to_market
