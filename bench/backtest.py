@@ -8,7 +8,9 @@ Writes a recording of ``--days`` days of 1-minute klines and 8-hourly funding fo
 simulator symbols (from the seeded generator, in the project's recording format), ten agents
 (the rule strategies, one per main account, each on one symbol, 1m interval, ticking every 60
 market seconds), then runs ``run_backtest`` in this process and reports agent-ticks per second
-(target >= 5,000 on the project's 2-core machine) and the process's peak RSS.
+(target >= 5,000 on the project's 2-core machine) and the process's peak RSS. On a shared
+machine read ``cpu_ms_per_agent_tick`` / ``agent_ticks_per_cpu_s`` (CPU time, not wall time)
+with ``load_average_1m``.
 
 For comparison, the first ``--process-minutes`` market minutes of the same recording are
 replayed by the same agents as processes (``aster-agent run`` over loopback HTTP) on a lockstep
@@ -64,7 +66,8 @@ STRATEGIES = (
 def write_recording(out: Path, days: float) -> int:
     """1m klines and funding for every simulator symbol; returns the candle count per symbol."""
     minutes = int(days * 1440) + 100  # + the replay's warm-up
-    market = Market(seed=11, start_ms=START + minutes * 60_000, history_minutes=0)
+    # genesis at START (a UTC midnight), the clock frozen at the end: every minute in between
+    market = Market(seed=11, start_ms=START, history_minutes=0)
     market.freeze(START + minutes * 60_000 - 1)
     for symbol in SYMBOLS:
         rows, t = [], START
@@ -204,6 +207,7 @@ def main() -> None:
         result = run_backtest(fleet, data)
         processes = compare(root, data, args.process_minutes) if args.process_minutes else {}
     rate = result.agent_ticks / max(result.elapsed_s, 1e-9)
+    cpu_rate = result.agent_ticks / max(result.cpu_s, 1e-9)
     doc = {
         "bench": "backtest",
         "agents": len(STRATEGIES),
@@ -213,8 +217,12 @@ def main() -> None:
         "fills": len(result.fills),
         "elapsed_s": round(result.elapsed_s, 2),
         "agent_ticks_per_s": round(rate, 1),
+        "cpu_s": round(result.cpu_s, 2),
+        "cpu_ms_per_agent_tick": round(1000 / cpu_rate, 3),
+        "agent_ticks_per_cpu_s": round(cpu_rate, 1),  # the rate on an idle core
         "target_agent_ticks_per_s": TARGET,
         "ok": rate >= TARGET,
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared: read with it
         "recording_written_s": round(prepared, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **processes,
