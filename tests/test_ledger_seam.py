@@ -11,6 +11,7 @@ import pytest
 
 from aster_agents.errors import ReservationDenied
 from aster_agents.ledger import Ledger
+from aster_agents.ledger.rows import AGENT_COLS
 from aster_agents.models import Side
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aster_agents"
@@ -138,3 +139,23 @@ def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_databa
         assert ledger.mark_sent(intent.client_order_id) and ledger.confirm(intent.client_order_id)
         assert [e.event for e in ledger.audit(10, "a-1")][:2] == ["confirmed", "sent"]
     assert not state.exists()
+
+
+def test_a_throwaway_ledger_finds_an_agents_active_intents_without_scanning_its_history(
+    tmp_path: Path,
+) -> None:
+    """The per-tick reads (an agent's row, its unresolved intents) use the throwaway's
+    partial indexes, so their cost does not grow with every intent the agent ever had."""
+    with Ledger(tmp_path, throwaway=True) as ledger:
+        conn = ledger.store.conn
+        row = conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT {AGENT_COLS} FROM agents a WHERE a.agent_id = ?", ("a",)
+        )
+        assert "throwaway_intents_active" in str(row.fetchall())
+        ledger.register_agent("a", "0xaa", max_positions=1)
+        trace: list[str] = []
+        conn.set_trace_callback(trace.append)  # the statement unresolved_intents runs
+        ledger.unresolved_intents("a")
+        conn.set_trace_callback(None)
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {trace[-1]}").fetchall()
+        assert "throwaway_intents_unresolved" in str(plan)
