@@ -313,7 +313,7 @@ class AgentRunner:
                 "closed {} by its {}{}",
                 intent.symbol,
                 intent.reason or "protective order",
-                self._trip_pnl(intent.symbol),
+                _Later(lambda: self._trip_pnl(intent.symbol)),
             )
 
     def _settle(self, intent: Intent, order: Order) -> None:
@@ -724,7 +724,7 @@ class AgentRunner:
             position.qty,
             signal.reason,
             signal.confidence,
-            self._trip_pnl(symbol),
+            _Later(lambda: self._trip_pnl(symbol)),
         )
 
     def _trip_pnl(self, symbol: str) -> str:
@@ -963,6 +963,17 @@ class AgentRunner:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _Later:
+    """A log argument made only when the line is written: a closed trip's P&L reads the
+    agent's trade history, which nothing needs while logging is off (``backtest``)."""
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+
+    def __format__(self, spec: str) -> str:
+        return format(self._make(), spec)
 
 
 def _fill_problem(symbol: str, order: Order, trade: UserTrade, booked: Decimal) -> str | None:
