@@ -75,6 +75,8 @@ class ReplayMarket(Market):
         self.genesis_ms = recording.start_ms + self.offset_ms
         self.end_ms = recording.end_ms + self.offset_ms - 1
         self._closed: dict[tuple[str, str, int], list[object]] = {}
+        self._marks: dict[str, tuple[int, Decimal]] = {}  # symbol -> the last (time, mark)
+        self._books: dict[str, tuple[int, tuple[Decimal, Decimal]]] = {}
 
     def now_ms(self) -> int:
         return min(super().now_ms(), self.end_ms)
@@ -93,6 +95,30 @@ class ReplayMarket(Market):
         if rec is None:
             return super().funding_rate(symbol, funding_time_ms)
         return rec.funding.get(funding_time_ms - self.offset_ms, Decimal(0))
+
+    def mark(self, symbol: str, t: int | None = None) -> Decimal:
+        """As ``Market.mark``, kept for the last time asked per symbol (a price is a pure
+        function of the time; the engine and every agent ask again at the same instant)."""
+        t = self.now_ms() if t is None else t
+        if symbol in self._pinned or symbol in self._shocks:
+            return super().mark(symbol, t)
+        hit = self._marks.get(symbol)
+        if hit is not None and hit[0] == t:
+            return hit[1]
+        price = super().mark(symbol, t)
+        self._marks[symbol] = (t, price)
+        return price
+
+    def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
+        t = self.now_ms() if t is None else t
+        if symbol in self._pinned or symbol in self._shocks:
+            return super().book(symbol, t)
+        hit = self._books.get(symbol)
+        if hit is not None and hit[0] == t:
+            return hit[1]
+        quote = super().book(symbol, t)
+        self._books[symbol] = (t, quote)
+        return quote
 
     def raw_price(self, symbol: str, t: int | None = None) -> float:
         rec = self._recorded(symbol)
