@@ -169,7 +169,7 @@ class Series:
     @classmethod
     def from_klines(cls, klines: tuple[Kline, ...]) -> Series | None:
         """Convert klines, or None when any price is not a finite positive number."""
-        rows = [_FLOATS.row(k) for k in klines]
+        rows = _FLOATS.rows(klines)
         if not all(r[5] for r in rows):
             return None
         if not rows:
@@ -197,6 +197,13 @@ class _KlineFloats:
 
     def __init__(self) -> None:
         self._rows: dict[int, tuple[Kline, _Row]] = {}
+
+    def rows(self, klines: tuple[Kline, ...]) -> list[_Row]:
+        get = self._rows.get
+        hits = [get(id(k)) for k in klines]
+        if all(h is not None and h[0] is k for h, k in zip(hits, klines, strict=True)):
+            return [h[1] for h in hits]  # type: ignore[index]  # all hits, checked above
+        return [self.row(k) for k in klines]
 
     def row(self, k: Kline) -> _Row:
         """(open, high, low, close, volume >= 0, prices finite and > 0, volume finite)."""
