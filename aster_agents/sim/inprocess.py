@@ -13,7 +13,7 @@ turns such a wall-clock time into the market time the simulator had then.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from aster_agents.errors import BadRequest
 from aster_agents.exchange import parse
@@ -33,6 +33,10 @@ from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
 
 _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
+# Parsed closed candles kept for the clients of a run; past this many they are dropped (each
+# client keeps its own latest window, so only a candle's first parse is shared) to keep a
+# month-long backtest's memory flat.
+CLOSED_KEPT: Final = 20_000
 
 
 class InProcessClient(AsterClient):
@@ -93,7 +97,7 @@ class InProcessClient(AsterClient):
         else:
             out = self._klines(symbol, interval, limit, None, None, kind)
         now = self._app.market.now_ms()
-        self._latest[key] = [k for k in out if k.close_time < now]
+        self._latest[key] = out[:-1] if out and out[-1].close_time >= now else out
         return out
 
     def _klines(
@@ -123,6 +127,8 @@ class InProcessClient(AsterClient):
                 if kline.close_time < now:
                     self._closed[key] = kline
             out.append(kline)
+        if len(self._closed) > CLOSED_KEPT:
+            self._closed.clear()
         return out
 
     def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:

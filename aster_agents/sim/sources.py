@@ -50,6 +50,9 @@ def week_offset(recording_start: int, reference_ms: int) -> int:
     return max(0, math.ceil((reference_ms - recording_start) / WEEK_MS)) * WEEK_MS
 
 
+CLOSED_ROWS_KEPT: Final = 50_000  # closed candle rows a replay keeps built
+
+
 class ReplayMarket(Market):
     """Recorded prices as a pure function of (recording, market time); synthetic elsewhere.
 
@@ -156,6 +159,8 @@ class ReplayMarket(Market):
         if row is None:
             row = self._recorded_candle(rec.klines, symbol, interval, open_ms, now)
             if bucket_close(interval, open_ms) <= now:  # closed candles never change
+                if len(self._closed) >= CLOSED_ROWS_KEPT:  # a month of 1m candles: memory
+                    self._closed.clear()
                 self._closed[key] = row
         return row
 
