@@ -4,8 +4,8 @@
     python bench/backtest.py --days 0.25 --json   # a quick run
     python bench/backtest.py --days 0.25 --process-minutes 10 --json   # and as processes
 
-Writes a recording of ``--days`` days of 1-minute klines and 8-hourly funding for the six
-simulator symbols (from the seeded generator, in the project's recording format), ten agents
+Writes a recording of ``--days`` days of 1-minute klines and 8-hourly funding for the symbols
+the agents trade (from the seeded generator, in the project's recording format), ten agents
 (the rule strategies, one per main account, each on one symbol, 1m interval, ticking every 60
 market seconds), then runs ``run_backtest`` in this process and reports agent-ticks per second
 (target >= 5,000 on the project's 2-core machine) and the process's peak RSS. On a shared
@@ -69,7 +69,7 @@ def write_recording(out: Path, days: float) -> int:
     # genesis at START (a UTC midnight), the clock frozen at the end: every minute in between
     market = Market(seed=11, start_ms=START, history_minutes=0)
     market.freeze(START + minutes * 60_000 - 1)
-    for symbol in SYMBOLS:
+    for symbol in sorted(set(traded())):
         rows, t = [], START
         while t < START + minutes * 60_000:
             batch = market.klines(symbol, "1m", start=t, limit=1500)
@@ -82,6 +82,12 @@ def write_recording(out: Path, days: float) -> int:
     return minutes
 
 
+def traded() -> list[str]:
+    """Each agent's symbol, in agent order (the simulator's symbols in turn)."""
+    symbols = sorted(SYMBOLS)
+    return [symbols[i % len(symbols)] for i in range(1, len(STRATEGIES) + 1)]
+
+
 def write_fleet(
     root: Path, keys: dict[int, str] | None = None, base_url: str = "http://127.0.0.1:1"
 ) -> Path:
@@ -89,7 +95,7 @@ def write_fleet(
     d = root / "agents.d"
     d.mkdir(parents=True)
     (d / "_portfolio.yaml").write_text("state_dir: state\n")
-    symbols = sorted(SYMBOLS)
+    symbols = traded()
     for i, strategy in enumerate(STRATEGIES, 1):
         user, signer = f"0x{i:040x}", f"0x{i + 100:040x}"
         if keys is not None:  # a main account signing for itself
@@ -98,7 +104,7 @@ def write_fleet(
             f"id: bench-{i}\nname: bench {i}\nexchange:\n"
             f'  user: "{user}"\n  signer: "{signer}"\n'
             f"  signer_key_env: BENCH_{i}_KEY\n  base_url: {base_url}\n"
-            f"trading:\n  strategy: {strategy}\n  symbols: [{symbols[i % len(symbols)]}]\n"
+            f"trading:\n  strategy: {strategy}\n  symbols: [{symbols[i - 1]}]\n"
             "  interval: 1m\n  scan_interval_seconds: 60\n  max_positions: 1\n"
             "  min_confidence: 0.5\n  position_size_pct: 0.1\n  leverage: 3\n"
             "  stop_loss_pct: 0.01\n  take_profit_pct: 0.02\nallocation:\n  capital_pct: 1.0\n"
