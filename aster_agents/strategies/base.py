@@ -169,13 +169,13 @@ class Series:
     @classmethod
     def from_klines(cls, klines: tuple[Kline, ...]) -> Series | None:
         """Convert klines, or None when any price is not a finite positive number."""
-        rows = _FLOATS.rows(klines)
-        if not all(r[5] for r in rows):
-            return None
-        if not rows:
+        if not klines:
             return cls((), (), (), (), ())
-        opens, highs, lows, closes, volumes, _, _ = zip(*rows, strict=True)
-        if not all(r[6] for r in rows):
+        rows = _FLOATS.rows(klines)  # 7-tuples: the columns, then the two checks
+        opens, highs, lows, closes, volumes, ok, volumes_ok = zip(*rows, strict=True)
+        if not all(ok):
+            return None
+        if not all(volumes_ok):
             volumes = tuple(0.0 for _ in klines)
         return cls(opens, highs, lows, closes, volumes)
 
@@ -199,16 +199,16 @@ class _KlineFloats:
         self._rows: dict[int, tuple[Kline, _Row]] = {}
 
     def rows(self, klines: tuple[Kline, ...]) -> list[_Row]:
-        get = self._rows.get
-        hits = [get(id(k)) for k in klines]
-        if all(h is not None and h[0] is k for h, k in zip(hits, klines, strict=True)):
-            return [h[1] for h in hits]  # type: ignore[index]  # all hits, checked above
-        return [self.row(k) for k in klines]
+        # An entry keeps its kline alive, so no other live object can have its id.
+        hits = list(map(self._rows.get, map(id, klines)))
+        if None in hits:
+            return [self.row(k) for k in klines]
+        return [h[1] for h in hits]  # type: ignore[index]  # no None, checked above
 
     def row(self, k: Kline) -> _Row:
         """(open, high, low, close, volume >= 0, prices finite and > 0, volume finite)."""
         hit = self._rows.get(id(k))
-        if hit is not None and hit[0] is k:
+        if hit is not None:  # the entry keeps its kline alive: the same object
             return hit[1]
         o, h, lo, c = float(k.open), float(k.high), float(k.low), float(k.close)
         v = max(0.0, float(k.volume))
