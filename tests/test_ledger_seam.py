@@ -125,19 +125,41 @@ def test_check_writable_commits_a_no_op_write(tmp_path: Path) -> None:
 def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """throwaway=True: the same ledger (limits, reservations, audit) with no file in the state
-    dir (no database, flock or sync file), and $ASTER_AGENTS_LEDGER_URL ignored."""
+    """throwaway=True: the same ledger (limits, reservations, fills, audit) with no file in the
+    state dir (no database, flock or sync file), $ASTER_AGENTS_LEDGER_URL ignored, and the
+    per-tick reads kept only until the next write."""
     monkeypatch.setenv("ASTER_AGENTS_LEDGER_URL", "postgresql://nobody@127.0.0.1:1/none")
     state = tmp_path / "state"
     with Ledger(state, throwaway=True) as ledger:
         ledger.set_account_limits("0xaa", max_total_positions=1, max_gross_leverage=Decimal(3))
         ledger.register_agent("a-1", "0xaa", max_positions=1, capital=Decimal(100))
         ledger.register_agent("a-2", "0xaa", max_positions=1, capital=Decimal(100))
+        before = ledger.agent("a-1")
+        assert before is not None and ledger.agent("a-1") is before  # kept while nothing moves
+        ledger.heartbeat("a-1", 1, tick=True)
+        assert (ledger.agent("a-1") or before).ticks == before.ticks + 1  # a write: read again
+        assert ledger.unresolved_intents("a-1") == []
         intent = ledger.reserve("a-1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
+        assert [i.client_order_id for i in ledger.unresolved_intents("a-1")] == [
+            intent.client_order_id
+        ]
         with pytest.raises(ReservationDenied, match="max_total_positions"):
             ledger.reserve("a-2", "ETHUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
         assert ledger.mark_sent(intent.client_order_id) and ledger.confirm(intent.client_order_id)
         assert [e.event for e in ledger.audit(10, "a-1")][:2] == ["confirmed", "sent"]
+        assert ledger.positions(agent_id="a-1") == []
+        ledger.book_fill(
+            intent.client_order_id,
+            trade_id=1,
+            symbol="BTCUSDT",
+            side=Side.BUY,
+            qty=Decimal("0.001"),
+            price=Decimal(3000),
+            realized_pnl=Decimal(0),
+            commission=Decimal(0),
+            time_ms=1,
+        )
+        assert [p.qty for p in ledger.positions(agent_id="a-1")] == [Decimal("0.001")]
     assert not state.exists()
 
 

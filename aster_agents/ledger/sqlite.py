@@ -164,6 +164,7 @@ class SqliteStore:
         self.last_hold_ns = 0  # how long it held the flock
         self._counting = False  # set once migrations have created ``counters``
         self.throwaway = throwaway
+        self.writes = 0  # write transactions begun: a throwaway's readers know nothing moved
         try:
             if not throwaway:
                 self._open_files()
@@ -290,6 +291,7 @@ class SqliteStore:
         """
         try:
             with self._thread_lock:
+                self.writes += 1
                 with self._flock():
                     self.conn.execute("BEGIN IMMEDIATE")
                     try:
