@@ -201,8 +201,8 @@ class _KlineFloats:
     def rows(self, klines: tuple[Kline, ...]) -> list[_Row]:
         # An entry keeps its kline alive, so no other live object can have its id.
         hits = list(map(self._rows.get, map(id, klines)))
-        if None in hits:
-            return [self.row(k) for k in klines]
+        if None in hits:  # the window moved on: convert only the new candles
+            return [self.row(k) if h is None else h[1] for h, k in zip(hits, klines, strict=True)]
         return [h[1] for h in hits]  # type: ignore[index]  # no None, checked above
 
     def row(self, k: Kline) -> _Row:
