@@ -4,11 +4,13 @@
     python bench/backtest.py --days 0.25 --json   # a quick run
     python bench/backtest.py --days 0.25 --process-minutes 10 --json   # and as processes
 
-Writes a recording of ``--days`` days of 1-minute klines and 8-hourly funding for the six
-simulator symbols (from the seeded generator, in the project's recording format), ten agents
+Writes a recording of ``--days`` days of 1-minute klines and 8-hourly funding for the symbols
+the agents trade (from the seeded generator, in the project's recording format), ten agents
 (the rule strategies, one per main account, each on one symbol, 1m interval, ticking every 60
 market seconds), then runs ``run_backtest`` in this process and reports agent-ticks per second
-(target >= 5,000 on the project's 2-core machine) and the process's peak RSS.
+(target >= 5,000 on the project's 2-core machine) and the process's peak RSS. On a shared
+machine read ``cpu_ms_per_agent_tick`` / ``agent_ticks_per_cpu_s`` (CPU time, not wall time)
+with ``load_average_1m``.
 
 For comparison, the first ``--process-minutes`` market minutes of the same recording are
 replayed by the same agents as processes (``aster-agent run`` over loopback HTTP) on a lockstep
@@ -64,9 +66,10 @@ STRATEGIES = (
 def write_recording(out: Path, days: float) -> int:
     """1m klines and funding for every simulator symbol; returns the candle count per symbol."""
     minutes = int(days * 1440) + 100  # + the replay's warm-up
-    market = Market(seed=11, start_ms=START + minutes * 60_000, history_minutes=0)
+    # genesis at START (a UTC midnight), the clock frozen at the end: every minute in between
+    market = Market(seed=11, start_ms=START, history_minutes=0)
     market.freeze(START + minutes * 60_000 - 1)
-    for symbol in SYMBOLS:
+    for symbol in sorted(set(traded())):
         rows, t = [], START
         while t < START + minutes * 60_000:
             batch = market.klines(symbol, "1m", start=t, limit=1500)
@@ -79,6 +82,12 @@ def write_recording(out: Path, days: float) -> int:
     return minutes
 
 
+def traded() -> list[str]:
+    """Each agent's symbol, in agent order (the simulator's symbols in turn)."""
+    symbols = sorted(SYMBOLS)
+    return [symbols[i % len(symbols)] for i in range(1, len(STRATEGIES) + 1)]
+
+
 def write_fleet(
     root: Path, keys: dict[int, str] | None = None, base_url: str = "http://127.0.0.1:1"
 ) -> Path:
@@ -86,7 +95,7 @@ def write_fleet(
     d = root / "agents.d"
     d.mkdir(parents=True)
     (d / "_portfolio.yaml").write_text("state_dir: state\n")
-    symbols = sorted(SYMBOLS)
+    symbols = traded()
     for i, strategy in enumerate(STRATEGIES, 1):
         user, signer = f"0x{i:040x}", f"0x{i + 100:040x}"
         if keys is not None:  # a main account signing for itself
@@ -95,7 +104,7 @@ def write_fleet(
             f"id: bench-{i}\nname: bench {i}\nexchange:\n"
             f'  user: "{user}"\n  signer: "{signer}"\n'
             f"  signer_key_env: BENCH_{i}_KEY\n  base_url: {base_url}\n"
-            f"trading:\n  strategy: {strategy}\n  symbols: [{symbols[i % len(symbols)]}]\n"
+            f"trading:\n  strategy: {strategy}\n  symbols: [{symbols[i - 1]}]\n"
             "  interval: 1m\n  scan_interval_seconds: 60\n  max_positions: 1\n"
             "  min_confidence: 0.5\n  position_size_pct: 0.1\n  leverage: 3\n"
             "  stop_loss_pct: 0.01\n  take_profit_pct: 0.02\nallocation:\n  capital_pct: 1.0\n"
@@ -204,6 +213,7 @@ def main() -> None:
         result = run_backtest(fleet, data)
         processes = compare(root, data, args.process_minutes) if args.process_minutes else {}
     rate = result.agent_ticks / max(result.elapsed_s, 1e-9)
+    cpu_rate = result.agent_ticks / max(result.cpu_s, 1e-9)
     doc = {
         "bench": "backtest",
         "agents": len(STRATEGIES),
@@ -213,8 +223,12 @@ def main() -> None:
         "fills": len(result.fills),
         "elapsed_s": round(result.elapsed_s, 2),
         "agent_ticks_per_s": round(rate, 1),
+        "cpu_s": round(result.cpu_s, 2),
+        "cpu_ms_per_agent_tick": round(1000 / cpu_rate, 3),
+        "agent_ticks_per_cpu_s": round(cpu_rate, 1),  # the rate on an idle core
         "target_agent_ticks_per_s": TARGET,
         "ok": rate >= TARGET,
+        "load_average_1m": round(os.getloadavg()[0], 2),  # the machine is shared: read with it
         "recording_written_s": round(prepared, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **processes,

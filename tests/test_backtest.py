@@ -20,6 +20,7 @@ from aster_agents.sim.sources import ReplayMarket
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
 
 FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"
+PINNED = FIXTURE.parent / "xrp-backtest.json"  # rewritten by tests/data/replay/pin.py
 HOUR = 3_600_000
 FIVE_MIN = 300_000
 START = 1_637_180_400_000  # the fixture's first candle + 100 (the replay's default start)
@@ -64,6 +65,22 @@ def test_two_backtests_of_the_same_recording_are_identical(tmp_path: Path) -> No
     one = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
     two = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
     assert one.fills and one.fills == two.fills
+
+
+def pinned_run(root: Path, strategies: list[str], start: int, end: int) -> dict[str, object]:
+    """A backtest's trades and books as pinned in ``PINNED`` (no timings, no paths)."""
+    fleet = load_fleet(write_fleet(root, tuple(strategies)))
+    doc = run_backtest(fleet, FIXTURE, from_ms=start, to_ms=end).to_json()
+    kept = ("from", "to", "agent_ticks", "agents", "fills")
+    return {"strategies": strategies, **{k: doc[k] for k in kept}}
+
+
+def test_a_short_backtest_books_the_pinned_trades_and_books(tmp_path: Path) -> None:
+    """Four strategies over 12 hours of the fixture: the pinned fills and sleeves, exactly."""
+    pinned = json.loads(PINNED.read_text())
+    got = pinned_run(tmp_path, pinned["strategies"], pinned["from"], pinned["to"])
+    assert got["fills"] == pinned["fills"]  # the trades first: the clearest diff
+    assert got == pinned
 
 
 @dataclass

@@ -26,7 +26,7 @@ from aster_agents.ledger import (
     pid_alive,
 )
 from aster_agents.ledger.sqlite import MIGRATIONS
-from aster_agents.models import Side
+from aster_agents.models import Kline, Side
 from tests.plugins.ledger import kill_child, run_python, spawn_python
 
 D = Decimal
@@ -785,6 +785,37 @@ def test_cache_keeps_type_and_refetches_when_stale(state_dir: Path) -> None:
     assert len(calls) == 2
     assert cache.get_or_fetch("other", 9_999, lambda: "text", now_ms=1) == "text"
     assert cache.fetched_ms("never") is None
+
+
+def test_cache_klines_are_shared_as_json_and_parsed_once_per_stored_value(state_dir: Path) -> None:
+    """``klines``: one fetch while fresh; another instance (process) reads the same candles
+    from the file; an instance hands back its parsed list until the stored value changes."""
+    one, two = MarketDataCache(state_dir), MarketDataCache(state_dir)
+    candles = [
+        Kline(
+            0,
+            Decimal("1.10"),
+            Decimal("1.2"),
+            Decimal("1"),
+            Decimal("1.1"),
+            Decimal("7E+2"),
+            59_999,
+        )
+    ]
+    calls: list[int] = []
+
+    def fetch() -> list[Kline]:
+        calls.append(1)
+        return list(candles)
+
+    first = one.klines("k", 2_000, fetch, now_ms=1_000)
+    assert first == candles and one.klines("k", 2_000, fetch, now_ms=1_500) is first
+    again = two.klines("k", 2_000, fetch, now_ms=1_500)
+    assert again == candles and [str(k.volume) for k in again] == ["7E+2"] and len(calls) == 1
+    assert two.klines("k", 2_000, fetch, now_ms=1_600) is again
+    candles.append(Kline(60_000, *(Decimal(2),) * 5, 119_999))  # the stale value's refetch
+    assert one.klines("k", 3_000, fetch, now_ms=2_000) == candles and len(calls) == 2
+    assert two.klines("k", 3_000, fetch, now_ms=2_500) == candles  # stored anew: parsed anew
 
 
 def test_sent_intent_of_dead_pid_is_never_reaped(tmp_path: Path) -> None:

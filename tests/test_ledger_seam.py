@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from aster_agents.errors import ReservationDenied
 from aster_agents.ledger import Ledger
+from aster_agents.ledger.rows import AGENT_COLS
+from aster_agents.models import Side
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aster_agents"
 LEDGER = PACKAGE / "ledger"
@@ -117,3 +120,64 @@ def test_check_writable_commits_a_no_op_write(tmp_path: Path) -> None:
         before = ledger.audit(100)
         assert ledger.check_writable() >= 0.0
         assert ledger.audit(100) == before
+
+
+def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """throwaway=True: the same ledger (limits, reservations, fills, audit) with no file in the
+    state dir (no database, flock or sync file), $ASTER_AGENTS_LEDGER_URL ignored, and the
+    per-tick reads kept only until the next write."""
+    monkeypatch.setenv("ASTER_AGENTS_LEDGER_URL", "postgresql://nobody@127.0.0.1:1/none")
+    state = tmp_path / "state"
+    with Ledger(state, throwaway=True) as ledger:
+        ledger.set_account_limits("0xaa", max_total_positions=1, max_gross_leverage=Decimal(3))
+        ledger.register_agent("a-1", "0xaa", max_positions=1, capital=Decimal(100))
+        ledger.register_agent("a-2", "0xaa", max_positions=1, capital=Decimal(100))
+        before = ledger.agent("a-1")
+        assert before is not None and ledger.agent("a-1") is before  # kept while nothing moves
+        ledger.heartbeat("a-1", 1, tick=True)
+        assert (ledger.agent("a-1") or before).ticks == before.ticks + 1  # a write: read again
+        assert ledger.unresolved_intents("a-1") == []
+        intent = ledger.reserve("a-1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
+        assert [i.client_order_id for i in ledger.unresolved_intents("a-1")] == [
+            intent.client_order_id
+        ]
+        with pytest.raises(ReservationDenied, match="max_total_positions"):
+            ledger.reserve("a-2", "ETHUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
+        assert ledger.mark_sent(intent.client_order_id) and ledger.confirm(intent.client_order_id)
+        assert [e.event for e in ledger.audit(10, "a-1")][:2] == ["confirmed", "sent"]
+        assert ledger.positions(agent_id="a-1") == []
+        ledger.book_fill(
+            intent.client_order_id,
+            trade_id=1,
+            symbol="BTCUSDT",
+            side=Side.BUY,
+            qty=Decimal("0.001"),
+            price=Decimal(3000),
+            realized_pnl=Decimal(0),
+            commission=Decimal(0),
+            time_ms=1,
+        )
+        assert [p.qty for p in ledger.positions(agent_id="a-1")] == [Decimal("0.001")]
+    assert not state.exists()
+
+
+def test_a_throwaway_ledger_finds_an_agents_active_intents_without_scanning_its_history(
+    tmp_path: Path,
+) -> None:
+    """The per-tick reads (an agent's row, its unresolved intents) use the throwaway's
+    partial indexes, so their cost does not grow with every intent the agent ever had."""
+    with Ledger(tmp_path, throwaway=True) as ledger:
+        conn = ledger.store.conn
+        row = conn.execute(
+            f"EXPLAIN QUERY PLAN SELECT {AGENT_COLS} FROM agents a WHERE a.agent_id = ?", ("a",)
+        )
+        assert "throwaway_intents_active" in str(row.fetchall())
+        ledger.register_agent("a", "0xaa", max_positions=1)
+        trace: list[str] = []
+        conn.set_trace_callback(trace.append)  # the statement unresolved_intents runs
+        ledger.unresolved_intents("a")
+        conn.set_trace_callback(None)
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {trace[-1]}").fetchall()
+        assert "throwaway_intents_unresolved" in str(plan)

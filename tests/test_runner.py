@@ -15,6 +15,7 @@ from aster_agents.config.schema import load_fleet
 from aster_agents.exchange.base import RequestLog
 from aster_agents.exchange.http import AsterClient
 from aster_agents.ledger import Ledger, MarketDataCache
+from aster_agents.logs import logger
 from aster_agents.signing import NonceSource, Signer
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
@@ -100,7 +101,11 @@ def open_orders(fleet: Fleet, symbol: str) -> list[tuple[str, str, bool]]:
 def test_agent_opens_protects_and_closes(
     sim: SimServer, tmp_path: Path, closing: ExitStack
 ) -> None:
-    """An entry gets a stop and a take-profit; a close cancels them and books the P&L."""
+    """An entry gets a stop and a take-profit; a close cancels them, books the P&L and logs
+    the trip's P&L on its line."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), format="{message}", level="INFO")
+    closing.callback(logger.remove, sink)
     fleet = make_fleet(
         tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"], stop_loss_pct=0.2, take_profit_pct=0.5
     )
@@ -126,6 +131,9 @@ def test_agent_opens_protects_and_closes(
     assert row is not None
     assert row.realized_pnl == sum((t.realized_pnl for t in acct.trades), Decimal(0))
     assert row.fees == sum((t.commission for t in acct.trades), Decimal(0))
+    closed = [line for line in lines if line.startswith("closed BTCUSDT")]
+    pnl = row.realized_pnl - row.fees + row.funding
+    assert len(closed) == 1 and f"; P&L {pnl.normalize():+f} USDT (realized" in closed[0]
 
 
 def test_request_meter_adds_up_every_request_through_the_hook(

@@ -56,6 +56,25 @@ def test_replay_serves_the_recorded_candles_shifted_by_whole_weeks() -> None:
     assert served == [(int(r[0]), D(r[2]), D(r[4])) for r in _recorded()]
 
 
+def test_a_mark_kept_for_its_instant_equals_a_fresh_one_and_yields_to_pins_and_shocks() -> None:
+    """Marks and books asked again at the same instant are the ones a fresh market gives;
+    a pin or a shock of the symbol applies at once, and its removal too."""
+    market, fresh = _market(), _market()
+    times = [market.start_ms + k * 61_000 for k in range(12)]
+    for t in times + times[::-1]:
+        market.freeze(t)
+        fresh.freeze(t)
+        assert market.mark("XRPUSDT") == fresh.mark("XRPUSDT")
+        assert market.book("XRPUSDT") == market.book("XRPUSDT", t) == fresh.book("XRPUSDT", t)
+    before = market.mark("XRPUSDT")
+    market.pin("XRPUSDT", D("2.5"))
+    assert market.mark("XRPUSDT") == D("2.5") and market.book("XRPUSDT")[0] < D("2.5")
+    market.pin("XRPUSDT", None)
+    assert market.mark("XRPUSDT") == before
+    market.shock("XRPUSDT", D("-0.5"))
+    assert market.mark("XRPUSDT") < before
+
+
 def test_coarser_intervals_aggregate_the_recording_and_finer_ones_are_refused() -> None:
     """A 1h candle is twelve recorded 5m candles; 1m is finer than the recording: -1120."""
     market = _market()

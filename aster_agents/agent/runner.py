@@ -26,7 +26,6 @@ operator (``aster-agent flatten``) stands down: it touches no order until enable
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import signal
 import threading
@@ -183,7 +182,6 @@ class AgentRunner:
         self.distrusted = 0  # exchange answers refused as not matching their intent
         self.full = FullDisk()
         self.last_prices: dict[str, Decimal] = {}
-        self.parsed_klines: dict[str, tuple[bytes | str, list[Kline]]] = {}  # cache key -> both
         self.ticks = 0
         self.tick_count = 0
         self.governor = Governor(fleet, agent.id, ledger)
@@ -315,7 +313,7 @@ class AgentRunner:
                 "closed {} by its {}{}",
                 intent.symbol,
                 intent.reason or "protective order",
-                self._trip_pnl(intent.symbol),
+                _Later(lambda: self._trip_pnl(intent.symbol)),
             )
 
     def _settle(self, intent: Intent, order: Order) -> None:
@@ -530,23 +528,12 @@ class AgentRunner:
         limit = min(KLINE_LIMIT_MAX, max(KLINE_FLOOR, self.strategy.min_klines + 2))
         ttl_ms = max(1000, int(INTERVAL_MS[interval] / self.market_speed / 4))
         key = f"klines:{self.agent.exchange.base_url}:{symbol}:{interval}:{limit}"
-
-        fetched: list[Kline] = []
-
-        def fetch() -> str:
-            fetched.extend(self.client.klines(symbol, interval, limit=limit))
-            return _dump_klines(fetched)
-
         now, step = self.clock(), INTERVAL_MS[interval]
         # never past the forming candle's close: the next tick after it sees the closed one
         fresh_until = min(now + ttl_ms, (now // step + 1) * step)
-        raw = self.cache.get_or_fetch(key, fresh_until, fetch, now_ms=now)
-        memo = self.parsed_klines.get(key)
-        if memo is not None and memo[0] == raw:  # the cache's value as parsed last time
-            klines = memo[1]
-        else:  # fetched just now: already parsed; else another agent's fetch
-            klines = fetched or _load_klines(raw)
-            self.parsed_klines[key] = (raw, klines)
+        klines = self.cache.klines(
+            key, fresh_until, lambda: self.client.klines(symbol, interval, limit=limit), now_ms=now
+        )
         return klines[:-1]  # the last one is the candle still forming
 
     # ------------------------------------------------------------------ entries
@@ -737,7 +724,7 @@ class AgentRunner:
             position.qty,
             signal.reason,
             signal.confidence,
-            self._trip_pnl(symbol),
+            _Later(lambda: self._trip_pnl(symbol)),
         )
 
     def _trip_pnl(self, symbol: str) -> str:
@@ -978,6 +965,17 @@ class AgentRunner:
 # ---------------------------------------------------------------------- helpers
 
 
+class _Later:
+    """A log argument made only when the line is written: a closed trip's P&L reads the
+    agent's trade history, which nothing needs while logging is off (``backtest``)."""
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+
+    def __format__(self, spec: str) -> str:
+        return format(self._make(), spec)
+
+
 def _fill_problem(symbol: str, order: Order, trade: UserTrade, booked: Decimal) -> str | None:
     """Why ``trade`` cannot be a fill of ``order`` (already ``booked``), or None."""
     if trade.symbol != symbol or order.symbol != symbol:
@@ -1008,39 +1006,6 @@ def _is_exit(signal: Signal, qty: Decimal) -> bool:
     if signal.action is Action.CLOSE:
         return True
     return (signal.action is Action.LONG and qty < 0) or (signal.action is Action.SHORT and qty > 0)
-
-
-def _dump_klines(klines: list[Kline]) -> str:
-    return json.dumps(
-        [
-            [
-                k.open_time,
-                str(k.open),
-                str(k.high),
-                str(k.low),
-                str(k.close),
-                str(k.volume),
-                k.close_time,
-            ]
-            for k in klines
-        ]
-    )
-
-
-def _load_klines(raw: bytes | str) -> list[Kline]:
-    rows = json.loads(raw)
-    return [
-        Kline(
-            int(r[0]),
-            Decimal(r[1]),
-            Decimal(r[2]),
-            Decimal(r[3]),
-            Decimal(r[4]),
-            Decimal(r[5]),
-            int(r[6]),
-        )
-        for r in rows
-    ]
 
 
 @contextmanager

@@ -46,10 +46,27 @@ DEFAULT_BALANCE = Decimal("10000")
 
 
 class MemoryCache(MarketDataCache):
-    """The kline cache in a dict, on the simulated clock (one process, no files)."""
+    """The kline cache in a dict, on the simulated clock (one process, no files): candles
+    are kept as the parsed objects, with no JSON between the agents that share them."""
 
     def __init__(self) -> None:  # no directory: nothing to share with other processes
         self._values: dict[str, tuple[int, bytes | str]] = {}
+        self._klines: dict[str, tuple[int, list[Kline]]] = {}
+
+    def klines(
+        self,
+        key: str,
+        fresh_until_ms: int,
+        fetch: Callable[[], list[Kline]],
+        *,
+        now_ms: int | None = None,
+    ) -> list[Kline]:
+        hit = self._klines.get(key)
+        if hit is not None and now_ms is not None and now_ms < hit[0]:
+            return hit[1]
+        value = fetch()
+        self._klines[key] = (fresh_until_ms, value)
+        return value
 
     def get_or_fetch(
         self,
@@ -154,6 +171,7 @@ class BacktestResult:
     end_ms: int
     agent_ticks: int
     elapsed_s: float
+    cpu_s: float  # this process's CPU time over the same span (a shared machine's honest figure)
     agents: tuple[AgentSummary, ...]
     fills: tuple[BacktestFill, ...]
 
@@ -164,6 +182,7 @@ class BacktestResult:
             "to": self.end_ms,
             "agent_ticks": self.agent_ticks,
             "elapsed_s": round(self.elapsed_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
             "agent_ticks_per_s": round(self.agent_ticks / max(self.elapsed_s, 1e-9), 1),
             "agents": [a.to_json() for a in self.agents],
             "fills": [f.to_json() for f in self.fills],
@@ -220,14 +239,14 @@ def run_backtest(
         app.add_account(account)
     with tempfile.TemporaryDirectory(prefix="aster-backtest-", dir=_fast_tmp()) as tmp:
         books = Path(tmp) if state_dir is None else state_dir
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         logger.disable("aster_agents")
         try:
-            with Ledger(books) as ledger:
+            with Ledger(books, throwaway=state_dir is None) as ledger:
                 runners = _runners(fleet, agents, app, ledger, clock, strategies or {})
                 ticks = _drive(app, clock, runners, start, end)
-                elapsed = time.perf_counter() - started
-                return _result(data_dir, start, end, ticks, elapsed, agents, ledger)
+                spent = (time.perf_counter() - started, time.process_time() - cpu)
+                return _result(data_dir, start, end, ticks, spent, agents, ledger)
         finally:
             logger.enable("aster_agents")
 
@@ -307,7 +326,7 @@ def _result(
     start: int,
     end: int,
     ticks: int,
-    elapsed: float,
+    spent: tuple[float, float],
     agents: Sequence[AgentConfig],
     ledger: Ledger,
 ) -> BacktestResult:
@@ -344,4 +363,4 @@ def _result(
         )
         for f in sorted(ledger.trade_fills(), key=lambda f: (f.time_ms, f.trade_id))
     )
-    return BacktestResult(data_dir, start, end, ticks, elapsed, tuple(summaries), fills)
+    return BacktestResult(data_dir, start, end, ticks, *spent, tuple(summaries), fills)

@@ -97,8 +97,13 @@ def ledger_url(configured: str | None = None) -> str | None:
     return os.environ.get(LEDGER_URL_ENV) or configured or None
 
 
-def open_store(state_dir: Path, url: str | None = None) -> Store:
-    """The store for ``url`` (see ``ledger_url``), else the SQLite file in ``state_dir``."""
+def open_store(state_dir: Path, url: str | None = None, *, throwaway: bool = False) -> Store:
+    """The store for ``url`` (see ``ledger_url``), else the SQLite file in ``state_dir``;
+    ``throwaway``: an in-memory SQLite database for this process only, whatever the URL."""
+    if throwaway:
+        from aster_agents.ledger.sqlite import SqliteStore
+
+        return SqliteStore(state_dir, throwaway=True)
     url = ledger_url(url)
     if url is None:
         from aster_agents.ledger.sqlite import SqliteStore

@@ -9,26 +9,31 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import struct
 import threading
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Final
 
 from aster_agents import models
 from aster_agents.fsutil import is_disk_full, make_private_dir
+from aster_agents.models import Kline
 
 _HEADER: Final = struct.Struct("<qqB")  # fetched_ms, fresh_until_ms, is_text
 _SAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class MarketDataCache:
-    """``get_or_fetch`` serves a stored value while the clock is before its ``fresh_until_ms``."""
+    """``get_or_fetch`` serves a stored value while the clock is before its ``fresh_until_ms``;
+    ``klines`` does the same for candles (stored as JSON, parsed once per stored value)."""
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir) / "cache"
+        self._parsed: dict[str, tuple[bytes | str, list[Kline]]] = {}  # key -> stored, parsed
         try:
             make_private_dir(self.dir)
         except OSError as exc:
@@ -72,6 +77,30 @@ class MarketDataCache:
         finally:
             os.close(fd)
 
+    def klines(
+        self,
+        key: str,
+        fresh_until_ms: int,
+        fetch: Callable[[], list[Kline]],
+        *,
+        now_ms: int | None = None,
+    ) -> list[Kline]:
+        """``get_or_fetch`` for a list of candles: stored as JSON for the other processes,
+        parsed again only when the stored value changed since this instance last read it."""
+        fetched: list[Kline] = []
+
+        def fetch_text() -> str:
+            fetched.extend(fetch())
+            return dump_klines(fetched)
+
+        raw = self.get_or_fetch(key, fresh_until_ms, fetch_text, now_ms=now_ms)
+        memo = self._parsed.get(key)
+        if memo is not None and memo[0] == raw:
+            return memo[1]
+        klines = fetched or load_klines(raw)  # fetched just now: already parsed
+        self._parsed[key] = (raw, klines)
+        return klines
+
     def fetched_ms(self, key: str) -> int | None:
         """When the stored value for ``key`` was fetched, if any."""
         try:
@@ -111,3 +140,35 @@ class MarketDataCache:
                 tmp.unlink()
             if not is_disk_full(exc):
                 raise
+
+
+def dump_klines(klines: list[Kline]) -> str:
+    return json.dumps(
+        [
+            [
+                k.open_time,
+                str(k.open),
+                str(k.high),
+                str(k.low),
+                str(k.close),
+                str(k.volume),
+                k.close_time,
+            ]
+            for k in klines
+        ]
+    )
+
+
+def load_klines(raw: bytes | str) -> list[Kline]:
+    return [
+        Kline(
+            int(r[0]),
+            Decimal(r[1]),
+            Decimal(r[2]),
+            Decimal(r[3]),
+            Decimal(r[4]),
+            Decimal(r[5]),
+            int(r[6]),
+        )
+        for r in json.loads(raw)
+    ]

@@ -13,11 +13,11 @@ case: ``agents``, ``intents`` (with ``limits``), ``fills``, ``books``, ``income`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import agents, audit, books, fills, history, income, intents, reports
@@ -49,11 +49,16 @@ from aster_agents.ledger.rows import (
 from aster_agents.models import Side
 
 REBALANCE_LOCK: Final = "rebalance"
+T = TypeVar("T")
 
 
 class Ledger:
     """The shared ledger: ``<state_dir>/ledger.sqlite3``, or the PostgreSQL database of
-    ``url`` / ``$ASTER_AGENTS_LEDGER_URL`` (``backend.ledger_url``); one instance per process."""
+    ``url`` / ``$ASTER_AGENTS_LEDGER_URL`` (``backend.ledger_url``); one instance per process.
+
+    ``throwaway=True``: a ledger in this process's memory, gone when it is closed (``backtest``);
+    no file, lock or sync, and never the configured PostgreSQL database.
+    """
 
     def __init__(
         self,
@@ -63,8 +68,13 @@ class Ledger:
         reap_interval_s: float = REAP_INTERVAL_S,
         reap_min_age_s: float = REAP_MIN_AGE_S,
         url: str | None = None,
+        throwaway: bool = False,
     ) -> None:
-        self.store: Store = open_store(Path(state_dir), url)
+        self.store: Store = open_store(Path(state_dir), url, throwaway=throwaway)
+        # A throwaway ledger has no other writer: a read is kept until this process writes.
+        self._kept: dict[tuple[str, str | None, str | None], tuple[int, object]] | None = (
+            {} if throwaway else None
+        )
         self.state_dir = self.store.state_dir
         self.host = host_name()
         self._reaper = intents.Reaper(
@@ -76,6 +86,18 @@ class Ledger:
 
     def close(self) -> None:
         self.store.close()
+
+    def _keep(self, key: tuple[str, str | None, str | None], read: Callable[[], T]) -> T:
+        """``read()``, or (throwaway ledger) its last answer while nothing was written since."""
+        if self._kept is None:
+            return read()
+        writes = getattr(self.store, "writes", -1)
+        hit = self._kept.get(key)
+        if hit is not None and hit[0] == writes:
+            return hit[1]  # type: ignore[return-value]  # stored by this key's read
+        value = read()
+        self._kept[key] = (writes, value)
+        return value
 
     def __enter__(self) -> Ledger:
         return self
@@ -168,7 +190,7 @@ class Ledger:
             agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
 
     def agent(self, agent_id: str) -> AgentRow | None:
-        return agents.get(self.store.conn, agent_id)
+        return self._keep(("agent", agent_id, None), lambda: agents.get(self.store.conn, agent_id))
 
     def agent_rows(self) -> list[AgentRow]:
         return agents.rows(self.store.conn)
@@ -286,7 +308,10 @@ class Ledger:
 
     def unresolved_intents(self, agent_id: str) -> list[Intent]:
         """Intents still reserved or confirmed, plus reaped ones that were marked sent."""
-        return intents.unresolved(self.store.conn, agent_id)
+        found = self._keep(
+            ("unresolved", agent_id, None), lambda: intents.unresolved(self.store.conn, agent_id)
+        )
+        return list(found)
 
     def intent_symbols(self, user: str) -> set[str]:
         """Every symbol an agent of ``user`` ever placed an order on."""
@@ -384,7 +409,10 @@ class Ledger:
         self, agent_id: str | None = None, user: str | None = None
     ) -> list[LedgerPosition]:
         """Open positions, optionally of one agent and/or one account."""
-        return fills.positions(self.store.conn, agent_id, user)
+        found = self._keep(
+            ("positions", agent_id, user), lambda: fills.positions(self.store.conn, agent_id, user)
+        )
+        return list(found)
 
     def symbol_owner(self, user: str, symbol: str) -> str | None:
         """The agent holding ``symbol`` on ``user`` (position or active open intent)."""

@@ -29,6 +29,11 @@ Commits that need no sync of their own (``durable=False``) become durable with t
 synced one, because every sync covers the whole prefix before it. That is the case for
 writes nothing outside the ledger acts on before a later durable write: a reservation (its
 order goes out only after the durable ``mark_sent``), a release, a heartbeat.
+
+A *throwaway* store (``throwaway=True``) is for one process that discards its ledger when it
+is done (``backtest``): the database lives in memory, with no file, flock, sync or lock-wait
+histogram, and no other process can see it. Everything else (schema, migrations,
+transactions, triggers) is the same.
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ SYNC_NAME: Final = "ledger.sync"
 _SQLITE_IOERR: Final = 10
 _SQLITE_FULL: Final = 13
 _NEARLY_FULL_BYTES: Final = 256 << 10
+
+
+# Indexes only a throwaway ledger adds (after the migrations): each agent's tick asks for its
+# unresolved intents and its row (which counts its active opens); the migrations' index on
+# (agent_id, seq) makes both scan every intent the agent ever had, a cost that grows with the
+# run. Same answers, no schema change; a process ledger would want them as a migration.
+_THROWAWAY_INDEXES: Final = (
+    "CREATE INDEX throwaway_intents_active ON intents (agent_id, kind) "
+    "WHERE state IN ('reserved', 'confirmed')",
+    "CREATE INDEX throwaway_intents_unresolved ON intents (agent_id, seq) "
+    "WHERE state IN ('reserved', 'confirmed') OR (state = 'expired' AND sent = 1)",
+)
 
 
 def _nearly_full(directory: Path) -> bool:
@@ -127,10 +144,13 @@ class SqliteStore:
     """One connection to ``<state_dir>/ledger.sqlite3`` plus the writer flock.
 
     ``sync`` makes a file descriptor's data durable (``os.fdatasync`` where it exists); it is
-    a parameter so tests can count and inspect what is synced.
+    a parameter so tests can count and inspect what is synced. ``throwaway``: an in-memory
+    database for this process alone (see the module docstring).
     """
 
-    def __init__(self, state_dir: Path, *, sync: Sync = DEFAULT_SYNC) -> None:
+    def __init__(
+        self, state_dir: Path, *, sync: Sync = DEFAULT_SYNC, throwaway: bool = False
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DB_NAME
         self.wal_path = self.state_dir / f"{DB_NAME}-wal"
@@ -143,14 +163,23 @@ class SqliteStore:
         self.last_wait_ns = 0  # how long the last write waited for the flock (diagnostics)
         self.last_hold_ns = 0  # how long it held the flock
         self._counting = False  # set once migrations have created ``counters``
+        self.throwaway = throwaway
+        self.writes = 0  # write transactions begun: a throwaway's readers know nothing moved
         try:
-            self._open_files()
+            if not throwaway:
+                self._open_files()
             self.conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=10
+                ":memory:" if throwaway else self.path,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=10,
             )
-            self._configure()
+            if not throwaway:
+                self._configure()
             self._migrate()
-            self._counting = True
+            self._counting = not throwaway
+            for sql in _THROWAWAY_INDEXES if throwaway else ():
+                self.conn.execute(sql)
         except OSError as exc:
             self.close()
             if is_disk_full(exc):
@@ -235,6 +264,9 @@ class SqliteStore:
 
     @contextmanager
     def _flock(self) -> Iterator[None]:
+        if self.throwaway:  # no other process: nothing to queue behind
+            yield
+            return
         started = time.perf_counter_ns()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         locked = time.perf_counter_ns()
@@ -259,6 +291,7 @@ class SqliteStore:
         """
         try:
             with self._thread_lock:
+                self.writes += 1
                 with self._flock():
                     self.conn.execute("BEGIN IMMEDIATE")
                     try:

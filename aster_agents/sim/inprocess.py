@@ -13,12 +13,13 @@ turns such a wall-clock time into the market time the simulator had then.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from aster_agents.errors import BadRequest
 from aster_agents.exchange import parse
 from aster_agents.exchange.http import (
     AsterClient,
+    NoNetwork,
     Params,
     ParamValue,
     _Call,
@@ -32,6 +33,10 @@ from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
 
 _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
+# Parsed closed candles kept for the clients of a run; past this many they are dropped (each
+# client keeps its own latest window, so only a candle's first parse is shared) to keep a
+# month-long backtest's memory flat.
+CLOSED_KEPT: Final = 20_000
 
 
 class InProcessClient(AsterClient):
@@ -53,11 +58,14 @@ class InProcessClient(AsterClient):
             nonces=NonceSource(0),
             agent_id=agent_id,
             max_retries=0,
+            transport=NoNetwork(),
         )
         self._app = app
         self._wall_to_market = wall_to_market
         # parsed closed candles, shared by the clients of one run: a closed candle never changes
         self._closed = closed_klines if closed_klines is not None else {}
+        # (symbol, interval, limit) -> the closed candles of the last answer, oldest first
+        self._latest: dict[tuple[str, str, int], list[Kline]] = {}
 
     def klines(
         self,
@@ -69,7 +77,38 @@ class InProcessClient(AsterClient):
         *,
         kind: str = "klines",
     ) -> list[Kline]:
-        """As ``AsterClient.klines``, parsing each closed candle once per run."""
+        """As ``AsterClient.klines``, parsing each closed candle once per run.
+
+        The latest ``limit`` candles (no ``startTime``/``endTime``) are asked for from the
+        first candle this client has not yet seen closed, and joined to the closed ones it
+        holds: the same answer (a closed candle never changes), without the simulator
+        rebuilding the whole window every tick.
+        """
+        if start_time is not None or end_time is not None or kind != "klines":
+            return self._klines(symbol, interval, limit, start_time, end_time, kind)
+        key = (symbol, interval, limit)
+        held = self._latest.get(key)
+        if held:
+            newer = self._klines(symbol, interval, limit, held[-1].close_time + 1, None, kind)
+            if 0 < len(newer) < limit:  # else a window passed (or none): ask for the whole one
+                out = (held + newer)[-limit:]
+            else:
+                out = self._klines(symbol, interval, limit, None, None, kind)
+        else:
+            out = self._klines(symbol, interval, limit, None, None, kind)
+        now = self._app.market.now_ms()
+        self._latest[key] = out[:-1] if out and out[-1].close_time >= now else out
+        return out
+
+    def _klines(
+        self,
+        symbol: str,
+        interval: str,
+        limit: int,
+        start_time: int | None,
+        end_time: int | None,
+        kind: str,
+    ) -> list[Kline]:
         params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
         if start_time is not None:
             params.append(("startTime", start_time))
@@ -88,6 +127,8 @@ class InProcessClient(AsterClient):
                 if kline.close_time < now:
                     self._closed[key] = kline
             out.append(kline)
+        if len(self._closed) > CLOSED_KEPT:
+            self._closed.clear()
         return out
 
     def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:

@@ -12,6 +12,7 @@ close along straight lines, so the mark price, the current candle and the book a
 from __future__ import annotations
 
 import calendar
+import functools
 import itertools
 import math
 import random
@@ -169,6 +170,7 @@ def _fmt(x: float, places: int) -> Decimal:
     return Decimal(f"{x:.{places}f}")
 
 
+@functools.cache  # a handful of tick and step sizes
 def _places(step: Decimal) -> int:
     return max(0, -int(step.normalize().as_tuple().exponent))
 

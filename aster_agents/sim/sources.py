@@ -50,6 +50,9 @@ def week_offset(recording_start: int, reference_ms: int) -> int:
     return max(0, math.ceil((reference_ms - recording_start) / WEEK_MS)) * WEEK_MS
 
 
+CLOSED_ROWS_KEPT: Final = 50_000  # closed candle rows a replay keeps built
+
+
 class ReplayMarket(Market):
     """Recorded prices as a pure function of (recording, market time); synthetic elsewhere.
 
@@ -75,9 +78,12 @@ class ReplayMarket(Market):
         self.genesis_ms = recording.start_ms + self.offset_ms
         self.end_ms = recording.end_ms + self.offset_ms - 1
         self._closed: dict[tuple[str, str, int], list[object]] = {}
+        self._marks: dict[str, tuple[int, Decimal]] = {}  # symbol -> the last (time, mark)
+        self._books: dict[str, tuple[int, tuple[Decimal, Decimal]]] = {}
 
     def now_ms(self) -> int:
-        return min(super().now_ms(), self.end_ms)
+        frozen = self._frozen_ms  # a backtest asks often, always frozen
+        return min(super().now_ms() if frozen is None else frozen, self.end_ms)
 
     @property
     def finished(self) -> bool:
@@ -93,6 +99,30 @@ class ReplayMarket(Market):
         if rec is None:
             return super().funding_rate(symbol, funding_time_ms)
         return rec.funding.get(funding_time_ms - self.offset_ms, Decimal(0))
+
+    def mark(self, symbol: str, t: int | None = None) -> Decimal:
+        """As ``Market.mark``, kept for the last time asked per symbol (a price is a pure
+        function of the time; the engine and every agent ask again at the same instant)."""
+        t = self.now_ms() if t is None else t
+        if symbol in self._pinned or symbol in self._shocks:
+            return super().mark(symbol, t)
+        hit = self._marks.get(symbol)
+        if hit is not None and hit[0] == t:
+            return hit[1]
+        price = super().mark(symbol, t)
+        self._marks[symbol] = (t, price)
+        return price
+
+    def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
+        t = self.now_ms() if t is None else t
+        if symbol in self._pinned or symbol in self._shocks:
+            return super().book(symbol, t)
+        hit = self._books.get(symbol)
+        if hit is not None and hit[0] == t:
+            return hit[1]
+        quote = super().book(symbol, t)
+        self._books[symbol] = (t, quote)
+        return quote
 
     def raw_price(self, symbol: str, t: int | None = None) -> float:
         rec = self._recorded(symbol)
@@ -130,6 +160,8 @@ class ReplayMarket(Market):
         if row is None:
             row = self._recorded_candle(rec.klines, symbol, interval, open_ms, now)
             if bucket_close(interval, open_ms) <= now:  # closed candles never change
+                if len(self._closed) >= CLOSED_ROWS_KEPT:  # a month of 1m candles: memory
+                    self._closed.clear()
                 self._closed[key] = row
         return row
 

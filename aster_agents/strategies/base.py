@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
@@ -169,19 +169,58 @@ class Series:
     @classmethod
     def from_klines(cls, klines: tuple[Kline, ...]) -> Series | None:
         """Convert klines, or None when any price is not a finite positive number."""
-        cols = [[float(getattr(k, f)) for k in klines] for f in ("open", "high", "low", "close")]
-        if not all(math.isfinite(v) and v > 0.0 for col in cols for v in col):
+        if not klines:
+            return cls((), (), (), (), ())
+        rows = _FLOATS.rows(klines)  # 7-tuples: the columns, then the two checks
+        opens, highs, lows, closes, volumes, ok, volumes_ok = zip(*rows, strict=True)
+        if not all(ok):
             return None
-        volumes = tuple(max(0.0, float(k.volume)) for k in klines)
-        if not all(math.isfinite(v) for v in volumes):
+        if not all(volumes_ok):
             volumes = tuple(0.0 for _ in klines)
-        opens, highs, lows, closes = (tuple(c) for c in cols)
         return cls(opens, highs, lows, closes, volumes)
 
     @property
     def last(self) -> float:
         """The last close."""
         return self.closes[-1]
+
+
+_Row = tuple[float, float, float, float, float, bool, bool]
+
+
+class _KlineFloats:
+    """Each kline's columns as floats, converted once: the runner hands a strategy the same
+    Kline objects tick after tick (a window that moves by one candle), so a pure memo keyed
+    by the object spares converting the whole window again. Bounded; one per process."""
+
+    LIMIT: Final = 20_000
+
+    def __init__(self) -> None:
+        self._rows: dict[int, tuple[Kline, _Row]] = {}
+
+    def rows(self, klines: tuple[Kline, ...]) -> list[_Row]:
+        # An entry keeps its kline alive, so no other live object can have its id.
+        hits = list(map(self._rows.get, map(id, klines)))
+        if None in hits:  # the window moved on: convert only the new candles
+            return [self.row(k) if h is None else h[1] for h, k in zip(hits, klines, strict=True)]
+        return [h[1] for h in hits]  # type: ignore[index]  # no None, checked above
+
+    def row(self, k: Kline) -> _Row:
+        """(open, high, low, close, volume >= 0, prices finite and > 0, volume finite)."""
+        hit = self._rows.get(id(k))
+        if hit is not None:  # the entry keeps its kline alive: the same object
+            return hit[1]
+        o, h, lo, c = float(k.open), float(k.high), float(k.low), float(k.close)
+        v = max(0.0, float(k.volume))
+        ok = all(math.isfinite(x) and x > 0.0 for x in (o, h, lo, c))
+        row = (o, h, lo, c, v, ok, math.isfinite(v))
+        if len(self._rows) >= self.LIMIT:
+            self._rows.clear()
+        self._rows[id(k)] = (k, row)
+        return row
+
+
+_FLOATS = _KlineFloats()
 
 
 class RuleStrategy(ABC):
