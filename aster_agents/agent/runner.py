@@ -1010,18 +1010,36 @@ def _is_exit(signal: Signal, qty: Decimal) -> bool:
 
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop``; the loop finishes its current step and returns."""
+    """SIGTERM/SIGINT set ``stop``; the loop finishes its current step and returns.
+
+    The handler only sets flags. Logging from it would re-enter loguru's handler lock when the
+    signal interrupts the main thread inside a log call (loguru then drops the record with a
+    "Logging error" and a traceback on stderr), so a thread says which signal arrived.
+    """
+    received: list[int] = []
+    wake = threading.Event()
 
     def handler(signum: int, _frame: object) -> None:
-        logger.info("received {}, stopping after the current step", signal.Signals(signum).name)
+        received.append(signum)
         stop.set()
+        wake.set()
 
+    def say() -> None:
+        wake.wait()
+        if received:
+            name = signal.Signals(received[0]).name
+            logger.info("received {}, stopping after the current step", name)
+
+    teller = threading.Thread(target=say, name="signal-teller", daemon=True)
+    teller.start()
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        wake.set()
+        teller.join(timeout=5)
 
 
 def unreachable_s(fleet: FleetConfig) -> float:
