@@ -148,3 +148,37 @@ def test_status_names_an_unreachable_ledger_in_one_line(
     assert code == 1 and out == ""
     assert "s3cret" not in err and "ops:***@127.0.0.1:1" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_every_reading_command_follows_ledger_url_of_the_portfolio_file(
+    pg_url: str, fleet: FleetConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ``ledger.url`` in _portfolio.yaml (no environment variable), `agents list`,
+    `trades`, `report` and doctor's ledger check read the PostgreSQL ledger, not a local file."""
+    assert "ASTER_AGENTS_LEDGER_URL" not in os.environ
+    portfolio = fleet.config_dir / "_portfolio.yaml"
+    portfolio.write_text(portfolio.read_text() + f"\nledger:\n  url: {json.dumps(pg_url)}\n")
+    state = tmp_path / "state"
+    user = fleet.agents[0].exchange.user
+    with Ledger(state, url=pg_url) as ledger:
+        ledger.register_agent("agent-1", user, max_positions=2, capital=Decimal(1000))
+        ledger.set_enabled("agent-1", False, "operator: maintenance window")
+    assert not (state / "ledger.sqlite").exists()  # the shared database holds the books
+
+    code, out, err = run_cli(args(fleet, state, "agents", "list"), capsys)
+    assert code == 0, err
+    assert "maintenance window" in out
+
+    code, out, err = run_cli(args(fleet, state, "trades", "--id", "agent-1", "--json"), capsys)
+    assert code == 0, err  # agent-1 is known to the PostgreSQL ledger: no 'unknown agent'
+
+    code, out, err = run_cli(args(fleet, state, "doctor", "--id", "agent-1", "--json"), capsys)
+    checks = [c for c in json.loads(out)["checks"] if c["name"] == "ledger"]
+    assert len(checks) == 1 and checks[0]["status"] == "PASS", checks
+    assert "postgresql://" in checks[0]["detail"], checks
+    assert not (state / "ledger.sqlite").exists()  # doctor made no local file on the way
+
+    report = tmp_path / "report.html"
+    code, out, err = run_cli(args(fleet, state, "report", "--out", str(report)), capsys)
+    assert code == 0, err
+    assert "agent-1" in report.read_text()

@@ -19,7 +19,7 @@ def list_agents(
     """List the configured agents; `enabled` also says when the ledger has disabled one."""
     cli = state(ctx)
     fleet = cli.fleet()
-    states = _ledger_states(cli.resolved_state_dir())
+    states = _ledger_states(cli.resolved_state_dir(), fleet.ledger_url)
     if as_json:
         emit_json({"agents": [_row(a, states.get(a.id)) for a in fleet.agents]})
         return
@@ -42,13 +42,13 @@ def list_agents(
     console().print(table)
 
 
-def _ledger_states(state_dir: object) -> dict[str, tuple[str, str | None]]:
+def _ledger_states(state_dir: object, url: str | None) -> dict[str, tuple[str, str | None]]:
     """(state, reason) per agent the ledger knows; empty without a ledger (read-only)."""
     from pathlib import Path
 
     from aster_agents.ledger.readonly import open_readonly
 
-    ledger = open_readonly(Path(str(state_dir)))
+    ledger = open_readonly(Path(str(state_dir)), url)
     if ledger is None:
         return {}
     try:

@@ -64,7 +64,10 @@ def trades(
     since_ms = parse_since(since)
     fleet, state_dir = load(ctx)
     trips = select(
-        _read(state_dir, agent_id, symbol, known=[a.id for a in fleet.agents]), since_ms=since_ms
+        _read(
+            state_dir, agent_id, symbol, known=[a.id for a in fleet.agents], url=fleet.ledger_url
+        ),
+        since_ms=since_ms,
     )
     if limit is None and not (as_json or as_csv):
         limit = TABLE_LIMIT
@@ -81,13 +84,18 @@ def trades(
 
 
 def _read(
-    state_dir: Path, agent_id: str | None, symbol: str | None, *, known: Sequence[str]
+    state_dir: Path,
+    agent_id: str | None,
+    symbol: str | None,
+    *,
+    known: Sequence[str],
+    url: str | None = None,
 ) -> list[RoundTrip]:
     from aster_agents.errors import ConfigError
     from aster_agents.ledger.readonly import open_readonly
     from aster_agents.portfolio.trades import read_trips
 
-    ledger = open_readonly(state_dir)
+    ledger = open_readonly(state_dir, url)
     if ledger is None:
         if agent_id is not None and agent_id not in known:
             raise ConfigError(f"unknown agent {agent_id!r} (known: {', '.join(known) or 'none'})")

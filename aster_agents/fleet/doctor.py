@@ -424,7 +424,7 @@ def _host_checks(
 ) -> None:
     add(_key_files(fleet, agents))
     add(_state_dir(state_dir))
-    add(_ledger(state_dir))
+    add(_ledger(state_dir, fleet.ledger_url))
     add(_supervisord(state_dir, [a.id for a in agents]))
     add(_rate_budget(state_dir, fleet))
 
@@ -506,9 +506,13 @@ def _loose_state(state_dir: Path) -> list[str]:
     return found
 
 
-def _ledger(state_dir: Path) -> Check:
+def _ledger(state_dir: Path, url: str | None) -> Check:
     """A write transaction that changes nothing; never creates the state dir."""
+    from aster_agents.ledger.backend import ledger_url
     from aster_agents.ledger.rows import DB_NAME
+
+    if ledger_url(url) is not None:  # the shared PostgreSQL ledger, not the state dir's file
+        return _ledger_write(state_dir, url)
 
     if state_dir.exists() and not state_dir.is_dir():
         detail = f"{state_dir} exists but is not a directory; move it or pass --state-dir"
@@ -524,7 +528,7 @@ def _ledger(state_dir: Path) -> Check:
         return Check(None, "ledger", Status.PASS, detail)
     if not (state_dir / DB_NAME).is_file():
         return _dir_writable(state_dir)
-    return _ledger_write(state_dir)
+    return _ledger_write(state_dir, None)
 
 
 def _dir_writable(state_dir: Path) -> Check:
@@ -536,14 +540,17 @@ def _dir_writable(state_dir: Path) -> Check:
     return Check(None, "ledger", Status.PASS, f"{state_dir} writable; no ledger yet")
 
 
-def _ledger_write(state_dir: Path) -> Check:
+def _ledger_write(state_dir: Path, url: str | None) -> Check:
+    from aster_agents.config.view import mask_url
     from aster_agents.errors import LedgerError
     from aster_agents.ledger import Ledger
+    from aster_agents.ledger.backend import ledger_url
     from aster_agents.ledger.rows import DB_NAME
 
-    path = state_dir / DB_NAME
+    chosen = ledger_url(url)
+    path = mask_url(chosen) if chosen is not None else str(state_dir / DB_NAME)
     try:
-        ledger = Ledger(state_dir)
+        ledger = Ledger(state_dir, url=url)
     except (LedgerError, OSError) as exc:
         return Check(None, "ledger", Status.FAIL, f"{path}: {exc}")
     try:

@@ -53,6 +53,7 @@ class ReportData(NamedTuple):
     events: list[StateChange]
     trips: list[RoundTrip]
     min_track_days: float
+    ledger_url: str | None = None  # ``ledger.url``: the PostgreSQL ledger read, if any
 
     @property
     def agents(self) -> list[str]:
@@ -96,6 +97,7 @@ def collect_report(
             [],
             [],
             min_days,
+            fleet.ledger_url,
         )
     with ledger:
         found = _read(ledger, [s.id for s in portfolio.sleeves], since_ms)
@@ -118,6 +120,7 @@ def collect_report(
         events,
         trips,
         min_days,
+        fleet.ledger_url,
     )
 
 
@@ -156,7 +159,7 @@ def equity_history(data: ReportData) -> dict[str, list[EquityPoint]]:
     """Every snapshot in the report's window, as decimals (for CSV), by agent."""
     from aster_agents.ledger.readonly import open_readonly
 
-    ledger = open_readonly(data.state_dir)
+    ledger = open_readonly(data.state_dir, data.ledger_url)
     if ledger is None:
         return {}
     with ledger:
