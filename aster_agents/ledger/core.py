@@ -77,6 +77,8 @@ class Ledger:
         )
         self.state_dir = self.store.state_dir
         self.host = host_name()
+        # PostgreSQL: the common writes go out in one round trip (see ``intents.Outcome``)
+        self._one_trip = intents.one_trip(self.store.conn)
         self._reaper = intents.Reaper(
             stale_heartbeat_s=stale_heartbeat_s,
             interval_s=reap_interval_s,
@@ -234,6 +236,28 @@ class Ledger:
         if margin < 0 or notional < 0:
             raise LedgerError(f"agent {agent_id}: margin and notional must be >= 0")
         me = os.getpid()
+        now = now_ms()
+        ttl_ms = int(ttl_seconds * 1000)
+        note = None if note is None else note[:200]
+        if kind == "open" and self._one_trip and not self._reaper.due():
+            with self.store.write(durable=False) as conn:
+                granted = intents.reserve_one_trip(
+                    conn,
+                    agent_id,
+                    symbol,
+                    side,
+                    margin=margin,
+                    notional=notional,
+                    now=now,
+                    ttl_ms=ttl_ms,
+                    pid=me if pid is None else pid,
+                    note=note,
+                    host=self.host,
+                )
+            intent: Intent | None = granted()
+            if intent is not None:
+                return intent
+            now = now_ms()  # not granted there: the full check below says why, or grants
         with self.store.write(durable=False) as conn:
             got = intents.reserve(
                 conn,
@@ -244,11 +268,11 @@ class Ledger:
                 kind=kind,
                 margin=margin,
                 notional=notional,
-                now=now_ms(),
-                ttl_ms=int(ttl_seconds * 1000),
+                now=now,
+                ttl_ms=ttl_ms,
                 pid=me if pid is None else pid,
                 me=me,
-                note=None if note is None else note[:200],
+                note=note,
             )
             if isinstance(got, str):  # counted for the exporter in the deciding transaction
                 bump(
@@ -270,14 +294,16 @@ class Ledger:
         proves an order that is still unknown can never be accepted.
         """
         with self.store.write() as conn:
-            return intents.mark_sent(conn, client_order_id, now_ms(), nonce)
+            done = intents.mark_sent_outcome(conn, client_order_id, now_ms(), nonce)
+        return bool(done())
 
     def confirm(self, client_order_id: str) -> bool:
         """Mark a reserved intent as sent and accepted; False if it expired or was released."""
         with self.store.write() as conn:
-            return intents.transition(
+            done = intents.transition_outcome(
                 conn, client_order_id, ("reserved",), "confirmed", None, now_ms()
             )
+        return bool(done())
 
     def release(self, client_order_id: str, reason: str) -> bool:
         """Give back a reserved or confirmed intent that did not become an order.
@@ -286,9 +312,10 @@ class Ledger:
         OS crash only keeps a slot busy until the reaper or start-up recovery frees it.
         """
         with self.store.write(durable=False) as conn:
-            return intents.transition(
+            done = intents.transition_outcome(
                 conn, client_order_id, ACTIVE_STATES, "released", reason, now_ms()
             )
+        return bool(done())
 
     def release_unsent(self, client_order_id: str, reason: str) -> bool:
         """Release a reservation only if its order was never marked sent (another process's

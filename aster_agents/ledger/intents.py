@@ -6,8 +6,10 @@ pacing and the pid-liveness cache between calls, so it is an object one ``Ledger
 
 from __future__ import annotations
 
+import json
 import re
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final
 
@@ -39,6 +41,40 @@ _INSERT_SQL: Final = (
     "kind, margin, notional, state, pid, created_ms, expires_ms, updated_ms, reason, host) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?, ?, ?, ?, ?)"
 )
+
+
+# On a store whose ``Conn`` has ``one_trip`` (PostgreSQL), a write whose results are read only
+# after its block has exited goes out in one round trip with BEGIN, the lock and COMMIT: the
+# lock is then held only while the server runs it, never across a wake-up of the agent. The
+# forms below are written for that: one statement (a data-modifying WITH, or the
+# ``ledger_reserve_open`` function of the migrations) that needs no result in between, and
+# a ``Callable`` the caller runs after the block for the outcome. Without ``one_trip`` (SQLite)
+# they run the statements one by one inside the block, as before.
+Outcome = Callable[[], Any]
+
+_TRANSITION_ONE: Final = (
+    "WITH u AS (UPDATE intents SET state = ?, reason = COALESCE(?, reason), updated_ms = ? "
+    "WHERE client_order_id = ? AND state IN ({marks}) RETURNING agent_id), "
+    "a AS (INSERT INTO audit (time_ms, agent_id, event, detail) SELECT ?, agent_id, ?, ? FROM u) "
+    "SELECT agent_id FROM u"
+)
+_MARK_SENT_ONE: Final = (
+    "WITH u AS (UPDATE intents SET sent = 1, nonce = ?, updated_ms = ? WHERE client_order_id = ? "
+    "AND state = 'reserved' RETURNING agent_id), "
+    "a AS (INSERT INTO audit (time_ms, agent_id, event, detail) "
+    "SELECT ?, agent_id, 'sent', ? FROM u) "
+    "SELECT (SELECT agent_id FROM u), "
+    "EXISTS (SELECT 1 FROM intents WHERE client_order_id = ?)"
+)
+
+
+def one_trip(conn: Conn) -> bool:
+    """Whether ``conn`` sends a write whose results are read after it in one round trip."""
+    return bool(getattr(conn, "one_trip", False))
+
+
+def _detail(**detail: Any) -> str:
+    return json.dumps(detail, default=str, sort_keys=True)  # as ``audit.record_at`` writes it
 
 
 def make_client_order_id(agent_id: str, seq: int, kind: str) -> str:
@@ -215,6 +251,86 @@ def reserve(
     )
 
 
+def reserve_one_trip(
+    conn: Conn,
+    agent_id: str,
+    symbol: str,
+    side: Side,
+    *,
+    margin: Decimal,
+    notional: Decimal,
+    now: int,
+    ttl_ms: int,
+    pid: int,
+    note: str | None,
+    host: str | None,
+) -> Outcome:
+    """An ``open`` reservation that the limits grant, in one statement (``one_trip`` stores).
+
+    The outcome is the ``Intent``, or None when it was not granted: then nothing was written
+    and the caller runs ``reserve`` (which reaps, checks again and says why). The caller
+    decides when this may be tried: not while the reaper is due.
+    """
+    detail = _detail(coid="?", kind="open", pid=pid, symbol=symbol)
+    cursor = conn.execute(
+        "SELECT r_seq, r_coid, r_user FROM ledger_reserve_open(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            agent_id,
+            symbol,
+            side.value,
+            str(margin),
+            str(notional),
+            pid,
+            now,
+            ttl_ms,
+            note,
+            host,
+            detail,
+        ),
+    )
+
+    def outcome() -> Intent | None:
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        seq, coid, user = row
+        return Intent(
+            coid,
+            seq,
+            agent_id,
+            user,
+            symbol,
+            side,
+            "open",
+            margin,
+            notional,
+            "reserved",
+            pid,
+            now,
+            now + ttl_ms,
+            now,
+            False,
+            note,
+        )
+
+    return outcome
+
+
+def transition_outcome(
+    conn: Conn, coid: str, from_states: tuple[str, ...], to: str, reason: str | None, now: int
+) -> Outcome:
+    """``transition``; on a ``one_trip`` store in one statement, read after the block."""
+    if not one_trip(conn):
+        done = transition(conn, coid, from_states, to, reason, now)
+        return lambda: done
+    marks = ", ".join("?" * len(from_states))
+    cursor = conn.execute(
+        _TRANSITION_ONE.format(marks=marks),
+        (to, reason, now, coid, *from_states, now, to, _detail(coid=coid, reason=reason)),
+    )
+    return lambda: cursor.fetchone() is not None
+
+
 def transition(
     conn: Conn, coid: str, from_states: tuple[str, ...], to: str, reason: str | None, now: int
 ) -> bool:
@@ -242,6 +358,25 @@ def release_unsent(conn: Conn, coid: str, reason: str, now: int) -> bool:
         return False
     record_at(conn, now, row[0], "released", coid=coid, reason=reason)
     return True
+
+
+def mark_sent_outcome(conn: Conn, coid: str, now: int, nonce: int | None = None) -> Outcome:
+    """``mark_sent``; on a ``one_trip`` store in one statement, read after the block (which
+    raises there, once the empty transaction has committed, for an unknown intent)."""
+    if not one_trip(conn):
+        done = mark_sent(conn, coid, now, nonce)
+        return lambda: done
+    cursor = conn.execute(_MARK_SENT_ONE, (nonce, now, coid, now, _detail(coid=coid), coid))
+
+    def outcome() -> bool:
+        agent_id, known = cursor.fetchone()
+        if agent_id is not None:
+            return True
+        if known:
+            return False
+        raise LedgerError(f"no intent with client order id {coid}")
+
+    return outcome
 
 
 def mark_sent(conn: Conn, coid: str, now: int, nonce: int | None = None) -> bool:

@@ -233,6 +233,12 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         INSERT INTO rate_pauses (grp, until_s, reason) SELECT 'ip', until_s, reason FROM host_pause;
         """,
     ),
+    (
+        # PostgreSQL only (nothing on SQLite): ``ledger_reserve_open``, the common reservation
+        # in one round trip (see POSTGRES_FORMS and ``intents.reserve_one_trip``)
+        "reserve-function",
+        "",
+    ),
 )
 
 # ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both
@@ -280,6 +286,95 @@ POSTGRES_FORMS: Final = {
             events BIGINT NOT NULL,
             title TEXT NOT NULL
         );
+    """,
+    # The check of ``limits.denial`` for an ``open`` and the row ``intents.reserve`` writes,
+    # in one call: the whole critical section runs in the server, so the advisory lock is
+    # never held across a round trip to the agent. It only grants: any denial returns no row
+    # and the caller runs the full check in Python (which reaps, re-checks, says why and
+    # counts it), so the Python code stays the one place that words and counts a denial.
+    # Amounts are compared as exact numerics (Python's Decimal rounds to 28 digits: the two
+    # agree on every amount the ledger stores). ``p_detail`` is the audit detail with the
+    # client order id left as "?" (it is only known here, from the seq).
+    "reserve-function": """
+        CREATE FUNCTION ledger_reserve_open(
+            p_agent TEXT, p_symbol TEXT, p_side TEXT, p_margin TEXT, p_notional TEXT,
+            p_pid BIGINT, p_now BIGINT, p_ttl BIGINT, p_note TEXT, p_host TEXT, p_detail TEXT
+        ) RETURNS TABLE (r_seq BIGINT, r_coid TEXT, r_user TEXT)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            a RECORD;
+            s RECORD;
+            v_gross NUMERIC;
+            v_used NUMERIC;
+            v_seq BIGINT;
+            v_coid TEXT;
+        BEGIN
+            SELECT g."user" AS owner, g.enabled, g.max_positions,
+                   g.capital::numeric + g.realized_pnl::numeric - g.fees::numeric
+                       + g.funding::numeric AS book_equity,
+                   c.max_total_positions AS account_max, c.max_gross_leverage::numeric AS lev,
+                   c.equity::numeric AS equity
+              INTO a
+              FROM agents g LEFT JOIN accounts c ON c."user" = g."user"
+             WHERE g.agent_id = p_agent;
+            IF NOT FOUND OR a.enabled = 0 OR a.account_max IS NULL THEN
+                RETURN;
+            END IF;
+            SELECT COALESCE(bool_or(t.agent_id <> p_agent AND t.symbol = p_symbol), FALSE)
+                       AS others,
+                   COALESCE(bool_or(t.agent_id = p_agent AND t.symbol = p_symbol), FALSE)
+                       AS here,
+                   count(*) FILTER (WHERE t.agent_id = p_agent) AS mine,
+                   count(*) AS slots
+              INTO s
+              FROM (SELECT p.symbol, p.agent_id FROM positions p WHERE p."user" = a.owner
+                    UNION
+                    SELECT i.symbol, i.agent_id FROM intents i
+                     WHERE i.state IN ('reserved', 'confirmed') AND i.kind = 'open'
+                       AND i."user" = a.owner) t;
+            IF s.others THEN
+                RETURN;
+            END IF;
+            IF NOT s.here AND (s.mine >= a.max_positions OR s.slots >= a.account_max) THEN
+                RETURN;
+            END IF;
+            SELECT COALESCE(sum(abs(p.qty::numeric) * p.entry_price::numeric), 0),
+                   COALESCE(sum(p.margin::numeric) FILTER (WHERE p.agent_id = p_agent), 0)
+              INTO v_gross, v_used
+              FROM positions p WHERE p."user" = a.owner;
+            SELECT v_gross + COALESCE(sum(i.notional::numeric), 0),
+                   v_used + COALESCE(sum(i.margin::numeric) FILTER (WHERE i.agent_id = p_agent), 0)
+              INTO v_gross, v_used
+              FROM intents i
+             WHERE i.state IN ('reserved', 'confirmed') AND i.kind = 'open'
+               AND i."user" = a.owner AND i.margin_booked = 0;
+            IF a.equity IS NOT NULL AND a.lev IS NOT NULL
+               AND v_gross + p_notional::numeric > a.lev * a.equity THEN
+                RETURN;
+            END IF;
+            IF p_margin::numeric > a.book_equity - v_used THEN
+                RETURN;
+            END IF;
+            SELECT COALESCE(max(i.seq), 0) + 1 INTO v_seq FROM intents i;
+            v_coid := p_agent || '-'
+                || CASE WHEN v_seq < 1000000 THEN lpad(v_seq::text, 6, '0') ELSE v_seq::text END
+                || '-open';
+            IF length(v_coid) > 36 THEN
+                v_coid := left(v_coid, length(v_coid) - 3);
+            END IF;
+            IF v_coid !~ '^[A-Za-z0-9_-]{1,36}$' THEN
+                RETURN;
+            END IF;
+            INSERT INTO intents (seq, client_order_id, agent_id, "user", symbol, side, kind,
+                                 margin, notional, state, pid, created_ms, expires_ms,
+                                 updated_ms, reason, host)
+            VALUES (v_seq, v_coid, p_agent, a.owner, p_symbol, p_side, 'open', p_margin,
+                    p_notional, 'reserved', p_pid, p_now, p_now + p_ttl, p_now, p_note, p_host);
+            INSERT INTO audit (time_ms, agent_id, event, detail)
+            VALUES (p_now, p_agent, 'reserve',
+                    replace(p_detail, '"coid": "?"', '"coid": "' || v_coid || '"'));
+            RETURN QUERY SELECT v_seq, v_coid, a.owner;
+        END $$;
     """,
 }
 

@@ -148,6 +148,8 @@ class _Conn:
     the driver is called once per round trip rather than once per statement.
     """
 
+    one_trip: Final = True  # a write whose results are read after its block: one round trip
+
     def __init__(self, raw: psycopg.Connection[Any], where: str) -> None:
         self.raw = raw
         self.where = where
