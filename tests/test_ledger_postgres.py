@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import quote
@@ -19,7 +21,8 @@ from urllib.parse import quote
 import pytest
 
 from aster_agents.errors import LedgerError
-from aster_agents.ledger import Ledger
+from aster_agents.ledger import Ledger, intents, limits
+from aster_agents.ledger.counters import denial_reason
 from aster_agents.ledger.migrations import MIGRATIONS
 from aster_agents.models import Side
 from tests.plugins.ledger import ROOT, run_python
@@ -142,6 +145,119 @@ def test_server_gone_mid_transaction_writes_nothing_and_the_next_call_reconnects
     intent = ledger.reserve("a1", "BTCUSDT", Side.BUY, margin=D(1), notional=D(1))
     assert ledger.release(intent.client_order_id, "test")
     ledger.close()
+
+
+# ----------------------------------------------------------------- one round trip
+
+AMOUNTS = ("0", "0.1", "0.2", "0.3", "1", "2.5", "4", "10", "1E+1")
+
+
+class _Undo(Exception):
+    """Raised to roll a probe's transaction back."""
+
+
+def _random_book(ledger: Ledger, rng: random.Random) -> None:
+    """Positions and intents of two accounts, amounts chosen to land on the limits exactly."""
+    conn = ledger.store.conn
+    conn.execute("DELETE FROM positions")
+    conn.execute("DELETE FROM intents")
+    for agent, user in (("a1", "u1"), ("a2", "u1"), ("a3", "u1"), ("b1", "u2")):
+        conn.execute(
+            "UPDATE agents SET enabled = ?, max_positions = ?, capital = ?, realized_pnl = ?, "
+            "fees = ?, funding = ? WHERE agent_id = ?",
+            (
+                int(rng.random() > 0.1),
+                rng.randint(1, 4),
+                rng.choice(AMOUNTS[4:]),
+                rng.choice(("0", "-0.3", "0.2")),
+                rng.choice(("0", "0.1")),
+                rng.choice(("0", "-0.1", "0.3")),
+                agent,
+            ),
+        )
+        for symbol in rng.sample(("S1", "S2", "S3", "S4"), rng.randint(0, 1)):
+            conn.execute(
+                "INSERT INTO positions (agent_id, symbol, user, qty, entry_price, margin, "
+                "opened_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, 0, 0)",
+                (
+                    agent,
+                    symbol,
+                    user,
+                    rng.choice(("1", "-1", "0.5")),
+                    rng.choice(AMOUNTS[1:]),
+                    rng.choice(AMOUNTS),
+                ),
+            )
+        for _ in range(rng.randint(0, 2)):
+            seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM intents").fetchone()[0])
+            conn.execute(
+                "INSERT INTO intents (seq, client_order_id, agent_id, user, symbol, side, kind, "
+                "margin, notional, state, pid, created_ms, expires_ms, updated_ms, "
+                "margin_booked) VALUES (?, ?, ?, ?, ?, 'BUY', ?, ?, ?, ?, 1, 0, 0, 0, ?)",
+                (
+                    seq,
+                    f"x-{seq}",
+                    agent,
+                    user,
+                    rng.choice(("S1", "S2", "S3", "S4", "S5")),
+                    rng.choice(("open", "open", "close")),
+                    rng.choice(AMOUNTS),
+                    rng.choice(AMOUNTS),
+                    rng.choice(("reserved", "confirmed", "released")),
+                    int(rng.random() > 0.7),
+                ),
+            )
+    conn.execute(
+        "UPDATE accounts SET max_total_positions = ?, max_gross_leverage = ?, equity = ? "
+        "WHERE user = 'u1'",
+        (rng.randint(2, 8), rng.choice(("1", "2", "0.5")), rng.choice((None, "10", "20", "40"))),
+    )
+
+
+def test_one_trip_reservation_grants_exactly_what_the_python_check_grants(
+    pg_url: str, state_dir: Path
+) -> None:
+    """ledger_reserve_open grants an open iff limits.denial finds no reason (random books)."""
+    rng = random.Random(18)
+    with Ledger(state_dir, url=pg_url) as ledger:
+        _setup(ledger)
+        ledger.register_agent("a3", "u1", max_positions=2, capital=D(100))
+        ledger.set_account_limits("u2", max_total_positions=3, max_gross_leverage=D(5))
+        ledger.register_agent("b1", "u2", max_positions=2, capital=D(100))
+        reasons: Counter[str] = Counter()
+        for _ in range(40):
+            _random_book(ledger, rng)
+            for _ in range(12):
+                agent = rng.choice(("a1", "a2", "a3", "b1", "nobody"))
+                symbol = rng.choice(("S1", "S2", "S3", "S4", "S5", "S6"))
+                margin, notional = D(rng.choice(AMOUNTS)), D(rng.choice(AMOUNTS))
+                with pytest.raises(_Undo), ledger.store.write() as conn:
+                    row = limits.read_agent(conn, agent)
+                    why = limits.denial(conn, row, symbol, "open", margin, notional)
+                    fast = intents.reserve_one_trip(
+                        conn,
+                        agent,
+                        symbol,
+                        Side.BUY,
+                        margin=margin,
+                        notional=notional,
+                        now=1,
+                        ttl_ms=1000,
+                        pid=1,
+                        note=None,
+                        host=None,
+                    )()
+                    assert (fast is not None) == (why is None), (agent, symbol, margin, why)
+                    if fast is not None:
+                        assert row is not None
+                        assert (fast.seq, fast.user) == (row.next_seq, row.user)
+                        assert fast.client_order_id == intents.make_client_order_id(
+                            agent, row.next_seq, "open"
+                        )
+                    reasons[denial_reason(why) if why else "granted"] += 1
+                    raise _Undo
+        assert sum(reasons.values()) == 480
+        assert reasons["granted"] > 100 and len(reasons) == 8, reasons  # all outcomes seen
 
 
 # ----------------------------------------------------------------- hosts
