@@ -22,6 +22,7 @@ from aster_agents.ledger import (
     MarketDataCache,
     SharedBudget,
     apply_fill,
+    facts,
     make_client_order_id,
     pid_alive,
 )
@@ -898,3 +899,16 @@ def test_release_unsent_leaves_a_sent_reservation_alone(ledger: Ledger) -> None:
     assert not ledger.mark_sent(first.client_order_id)
     assert not ledger.release_unsent(second.client_order_id, "test")
     assert [i.client_order_id for i in ledger.unresolved_intents("a1")] == [second.client_order_id]
+
+
+def test_margin_type_is_remembered_per_account_and_symbol(ledger: Ledger) -> None:
+    """facts.margin_type: the last value noted for exactly this account and symbol."""
+    assert facts.margin_type(ledger, "0xAb", "BTCUSDT") is None
+    facts.note_margin_type(ledger, "0xAb", "BTCUSDT", "ISOLATED")
+    facts.note_margin_type(ledger, "0xAb", "BTCUSDT", "CROSSED")
+    facts.note_margin_type(ledger, "0x_b", "BTCUSDT", "ISOLATED")  # LIKE's wildcard in a user
+    facts.note_margin_type(ledger, "0xAb", "ETH%", "ISOLATED")
+    assert facts.margin_type(ledger, "0xAb", "BTCUSDT") == "CROSSED"
+    assert facts.margin_type(ledger, "0x_b", "BTCUSDT") == "ISOLATED"
+    assert facts.margin_type(ledger, "0xab", "BTCUSDT") is None  # case counts, as on the exchange
+    assert facts.margin_type(ledger, "0xAb", "ETHUSDT") is None

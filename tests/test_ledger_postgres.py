@@ -14,9 +14,10 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 
@@ -25,6 +26,10 @@ from aster_agents.ledger import Ledger, intents, limits
 from aster_agents.ledger.counters import denial_reason
 from aster_agents.ledger.migrations import MIGRATIONS
 from aster_agents.models import Side
+from aster_agents.sim.server import SimConfig, SimServer
+from tests.kit.agents import Fleet, make_fleet
+from tests.kit.sockproxy import SocketProxy
+from tests.kit.wait import wait_for
 from tests.plugins.ledger import ROOT, run_python
 from tests.plugins.postgres import PgServer
 
@@ -380,3 +385,69 @@ def test_ledger_info_names_backend_place_and_version(
     )
     assert from_yaml.returncode == 0, from_yaml.stderr
     assert "postgresql" in from_yaml.stdout and f" {len(MIGRATIONS)}" in from_yaml.stdout
+
+
+# ----------------------------------------------------------------- the database going away
+
+
+@pytest.fixture
+def sim() -> Iterator[SimServer]:
+    server = SimServer(SimConfig(port=0, seed=7, speed=60.0))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _open_orders(fleet: Fleet) -> list[str]:
+    acct = fleet.sim.engine.account(fleet.user)
+    with fleet.sim.engine.lock:
+        return sorted(o.client_order_id for o in acct.open_orders.values())
+
+
+def _ticks(url: str, state_dir: Path) -> int:
+    with Ledger(state_dir, url=url) as ledger:
+        row = ledger.agent("agent-1")
+    return 0 if row is None else row.ticks
+
+
+@pytest.mark.slow
+def test_database_gone_agent_keeps_its_protective_orders_and_resumes(
+    sim: SimServer,
+    pg_server: PgServer,
+    pg_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database cut under an agent holding a protected position: it stays up, opens
+    nothing, keeps its protective orders, says so in one masked line per retry; when the
+    database is back it ticks again and the ledger agrees with the exchange."""
+    monkeypatch.setenv("ASTER_AGENTS_LEDGER_URL", pg_url)  # this process reads it directly
+    upstream = Path(unquote(pg_url.split("host=")[1].split("&")[0])) / ".s.PGSQL.5432"
+    fleet = make_fleet(
+        tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"], params="{p_enter: 1.0, p_exit: 0.0}"
+    )
+    with SocketProxy(upstream, tmp_path / "net") as proxy:
+        url = proxy.url(pg_url).replace("postgres:@", "postgres:s3cret@")  # trust: not checked
+        try:
+            fleet.start("agent-1", {"ASTER_AGENTS_LEDGER_URL": url})
+            wait_for(lambda: len(_open_orders(fleet)) == 2, timeout=60, what="a protected position")
+            protected, sent = _open_orders(fleet), len(fleet.coids())
+            proxy.cut()
+            gone = lambda: fleet.stderr("agent-1").count("unreachable or gone")  # noqa: E731
+            wait_for(lambda: gone() >= 2, timeout=60, what="two 'database gone' lines")
+            assert fleet.procs["agent-1"].poll() is None, "the agent must wait, not exit"
+            assert _open_orders(fleet) == protected and len(fleet.coids()) == sent
+            proxy.resume()
+            before = _ticks(pg_url, fleet.state_dir)
+            wait_for(
+                lambda: _ticks(pg_url, fleet.state_dir) > before + 2,
+                timeout=90,
+                what="ticks after the database came back",
+            )
+            wait_for(lambda: fleet.ledger_positions() == fleet.exchange_positions(), timeout=30)
+        finally:
+            codes = fleet.stop_all()
+    assert codes == {"agent-1": 0}
+    err = fleet.stderr("agent-1")
+    assert "Traceback" not in err and "s3cret" not in err, err[-3000:]
+    assert "postgres:***@" in err

@@ -48,6 +48,7 @@ from aster_agents.errors import (
     BadRequest,
     ConfigError,
     ExchangeError,
+    LedgerError,
     OrderNotFound,
     OrderRejected,
     RateLimited,
@@ -458,6 +459,8 @@ class AgentRunner:
             self.ledger.heartbeat(self.agent.id, self.pid, error=message[:500])
         except StateDirFull as exc:
             self.full.failed(exc, self.agent.trading.scan_interval_seconds)
+        except LedgerError:
+            pass  # the ledger is unreachable (a database gone): said above; the next tick retries
 
     def _stood_down(self) -> bool:
         """True while the operator's flatten holds this agent: it must not race the closes."""
