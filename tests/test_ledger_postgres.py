@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -451,3 +452,58 @@ def test_database_gone_agent_keeps_its_protective_orders_and_resumes(
     err = fleet.stderr("agent-1")
     assert "Traceback" not in err and "s3cret" not in err, err[-3000:]
     assert "postgres:***@" in err
+
+
+def _break(case: str, pg_server: PgServer, pg_url: str, tmp_path: Path) -> tuple[str, str]:
+    """A ledger URL that is wrong in the way ``case`` names; the error it must give."""
+    schema = pg_url.rsplit("%3D", 1)[1]
+    if case == "unreachable":
+        nowhere = quote(str(tmp_path / "nowhere"), safe="")
+        return f"postgresql://bob:s3cret@/ledger?host={nowhere}", r"unreachable or gone"
+    if case == "password":
+        pg_server.execute("DROP ROLE IF EXISTS carol")
+        pg_server.execute("CREATE ROLE carol LOGIN PASSWORD 'right-one'")
+        url = pg_url.replace("postgres:@", "carol:s3cret@")
+        return url, r"password authentication failed for user \"carol\""
+    if case == "foreign":
+        pg_server.execute(f"CREATE TABLE {schema}.customers (id int)")
+        return pg_url.replace("postgres:@", "postgres:s3cret@"), r"tables but no aster-agents"
+    Ledger(tmp_path / "other", url=pg_url).close()
+    pg_server.execute(f"INSERT INTO {schema}.schema_migrations VALUES (99, 'future', 0)")
+    return pg_url.replace("postgres:@", "postgres:s3cret@"), r"schema version 99, newer"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unreachable", "password", "foreign", "newer"])
+def test_agent_on_a_bad_ledger_url_exits_1_in_one_masked_line(
+    case: str, sim: SimServer, pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    """An agent started on an unusable database: exit 1, one line naming the problem with
+    the password masked, no order sent and nothing written to the database."""
+    hba = pg_server.data / "pg_hba.conf"
+    original = hba.read_text()
+    hba.write_text("local all carol scram-sha-256\n" + original)
+    pg_server.execute("SELECT pg_reload_conf()")
+    try:
+        url, expected = _break(case, pg_server, pg_url, tmp_path)
+        schema = pg_url.rsplit("%3D", 1)[1]
+        before = pg_server.execute(
+            f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"
+        )
+        fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"])
+        proc = fleet.start("agent-1", {"ASTER_AGENTS_LEDGER_URL": url})
+        assert proc.wait(60) == 1
+    finally:
+        hba.write_text(original)
+        pg_server.execute("SELECT pg_reload_conf()")
+    err = fleet.stderr("agent-1").strip()
+    assert len(err.splitlines()) == 1 and re.search(expected, err), err
+    assert "s3cret" not in err and ":***@" in err
+    assert fleet.coids() == []
+    after = pg_server.execute(
+        f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"
+    )
+    assert after == before
+    if case == "newer":
+        versions = pg_server.execute(f"SELECT MAX(version) FROM {schema}.schema_migrations")
+        assert versions == [(99,)]
