@@ -46,26 +46,14 @@ _INSERT_SQL: Final = (
 # On a store whose ``Conn`` has ``one_trip`` (PostgreSQL), a write whose results are read only
 # after its block has exited goes out in one round trip with BEGIN, the lock and COMMIT: the
 # lock is then held only while the server runs it, never across a wake-up of the agent. The
-# forms below are written for that: one statement (a data-modifying WITH, or the
-# ``ledger_reserve_open`` function of the migrations) that needs no result in between, and
+# forms below are written for that: one call of a function of the migrations
+# (``ledger_reserve_open``, ``ledger_transition``, ``ledger_mark_sent``), and
 # a ``Callable`` the caller runs after the block for the outcome. Without ``one_trip`` (SQLite)
 # they run the statements one by one inside the block, as before.
 Outcome = Callable[[], Any]
 
-_TRANSITION_ONE: Final = (
-    "WITH u AS (UPDATE intents SET state = ?, reason = COALESCE(?, reason), updated_ms = ? "
-    "WHERE client_order_id = ? AND state IN ({marks}) RETURNING agent_id), "
-    "a AS (INSERT INTO audit (time_ms, agent_id, event, detail) SELECT ?, agent_id, ?, ? FROM u) "
-    "SELECT agent_id FROM u"
-)
-_MARK_SENT_ONE: Final = (
-    "WITH u AS (UPDATE intents SET sent = 1, nonce = ?, updated_ms = ? WHERE client_order_id = ? "
-    "AND state = 'reserved' RETURNING agent_id), "
-    "a AS (INSERT INTO audit (time_ms, agent_id, event, detail) "
-    "SELECT ?, agent_id, 'sent', ? FROM u) "
-    "SELECT (SELECT agent_id FROM u), "
-    "EXISTS (SELECT 1 FROM intents WHERE client_order_id = ?)"
-)
+_TRANSITION_ONE: Final = "SELECT ledger_transition(?, ?, ?, ?, ?, ?)"
+_MARK_SENT_ONE: Final = "SELECT r_agent, r_known FROM ledger_mark_sent(?, ?, ?, ?)"
 
 
 def one_trip(conn: Conn) -> bool:
@@ -323,12 +311,18 @@ def transition_outcome(
     if not one_trip(conn):
         done = transition(conn, coid, from_states, to, reason, now)
         return lambda: done
-    marks = ", ".join("?" * len(from_states))
     cursor = conn.execute(
-        _TRANSITION_ONE.format(marks=marks),
-        (to, reason, now, coid, *from_states, now, to, _detail(coid=coid, reason=reason)),
+        _TRANSITION_ONE,
+        (
+            coid,
+            "{" + ",".join(from_states) + "}",
+            to,
+            reason,
+            now,
+            _detail(coid=coid, reason=reason),
+        ),
     )
-    return lambda: cursor.fetchone() is not None
+    return lambda: cursor.fetchone()[0] is not None
 
 
 def transition(
@@ -366,7 +360,7 @@ def mark_sent_outcome(conn: Conn, coid: str, now: int, nonce: int | None = None)
     if not one_trip(conn):
         done = mark_sent(conn, coid, now, nonce)
         return lambda: done
-    cursor = conn.execute(_MARK_SENT_ONE, (nonce, now, coid, now, _detail(coid=coid), coid))
+    cursor = conn.execute(_MARK_SENT_ONE, (coid, nonce, now, _detail(coid=coid)))
 
     def outcome() -> bool:
         agent_id, known = cursor.fetchone()

@@ -234,9 +234,10 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         """,
     ),
     (
-        # PostgreSQL only (nothing on SQLite): ``ledger_reserve_open``, the common reservation
-        # in one round trip (see POSTGRES_FORMS and ``intents.reserve_one_trip``)
-        "reserve-function",
+        # PostgreSQL only (nothing on SQLite): ``ledger_reserve_open``, ``ledger_transition``
+        # and ``ledger_mark_sent``, the common intent writes in one round trip each (see
+        # POSTGRES_FORMS and ``intents.Outcome``)
+        "intent-functions",
         "",
     ),
 )
@@ -295,7 +296,7 @@ POSTGRES_FORMS: Final = {
     # Amounts are compared as exact numerics (Python's Decimal rounds to 28 digits: the two
     # agree on every amount the ledger stores). ``p_detail`` is the audit detail with the
     # client order id left as "?" (it is only known here, from the seq).
-    "reserve-function": """
+    "intent-functions": """
         CREATE FUNCTION ledger_reserve_open(
             p_agent TEXT, p_symbol TEXT, p_side TEXT, p_margin TEXT, p_notional TEXT,
             p_pid BIGINT, p_now BIGINT, p_ttl BIGINT, p_note TEXT, p_host TEXT, p_detail TEXT
@@ -374,6 +375,44 @@ POSTGRES_FORMS: Final = {
             VALUES (p_now, p_agent, 'reserve',
                     replace(p_detail, '"coid": "?"', '"coid": "' || v_coid || '"'));
             RETURN QUERY SELECT v_seq, v_coid, a.owner;
+        END $$;
+        -- ``intents.transition`` and ``intents.mark_sent`` with their audit rows, in one call
+        -- each (a plan the session keeps, where a statement would be planned every time)
+        CREATE FUNCTION ledger_transition(
+            p_coid TEXT, p_from TEXT[], p_to TEXT, p_reason TEXT, p_now BIGINT, p_detail TEXT
+        ) RETURNS TEXT
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_agent TEXT;
+        BEGIN
+            UPDATE intents SET state = p_to, reason = COALESCE(p_reason, reason),
+                   updated_ms = p_now
+             WHERE client_order_id = p_coid AND state = ANY (p_from)
+            RETURNING agent_id INTO v_agent;
+            IF FOUND THEN
+                INSERT INTO audit (time_ms, agent_id, event, detail)
+                VALUES (p_now, v_agent, p_to, p_detail);
+            END IF;
+            RETURN v_agent;
+        END $$;
+        CREATE FUNCTION ledger_mark_sent(
+            p_coid TEXT, p_nonce BIGINT, p_now BIGINT, p_detail TEXT
+        ) RETURNS TABLE (r_agent TEXT, r_known BOOLEAN)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_agent TEXT;
+        BEGIN
+            UPDATE intents SET sent = 1, nonce = p_nonce, updated_ms = p_now
+             WHERE client_order_id = p_coid AND state = 'reserved'
+            RETURNING agent_id INTO v_agent;
+            IF FOUND THEN
+                INSERT INTO audit (time_ms, agent_id, event, detail)
+                VALUES (p_now, v_agent, 'sent', p_detail);
+                RETURN QUERY SELECT v_agent, TRUE;
+            ELSE
+                RETURN QUERY SELECT NULL::text,
+                    EXISTS (SELECT 1 FROM intents WHERE client_order_id = p_coid);
+            END IF;
         END $$;
     """,
 }

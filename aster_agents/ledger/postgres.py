@@ -144,8 +144,10 @@ class _Conn:
     Statements are rendered with their values as literals and queued; the queue goes out
     as one simple-query round trip when a result is asked for (or at COMMIT). Inside a
     write, BEGIN and the lock go out with the first read, and the INSERTs nobody reads the
-    result of go out with COMMIT: a reservation is three round trips, a release two, and
-    the driver is called once per round trip rather than once per statement.
+    result of go out with COMMIT; the driver is called once per round trip rather than once
+    per statement. A write that reads its results only after its block (``one_trip``: the
+    intent functions, see ``intents.Outcome``) is one round trip, BEGIN to COMMIT, so the
+    advisory lock is held only while the server runs it.
     """
 
     one_trip: Final = True  # a write whose results are read after its block: one round trip
@@ -230,7 +232,10 @@ class PostgresStore:
                     f"ledger {self.where}: standard_conforming_strings is off; turn it on"
                 )
             self.lock_key = int(row[0])
-            self._lock_sql = f"SELECT pg_advisory_xact_lock({self.lock_key})"
+            self._lock_sql = (
+                "SELECT set_config('synchronous_commit', 'off', true), "
+                f"pg_advisory_xact_lock({self.lock_key})"
+            )
             if not row[2] or self.schema_version() != len(MIGRATIONS):
                 self._migrate(create)  # under the lock; a current schema needs no write
         except BaseException:
@@ -324,8 +329,7 @@ class PostgresStore:
             conn.batching = True
             try:
                 conn.queue("BEGIN")
-                conn.queue("SET LOCAL synchronous_commit = off")
-                conn.queue(self._lock_sql)
+                conn.queue(self._lock_sql)  # with SET LOCAL synchronous_commit = off
                 yield conn
                 conn.queue("COMMIT")
                 if durable:  # after COMMIT: the lock is already released (see docstring)
