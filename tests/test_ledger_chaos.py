@@ -241,3 +241,27 @@ def test_journal_checker_catches_overlaps(tmp_path: Path) -> None:
     assert "u0 holds 4 > 3" in text
     assert not any("u1" in v for v in result.violations)
     assert result.max_account["u0"] == 4
+
+
+def test_journal_checker_ends_a_hold_logged_while_its_writer_was_being_killed(
+    tmp_path: Path,
+) -> None:
+    """A hold logged after the kill time (the signal not yet delivered) ends at the kill; one
+    of a later process that reused the pid (after its ``S``) does not."""
+    journal = tmp_path / "journal"
+    far = 10**13
+    journal.write_text(
+        "\n".join(
+            [
+                f"100 1 A w1 u0 S0 c1@{far}",
+                f"110 2 A w2 u0 S1 c2@{far}",
+                f"131 4 A w4 u0 S3 c4@{far}",  # logged by pid 4 after its kill at 130
+                f"140 3 A w3 u0 S2 c3@{far}",  # the kill of pid 4 freed a slot: no excess
+                "150 4 S w4 u0 - -",  # a new process with pid 4
+                f"160 4 A w4 u0 S4 c6@{far}",  # w4 again: now the account holds 4 > 3
+            ]
+        )
+        + "\n"
+    )
+    result = check_journal(journal, [(130, 4)], LIMITS)
+    assert result.violations == ["160: u0 holds 4 > 3"], result.violations

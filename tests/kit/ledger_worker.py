@@ -236,10 +236,20 @@ def _holds(path: Path, kills: list[tuple[int, int]]) -> list[_Hold]:
         elif event == "B" and key in open_by_key:
             hold = open_by_key.pop(key)
             hold.end = min(hold.end, int(t))
+    # A kill's time is read just before the signal is sent, so the dying process may still
+    # log a hold after it: every hold of that pid until its next start (``S``: a new process
+    # that reused the pid) ends at the kill, and one logged after it has no length at all. Its
+    # reservation is in the ledger, but the reaper may free it at any moment (its pid is
+    # dead), as for any killed worker's hold.
+    starts: dict[int, list[int]] = defaultdict(list)
+    for parts in lines:
+        if parts[2] == "S":
+            starts[int(parts[1])].append(int(parts[0]))
     for kill_ns, kill_pid in kills:
+        restart = min((t for t in starts[kill_pid] if t > kill_ns), default=2**63)
         for hold in holds:
-            if hold.pid == kill_pid and hold.start <= kill_ns:
-                hold.end = min(hold.end, kill_ns)
+            if hold.pid == kill_pid and hold.start < restart:
+                hold.end = min(hold.end, max(kill_ns, hold.start))
     return holds
 
 
