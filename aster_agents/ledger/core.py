@@ -239,7 +239,11 @@ class Ledger:
         now = now_ms()
         ttl_ms = int(ttl_seconds * 1000)
         note = None if note is None else note[:200]
-        if kind == "open" and self._one_trip and not self._reaper.due():
+        if (
+            kind == "open"
+            and self._one_trip
+            and (not self._reaper.due() or self._reaper.quiet(self.store.conn, now))
+        ):
             with self.store.write(durable=False) as conn:
                 granted = intents.reserve_one_trip(
                     conn,

@@ -127,6 +127,17 @@ class Reaper:
     def due(self) -> bool:
         return time.monotonic() >= self._next
 
+    def quiet(self, conn: Conn, now: int) -> bool:
+        """Whether a sweep due now would find no candidate, read outside any write; then
+        the sweep counts as done. For a store whose write holds its lock across each round
+        trip (PostgreSQL's full ``reserve``), so that the one-trip path stays the common one.
+        A candidate that appears after this read waits for the next sweep, or for the next
+        denial, which reaps every stale reservation first, as always."""
+        if conn.execute(_REAP_SQL + " LIMIT 1", (now, now - self.min_age_ms)).fetchone():
+            return False
+        self._next = time.monotonic() + self._interval_s
+        return True
+
     def reap(self, conn: Conn, now: int, me: int, created_by: int) -> int:
         """Expire the stale among those expired or created at or before ``created_by`` (ms).
 
