@@ -15,6 +15,9 @@ before an order goes out is ``mark_sent``, whose sync covers the reservation too
 ``--mark-sent`` adds that durable write to every loop (reserve, mark_sent, release), which is
 the cost of a reservation that reaches the wire (``marked_sent`` counts them); the targets are
 for plain reservations.
+Each worker makes one reservation before the clock starts (a process's first write warms its
+connection up: on PostgreSQL the ledger functions are compiled and planned then, tens of ms
+on a loaded machine, once per process; not a running agent's latency).
 Violations come from the independent journal check in ``tests/kit/ledger_worker.py``.
 Targets: 0 violations; p99 <= 5 ms with 50 processes at 200 ms think time;
 >= 3,000 committed reservations/s with 10 processes and no think time.
