@@ -3,10 +3,14 @@
 Every counter is bumped inside a transaction its writer already runs, never in one of its
 own, so counting costs no extra lock or fsync:
 
-- ``audit``: one per audit row, by event (an SQLite trigger on ``audit``): orders by
-  outcome, fills, state changes, pauses.
+- ``audit``: one per audit row, by event: orders by outcome, fills, state changes, pauses.
+  PostgreSQL counts them with a trigger on ``audit``. SQLite folds them in batches: the
+  ``AUDIT_MARK`` row holds the highest audit id counted, a writer adds the rows past it
+  about once a second (``sqlite.SqliteStore``), and ``read`` adds the rows not folded yet,
+  in the same statement, so a reader's counts are exact at any moment.
 - ``reservation_denials``: by bounded reason, in ``reserve``'s transaction.
-- ``ledger_lock_wait_seconds``: a histogram of every write's flock wait, in that write.
+- ``ledger_lock_wait_seconds``: a histogram of every write's flock wait (SQLite), kept in
+  the writing process and added by one of its writes about once a second, and at close.
 - ``exchange_*``: what an agent's requests saw (status, error code, latency by endpoint),
   gathered in memory and added by the next request's budget transaction.
 
@@ -39,6 +43,17 @@ DENIAL_REASONS: Final = (
 _UPSERT: Final = (
     "INSERT INTO counters (name, agent_id, labels, value) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (name, agent_id, labels) DO UPDATE SET value = counters.value + excluded.value"
+)
+
+# The ``counters`` row whose value is the highest audit id counted in ``audit`` rows
+# (SQLite, migration ``audit-counts-folded``); no such row means every audit row is counted.
+AUDIT_MARK: Final = "audit_counted_to_id"
+_READ_SQL: Final = (
+    "SELECT name, agent_id, labels, value FROM counters WHERE name <> ? "
+    "UNION ALL "
+    "SELECT '', COALESCE(agent_id, ''), event, COUNT(*) FROM audit "
+    "WHERE id > (SELECT value FROM counters WHERE name = ? AND agent_id = '' AND labels = '{}') "
+    "GROUP BY COALESCE(agent_id, ''), event"
 )
 
 CounterKey = tuple[str, str, str]  # name, agent_id ('' for host-wide), labels as JSON
@@ -101,5 +116,20 @@ def lock_wait_deltas(wait_s: float) -> dict[CounterKey, float]:
 
 
 def read(conn: Conn) -> list[Counter]:
-    rows = conn.execute("SELECT name, agent_id, labels, value FROM counters").fetchall()
-    return [Counter(str(r[0]), str(r[1]), json.loads(r[2]), float(r[3])) for r in rows]
+    """Every counter; the audit rows past ``AUDIT_MARK`` (if any) counted in, read in the
+    same statement (one snapshot) so a fold running meanwhile never counts a row twice."""
+    rows = conn.execute(_READ_SQL, (AUDIT_MARK, AUDIT_MARK)).fetchall()
+    audit: dict[tuple[str, str], float] = {}
+    out = []
+    for name, agent_id, labels, value in rows:
+        if name == "":  # not folded yet: labels holds the bare event
+            k = (str(agent_id), str(labels))
+            audit[k] = audit.get(k, 0.0) + float(value)
+        else:
+            out.append(Counter(str(name), str(agent_id), json.loads(labels), float(value)))
+    for i, c in enumerate(out):
+        if c.name == "audit" and audit:
+            extra = audit.pop((c.agent_id, c.labels.get("event", "")), 0.0)
+            out[i] = c._replace(value=c.value + extra)
+    out += [Counter("audit", a, {"event": e}, v) for (a, e), v in audit.items()]
+    return out
