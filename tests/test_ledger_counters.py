@@ -10,11 +10,12 @@ from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 
-from aster_agents.ledger import Ledger
+from aster_agents.ledger import Ledger, facts
 from aster_agents.ledger.counters import AUDIT_MARK, Counter
 from aster_agents.ledger.migrations import MIGRATIONS
+from aster_agents.ledger.notify import NotifyStore
 from aster_agents.ledger.readonly import open_readonly
-from aster_agents.ledger.rows import DB_NAME
+from aster_agents.ledger.rows import DB_NAME, INDEXED_EVENTS
 from aster_agents.ledger.sqlite import SqliteStore
 from aster_agents.models import Side
 from tests.kit.wait import wait_for
@@ -152,3 +153,40 @@ def test_lock_waits_are_kept_in_the_process_and_added_by_close(tmp_path: Path) -
     count, buckets = _lock_waits(state_dir)
     assert writes <= count - before <= writes + 1
     assert buckets == count
+
+
+def test_queries_by_event_use_the_index_that_leaves_the_order_path_out(tmp_path: Path) -> None:
+    """The event index holds no row of an order's path, and every query the ledger makes by
+    another event (reconcile, state changes, facts, the notifier, the exporter) uses it."""
+    state_dir = tmp_path / "state"
+    _setup(state_dir)
+    with closing(sqlite3.connect(state_dir / DB_NAME)) as conn:
+        (sql,) = conn.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'audit_by_event'"
+        ).fetchone()
+    assert " ".join(sql.split()).endswith(f"WHERE {INDEXED_EVENTS}")
+    seen: list[str] = []
+    with Ledger(state_dir) as ledger, NotifyStore(state_dir) as notes:
+        ledger.store.conn.set_trace_callback(seen.append)  # type: ignore[attr-defined]
+        notes.store.conn.set_trace_callback(seen.append)  # type: ignore[attr-defined]
+        ledger.last_reconcile_ms("u1")
+        ledger.operator_enables(["a1", "a2"])
+        ledger.state_changes()
+        ledger.forced_closes()
+        facts.margin_type(ledger, "u1", "BTCUSDT")
+        facts.distrusted_count(ledger, "a1")
+        notes.last_event("process_state")
+        ro = open_readonly(state_dir)
+        assert ro is not None
+        with ro:
+            ro.conn.set_trace_callback(seen.append)
+            ro.last_reconciles()
+            ro.operator_enables(["a1"])
+            ro.state_changes()
+            plans = {
+                q: " ".join(str(r[-1]) for r in ro.conn.execute(f"EXPLAIN QUERY PLAN {q}"))
+                for q in seen
+                if q.startswith("SELECT") and "FROM audit WHERE event" in q
+            }
+    assert len(plans) >= 9
+    assert all("INDEX audit_by_event" in plan for plan in plans.values()), plans

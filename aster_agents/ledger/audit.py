@@ -10,7 +10,7 @@ from typing import Any, Final
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger.backend import Conn
-from aster_agents.ledger.rows import AuditEntry
+from aster_agents.ledger.rows import INDEXED_EVENTS, AuditEntry
 from aster_agents.models import now_ms as now_ms  # the ledger modules' clock, re-exported
 
 RECONCILE: Final = "reconcile"
@@ -54,7 +54,8 @@ def last_reconcile_ms(conn: Conn, user: str) -> int | None:
     """
     pattern = "%" + json.dumps({"user": user})[1:-1] + "%"
     for (detail,) in conn.execute(
-        "SELECT detail FROM audit WHERE event = ? AND detail LIKE ? ORDER BY id DESC",
+        f"SELECT detail FROM audit WHERE event = ? AND {INDEXED_EVENTS} AND detail LIKE ? "
+        "ORDER BY id DESC",
         (RECONCILE, pattern),
     ):
         doc = json.loads(detail)

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Final
 
 from aster_agents.ledger import audit
-from aster_agents.ledger.rows import dec
+from aster_agents.ledger.rows import INDEXED_EVENTS, dec
 
 if TYPE_CHECKING:
     from aster_agents.ledger.core import Ledger
@@ -39,7 +39,8 @@ def margin_type(ledger: Ledger, user: str, symbol: str) -> str | None:
     # JSON read here, not in SQL: SQLite's json_extract is not PostgreSQL's (a few rows: one
     # per account and symbol whose type was ever set)
     rows = ledger.store.conn.execute(
-        "SELECT detail FROM audit WHERE event = ? ORDER BY id DESC", (MARGIN_TYPE,)
+        f"SELECT detail FROM audit WHERE event = ? AND {INDEXED_EVENTS} ORDER BY id DESC",
+        (MARGIN_TYPE,),
     ).fetchall()
     for (detail,) in rows:
         seen = json.loads(detail)
@@ -76,7 +77,7 @@ def note_distrusted(ledger: Ledger, agent_id: str | None, what: str) -> None:
 
 def distrusted_count(ledger: Ledger, agent_id: str | None = None) -> int:
     """How many exchange answers were refused (of ``agent_id``, or of everyone)."""
-    sql = "SELECT COUNT(*) FROM audit WHERE event = ?"
+    sql = f"SELECT COUNT(*) FROM audit WHERE event = ? AND {INDEXED_EVENTS}"
     args: tuple[str, ...] = (DISTRUSTED,)
     if agent_id is not None:
         sql += " AND agent_id = ?"

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Final, NamedTuple
 
 from aster_agents.ledger.backend import Conn
-from aster_agents.ledger.rows import dec
+from aster_agents.ledger.rows import INDEXED_EVENTS, dec
 
 # The reason of an operator's ``agents enable``: it restarts the drawdown peaks (see governance).
 OPERATOR_ENABLE: Final = "enabled by operator"
@@ -68,7 +68,7 @@ def operator_enables(conn: Conn, agent_ids: Sequence[str]) -> dict[str, int]:
     marks = ", ".join("?" * len(agent_ids))
     rows = conn.execute(
         f"SELECT agent_id, MAX(time_ms) FROM audit WHERE event = 'agent_state' "
-        f"AND agent_id IN ({marks}) AND detail LIKE ? GROUP BY agent_id",
+        f"AND {INDEXED_EVENTS} AND agent_id IN ({marks}) AND detail LIKE ? GROUP BY agent_id",
         (*agent_ids, f'%"reason": "{OPERATOR_ENABLE}%'),
     ).fetchall()
     return {str(r[0]): int(r[1]) for r in rows}

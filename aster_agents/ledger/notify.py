@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from aster_agents.ledger.audit import now_ms
 from aster_agents.ledger.backend import open_store
-from aster_agents.ledger.rows import AuditEntry
+from aster_agents.ledger.rows import INDEXED_EVENTS, AuditEntry
 
 
 class SentMessage(NamedTuple):
@@ -127,7 +127,8 @@ class NotifyStore:
         """The newest row of ``event`` per agent (what the notifier last recorded)."""
         rows = self.store.conn.execute(  # no bare columns beside MAX(): PostgreSQL refuses them
             "SELECT a.id, a.time_ms, a.agent_id, a.event, a.detail FROM audit a JOIN "
-            "(SELECT MAX(id) AS id FROM audit WHERE event = ? GROUP BY agent_id) m ON a.id = m.id",
+            f"(SELECT MAX(id) AS id FROM audit WHERE event = ? AND {INDEXED_EVENTS} "
+            "GROUP BY agent_id) m ON a.id = m.id",
             (event,),
         ).fetchall()
         return {str(r[2]): AuditEntry(*r) for r in rows}

@@ -29,6 +29,7 @@ from aster_agents.ledger.rows import (
     BUSY_TIMEOUT_MS,
     DB_NAME,
     EQUITY_COLS,
+    INDEXED_EVENTS,
     POSITION_COLS,
     REBALANCE_COLS,
     AccountBooks,
@@ -342,7 +343,7 @@ class ReadOnlyLedger:
         rows = self.conn.execute(  # SQLite takes the bare columns from the MAX(id) row
             "SELECT json_extract(detail, '$.user'), MAX(id), time_ms, "
             "json_extract(detail, '$.differences') FROM audit "
-            "WHERE event = 'reconcile' GROUP BY 1"
+            f"WHERE event = 'reconcile' AND {INDEXED_EVENTS} GROUP BY 1"
         ).fetchall()
         return {str(r[0]): (int(r[2]), int(r[3] or 0)) for r in rows}
 

@@ -18,6 +18,7 @@ from aster_agents.errors import LedgerError
 from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.rows import (
     EQUITY_COLS,
+    INDEXED_EVENTS,
     REBALANCE_COLS,
     EquityPoint,
     RebalanceRow,
@@ -118,7 +119,8 @@ def funding_rows(conn: Conn, agent_id: str | None = None) -> list[FundingRow]:
 
 def _audit_rows(conn: Conn, event: str) -> list[tuple[int, str, dict[str, object]]]:
     rows = conn.execute(
-        "SELECT time_ms, agent_id, detail FROM audit WHERE event = ? AND agent_id IS NOT NULL "
+        f"SELECT time_ms, agent_id, detail FROM audit WHERE event = ? AND {INDEXED_EVENTS} "
+        "AND agent_id IS NOT NULL "
         "ORDER BY time_ms, id",
         (event,),
     ).fetchall()
