@@ -5,12 +5,12 @@ own, so counting costs no extra lock or fsync:
 
 - ``audit``: one per audit row, by event: orders by outcome, fills, state changes, pauses.
   PostgreSQL counts them with a trigger on ``audit``. SQLite folds them in batches: the
-  ``AUDIT_MARK`` row holds the highest audit id counted, a writer adds the rows past it
-  about once a second (``sqlite.SqliteStore``), and ``read`` adds the rows not folded yet,
-  in the same statement, so a reader's counts are exact at any moment.
+  ``AUDIT_MARK`` row holds the highest audit id counted, one writer of the host adds the
+  rows past it about once a second (``sqlite.SqliteStore``), and ``read`` adds the rows not
+  folded yet, in the same statement, so a reader's counts are exact at any moment.
 - ``reservation_denials``: by bounded reason, in ``reserve``'s transaction.
 - ``ledger_lock_wait_seconds``: a histogram of every write's flock wait (SQLite), kept in
-  the writing process and added by one of its writes about once a second, and at close.
+  the writing process and added by one of its writes every few seconds, and at close.
 - ``exchange_*``: what an agent's requests saw (status, error code, latency by endpoint),
   gathered in memory and added by the next request's budget transaction.
 

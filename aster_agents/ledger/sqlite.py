@@ -90,11 +90,13 @@ def _nearly_full(directory: Path) -> bool:
         return False
 
 
-# Bookkeeping a writer does about once a second, in a write it runs anyway: add the lock
-# waits it observed (kept in memory until then) and fold the audit rows past the mark into
-# the ``audit`` counters (``counters.read`` adds the rest). Per write, counting then costs a
-# few dict updates instead of four upserts and a ``counters`` page in every commit.
-COUNTS_EVERY_S: Final = 1.0
+# Counting for the exporter, in writes that run anyway: each writer keeps the lock waits it
+# observed in memory and adds them every ``WAITS_EVERY_S`` (and at close); one writer of the
+# host, about every ``FOLD_EVERY_S`` (a clock shared in ``ledger.sync``), folds the audit rows
+# past the mark into the ``audit`` counters (``counters.read`` adds the rest). Per write,
+# counting then costs a few dict updates instead of four upserts and a ``counters`` page.
+WAITS_EVERY_S: Final = 5.0
+FOLD_EVERY_S: Final = 1.0
 _WAIT: Final = "ledger_lock_wait_seconds"
 _WAIT_BUCKETS: Final = tuple(
     (bound, key(f"{_WAIT}_bucket", le=repr(bound))) for bound in LOCK_WAIT_BUCKETS
@@ -123,11 +125,12 @@ def _wait_bucket(wait_s: float) -> CounterKey:
 
 
 Sync = Callable[[int], None]
+_SYNC_BYTES: Final = 24
 DEFAULT_SYNC: Final[Sync] = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class _SyncPoint:
-    """Two shared counters in ``<state_dir>/ledger.sync`` so that one sync serves many commits.
+    """Shared counters in ``<state_dir>/ledger.sync`` so that one sync serves many commits.
 
     Word 0 counts durable commits (bumped under the writer flock, right after ``COMMIT``);
     word 1 is the highest such count known to be on disk. To make commit ``ticket`` durable,
@@ -137,18 +140,21 @@ class _SyncPoint:
     The words are aligned 8-byte values in a shared mapping (single loads and stores); they
     only ever decide to skip a sync, never to report a commit, and a process killed at any
     point leaves them true (a count is only published after its sync returned).
+    Word 2 is when a writer last folded the audit counts (``time.monotonic_ns``, the host's
+    clock since boot; read and set under the writer flock), so that one writer folds per
+    interval for the whole host.
     """
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if os.fstat(self._fd).st_size < 16:
+        if os.fstat(self._fd).st_size < _SYNC_BYTES:
             # allocated, not sparse: a store into a mapped hole on a full disk is a SIGBUS
-            try:
-                os.posix_fallocate(self._fd, 0, 16)  # zero-fills; never shrinks live counters
+            try:  # zero-fills; never shrinks live counters (a 16-byte file of older versions)
+                os.posix_fallocate(self._fd, 0, _SYNC_BYTES)
             except OSError:
                 os.close(self._fd)
                 raise
-        self._map = mmap.mmap(self._fd, 16)
+        self._map = mmap.mmap(self._fd, _SYNC_BYTES)
         self._words = memoryview(self._map).cast("Q")
         if self._words[1] > self._words[0]:  # not from us (the synced count trails): distrust
             fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -160,6 +166,15 @@ class _SyncPoint:
         ticket = self._words[0] + 1
         self._words[0] = ticket
         return int(ticket)
+
+    def fold_due(self, now_ns: int) -> bool:
+        """True when nobody folded in the last ``FOLD_EVERY_S`` (or the clock restarted: a
+        reboot)."""
+        last = int(self._words[2])
+        return now_ns - last >= FOLD_EVERY_S * 1e9 or now_ns < last
+
+    def folded(self, now_ns: int) -> None:
+        self._words[2] = now_ns
 
     def wait_durable(self, ticket: int, sync: Callable[[], None]) -> None:
         """Return once commit ``ticket`` is on disk, syncing only if nobody else did."""
@@ -205,7 +220,7 @@ class SqliteStore:
         self.throwaway = throwaway
         self.writes = 0  # write transactions begun: a throwaway's readers know nothing moved
         self._waits: dict[CounterKey, float] = {}  # lock waits not yet in ``counters``
-        self._counts_due = 0.0  # time.monotonic() from which a write adds them (and folds)
+        self._waits_due = 0  # time.monotonic_ns() from which a write adds them
         try:
             if not throwaway:
                 self._open_files()
@@ -337,10 +352,10 @@ class SqliteStore:
                     self.conn.execute("BEGIN IMMEDIATE")
                     try:
                         yield self.conn
-                        added = self._count(self.last_wait_ns / 1e9) if self._counting else 0.0
+                        counted = self._count(self.last_wait_ns) if self._counting else None
                         self.conn.execute("COMMIT")
-                        if added:
-                            self._waits, self._counts_due = {}, added + COUNTS_EVERY_S
+                        if counted is not None:
+                            self._counted(*counted)
                     except BaseException:
                         if self.conn.in_transaction:
                             self.conn.execute("ROLLBACK")
@@ -353,28 +368,36 @@ class SqliteStore:
                 raise self._full() from exc
             raise
 
-    def _count(self, wait_s: float) -> float:
-        """Observe this write's lock wait; when due, add the waits and fold the audit rows
-        in the caller's transaction and return the time (0.0 when not due). The waits are
-        dropped from memory only once that transaction has committed."""
-        waits = self._waits
+    def _count(self, wait_ns: int) -> tuple[int, bool] | None:
+        """Observe this write's lock wait; when due, add the waits (and, when the host's turn
+        is due, fold the audit rows) in the caller's transaction. Returns (now, folded) for
+        ``_counted`` once that transaction has committed, or None when nothing was added."""
+        waits, wait_s = self._waits, wait_ns / 1e9
         bucket = _wait_bucket(wait_s)
         waits[bucket] = waits.get(bucket, 0.0) + 1
         waits[_WAIT_COUNT] = waits.get(_WAIT_COUNT, 0.0) + 1
         waits[_WAIT_SUM] = waits.get(_WAIT_SUM, 0.0) + wait_s
-        now = time.monotonic()
-        if now < self._counts_due:
-            return 0.0
-        bump(self.conn, waits)
-        self.conn.execute(_FOLD_SQL)
-        self.conn.execute(_MARK_SQL)
-        return now
+        now = time.monotonic_ns()
+        fold = self._syncpoint is not None and self._syncpoint.fold_due(now)
+        if not fold and now < self._waits_due:
+            return None
+        bump(self.conn, waits)  # with a fold the counters page is written anyway
+        if fold:
+            self.conn.execute(_FOLD_SQL)
+            self.conn.execute(_MARK_SQL)
+        return now, fold
+
+    def _counted(self, now: int, folded: bool) -> None:
+        """The waits are in the ledger now, and the audit rows folded if ``folded``."""
+        self._waits, self._waits_due = {}, now + int(WAITS_EVERY_S * 1e9)
+        if folded and self._syncpoint is not None:
+            self._syncpoint.folded(now)
 
     def _flush_counts(self) -> None:
         """Add the lock waits still in memory (at close); best effort, like any metric."""
         if not self._waits or not self._counting or getattr(self, "conn", None) is None:
             return
-        self._counts_due = 0.0
+        self._waits_due = 0
         with suppress(LedgerError, sqlite3.Error, OSError), self.write(durable=False):
             pass
 
