@@ -18,6 +18,7 @@ from aster_agents.ledger.notify import NotifyStore
 from aster_agents.ledger.readonly import open_readonly
 from aster_agents.ledger.rows import DB_NAME, INDEXED_EVENTS
 from aster_agents.ledger.sqlite import SqliteStore
+from aster_agents.ledger.transfer import copy_to_postgres
 from aster_agents.models import Side
 from tests.kit.wait import wait_for
 from tests.plugins.ledger import kill_child, spawn_python
@@ -69,6 +70,14 @@ def _audit_rows(state_dir: Path) -> dict[tuple[str, str], float]:
     with Ledger(state_dir) as ledger:
         rows = ledger.audit(limit=10**7)
     return {k: float(v) for k, v in Tally((e.agent_id or "", e.event) for e in rows).items()}
+
+
+D1 = Decimal(1)
+
+
+def _newest_audit_id(state_dir: Path) -> int:
+    with closing(sqlite3.connect(state_dir / DB_NAME)) as conn:
+        return int(conn.execute("SELECT MAX(id) FROM audit").fetchone()[0])
 
 
 def _mark(state_dir: Path) -> float:
@@ -198,3 +207,34 @@ def test_queries_by_event_use_the_index_that_leaves_the_order_path_out(tmp_path:
             }
     assert len(plans) >= 9
     assert all("INDEX audit_by_event" in plan for plan in plans.values()), plans
+
+
+def test_a_migrated_file_keeps_exact_counts_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """``ledger migrate`` carries the counts as a reader sees them (rows not folded yet
+    included, no fold mark), and PostgreSQL's trigger counts on from there: no row twice."""
+    state_dir = tmp_path / "state"
+    _setup(state_dir)
+    with Ledger(state_dir, url=None) as ledger:
+        intent = ledger.reserve("a1", "S1USDT", Side.BUY, margin=D1, notional=D1)
+        ledger.release(intent.client_order_id, "test")
+    with closing(sqlite3.connect(state_dir / DB_NAME)) as conn:  # rows no writer folded yet
+        for event in ("reserve", "released", "note"):
+            conn.execute(
+                "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (0, 'a1', ?, '{}')",
+                (event,),
+            )
+        conn.commit()
+    assert _mark(state_dir) < _newest_audit_id(state_dir)
+    copy_to_postgres(state_dir, pg_url)
+    with Ledger(state_dir, url=pg_url) as shared:
+        intent = shared.reserve("a2", "S9USDT", Side.BUY, margin=D1, notional=D1)
+        shared.release(intent.client_order_id, "test")
+        rows = Tally((e.agent_id or "", e.event) for e in shared.audit(limit=10**6))
+    ro = open_readonly(state_dir, pg_url)
+    assert ro is not None
+    with ro:
+        counts = {
+            (c.agent_id, c.labels["event"]): c.value for c in ro.counters() if c.name == "audit"
+        }
+        assert AUDIT_MARK not in {c.name for c in ro.counters()}
+    assert counts == {k: float(v) for k, v in rows.items()}
