@@ -163,21 +163,32 @@ def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_databa
     assert not state.exists()
 
 
-def test_a_throwaway_ledger_finds_an_agents_active_intents_without_scanning_its_history(
-    tmp_path: Path,
+@pytest.mark.parametrize("throwaway", [False, True])
+def test_an_agents_open_intents_are_found_without_scanning_its_history(
+    tmp_path: Path, throwaway: bool
 ) -> None:
-    """The per-tick reads (an agent's row, its unresolved intents) use the throwaway's
-    partial indexes, so their cost does not grow with every intent the agent ever had."""
-    with Ledger(tmp_path, throwaway=True) as ledger:
+    """The per-tick reads (an agent's row, its unresolved intents) and a reallocation's
+    margin in use go through the partial index of unresolved intents (migration
+    intents-unresolved-by-agent), so their cost does not grow with every intent the agent had."""
+    with Ledger(tmp_path, throwaway=throwaway) as ledger:
         conn = ledger.store.conn
         row = conn.execute(
             f"EXPLAIN QUERY PLAN SELECT {AGENT_COLS} FROM agents a WHERE a.agent_id = ?", ("a",)
         )
-        assert "throwaway_intents_active" in str(row.fetchall())
-        ledger.register_agent("a", "0xaa", max_positions=1)
+        assert "intents_unresolved_by_agent" in str(row.fetchall())
+        ledger.set_account_limits(
+            "0xaa", max_total_positions=2, max_gross_leverage=Decimal(3), equity=Decimal(5000)
+        )
+        ledger.register_agent("a", "0xaa", max_positions=1, capital=Decimal(1000))
         trace: list[str] = []
-        conn.set_trace_callback(trace.append)  # the statement unresolved_intents runs
+        conn.set_trace_callback(trace.append)
         ledger.unresolved_intents("a")
+        ledger.reallocate({"a": Decimal(900)}, reason="test", detail={})
         conn.set_trace_callback(None)
-        plan = conn.execute(f"EXPLAIN QUERY PLAN {trace[-1]}").fetchall()
-        assert "throwaway_intents_unresolved" in str(plan)
+        plans = {
+            q: str(conn.execute(f"EXPLAIN QUERY PLAN {q}").fetchall())
+            for q in trace
+            if q.startswith("SELECT") and "FROM intents WHERE agent_id" in q
+        }
+        assert len(plans) == 2, trace
+        assert all("intents_unresolved_by_agent" in p for p in plans.values()), plans

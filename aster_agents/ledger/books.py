@@ -23,6 +23,7 @@ from aster_agents.ledger.rows import (
     EQUITY_COLS,
     POSITION_COLS,
     REBALANCE_COLS,
+    UNRESOLVED,
     AccountBooks,
     EquityPoint,
     RebalanceRow,
@@ -347,8 +348,8 @@ def _margin_in_use(conn: Conn, agent_id: str) -> Decimal:
         (
             dec(r[0])
             for r in conn.execute(
-                "SELECT margin FROM intents WHERE agent_id = ? AND kind = 'open' "
-                "AND state IN ('reserved', 'confirmed') AND margin_booked = 0",
+                f"SELECT margin FROM intents WHERE agent_id = ? AND {UNRESOLVED} "
+                "AND kind = 'open' AND state IN ('reserved', 'confirmed') AND margin_booked = 0",
                 (agent_id,),
             )
         ),

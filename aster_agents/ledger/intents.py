@@ -18,7 +18,7 @@ from aster_agents.ledger import limits
 from aster_agents.ledger.audit import record, record_at
 from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.liveness import PidLiveness
-from aster_agents.ledger.rows import INTENT_COLS, Intent, dec
+from aster_agents.ledger.rows import INTENT_COLS, UNRESOLVED, Intent, dec
 from aster_agents.models import Side
 
 CLIENT_ORDER_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,36}")
@@ -431,9 +431,7 @@ def get(conn: Conn, coid: str) -> Intent | None:
 def unresolved(conn: Conn, agent_id: str) -> list[Intent]:
     """Intents still reserved or confirmed, plus reaped ones that were marked sent."""
     rows = conn.execute(
-        f"SELECT {INTENT_COLS} FROM intents WHERE agent_id = ? AND "
-        "(state IN ('reserved', 'confirmed') OR (state = 'expired' AND sent = 1)) "
-        "ORDER BY seq",
+        f"SELECT {INTENT_COLS} FROM intents WHERE agent_id = ? AND {UNRESOLVED} ORDER BY seq",
         (agent_id,),
     ).fetchall()
     return [intent_row(r) for r in rows]

@@ -265,6 +265,20 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
                 AND event <> 'released' AND event <> 'fill' AND event <> 'intent_filled';
         """,
     ),
+    (
+        # An agent's questions about its own intents (each tick: its unresolved intents and
+        # the opens its row counts; a reallocation: their margin) ask for the few that are
+        # not resolved; the index on (agent_id, seq) made each of them read every intent the
+        # agent ever had, a cost that grew for as long as the agent ran. One partial index
+        # holds only the unresolved ones (``rows.UNRESOLVED``, which each such query repeats
+        # so SQLite uses it); nothing else asked intents by agent.
+        "intents-unresolved-by-agent",
+        """
+        DROP INDEX intents_by_agent;
+        CREATE INDEX intents_unresolved_by_agent ON intents (agent_id, seq)
+            WHERE state IN ('reserved', 'confirmed') OR (state = 'expired' AND sent = 1);
+        """,
+    ),
 )
 
 # ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both

@@ -162,13 +162,20 @@ EQUITY_COLS: Final = "time_ms, equity, nav"
 ACCOUNT_BOOK_COLS: Final = "user, unallocated, equity, equity_ms, opened_ms"
 REBALANCE_COLS: Final = "id, time_ms, reason, detail"
 POSITION_COLS: Final = "agent_id, user, symbol, qty, entry_price, margin, opened_ms, updated_ms"
+# An intent not resolved yet: reserved or confirmed, or reaped after it was sent (it may still
+# land). The condition of the partial index intents_unresolved_by_agent, written exactly so in
+# every query of an agent's intents (SQLite uses a partial index only for a query that repeats
+# its condition).
+UNRESOLVED: Final = "(state IN ('reserved', 'confirmed') OR (state = 'expired' AND sent = 1))"
+
 AGENT_COLS: Final = (
     "a.agent_id, a.user, a.nonce_slot, a.max_positions, a.enabled, a.state, a.state_reason, "
     "a.capital, a.units, a.realized_pnl, a.fees, a.funding, a.hb_pid, a.hb_ms, a.hb_error, "
     "a.ticks, (SELECT COUNT(*) FROM positions p WHERE p.agent_id = a.agent_id), "
-    "(SELECT COUNT(*) FROM intents i WHERE i.agent_id = a.agent_id "
-    "AND i.kind = 'open' AND i.state IN ('reserved', 'confirmed') AND NOT EXISTS "
-    "(SELECT 1 FROM positions p WHERE p.agent_id = i.agent_id AND p.symbol = i.symbol)), "
+    "(SELECT COUNT(*) FROM intents WHERE intents.agent_id = a.agent_id AND "
+    f"{UNRESOLVED} AND kind = 'open' AND state IN ('reserved', 'confirmed') AND NOT EXISTS "
+    "(SELECT 1 FROM positions p WHERE p.agent_id = intents.agent_id "
+    "AND p.symbol = intents.symbol)), "
     "a.hb_host"
 )
 AGENT_COLS_NO_HOST: Final = AGENT_COLS.removesuffix("a.hb_host") + "NULL"  # before "hosts"

@@ -71,18 +71,6 @@ _SQLITE_FULL: Final = 13
 _NEARLY_FULL_BYTES: Final = 256 << 10
 
 
-# Indexes only a throwaway ledger adds (after the migrations): each agent's tick asks for its
-# unresolved intents and its row (which counts its active opens); the migrations' index on
-# (agent_id, seq) makes both scan every intent the agent ever had, a cost that grows with the
-# run. Same answers, no schema change; a process ledger would want them as a migration.
-_THROWAWAY_INDEXES: Final = (
-    "CREATE INDEX throwaway_intents_active ON intents (agent_id, kind) "
-    "WHERE state IN ('reserved', 'confirmed')",
-    "CREATE INDEX throwaway_intents_unresolved ON intents (agent_id, seq) "
-    "WHERE state IN ('reserved', 'confirmed') OR (state = 'expired' AND sent = 1)",
-)
-
-
 def _nearly_full(directory: Path) -> bool:
     try:
         return shutil.disk_usage(directory).free < _NEARLY_FULL_BYTES
@@ -234,8 +222,6 @@ class SqliteStore:
                 self._configure()
             self._migrate()
             self._counting = not throwaway
-            for sql in _THROWAWAY_INDEXES if throwaway else ():
-                self.conn.execute(sql)
         except OSError as exc:
             self.close()
             if is_disk_full(exc):
