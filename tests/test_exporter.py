@@ -35,6 +35,7 @@ BOUNDED_LABELS = {
     "event",
     "bucket",
     "user",
+    "host",
     "strategy",
     "signer",
     "version",
