@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -590,10 +590,8 @@ def serve(
     reg: CollectorRegistry, bind: str, port: int, ready: threading.Event | None = None
 ) -> int:
     """Serve ``/metrics`` until SIGTERM or SIGINT; prints the URL first. Returns 0."""
-    from prometheus_client import start_http_server
-
     try:
-        server, thread = start_http_server(port, addr=bind, registry=reg)
+        server, thread = _start_server(reg, bind, port)
     except OSError as exc:
         from aster_agents.errors import AsterAgentsError
 
@@ -611,3 +609,27 @@ def serve(
     server.server_close()
     thread.join(5)
     return 0
+
+
+def _start_server(reg: CollectorRegistry, bind: str, port: int) -> tuple[Any, threading.Thread]:
+    """prometheus_client's WSGI app and threading server (``start_http_server``'s parts),
+    with the exposition sent uncompressed: gzip at level 9 of the ~75 KB a 50-agent fleet
+    exports costs ~3 ms of CPU per scrape, a tenth of the scrape, to save bytes on loopback
+    or a LAN."""
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """No line per scrape."""
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+    app = make_wsgi_app(reg, disable_compression=True)
+    server = make_server(bind, port, app, Server, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
