@@ -378,7 +378,7 @@ class ReadOnlyLedger:
         """
         if not self._ready("equity"):
             return []
-        nav = "COALESCE(nav, 0)" if self._ready("rebalances") else "0"
+        nav = "COALESCE(nav, '0')" if self._ready("rebalances") else "'0'"  # TEXT on both
         rows = self.conn.execute(
             f"SELECT rowid, agent_id, equity, {nav} FROM equity WHERE rowid > ? "
             "ORDER BY rowid LIMIT ?",
