@@ -29,6 +29,7 @@ from aster_agents.ledger import Ledger, SharedBudget
 from aster_agents.ledger.liveness import HOST_ENV
 from aster_agents.models import Side
 from tests.kit.cli import run_cli
+from tests.plugins.postgres import PgServer
 
 USER = "0x" + "ab" * 20
 FAR_PID = 4_000_000  # above pid_max: no process here has it
@@ -221,3 +222,28 @@ def test_two_exporters_on_one_ledger_count_each_agent_once(
     assert by_label(alpha["aster_ledger_events"], events, "event") == by_label(
         beta["aster_ledger_events"], events, "event"
     )
+
+
+def test_a_connection_dropped_between_scrapes_costs_no_scrape(
+    hosts: dict[str, tuple[Path, Path]], pg_server: PgServer
+) -> None:
+    """The exporter keeps its ledger connection between scrapes; when the server has dropped
+    it meanwhile, the next scrape reconnects and answers (no 500, no gap)."""
+    proc = start(*hosts["beta"], "beta")
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "the exporter printed no URL"
+        url = proc.stdout.readline().strip()
+        assert httpx.get(url, timeout=10).status_code == 200
+        dropped = pg_server.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        assert dropped  # the exporter's connection was among them
+        reply = httpx.get(url, timeout=10)
+        assert reply.status_code == 200, reply.text
+        assert 'aster_agent_up{agent="b-1"}' in reply.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)

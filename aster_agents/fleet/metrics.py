@@ -34,7 +34,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from aster_agents import __version__
 from aster_agents.config.view import ViewMemo
-from aster_agents.errors import ConfigError
+from aster_agents.errors import ConfigError, LedgerError
 from aster_agents.fleet.view import collect_portfolio, collect_status, weight_group
 from aster_agents.ledger.counters import LATENCY_BUCKETS, LOCK_WAIT_BUCKETS
 
@@ -148,6 +148,7 @@ class LedgerSource:
 
     def __init__(self) -> None:
         self.ledger: ReadOnlyLedger | None = None
+        self.fresh = False  # opened by the last ``open`` (not kept from an earlier scrape)
         self._key: tuple[object, ...] | None = None
 
     def open(self, state_dir: Path, url: str | None) -> ReadOnlyLedger | None:
@@ -164,7 +165,8 @@ class LedgerSource:
                 self.close()
                 return None
             key = (str(state_dir), st.st_dev, st.st_ino)
-        if key != self._key or self.ledger is None:
+        self.fresh = key != self._key or self.ledger is None
+        if self.fresh:
             self.close()
             self.ledger = open_readonly(state_dir, url, threads=True)
             self._key = key
@@ -188,17 +190,25 @@ def take_snapshot(
     the ledger, nothing written. ``all_hosts=False``: only this host's agents' series."""
     source = source or LedgerSource()
     signers = {a.id: a.exchange.signer for a in fleet.agents}
-    ledger = source.open(state_dir, fleet.ledger_url)
-    if ledger is None:
-        status = collect_status(fleet, state_dir, ledger=None)
-        portfolio = collect_portfolio(fleet, state_dir, status=status, history=False, ledger=None)
-        return Snapshot(status, portfolio, [], [], {}, drawdowns, [], None, {}, signers, {})
-    try:
-        with ledger.snapshot():
-            return _read(fleet, state_dir, ledger, drawdowns, signers, all_hosts)
-    except BaseException:
-        source.close()  # a broken connection is not kept for the next scrape
-        raise
+    while True:
+        ledger = source.open(state_dir, fleet.ledger_url)
+        if ledger is None:
+            status = collect_status(fleet, state_dir, ledger=None)
+            portfolio = collect_portfolio(
+                fleet, state_dir, status=status, history=False, ledger=None
+            )
+            return Snapshot(status, portfolio, [], [], {}, drawdowns, [], None, {}, signers, {})
+        kept = not source.fresh
+        try:
+            with ledger.snapshot():
+                return _read(fleet, state_dir, ledger, drawdowns, signers, all_hosts)
+        except LedgerError:
+            source.close()  # a connection the server dropped since the last scrape: once more
+            if not kept:
+                raise
+        except BaseException:
+            source.close()  # a broken connection is not kept for the next scrape
+            raise
 
 
 def _read(
