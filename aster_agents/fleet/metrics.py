@@ -224,7 +224,7 @@ def _read(
     while batch := ledger.equity_after(drawdowns.rowid):
         drawdowns.feed(batch)
     group = weight_group(fleet.portfolio.rate_group, ledger)
-    mine = [  # this host's weight bucket only: other groups are their exporters' to show
+    buckets = [  # this host's weight bucket only: other groups are their exporters' to show
         b for b in ledger.buckets() if not b.key.startswith("weight:") or b.key == f"weight:{group}"
     ]
     local = all_hosts or ledger.backend == "sqlite"  # one ledger file: one host
@@ -236,7 +236,7 @@ def _read(
         ledger.positions(),
         ledger.marks(),
         drawdowns,
-        mine,
+        buckets,
         ledger.host_pause(group=group),
         ledger.last_reconciles(),
         signers,
