@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -35,6 +36,7 @@ BOUNDED_LABELS = {
     "event",
     "bucket",
     "user",
+    "host",
     "strategy",
     "signer",
     "version",
@@ -250,3 +252,32 @@ def test_first_scrape_without_ledger_reports_never_started(
     assert value(metrics["aster_ledger_found"], "aster_ledger_found") == 0
     assert value(metrics["aster_agent_up"], "aster_agent_up", agent="agent-1") == 0
     assert not fleet.state_dir.exists()
+
+
+def test_each_scrape_sees_config_and_ledger_changes(tmp_path: Path, sim_server: SimServer) -> None:
+    """The parsed config and the ledger connection outlive a scrape, never its values: a
+    ledger created, an agent file edited or added, the ledger file replaced all show at once."""
+    fleet = make_fleet(tmp_path, sim_server, ["agent-1"])
+    proc, url = start_exporter(fleet)
+    try:
+        assert value(scrape(url)["aster_ledger_found"], "aster_ledger_found") == 0
+        with Ledger(fleet.state_dir) as ledger:
+            ledger.register_agent("agent-1", fleet.user, max_positions=1, capital=Decimal(500))
+        one = fleet.config_dir / "agent-1.yaml"
+        one.write_text(one.read_text().replace("strategy: random", "strategy: trend"))
+        two = fleet.config_dir / "agent-2.yaml"
+        two.write_text(one.read_text().replace("agent-1", "agent-2"))
+        metrics = scrape(url)
+        assert value(metrics["aster_ledger_found"], "aster_ledger_found") == 1
+        info = {s.labels["agent"]: s.labels["strategy"] for s in metrics["aster_agent_info"]}
+        assert info == {"agent-1": "trend", "agent-2": "trend"}
+        capital = "aster_agent_capital_usdt"
+        assert value(metrics[capital], capital, agent="agent-1") == 500
+
+        other = tmp_path / "other"  # a restored backup: another file renamed over the ledger
+        with Ledger(other) as ledger:
+            ledger.register_agent("agent-1", fleet.user, max_positions=1, capital=Decimal(700))
+        (other / "ledger.sqlite3").rename(fleet.state_dir / "ledger.sqlite3")
+        assert value(scrape(url)[capital], capital, agent="agent-1") == 700
+    finally:
+        assert stop(proc) == 0

@@ -23,17 +23,23 @@ def metrics(
     allow_remote: bool = typer.Option(
         False, "--allow-remote", help="Allow a --bind address other than loopback."
     ),
+    all_hosts: bool = typer.Option(
+        False,
+        "--all-hosts",
+        help="Series of every agent of a shared ledger, not only of this host's agents.",
+    ),
 ) -> None:
     """Serve the fleet's Prometheus metrics on /metrics (the URL is the first stdout line).
 
-    Every scrape reads the config, the ledger (read-only) and supervisord afresh.
+    Every scrape reads the config, the ledger (read-only) and supervisord afresh. On a
+    ledger shared by several hosts, per-agent series are this host's agents' only.
     """
     from aster_agents.config.view import load_view
     from aster_agents.fleet import metrics as m
 
     cli = state(ctx)
     fleet = load_view(cli.config_dir)  # fails here, exit 2, on a missing config dir
-    reg = m.registry(fleet.config_dir, cli.state_dir)
+    reg = m.registry(fleet.config_dir, cli.state_dir, all_hosts=all_hosts)
     if textfile is not None:
         m.write_textfile(reg, textfile)
         return

@@ -181,6 +181,31 @@ def load_view(config_dir: str | Path | None = None) -> FleetView:
     return FleetView(directory, portfolio, tuple(sorted(agents, key=lambda a: natural_key(a.id))))
 
 
+class ViewMemo:
+    """``load_view`` for a long-running reader (the exporter): the view is kept in memory and
+    reused while the config directory (its mtime: files added, removed or renamed) and every
+    file of it (size and mtime) are unchanged, so a read costs a few ``stat`` calls.
+    """
+
+    def __init__(self, config_dir: str | Path | None = None) -> None:
+        self.config_dir = config_dir
+        self._listing: tuple[object, list[Path]] | None = None
+        self._view: tuple[list[list[object]], FleetView] | None = None
+
+    def load(self) -> FleetView:
+        directory = resolve_config_dir(self.config_dir)
+        try:
+            listed = directory.stat().st_mtime_ns
+        except OSError:
+            return load_view(directory)  # its one-line error
+        if self._listing is None or self._listing[0] != listed:
+            self._listing = (listed, [directory / PORTFOLIO_FILE, *agent_files(directory)])
+        stamp = [_stamp(p) for p in self._listing[1]]  # taken before the files are read
+        if self._view is None or self._view[0] != stamp:
+            self._view = (stamp, load_view(directory))
+        return self._view[1]
+
+
 def _stamp(path: Path) -> list[object]:
     try:
         st = path.stat()

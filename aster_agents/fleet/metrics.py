@@ -14,6 +14,7 @@ never an order id).
 from __future__ import annotations
 
 import ipaddress
+import os
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -32,16 +33,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from aster_agents import __version__
-from aster_agents.config.view import load_view
-from aster_agents.errors import ConfigError
+from aster_agents.config.view import ViewMemo
+from aster_agents.errors import ConfigError, LedgerError
 from aster_agents.fleet.view import collect_portfolio, collect_status, weight_group
 from aster_agents.ledger.counters import LATENCY_BUCKETS, LOCK_WAIT_BUCKETS
 
 if TYPE_CHECKING:
     from aster_agents.config.view import FleetView
-    from aster_agents.fleet.view import PortfolioReport, StatusReport
+    from aster_agents.fleet.view import AgentStatus, PortfolioReport, StatusReport
     from aster_agents.ledger.counters import Counter
-    from aster_agents.ledger.readonly import BucketLevel, HostPause
+    from aster_agents.ledger.readonly import BucketLevel, HostPause, ReadOnlyLedger
     from aster_agents.ledger.rows import AgentRow, LedgerPosition
 
 DEFAULT_PORT: Final = 9464
@@ -117,57 +118,161 @@ class Snapshot(NamedTuple):
     reconciles: dict[str, tuple[int, int]]
     signers: dict[str, str]
     rows: dict[str, AgentRow]
+    mine: frozenset[str] | None = None  # the agents whose series are shown (None: every one)
+    hosts: frozenset[str] | None = None  # the hosts whose host-wide series are shown (None: all)
+
+    def shows(self, agent_id: str) -> bool:
+        return self.mine is None or agent_id in self.mine
+
+    def host_of(self, c: Counter) -> str | None:
+        """The host of a host-wide counter when this exporter shows it, else None (rows
+        written on a one-host ledger carry no host: they are this host's)."""
+        host = c.labels.get("host") or self.status.host
+        return host if self.hosts is None or host in self.hosts else None
 
 
-def take_snapshot(fleet: FleetView, state_dir: Path, drawdowns: Drawdowns) -> Snapshot:
-    """One consistent-enough read of the fleet (each source read once, nothing written)."""
-    from aster_agents.ledger.readonly import open_readonly
+def runs_here(agent: AgentStatus, status: StatusReport, configured: frozenset[str]) -> bool:
+    """Whether this host runs ``agent`` (its series belong to this host's exporter): the host
+    of its last heartbeat; before its first one, the config's ``host:`` of a file of this
+    host's agents.d (none: this host)."""
+    if agent.last_tick_ms is not None:
+        return agent.host == status.host
+    return agent.id in configured and agent.host in (None, status.host)
 
-    status = collect_status(fleet, state_dir)
-    portfolio = collect_portfolio(fleet, state_dir, status=status, history=False)
+
+class LedgerSource:
+    """The exporter's read-only ledger, kept open from one scrape to the next; each scrape
+    reads in a transaction of its own (``ReadOnlyLedger.snapshot``), so nothing is served
+    stale. Reopened when the ledger moves (``ledger.url``, the environment), when the file is
+    replaced (another inode) and after a failed read."""
+
+    def __init__(self) -> None:
+        self.ledger: ReadOnlyLedger | None = None
+        self.fresh = False  # opened by the last ``open`` (not kept from an earlier scrape)
+        self._key: tuple[object, ...] | None = None
+
+    def open(self, state_dir: Path, url: str | None) -> ReadOnlyLedger | None:
+        from aster_agents.config.view import LEDGER_URL_ENV
+        from aster_agents.ledger.readonly import open_readonly
+        from aster_agents.ledger.rows import DB_NAME
+
+        url = os.environ.get(LEDGER_URL_ENV) or url
+        key: tuple[object, ...] = (url,)
+        if not url:
+            try:
+                st = (Path(state_dir) / DB_NAME).stat()
+            except OSError:
+                self.close()
+                return None
+            key = (str(state_dir), st.st_dev, st.st_ino)
+        self.fresh = key != self._key or self.ledger is None
+        if self.fresh:
+            self.close()
+            self.ledger = open_readonly(state_dir, url, threads=True)
+            self._key = key
+        return self.ledger
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+        self.ledger, self._key = None, None
+
+
+def take_snapshot(
+    fleet: FleetView,
+    state_dir: Path,
+    drawdowns: Drawdowns,
+    source: LedgerSource | None = None,
+    *,
+    all_hosts: bool = False,
+) -> Snapshot:
+    """One consistent read of the fleet: every source read once, in one read transaction of
+    the ledger, nothing written. ``all_hosts=False``: only this host's agents' series."""
+    source = source or LedgerSource()
     signers = {a.id: a.exchange.signer for a in fleet.agents}
-    ledger = open_readonly(state_dir, fleet.ledger_url)
-    if ledger is None:
-        return Snapshot(status, portfolio, [], [], {}, drawdowns, [], None, {}, signers, {})
-    with ledger:
-        rows = {r.agent_id: r for r in ledger.agent_rows()}
-        while batch := ledger.equity_after(drawdowns.rowid):
-            drawdowns.feed(batch)
-        group = weight_group(fleet.portfolio.rate_group, ledger)
-        mine = [  # this host's weight bucket only: other groups are their exporters' to show
-            b
-            for b in ledger.buckets()
-            if not b.key.startswith("weight:") or b.key == f"weight:{group}"
-        ]
-        return Snapshot(
-            status,
-            portfolio,
-            ledger.counters(),
-            ledger.positions(),
-            ledger.marks(),
-            drawdowns,
-            mine,
-            ledger.host_pause(group=group),
-            ledger.last_reconciles(),
-            signers,
-            rows,
-        )
+    while True:
+        ledger = source.open(state_dir, fleet.ledger_url)
+        if ledger is None:
+            status = collect_status(fleet, state_dir, ledger=None)
+            portfolio = collect_portfolio(
+                fleet, state_dir, status=status, history=False, ledger=None
+            )
+            return Snapshot(status, portfolio, [], [], {}, drawdowns, [], None, {}, signers, {})
+        kept = not source.fresh
+        try:
+            with ledger.snapshot():
+                return _read(fleet, state_dir, ledger, drawdowns, signers, all_hosts)
+        except LedgerError:
+            source.close()  # a connection the server dropped since the last scrape: once more
+            if not kept:
+                raise
+        except BaseException:
+            source.close()  # a broken connection is not kept for the next scrape
+            raise
+
+
+def _read(
+    fleet: FleetView,
+    state_dir: Path,
+    ledger: ReadOnlyLedger,
+    drawdowns: Drawdowns,
+    signers: dict[str, str],
+    all_hosts: bool,
+) -> Snapshot:
+    status = collect_status(fleet, state_dir, ledger=ledger)
+    portfolio = collect_portfolio(fleet, state_dir, status=status, history=False, ledger=ledger)
+    while batch := ledger.equity_after(drawdowns.rowid):
+        drawdowns.feed(batch)
+    group = weight_group(fleet.portfolio.rate_group, ledger)
+    buckets = [  # this host's weight bucket only: other groups are their exporters' to show
+        b for b in ledger.buckets() if not b.key.startswith("weight:") or b.key == f"weight:{group}"
+    ]
+    local = all_hosts or ledger.backend == "sqlite"  # one ledger file: one host
+    configured = frozenset(a.id for a in fleet.agents)
+    return Snapshot(
+        status,
+        portfolio,
+        ledger.counters(),
+        ledger.positions(),
+        ledger.marks(),
+        drawdowns,
+        buckets,
+        ledger.host_pause(group=group),
+        ledger.last_reconciles(),
+        signers,
+        {r.agent_id: r for r in ledger.agent_rows()},
+        None
+        if local
+        else frozenset(a.id for a in status.agents if runs_here(a, status, configured)),
+        None if all_hosts else frozenset({status.host}),
+    )
 
 
 class FleetCollector(Collector):
-    """A custom collector: every scrape reads the fleet afresh."""
+    """A custom collector: every scrape reads the fleet afresh (the parsed config is reused
+    while its files are unchanged, and the ledger's connection stays open)."""
 
-    def __init__(self, config_dir: Path | None, state_dir: Path | None) -> None:
-        self.config_dir = config_dir
+    def __init__(
+        self, config_dir: Path | None, state_dir: Path | None, *, all_hosts: bool = False
+    ) -> None:
+        self.view = ViewMemo(config_dir)
         self.state_dir = state_dir
+        self.all_hosts = all_hosts
         self.drawdowns = Drawdowns()
+        self.source = LedgerSource()
         self._lock = threading.Lock()  # scrapes may overlap; the peaks are fed in order
 
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
-        fleet = load_view(self.config_dir)
         with self._lock:
-            snap = take_snapshot(fleet, fleet.state_dir(self.state_dir), self.drawdowns)
+            fleet = self.view.load()
+            snap = take_snapshot(
+                fleet,
+                fleet.state_dir(self.state_dir),
+                self.drawdowns,
+                self.source,
+                all_hosts=self.all_hosts,
+            )
         yield from families(snap)
         took = GaugeMetricFamily(
             "aster_exporter_scrape_duration_seconds", "How long the last scrape took to read."
@@ -179,7 +284,7 @@ class FleetCollector(Collector):
 def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _agent_families(snap)
     yield from _position_families(snap)
-    yield from _counter_families(snap.counters)
+    yield from _counter_families(snap)
     yield from _budget_families(snap.buckets, snap.pause)
     yield from _portfolio_families(snap)
 
@@ -195,7 +300,7 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
     info = _gauge(
         "aster_agent_info",
         "Agent configuration; always 1.",
-        ("agent", "strategy", "signer", "user", "version"),
+        ("agent", "strategy", "signer", "user", "version", "host"),
     )
     up = _gauge("aster_agent_up", "1 when the agent process is running (supervisord or pid).")
     flagged = _gauge("aster_agent_flagged", "1 when status flags the agent (down or stale).")
@@ -206,7 +311,10 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
     ticks = CounterMetricFamily("aster_agent_ticks", "Ticks the agent has run.", labels=["agent"])
     positions = _gauge("aster_agent_positions", "Open positions the ledger books for the agent.")
     for a in snap.status.agents:
-        info.add_metric([a.id, a.strategy, snap.signers.get(a.id, ""), a.user, __version__], 1)
+        if not snap.shows(a.id):
+            continue
+        signer = snap.signers.get(a.id, "")
+        info.add_metric([a.id, a.strategy, signer, a.user, __version__, a.host or ""], 1)
         up.add_metric([a.id], 1 if a.process.state == "RUNNING" else 0)
         flagged.add_metric([a.id], 1 if a.flagged else 0)
         for s in AGENT_STATES:
@@ -233,6 +341,8 @@ def _sleeve_families(snap: Snapshot) -> Iterator[Metric]:
         "funding": _gauge("aster_agent_funding_usdt", "Funding received (negative: paid)."),
     }
     for f in snap.portfolio.figures.sleeves:
+        if not snap.shows(f.agent_id):
+            continue
         a = [f.agent_id]
         m["equity"].add_metric(a, float(f.equity))
         m["capital"].add_metric(a, float(f.capital))
@@ -257,6 +367,8 @@ def _position_families(snap: Snapshot) -> Iterator[Metric]:
         ("agent", "symbol"),
     )
     for p in snap.positions:
+        if not snap.shows(p.agent_id):
+            continue
         mark = snap.marks.get(p.user, {}).get(p.symbol, p.entry_price)
         notional.add_metric([p.agent_id, p.symbol], float(p.qty * mark))
     yield notional
@@ -265,7 +377,7 @@ def _position_families(snap: Snapshot) -> Iterator[Metric]:
 # ----------------------------------------------------------------- counters
 
 
-def _counter_families(counters: list[Counter]) -> Iterator[Metric]:
+def _counter_families(snap: Snapshot) -> Iterator[Metric]:
     orders = CounterMetricFamily(
         "aster_orders", "Order intents by outcome.", labels=["agent", "outcome"]
     )
@@ -285,74 +397,93 @@ def _counter_families(counters: list[Counter]) -> Iterator[Metric]:
         "aster_exchange_errors", "Exchange error replies by code.", labels=["agent", "code"]
     )
     limited = CounterMetricFamily(
-        "aster_exchange_rate_limited", "429 and 418 replies (host-wide).", labels=["status"]
+        "aster_exchange_rate_limited",
+        "429 and 418 replies (host-wide).",
+        labels=["host", "status"],
     )
     outcomes: dict[tuple[str, str], float] = defaultdict(float)
     by_event: dict[str, float] = defaultdict(float)
-    for c in counters:
-        if c.name == "audit":
-            event = c.labels.get("event", "")
+    by_host: dict[tuple[str, str], float] = defaultdict(float)
+    for c in snap.counters:
+        event = c.labels.get("event", "") if c.name == "audit" else None
+        if event is not None:  # every agent's: the event counts are fleet-wide
             by_event[event] += c.value
-            if event == "fill":
-                fills.add_metric([c.agent_id], c.value)
-            if event in ORDER_OUTCOMES:
-                outcomes[(c.agent_id, ORDER_OUTCOMES[event])] += c.value
+        if c.name == "exchange_rate_limited":
+            host = snap.host_of(c)
+            if host is not None:
+                by_host[(host, c.labels.get("status", ""))] += c.value
+        elif c.agent_id and not snap.shows(c.agent_id):
+            continue  # another host's agent
+        elif event == "fill":
+            fills.add_metric([c.agent_id], c.value)
+        elif event in ORDER_OUTCOMES:
+            outcomes[(c.agent_id, ORDER_OUTCOMES[event])] += c.value
         elif c.name == "reservation_denials":
             denials.add_metric([c.agent_id, c.labels.get("reason", "")], c.value)
         elif c.name == "exchange_requests":
             requests.add_metric([c.agent_id, c.labels.get("status", "")], c.value)
         elif c.name == "exchange_errors":
             errors.add_metric([c.agent_id, c.labels.get("code", "")], c.value)
-        elif c.name == "exchange_rate_limited":
-            limited.add_metric([c.labels.get("status", "")], c.value)
     for (agent, outcome), value in sorted(outcomes.items()):
         orders.add_metric([agent, outcome], value)
     for event, value in sorted(by_event.items()):
         events.add_metric([event], value)
+    for labels, value in sorted(by_host.items()):
+        limited.add_metric(list(labels), value)
     yield from (orders, fills, events, denials, requests, errors, limited)
     yield _histogram(
-        counters,
+        snap,
         "exchange_request_duration_seconds",
         "aster_exchange_request_duration_seconds",
         "Exchange request latency by endpoint (host-wide).",
-        "endpoint",
+        ("host", "endpoint"),
         LATENCY_BUCKETS,
     )
     yield _histogram(
-        counters,
+        snap,
         "ledger_lock_wait_seconds",
         "aster_ledger_lock_wait_seconds",
         "Time ledger writes waited for the ledger lock.",
-        None,
+        (),
         LOCK_WAIT_BUCKETS,
     )
 
 
 def _histogram(
-    counters: list[Counter],
+    snap: Snapshot,
     stored: str,
     name: str,
     doc: str,
-    label: str | None,
+    labels: tuple[str, ...],
     bounds: tuple[float, ...],
 ) -> HistogramMetricFamily:
-    """Cumulate the stored per-bucket counts into a Prometheus histogram per label value."""
-    buckets: dict[str, dict[str, float]] = defaultdict(dict)
-    sums: dict[str, float] = defaultdict(float)
-    for c in counters:
-        value = c.labels.get(label, "") if label else ""
-        if c.name == f"{stored}_bucket":
-            buckets[value][c.labels["le"]] = c.value
-        elif c.name == f"{stored}_sum":
-            sums[value] += c.value
-    family = HistogramMetricFamily(name, doc, labels=[label] if label else [])
-    for value, hits in sorted(buckets.items()):
+    """Cumulate the stored per-bucket counts into a Prometheus histogram per label values
+    (``host``: the host-wide rows this exporter shows, see ``Snapshot.host_of``)."""
+    buckets: dict[tuple[str, ...], dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    sums: dict[tuple[str, ...], float] = defaultdict(float)
+    bucket, total = f"{stored}_bucket", f"{stored}_sum"
+    for c in snap.counters:
+        if c.name not in (bucket, total):
+            continue
+        values = []
+        for label in labels:
+            value = snap.host_of(c) if label == "host" else c.labels.get(label, "")
+            if value is None:
+                break
+            values.append(value)
+        else:
+            if c.name == bucket:
+                buckets[tuple(values)][c.labels["le"]] += c.value
+            else:
+                sums[tuple(values)] += c.value
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    for key, hits in sorted(buckets.items()):
         running, out = 0.0, []
         for b in bounds:
             running += hits.get(repr(b), 0.0)
             out.append((repr(b), running))
         out.append(("+Inf", running + hits.get("+Inf", 0.0)))
-        family.add_metric([value] if label else [], out, sums[value])
+        family.add_metric(list(key), out, sums[key])
     return family
 
 
@@ -429,9 +560,11 @@ def _portfolio_families(snap: Snapshot) -> Iterator[Metric]:
 # ----------------------------------------------------------------- serving
 
 
-def registry(config_dir: Path | None, state_dir: Path | None) -> CollectorRegistry:
+def registry(
+    config_dir: Path | None, state_dir: Path | None, *, all_hosts: bool = False
+) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(FleetCollector(config_dir, state_dir))
+    reg.register(FleetCollector(config_dir, state_dir, all_hosts=all_hosts))
     return reg
 
 
@@ -467,10 +600,8 @@ def serve(
     reg: CollectorRegistry, bind: str, port: int, ready: threading.Event | None = None
 ) -> int:
     """Serve ``/metrics`` until SIGTERM or SIGINT; prints the URL first. Returns 0."""
-    from prometheus_client import start_http_server
-
     try:
-        server, thread = start_http_server(port, addr=bind, registry=reg)
+        server, thread = _start_server(reg, bind, port)
     except OSError as exc:
         from aster_agents.errors import AsterAgentsError
 
@@ -488,3 +619,27 @@ def serve(
     server.server_close()
     thread.join(5)
     return 0
+
+
+def _start_server(reg: CollectorRegistry, bind: str, port: int) -> tuple[Any, threading.Thread]:
+    """prometheus_client's WSGI app and threading server (``start_http_server``'s parts),
+    with the exposition sent uncompressed: gzip at level 9 of the ~75 KB a 50-agent fleet
+    exports costs ~3 ms of CPU per scrape, a tenth of the scrape, to save bytes on loopback
+    or a LAN."""
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """No line per scrape."""
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+    app = make_wsgi_app(reg, disable_compression=True)
+    server = make_server(bind, port, app, Server, handler_class=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread

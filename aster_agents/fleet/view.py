@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from aster_agents.config.view import natural_key
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from aster_agents.config.view import AgentView, FleetView
     from aster_agents.ledger.readonly import ReadOnlyLedger
@@ -355,30 +356,33 @@ def _rpc_process_info(sock: Path) -> list[dict[str, Any]] | None:
 # ----------------------------------------------------------------- status
 
 
-def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = None) -> StatusReport:
+def collect_status(
+    fleet: FleetView,
+    state_dir: Path,
+    *,
+    now_ms: int | None = None,
+    ledger: ReadOnlyLedger | Literal[False] | None = False,
+) -> StatusReport:
     """One snapshot of every configured agent, every agent of the ledger and every account;
-    writes nothing."""
+    writes nothing. ``ledger``: one the caller opened (None: there is none), left open;
+    by default the ledger is opened and closed here."""
     from aster_agents.ledger.liveness import host_name
-    from aster_agents.ledger.readonly import open_readonly
 
     # models.now_ms's twin: importing models (dataclasses, enums) here would slow ``status``
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     me = host_name()
     procs = supervisor_processes(state_dir)
-    ledger = open_readonly(state_dir, fleet.ledger_url)
-    try:
+    with _reading(fleet, state_dir, ledger) as ledger:
         rows = {r.agent_id: r for r in ledger.agent_rows()} if ledger else {}
+        latest = ledger.latest_equities() if ledger else {}
         views = {a.id: a for a in fleet.agents}
         views.update({i: placeholder(r) for i, r in rows.items() if i not in views})
         agents = [
-            _one_status(views[i], rows.get(i), procs, ledger, state_dir, now, me)
+            _one_status(views[i], rows.get(i), procs, latest.get(i), state_dir, now, me)
             for i in sorted(views, key=natural_key)
         ]
         accounts = _accounts(fleet, ledger, now, rows.values())
         where = ledger.where if ledger else ""
-    finally:
-        if ledger is not None:
-            ledger.close()
     return StatusReport(
         now,
         Path(state_dir),
@@ -389,6 +393,24 @@ def collect_status(fleet: FleetView, state_dir: Path, *, now_ms: int | None = No
         me,
         where,
     )
+
+
+@contextmanager
+def _reading(
+    fleet: FleetView, state_dir: Path, given: ReadOnlyLedger | Literal[False] | None
+) -> Iterator[ReadOnlyLedger | None]:
+    """The caller's ledger (left open), or one opened read-only for this block."""
+    if given is not False:
+        yield given
+        return
+    from aster_agents.ledger.readonly import open_readonly
+
+    ledger = open_readonly(state_dir, fleet.ledger_url)
+    try:
+        yield ledger
+    finally:
+        if ledger is not None:
+            ledger.close()
 
 
 def placeholder(row: AgentRow) -> AgentView:
@@ -415,7 +437,7 @@ def _one_status(
     agent: AgentView,
     row: AgentRow | None,
     procs: dict[str, ProcInfo] | None,
-    ledger: ReadOnlyLedger | None,
+    latest: tuple[int, Decimal] | None,
     state_dir: Path,
     now: int,
     me: str,
@@ -424,7 +446,6 @@ def _one_status(
     from aster_agents.ledger.lock import stopped_cleanly
 
     proc = procs.get(agent.id) if procs is not None else None
-    latest = ledger.latest_equity(agent.id) if ledger and row else None
     ran_on = row.heartbeat_host if row and row.heartbeat_ms is not None else None
     host = ran_on or agent.host  # where it ran, else where it is meant to
     local = host in (None, me) or (proc is not None and proc.state in LIVE_PROGRAM_STATES)
@@ -578,20 +599,19 @@ def collect_portfolio(
     points: int = 200,
     status: StatusReport | None = None,
     history: bool = True,
+    ledger: ReadOnlyLedger | Literal[False] | None = False,
 ) -> PortfolioReport:
     """The ETF view: combined and per-sleeve figures over the ledger's equity snapshots.
 
     ``status`` is a ``collect_status`` taken just before, when the caller has one. With
     ``history=False`` the snapshots are not read: the combined drawdowns are 0 and the
     sparklines empty, every other figure is the same (the exporter follows the snapshots
-    itself, incrementally).
+    itself, incrementally). ``ledger``: as for ``collect_status``.
     """
-    from aster_agents.ledger.readonly import open_readonly
     from aster_agents.portfolio import nav as pf
 
-    status = status or collect_status(fleet, state_dir, now_ms=now_ms)
-    ledger = open_readonly(state_dir, fleet.ledger_url)
-    try:
+    status = status or collect_status(fleet, state_dir, now_ms=now_ms, ledger=ledger)
+    with _reading(fleet, state_dir, ledger) as ledger:
         books = _read_books(ledger) if ledger else _Books({}, {}, {}, None)
         rows = books.rows
         histories = (
@@ -599,9 +619,6 @@ def collect_portfolio(
             if ledger and history
             else {a: [] for a in rows}
         )
-    finally:
-        if ledger is not None:
-            ledger.close()
     inputs = [  # every sleeve of the ledger, whichever host runs it
         pf.SleeveInput(
             a.id, rows[a.id].user, rows[a.id].capital, rows[a.id].units, books.sleeves[a.id]

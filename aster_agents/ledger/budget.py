@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 from aster_agents.errors import RateLimited
 from aster_agents.ledger.backend import Conn, Store, open_store
 from aster_agents.ledger.counters import LATENCY_BUCKETS, CounterKey, bump, key, observe
-from aster_agents.ledger.liveness import rate_group
+from aster_agents.ledger.liveness import host_name, rate_group
 
 if TYPE_CHECKING:
     from aster_agents.exchange.base import RequestLog
@@ -62,6 +62,8 @@ class SharedBudget:
         self.store: Store = open_store(Path(state_dir), url)
         shared = getattr(self.store, "backend", "sqlite") != "sqlite"
         self.group = rate_group(group, shared=shared)
+        # host-wide counters name their host where several hosts share the ledger
+        self._host: dict[str, str] = {"host": host_name()} if shared else {}
         self.user = user
         self.agent_id = agent_id
         self._pending: dict[CounterKey, float] = {}  # request counters not yet in the ledger
@@ -106,7 +108,7 @@ class SharedBudget:
         ):
             deltas[k] = deltas.get(k, 0.0) + 1
         if entry.status in (429, 418):
-            k = key("exchange_rate_limited", None, status=status)
+            k = key("exchange_rate_limited", None, status=status, **self._host)
             deltas[k] = deltas.get(k, 0.0) + 1
         seconds = entry.elapsed_ms / 1000
         observe(
@@ -116,6 +118,7 @@ class SharedBudget:
             LATENCY_BUCKETS,
             None,
             endpoint=f"{entry.method} {entry.path}",
+            **self._host,
         )
 
     def _flush(self, conn: Conn) -> None:

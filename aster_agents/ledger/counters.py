@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Final, NamedTuple
 
 from aster_agents.ledger.backend import Conn
@@ -115,6 +116,14 @@ def lock_wait_deltas(wait_s: float) -> dict[CounterKey, float]:
     return deltas
 
 
+@lru_cache(maxsize=4096)
+def _labels(text: str) -> dict[str, str]:
+    """Parsed once per distinct label set (a bounded few): a reader's counters share the
+    dict, which nobody modifies."""
+    labels: dict[str, str] = json.loads(text)
+    return labels
+
+
 def read(conn: Conn) -> list[Counter]:
     """Every counter; the audit rows past ``AUDIT_MARK`` (if any) counted in, read in the
     same statement (one snapshot) so a fold running meanwhile never counts a row twice."""
@@ -126,7 +135,7 @@ def read(conn: Conn) -> list[Counter]:
             k = (str(agent_id), str(labels))
             audit[k] = audit.get(k, 0.0) + float(value)
         else:
-            out.append(Counter(str(name), str(agent_id), json.loads(labels), float(value)))
+            out.append(Counter(str(name), str(agent_id), _labels(str(labels)), float(value)))
     for i, c in enumerate(out):
         if c.name == "audit" and audit:
             extra = audit.pop((c.agent_id, c.labels.get("event", "")), 0.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -46,7 +47,7 @@ from aster_agents.ledger.rows import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from aster_agents.ledger.backend import Conn
     from aster_agents.ledger.history import FillRecord
@@ -72,23 +73,32 @@ class ReadOnlyLedger:
 
     backend = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, threads: bool = False) -> None:
+        """``threads``: the connection may be used from several threads, one at a time (a
+        long-lived reader such as the exporter, whose scrapes each run in a thread)."""
         self.path = path
         self.where = str(path)
+        self._memo: dict[str, Any] | None = None
         uri = f"file:{_uri_path(path)}?mode=ro"
         try:
-            raw = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
+            raw = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=5, check_same_thread=not threads
+            )
             self.conn: Conn = raw
             self._close: Callable[[], None] = raw.close
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._tables = {
-                str(r[0])
-                for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            }
+            self._tables = self._table_names()
         except sqlite3.DatabaseError as exc:
             raise LedgerError(
                 f"cannot read ledger {path}: {exc}; check the file's permissions or integrity"
             ) from exc
+
+    def _table_names(self) -> set[str]:
+        if self.backend != "sqlite":
+            sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return {str(r[0]) for r in self.conn.execute(sql).fetchall()}
 
     @classmethod
     def over(
@@ -104,6 +114,7 @@ class ReadOnlyLedger:
             tables,
         )
         self.backend = "postgresql"
+        self._memo = None
         return self
 
     def close(self) -> None:
@@ -115,6 +126,28 @@ class ReadOnlyLedger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @contextmanager
+    def snapshot(self) -> Iterator[ReadOnlyLedger]:
+        """One read transaction: every read inside sees the same state of the ledger, and the
+        reads several views repeat (agent rows, positions, marks) run once. For a reader that
+        gathers many views at once (the exporter's scrape); the memo ends with the block."""
+        begin = "BEGIN" if self.backend == "sqlite" else "BEGIN ISOLATION LEVEL REPEATABLE READ"
+        self.conn.execute(begin)
+        try:
+            self._tables = self._table_names()  # a long-lived reader sees later migrations
+            self._memo = {}
+            yield self
+        finally:
+            self._memo = None
+            self.conn.execute("ROLLBACK")  # nothing was written: ends the read snapshot
+
+    def _memoised(self, key: str, read: Callable[[], Any]) -> Any:
+        if self._memo is None:
+            return read()
+        if key not in self._memo:
+            self._memo[key] = read()
+        return self._memo[key]
+
     def _ready(self, table: str) -> bool:
         return table in self._tables
 
@@ -122,12 +155,17 @@ class ReadOnlyLedger:
         """A file not yet migrated (read as it is) may lack a later migration's column."""
         if self.backend != "sqlite":  # a PostgreSQL ledger is always migrated when opened
             return True
-        rows = self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+        rows = self._memoised(
+            f"columns:{table}", lambda: self.conn.execute(f"PRAGMA table_info({table})").fetchall()
+        )
         return any(r[1] == column for r in rows)
 
     def agent_rows(self) -> list[AgentRow]:
         if not self._ready("agents"):
             return []
+        return list(self._memoised("agent_rows", self._agent_rows))
+
+    def _agent_rows(self) -> list[AgentRow]:
         cols = AGENT_COLS if self._has_column("agents", "hb_host") else AGENT_COLS_NO_HOST
         rows = self.conn.execute(
             f"SELECT {cols} FROM agents a ORDER BY a.user, a.agent_id"
@@ -137,6 +175,11 @@ class ReadOnlyLedger:
     def positions(self, agent_id: str | None = None) -> list[LedgerPosition]:
         if not self._ready("positions"):
             return []
+        if agent_id is None:
+            return list(self._memoised("positions", self._positions))
+        return self._positions(agent_id)
+
+    def _positions(self, agent_id: str | None = None) -> list[LedgerPosition]:
         sql = f"SELECT {POSITION_COLS} FROM positions"
         args: tuple[str, ...] = ()
         if agent_id is not None:
@@ -167,6 +210,17 @@ class ReadOnlyLedger:
             (agent_id,),
         ).fetchone()
         return None if row is None else (int(row[0]), Decimal(str(row[1])))
+
+    def latest_equities(self) -> dict[str, tuple[int, Decimal]]:
+        """``latest_equity`` of every agent of the ``agents`` table, in one statement."""
+        if not self._ready("equity") or not self._ready("agents"):
+            return {}
+        rows = self.conn.execute(
+            "SELECT e.agent_id, e.time_ms, e.equity FROM agents a JOIN equity e ON e.rowid = "
+            "(SELECT rowid FROM equity WHERE agent_id = a.agent_id "
+            "ORDER BY time_ms DESC, rowid DESC LIMIT 1)"
+        ).fetchall()
+        return {str(r[0]): (int(r[1]), Decimal(str(r[2]))) for r in rows}
 
     def equity_history(self, agent_id: str) -> list[EquityPoint]:
         """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
@@ -262,6 +316,10 @@ class ReadOnlyLedger:
         """The latest recorded mark price per account and symbol."""
         if not self._ready("marks"):
             return {}
+        memo: dict[str, dict[str, Decimal]] = self._memoised("marks", self._marks)
+        return {user: dict(by_symbol) for user, by_symbol in memo.items()}
+
+    def _marks(self) -> dict[str, dict[str, Decimal]]:
         out: dict[str, dict[str, Decimal]] = {}
         for user, symbol, mark in self.conn.execute("SELECT user, symbol, mark FROM marks"):
             out.setdefault(str(user), {})[str(symbol)] = Decimal(str(mark))
@@ -320,7 +378,7 @@ class ReadOnlyLedger:
         """
         if not self._ready("equity"):
             return []
-        nav = "COALESCE(nav, 0)" if self._ready("rebalances") else "0"
+        nav = "COALESCE(nav, '0')" if self._ready("rebalances") else "'0'"  # TEXT on both
         rows = self.conn.execute(
             f"SELECT rowid, agent_id, equity, {nav} FROM equity WHERE rowid > ? "
             "ORDER BY rowid LIMIT ?",
@@ -356,10 +414,12 @@ class ReadOnlyLedger:
         return {str(r[0]): (int(r[1]), int(r[2] or 0)) for r in rows}
 
 
-def open_readonly(state_dir: Path, url: str | None = None) -> ReadOnlyLedger | None:
+def open_readonly(
+    state_dir: Path, url: str | None = None, *, threads: bool = False
+) -> ReadOnlyLedger | None:
     """The ledger opened read-only, or None if it does not exist yet: the PostgreSQL ledger
     of ``$ASTER_AGENTS_LEDGER_URL`` or ``url`` (``ledger.url``) when one is set, else the
-    file under ``state_dir``."""
+    file under ``state_dir``. ``threads``: as for ``ReadOnlyLedger``."""
     from aster_agents.config.view import LEDGER_URL_ENV
 
     url = os.environ.get(LEDGER_URL_ENV) or url
@@ -368,7 +428,7 @@ def open_readonly(state_dir: Path, url: str | None = None) -> ReadOnlyLedger | N
     path = Path(state_dir) / DB_NAME
     if not path.is_file():
         return None
-    return ReadOnlyLedger(path)
+    return ReadOnlyLedger(path, threads=threads)
 
 
 def _open_postgres(url: str) -> ReadOnlyLedger | None:
