@@ -22,7 +22,7 @@ from typing import Final, TypeVar
 from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import agents, audit, books, fills, history, income, intents, reports
 from aster_agents.ledger.audit import now_ms
-from aster_agents.ledger.backend import HeldLock, Store, open_store
+from aster_agents.ledger.backend import Conn, HeldLock, Store, open_store
 from aster_agents.ledger.counters import bump, denial_reason
 from aster_agents.ledger.counters import key as counter_key
 from aster_agents.ledger.intents import (
@@ -49,6 +49,13 @@ from aster_agents.ledger.rows import (
 from aster_agents.models import Side
 
 REBALANCE_LOCK: Final = "rebalance"
+# The tables each read a throwaway ledger keeps depends on: a write declared to touch only
+# other tables (``_write_to``) leaves it kept.
+KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
+    "agent": ("agents", "positions", "intents"),  # AGENT_COLS counts positions and intents
+    "positions": ("positions",),
+    "unresolved": ("intents",),
+}
 T = TypeVar("T")
 
 
@@ -72,9 +79,12 @@ class Ledger:
     ) -> None:
         self.store: Store = open_store(Path(state_dir), url, throwaway=throwaway)
         # A throwaway ledger has no other writer: a read is kept until this process writes.
-        self._kept: dict[tuple[str, str | None, str | None], tuple[int, object]] | None = (
+        self._kept: dict[tuple[str, str | None, str | None], tuple[object, object]] | None = (
             {} if throwaway else None
         )
+        # writes declared narrow (``_write_to``) so far, and each table's count of them
+        self._narrow = 0
+        self._touched: dict[str, int] = {}
         self.state_dir = self.store.state_dir
         self.host = host_name()
         # PostgreSQL: the common writes go out in one round trip (see ``intents.Outcome``)
@@ -93,13 +103,37 @@ class Ledger:
         """``read()``, or (throwaway ledger) its last answer while nothing was written since."""
         if self._kept is None:
             return read()
-        writes = getattr(self.store, "writes", -1)
+        # Writes of any kind less the narrow ones: it moves on a write that may have touched
+        # anything; then the counts of narrow writes to the tables this read depends on.
+        touched = self._touched
+        stamp = (
+            getattr(self.store, "writes", -1) - self._narrow,
+            *[touched.get(t, 0) for t in KEPT_TABLES[key[0]]],
+        )
         hit = self._kept.get(key)
-        if hit is not None and hit[0] == writes:
+        if hit is not None and hit[0] == stamp:
             return hit[1]  # type: ignore[return-value]  # stored by this key's read
         value = read()
-        self._kept[key] = (writes, value)
+        self._kept[key] = (stamp, value)
         return value
+
+    @contextmanager
+    def _write_to(self, tables: Sequence[str], *, durable: bool = True) -> Iterator[Conn]:
+        """``store.write()`` for a write that touches only ``tables`` (triggers included):
+        a throwaway ledger keeps its reads of other tables across it."""
+        if self._kept is None:
+            with self.store.write(durable=durable) as conn:
+                yield conn
+            return
+        self._narrow += 1  # first: a read inside sees the write's own tables already moved
+        for t in tables:
+            self._touched[t] = self._touched.get(t, 0) + 1
+        try:
+            with self.store.write(durable=durable) as conn:
+                yield conn
+        except BaseException:
+            self._narrow -= 1  # rolled back: counted as a write of anything
+            raise
 
     def __enter__(self) -> Ledger:
         return self
@@ -188,7 +222,8 @@ class Ledger:
         self, agent_id: str, pid: int, *, error: str | None = None, tick: bool = False
     ) -> None:
         """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None)."""
-        with self.store.write(durable=False) as conn:
+        tables = ("agents",) if error is None else ("agents", "audit", "counters")
+        with self._write_to(tables, durable=False) as conn:
             agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
 
     def agent(self, agent_id: str) -> AgentRow | None:
@@ -499,7 +534,7 @@ class Ledger:
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
         """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
-        with self.store.write() as conn:
+        with self._write_to(("equity",)) as conn:
             books.snapshot_equity(conn, agent_id, equity, time_ms)
 
     def equity_history(self, agent_id: str) -> list[EquityPoint]:
@@ -536,7 +571,7 @@ class Ledger:
         if not marks:
             return
         when = now_ms() if time_ms is None else time_ms
-        with self.store.write(durable=False) as conn:
+        with self._write_to(("marks",), durable=False) as conn:
             books.record_marks(conn, user, marks, when)
 
     def marks(self, user: str) -> dict[str, Decimal]:
