@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from aster_agents.errors import ReservationDenied
-from aster_agents.ledger import Ledger
+from aster_agents.ledger import Ledger, agents
 from aster_agents.ledger.rows import AGENT_COLS
 from aster_agents.models import Side
 
@@ -182,6 +182,7 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
             return row._replace(**{f: 0 for f in row._fields if f.endswith("_ms")})
 
         def same() -> None:
+            assert mem.agent("a-1") == agents.get(mem.store.conn, "a-1")  # kept = stored
             for read in (
                 lambda ledger: [ledger.agent("a-1")],
                 lambda ledger: ledger.positions(agent_id="a-1"),

@@ -50,7 +50,8 @@ from aster_agents.models import Side
 
 REBALANCE_LOCK: Final = "rebalance"
 # The tables each read a throwaway ledger keeps depends on: a write declared to touch only
-# other tables (``_write_to``) leaves it kept.
+# other tables (``_write_to``) leaves it kept. "agent/ID" stands for one row of ``agents``
+# (the read of kind "agent" for ID depends on it too).
 KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "agent": ("agents", "positions", "intents"),  # AGENT_COLS counts positions and intents
     "positions": ("positions",),
@@ -103,19 +104,28 @@ class Ledger:
         """``read()``, or (throwaway ledger) its last answer while nothing was written since."""
         if self._kept is None:
             return read()
-        # Writes of any kind less the narrow ones: it moves on a write that may have touched
-        # anything; then the counts of narrow writes to the tables this read depends on.
-        touched = self._touched
-        stamp = (
-            getattr(self.store, "writes", -1) - self._narrow,
-            *[touched.get(t, 0) for t in KEPT_TABLES[key[0]]],
-        )
+        stamp = self._stamp(key)
         hit = self._kept.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]  # type: ignore[return-value]  # stored by this key's read
         value = read()
         self._kept[key] = (stamp, value)
         return value
+
+    def _stamp(self, key: tuple[str, str | None, str | None]) -> tuple[int, ...]:
+        """Writes of any kind less the narrow ones (it moves on a write that may have
+        touched anything), then the counts of narrow writes to the tables ``key`` reads."""
+        touched = self._touched
+        return (
+            getattr(self.store, "writes", -1) - self._narrow,
+            *[touched.get(t, 0) for t in KEPT_TABLES[key[0]]],
+            touched.get(f"agent/{key[1]}", 0) if key[0] == "agent" else 0,
+        )
+
+    def _kept_now(self, key: tuple[str, str | None, str | None]) -> object:
+        """The kept answer for ``key`` while it is still current, else None."""
+        hit = None if self._kept is None else self._kept.get(key)
+        return hit[1] if hit is not None and hit[0] == self._stamp(key) else None
 
     @contextmanager
     def _write_to(self, tables: Sequence[str], *, durable: bool = True) -> Iterator[Conn]:
@@ -222,9 +232,21 @@ class Ledger:
         self, agent_id: str, pid: int, *, error: str | None = None, tick: bool = False
     ) -> None:
         """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None)."""
-        tables = ("agents",) if error is None else ("agents", "audit", "counters")
+        beat = (f"agent/{agent_id}",)  # this agent's row only
+        tables = beat if error is None else (*beat, "audit", "counters")
+        key = ("agent", agent_id, None)
+        row = self._kept_now(key)
         with self._write_to(tables, durable=False) as conn:
-            agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
+            ms = agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
+        if isinstance(row, AgentRow) and self._kept is not None:  # kept: what the UPDATE set
+            now = row._replace(
+                heartbeat_pid=pid,
+                heartbeat_ms=ms,
+                heartbeat_error=error,
+                ticks=row.ticks + int(tick),
+                heartbeat_host=self.host,
+            )
+            self._kept[key] = (self._stamp(key), now)
 
     def agent(self, agent_id: str) -> AgentRow | None:
         return self._keep(("agent", agent_id, None), lambda: agents.get(self.store.conn, agent_id))
