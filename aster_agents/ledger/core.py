@@ -86,6 +86,7 @@ class Ledger:
         # writes declared narrow (``_write_to``) so far, and each table's count of them
         self._narrow = 0
         self._touched: dict[str, int] = {}
+        self._deps: dict[tuple[str, str | None, str | None], tuple[str, ...]] = {}
         self.state_dir = self.store.state_dir
         self.host = host_name()
         # PostgreSQL: the common writes go out in one round trip (see ``intents.Outcome``)
@@ -112,14 +113,19 @@ class Ledger:
         self._kept[key] = (stamp, value)
         return value
 
-    def _stamp(self, key: tuple[str, str | None, str | None]) -> tuple[int, ...]:
+    def _stamp(self, key: tuple[str, str | None, str | None]) -> int:
         """Writes of any kind less the narrow ones (it moves on a write that may have
         touched anything), then the counts of narrow writes to the tables ``key`` reads."""
+        deps = self._deps.get(key)
+        if deps is None:
+            own = (f"agent/{key[1]}",) if key[0] == "agent" else ()
+            deps = self._deps[key] = (*KEPT_TABLES[key[0]], *own)
         touched = self._touched
+        # one number: each term only grows, so an equal sum is equal terms
         return (
-            getattr(self.store, "writes", -1) - self._narrow,
-            *[touched.get(t, 0) for t in KEPT_TABLES[key[0]]],
-            touched.get(f"agent/{key[1]}", 0) if key[0] == "agent" else 0,
+            getattr(self.store, "writes", -1)
+            - self._narrow
+            + sum([touched.get(t, 0) for t in deps])
         )
 
     def _kept_now(self, key: tuple[str, str | None, str | None]) -> object:
