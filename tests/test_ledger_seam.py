@@ -187,6 +187,7 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
                 lambda ledger: [ledger.agent("a-1")],
                 lambda ledger: ledger.positions(agent_id="a-1"),
                 lambda ledger: ledger.unresolved_intents("a-1"),
+                lambda ledger: ledger.equity_history("a-1"),  # its units from the kept row
             ):
                 assert [timeless(r) for r in read(mem)] == [timeless(r) for r in read(disk)]
 

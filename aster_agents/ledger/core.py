@@ -120,13 +120,11 @@ class Ledger:
         if deps is None:
             own = (f"agent/{key[1]}",) if key[0] == "agent" else ()
             deps = self._deps[key] = (*KEPT_TABLES[key[0]], *own)
-        touched = self._touched
+            for t in deps:
+                self._touched.setdefault(t, 0)
         # one number: each term only grows, so an equal sum is equal terms
-        return (
-            getattr(self.store, "writes", -1)
-            - self._narrow
-            + sum([touched.get(t, 0) for t in deps])
-        )
+        writes: int = getattr(self.store, "writes", -1)
+        return writes - self._narrow + sum(map(self._touched.__getitem__, deps))
 
     def _kept_now(self, key: tuple[str, str | None, str | None]) -> object:
         """The kept answer for ``key`` while it is still current, else None."""
@@ -562,8 +560,10 @@ class Ledger:
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
         """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
+        row = self._kept_now(("agent", agent_id, None))  # a throwaway's current row: its units
+        units = row.units if isinstance(row, AgentRow) else None
         with self._write_to(("equity",)) as conn:
-            books.snapshot_equity(conn, agent_id, equity, time_ms)
+            books.snapshot_equity(conn, agent_id, equity, time_ms, units=units)
 
     def equity_history(self, agent_id: str) -> list[EquityPoint]:
         """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
