@@ -194,7 +194,7 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
         positions, intents = mem.positions(agent_id="a-1"), mem.unresolved_intents("a-1")
         row = mem.agent("a-1")
         kept = mem._kept  # type: ignore[attr-defined]
-        first = {k: v[1] for k, v in kept.items()}
+        first = dict(kept)
         for ledger in both:
             ledger.heartbeat("a-1", 7, tick=True)
             ledger.snapshot_equity("a-1", Decimal(101))
@@ -202,7 +202,7 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
         assert mem.positions(agent_id="a-1") == positions == []
         assert mem.unresolved_intents("a-1") == intents == []
         for key in (("positions", "a-1", None), ("unresolved", "a-1", None)):
-            assert kept[key][1] is first[key]  # not read again
+            assert kept[key] is first[key]  # not read again
         again = mem.agent("a-1")
         assert row is not None and again is not None and again.ticks == row.ticks + 1
         same()

@@ -57,7 +57,9 @@ KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "positions": ("positions",),
     "unresolved": ("intents",),
 }
+KEPT_READ: Final = frozenset(t for tables in KEPT_TABLES.values() for t in tables)
 T = TypeVar("T")
+_NONE: Final = object()  # no kept read
 
 
 class Ledger:
@@ -79,14 +81,12 @@ class Ledger:
         throwaway: bool = False,
     ) -> None:
         self.store: Store = open_store(Path(state_dir), url, throwaway=throwaway)
-        # A throwaway ledger has no other writer: a read is kept until this process writes.
-        self._kept: dict[tuple[str, str | None, str | None], tuple[object, object]] | None = (
+        # A throwaway ledger has no other writer: a read is kept until this process writes
+        # (a write declared narrow by ``_write_to`` drops only the reads of its tables).
+        self._kept: dict[tuple[str, str | None, str | None], object] | None = (
             {} if throwaway else None
         )
-        # writes declared narrow (``_write_to``) so far, and each table's count of them
-        self._narrow = 0
-        self._touched: dict[str, int] = {}
-        self._deps: dict[tuple[str, str | None, str | None], tuple[str, ...]] = {}
+        self._clean_at = self._writes()  # the store's write count the kept reads are of
         self.state_dir = self.store.state_dir
         self.host = host_name()
         # PostgreSQL: the common writes go out in one round trip (see ``intents.Outcome``)
@@ -101,53 +101,47 @@ class Ledger:
     def close(self) -> None:
         self.store.close()
 
+    def _writes(self) -> int:
+        """Write transactions the store has begun (a throwaway SQLite store counts them)."""
+        writes: int = getattr(self.store, "writes", -1)
+        return writes
+
+    def _kept_reads(self) -> dict[tuple[str, str | None, str | None], object] | None:
+        """The kept reads, emptied first if any write not declared narrow happened since."""
+        kept = self._kept
+        if kept is not None and self._writes() != self._clean_at:
+            kept.clear()
+            self._clean_at = self._writes()
+        return kept
+
     def _keep(self, key: tuple[str, str | None, str | None], read: Callable[[], T]) -> T:
         """``read()``, or (throwaway ledger) its last answer while nothing was written since."""
-        if self._kept is None:
+        kept = self._kept_reads()
+        if kept is None:
             return read()
-        stamp = self._stamp(key)
-        hit = self._kept.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]  # type: ignore[return-value]  # stored by this key's read
+        hit = kept.get(key, _NONE)
+        if hit is not _NONE:
+            return hit  # type: ignore[return-value]  # stored by this key's read
         value = read()
-        self._kept[key] = (stamp, value)
+        kept[key] = value
         return value
-
-    def _stamp(self, key: tuple[str, str | None, str | None]) -> int:
-        """Writes of any kind less the narrow ones (it moves on a write that may have
-        touched anything), then the counts of narrow writes to the tables ``key`` reads."""
-        deps = self._deps.get(key)
-        if deps is None:
-            own = (f"agent/{key[1]}",) if key[0] == "agent" else ()
-            deps = self._deps[key] = (*KEPT_TABLES[key[0]], *own)
-            for t in deps:
-                self._touched.setdefault(t, 0)
-        # one number: each term only grows, so an equal sum is equal terms
-        writes: int = getattr(self.store, "writes", -1)
-        return writes - self._narrow + sum(map(self._touched.__getitem__, deps))
-
-    def _kept_now(self, key: tuple[str, str | None, str | None]) -> object:
-        """The kept answer for ``key`` while it is still current, else None."""
-        hit = None if self._kept is None else self._kept.get(key)
-        return hit[1] if hit is not None and hit[0] == self._stamp(key) else None
 
     @contextmanager
     def _write_to(self, tables: Sequence[str], *, durable: bool = True) -> Iterator[Conn]:
         """``store.write()`` for a write that touches only ``tables`` (triggers included):
         a throwaway ledger keeps its reads of other tables across it."""
-        if self._kept is None:
-            with self.store.write(durable=durable) as conn:
-                yield conn
+        kept = self._kept_reads()
+        with self.store.write(durable=durable) as conn:
+            yield conn
+        if kept is None:
             return
-        self._narrow += 1  # first: a read inside sees the write's own tables already moved
         for t in tables:
-            self._touched[t] = self._touched.get(t, 0) + 1
-        try:
-            with self.store.write(durable=durable) as conn:
-                yield conn
-        except BaseException:
-            self._narrow -= 1  # rolled back: counted as a write of anything
-            raise
+            if t.startswith("agent/"):  # one agent's row
+                kept.pop(("agent", t.removeprefix("agent/"), None), None)
+            elif t in KEPT_READ:
+                for key in [k for k in kept if t in KEPT_TABLES[k[0]]]:
+                    del kept[key]
+        self._clean_at = self._writes()  # a write that fails leaves it behind: all dropped
 
     def __enter__(self) -> Ledger:
         return self
@@ -239,18 +233,18 @@ class Ledger:
         beat = (f"agent/{agent_id}",)  # this agent's row only
         tables = beat if error is None else (*beat, "audit", "counters")
         key = ("agent", agent_id, None)
-        row = self._kept_now(key)
+        kept = self._kept_reads()
+        row = None if kept is None else kept.get(key)
         with self._write_to(tables, durable=False) as conn:
             ms = agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
-        if isinstance(row, AgentRow) and self._kept is not None:  # kept: what the UPDATE set
-            now = row._replace(
+        if isinstance(row, AgentRow) and kept is not None:  # kept: what the UPDATE set
+            kept[key] = row._replace(
                 heartbeat_pid=pid,
                 heartbeat_ms=ms,
                 heartbeat_error=error,
                 ticks=row.ticks + int(tick),
                 heartbeat_host=self.host,
             )
-            self._kept[key] = (self._stamp(key), now)
 
     def agent(self, agent_id: str) -> AgentRow | None:
         return self._keep(("agent", agent_id, None), lambda: agents.get(self.store.conn, agent_id))
@@ -560,7 +554,8 @@ class Ledger:
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
         """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
-        row = self._kept_now(("agent", agent_id, None))  # a throwaway's current row: its units
+        kept = self._kept_reads()  # a throwaway ledger's current row: its units
+        row = None if kept is None else kept.get(("agent", agent_id, None))
         units = row.units if isinstance(row, AgentRow) else None
         with self._write_to(("equity",)) as conn:
             books.snapshot_equity(conn, agent_id, equity, time_ms, units=units)
