@@ -173,8 +173,13 @@ def _fmt(x: float, places: int) -> Decimal:
 def _text(x: float, places: int) -> str:
     """``str(_fmt(x, places))`` without the Decimal while it would print the same text: a
     finite number with at most 6 places is never shown in exponent form."""
-    text = f"{x:.{places}f}"
-    return text if places <= 6 and text[-1].isdigit() else str(Decimal(text))
+    if places > 6:
+        return str(_fmt(x, places))
+    text = format(x, _FIXED[places])
+    return text if text[-1].isdigit() else str(Decimal(text))
+
+
+_FIXED: Final = tuple(f".{n}f" for n in range(7))  # format specs of 0..6 places
 
 
 @functools.cache  # a handful of tick and step sizes
