@@ -6,11 +6,12 @@ from __future__ import annotations
 import ast
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aster_agents.errors import ReservationDenied
-from aster_agents.ledger import Ledger
+from aster_agents.ledger import Ledger, agents
 from aster_agents.ledger.rows import AGENT_COLS
 from aster_agents.models import Side
 
@@ -161,6 +162,81 @@ def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_databa
         )
         assert [p.qty for p in ledger.positions(agent_id="a-1")] == [Decimal("0.001")]
     assert not state.exists()
+
+
+def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
+    tmp_path: Path,
+) -> None:
+    """A heartbeat, an equity snapshot or marks leave the kept positions and intents (their
+    tables unchanged), a heartbeat re-reads the agent's row; any other write re-reads all, and
+    every answer equals a file ledger's given the same writes."""
+    with Ledger(tmp_path / "mem", throwaway=True) as mem, Ledger(tmp_path / "file") as disk:
+        both = (mem, disk)
+        for ledger in both:
+            ledger.set_account_limits(
+                "0xaa", max_total_positions=2, max_gross_leverage=Decimal(3), equity=Decimal(900)
+            )
+            ledger.register_agent("a-1", "0xaa", max_positions=1, capital=Decimal(100))
+
+        def timeless(row: Any) -> Any:  # the two ledgers write at different wall times
+            return row._replace(**{f: 0 for f in row._fields if f.endswith("_ms")})
+
+        def same() -> None:
+            assert mem.agent("a-1") == agents.get(mem.store.conn, "a-1")  # kept = stored
+            for read in (
+                lambda ledger: [ledger.agent("a-1")],
+                lambda ledger: ledger.positions(agent_id="a-1"),
+                lambda ledger: ledger.unresolved_intents("a-1"),
+                lambda ledger: ledger.equity_history("a-1"),  # its units from the kept row
+            ):
+                assert [timeless(r) for r in read(mem)] == [timeless(r) for r in read(disk)]
+
+        positions, intents = mem.positions(agent_id="a-1"), mem.unresolved_intents("a-1")
+        row = mem.agent("a-1")
+        kept = mem._kept  # type: ignore[attr-defined]
+        first = dict(kept)
+        for ledger in both:
+            ledger.heartbeat("a-1", 7, tick=True)
+            ledger.snapshot_equity("a-1", Decimal(101))
+            ledger.record_marks("0xaa", {"BTCUSDT": Decimal(3000)})
+        assert mem.positions(agent_id="a-1") == positions == []
+        assert mem.unresolved_intents("a-1") == intents == []
+        for key in (("positions", "a-1", None), ("unresolved", "a-1", None)):
+            assert kept[key] is first[key]  # not read again
+        again = mem.agent("a-1")
+        assert row is not None and again is not None and again.ticks == row.ticks + 1
+        same()
+        for ledger in both:
+            ledger.heartbeat("a-1", 7, error="boom")
+        assert (mem.agent("a-1") or row).heartbeat_error == "boom"
+        same()
+        reserved = [
+            ledger.reserve("a-1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
+            for ledger in both
+        ]
+        assert [i.client_order_id for i in mem.unresolved_intents("a-1")] == [
+            reserved[0].client_order_id
+        ]
+        for ledger, intent in zip(both, reserved, strict=True):
+            assert ledger.mark_sent(intent.client_order_id) and ledger.confirm(
+                intent.client_order_id
+            )
+            ledger.heartbeat("a-1", 7, tick=True)
+            ledger.book_fill(
+                intent.client_order_id,
+                trade_id=1,
+                symbol="BTCUSDT",
+                side=Side.BUY,
+                qty=Decimal("0.001"),
+                price=Decimal(3000),
+                realized_pnl=Decimal(0),
+                commission=Decimal(0),
+                time_ms=1,
+            )
+            ledger.snapshot_equity("a-1", Decimal(100))
+        assert [p.qty for p in mem.positions(agent_id="a-1")] == [Decimal("0.001")]
+        assert (mem.agent("a-1") or row).positions == 1
+        same()
 
 
 @pytest.mark.parametrize("throwaway", [False, True])

@@ -8,6 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aster_agents.models import INTERVAL_MS
 from aster_agents.sim.market import MINUTE_MS, Market
@@ -166,3 +168,20 @@ def test_same_day_starts_share_one_path() -> None:
     late = Market(3, START + 3_600_000, wall=FakeWall())
     t = START - 120_000
     assert early.mark("SOLUSDT", t) == late.mark("SOLUSDT", t)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    x=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.floats(min_value=-1e-5, max_value=1e-5),
+        st.sampled_from([0.0, -0.0, 1e-7, 5e-9, 0.5, 123456789.125]),
+    ),
+    places=st.integers(min_value=0, max_value=10),
+)
+def test_a_candle_field_is_written_as_the_decimal_would_print_it(x: float, places: int) -> None:
+    """The kline text of a float at a tick's places equals str(Decimal) of it, tiny, zero,
+    negative zero and non-finite values included (the replay's candles must not change)."""
+    from aster_agents.sim.market import _fmt, _text
+
+    assert _text(x, places) == str(_fmt(x, places))

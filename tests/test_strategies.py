@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -579,3 +580,25 @@ def test_any_random_walk_gives_valid_signal(name: str, returns: list[float], qty
     signal = decide(name, closes, position)
     assert 0.0 <= signal.confidence <= 1.0
     assert "need" not in signal.reason
+
+
+def test_a_moving_window_gives_the_series_and_signals_of_a_fresh_one() -> None:
+    """One strategy fed a window moving candle by candle decides as a fresh one on each window."""
+    from aster_agents.strategies.base import Series
+
+    rng = random.Random(7)
+    closes = [100.0]
+    for _ in range(400):
+        closes.append(closes[-1] * (1 + rng.gauss(0, 0.004)))
+    volumes = [rng.choice([0.0, 50.0, 100.0, 250.0]) for _ in closes]
+    klines = make_klines(closes, volumes)
+    inf = dataclasses.replace(klines[150], volume=Decimal("Infinity"))
+    klines[150] = inf  # a non-finite volume zeroes all volumes while it is in the window
+    for name in RULE_STRATEGIES:
+        kept = get_strategy(name, {})
+        width = 120
+        for end in range(2, len(klines) + 1):
+            window = tuple(klines[max(0, end - width) : end])
+            market = MarketSnapshot("BTCUSDT", "1m", window, window[-1].close, end * MINUTE)
+            assert kept.decide(market, FLAT) == get_strategy(name, {}).decide(market, FLAT)
+            assert kept._series(window) == Series.from_klines(window)  # type: ignore[attr-defined]

@@ -170,15 +170,18 @@ def set_state(conn: Conn, agent_id: str, state: str, reason: str, expect: str | 
 
 def heartbeat(
     conn: Conn, agent_id: str, pid: int, error: str | None, tick: bool, host: str | None = None
-) -> None:
+) -> int:
+    """Record the heartbeat; returns the ``hb_ms`` written."""
+    ms = now_ms()
     cur = conn.execute(
         "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ?, hb_host = ? "
         "WHERE agent_id = ?",
-        (pid, now_ms(), error, int(tick), host, agent_id),
+        (pid, ms, error, int(tick), host, agent_id),
     )
     require_agent(cur.rowcount, agent_id)
     if error is not None:
         record(conn, agent_id, "error", pid=pid, error=error)
+    return ms
 
 
 def get(conn: Conn, agent_id: str) -> AgentRow | None:

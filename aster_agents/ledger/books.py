@@ -148,10 +148,14 @@ def allocate(conn: Conn, agent_id: str, capital: Decimal, equity: Decimal | None
     record(conn, agent_id, "allocate", capital=capital, units=new_units, nav=nav)
 
 
-def snapshot_equity(conn: Conn, agent_id: str, equity: Decimal, time_ms: int | None) -> None:
-    """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
-    row = conn.execute("SELECT units FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-    units = None if row is None else dec(row[0])
+def snapshot_equity(
+    conn: Conn, agent_id: str, equity: Decimal, time_ms: int | None, *, units: Decimal | None = None
+) -> None:
+    """Append a sleeve equity point with the agent's units and NAV per unit at that time
+    (``units``: the agent's, when the caller has just read them)."""
+    if units is None:
+        row = conn.execute("SELECT units FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        units = None if row is None else dec(row[0])
     nav = equity / units if units is not None and units > 0 else None
     conn.execute(
         "INSERT INTO equity (agent_id, time_ms, equity, units, nav) VALUES (?, ?, ?, ?, ?)",

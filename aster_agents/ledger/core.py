@@ -22,7 +22,7 @@ from typing import Final, TypeVar
 from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import agents, audit, books, fills, history, income, intents, reports
 from aster_agents.ledger.audit import now_ms
-from aster_agents.ledger.backend import HeldLock, Store, open_store
+from aster_agents.ledger.backend import Conn, HeldLock, Store, open_store
 from aster_agents.ledger.counters import bump, denial_reason
 from aster_agents.ledger.counters import key as counter_key
 from aster_agents.ledger.intents import (
@@ -49,7 +49,17 @@ from aster_agents.ledger.rows import (
 from aster_agents.models import Side
 
 REBALANCE_LOCK: Final = "rebalance"
+# The tables each read a throwaway ledger keeps depends on: a write declared to touch only
+# other tables (``_write_to``) leaves it kept. "agent/ID" stands for one row of ``agents``
+# (the read of kind "agent" for ID depends on it too).
+KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
+    "agent": ("agents", "positions", "intents"),  # AGENT_COLS counts positions and intents
+    "positions": ("positions",),
+    "unresolved": ("intents",),
+}
+KEPT_READ: Final = frozenset(t for tables in KEPT_TABLES.values() for t in tables)
 T = TypeVar("T")
+_NONE: Final = object()  # no kept read
 
 
 class Ledger:
@@ -71,10 +81,12 @@ class Ledger:
         throwaway: bool = False,
     ) -> None:
         self.store: Store = open_store(Path(state_dir), url, throwaway=throwaway)
-        # A throwaway ledger has no other writer: a read is kept until this process writes.
-        self._kept: dict[tuple[str, str | None, str | None], tuple[int, object]] | None = (
+        # A throwaway ledger has no other writer: a read is kept until this process writes
+        # (a write declared narrow by ``_write_to`` drops only the reads of its tables).
+        self._kept: dict[tuple[str, str | None, str | None], object] | None = (
             {} if throwaway else None
         )
+        self._clean_at = self._writes()  # the store's write count the kept reads are of
         self.state_dir = self.store.state_dir
         self.host = host_name()
         # PostgreSQL: the common writes go out in one round trip (see ``intents.Outcome``)
@@ -89,17 +101,47 @@ class Ledger:
     def close(self) -> None:
         self.store.close()
 
+    def _writes(self) -> int:
+        """Write transactions the store has begun (a throwaway SQLite store counts them)."""
+        writes: int = getattr(self.store, "writes", -1)
+        return writes
+
+    def _kept_reads(self) -> dict[tuple[str, str | None, str | None], object] | None:
+        """The kept reads, emptied first if any write not declared narrow happened since."""
+        kept = self._kept
+        if kept is not None and self._writes() != self._clean_at:
+            kept.clear()
+            self._clean_at = self._writes()
+        return kept
+
     def _keep(self, key: tuple[str, str | None, str | None], read: Callable[[], T]) -> T:
         """``read()``, or (throwaway ledger) its last answer while nothing was written since."""
-        if self._kept is None:
+        kept = self._kept_reads()
+        if kept is None:
             return read()
-        writes = getattr(self.store, "writes", -1)
-        hit = self._kept.get(key)
-        if hit is not None and hit[0] == writes:
-            return hit[1]  # type: ignore[return-value]  # stored by this key's read
+        hit = kept.get(key, _NONE)
+        if hit is not _NONE:
+            return hit  # type: ignore[return-value]  # stored by this key's read
         value = read()
-        self._kept[key] = (writes, value)
+        kept[key] = value
         return value
+
+    @contextmanager
+    def _write_to(self, tables: Sequence[str], *, durable: bool = True) -> Iterator[Conn]:
+        """``store.write()`` for a write that touches only ``tables`` (triggers included):
+        a throwaway ledger keeps its reads of other tables across it."""
+        kept = self._kept_reads()
+        with self.store.write(durable=durable) as conn:
+            yield conn
+        if kept is None:
+            return
+        for t in tables:
+            if t.startswith("agent/"):  # one agent's row
+                kept.pop(("agent", t.removeprefix("agent/"), None), None)
+            elif t in KEPT_READ:
+                for key in [k for k in kept if t in KEPT_TABLES[k[0]]]:
+                    del kept[key]
+        self._clean_at = self._writes()  # a write that fails leaves it behind: all dropped
 
     def __enter__(self) -> Ledger:
         return self
@@ -188,8 +230,21 @@ class Ledger:
         self, agent_id: str, pid: int, *, error: str | None = None, tick: bool = False
     ) -> None:
         """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None)."""
-        with self.store.write(durable=False) as conn:
-            agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
+        beat = (f"agent/{agent_id}",)  # this agent's row only
+        tables = beat if error is None else (*beat, "audit", "counters")
+        key = ("agent", agent_id, None)
+        kept = self._kept_reads()
+        row = None if kept is None else kept.get(key)
+        with self._write_to(tables, durable=False) as conn:
+            ms = agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
+        if isinstance(row, AgentRow) and kept is not None:  # kept: what the UPDATE set
+            kept[key] = row._replace(
+                heartbeat_pid=pid,
+                heartbeat_ms=ms,
+                heartbeat_error=error,
+                ticks=row.ticks + int(tick),
+                heartbeat_host=self.host,
+            )
 
     def agent(self, agent_id: str) -> AgentRow | None:
         return self._keep(("agent", agent_id, None), lambda: agents.get(self.store.conn, agent_id))
@@ -499,8 +554,11 @@ class Ledger:
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
         """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
-        with self.store.write() as conn:
-            books.snapshot_equity(conn, agent_id, equity, time_ms)
+        kept = self._kept_reads()  # a throwaway ledger's current row: its units
+        row = None if kept is None else kept.get(("agent", agent_id, None))
+        units = row.units if isinstance(row, AgentRow) else None
+        with self._write_to(("equity",)) as conn:
+            books.snapshot_equity(conn, agent_id, equity, time_ms, units=units)
 
     def equity_history(self, agent_id: str) -> list[EquityPoint]:
         """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
@@ -536,7 +594,7 @@ class Ledger:
         if not marks:
             return
         when = now_ms() if time_ms is None else time_ms
-        with self.store.write(durable=False) as conn:
+        with self._write_to(("marks",), durable=False) as conn:
             books.record_marks(conn, user, marks, when)
 
     def marks(self, user: str) -> dict[str, Decimal]:

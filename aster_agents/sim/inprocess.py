@@ -25,9 +25,10 @@ from aster_agents.exchange.http import (
     _Call,
     _error_for,
     _fmt,
+    _optional,
     klines_weight,
 )
-from aster_agents.models import Kline
+from aster_agents.models import Kline, Order
 from aster_agents.signing import NonceSource
 from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
@@ -37,6 +38,7 @@ _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
 # client keeps its own latest window, so only a candle's first parse is shared) to keep a
 # month-long backtest's memory flat.
 CLOSED_KEPT: Final = 20_000
+ORDERS_KEPT: Final = 1_000  # parsed open orders kept per client, by their JSON document
 
 
 class InProcessClient(AsterClient):
@@ -66,6 +68,32 @@ class InProcessClient(AsterClient):
         self._closed = closed_klines if closed_klines is not None else {}
         # (symbol, interval, limit) -> the closed candles of the last answer, oldest first
         self._latest: dict[tuple[str, str, int], list[Kline]] = {}
+        # an open order's JSON fields -> the Order parsed from them (a resting stop is asked
+        # for every tick, unchanged)
+        self._orders: dict[tuple[tuple[str, object], ...], Order] = {}
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        """As ``AsterClient.open_orders``, parsing an order's document once while it is the
+        same: the same JSON gives the same (immutable) ``Order``."""
+        call = _Call("GET", "/fapi/v3/openOrders", 1 if symbol else 40)
+        data = self._request(call, _optional(symbol=symbol))
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            return parse.orders(data)  # its error, as the HTTP client says it
+        out: list[Order] = []
+        for item in data:
+            key = tuple(item.items())
+            try:
+                order = self._orders.get(key)
+            except TypeError:  # a field that is not a scalar: parse says what is wrong
+                out.append(parse.order(item))
+                continue
+            if order is None:
+                order = parse.order(item)
+                if len(self._orders) >= ORDERS_KEPT:
+                    self._orders.clear()
+                self._orders[key] = order
+            out.append(order)
+        return out
 
     def klines(
         self,

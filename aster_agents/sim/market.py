@@ -152,22 +152,34 @@ def kline_row(
     mid = (op + cl) / 2
     return [
         open_ms,
-        str(_fmt(op, pp)),
-        str(_fmt(hi, pp)),
-        str(_fmt(low, pp)),
-        str(_fmt(cl, pp)),
-        str(_fmt(vol, qp)),
+        _text(op, pp),
+        _text(hi, pp),
+        _text(low, pp),
+        _text(cl, pp),
+        _text(vol, qp),
         close_ms,
-        str(_fmt(vol * mid, 4)),
+        _text(vol * mid, 4),
         int(vol * mid / 500) + 1,
-        str(_fmt(vol / 2, qp)),
-        str(_fmt(vol * mid / 2, 4)),
+        _text(vol / 2, qp),
+        _text(vol * mid / 2, 4),
         "0",
     ]
 
 
 def _fmt(x: float, places: int) -> Decimal:
     return Decimal(f"{x:.{places}f}")
+
+
+def _text(x: float, places: int) -> str:
+    """``str(_fmt(x, places))`` without the Decimal while it would print the same text: a
+    finite number with at most 6 places is never shown in exponent form."""
+    if places > 6:
+        return str(_fmt(x, places))
+    text = format(x, _FIXED[places])
+    return text if text[-1].isdigit() else str(Decimal(text))
+
+
+_FIXED: Final = tuple(f".{n}f" for n in range(7))  # format specs of 0..6 places
 
 
 @functools.cache  # a handful of tick and step sizes

@@ -82,8 +82,10 @@ class ReplayMarket(Market):
         self._books: dict[str, tuple[int, tuple[Decimal, Decimal]]] = {}
 
     def now_ms(self) -> int:
-        frozen = self._frozen_ms  # a backtest asks often, always frozen
-        return min(super().now_ms() if frozen is None else frozen, self.end_ms)
+        frozen = self._frozen_ms
+        if frozen is not None:  # a backtest asks often, always frozen
+            return frozen if frozen < self.end_ms else self.end_ms
+        return min(super().now_ms(), self.end_ms)
 
     @property
     def finished(self) -> bool:

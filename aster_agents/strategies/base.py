@@ -184,6 +184,31 @@ class Series:
         """The last close."""
         return self.closes[-1]
 
+    def moved(self, before: tuple[Kline, ...], klines: tuple[Kline, ...]) -> Series | None:
+        """This series of ``before`` carried on to ``klines``: the same values as
+        :meth:`from_klines` gives, converting only the new candle, when ``klines`` is
+        ``before`` (a window of at least two) moved or grown by one candle and every volume
+        is finite; else None (convert the whole window)."""
+        n = len(before)
+        if n < 2 or not (n <= len(klines) <= n + 1):
+            return None
+        grown = len(klines) == n + 1
+        if klines[:-1] != (before if grown else before[1:]):  # the same objects: C speed
+            return None
+        o, h, lo, c, v, ok, volume_ok = _FLOATS.row(klines[-1])
+        if not (ok and volume_ok):
+            return None
+        if 0.0 in self.volumes and not all(_FLOATS.row(k)[6] for k in before):
+            return None  # volumes were zeroed for a non-finite one still in the window
+        i = 0 if grown else 1
+        return Series(
+            (*self.opens[i:], o),
+            (*self.highs[i:], h),
+            (*self.lows[i:], lo),
+            (*self.closes[i:], c),
+            (*self.volumes[i:], v),
+        )
+
 
 _Row = tuple[float, float, float, float, float, bool, bool]
 
@@ -234,19 +259,35 @@ class RuleStrategy(ABC):
 
     name: str = "rule"
     min_klines: int = 1
+    _last_series: tuple[tuple[Kline, ...], Series] | None = None  # see _series
 
     def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
         """Entry rules when flat, exit rules in a position; HOLD when history is short."""
         have = len(market.klines)
         if have < self.min_klines:
             return hold(f"need {self.min_klines} closed klines, have {have}")
-        series = Series.from_klines(market.klines)
+        series = self._series(market.klines)
         if series is None:
             return hold("klines contain non-positive or non-finite prices")
         if position.qty == 0:
             return self.entry(series)
         side = 1 if position.qty > 0 else -1
         return self.exit(series, side, _entry_price(position))
+
+    def _series(self, klines: tuple[Kline, ...]) -> Series | None:
+        """``Series.from_klines(klines)``, carried on from the last call's when the window
+        only moved by a candle (the runner's next tick): a pure memo of one window."""
+        last = self._last_series
+        if last is not None:
+            if klines == last[0]:
+                return last[1]
+            series = last[1].moved(last[0], klines)
+            if series is not None:
+                self._last_series = (klines, series)
+                return series
+        found = Series.from_klines(klines)
+        self._last_series = None if found is None else (klines, found)
+        return found
 
     @abstractmethod
     def entry(self, s: Series) -> Signal:
