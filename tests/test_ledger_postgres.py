@@ -15,17 +15,20 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger import Ledger, intents, limits
+from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.counters import denial_reason
 from aster_agents.ledger.migrations import MIGRATIONS
+from aster_agents.ledger.postgres import PostgresStore
 from aster_agents.models import Side
 from aster_agents.sim.server import SimConfig, SimServer
 from tests.kit.agents import Fleet, make_fleet
@@ -220,6 +223,18 @@ def _random_book(ledger: Ledger, rng: random.Random) -> None:
     )
 
 
+def _in_transaction(ledger: Ledger, conn: Conn) -> intents.Call:
+    """``PostgresStore.call`` run inside the open transaction ``conn`` (so that it is undone)."""
+    store = ledger.store
+    assert isinstance(store, PostgresStore)
+
+    def call(sql: str, args: Sequence[Any], /, *, durable: bool = False) -> list[Any]:
+        values = (store.lock_key, store.account_space, *args)
+        return conn.execute(re.sub(r"\$\d+", "?", sql), values).fetchall()
+
+    return call
+
+
 def test_one_trip_reservation_grants_exactly_what_the_python_check_grants(
     pg_url: str, state_dir: Path
 ) -> None:
@@ -240,8 +255,8 @@ def test_one_trip_reservation_grants_exactly_what_the_python_check_grants(
                 with pytest.raises(_Undo), ledger.store.write() as conn:
                     row = limits.read_agent(conn, agent)
                     why = limits.denial(conn, row, symbol, "open", margin, notional)
-                    fast = intents.reserve_one_trip(
-                        conn,
+                    fast = intents.reserve_call(
+                        _in_transaction(ledger, conn),
                         agent,
                         symbol,
                         Side.BUY,
@@ -252,13 +267,13 @@ def test_one_trip_reservation_grants_exactly_what_the_python_check_grants(
                         pid=1,
                         note=None,
                         host=None,
-                    )()
+                    )
                     assert (fast is not None) == (why is None), (agent, symbol, margin, why)
                     if fast is not None:
                         assert row is not None
-                        assert (fast.seq, fast.user) == (row.next_seq, row.user)
+                        assert fast.user == row.user and fast.seq > row.next_seq
                         assert fast.client_order_id == intents.make_client_order_id(
-                            agent, row.next_seq, "open"
+                            agent, fast.seq, "open"
                         )
                     reasons[denial_reason(why) if why else "granted"] += 1
                     raise _Undo
