@@ -24,6 +24,7 @@ or from ``PGPASSWORD`` (libpq reads it).
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -196,6 +197,15 @@ class _Conn:
                     cursor.fill(rows, cur.rowcount)
         except psycopg.Error as exc:
             raise _error(self.where, exc) from None
+
+
+def _next_result(pg: psycopg.pq.abc.PGconn) -> psycopg.pq.abc.PGresult | None:
+    """libpq's next result, waited for in ``select`` (which lets go of the GIL: libpq's own
+    wait would hold it, and stop every other thread of the process while a lock is waited)."""
+    while pg.is_busy():
+        select.select([pg.socket], [], [])
+        pg.consume_input()
+    return pg.get_result()
 
 
 def _error(where: str, exc: BaseException) -> LedgerError:
@@ -393,9 +403,11 @@ class PostgresStore:
 
     def _prepare(self, pg: psycopg.pq.abc.PGconn, sql: str) -> bytes:
         if not self._prepared:
-            self._check(pg.prepare(b"ledger_durable", _DURABLE_SQL))
+            pg.send_prepare(b"ledger_durable", _DURABLE_SQL)
+            self._rows(pg)
         name = f"ledger_{len(self._prepared)}".encode()
-        self._check(pg.prepare(name, sql.encode()))
+        pg.send_prepare(name, sql.encode())
+        self._rows(pg)
         self._prepared[sql] = name
         return name
 
@@ -423,7 +435,7 @@ class PostgresStore:
 
     def _rows(self, pg: psycopg.pq.abc.PGconn, *, pipeline: bool = False) -> list[Any]:
         """The rows of the next result, read to its end (a pipeline: to its sync point)."""
-        res = pg.get_result()
+        res = _next_result(pg)
         rows: list[Any] = []
         error = None
         while res is not None:
@@ -439,9 +451,9 @@ class PostgresStore:
                 break
             elif res.status not in (psycopg.pq.ExecStatus.COMMAND_OK,):
                 error = error or res
-            res = pg.get_result()
+            res = _next_result(pg)
             if res is None and pipeline:
-                res = pg.get_result()  # past the end of one query: its sync point is next
+                res = _next_result(pg)  # past the end of one query: its sync point is next
         if error is not None:
             self._check(error)
         return rows
