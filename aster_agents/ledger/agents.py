@@ -172,13 +172,24 @@ def heartbeat(
     conn: Conn, agent_id: str, pid: int, error: str | None, tick: bool, host: str | None = None
 ) -> None:
     cur = conn.execute(
-        "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ?, hb_host = ? "
-        "WHERE agent_id = ?",
+        "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ?, hb_host = ?, "
+        "hb_stopped = 0 WHERE agent_id = ?",
         (pid, now_ms(), error, int(tick), host, agent_id),
     )
     require_agent(cur.rowcount, agent_id)
     if error is not None:
         record(conn, agent_id, "error", pid=pid, error=error)
+
+
+def stopped(conn: Conn, agent_id: str, pid: int, host: str | None) -> bool:
+    """Mark the last heartbeat as one of a run that ended normally, if it is ``pid``'s on
+    ``host`` (a newer run's heartbeat stays as it is); False when it was not."""
+    cur = conn.execute(
+        "UPDATE agents SET hb_stopped = 1 WHERE agent_id = ? AND hb_pid = ? "
+        "AND COALESCE(hb_host, '') = COALESCE(?, '')",
+        (agent_id, pid, host),
+    )
+    return cur.rowcount == 1
 
 
 def get(conn: Conn, agent_id: str) -> AgentRow | None:

@@ -191,6 +191,12 @@ class Ledger:
         with self.store.write(durable=False) as conn:
             agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
 
+    def heartbeat_stopped(self, agent_id: str, pid: int) -> bool:
+        """Record that ``pid``'s run of ``agent_id`` ended normally (status on any host then
+        shows STOPPED, not a stale heartbeat); False if a newer run has beaten since."""
+        with self.store.write(durable=False) as conn:
+            return agents.stopped(conn, agent_id, pid, self.host)
+
     def agent(self, agent_id: str) -> AgentRow | None:
         return self._keep(("agent", agent_id, None), lambda: agents.get(self.store.conn, agent_id))
 

@@ -287,6 +287,14 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
         "intent-functions-per-account",
         "",
     ),
+    (
+        # the run that wrote the heartbeat ended normally (Ctrl-C, SIGTERM, `down`): another
+        # host tells a stop from a crash by it (it cannot look at this host's lock file)
+        "heartbeat-clean-stop",
+        """
+        ALTER TABLE agents ADD COLUMN hb_stopped INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 # ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both
