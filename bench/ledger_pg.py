@@ -8,10 +8,10 @@ Each argument is one run of ``bench/ledger.py``: its backend (``pg`` or ``sqlite
 options. A PostgreSQL server from the ``pgserver`` wheel (the one the tests use) is started on
 a unix socket in a temporary directory and stopped at the end; every ``pg`` run gets a fresh
 schema there. Prints one JSON line per run: the run's spec and the figures that decide the
-targets (throughput, latency, violations, CPU per loop, the machine's load), plus
-``server_cpu_us_per_loop``, the CPU time of the server's processes per loop (every backend,
-the WAL writer, ...), read from /proc: on a small machine the client's and the server's CPU
-per loop are what the throughput is made of, and they are far less noisy than it.
+targets (throughput, latency, violations, the machine's load) and the CPU per loop of the
+workers (``cpu_us_per_loop``) and, on PostgreSQL, of the server processes serving them
+(``server_cpu_us_per_loop``): on a small machine those two are what the throughput is made
+of, and they are far less noisy than it.
 ``--repo PATH`` runs the ``bench/ledger.py`` of another checkout (with its own package and
 venv, if it has one), for a before/after comparison on one server.
 """
@@ -35,31 +35,13 @@ KEEP = (
     "p99_ms",
     "violations",
     "cpu_us_per_loop",
+    "server_cpu_us_per_loop",
     "loadavg_1m_start",
     "loadavg_1m",
 )
 
 
-def server_cpu_s(data: Path) -> float:
-    """CPU seconds (user + system) of the server's processes: the postmaster and children."""
-    postmaster = int((data / "postmaster.pid").read_text().split()[0])
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in [postmaster, *_children(postmaster)]:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone since it was listed
-        total += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
-    return total
-
-
-def _children(pid: int) -> list[int]:
-    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(p) for p in found]
-
-
-def run_one(spec: str, uri: str, data: Path, repo: Path) -> dict[str, Any]:
+def run_one(spec: str, uri: str, repo: Path) -> dict[str, Any]:
     backend, *options = spec.split()
     venv = repo / ".venv" / "bin" / "python"
     python = str(venv) if venv.exists() else sys.executable
@@ -68,18 +50,13 @@ def run_one(spec: str, uri: str, data: Path, repo: Path) -> dict[str, Any]:
         cmd += ["--url", uri]
     elif backend != "sqlite":
         raise SystemExit(f"run {spec!r}: the backend is pg or sqlite")
-    before = server_cpu_s(data)
     env = {**os.environ, "PYTHONPATH": str(repo)}
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=repo, env=env, check=False)
-    spent = server_cpu_s(data) - before
     if done.returncode != 0:
         raise SystemExit(f"run {spec!r} failed: {done.stderr.strip()[-500:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     out: dict[str, Any] = {"version": 1, "run": spec}
     out.update({key: result[key] for key in KEEP if key in result})
-    if backend == "pg":  # the reserve and release calls; the bench's own setup is a few
-        loops = max(1, int(result["reservations"]) + int(result["denied"]))
-        out["server_cpu_us_per_loop"] = round(spent * 1e6 / loops, 1)
     return out
 
 
@@ -101,7 +78,7 @@ def main() -> None:
         server = pgserver.get_server(root / "data", cleanup_mode="stop")
     try:
         for spec in runs:
-            print(json.dumps(run_one(spec, server.get_uri(), root / "data", repo)), flush=True)
+            print(json.dumps(run_one(spec, server.get_uri(), repo)), flush=True)
     finally:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

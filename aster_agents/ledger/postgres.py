@@ -276,6 +276,12 @@ class PostgresStore:
         return raw
 
     @property
+    def backend_pid(self) -> int:
+        """The server process serving this store's connection (diagnostics, benchmarks)."""
+        with self._thread_lock:
+            return int(self._live().info.backend_pid)
+
+    @property
     def conn(self) -> _Conn:
         with self._thread_lock:
             self._live()
