@@ -7,11 +7,14 @@ in a few simple-query round trips (``_Conn``): the cost of a write on a busy mac
 round trips, each a wake-up of the server process and of ours. The schema is the same
 migration list as SQLite's (``migrations``), run through ``postgres_ddl``.
 
-The critical section: every write is one transaction that first takes
-``pg_advisory_xact_lock(key)``; the lock is released by the server at commit or rollback,
-and also when the connection dies, so a SIGKILLed writer never leaves it held (the same
-meaning as SQLite's ``flock``). ``key`` is derived from the database and schema, so two
-ledgers in one database never share it. Every write commits with ``synchronous_commit =
+The critical section: every write is one transaction that first takes an advisory
+transaction lock; the server releases it at commit or rollback, and also when the connection
+dies, so a SIGKILLed writer never leaves it held (the same meaning as SQLite's ``flock``).
+``lock_key`` is derived from the database and schema, so two ledgers in one database never
+share it. A write of one account (the intent functions, ``call``; ``write(account=...)``)
+takes that key shared and the account's key exclusive (``ledger_lock_account``), so writers
+of different accounts run at once; any other write takes ``lock_key`` exclusive, which waits
+for all of them and holds them back (what needs ledger-wide state: the reaper, fills, ...). Every write commits with ``synchronous_commit =
 off`` (so the lock is not held across an fsync); a durable one then waits for the WAL flush
 outside the lock (``write``). Non-durable writes (a reservation, a release, a heartbeat)
 become durable with the next durable one, which flushes the WAL up to itself (the same
