@@ -16,9 +16,10 @@ takes that key shared and the account's key exclusive (``ledger_lock_account``),
 of different accounts run at once; any other write takes ``lock_key`` exclusive, which waits
 for all of them and holds them back (what needs ledger-wide state: the reaper, fills, ...).
 Every write commits with ``synchronous_commit = off`` (so the lock is not held across an
-fsync); a durable one then waits for the WAL flush outside the lock (``write``). Non-durable writes (a reservation, a release, a heartbeat)
-become durable with the next durable one, which flushes the WAL up to itself (the same
-prefix argument as the SQLite store's group commit).
+fsync); a durable one then waits for the WAL flush outside the lock (``write``). Non-durable
+writes (a reservation, a release, a heartbeat) become durable with the next durable one,
+which flushes the WAL up to itself (the same prefix argument as the SQLite store's group
+commit).
 
 The password never appears in anything this module prints: errors name the URL with the
 password masked (``mask_url``); the password comes from the URL given by the environment,
