@@ -410,6 +410,10 @@ class PostgresStore:
                 return rows
             except psycopg.Error as exc:
                 raise _error(self.where, exc) from None
+            except BaseException:  # interrupted mid-call (Ctrl-C): a result may be pending
+                if pg.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self._conn.raw.close()  # the server rolls back; the next call reconnects
+                raise
 
     def _prepare(self, pg: psycopg.pq.abc.PGconn, sql: str) -> bytes:
         if not self._prepared:
