@@ -28,7 +28,9 @@ work on the machine shows there, and the figures are only comparable at similar 
 ``mean_in_lock_us`` is how long a granted reservation held the writer flock, and
 ``cpu_us_per_loop`` the CPU time (user + system, all workers) per loop (one reserve and its
 release): on a small machine these two decide the throughput, and they are far less noisy
-than it, so compare them when trying a change.
+than it, so compare them when trying a change. On PostgreSQL (a server on this machine)
+``server_cpu_us_per_loop`` is the same for the server processes serving the workers, over the
+same timed loops (read from /proc; the connections' start-up and the WAL writer not counted).
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def _run(procs: int, think_ms: float, seconds: float, mark_sent: bool) -> dict[s
         holds: list[int] = []
         denied = sent = 0
         cpu_ns = 0
+        server_ns: int | None = None
         for proc, out in workers:
             proc.communicate()
             if proc.returncode != 0:
@@ -147,6 +150,8 @@ def _run(procs: int, think_ms: float, seconds: float, mark_sent: bool) -> dict[s
             denied += data["denied"]
             sent += data["sent"]
             cpu_ns += data["cpu_ns"]
+            if "server_cpu_ns" in data:
+                server_ns = (server_ns or 0) + data["server_cpu_ns"]
         check = check_journal(
             journal, [], Limits(MAX_POSITIONS, AGENTS_PER_ACCOUNT * MAX_POSITIONS)
         )
@@ -156,6 +161,8 @@ def _run(procs: int, think_ms: float, seconds: float, mark_sent: bool) -> dict[s
         result["p99_in_lock_ms"] = round(holds[int(0.99 * len(holds))] / 1e6, 3) if holds else 0.0
         result["mean_in_lock_us"] = round(sum(holds) / len(holds) / 1e3, 1) if holds else 0.0
         result["cpu_us_per_loop"] = round(cpu_ns / max(1, len(lat)) / 1e3, 1)
+        if server_ns is not None:
+            result["server_cpu_us_per_loop"] = round(server_ns / max(1, len(lat)) / 1e3, 1)
         result["loadavg_1m_start"] = round(load_start, 2)
         result["loadavg_1m"] = round(os.getloadavg()[0], 2)
         return result

@@ -55,3 +55,22 @@ def test_ledger_bench_runs_against_postgresql(pg_server: PgServer) -> None:
     assert result["violations"] == 0
     left = pg_server.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'ledger_bench_%'")
     assert left == []
+
+
+def test_side_by_side_bench_starts_its_own_server_and_reports_both() -> None:
+    """bench/ledger_pg.py: one JSON line per run, the PostgreSQL one with the server's CPU per
+    loop, no violation on either backend."""
+    runs = ["pg --procs 2 --seconds 0.5", "sqlite --procs 2 --seconds 0.5"]
+    done = subprocess.run(
+        [sys.executable, "bench/ledger_pg.py", *runs],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    pg, lite = (json.loads(line) for line in done.stdout.splitlines())
+    assert (pg["version"], pg["run"], pg["violations"]) == (1, runs[0], 0)
+    assert pg["server_cpu_us_per_loop"] > 0 and pg["reservations_per_s"] > 0
+    assert lite["violations"] == 0 and "server_cpu_us_per_loop" not in lite

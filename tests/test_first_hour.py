@@ -243,6 +243,26 @@ def test_status_tells_a_clean_stop_from_a_crash(project: Path, sim: SimProcess) 
     assert (agent["state"], agent["pid"], agent["flagged"]) == ("DOWN", killed.pid, True)
 
 
+def test_another_host_sees_a_clean_stop_as_stopped(
+    project: Path, sim: SimProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C records the clean stop in the ledger: another host shows STOPPED; after a
+    SIGKILL it shows the last heartbeat (RUNNING until the lease ends, then STALE)."""
+    stopped = _terminal_agent(project)
+    stopped.send_signal(signal.SIGINT)
+    assert stopped.wait(timeout=30) == 0
+    monkeypatch.setenv("ASTER_AGENTS_HOST", "elsewhere")
+    agent = status(project)["agents"][0]
+    assert (agent["state"], agent["local"], agent["flagged"]) == ("STOPPED", False, False)
+    monkeypatch.delenv("ASTER_AGENTS_HOST")
+    killed = _terminal_agent(project)
+    killed.kill()
+    killed.wait(timeout=30)
+    monkeypatch.setenv("ASTER_AGENTS_HOST", "elsewhere")
+    agent = status(project)["agents"][0]
+    assert (agent["state"], agent["local"], agent["state_source"]) == ("RUNNING", False, "remote")
+
+
 def test_wrong_base_url_is_retrying_and_named(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,17 +15,22 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
+from threading import Thread
+from typing import Any
 from urllib.parse import quote, unquote
 
 import pytest
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger import Ledger, intents, limits
+from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.counters import denial_reason
 from aster_agents.ledger.migrations import MIGRATIONS
+from aster_agents.ledger.postgres import PostgresStore
+from aster_agents.ledger.rows import Intent
 from aster_agents.models import Side
 from aster_agents.sim.server import SimConfig, SimServer
 from tests.kit.agents import Fleet, make_fleet
@@ -220,6 +225,18 @@ def _random_book(ledger: Ledger, rng: random.Random) -> None:
     )
 
 
+def _in_transaction(ledger: Ledger, conn: Conn) -> intents.Call:
+    """``PostgresStore.call`` run inside the open transaction ``conn`` (so that it is undone)."""
+    store = ledger.store
+    assert isinstance(store, PostgresStore)
+
+    def call(sql: str, args: Sequence[Any], /, *, durable: bool = False) -> list[Any]:
+        values = (store.lock_key, store.account_space, *args)
+        return conn.execute(re.sub(r"\$\d+", "?", sql), values).fetchall()
+
+    return call
+
+
 def test_one_trip_reservation_grants_exactly_what_the_python_check_grants(
     pg_url: str, state_dir: Path
 ) -> None:
@@ -240,8 +257,8 @@ def test_one_trip_reservation_grants_exactly_what_the_python_check_grants(
                 with pytest.raises(_Undo), ledger.store.write() as conn:
                     row = limits.read_agent(conn, agent)
                     why = limits.denial(conn, row, symbol, "open", margin, notional)
-                    fast = intents.reserve_one_trip(
-                        conn,
+                    fast = intents.reserve_call(
+                        _in_transaction(ledger, conn),
                         agent,
                         symbol,
                         Side.BUY,
@@ -252,18 +269,90 @@ def test_one_trip_reservation_grants_exactly_what_the_python_check_grants(
                         pid=1,
                         note=None,
                         host=None,
-                    )()
+                    )
                     assert (fast is not None) == (why is None), (agent, symbol, margin, why)
                     if fast is not None:
                         assert row is not None
-                        assert (fast.seq, fast.user) == (row.next_seq, row.user)
+                        assert fast.user == row.user and fast.seq > row.next_seq
                         assert fast.client_order_id == intents.make_client_order_id(
-                            agent, row.next_seq, "open"
+                            agent, fast.seq, "open"
                         )
                     reasons[denial_reason(why) if why else "granted"] += 1
                     raise _Undo
         assert sum(reasons.values()) == 480
         assert reasons["granted"] > 100 and len(reasons) == 8, reasons  # all outcomes seen
+
+
+# ----------------------------------------------------------------- the account's lock
+
+
+def _waiting_for_a_lock(pg_server: PgServer, pid: int) -> bool:
+    rows = pg_server.execute(
+        f"SELECT 1 FROM pg_locks WHERE pid = {pid} AND locktype = 'advisory' AND NOT granted"
+    )
+    return bool(rows)
+
+
+def _reserve_in_thread(ledger: Ledger, agent: str, symbol: str) -> tuple[Thread, list[object]]:
+    got: list[object] = []
+
+    def run() -> None:
+        try:
+            got.append(ledger.reserve(agent, symbol, Side.BUY, margin=D(1), notional=D(1)))
+        except Exception as exc:  # the test reads it from ``got``
+            got.append(exc)
+
+    thread = Thread(target=run, daemon=True)
+    thread.start()
+    return thread, got
+
+
+def test_writers_of_two_accounts_go_on_together_and_one_account_waits(
+    pg_url: str, pg_server: PgServer, state_dir: Path
+) -> None:
+    """A transaction holding account u1's lock: u2 reserves meanwhile, u1's agent waits for it."""
+    with Ledger(state_dir, url=pg_url) as setup:
+        _setup(setup)
+        setup.set_account_limits("u2", max_total_positions=3, max_gross_leverage=D(5))
+        setup.register_agent("b1", "u2", max_positions=2, capital=D(100))
+    # a call blocked by mistake fails after 5 s instead of hanging the test
+    patient = pg_url + quote(" -clock_timeout=5000")
+    holder, other = Ledger(state_dir, url=pg_url), Ledger(state_dir, url=patient)
+    try:
+        other_pid = int(other.store.conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with holder.store.write(account="u1") as conn:
+            conn.execute("SELECT 1").fetchone()  # BEGIN and u1's lock are on the server now
+            assert other.reserve("b1", "ETHUSDT", Side.BUY, margin=D(1), notional=D(1))
+            thread, got = _reserve_in_thread(other, "a1", "BTCUSDT")
+            wait_for(lambda: _waiting_for_a_lock(pg_server, other_pid), 4, "u1's writer waiting")
+            assert not got  # still waiting while u1's lock is held
+        thread.join(5)
+        assert len(got) == 1 and isinstance(got[0], Intent), got
+    finally:
+        holder.close()
+        other.close()
+
+
+def test_a_ledger_wide_write_holds_back_every_account(
+    pg_url: str, pg_server: PgServer, state_dir: Path
+) -> None:
+    """A write under the ledger's own lock (the reaper's, a fill's) stops every account's
+    writers until it commits, as the one lock per ledger did."""
+    with Ledger(state_dir, url=pg_url) as setup:
+        _setup(setup)
+    holder, other = Ledger(state_dir, url=pg_url), Ledger(state_dir, url=pg_url)
+    try:
+        other_pid = int(other.store.conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with holder.store.write() as conn:
+            conn.execute("SELECT 1").fetchone()
+            thread, got = _reserve_in_thread(other, "a1", "BTCUSDT")
+            wait_for(lambda: _waiting_for_a_lock(pg_server, other_pid), 4, "the writer waiting")
+            assert not got
+        thread.join(5)
+        assert len(got) == 1 and isinstance(got[0], Intent), got
+    finally:
+        holder.close()
+        other.close()
 
 
 # ----------------------------------------------------------------- hosts

@@ -116,6 +116,35 @@ def test_a_remote_agent_is_stale_by_its_heartbeat_age_alone(
     assert next(a for a in fresh.agents if a.id == "beta-2").process.state == "RUNNING"
 
 
+def test_a_remote_agent_stopped_cleanly_is_stopped_and_a_killed_one_goes_stale(
+    backend: str, fleet: FleetConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that recorded its clean stop is STOPPED (not flagged) on another host, before
+    and after the lease; one that did not (SIGKILLed) is STALE after it; a new run's
+    heartbeat makes it RUNNING again, and an older run's late stop does not touch it."""
+    state = tmp_path / "state"
+    populate(fleet, state, monkeypatch)
+    monkeypatch.setenv(HOST_ENV, "beta")
+    with Ledger(state) as ledger:
+        assert ledger.heartbeat_stopped("beta-1", FAR_PID)
+        assert not ledger.heartbeat_stopped("beta-2", FAR_PID)  # not the pid of its last beat
+    monkeypatch.setenv(HOST_ENV, "alpha")
+    later = time.time_ns() // 1_000_000 + 3600_000
+
+    def states(now_ms: int | None = None) -> dict[str, tuple[str, bool]]:
+        report = collect_status(fleet, state, now_ms=now_ms)
+        return {a.id: (a.process.state, a.flagged) for a in report.agents if not a.local}
+
+    assert states() == {"beta-1": ("STOPPED", False), "beta-2": ("RUNNING", False)}
+    assert states(later) == {"beta-1": ("STOPPED", False), "beta-2": ("STALE", True)}
+    monkeypatch.setenv(HOST_ENV, "beta")
+    with Ledger(state) as ledger:
+        ledger.heartbeat("beta-1", FAR_PID + 2, tick=True)  # started again
+        assert not ledger.heartbeat_stopped("beta-1", FAR_PID)  # the old run's stop, late
+    monkeypatch.setenv(HOST_ENV, "alpha")
+    assert states()["beta-1"] == ("RUNNING", False)
+
+
 def test_portfolio_counts_sleeves_of_every_host(
     backend: str,
     fleet: FleetConfig,

@@ -1135,7 +1135,17 @@ def run_agent(
                 )
                 _start_with_retries(runner)
                 runner.run()
+            _record_clean_stop(ledger, agent.id)
     return 0
+
+
+def _record_clean_stop(ledger: Ledger, agent_id: str) -> None:
+    """Say in the heartbeat row that this run ended normally (status on another host shows
+    STOPPED, where a crash stays a heartbeat going stale); a ledger gone now is only logged."""
+    try:
+        ledger.heartbeat_stopped(agent_id, os.getpid())
+    except LedgerError as exc:
+        logger.warning("could not record the clean stop in the ledger: {}", exc)
 
 
 T = TypeVar("T")

@@ -8,7 +8,8 @@ the heartbeat and the liveness of its pid. Neither eth_account nor httpx is impo
 Several hosts (a PostgreSQL ledger): every agent of the ledger is shown, with the host of its
 last heartbeat. An agent is local when that host is this one (or it has not run yet and its
 config is here); a pid means nothing on another host, so a remote agent is judged by the age
-of its heartbeat alone (``remote_view``): RUNNING while fresh, STALE after.
+of its heartbeat alone (``remote_view``): RUNNING while fresh, STALE after, STOPPED when
+its run ended normally (the agent says so in its heartbeat row as it exits).
 
 JSON (``StatusReport.to_json``/``PortfolioReport.to_json``): money and quantities are decimal
 strings, ratios (weights, returns, drawdowns, budget use) and durations in seconds are JSON
@@ -454,22 +455,27 @@ def _one_status(
     stopped = local and hb_pid is not None and not alive and stopped_cleanly(state_dir, agent.id)
     status = _agent_status(agent, row, proc if local else None, alive, latest, now, stopped=stopped)
     if not local:
-        status = remote_status(status, agent)
+        status = remote_status(status, agent, stopped=bool(row and row.heartbeat_stopped))
     reason = exit_reason(proc, state_dir) if local else None
     status = status._replace(host=host or (me if local and row else None), local=local)
     return status._replace(last_error=reason) if reason else status
 
 
-def remote_status(status: AgentStatus, agent: AgentView) -> AgentStatus:
+def remote_status(status: AgentStatus, agent: AgentView, *, stopped: bool = False) -> AgentStatus:
     """An agent whose last heartbeat came from another host: no pid or uptime here, only
-    the heartbeat's age (RUNNING while within the stale limit, STALE after)."""
-    view = remote_view(status.last_tick_age_s, stale_after_s(agent.trading.scan_interval_seconds))
+    the heartbeat's age (RUNNING while within the stale limit, STALE after), or STOPPED
+    when that run ended normally."""
+    stale_s = stale_after_s(agent.trading.scan_interval_seconds)
+    view = remote_view(status.last_tick_age_s, stale_s, stopped=stopped)
     return status._replace(process=view, flagged=is_flagged(view, agent.enabled))
 
 
-def remote_view(hb_age_s: float | None, stale_s: float) -> ProcessView:
+def remote_view(hb_age_s: float | None, stale_s: float, *, stopped: bool = False) -> ProcessView:
+    """``stopped``: the run of the last heartbeat ended normally (it said so in its row)."""
     if hb_age_s is None:
         return ProcessView(NEVER_STARTED, "none", None, None)
+    if stopped:
+        return ProcessView("STOPPED", "remote", None, None)
     return ProcessView("STALE" if hb_age_s > stale_s else "RUNNING", "remote", None, None)
 
 

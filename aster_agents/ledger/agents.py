@@ -174,14 +174,25 @@ def heartbeat(
     """Record the heartbeat; returns the ``hb_ms`` written."""
     ms = now_ms()
     cur = conn.execute(
-        "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ?, hb_host = ? "
-        "WHERE agent_id = ?",
+        "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = ?, ticks = ticks + ?, hb_host = ?, "
+        "hb_stopped = 0 WHERE agent_id = ?",
         (pid, ms, error, int(tick), host, agent_id),
     )
     require_agent(cur.rowcount, agent_id)
     if error is not None:
         record(conn, agent_id, "error", pid=pid, error=error)
     return ms
+
+
+def stopped(conn: Conn, agent_id: str, pid: int, host: str | None) -> bool:
+    """Mark the last heartbeat as one of a run that ended normally, if it is ``pid``'s on
+    ``host`` (a newer run's heartbeat stays as it is); False when it was not."""
+    cur = conn.execute(
+        "UPDATE agents SET hb_stopped = 1 WHERE agent_id = ? AND hb_pid = ? "
+        "AND COALESCE(hb_host, '') = COALESCE(?, '')",
+        (agent_id, pid, host),
+    )
+    return cur.rowcount == 1
 
 
 def get(conn: Conn, agent_id: str) -> AgentRow | None:

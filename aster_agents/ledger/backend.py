@@ -63,9 +63,12 @@ class Store(Protocol):
         """For single-statement reads outside a transaction."""
         ...
 
-    def write(self, *, durable: bool = True) -> AbstractContextManager[Conn]:
+    def write(
+        self, *, durable: bool = True, account: str | None = None
+    ) -> AbstractContextManager[Conn]:
         """One transaction under the writer lock, committed (and, if durable, on stable
-        storage) when the block exits, rolled back on any error."""
+        storage) when the block exits, rolled back on any error. ``account``: the write
+        touches that account only, so a store may lock just it (PostgreSQL does)."""
         ...
 
     def read(self) -> AbstractContextManager[Conn]:

@@ -89,8 +89,8 @@ class Ledger:
         self._clean_at = self._writes()  # the store's write count the kept reads are of
         self.state_dir = self.store.state_dir
         self.host = host_name()
-        # PostgreSQL: the common writes go out in one round trip (see ``intents.Outcome``)
-        self._one_trip = intents.one_trip(self.store.conn)
+        # PostgreSQL: the common intent writes are one statement each (see ``intents.Call``)
+        self._call: intents.Call | None = getattr(self.store, "call", None)
         self._reaper = intents.Reaper(
             stale_heartbeat_s=stale_heartbeat_s,
             interval_s=reap_interval_s,
@@ -244,7 +244,14 @@ class Ledger:
                 heartbeat_error=error,
                 ticks=row.ticks + int(tick),
                 heartbeat_host=self.host,
+                heartbeat_stopped=False,
             )
+
+    def heartbeat_stopped(self, agent_id: str, pid: int) -> bool:
+        """Record that ``pid``'s run of ``agent_id`` ended normally (status on any host then
+        shows STOPPED, not a stale heartbeat); False if a newer run has beaten since."""
+        with self.store.write(durable=False) as conn:
+            return agents.stopped(conn, agent_id, pid, self.host)
 
     def agent(self, agent_id: str) -> AgentRow | None:
         return self._keep(("agent", agent_id, None), lambda: agents.get(self.store.conn, agent_id))
@@ -296,24 +303,22 @@ class Ledger:
         note = None if note is None else note[:200]
         if (
             kind == "open"
-            and self._one_trip
+            and self._call is not None
             and (not self._reaper.due() or self._reaper.quiet(self.store.conn, now))
         ):
-            with self.store.write(durable=False) as conn:
-                granted = intents.reserve_one_trip(
-                    conn,
-                    agent_id,
-                    symbol,
-                    side,
-                    margin=margin,
-                    notional=notional,
-                    now=now,
-                    ttl_ms=ttl_ms,
-                    pid=me if pid is None else pid,
-                    note=note,
-                    host=self.host,
-                )
-            intent: Intent | None = granted()
+            intent = intents.reserve_call(
+                self._call,
+                agent_id,
+                symbol,
+                side,
+                margin=margin,
+                notional=notional,
+                now=now,
+                ttl_ms=ttl_ms,
+                pid=me if pid is None else pid,
+                note=note,
+                host=self.host,
+            )
             if intent is not None:
                 return intent
             now = now_ms()  # not granted there: the full check below says why, or grants
@@ -352,17 +357,21 @@ class Ledger:
         ``nonce`` is the nonce the order will carry: a noop with it later spends it, which
         proves an order that is still unknown can never be accepted.
         """
+        if self._call is not None:
+            return intents.mark_sent_call(self._call, client_order_id, now_ms(), nonce)
         with self.store.write() as conn:
-            done = intents.mark_sent_outcome(conn, client_order_id, now_ms(), nonce)
-        return bool(done())
+            return intents.mark_sent(conn, client_order_id, now_ms(), nonce)
 
     def confirm(self, client_order_id: str) -> bool:
         """Mark a reserved intent as sent and accepted; False if it expired or was released."""
+        if self._call is not None:  # durable as the write below: one statement, then a flush
+            return intents.transition_call(
+                self._call, client_order_id, ("reserved",), "confirmed", None, now_ms(), True
+            )
         with self.store.write() as conn:
-            done = intents.transition_outcome(
+            return intents.transition(
                 conn, client_order_id, ("reserved",), "confirmed", None, now_ms()
             )
-        return bool(done())
 
     def release(self, client_order_id: str, reason: str) -> bool:
         """Give back a reserved or confirmed intent that did not become an order.
@@ -370,11 +379,14 @@ class Ledger:
         Committed without its own fsync (see ``SqliteStore.write``): losing a release in an
         OS crash only keeps a slot busy until the reaper or start-up recovery frees it.
         """
+        if self._call is not None:
+            return intents.transition_call(
+                self._call, client_order_id, ACTIVE_STATES, "released", reason, now_ms(), False
+            )
         with self.store.write(durable=False) as conn:
-            done = intents.transition_outcome(
+            return intents.transition(
                 conn, client_order_id, ACTIVE_STATES, "released", reason, now_ms()
             )
-        return bool(done())
 
     def release_unsent(self, client_order_id: str, reason: str) -> bool:
         """Release a reservation only if its order was never marked sent (another process's

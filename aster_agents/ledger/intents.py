@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger import limits
@@ -43,22 +43,25 @@ _INSERT_SQL: Final = (
 )
 
 
-# On a store whose ``Conn`` has ``one_trip`` (PostgreSQL), a write whose results are read only
-# after its block has exited goes out in one round trip with BEGIN, the lock and COMMIT: the
-# lock is then held only while the server runs it, never across a wake-up of the agent. The
-# forms below are written for that: one call of a function of the migrations
-# (``ledger_reserve_open``, ``ledger_transition``, ``ledger_mark_sent``), and
-# a ``Callable`` the caller runs after the block for the outcome. Without ``one_trip`` (SQLite)
-# they run the statements one by one inside the block, as before.
-Outcome = Callable[[], Any]
-
-_TRANSITION_ONE: Final = "SELECT ledger_transition(?, ?, ?, ?, ?, ?)"
-_MARK_SENT_ONE: Final = "SELECT r_agent, r_known FROM ledger_mark_sent(?, ?, ?, ?)"
+# On a store with a ``call`` (PostgreSQL), the common intent writes are each one statement, a
+# function of the migrations that takes its account's lock and does the whole write in the
+# server (``ledger_reserve_open``, ``ledger_transition``, ``ledger_mark_sent``): one round
+# trip, the lock held only while the server runs it, never across a wake-up of the agent.
+# ``$1`` and ``$2`` are the lock's keys, which the store fills in (``PostgresStore.call``).
 
 
-def one_trip(conn: Conn) -> bool:
-    """Whether ``conn`` sends a write whose results are read after it in one round trip."""
-    return bool(getattr(conn, "one_trip", False))
+class Call(Protocol):
+    """``PostgresStore.call``: one statement that is a whole write; its rows, as text."""
+
+    def __call__(self, sql: str, args: Sequence[Any], /, *, durable: bool = False) -> list[Any]: ...
+
+
+RESERVE_OPEN_CALL: Final = (
+    "SELECT r_seq, r_coid, r_user FROM ledger_reserve_open("
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+)
+_TRANSITION_CALL: Final = "SELECT ledger_transition($1, $2, $3, $4, $5, $6, $7, $8)"
+_MARK_SENT_CALL: Final = "SELECT r_agent, r_known FROM ledger_mark_sent($1, $2, $3, $4, $5, $6)"
 
 
 def _detail(**detail: Any) -> str:
@@ -250,8 +253,8 @@ def reserve(
     )
 
 
-def reserve_one_trip(
-    conn: Conn,
+def reserve_call(
+    call: Call,
     agent_id: str,
     symbol: str,
     side: Side,
@@ -263,77 +266,58 @@ def reserve_one_trip(
     pid: int,
     note: str | None,
     host: str | None,
-) -> Outcome:
-    """An ``open`` reservation that the limits grant, in one statement (``one_trip`` stores).
+) -> Intent | None:
+    """An ``open`` reservation that the limits grant, in one statement (see ``Call``).
 
-    The outcome is the ``Intent``, or None when it was not granted: then nothing was written
-    and the caller runs ``reserve`` (which reaps, checks again and says why). The caller
-    decides when this may be tried: not while the reaper is due.
+    None when it was not granted: then nothing was written and the caller runs ``reserve``
+    (which reaps, checks again and says why). The caller decides when this may be tried:
+    not while the reaper is due.
     """
-    detail = _detail(coid="?", kind="open", pid=pid, symbol=symbol)
-    cursor = conn.execute(
-        "SELECT r_seq, r_coid, r_user FROM ledger_reserve_open(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            agent_id,
-            symbol,
-            side.value,
-            str(margin),
-            str(notional),
-            pid,
-            now,
-            ttl_ms,
-            note,
-            host,
-            detail,
-        ),
+    args = (agent_id, symbol, side.value, margin, notional, pid, now, ttl_ms, note, host)
+    rows = call(RESERVE_OPEN_CALL, (*args, _open_detail(pid, symbol)))
+    if not rows:
+        return None
+    seq, coid, user = rows[0]
+    return Intent(
+        coid,
+        int(seq),
+        agent_id,
+        user,
+        symbol,
+        side,
+        "open",
+        margin,
+        notional,
+        "reserved",
+        pid,
+        now,
+        now + ttl_ms,
+        now,
+        False,
+        note,
     )
 
-    def outcome() -> Intent | None:
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        seq, coid, user = row
-        return Intent(
-            coid,
-            seq,
-            agent_id,
-            user,
-            symbol,
-            side,
-            "open",
-            margin,
-            notional,
-            "reserved",
-            pid,
-            now,
-            now + ttl_ms,
-            now,
-            False,
-            note,
-        )
 
-    return outcome
+def _open_detail(pid: int, symbol: str) -> str:
+    """The audit detail of an open's reservation, its client order id left as ``?`` (the
+    function puts it in): ``_detail(coid="?", kind="open", pid=pid, symbol=symbol)``."""
+    return f'{{"coid": "?", "kind": "open", "pid": {pid}, "symbol": {json.dumps(symbol)}}}'
 
 
-def transition_outcome(
-    conn: Conn, coid: str, from_states: tuple[str, ...], to: str, reason: str | None, now: int
-) -> Outcome:
-    """``transition``; on a ``one_trip`` store in one statement, read after the block."""
-    if not one_trip(conn):
-        done = transition(conn, coid, from_states, to, reason, now)
-        return lambda: done
-    cursor = conn.execute(
-        _TRANSITION_ONE,
-        (
-            coid,
-            "{" + ",".join(from_states) + "}",
-            to,
-            reason,
-            now,
-            _detail(coid=coid, reason=reason),
-        ),
-    )
-    return lambda: cursor.fetchone()[0] is not None
+def transition_call(
+    call: Call,
+    coid: str,
+    from_states: tuple[str, ...],
+    to: str,
+    reason: str | None,
+    now: int,
+    durable: bool,
+) -> bool:
+    """``transition`` in one statement (see ``Call``)."""
+    states = "{" + ",".join(from_states) + "}"
+    detail = _detail(coid=coid, reason=reason)
+    rows = call(_TRANSITION_CALL, (coid, states, to, reason, now, detail), durable=durable)
+    return rows[0][0] is not None
 
 
 def transition(
@@ -365,23 +349,15 @@ def release_unsent(conn: Conn, coid: str, reason: str, now: int) -> bool:
     return True
 
 
-def mark_sent_outcome(conn: Conn, coid: str, now: int, nonce: int | None = None) -> Outcome:
-    """``mark_sent``; on a ``one_trip`` store in one statement, read after the block (which
-    raises there, once the empty transaction has committed, for an unknown intent)."""
-    if not one_trip(conn):
-        done = mark_sent(conn, coid, now, nonce)
-        return lambda: done
-    cursor = conn.execute(_MARK_SENT_ONE, (coid, nonce, now, _detail(coid=coid)))
-
-    def outcome() -> bool:
-        agent_id, known = cursor.fetchone()
-        if agent_id is not None:
-            return True
-        if known:
-            return False
-        raise LedgerError(f"no intent with client order id {coid}")
-
-    return outcome
+def mark_sent_call(call: Call, coid: str, now: int, nonce: int | None = None) -> bool:
+    """``mark_sent`` in one statement (see ``Call``), durable."""
+    rows = call(_MARK_SENT_CALL, (coid, nonce, now, _detail(coid=coid)), durable=True)
+    agent_id, known = rows[0]
+    if agent_id is not None:
+        return True
+    if known == "t":
+        return False
+    raise LedgerError(f"no intent with client order id {coid}")
 
 
 def mark_sent(conn: Conn, coid: str, now: int, nonce: int | None = None) -> bool:

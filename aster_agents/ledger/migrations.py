@@ -279,6 +279,22 @@ MIGRATIONS: Final[tuple[tuple[str, str], ...]] = (
             WHERE state IN ('reserved', 'confirmed') OR (state = 'expired' AND sent = 1);
         """,
     ),
+    (
+        # PostgreSQL only (nothing on SQLite): the intent functions take their own locks (the
+        # account's, see ``postgres.PostgresStore.call``) so each is one statement, prepared
+        # once per session; intent seqs come from the identity sequence of ``intents.seq``
+        # (writers of two accounts run at once: ``MAX(seq) + 1`` would give both the same)
+        "intent-functions-per-account",
+        "",
+    ),
+    (
+        # the run that wrote the heartbeat ended normally (Ctrl-C, SIGTERM, `down`): another
+        # host tells a stop from a crash by it (it cannot look at this host's lock file)
+        "heartbeat-clean-stop",
+        """
+        ALTER TABLE agents ADD COLUMN hb_stopped INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 # ``user`` is a reserved word in PostgreSQL (unquoted it means CURRENT_USER); quoted, both
@@ -453,6 +469,165 @@ POSTGRES_FORMS: Final = {
             ELSE
                 RETURN QUERY SELECT NULL::text,
                     EXISTS (SELECT 1 FROM intents WHERE client_order_id = p_coid);
+            END IF;
+        END $$;
+    """,  # The same three functions taking the account's lock themselves (``ledger_lock_account``),
+    # each called alone as a prepared statement in its own transaction: the intent's account
+    # is read first (an intent's never changes; an agent whose account changed before the
+    # lock is not granted here, and the caller's full path decides under the ledger's lock).
+    "intent-functions-per-account": """
+        DROP FUNCTION ledger_reserve_open(TEXT, TEXT, TEXT, TEXT, TEXT, BIGINT, BIGINT, BIGINT,
+                                          TEXT, TEXT, TEXT);
+        DROP FUNCTION ledger_transition(TEXT, TEXT[], TEXT, TEXT, BIGINT, TEXT);
+        DROP FUNCTION ledger_mark_sent(TEXT, BIGINT, BIGINT, TEXT);
+        SELECT setval(pg_get_serial_sequence('intents', 'seq'),
+                      GREATEST((SELECT MAX(seq) FROM intents), 1),
+                      (SELECT MAX(seq) FROM intents) IS NOT NULL);
+        -- the account's lock: shared on the ledger's key (a ledger-wide writer holds it
+        -- alone), exclusive on (p_space, the account); asynchronous commit, as every write
+        CREATE FUNCTION ledger_lock_account(p_ledger BIGINT, p_space INTEGER, p_user TEXT)
+        RETURNS VOID LANGUAGE plpgsql AS $$
+        BEGIN  -- plpgsql: its plan is kept by the session (a SQL function's is made per call)
+            PERFORM set_config('synchronous_commit', 'off', true),
+                    pg_advisory_xact_lock_shared(p_ledger),
+                    pg_advisory_xact_lock(p_space, hashtext(p_user));
+        END $$;
+        CREATE FUNCTION ledger_reserve_open(
+            p_ledger BIGINT, p_space INTEGER,
+            p_agent TEXT, p_symbol TEXT, p_side TEXT, p_margin TEXT, p_notional TEXT,
+            p_pid BIGINT, p_now BIGINT, p_ttl BIGINT, p_note TEXT, p_host TEXT, p_detail TEXT
+        ) RETURNS TABLE (r_seq BIGINT, r_coid TEXT, r_user TEXT)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            a RECORD;
+            s RECORD;
+            v_gross NUMERIC;
+            v_used NUMERIC;
+            v_seq BIGINT;
+            v_coid TEXT;
+            v_owner TEXT;
+        BEGIN
+            SELECT g."user" INTO v_owner FROM agents g WHERE g.agent_id = p_agent;
+            IF NOT FOUND THEN
+                RETURN;
+            END IF;
+            PERFORM ledger_lock_account(p_ledger, p_space, v_owner);
+            SELECT g."user" AS owner, g.enabled, g.max_positions,
+                   g.capital::numeric + g.realized_pnl::numeric - g.fees::numeric
+                       + g.funding::numeric AS book_equity,
+                   c.max_total_positions AS account_max, c.max_gross_leverage::numeric AS lev,
+                   c.equity::numeric AS equity
+              INTO a
+              FROM agents g LEFT JOIN accounts c ON c."user" = g."user"
+             WHERE g.agent_id = p_agent;
+            IF NOT FOUND OR a.owner <> v_owner OR a.enabled = 0 OR a.account_max IS NULL THEN
+                RETURN;
+            END IF;
+            SELECT COALESCE(bool_or(t.agent_id <> p_agent AND t.symbol = p_symbol), FALSE)
+                       AS others,
+                   COALESCE(bool_or(t.agent_id = p_agent AND t.symbol = p_symbol), FALSE)
+                       AS here,
+                   count(*) FILTER (WHERE t.agent_id = p_agent) AS mine,
+                   count(*) AS slots
+              INTO s
+              FROM (SELECT p.symbol, p.agent_id FROM positions p WHERE p."user" = a.owner
+                    UNION
+                    SELECT i.symbol, i.agent_id FROM intents i
+                     WHERE i.state IN ('reserved', 'confirmed') AND i.kind = 'open'
+                       AND i."user" = a.owner) t;
+            IF s.others THEN
+                RETURN;
+            END IF;
+            IF NOT s.here AND (s.mine >= a.max_positions OR s.slots >= a.account_max) THEN
+                RETURN;
+            END IF;
+            SELECT COALESCE(sum(abs(p.qty::numeric) * p.entry_price::numeric), 0),
+                   COALESCE(sum(p.margin::numeric) FILTER (WHERE p.agent_id = p_agent), 0)
+              INTO v_gross, v_used
+              FROM positions p WHERE p."user" = a.owner;
+            SELECT v_gross + COALESCE(sum(i.notional::numeric), 0),
+                   v_used + COALESCE(sum(i.margin::numeric) FILTER (WHERE i.agent_id = p_agent), 0)
+              INTO v_gross, v_used
+              FROM intents i
+             WHERE i.state IN ('reserved', 'confirmed') AND i.kind = 'open'
+               AND i."user" = a.owner AND i.margin_booked = 0;
+            IF a.equity IS NOT NULL AND a.lev IS NOT NULL
+               AND v_gross + p_notional::numeric > a.lev * a.equity THEN
+                RETURN;
+            END IF;
+            IF p_margin::numeric > a.book_equity - v_used THEN
+                RETURN;
+            END IF;
+            v_seq := nextval('intents_seq_seq');
+            v_coid := p_agent || '-'
+                || CASE WHEN v_seq < 1000000 THEN lpad(v_seq::text, 6, '0') ELSE v_seq::text END
+                || '-open';
+            IF length(v_coid) > 36 THEN
+                v_coid := left(v_coid, length(v_coid) - 3);
+            END IF;
+            IF v_coid !~ '^[A-Za-z0-9_-]{1,36}$' THEN
+                RETURN;
+            END IF;
+            INSERT INTO intents (seq, client_order_id, agent_id, "user", symbol, side, kind,
+                                 margin, notional, state, pid, created_ms, expires_ms,
+                                 updated_ms, reason, host)
+            VALUES (v_seq, v_coid, p_agent, a.owner, p_symbol, p_side, 'open', p_margin,
+                    p_notional, 'reserved', p_pid, p_now, p_now + p_ttl, p_now, p_note, p_host);
+            INSERT INTO audit (time_ms, agent_id, event, detail)
+            VALUES (p_now, p_agent, 'reserve',
+                    replace(p_detail, '"coid": "?"', '"coid": "' || v_coid || '"'));
+            RETURN QUERY SELECT v_seq, v_coid, a.owner;
+        END $$;
+        -- ``intents.transition`` and ``intents.mark_sent`` with their audit rows, in one call
+        -- each (a plan the session keeps, where a statement would be planned every time)
+        CREATE FUNCTION ledger_transition(
+            p_ledger BIGINT, p_space INTEGER,
+            p_coid TEXT, p_from TEXT[], p_to TEXT, p_reason TEXT, p_now BIGINT, p_detail TEXT
+        ) RETURNS TEXT
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_agent TEXT;
+            v_user TEXT;
+        BEGIN
+            SELECT "user" INTO v_user FROM intents WHERE client_order_id = p_coid;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            PERFORM ledger_lock_account(p_ledger, p_space, v_user);
+            UPDATE intents SET state = p_to, reason = COALESCE(p_reason, reason),
+                   updated_ms = p_now
+             WHERE client_order_id = p_coid AND state = ANY (p_from)
+            RETURNING agent_id INTO v_agent;
+            IF FOUND THEN
+                INSERT INTO audit (time_ms, agent_id, event, detail)
+                VALUES (p_now, v_agent, p_to, p_detail);
+            END IF;
+            RETURN v_agent;
+        END $$;
+        CREATE FUNCTION ledger_mark_sent(
+            p_ledger BIGINT, p_space INTEGER,
+            p_coid TEXT, p_nonce BIGINT, p_now BIGINT, p_detail TEXT
+        ) RETURNS TABLE (r_agent TEXT, r_known BOOLEAN)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_agent TEXT;
+            v_user TEXT;
+        BEGIN
+            SELECT "user" INTO v_user FROM intents WHERE client_order_id = p_coid;
+            IF NOT FOUND THEN
+                RETURN QUERY SELECT NULL::text, FALSE;
+                RETURN;
+            END IF;
+            PERFORM ledger_lock_account(p_ledger, p_space, v_user);
+            UPDATE intents SET sent = 1, nonce = p_nonce, updated_ms = p_now
+             WHERE client_order_id = p_coid AND state = 'reserved'
+            RETURNING agent_id INTO v_agent;
+            IF FOUND THEN
+                INSERT INTO audit (time_ms, agent_id, event, detail)
+                VALUES (p_now, v_agent, 'sent', p_detail);
+                RETURN QUERY SELECT v_agent, TRUE;
+            ELSE
+                RETURN QUERY SELECT NULL::text, TRUE;
             END IF;
         END $$;
     """,

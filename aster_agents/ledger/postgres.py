@@ -7,15 +7,19 @@ in a few simple-query round trips (``_Conn``): the cost of a write on a busy mac
 round trips, each a wake-up of the server process and of ours. The schema is the same
 migration list as SQLite's (``migrations``), run through ``postgres_ddl``.
 
-The critical section: every write is one transaction that first takes
-``pg_advisory_xact_lock(key)``; the lock is released by the server at commit or rollback,
-and also when the connection dies, so a SIGKILLed writer never leaves it held (the same
-meaning as SQLite's ``flock``). ``key`` is derived from the database and schema, so two
-ledgers in one database never share it. Every write commits with ``synchronous_commit =
-off`` (so the lock is not held across an fsync); a durable one then waits for the WAL flush
-outside the lock (``write``). Non-durable writes (a reservation, a release, a heartbeat)
-become durable with the next durable one, which flushes the WAL up to itself (the same
-prefix argument as the SQLite store's group commit).
+The critical section: every write is one transaction that first takes an advisory
+transaction lock; the server releases it at commit or rollback, and also when the connection
+dies, so a SIGKILLed writer never leaves it held (the same meaning as SQLite's ``flock``).
+``lock_key`` is derived from the database and schema, so two ledgers in one database never
+share it. A write of one account (the intent functions, ``call``; ``write(account=...)``)
+takes that key shared and the account's key exclusive (``ledger_lock_account``), so writers
+of different accounts run at once; any other write takes ``lock_key`` exclusive, which waits
+for all of them and holds them back (what needs ledger-wide state: the reaper, fills, ...).
+Every write commits with ``synchronous_commit = off`` (so the lock is not held across an
+fsync); a durable one then waits for the WAL flush outside the lock (``write``). Non-durable
+writes (a reservation, a release, a heartbeat) become durable with the next durable one,
+which flushes the WAL up to itself (the same prefix argument as the SQLite store's group
+commit).
 
 The password never appears in anything this module prints: errors name the URL with the
 password masked (``mask_url``); the password comes from the URL given by the environment,
@@ -24,6 +28,7 @@ or from ``PGPASSWORD`` (libpq reads it).
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -45,6 +50,9 @@ CONNECT_TIMEOUT_S: Final = 5
 SCHEMES: Final = ("postgresql", "postgres")
 _TRANSLATED: dict[str, tuple[str, ...]] = {}
 MAX_BATCH: Final = 500  # statements sent in one round trip at most
+NEXT_SEQ_SQLITE: Final = "COALESCE(MAX(seq), 0) + 1"
+NEXT_SEQ: Final = "GREATEST(COALESCE(MAX(seq), 0) + 1, nextval('intents_seq_seq'))"
+_DURABLE_SQL: Final = b"SELECT pg_current_xact_id()"
 
 
 def is_postgres_url(url: str) -> bool:
@@ -60,6 +68,8 @@ def translate(sql: str) -> tuple[str, ...]:
         if text.startswith("INSERT OR IGNORE INTO"):
             text = "INSERT INTO" + text.removeprefix("INSERT OR IGNORE INTO")
             text += " ON CONFLICT DO NOTHING"
+        # intent seqs come from the identity sequence (see migration intent-functions-per-account)
+        text = text.replace(NEXT_SEQ_SQLITE, NEXT_SEQ)
         out = tuple(text.split("?"))
         if len(_TRANSLATED) < 4096:
             _TRANSLATED[sql] = out
@@ -145,12 +155,8 @@ class _Conn:
     as one simple-query round trip when a result is asked for (or at COMMIT). Inside a
     write, BEGIN and the lock go out with the first read, and the INSERTs nobody reads the
     result of go out with COMMIT; the driver is called once per round trip rather than once
-    per statement. A write that reads its results only after its block (``one_trip``: the
-    intent functions, see ``intents.Outcome``) is one round trip, BEGIN to COMMIT, so the
-    advisory lock is held only while the server runs it.
+    per statement. (The intent writes do not come this way: see ``PostgresStore.call``.)
     """
-
-    one_trip: Final = True  # a write whose results are read after its block: one round trip
 
     def __init__(self, raw: psycopg.Connection[Any], where: str) -> None:
         self.raw = raw
@@ -197,6 +203,15 @@ class _Conn:
             raise _error(self.where, exc) from None
 
 
+def _next_result(pg: psycopg.pq.abc.PGconn) -> psycopg.pq.abc.PGresult | None:
+    """libpq's next result, waited for in ``select`` (which lets go of the GIL: libpq's own
+    wait would hold it, and stop every other thread of the process while a lock is waited)."""
+    while pg.is_busy():
+        select.select([pg.socket], [], [])
+        pg.consume_input()
+    return pg.get_result()
+
+
 def _error(where: str, exc: BaseException) -> LedgerError:
     """One line naming the ledger (password masked) and what the server said."""
     text = " ".join(str(exc).split()) or type(exc).__name__
@@ -221,17 +236,21 @@ class PostgresStore:
         self.last_hold_ns = 0
         self._conn = _Conn(self._connect(), self.where)
         self._lock_sql = ""
+        self._prepared: dict[str, bytes] = {}  # statement -> its name on this connection
         try:
             row = self._conn.execute(
                 "SELECT hashtext(current_database() || '/' || current_schema()), "
                 "current_setting('standard_conforming_strings'), "
-                "to_regclass('schema_migrations') IS NOT NULL"
+                "to_regclass('schema_migrations') IS NOT NULL, "
+                "hashtext(current_database() || '/' || current_schema() || '/accounts')"
             ).fetchone()
             if row[1] != "on":  # literals are rendered for standard strings (see ``literal``)
                 raise LedgerError(
                     f"ledger {self.where}: standard_conforming_strings is off; turn it on"
                 )
             self.lock_key = int(row[0])
+            self.account_space = int(row[3])
+            self._keys = (str(self.lock_key).encode(), str(self.account_space).encode())
             self._lock_sql = (
                 "SELECT set_config('synchronous_commit', 'off', true), "
                 f"pg_advisory_xact_lock({self.lock_key})"
@@ -254,9 +273,17 @@ class PostgresStore:
     def _live(self) -> psycopg.Connection[Any]:
         """The connection, opened again if the server closed it (a restart, a failover)."""
         raw = self._conn.raw
-        if raw.closed or raw.broken:
+        if raw.closed or raw.broken or raw.pgconn.status != psycopg.pq.ConnStatus.OK:
+            raw.close()
+            self._prepared.clear()  # a new session knows no prepared statement
             raw = self._conn.raw = self._connect()
         return raw
+
+    @property
+    def backend_pid(self) -> int:
+        """The server process serving this store's connection (diagnostics, benchmarks)."""
+        with self._thread_lock:
+            return int(self._live().info.backend_pid)
 
     @property
     def conn(self) -> _Conn:
@@ -306,8 +333,12 @@ class PostgresStore:
                     )
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[_Conn]:
+    def write(self, *, durable: bool = True, account: str | None = None) -> Iterator[_Conn]:
         """One transaction holding the ledger's advisory lock; rolled back on any error.
+
+        ``account``: the lock of that account only (``ledger_lock_account``: the ledger's
+        lock shared, the account's exclusive), for a write that touches nothing of another
+        account; writers of other accounts then go on meanwhile.
 
         Statements are batched (see ``_Conn``): BEGIN and the lock go out with the first
         read. ``last_hold_ns`` is the whole transaction, lock wait included (the wait is
@@ -329,7 +360,13 @@ class PostgresStore:
             conn.batching = True
             try:
                 conn.queue("BEGIN")
-                conn.queue(self._lock_sql)  # with SET LOCAL synchronous_commit = off
+                if account is None:
+                    conn.queue(self._lock_sql)  # with SET LOCAL synchronous_commit = off
+                else:
+                    conn.queue(
+                        f"SELECT ledger_lock_account({self.lock_key}, {self.account_space}, "
+                        f"{literal(account)})"
+                    )
                 yield conn
                 conn.queue("COMMIT")
                 if durable:  # after COMMIT: the lock is already released (see docstring)
@@ -342,6 +379,106 @@ class PostgresStore:
                 conn.batching = False
                 self.last_wait_ns = 0
                 self.last_hold_ns = time.perf_counter_ns() - started
+
+    def call(self, sql: str, args: Sequence[Any], *, durable: bool = False) -> list[Any]:
+        """One statement that is a whole write (an intent function taking its own account
+        lock, see migration intent-functions-per-account), as its own transaction; its rows.
+
+        ``sql`` is PostgreSQL's, with ``$1, $2, ...`` for the lock's two keys and then ``args``.
+        It is prepared once per session, then each call is one round trip of libpq's
+        extended protocol: no parse or plan in the server, no batch text built here.
+        Values travel as text (None as NULL) and come back as text. ``durable``: a second
+        transaction follows in the same round trip (pipeline mode) and returns once the WAL
+        is flushed past the first one's commit (see ``write``).
+        """
+        with self._thread_lock:
+            pg = self._live().pgconn
+            name = self._prepared.get(sql)
+            try:
+                if name is None:
+                    name = self._prepare(pg, sql)
+                values: list[bytes | None] = [self._keys[0], self._keys[1]]
+                values += [None if v is None else str(v).encode() for v in args]
+                started = time.perf_counter_ns()
+                if durable:
+                    rows = self._call_durable(pg, name, values)
+                else:
+                    pg.send_query_prepared(name, values)
+                    rows = self._rows(pg)
+                self.last_wait_ns = 0
+                self.last_hold_ns = time.perf_counter_ns() - started
+                return rows
+            except psycopg.Error as exc:
+                raise _error(self.where, exc) from None
+            except BaseException:  # interrupted mid-call (Ctrl-C): a result may be pending
+                if pg.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self._conn.raw.close()  # the server rolls back; the next call reconnects
+                raise
+
+    def _prepare(self, pg: psycopg.pq.abc.PGconn, sql: str) -> bytes:
+        if not self._prepared:
+            pg.send_prepare(b"ledger_durable", _DURABLE_SQL)
+            self._rows(pg)
+        name = f"ledger_{len(self._prepared)}".encode()
+        pg.send_prepare(name, sql.encode())
+        self._rows(pg)
+        self._prepared[sql] = name
+        return name
+
+    def _call_durable(
+        self, pg: psycopg.pq.abc.PGconn, name: bytes, values: list[bytes | None]
+    ) -> list[Any]:
+        pg.enter_pipeline_mode()
+        failed: LedgerError | None = None
+        try:
+            pg.send_query_prepared(name, values)
+            pg.pipeline_sync()
+            pg.send_query_prepared(b"ledger_durable", [])
+            pg.pipeline_sync()
+            try:
+                rows = self._rows(pg, pipeline=True)
+            except LedgerError as exc:  # the second still runs: read it before leaving
+                failed, rows = exc, []
+            self._rows(pg, pipeline=True)
+        finally:
+            if pg.status == psycopg.pq.ConnStatus.OK:
+                pg.exit_pipeline_mode()
+        if failed is not None:
+            raise failed
+        return rows
+
+    def _rows(self, pg: psycopg.pq.abc.PGconn, *, pipeline: bool = False) -> list[Any]:
+        """The rows of the next result, read to its end (a pipeline: to its sync point)."""
+        res = _next_result(pg)
+        rows: list[Any] = []
+        error = None
+        while res is not None:
+            if res.status == psycopg.pq.ExecStatus.TUPLES_OK:
+                rows = [
+                    tuple(
+                        None if v is None else v.decode()
+                        for v in (res.get_value(r, c) for c in range(res.nfields))
+                    )
+                    for r in range(res.ntuples)
+                ]
+            elif res.status == psycopg.pq.ExecStatus.PIPELINE_SYNC:
+                break
+            elif res.status not in (psycopg.pq.ExecStatus.COMMAND_OK,):
+                error = error or res
+            res = _next_result(pg)
+            if res is None and pipeline:
+                res = _next_result(pg)  # past the end of one query: its sync point is next
+        if error is not None:
+            self._check(error)
+        return rows
+
+    def _check(self, res: psycopg.pq.abc.PGresult) -> None:
+        if res.status in (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK):
+            return
+        text = (res.error_message or b"").decode(errors="replace")
+        if self._conn.raw.pgconn.status != psycopg.pq.ConnStatus.OK:
+            raise LedgerError(f"ledger {self.where}: database unreachable or gone: {text}")
+        raise LedgerError(f"ledger {self.where}: {' '.join(text.split())}")
 
     def _rollback(self) -> None:
         self._conn.discard()

@@ -25,8 +25,6 @@ from aster_agents.ledger.counters import Counter
 from aster_agents.ledger.counters import read as read_counters
 from aster_agents.ledger.rows import (
     ACCOUNT_BOOK_COLS,
-    AGENT_COLS,
-    AGENT_COLS_NO_HOST,
     BUSY_TIMEOUT_MS,
     DB_NAME,
     EQUITY_COLS,
@@ -40,6 +38,7 @@ from aster_agents.ledger.rows import (
     LedgerPosition,
     RebalanceRow,
     account_books_row,
+    agent_cols,
     agent_row,
     equity_point,
     position_row,
@@ -166,7 +165,9 @@ class ReadOnlyLedger:
         return list(self._memoised("agent_rows", self._agent_rows))
 
     def _agent_rows(self) -> list[AgentRow]:
-        cols = AGENT_COLS if self._has_column("agents", "hb_host") else AGENT_COLS_NO_HOST
+        cols = agent_cols(
+            self._has_column("agents", "hb_host"), self._has_column("agents", "hb_stopped")
+        )
         rows = self.conn.execute(
             f"SELECT {cols} FROM agents a ORDER BY a.user, a.agent_id"
         ).fetchall()

@@ -89,6 +89,7 @@ class AgentRow(NamedTuple):
     positions: int
     reserved: int
     heartbeat_host: str | None = None  # the host of the last heartbeat (None: before hosts)
+    heartbeat_stopped: bool = False  # the run of the last heartbeat ended normally
 
     @property
     def book_equity(self) -> Decimal:
@@ -176,9 +177,15 @@ AGENT_COLS: Final = (
     f"{UNRESOLVED} AND kind = 'open' AND state IN ('reserved', 'confirmed') AND NOT EXISTS "
     "(SELECT 1 FROM positions p WHERE p.agent_id = intents.agent_id "
     "AND p.symbol = intents.symbol)), "
-    "a.hb_host"
+    "a.hb_host, a.hb_stopped"
 )
-AGENT_COLS_NO_HOST: Final = AGENT_COLS.removesuffix("a.hb_host") + "NULL"  # before "hosts"
+
+
+def agent_cols(has_host: bool, has_stopped: bool) -> str:
+    """``AGENT_COLS`` for a file not yet migrated: a later migration's column as its default
+    (before "hosts": no host; before "heartbeat-clean-stop": not stopped)."""
+    cols = AGENT_COLS if has_stopped else AGENT_COLS.replace("a.hb_stopped", "0")
+    return cols if has_host else cols.replace("a.hb_host", "NULL")
 
 
 def dec(value: Any) -> Decimal:
@@ -252,4 +259,5 @@ def agent_row(row: tuple[Any, ...]) -> AgentRow:
         positions=row[16],
         reserved=row[17],
         heartbeat_host=row[18],
+        heartbeat_stopped=bool(row[19]),
     )

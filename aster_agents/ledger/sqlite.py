@@ -320,7 +320,9 @@ class SqliteStore:
             self.last_hold_ns = time.perf_counter_ns() - locked
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def write(
+        self, *, durable: bool = True, account: str | None = None
+    ) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction under the flock; rolled back on any error.
 
         A durable write returns only after the WAL holding its commit is synced, which is
@@ -330,6 +332,7 @@ class SqliteStore:
         write's sync covers them, and a reservation whose release was lost is reaped as soon
         as its (dead) pid is noticed.
         A process crash never loses a committed transaction either way.
+        ``account`` changes nothing here: one flock covers every account of the file.
         """
         try:
             if self.throwaway:  # one process, in memory: no flock, counters or sync
