@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import compileall
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+import aster_agents
 
 # CI runs the same examples every time (reproducible); local runs keep exploring new ones.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -17,6 +21,21 @@ if os.environ.get("CI"):
 pytest_plugins = ["tests.plugins.sim", "tests.plugins.ledger", "tests.plugins.postgres"]
 
 _PROJECT_ENV_PREFIXES = ("ASTER_AGENTS_", "AGENT_")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Compile the package and the test kit to bytecode once, before any child process starts.
+
+    With ``PYTHONDONTWRITEBYTECODE`` set (some sandboxes and CI images set it) no process
+    writes ``__pycache__``, so each of the suite's hundreds of ``aster-agent``, worker and
+    ``python -m aster_agents`` processes compiled the package's modules again from source
+    (about a quarter of a CLI process's start-up CPU). Children still read the files written
+    here; a changed source file is recompiled on the next session (mtime and size checked).
+    """
+    if not sys.dont_write_bytecode:
+        return  # every process writes its own bytecode the first time
+    for directory in (Path(aster_agents.__file__).parent, Path(__file__).parent / "kit"):
+        compileall.compile_dir(directory, quiet=2, workers=1)
 
 
 @pytest.fixture(autouse=True)

@@ -82,14 +82,22 @@ def _kill(proc: subprocess.Popen[bytes], kills: list[tuple[int, int]]) -> None:
 
 
 def _enough(journal: Path, kills: list[tuple[int, int]]) -> bool:
-    """Enough reservations, kills and at least one denial (the limits were tight) so far."""
+    """Enough reservations, kills and at least one denial so far, and the account limit was
+    reached: some account held ``max_total_positions`` at once (the limits were tight).
+
+    The journal check is a lower bound of the final one: a hold seen open now ends at the
+    final kill or later, so an overlap found now is still there at the end.
+    """
     with contextlib.suppress(FileNotFoundError):
         data = journal.read_bytes()
-        return (
-            len(kills) >= MIN_KILLS
-            and data.count(b" A ") >= MIN_RESERVATIONS
-            and data.count(b" N ") > 0
-        )
+        if (
+            len(kills) < MIN_KILLS
+            or data.count(b" A ") < MIN_RESERVATIONS
+            or data.count(b" N ") == 0
+        ):
+            return False
+        reached = check_journal(journal, kills, LIMITS).max_account.values()
+        return max(reached, default=0) >= LIMITS.max_total_positions
     return False
 
 
@@ -115,6 +123,9 @@ def _hammer(
     kills: list[tuple[int, int]] = []
     deadline = time.monotonic() + DEADLINE_SECONDS
     seed = 1000
+    # The same kill rate per worker whatever their number: with fewer workers (PostgreSQL)
+    # each one gets as long to work between kills as with ACCOUNTS * AGENTS_PER_ACCOUNT.
+    pace = ACCOUNTS * AGENTS_PER_ACCOUNT / len(procs)
     while not _enough(journal, kills):
         if time.monotonic() > deadline:
             for proc in procs.values():
@@ -123,7 +134,7 @@ def _hammer(
                 f"{DEADLINE_SECONDS:.0f} s and not yet {MIN_RESERVATIONS} reservations, "
                 f"{MIN_KILLS} kills and a denial ({len(kills)} kills so far)"
             )
-        time.sleep(rng.uniform(0.05, 0.3))  # pacing of the killer, not a wait for a condition
+        time.sleep(pace * rng.uniform(0.05, 0.3))  # the killer's pacing, not a wait
         ready = sorted(procs)
         if started_only:  # a PostgreSQL worker takes longer to start (psycopg, a connection)
             working = _working(journal)
