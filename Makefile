@@ -13,8 +13,11 @@ $(STAMP): pyproject.toml
 	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	@touch $(STAMP)
 
+# Two workers, whole files at a time (a module's fixtures are built once): about one core
+# of the suite's time waits on processes and servers. PYTEST_WORKERS=0 runs it serially.
+PYTEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check aster_agents tests bench
