@@ -233,24 +233,8 @@ def reserve(
         ),
     )
     record_at(conn, now, agent_id, "reserve", coid=coid, kind=kind, pid=pid, symbol=symbol)
-    return Intent(
-        coid,
-        agent.next_seq,
-        agent_id,
-        agent.user,
-        symbol,
-        side,
-        kind,
-        margin,
-        notional,
-        "reserved",
-        pid,
-        now,
-        now + ttl_ms,
-        now,
-        False,
-        note,
-    )
+    head = (coid, agent.next_seq, agent_id, agent.user, symbol, side, kind, margin, notional)
+    return _reserved(head, pid, now, ttl_ms, note)
 
 
 def reserve_call(
@@ -278,24 +262,19 @@ def reserve_call(
     if not rows:
         return None
     seq, coid, user = rows[0]
-    return Intent(
-        coid,
-        int(seq),
-        agent_id,
-        user,
-        symbol,
-        side,
-        "open",
-        margin,
-        notional,
-        "reserved",
-        pid,
-        now,
-        now + ttl_ms,
-        now,
-        False,
-        note,
-    )
+    head = (coid, int(seq), agent_id, user, symbol, side, "open", margin, notional)
+    return _reserved(head, pid, now, ttl_ms, note)
+
+
+def _reserved(
+    head: tuple[str, int, str, str, str, Side, str, Decimal, Decimal],
+    pid: int,
+    now: int,
+    ttl_ms: int,
+    note: str | None,
+) -> Intent:
+    """The intent just inserted as ``reserved``: ``head`` is its fields up to the notional."""
+    return Intent(*head, "reserved", pid, now, now + ttl_ms, now, False, note)
 
 
 def _open_detail(pid: int, symbol: str) -> str:
