@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from aster_agents.config.schema import FleetConfig, load_fleet
-from aster_agents.errors import ConfigError
-from aster_agents.fleet.backtest import run_backtest
+from aster_agents.errors import AsterAgentsError, ConfigError
+from aster_agents.fleet.backtest import independent_groups, run_backtest, share_out
 from aster_agents.models import Kline
 from aster_agents.sim.recording import load_recording
 from aster_agents.sim.sources import ReplayMarket
@@ -149,3 +150,88 @@ def test_backtest_cli_prints_the_versioned_json_summary(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2 and "not a directory" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def write_accounts(root: Path, accounts: dict[str, tuple[str, ...]]) -> Path:
+    """``write_fleet`` with the agents grouped on main accounts (account -> strategies); the
+    last agent scans every 50 s, so the processes of a split run tick on other schedules."""
+    strategies = tuple(s for group in accounts.values() for s in group)
+    d = write_fleet(root, strategies)
+    users = [user for user, group in accounts.items() for _ in group]
+    for i, user in enumerate(users, 1):
+        path = d / f"bt-{i}.yaml"
+        text = path.read_text().replace(f'user: "0x{i:040x}"', f'user: "{user}"')
+        share = 1 / len(accounts[user])
+        text = text.replace("capital_pct: 0.5", f"capital_pct: {share:.2f}")
+        if i == len(users):
+            text = text.replace("scan_interval_seconds: 60", "scan_interval_seconds: 50")
+        path.write_text(text)
+    return d
+
+
+def test_accounts_split_over_processes_book_what_one_process_books(tmp_path: Path) -> None:
+    """Five agents on three main accounts: one, two or three processes give the same fills
+    and sleeves; the agents of one account always share a process."""
+    accounts = {
+        f"0x{0xA:040x}": ("trend", "mean_reversion"),
+        f"0x{0xB:040x}": ("breakout", "scalper"),
+        f"0x{0xC:040x}": ("momentum",),
+    }
+    fleet = load_fleet(write_accounts(tmp_path, accounts))
+    runs = {
+        jobs: run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR, jobs=jobs)
+        for jobs in (1, 2, 3, 8)
+    }
+    assert [runs[j].workers for j in (1, 2, 3, 8)] == [1, 2, 3, 3]
+    one = runs[1]
+    assert len({f.agent_id for f in one.fills}) >= 3 and one.agent_ticks > 0
+    for jobs in (2, 3, 8):
+        assert runs[jobs].fills == one.fills
+        assert runs[jobs].agents == one.agents
+        assert runs[jobs].agent_ticks == one.agent_ticks
+
+
+def test_the_automatic_rebalance_keeps_the_whole_fleet_in_one_process(tmp_path: Path) -> None:
+    """It moves capital between accounts, so the accounts are not independent."""
+    d = write_fleet(tmp_path, ("trend", "mean_reversion"))
+    (d / "_portfolio.yaml").write_text(
+        "state_dir: state\nrebalance:\n  enabled: true\n  interval_minutes: 60\n"
+    )
+    fleet = load_fleet(d)
+    assert independent_groups(fleet, fleet.agents) == [["bt-1", "bt-2"]]
+    result = run_backtest(fleet, FIXTURE, to_ms=START + HOUR, jobs=2)
+    assert result.workers == 1 and result.agent_ticks == 2 * 61
+
+
+@dataclass
+class DiesInAWorker:
+    """Exits the process it decides in, unless that is the test's own process."""
+
+    parent: int
+    name: str = "dies"
+    min_klines: int = 1
+
+    def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
+        if os.getpid() != self.parent:
+            os._exit(3)
+        return Signal(Action.HOLD, 0.0, "in the parent")
+
+
+def test_a_worker_process_that_dies_fails_the_backtest_with_its_exit_code(tmp_path: Path) -> None:
+    """bt-2 runs in the forked worker and kills it: an error naming the exit, no result."""
+    fleet = _fleet(tmp_path)
+    with pytest.raises(AsterAgentsError, match=r"a worker process died \(exit 3\)"):
+        run_backtest(
+            fleet,
+            FIXTURE,
+            to_ms=START + HOUR,
+            jobs=2,
+            strategies={"bt-2": DiesInAWorker(os.getpid())},
+        )
+
+
+def test_share_out_deals_the_largest_groups_first_to_the_emptiest_bucket() -> None:
+    groups = [["a"], ["b", "c", "d"], ["e", "f"], ["g"]]
+    assert share_out(groups, 2) == [["b", "c", "d", "g"], ["e", "f", "a"]]  # 4 and 3
+    assert share_out(groups, 1) == [["b", "c", "d", "e", "f", "a", "g"]]
+    assert share_out(groups, 9) == [["b", "c", "d"], ["e", "f"], ["a"], ["g"]]

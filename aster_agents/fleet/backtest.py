@@ -8,6 +8,13 @@ replay's price steps, so stops trigger where a process run triggers them) and ev
 scan interval (in market seconds). Strategies see closed klines only: the runner drops the
 forming candle and the market never serves a candle after the simulated now.
 
+Agents of different main accounts share nothing but the market (balance, positions, limits
+and kill switches are the account's; the in-process client has no rate limit), so with
+``jobs`` > 1 groups of them run in forked processes at once, each on its own engine and
+throwaway ledger, on the schedule of the whole fleet; their books are merged into the result
+one process would give. The automatic rebalance, which moves capital between accounts, keeps
+the whole fleet in one process.
+
 The recording keeps its own dates (no shift); the ledger keeps its bookkeeping times on the
 wall clock, which the in-process client translates back into market time for the two
 history queries that use them.
@@ -28,7 +35,7 @@ from typing import Any
 from aster_agents.agent.runner import AgentRunner, risk_limits
 from aster_agents.config.schema import AgentConfig, FleetConfig
 from aster_agents.config.view import natural_key
-from aster_agents.errors import ConfigError
+from aster_agents.errors import AsterAgentsError, ConfigError
 from aster_agents.ledger import Ledger, MarketDataCache
 from aster_agents.logs import logger
 from aster_agents.models import Kline
@@ -171,9 +178,10 @@ class BacktestResult:
     end_ms: int
     agent_ticks: int
     elapsed_s: float
-    cpu_s: float  # this process's CPU time over the same span (a shared machine's honest figure)
+    cpu_s: float  # the CPU time of the processes that ran it (a shared machine's honest figure)
     agents: tuple[AgentSummary, ...]
     fills: tuple[BacktestFill, ...]
+    workers: int = 1  # processes that ran it at once (``jobs``)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +191,7 @@ class BacktestResult:
             "agent_ticks": self.agent_ticks,
             "elapsed_s": round(self.elapsed_s, 3),
             "cpu_s": round(self.cpu_s, 3),
+            "workers": self.workers,
             "agent_ticks_per_s": round(self.agent_ticks / max(self.elapsed_s, 1e-9), 1),
             "agents": [a.to_json() for a in self.agents],
             "fills": [f.to_json() for f in self.fills],
@@ -222,8 +231,15 @@ def run_backtest(
     strategies: Mapping[str, Strategy] | None = None,
     balance: Decimal = DEFAULT_BALANCE,
     state_dir: Path | None = None,
+    jobs: int = 1,
 ) -> BacktestResult:
-    """Run the agents over the recording in ``data_dir``; ``strategies`` overrides by agent id."""
+    """Run the agents over the recording in ``data_dir``; ``strategies`` overrides by agent id.
+
+    ``jobs`` > 1 runs independent groups of agents (``independent_groups``) in that many
+    processes at once, each on its own engine and throwaway ledger, and merges their books:
+    the same fills and summaries as one process gives. A kept ledger (``state_dir``) needs
+    one process.
+    """
     recording = load_recording(data_dir, frozenset(SYMBOLS))
     agents = select_agents(fleet, agent_ids, recording)
     market = ReplayMarket(recording, reference_ms=recording.start_ms)
@@ -231,24 +247,158 @@ def run_backtest(
     end = market.end_ms if to_ms is None else min(market.end_ms, to_ms)
     if end <= start:
         raise ConfigError(f"backtest: --from/--to leave nothing of the recording {data_dir}")
+    plan = _Plan(fleet, data_dir, tuple(agents), start, end, strategies or {}, balance)
+    workers = jobs if state_dir is None and _can_fork() else 1
+    buckets = share_out(independent_groups(fleet, agents), workers)
+    started = time.perf_counter()
+    logger.disable("aster_agents")
+    try:
+        if len(buckets) == 1:
+            parts = [_run_part(plan, market, buckets[0], state_dir)]
+        else:
+            parts = _run_forked(plan, market, buckets)
+    finally:
+        logger.enable("aster_agents")
+    elapsed = time.perf_counter() - started
+    return _merge(plan, parts, elapsed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every part of one backtest shares."""
+
+    fleet: FleetConfig
+    data_dir: Path
+    agents: tuple[AgentConfig, ...]  # all of them, in tick order
+    start: int
+    end: int
+    strategies: Mapping[str, Strategy]
+    balance: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """What one process's share of a backtest booked."""
+
+    ticks: int
+    cpu_s: float
+    agents: tuple[AgentSummary, ...]
+    fills: tuple[tuple[int, BacktestFill], ...]  # (the engine's trade id, the fill)
+
+
+def independent_groups(fleet: FleetConfig, agents: Sequence[AgentConfig]) -> list[list[str]]:
+    """Agent ids that must run on one engine and ledger, in groups that never affect each
+    other: one per main account (its agents share balance, positions, limits and kill
+    switch), or one for all when the automatic rebalance moves capital between accounts."""
+    if fleet.portfolio.rebalance.enabled:
+        return [[a.id for a in agents]]
+    groups: dict[str, list[str]] = {}
+    for agent in agents:
+        groups.setdefault(agent.exchange.user.lower(), []).append(agent.id)
+    return list(groups.values())
+
+
+def share_out(groups: Sequence[Sequence[str]], workers: int) -> list[list[str]]:
+    """``groups`` dealt to at most ``workers`` buckets, the largest first to the emptiest."""
+    buckets: list[list[str]] = [[] for _ in range(max(1, min(workers, len(groups))))]
+    for group in sorted(groups, key=len, reverse=True):
+        min(buckets, key=len).extend(group)
+    return buckets
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _can_fork() -> bool:
+    """Workers are forked (they inherit the loaded recording and the strategies as they are):
+    Linux only, where fork is the safe default."""
+    import multiprocessing
+    import sys
+
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def _run_part(
+    plan: _Plan, market: ReplayMarket, ids: Sequence[str], state_dir: Path | None
+) -> _Part:
+    """The agents ``ids`` on their own engine and ledger, on the whole plan's schedule."""
+    cpu = time.process_time()
     clock = SimClock(market)
-    clock.move_to(start)
-    app = SimApp(SimConfig(market="replay", data_dir=data_dir), market=market)
-    pairs = ((a.exchange.user, a.exchange.signer) for a in agents)
-    for account in accounts_from_pairs(pairs, balance):
+    clock.move_to(plan.start)
+    app = SimApp(SimConfig(market="replay", data_dir=plan.data_dir), market=market)
+    mine = [a for a in plan.agents if a.id in set(ids)]
+    for account in accounts_from_pairs(
+        ((a.exchange.user, a.exchange.signer) for a in mine), plan.balance
+    ):
         app.add_account(account)
     with tempfile.TemporaryDirectory(prefix="aster-backtest-", dir=_fast_tmp()) as tmp:
         books = Path(tmp) if state_dir is None else state_dir
-        started, cpu = time.perf_counter(), time.process_time()
-        logger.disable("aster_agents")
-        try:
-            with Ledger(books, throwaway=state_dir is None) as ledger:
-                runners = _runners(fleet, agents, app, ledger, clock, strategies or {})
-                ticks = _drive(app, clock, runners, start, end)
-                spent = (time.perf_counter() - started, time.process_time() - cpu)
-                return _result(data_dir, start, end, ticks, spent, agents, ledger)
-        finally:
-            logger.enable("aster_agents")
+        with Ledger(books, throwaway=state_dir is None) as ledger:
+            runners = _runners(plan.fleet, mine, app, ledger, clock, plan.strategies)
+            ticks = _drive(app, clock, plan.agents, runners, plan.start, plan.end)
+            summaries, fills = _books(mine, ledger)
+    return _Part(ticks, time.process_time() - cpu, summaries, fills)
+
+
+def _run_forked(plan: _Plan, market: ReplayMarket, buckets: Sequence[Sequence[str]]) -> list[_Part]:
+    """The first bucket here, each other one in a forked child sending its part back."""
+    import multiprocessing
+    import pickle
+
+    ctx = multiprocessing.get_context("fork")
+    children = []
+    try:
+        for ids in buckets[1:]:
+            receive, send = ctx.Pipe(duplex=False)
+            child = ctx.Process(target=_child, args=(send, plan, market, ids), daemon=True)
+            child.start()
+            send.close()
+            children.append((child, receive))
+        parts = [_run_part(plan, market, buckets[0], None)]
+        for child, receive in children:
+            try:
+                status, payload = pickle.loads(receive.recv_bytes())
+            except EOFError:
+                child.join()
+                raise AsterAgentsError(
+                    f"backtest: a worker process died (exit {child.exitcode})"
+                ) from None
+            if status != "ok":
+                raise payload
+            parts.append(payload)
+        return parts
+    finally:
+        for child, receive in children:
+            if child.is_alive():  # it failed here, or it is still at work on a failed run
+                child.kill()
+            child.join()
+            receive.close()
+
+
+def _child(send: Any, plan: _Plan, market: ReplayMarket, ids: Sequence[str]) -> None:
+    import pickle
+
+    try:
+        doc: tuple[str, object] = ("ok", _run_part(plan, market, ids, None))
+    except BaseException as exc:  # handed to the parent, which raises it
+        doc = ("error", exc if _picklable(exc) else AsterAgentsError(f"{type(exc).__name__}: {exc}"))
+    send.send_bytes(pickle.dumps(doc))
+    send.close()
+
+
+def _picklable(exc: BaseException) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
 
 
 def _runners(
@@ -305,31 +455,40 @@ def _seed(agent_id: str) -> int:
 
 
 def _drive(
-    app: SimApp, clock: SimClock, runners: Sequence[AgentRunner], start: int, end: int
+    app: SimApp,
+    clock: SimClock,
+    agents: Sequence[AgentConfig],
+    runners: Sequence[AgentRunner],
+    start: int,
+    end: int,
 ) -> int:
     """Step market time through the replay's events (``sim/lockstep.py``, the schedule
-    ``sim --lockstep`` gives agent processes); returns the agent-ticks run."""
-    scans = [int(r.agent.trading.scan_interval_seconds * 1000) for r in runners]
+    ``sim --lockstep`` gives agent processes); returns the agent-ticks run.
+
+    The events are those of all ``agents`` (the whole backtest), also when ``runners`` are
+    only some of them: the engine then works resting orders at the same moments as in a
+    run of them all.
+    """
+    scans = [int(a.trading.scan_interval_seconds * 1000) for a in agents]
+    by_id = {r.agent.id: r for r in runners}
+    mine = [by_id.get(a.id) for a in agents]
     ticks = 0
     for t, due in replay_events(start, end, step_of(clock.market), scans):
         clock.move_to(t)
         app.engine.settle_funding()
         app.engine.tick()
         for i in due:
-            runners[i].safe_tick()
-        ticks += len(due)
+            runner = mine[i]
+            if runner is not None:
+                runner.safe_tick()
+                ticks += 1
     return ticks
 
 
-def _result(
-    data_dir: Path,
-    start: int,
-    end: int,
-    ticks: int,
-    spent: tuple[float, float],
-    agents: Sequence[AgentConfig],
-    ledger: Ledger,
-) -> BacktestResult:
+def _books(
+    agents: Sequence[AgentConfig], ledger: Ledger
+) -> tuple[tuple[AgentSummary, ...], tuple[tuple[int, BacktestFill], ...]]:
+    """Each agent's summary and every fill (with its trade id), from the ledger."""
     sums = totals(read_trips(ledger))
     summaries = []
     for agent in agents:
@@ -350,17 +509,42 @@ def _result(
             )
         )
     fills = tuple(
-        BacktestFill(
-            f.time_ms,
-            f.agent_id,
-            f.symbol,
-            f.qty,
-            f.price,
-            f.commission,
-            f.realized_pnl,
-            f.kind,
-            f.note,
+        (
+            f.trade_id,
+            BacktestFill(
+                f.time_ms,
+                f.agent_id,
+                f.symbol,
+                f.qty,
+                f.price,
+                f.commission,
+                f.realized_pnl,
+                f.kind,
+                f.note,
+            ),
         )
-        for f in sorted(ledger.trade_fills(), key=lambda f: (f.time_ms, f.trade_id))
+        for f in ledger.trade_fills()
     )
-    return BacktestResult(data_dir, start, end, ticks, *spent, tuple(summaries), fills)
+    return tuple(summaries), fills
+
+
+def _merge(plan: _Plan, parts: Sequence[_Part], elapsed: float) -> BacktestResult:
+    """One result from the parts: agents in tick order; fills by time, then agent, then
+    trade id (the order one engine gives an agent's fills), so any split gives one order."""
+    rank = {a.id: i for i, a in enumerate(plan.agents)}
+    summaries = sorted((s for p in parts for s in p.agents), key=lambda s: rank[s.agent_id])
+    fills = sorted(
+        (f for p in parts for f in p.fills),
+        key=lambda f: (f[1].time_ms, rank.get(f[1].agent_id, len(rank)), f[0]),
+    )
+    return BacktestResult(
+        plan.data_dir,
+        plan.start,
+        plan.end,
+        sum(p.ticks for p in parts),
+        elapsed,
+        sum(p.cpu_s for p in parts),
+        tuple(summaries),
+        tuple(f for _, f in fills),
+        len(parts),
+    )
