@@ -386,7 +386,8 @@ def _child(send: Any, plan: _Plan, market: ReplayMarket, ids: Sequence[str]) -> 
     try:
         doc: tuple[str, object] = ("ok", _run_part(plan, market, ids, None))
     except BaseException as exc:  # handed to the parent, which raises it
-        doc = ("error", exc if _picklable(exc) else AsterAgentsError(f"{type(exc).__name__}: {exc}"))
+        said = exc if _picklable(exc) else AsterAgentsError(f"{type(exc).__name__}: {exc}")
+        doc = ("error", said)
     send.send_bytes(pickle.dumps(doc))
     send.close()
 
