@@ -235,3 +235,30 @@ def test_share_out_deals_the_largest_groups_first_to_the_emptiest_bucket() -> No
     assert share_out(groups, 2) == [["b", "c", "d", "g"], ["e", "f", "a"]]  # 4 and 3
     assert share_out(groups, 1) == [["b", "c", "d", "e", "f", "a", "g"]]
     assert share_out(groups, 9) == [["b", "c", "d"], ["e", "f"], ["a"], ["g"]]
+
+
+@dataclass
+class RefusesInAWorker:
+    """Raises the project's ConfigError in the process it decides in, unless the test's own."""
+
+    parent: int
+    name: str = "refuses"
+    min_klines: int = 1
+
+    def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
+        if os.getpid() != self.parent:
+            raise ConfigError("refused in the worker")
+        return Signal(Action.HOLD, 0.0, "in the parent")
+
+
+def test_an_error_in_a_worker_process_is_raised_by_the_backtest(tmp_path: Path) -> None:
+    """The worker's ConfigError (which stops a runner) reaches the caller as itself."""
+    fleet = _fleet(tmp_path)
+    with pytest.raises(ConfigError, match="refused in the worker"):
+        run_backtest(
+            fleet,
+            FIXTURE,
+            to_ms=START + HOUR,
+            jobs=2,
+            strategies={"bt-2": RefusesInAWorker(os.getpid())},
+        )
