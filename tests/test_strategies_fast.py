@@ -44,7 +44,7 @@ KLINE_FLOOR, KLINE_LIMIT_MAX = 60, 499  # the runner's window: see agent/runner.
 
 # sha256 of every decision of decisions() below, as made by the code before the fast paths
 # (main at 19cdd06); a change meant to alter a strategy's decisions updates it.
-PINNED_DIGEST = "adc4d10d5f11ba5faa2db361f5d874868a51a41a1c987c97a6799ecf4eaa89f3"
+PINNED_DIGEST = "0262f819400f739bf0f6fcadad0a5aeeb7decf77464c05c78913f91d392608dd"
 
 
 # --- the plain indicators the fast ones replaced ----------------------------------------------
@@ -171,7 +171,7 @@ def walk_klines(n: int = 900, seed: int = 5) -> list[Kline]:
             )
         )
     out[333] = dataclasses.replace(out[333], low=Decimal(0))  # no Series while in the window
-    out[611] = dataclasses.replace(out[611], volume=Decimal("NaN"))  # volumes zeroed
+    out[611] = dataclasses.replace(out[611], volume=Decimal("Infinity"))  # volumes zeroed
     return out
 
 

@@ -262,8 +262,9 @@ class _KlineFloats:
             return hit[1]
         o, h, lo, c = float(k.open), float(k.high), float(k.low), float(k.close)
         v = max(0.0, float(k.volume))
-        ok = all(math.isfinite(x) and x > 0.0 for x in (o, h, lo, c))
-        row = (o, h, lo, c, v, ok, math.isfinite(v))
+        inf = math.inf  # 0 < x < inf: finite and > 0 (False for NaN), without a generator
+        ok = 0.0 < o < inf and 0.0 < h < inf and 0.0 < lo < inf and 0.0 < c < inf
+        row = (o, h, lo, c, v, ok, v < inf)  # v >= 0, not NaN (max gave 0.0 for one)
         if len(self._rows) >= self.LIMIT:
             self._rows.clear()
         self._rows[id(k)] = (k, row)
