@@ -15,8 +15,11 @@ import csv
 import dataclasses
 import hashlib
 import itertools
+import json
 import math
 import random
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -271,3 +274,24 @@ def digest() -> str:
 def test_decisions_are_those_of_the_code_before_the_fast_paths() -> None:
     """Pinned: the floats, actions and reason texts of the plain code, every tick."""
     assert digest() == PINNED_DIGEST
+
+
+def test_the_strategies_bench_reports_every_fleet_strategy() -> None:
+    """bench/strategies.py runs as a user would and reports a figure per strategy and
+    position (no timing is asserted)."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "bench/strategies.py", "--ticks", "20", "--rounds", "1", "--json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result["us_per_decide"]) == set(RULE_STRATEGIES)
+    for row in result["us_per_decide"].values():
+        assert set(row) == {"flat", "long", "short"}
+        assert all(us > 0 for us in row.values())
+    assert result["fleet_mean_flat_us"] > 0
