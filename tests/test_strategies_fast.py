@@ -254,6 +254,26 @@ def test_a_kept_strategy_decides_as_a_fresh_one_every_tick(name: str, source: st
     assert len(seen) >= 3  # the data exercises the rules (HOLD, CLOSE and an entry at least)
 
 
+def test_a_strategy_trading_two_symbols_in_turn_decides_as_a_fresh_one() -> None:
+    """An agent ticks its symbols one after the other with one strategy object: each
+    symbol's window is carried on (not converted afresh) and decides as a fresh strategy."""
+    real, walk = fixture_klines(), walk_klines()
+    for name in RULE_STRATEGIES:
+        kept = get_strategy(name, {})
+        key, first = ("XRPUSDT", "5m"), None
+        pairs = zip(windows(real, width(name)), windows(walk, width(name)), strict=False)
+        for a, b in pairs:
+            for symbol, window in (("XRPUSDT", a), ("BTCUSDT", b)):
+                market = MarketSnapshot(symbol, "5m", window, window[-1].close, 0)
+                assert kept.decide(market, FLAT) == get_strategy(name, {}).decide(market, FLAT)
+            held = kept._windows or {}  # type: ignore[attr-defined]  # None before min_klines
+            first = first or (held[key].series if key in held else None)
+        carried = kept._windows[key]  # type: ignore[attr-defined]
+        assert first is not None
+        assert carried.klines[-1] is real[-1]
+        assert carried.series is first  # moved along in place from its first window on
+
+
 def test_a_kept_series_is_the_converted_window() -> None:
     """The columns carried on in place equal a fresh conversion of each window."""
     kept = get_strategy("trend", {})

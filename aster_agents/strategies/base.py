@@ -285,14 +285,15 @@ class RuleStrategy(ABC):
 
     name: str = "rule"
     min_klines: int = 1
-    _window: _Window | None = None  # see _series
+    WINDOWS_KEPT: Final = 64  # (symbol, interval) windows memoised per strategy object
+    _windows: dict[tuple[str, str], _Window] | None = None  # see _series
 
     def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
         """Entry rules when flat, exit rules in a position; HOLD when history is short."""
         have = len(market.klines)
         if have < self.min_klines:
             return hold(f"need {self.min_klines} closed klines, have {have}")
-        series = self._series(market.klines)
+        series = self._series(market.klines, (market.symbol, market.interval))
         if series is None:
             return hold("klines contain non-positive or non-finite prices")
         if position.qty == 0:
@@ -300,16 +301,26 @@ class RuleStrategy(ABC):
         side = 1 if position.qty > 0 else -1
         return self.exit(series, side, _entry_price(position))
 
-    def _series(self, klines: tuple[Kline, ...]) -> Series | None:
-        """``Series.from_klines(klines)``, carried on from the last call's when the window
-        only moved by a candle (the runner's next tick): a pure memo of one window."""
-        window = self._window
+    def _series(self, klines: tuple[Kline, ...], key: tuple[str, str] = ("", "")) -> Series | None:
+        """``Series.from_klines(klines)``, carried on from the last call's for ``key`` (the
+        symbol and interval) when the window only moved by a candle (the runner's next
+        tick): a pure memo of one window per key, so an agent trading several symbols in
+        turn keeps each one's."""
+        windows = self._windows
+        if windows is None:
+            windows = self._windows = {}
+        window = windows.get(key)
         # advance first: on a moved window it compares only identical objects (fast) where
         # ``==`` would compare the first, differing, candles field by field
         if window is not None and (window.advance(klines) or klines == window.klines):
             return window.series
         found, zeroed = _converted(klines)
-        self._window = None if found is None else _Window(klines, found, zeroed)
+        if found is None:
+            windows.pop(key, None)
+            return None
+        if len(windows) >= self.WINDOWS_KEPT:
+            windows.clear()
+        windows[key] = _Window(klines, found, zeroed)
         return found
 
     @abstractmethod
