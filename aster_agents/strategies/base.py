@@ -158,56 +158,81 @@ def signed_pct(fraction: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    """Kline columns converted to float once; prices are finite and > 0."""
+    """Kline columns converted to float once; prices are finite and > 0.
 
-    opens: tuple[float, ...]
-    highs: tuple[float, ...]
-    lows: tuple[float, ...]
-    closes: tuple[float, ...]
-    volumes: tuple[float, ...]
+    Lists, not tuples: a strategy carries its series on to the next window in place (see
+    :class:`_Window`), so a series handed to ``entry``/``exit`` holds for that call only.
+    """
+
+    opens: list[float]
+    highs: list[float]
+    lows: list[float]
+    closes: list[float]
+    volumes: list[float]
 
     @classmethod
     def from_klines(cls, klines: tuple[Kline, ...]) -> Series | None:
         """Convert klines, or None when any price is not a finite positive number."""
-        if not klines:
-            return cls((), (), (), (), ())
-        rows = _FLOATS.rows(klines)  # 7-tuples: the columns, then the two checks
-        opens, highs, lows, closes, volumes, ok, volumes_ok = zip(*rows, strict=True)
-        if not all(ok):
-            return None
-        if not all(volumes_ok):
-            volumes = tuple(0.0 for _ in klines)
-        return cls(opens, highs, lows, closes, volumes)
+        return _converted(klines)[0]
 
     @property
     def last(self) -> float:
         """The last close."""
         return self.closes[-1]
 
-    def moved(self, before: tuple[Kline, ...], klines: tuple[Kline, ...]) -> Series | None:
-        """This series of ``before`` carried on to ``klines``: the same values as
-        :meth:`from_klines` gives, converting only the new candle, when ``klines`` is
-        ``before`` (a window of at least two) moved or grown by one candle and every volume
-        is finite; else None (convert the whole window)."""
+
+def _converted(klines: tuple[Kline, ...]) -> tuple[Series | None, bool]:
+    """:meth:`Series.from_klines` and whether it zeroed the volumes (one is not finite)."""
+    if not klines:
+        return Series([], [], [], [], []), False
+    rows = _FLOATS.rows(klines)  # 7-tuples: the columns, then the two checks
+    opens, highs, lows, closes, volumes, ok, volumes_ok = zip(*rows, strict=True)
+    if not all(ok):
+        return None, False
+    zeroed = not all(volumes_ok)
+    vols = [0.0] * len(klines) if zeroed else list(volumes)
+    return Series(list(opens), list(highs), list(lows), list(closes), vols), zeroed
+
+
+class _Window:
+    """The last window a strategy decided on and its series, carried on to the next one.
+
+    The runner hands a strategy the window it had, moved or grown by one candle (the same
+    Kline objects): converting only the new candle and shifting the columns in place
+    (a C memmove, no new list) gives the values :meth:`Series.from_klines` would.
+    """
+
+    __slots__ = ("klines", "series", "zeroed")
+
+    def __init__(self, klines: tuple[Kline, ...], series: Series, zeroed: bool) -> None:
+        self.klines = klines
+        self.series = series
+        self.zeroed = zeroed  # volumes zeroed for a non-finite one: convert afresh
+
+    def advance(self, klines: tuple[Kline, ...]) -> bool:
+        """Carry the series on to ``klines`` if it is this window (at least two candles)
+        moved or grown by one candle, not zeroed and with a finite volume; else False and
+        nothing changed."""
+        before = self.klines
         n = len(before)
-        if n < 2 or not (n <= len(klines) <= n + 1):
-            return None
+        if n < 2 or self.zeroed or not (n <= len(klines) <= n + 1):
+            return False
         grown = len(klines) == n + 1
         if klines[:-1] != (before if grown else before[1:]):  # the same objects: C speed
-            return None
+            return False
         o, h, lo, c, v, ok, volume_ok = _FLOATS.row(klines[-1])
         if not (ok and volume_ok):
-            return None
-        if 0.0 in self.volumes and not all(_FLOATS.row(k)[6] for k in before):
-            return None  # volumes were zeroed for a non-finite one still in the window
-        i = 0 if grown else 1
-        return Series(
-            (*self.opens[i:], o),
-            (*self.highs[i:], h),
-            (*self.lows[i:], lo),
-            (*self.closes[i:], c),
-            (*self.volumes[i:], v),
-        )
+            return False
+        s = self.series
+        if not grown:
+            del s.opens[0], s.highs[0], s.lows[0], s.closes[0], s.volumes[0]
+        s.opens.append(o)
+        s.highs.append(h)
+        s.lows.append(lo)
+        s.closes.append(c)
+        s.volumes.append(v)
+        self.klines = klines
+        return True
 
 
 _Row = tuple[float, float, float, float, float, bool, bool]
@@ -237,8 +262,9 @@ class _KlineFloats:
             return hit[1]
         o, h, lo, c = float(k.open), float(k.high), float(k.low), float(k.close)
         v = max(0.0, float(k.volume))
-        ok = all(math.isfinite(x) and x > 0.0 for x in (o, h, lo, c))
-        row = (o, h, lo, c, v, ok, math.isfinite(v))
+        inf = math.inf  # 0 < x < inf: finite and > 0 (False for NaN), without a generator
+        ok = 0.0 < o < inf and 0.0 < h < inf and 0.0 < lo < inf and 0.0 < c < inf
+        row = (o, h, lo, c, v, ok, v < inf)  # v >= 0, not NaN (max gave 0.0 for one)
         if len(self._rows) >= self.LIMIT:
             self._rows.clear()
         self._rows[id(k)] = (k, row)
@@ -259,14 +285,15 @@ class RuleStrategy(ABC):
 
     name: str = "rule"
     min_klines: int = 1
-    _last_series: tuple[tuple[Kline, ...], Series] | None = None  # see _series
+    WINDOWS_KEPT: Final = 64  # (symbol, interval) windows memoised per strategy object
+    _windows: dict[tuple[str, str], _Window] | None = None  # see _series
 
     def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
         """Entry rules when flat, exit rules in a position; HOLD when history is short."""
         have = len(market.klines)
         if have < self.min_klines:
             return hold(f"need {self.min_klines} closed klines, have {have}")
-        series = self._series(market.klines)
+        series = self._series(market.klines, (market.symbol, market.interval))
         if series is None:
             return hold("klines contain non-positive or non-finite prices")
         if position.qty == 0:
@@ -274,19 +301,26 @@ class RuleStrategy(ABC):
         side = 1 if position.qty > 0 else -1
         return self.exit(series, side, _entry_price(position))
 
-    def _series(self, klines: tuple[Kline, ...]) -> Series | None:
-        """``Series.from_klines(klines)``, carried on from the last call's when the window
-        only moved by a candle (the runner's next tick): a pure memo of one window."""
-        last = self._last_series
-        if last is not None:
-            if klines == last[0]:
-                return last[1]
-            series = last[1].moved(last[0], klines)
-            if series is not None:
-                self._last_series = (klines, series)
-                return series
-        found = Series.from_klines(klines)
-        self._last_series = None if found is None else (klines, found)
+    def _series(self, klines: tuple[Kline, ...], key: tuple[str, str] = ("", "")) -> Series | None:
+        """``Series.from_klines(klines)``, carried on from the last call's for ``key`` (the
+        symbol and interval) when the window only moved by a candle (the runner's next
+        tick): a pure memo of one window per key, so an agent trading several symbols in
+        turn keeps each one's."""
+        windows = self._windows
+        if windows is None:
+            windows = self._windows = {}
+        window = windows.get(key)
+        # advance first: on a moved window it compares only identical objects (fast) where
+        # ``==`` would compare the first, differing, candles field by field
+        if window is not None and (window.advance(klines) or klines == window.klines):
+            return window.series
+        found, zeroed = _converted(klines)
+        if found is None:
+            windows.pop(key, None)
+            return None
+        if len(windows) >= self.WINDOWS_KEPT:
+            windows.clear()
+        windows[key] = _Window(klines, found, zeroed)
         return found
 
     @abstractmethod

@@ -70,11 +70,11 @@ class BreakoutStrategy(RuleStrategy):
         """(side, confidence, reason) of a breakout on the last candle; side 0 if none."""
         p = self.params
         chan = ind.donchian(s.highs[:-1], s.lows[:-1], p.lookback)
-        atr = ind.atr(s.highs, s.lows, s.closes, p.atr_period)
         above, below = s.last - chan.upper, chan.lower - s.last
         side, excess = (1, above) if above > 0 else (-1, below) if below > 0 else (0, 0.0)
         if side == 0:
             return 0, 0.0, f"inside channel {chan.lower:.6g}..{chan.upper:.6g}"
+        atr = ind.atr(s.highs, s.lows, s.closes, p.atr_period)  # only a break needs it
         buffer = excess / atr if atr > 0 else math.inf
         if buffer < p.atr_buffer:
             return 0, 0.0, f"break too small: {buffer:.2f} ATR < {p.atr_buffer:.2f}"

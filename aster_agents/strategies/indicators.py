@@ -5,13 +5,21 @@ Prices arrive as ``Decimal``; strategies convert them to ``float`` once (see
 money. Every function returns the value for the *last* element unless its name ends in
 ``_series``. Callers make sure the series is at least ``period`` long; the functions still
 never divide by zero (a flat or zero series gives the neutral value).
+
+The runner asks for every indicator on every tick over the whole window (EMA and RSI are
+seeded at the window's start, so they cannot be carried on exactly), so the loops are written
+for speed: pairwise differences with ``map`` (C, no Python frame per element), one local
+variable per recursion, int factors turned into (the same) floats beforehand (float-by-float
+arithmetic is the interpreter's fast path), no ``max`` call per element. Each keeps the exact
+float operations, in the same order, of the plain formula in its docstring: for finite values
+the results are bit for bit those of the textbook loop (tests/test_strategies_fast.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
+from operator import sub
 from typing import NamedTuple
 
 
@@ -30,33 +38,66 @@ def sma(values: Sequence[float], period: int) -> float:
 
 
 def ema_series(values: Sequence[float], period: int) -> list[float]:
-    """Exponential moving average (alpha = 2 / (period + 1)), seeded with the first value."""
+    """Exponential moving average (alpha = 2 / (period + 1)), seeded with the first value:
+    ``out[i] = out[i - 1] + alpha * (values[i] - out[i - 1])``."""
     if not values:
         return []
     alpha = 2.0 / (period + 1)
-    out = [values[0]]
+    last = values[0]
+    out = [last]
+    append = out.append
     for value in values[1:]:
-        out.append(out[-1] + alpha * (value - out[-1]))
+        last = last + alpha * (value - last)
+        append(last)
     return out
 
 
 def ema(values: Sequence[float], period: int) -> float:
-    """The last value of :func:`ema_series`."""
-    series = ema_series(values, period)
-    return series[-1] if series else 0.0
+    """The last value of :func:`ema_series` (without building the list)."""
+    if not values:
+        return 0.0
+    alpha = 2.0 / (period + 1)
+    last = values[0]
+    for value in values[1:]:
+        last = last + alpha * (value - last)
+    return last
+
+
+def ema_pair(values: Sequence[float], fast: int, slow: int) -> tuple[float, float]:
+    """``(ema(values, fast), ema(values, slow))`` in one pass over the values."""
+    if not values:
+        return 0.0, 0.0
+    a, b = 2.0 / (fast + 1), 2.0 / (slow + 1)
+    f = s = values[0]
+    for value in values[1:]:
+        f = f + a * (value - f)
+        s = s + b * (value - s)
+    return f, s
 
 
 def rsi(values: Sequence[float], period: int) -> float:
-    """Wilder's relative strength index in [0, 100]; 50 when the series does not move."""
+    """Wilder's relative strength index in [0, 100]; 50 when the series does not move.
+
+    Over the changes ``c`` (``values[i] - values[i - 1]``): gain and loss start as the
+    fsum of the first ``period`` positive changes (of the negated negative ones) / period,
+    then ``gain = (gain * (period - 1) + max(c, 0.0)) / period`` and likewise for loss
+    with ``max(-c, 0.0)``. Adding a zero to the non-negative products changes nothing,
+    so each branch below skips it.
+    """
     if len(values) < 2:
         return 50.0
-    changes = [b - a for a, b in itertools.pairwise(values)]
+    changes = list(map(sub, values[1:], values))
     seed = changes[:period]
-    gain = math.fsum(c for c in seed if c > 0) / period
-    loss = math.fsum(-c for c in seed if c < 0) / period
+    gain = math.fsum([c for c in seed if c > 0]) / period
+    loss = math.fsum([-c for c in seed if c < 0]) / period
+    keep, div = float(period - 1), float(period)  # exact; float-only ops run faster
     for change in changes[period:]:
-        gain = (gain * (period - 1) + max(change, 0.0)) / period
-        loss = (loss * (period - 1) + max(-change, 0.0)) / period
+        if change > 0.0:
+            gain = (gain * keep + change) / div
+            loss = loss * keep / div
+        else:
+            gain = gain * keep / div
+            loss = (loss * keep - change) / div
     if loss <= 0.0:
         return 100.0 if gain > 0.0 else 50.0
     return 100.0 - 100.0 / (1.0 + gain / loss)
@@ -65,16 +106,32 @@ def rsi(values: Sequence[float], period: int) -> float:
 def atr(
     highs: Sequence[float], lows: Sequence[float], closes: Sequence[float], period: int
 ) -> float:
-    """Wilder's average true range over the series (an absolute price distance)."""
-    ranges = [highs[0] - lows[0]] if closes else []
-    for i in range(1, len(closes)):
-        prev = closes[i - 1]
-        ranges.append(max(highs[i] - lows[i], abs(highs[i] - prev), abs(lows[i] - prev)))
-    if not ranges:
+    """Wilder's average true range over the series (an absolute price distance).
+
+    True ranges: ``highs[0] - lows[0]``, then ``max(high - low, abs(high - prev close),
+    abs(low - prev close))``; the first ``period`` averaged with fsum, then
+    ``value = (value * (period - 1) + r) / period`` for each later one.
+    """
+    n = len(closes)
+    if not n:
         return 0.0
-    value = math.fsum(ranges[:period]) / len(ranges[:period])
+    ranges = [highs[0] - lows[0]]
+    append = ranges.append
+    # each candle with the previous close: zip stops at the shortest (closes[:-1])
+    for high, low, prev in zip(highs[1:n], lows[1:n], closes, strict=False):
+        r = high - low  # max(r, x, y) as max() does it (a later value wins only if greater)
+        x = abs(high - prev)
+        if x > r:
+            r = x
+        x = abs(low - prev)
+        if x > r:
+            r = x
+        append(r)
+    first = ranges[:period]
+    value = math.fsum(first) / len(first)
+    keep, div = float(period - 1), float(period)  # exact; float-only ops run faster
     for r in ranges[period:]:
-        value = (value * (period - 1) + r) / period
+        value = (value * keep + r) / div
     return value
 
 
@@ -112,7 +169,7 @@ def efficiency_ratio(values: Sequence[float], period: int) -> float:
     1 means a straight line, values near 0 a range; a random walk sits around 0.1-0.3.
     """
     window = values[-period - 1 :]
-    path = math.fsum(abs(b - a) for a, b in itertools.pairwise(window))
+    path = math.fsum(map(abs, map(sub, window[1:], window)))  # |b - a| for each pair
     return abs(window[-1] - window[0]) / path if path > 0.0 else 0.0
 
 

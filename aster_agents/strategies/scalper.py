@@ -58,7 +58,7 @@ class ScalperStrategy(RuleStrategy):
     def entry(self, s: Series) -> Signal:
         """Enter on a touch of the fast EMA that holds the slow EMA, in the trend's direction."""
         p = self.params
-        fast, slow = ind.ema(s.closes, p.fast), ind.ema(s.closes, p.slow)
+        fast, slow = ind.ema_pair(s.closes, p.fast, p.slow)
         spread = (fast - slow) / slow
         if abs(spread) < p.min_spread_pct or spread == 0.0:
             return hold(f"no short-term trend: ema{p.fast}/ema{p.slow} {signed_pct(spread)}")

@@ -57,8 +57,8 @@ class SwingStrategy(RuleStrategy):
 
     def _state(self, s: Series) -> tuple[float, float]:
         p = self.params
-        slow = ind.ema(s.closes, p.slow)
-        return (ind.ema(s.closes, p.fast) - slow) / slow, ind.rsi(s.closes, p.rsi_period)
+        fast, slow = ind.ema_pair(s.closes, p.fast, p.slow)
+        return (fast - slow) / slow, ind.rsi(s.closes, p.rsi_period)
 
     def entry(self, s: Series) -> Signal:
         """Enter with the trend once RSI has pulled back far enough."""

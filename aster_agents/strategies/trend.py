@@ -55,8 +55,8 @@ class TrendStrategy(RuleStrategy):
 
     def spread(self, s: Series) -> float:
         """(fast EMA - slow EMA) / slow EMA on closes."""
-        slow = ind.ema(s.closes, self.params.slow)
-        return (ind.ema(s.closes, self.params.fast) - slow) / slow
+        fast, slow = ind.ema_pair(s.closes, self.params.fast, self.params.slow)
+        return (fast - slow) / slow
 
     def label(self) -> str:
         """'ema9/ema21' for reasons."""
@@ -66,9 +66,9 @@ class TrendStrategy(RuleStrategy):
         """Enter in the direction of the spread when spread and efficiency pass the filters."""
         p = self.params
         spread = self.spread(s)
-        eff = ind.efficiency_ratio(s.closes, p.slow)
         if abs(spread) < p.min_spread_pct or spread == 0.0:
             return hold(f"{self.label()} spread {signed_pct(spread)} below filter")
+        eff = ind.efficiency_ratio(s.closes, p.slow)  # only past the spread filter
         if eff < p.min_efficiency:
             return hold(f"choppy: efficiency {eff:.2f} < {p.min_efficiency:.2f}")
         side = 1 if spread > 0 else -1
