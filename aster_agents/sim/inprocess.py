@@ -34,15 +34,15 @@ from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
 
 _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
-# Parsed closed candles kept for the clients of a run; past this many they are dropped (each
-# client keeps its own latest window, so only a candle's first parse is shared) to keep a
-# month-long backtest's memory flat.
-CLOSED_KEPT: Final = 20_000
 ORDERS_KEPT: Final = 1_000  # parsed open orders kept per client, by their JSON document
 
 
 class InProcessClient(AsterClient):
-    """An :class:`AsterClient` answering from ``app`` for ``user`` (no network, no keys)."""
+    """An :class:`AsterClient` answering from ``app`` for ``user`` (no network, no keys).
+
+    ``closed_klines`` is accepted and unused: the simulator keeps its closed candles as
+    ``Kline`` objects itself now (``ReplayMarket._kline``), for every client of a run.
+    """
 
     def __init__(
         self,
@@ -64,8 +64,6 @@ class InProcessClient(AsterClient):
         )
         self._app = app
         self._wall_to_market = wall_to_market
-        # parsed closed candles, shared by the clients of one run: a closed candle never changes
-        self._closed = closed_klines if closed_klines is not None else {}
         # (symbol, interval, limit) -> the closed candles of the last answer, oldest first
         self._latest: dict[tuple[str, str, int], list[Kline]] = {}
         # an open order's JSON fields -> the Order parsed from them (a resting stop is asked
@@ -105,7 +103,7 @@ class InProcessClient(AsterClient):
         *,
         kind: str = "klines",
     ) -> list[Kline]:
-        """As ``AsterClient.klines``, parsing each closed candle once per run.
+        """As ``AsterClient.klines``, the candles taken from the simulator as objects.
 
         The latest ``limit`` candles (no ``startTime``/``endTime``) are asked for from the
         first candle this client has not yet seen closed, and joined to the closed ones it
@@ -137,27 +135,24 @@ class InProcessClient(AsterClient):
         end_time: int | None,
         kind: str,
     ) -> list[Kline]:
+        """The route's answer as ``Kline`` objects straight from the simulator (no rows built
+        as text and parsed back): the same parameters, checks, errors and values. The three
+        kinds are one route in the simulator."""
         params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
         if start_time is not None:
             params.append(("startTime", start_time))
         if end_time is not None:
             params.append(("endTime", end_time))
         params.append(("limit", limit))
-        call = _Call("GET", f"/fapi/v3/{kind}", klines_weight(limit), signed=False)
-        rows = self._request(call, params)
-        now = self._app.market.now_ms()
-        out: list[Kline] = []
-        for row in rows:
-            key = (kind, symbol, interval, int(row[0]))
-            kline = self._closed.get(key)
-            if kline is None:
-                kline = parse.klines([row])[0]
-                if kline.close_time < now:
-                    self._closed[key] = kline
-            out.append(kline)
-        if len(self._closed) > CLOSED_KEPT:
-            self._closed.clear()
-        return out
+        path = f"/fapi/v3/{kind}"
+        if ("GET", path) not in self._app.routes:  # the route's own error
+            return parse.klines(
+                self._request(_Call("GET", path, klines_weight(limit), signed=False), params)
+            )
+        try:
+            return self._app.kline_objects({k: _fmt(v) for k, v in params})
+        except ApiError as exc:
+            raise _error_for(exc.status, exc.code, exc.msg, f"{self._prefix}GET {path}") from None
 
     def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:
         route = self._app.routes.get((call.method, call.path))
