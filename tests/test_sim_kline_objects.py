@@ -12,6 +12,7 @@ recording, for every kind, limit and ``startTime``/``endTime`` shape the client 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from aster_agents.errors import AsterAgentsError
 from aster_agents.exchange.http import AsterClient
 from aster_agents.models import INTERVAL_MS, Kline
 from aster_agents.sim.inprocess import InProcessClient
-from aster_agents.sim.market import Market
+from aster_agents.sim.market import Market, _fmt, _text, decimal
 from aster_agents.sim.recording import (
     FUNDING_COLUMNS,
     KLINE_COLUMNS,
@@ -162,3 +163,16 @@ def test_typed_klines_of_a_live_market_are_the_upstream_candles() -> None:
             assert plain.startswith("[Kline") and typed == plain
     finally:
         live.close()
+
+
+def test_a_remembered_decimal_is_the_one_converted_afresh() -> None:
+    """``decimal`` (remembered) against the plain conversions, digit for digit: recorded-like
+    prices asked again and again, at several places, zero of both signs in either order."""
+    recording = load_recording(FIXTURE).symbols["XRPUSDT"].klines
+    values = [*recording.o, *recording.h, *recording.low, *recording.c, *recording.v]
+    values += [0.0, -0.0, 0.0, 1e-9, -1e-9, 123456.789, 2.5, -2.5]
+    for _ in range(2):
+        for x in values:
+            for places in (0, 1, 4, 8):
+                fresh = Decimal(_text(x, places))
+                assert repr(decimal(x, places)) == repr(fresh) == repr(_fmt(x, places)), x

@@ -181,11 +181,11 @@ def kline_object(
     pp, qp = _places(sym.tick_size), _places(sym.step_size)
     return Kline(
         open_ms,
-        Decimal(_text(op, pp)),
-        Decimal(_text(hi, pp)),
-        Decimal(_text(low, pp)),
-        Decimal(_text(cl, pp)),
-        Decimal(_text(vol, qp)),
+        decimal(op, pp),
+        decimal(hi, pp),
+        decimal(low, pp),
+        decimal(cl, pp),
+        decimal(vol, qp),
         close_ms,
     )
 
@@ -195,6 +195,29 @@ CandleValues = tuple[int, int, float, float, float, float, float]  # open, close
 
 def _fmt(x: float, places: int) -> Decimal:
     return Decimal(f"{x:.{places}f}")
+
+
+DECIMALS_KEPT: Final = 4096  # recent (float, places) -> Decimal conversions remembered
+_DECIMALS: dict[tuple[float, int], Decimal] = {}
+
+
+def decimal(x: float, places: int) -> Decimal:
+    """``Decimal(_text(x, places))`` (equally ``_fmt(x, places)``), remembered for recent
+    values: a replay's held price is a recorded open, high, low or close, converted as a mark
+    at each quarter of its candle and again in the candle's kline.
+
+    Zero is never remembered: 0.0 and -0.0 are one key but two texts.
+    """
+    if not x:
+        return Decimal(_text(x, places))
+    key = (x, places)
+    hit = _DECIMALS.get(key)
+    if hit is None:
+        hit = Decimal(_text(x, places))
+        if len(_DECIMALS) >= DECIMALS_KEPT:
+            _DECIMALS.clear()
+        _DECIMALS[key] = hit
+    return hit
 
 
 def _text(x: float, places: int) -> str:
@@ -340,7 +363,7 @@ class Market:
             return pinned
         sym = SYMBOLS[symbol]
         t = self.now_ms() if t is None else t
-        price = _fmt(self.raw_price(symbol, t), _places(sym.tick_size))
+        price = decimal(self.raw_price(symbol, t), _places(sym.tick_size))
         if symbol in self._shocks:
             price = max(sym.tick_size, price * self._shock_factor(symbol, t))
         return price.quantize(sym.tick_size)
