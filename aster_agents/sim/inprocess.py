@@ -13,11 +13,12 @@ turns such a wall-clock time into the market time the simulator had then.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aster_agents.errors import BadRequest
 from aster_agents.exchange import parse
 from aster_agents.exchange.http import (
+    _USER_TRADES,
     AsterClient,
     NoNetwork,
     Params,
@@ -28,13 +29,13 @@ from aster_agents.exchange.http import (
     _optional,
     klines_weight,
 )
-from aster_agents.models import Kline, Order
+from aster_agents.models import Kline, Order, UserTrade
 from aster_agents.signing import NonceSource
 from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
 
 _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
-ORDERS_KEPT: Final = 1_000  # parsed open orders kept per client, by their JSON document
+ORDERS_KEPT: Final = 1_000  # parsed open orders (and trades) kept per client, by their JSON
 
 
 class InProcessClient(AsterClient):
@@ -69,29 +70,30 @@ class InProcessClient(AsterClient):
         # an open order's JSON fields -> the Order parsed from them (a resting stop is asked
         # for every tick, unchanged)
         self._orders: dict[tuple[tuple[str, object], ...], Order] = {}
+        self._trades: dict[tuple[tuple[str, object], ...], UserTrade] = {}  # likewise
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         """As ``AsterClient.open_orders``, parsing an order's document once while it is the
         same: the same JSON gives the same (immutable) ``Order``."""
         call = _Call("GET", "/fapi/v3/openOrders", 1 if symbol else 40)
         data = self._request(call, _optional(symbol=symbol))
-        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-            return parse.orders(data)  # its error, as the HTTP client says it
-        out: list[Order] = []
-        for item in data:
-            key = tuple(item.items())
-            try:
-                order = self._orders.get(key)
-            except TypeError:  # a field that is not a scalar: parse says what is wrong
-                out.append(parse.order(item))
-                continue
-            if order is None:
-                order = parse.order(item)
-                if len(self._orders) >= ORDERS_KEPT:
-                    self._orders.clear()
-                self._orders[key] = order
-            out.append(order)
-        return out
+        return _parsed_each(data, self._orders, parse.order, parse.orders)
+
+    def user_trades(
+        self,
+        symbol: str,
+        *,
+        start_time: int | None = None,
+        from_id: int | None = None,
+        limit: int = 500,
+    ) -> list[UserTrade]:
+        """As ``AsterClient.user_trades``, parsing a trade's document once: the runner asks
+        from a step before its last fill, so the same trades come back tick after tick."""
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol)]
+        params += _optional(startTime=start_time, fromId=from_id)
+        params.append(("limit", limit))
+        data = self._request(_USER_TRADES, params)
+        return _parsed_each(data, self._trades, parse._user_trade, parse.user_trades)
 
     def klines(
         self,
@@ -166,3 +168,34 @@ class InProcessClient(AsterClient):
             return route.handler((self._user or "") if call.signed else "", args)
         except ApiError as exc:
             raise _error_for(exc.status, exc.code, exc.msg, where) from None
+
+
+_T = TypeVar("_T")
+
+
+def _parsed_each(
+    data: object,
+    cache: dict[tuple[tuple[str, object], ...], _T],
+    one: Callable[[object], _T],
+    every: Callable[[object], list[_T]],
+) -> list[_T]:
+    """``every(data)`` for a list of JSON objects, each parsed by ``one`` once while its
+    document is the same (``cache``, at most ``ORDERS_KEPT`` documents): a parse is a pure
+    function of the document, and the models are immutable."""
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        return every(data)  # its error, as the HTTP client says it
+    out: list[_T] = []
+    for item in data:
+        key = tuple(item.items())
+        try:
+            value = cache.get(key)
+        except TypeError:  # a field that is not a scalar: parse says what is wrong
+            out.append(one(item))
+            continue
+        if value is None:
+            value = one(item)
+            if len(cache) >= ORDERS_KEPT:
+                cache.clear()
+            cache[key] = value
+        out.append(value)
+    return out
