@@ -207,16 +207,17 @@ class ReplayMarket(Market):
         if rec is None:
             return super()._candle_values(symbol, interval, open_ms, now)
         s = rec.klines
+        step = s.step_ms  # a property: read once (a tick builds two candles per agent)
         close_ms = bucket_close(interval, open_ms)
         base = s.first_open + self.offset_ms
-        lo_i = max(0, (open_ms - base) // s.step_ms)
-        hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // s.step_ms)
+        lo_i = max(0, (open_ms - base) // step)
+        hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // step)
         op, hi, low, cl, vol = s.o[lo_i], -math.inf, math.inf, s.o[lo_i], 0.0
         for i in range(lo_i, hi_i + 1):
             h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
-            candle_end = base + (i + 1) * s.step_ms - 1
+            candle_end = base + (i + 1) * step - 1
             if candle_end > now:
-                frac = min(1.0, max(0.0, (now - base - i * s.step_ms) / s.step_ms))
+                frac = min(1.0, max(0.0, (now - base - i * step) / step))
                 c, h, lw = held(s.o[i], h, lw, c, frac)
                 v *= frac
             hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
