@@ -13,11 +13,12 @@ turns such a wall-clock time into the market time the simulator had then.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aster_agents.errors import BadRequest
 from aster_agents.exchange import parse
 from aster_agents.exchange.http import (
+    _USER_TRADES,
     AsterClient,
     NoNetwork,
     Params,
@@ -28,21 +29,21 @@ from aster_agents.exchange.http import (
     _optional,
     klines_weight,
 )
-from aster_agents.models import Kline, Order
+from aster_agents.models import Kline, Order, UserTrade
 from aster_agents.signing import NonceSource
 from aster_agents.sim.engine import ApiError
 from aster_agents.sim.server import SimApp
 
 _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
-# Parsed closed candles kept for the clients of a run; past this many they are dropped (each
-# client keeps its own latest window, so only a candle's first parse is shared) to keep a
-# month-long backtest's memory flat.
-CLOSED_KEPT: Final = 20_000
-ORDERS_KEPT: Final = 1_000  # parsed open orders kept per client, by their JSON document
+ORDERS_KEPT: Final = 1_000  # parsed open orders (and trades) kept per client, by their JSON
 
 
 class InProcessClient(AsterClient):
-    """An :class:`AsterClient` answering from ``app`` for ``user`` (no network, no keys)."""
+    """An :class:`AsterClient` answering from ``app`` for ``user`` (no network, no keys).
+
+    ``closed_klines`` is accepted and unused: the simulator keeps its closed candles as
+    ``Kline`` objects itself now (``ReplayMarket._kline``), for every client of a run.
+    """
 
     def __init__(
         self,
@@ -64,36 +65,35 @@ class InProcessClient(AsterClient):
         )
         self._app = app
         self._wall_to_market = wall_to_market
-        # parsed closed candles, shared by the clients of one run: a closed candle never changes
-        self._closed = closed_klines if closed_klines is not None else {}
         # (symbol, interval, limit) -> the closed candles of the last answer, oldest first
         self._latest: dict[tuple[str, str, int], list[Kline]] = {}
         # an open order's JSON fields -> the Order parsed from them (a resting stop is asked
         # for every tick, unchanged)
         self._orders: dict[tuple[tuple[str, object], ...], Order] = {}
+        self._trades: dict[tuple[tuple[str, object], ...], UserTrade] = {}  # likewise
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
         """As ``AsterClient.open_orders``, parsing an order's document once while it is the
         same: the same JSON gives the same (immutable) ``Order``."""
         call = _Call("GET", "/fapi/v3/openOrders", 1 if symbol else 40)
         data = self._request(call, _optional(symbol=symbol))
-        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-            return parse.orders(data)  # its error, as the HTTP client says it
-        out: list[Order] = []
-        for item in data:
-            key = tuple(item.items())
-            try:
-                order = self._orders.get(key)
-            except TypeError:  # a field that is not a scalar: parse says what is wrong
-                out.append(parse.order(item))
-                continue
-            if order is None:
-                order = parse.order(item)
-                if len(self._orders) >= ORDERS_KEPT:
-                    self._orders.clear()
-                self._orders[key] = order
-            out.append(order)
-        return out
+        return _parsed_each(data, self._orders, parse.order, parse.orders)
+
+    def user_trades(
+        self,
+        symbol: str,
+        *,
+        start_time: int | None = None,
+        from_id: int | None = None,
+        limit: int = 500,
+    ) -> list[UserTrade]:
+        """As ``AsterClient.user_trades``, parsing a trade's document once: the runner asks
+        from a step before its last fill, so the same trades come back tick after tick."""
+        params: list[tuple[str, ParamValue]] = [("symbol", symbol)]
+        params += _optional(startTime=start_time, fromId=from_id)
+        params.append(("limit", limit))
+        data = self._request(_USER_TRADES, params)
+        return _parsed_each(data, self._trades, parse._user_trade, parse.user_trades)
 
     def klines(
         self,
@@ -105,7 +105,7 @@ class InProcessClient(AsterClient):
         *,
         kind: str = "klines",
     ) -> list[Kline]:
-        """As ``AsterClient.klines``, parsing each closed candle once per run.
+        """As ``AsterClient.klines``, the candles taken from the simulator as objects.
 
         The latest ``limit`` candles (no ``startTime``/``endTime``) are asked for from the
         first candle this client has not yet seen closed, and joined to the closed ones it
@@ -137,27 +137,24 @@ class InProcessClient(AsterClient):
         end_time: int | None,
         kind: str,
     ) -> list[Kline]:
+        """The route's answer as ``Kline`` objects straight from the simulator (no rows built
+        as text and parsed back): the same parameters, checks, errors and values. The three
+        kinds are one route in the simulator."""
         params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
         if start_time is not None:
             params.append(("startTime", start_time))
         if end_time is not None:
             params.append(("endTime", end_time))
         params.append(("limit", limit))
-        call = _Call("GET", f"/fapi/v3/{kind}", klines_weight(limit), signed=False)
-        rows = self._request(call, params)
-        now = self._app.market.now_ms()
-        out: list[Kline] = []
-        for row in rows:
-            key = (kind, symbol, interval, int(row[0]))
-            kline = self._closed.get(key)
-            if kline is None:
-                kline = parse.klines([row])[0]
-                if kline.close_time < now:
-                    self._closed[key] = kline
-            out.append(kline)
-        if len(self._closed) > CLOSED_KEPT:
-            self._closed.clear()
-        return out
+        path = f"/fapi/v3/{kind}"
+        if ("GET", path) not in self._app.routes:  # the route's own error
+            return parse.klines(
+                self._request(_Call("GET", path, klines_weight(limit), signed=False), params)
+            )
+        try:
+            return self._app.kline_objects({k: _fmt(v) for k, v in params})
+        except ApiError as exc:
+            raise _error_for(exc.status, exc.code, exc.msg, f"{self._prefix}GET {path}") from None
 
     def _attempt(self, call: _Call, params: Params, nonce: int | None = None) -> Any:
         route = self._app.routes.get((call.method, call.path))
@@ -171,3 +168,34 @@ class InProcessClient(AsterClient):
             return route.handler((self._user or "") if call.signed else "", args)
         except ApiError as exc:
             raise _error_for(exc.status, exc.code, exc.msg, where) from None
+
+
+_T = TypeVar("_T")
+
+
+def _parsed_each(
+    data: object,
+    cache: dict[tuple[tuple[str, object], ...], _T],
+    one: Callable[[object], _T],
+    every: Callable[[object], list[_T]],
+) -> list[_T]:
+    """``every(data)`` for a list of JSON objects, each parsed by ``one`` once while its
+    document is the same (``cache``, at most ``ORDERS_KEPT`` documents): a parse is a pure
+    function of the document, and the models are immutable."""
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        return every(data)  # its error, as the HTTP client says it
+    out: list[_T] = []
+    for item in data:
+        key = tuple(item.items())
+        try:
+            value = cache.get(key)
+        except TypeError:  # a field that is not a scalar: parse says what is wrong
+            out.append(one(item))
+            continue
+        if value is None:
+            value = one(item)
+            if len(cache) >= ORDERS_KEPT:
+                cache.clear()
+            cache[key] = value
+        out.append(value)
+    return out

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Final
 
-from aster_agents.models import INTERVAL_MS
+from aster_agents.models import INTERVAL_MS, Kline
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
 MINUTE_MS: Final = 60_000
@@ -166,8 +166,58 @@ def kline_row(
     ]
 
 
+def kline_object(
+    sym: SimSymbol,
+    open_ms: int,
+    close_ms: int,
+    op: float,
+    hi: float,
+    low: float,
+    cl: float,
+    vol: float,
+) -> Kline:
+    """The ``Kline`` that parsing ``kline_row`` of the same values gives, without the row:
+    the in-process client's candles (the same text, so the same Decimal digits)."""
+    pp, qp = _places(sym.tick_size), _places(sym.step_size)
+    return Kline(
+        open_ms,
+        decimal(op, pp),
+        decimal(hi, pp),
+        decimal(low, pp),
+        decimal(cl, pp),
+        decimal(vol, qp),
+        close_ms,
+    )
+
+
+CandleValues = tuple[int, int, float, float, float, float, float]  # open, close, o, h, l, c, v
+
+
 def _fmt(x: float, places: int) -> Decimal:
     return Decimal(f"{x:.{places}f}")
+
+
+DECIMALS_KEPT: Final = 4096  # recent (float, places) -> Decimal conversions remembered
+_DECIMALS: dict[tuple[float, int], Decimal] = {}
+
+
+def decimal(x: float, places: int) -> Decimal:
+    """``Decimal(_text(x, places))`` (equally ``_fmt(x, places)``), remembered for recent
+    values: a replay's held price is a recorded open, high, low or close, converted as a mark
+    at each quarter of its candle and again in the candle's kline.
+
+    Zero is never remembered: 0.0 and -0.0 are one key but two texts.
+    """
+    if not x:
+        return Decimal(_text(x, places))
+    key = (x, places)
+    hit = _DECIMALS.get(key)
+    if hit is None:
+        hit = Decimal(_text(x, places))
+        if len(_DECIMALS) >= DECIMALS_KEPT:
+            _DECIMALS.clear()
+        _DECIMALS[key] = hit
+    return hit
 
 
 def _text(x: float, places: int) -> str:
@@ -313,7 +363,7 @@ class Market:
             return pinned
         sym = SYMBOLS[symbol]
         t = self.now_ms() if t is None else t
-        price = _fmt(self.raw_price(symbol, t), _places(sym.tick_size))
+        price = decimal(self.raw_price(symbol, t), _places(sym.tick_size))
         if symbol in self._shocks:
             price = max(sym.tick_size, price * self._shock_factor(symbol, t))
         return price.quantize(sym.tick_size)
@@ -337,15 +387,34 @@ class Market:
     ) -> list[list[object]]:
         """Binance-shaped kline rows, oldest first, never before genesis or after now."""
         now = self.now_ms()
+        opens = self._opens(interval, start, end, limit, now)
+        return [self._candle(symbol, interval, o, now) for o in opens]
+
+    def kline_objects(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[Kline]:
+        """The candles of ``klines`` as the ``Kline`` objects parsing its rows gives: the
+        in-process client's typed path (no text rows built and parsed back every tick)."""
+        now = self.now_ms()
+        opens = self._opens(interval, start, end, limit, now)
+        return [self._kline(symbol, interval, o, now) for o in opens]
+
+    def _opens(
+        self, interval: str, start: int | None, end: int | None, limit: int, now: int
+    ) -> list[int]:
+        """Open times of the candles a klines query answers with."""
         end = now if end is None else min(end, now)
         if start is not None:
             first = max(bucket_open(interval, max(start, self.genesis_ms)), 0)
             if first < start:
                 first = bucket_close(interval, first) + 1
-            opens = self._opens_forward(interval, first, end, limit)
-        else:
-            opens = self._opens_backward(interval, end, limit)
-        return [self._candle(symbol, interval, o, now) for o in opens]
+            return self._opens_forward(interval, first, end, limit)
+        return self._opens_backward(interval, end, limit)
 
     def _opens_forward(self, interval: str, first: int, end: int, limit: int) -> list[int]:
         out: list[int] = []
@@ -365,7 +434,13 @@ class Market:
         return out
 
     def _candle(self, symbol: str, interval: str, open_ms: int, now: int) -> list[object]:
-        sym = SYMBOLS[symbol]
+        return kline_row(SYMBOLS[symbol], *self._candle_values(symbol, interval, open_ms, now))
+
+    def _kline(self, symbol: str, interval: str, open_ms: int, now: int) -> Kline:
+        return kline_object(SYMBOLS[symbol], *self._candle_values(symbol, interval, open_ms, now))
+
+    def _candle_values(self, symbol: str, interval: str, open_ms: int, now: int) -> CandleValues:
+        """The candle opening at ``open_ms`` as of ``now``, aggregated from the minutes."""
         close_ms = bucket_close(interval, open_ms)
         lo_i = max(0, (open_ms - self.genesis_ms) // MINUTE_MS)
         hi_i = (min(close_ms, now) - self.genesis_ms) // MINUTE_MS
@@ -379,4 +454,4 @@ class Market:
                 c, h, lw = _intra(p.o[i], h, lw, c, frac)
                 v *= frac
             hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
-        return kline_row(sym, open_ms, close_ms, op, hi, low, cl, vol)
+        return open_ms, close_ms, op, hi, low, cl, vol

@@ -16,6 +16,7 @@ after their time (times are rounded to the minute).
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -103,6 +104,18 @@ def _number(path: Path, line: int, value: str, what: str) -> Decimal:
     return number
 
 
+def _float(path: Path, line: int, value: str, what: str) -> float:
+    """``float(_number(...))`` without the Decimal for the usual text: ``float`` reads a subset
+    of what ``Decimal`` reads and rounds the same exact value the same way (``Decimal``'s own
+    ``float`` goes through its text). Anything else, or a value that is not finite, takes
+    ``_number``, which names the fault. A month of 1m candles is millions of numbers."""
+    try:
+        x = float(value)
+    except ValueError:
+        return float(_number(path, line, value, what))
+    return x if math.isfinite(x) else float(_number(path, line, value, what))
+
+
 def read_series(path: Path, interval: str, columns: tuple[str, ...]) -> Series:
     """Read one kline file; continuous, one row per ``interval``, prices > 0, high >= low."""
     series: Series | None = None
@@ -110,7 +123,7 @@ def read_series(path: Path, interval: str, columns: tuple[str, ...]) -> Series:
         if len(row) < len(columns):
             raise ConfigError(f"{path}: line {line}: expected {len(columns)} columns")
         t = int(_number(path, line, row[0], "open_time"))
-        o, h, lo, c = (float(_number(path, line, row[i], columns[i])) for i in range(1, 5))
+        o, h, lo, c = (_float(path, line, row[i], columns[i]) for i in range(1, 5))
         if min(o, h, lo, c) <= 0 or h < max(o, c, lo) or lo > min(o, c):
             raise ConfigError(f"{path}: line {line}: expected 0 < low <= open,close <= high")
         if series is None:
@@ -124,7 +137,7 @@ def read_series(path: Path, interval: str, columns: tuple[str, ...]) -> Series:
         series.h.append(h)
         series.low.append(lo)
         series.c.append(c)
-        series.v.append(float(_number(path, line, row[5], "volume")) if len(columns) > 5 else 0.0)
+        series.v.append(_float(path, line, row[5], "volume") if len(columns) > 5 else 0.0)
     if series is None:
         raise ConfigError(f"{path}: no rows: expected at least one candle")
     return series

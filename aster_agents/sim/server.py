@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 from aster_agents.errors import ConfigError
-from aster_agents.models import INTERVAL_MS
+from aster_agents.models import INTERVAL_MS, Kline
 from aster_agents.signing import MAINNET_CHAIN_ID
 from aster_agents.sim import controls
 from aster_agents.sim.auth import NONCE_WINDOW_US, Authenticator
@@ -447,6 +447,16 @@ class SimApp:
         return [name] if name else list(SYMBOLS)
 
     def _klines(self, _u: str, p: Params) -> Json:
+        return self.market.klines(*self._kline_query(p))
+
+    def kline_objects(self, p: Params) -> list[Kline]:
+        """The answer of ``GET klines`` (and its mark and index price kinds) with ``p`` as the
+        ``Kline`` objects parsing it gives, the same errors included: the in-process client's
+        typed path."""
+        return self.market.kline_objects(*self._kline_query(p))
+
+    def _kline_query(self, p: Params) -> tuple[str, str, int | None, int | None, int]:
+        """(symbol, interval, start, end, limit) of a klines request, checked."""
         symbol = self._symbol(p)
         assert symbol is not None
         interval = p.get("interval") or ""
@@ -457,7 +467,7 @@ class SimApp:
             raise ApiError(-1130, "Data sent for parameter 'limit' is not valid.")
         start = int(p["startTime"]) if p.get("startTime") else None
         end = int(p["endTime"]) if p.get("endTime") else None
-        return self.market.klines(symbol, interval, start, end, limit)
+        return symbol, interval, start, end, limit
 
     def _depth(self, _u: str, p: Params) -> Json:
         symbol = self._symbol(p)

@@ -24,14 +24,14 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Final
+from typing import Final, TypeVar
 
 from aster_agents.errors import AsterAgentsError
 from aster_agents.exchange.base import Exchange
 from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.sim.engine import ApiError
-from aster_agents.sim.market import Market, bucket_close, kline_row
-from aster_agents.sim.recording import Recording, Series, SymbolRecording
+from aster_agents.sim.market import CandleValues, Market, bucket_close
+from aster_agents.sim.recording import Recording, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
 WEEK_MS: Final = 7 * 86_400_000
@@ -50,7 +50,18 @@ def week_offset(recording_start: int, reference_ms: int) -> int:
     return max(0, math.ceil((reference_ms - recording_start) / WEEK_MS)) * WEEK_MS
 
 
-CLOSED_ROWS_KEPT: Final = 50_000  # closed candle rows a replay keeps built
+CLOSED_ROWS_KEPT: Final = 50_000  # closed candle rows (and Klines) a replay keeps built
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _keep(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    """Remember a closed candle; past ``CLOSED_ROWS_KEPT`` start over (a month of 1m candles
+    of ten symbols would otherwise all stay in memory)."""
+    if len(cache) >= CLOSED_ROWS_KEPT:
+        cache.clear()
+    cache[key] = value
 
 
 class ReplayMarket(Market):
@@ -78,6 +89,7 @@ class ReplayMarket(Market):
         self.genesis_ms = recording.start_ms + self.offset_ms
         self.end_ms = recording.end_ms + self.offset_ms - 1
         self._closed: dict[tuple[str, str, int], list[object]] = {}
+        self._closed_klines: dict[tuple[str, str, int], Kline] = {}
         self._marks: dict[str, tuple[int, Decimal]] = {}  # symbol -> the last (time, mark)
         self._books: dict[str, tuple[int, tuple[Decimal, Decimal]]] = {}
 
@@ -145,46 +157,71 @@ class ReplayMarket(Market):
         end: int | None = None,
         limit: int = 500,
     ) -> list[list[object]]:
+        self._check_interval(symbol, interval)
+        return super().klines(symbol, interval, start, end, limit)
+
+    def kline_objects(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[Kline]:
+        self._check_interval(symbol, interval)
+        return super().kline_objects(symbol, interval, start, end, limit)
+
+    def _check_interval(self, symbol: str, interval: str) -> None:
+        """A recorded symbol has no candles finer than its recording's."""
         rec = self._recorded(symbol)
         if rec is not None and INTERVAL_MS[interval] < rec.klines.step_ms:
             raise ApiError(
                 -1120,
                 f"Invalid interval: the recording of {symbol} starts at {rec.klines.interval}.",
             )
-        return super().klines(symbol, interval, start, end, limit)
 
     def _candle(self, symbol: str, interval: str, open_ms: int, now: int) -> list[object]:
-        rec = self._recorded(symbol)
-        if rec is None:
+        if self._recorded(symbol) is None:
             return super()._candle(symbol, interval, open_ms, now)
         key = (symbol, interval, open_ms)
         row = self._closed.get(key)
         if row is None:
-            row = self._recorded_candle(rec.klines, symbol, interval, open_ms, now)
+            row = super()._candle(symbol, interval, open_ms, now)
             if bucket_close(interval, open_ms) <= now:  # closed candles never change
-                if len(self._closed) >= CLOSED_ROWS_KEPT:  # a month of 1m candles: memory
-                    self._closed.clear()
-                self._closed[key] = row
+                _keep(self._closed, key, row)
         return row
 
-    def _recorded_candle(
-        self, s: Series, symbol: str, interval: str, open_ms: int, now: int
-    ) -> list[object]:
-        sym = SYMBOLS[symbol]
+    def _kline(self, symbol: str, interval: str, open_ms: int, now: int) -> Kline:
+        if self._recorded(symbol) is None:
+            return super()._kline(symbol, interval, open_ms, now)
+        key = (symbol, interval, open_ms)
+        kline = self._closed_klines.get(key)
+        if kline is None:
+            kline = super()._kline(symbol, interval, open_ms, now)
+            if bucket_close(interval, open_ms) <= now:  # closed candles never change
+                _keep(self._closed_klines, key, kline)
+        return kline
+
+    def _candle_values(self, symbol: str, interval: str, open_ms: int, now: int) -> CandleValues:
+        rec = self._recorded(symbol)
+        if rec is None:
+            return super()._candle_values(symbol, interval, open_ms, now)
+        s = rec.klines
+        step = s.step_ms  # a property: read once (a tick builds two candles per agent)
         close_ms = bucket_close(interval, open_ms)
         base = s.first_open + self.offset_ms
-        lo_i = max(0, (open_ms - base) // s.step_ms)
-        hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // s.step_ms)
+        lo_i = max(0, (open_ms - base) // step)
+        hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // step)
         op, hi, low, cl, vol = s.o[lo_i], -math.inf, math.inf, s.o[lo_i], 0.0
         for i in range(lo_i, hi_i + 1):
             h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
-            candle_end = base + (i + 1) * s.step_ms - 1
+            candle_end = base + (i + 1) * step - 1
             if candle_end > now:
-                frac = min(1.0, max(0.0, (now - base - i * s.step_ms) / s.step_ms))
+                frac = min(1.0, max(0.0, (now - base - i * step) / step))
                 c, h, lw = held(s.o[i], h, lw, c, frac)
                 v *= frac
             hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
-        return kline_row(sym, open_ms, close_ms, op, hi, low, cl, vol)
+        return open_ms, close_ms, op, hi, low, cl, vol
 
 
 # premiumIndex + bookTicker per symbol (weight 1 each) every LIVE_POLL_S: at most a quarter of
@@ -216,7 +253,7 @@ class LiveMarket(Market):
         self.poll_s = poll_s
         self._premium: dict[str, PremiumIndex] = {}
         self._book: dict[str, tuple[Decimal, Decimal]] = {}
-        self._klines: dict[tuple[object, ...], tuple[int, list[list[object]]]] = {}
+        self._klines: dict[tuple[object, ...], tuple[int, list[Kline]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.poll()  # the first answers (or a clear error) before the simulator serves anything
@@ -276,17 +313,29 @@ class LiveMarket(Market):
         end: int | None = None,
         limit: int = 500,
     ) -> list[list[object]]:
+        return [
+            _row(k, SYMBOLS[symbol])
+            for k in self.kline_objects(symbol, interval, start, end, limit)
+        ]
+
+    def kline_objects(
+        self,
+        symbol: str,
+        interval: str,
+        start: int | None = None,
+        end: int | None = None,
+        limit: int = 500,
+    ) -> list[Kline]:
+        """The upstream's candles (parsing ``klines``' rows gives them back: each text is
+        ``str`` of the upstream's Decimal)."""
         key = (symbol, interval, start, end, limit)
         now = self.now_ms()
         hit = self._klines.get(key)
         if hit is not None and now < hit[0]:
             return hit[1]
-        rows = [
-            _row(k, SYMBOLS[symbol])
-            for k in self.upstream.klines(symbol, interval, limit, start_time=start, end_time=end)
-        ]
-        self._klines[key] = (now + LIVE_KLINES_TTL_MS, rows)
-        return rows
+        klines = self.upstream.klines(symbol, interval, limit, start_time=start, end_time=end)
+        self._klines[key] = (now + LIVE_KLINES_TTL_MS, klines)
+        return klines
 
 
 def _row(k: Kline, sym: SimSymbol) -> list[object]:
