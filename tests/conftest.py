@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import decimal
 import os
 import sys
 from collections.abc import Iterator
@@ -52,3 +53,23 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "200")
     yield
+
+
+def _decimal_settings() -> tuple[object, ...]:
+    c = decimal.getcontext()
+    traps = tuple(sorted(t.__name__ for t, on in c.traps.items() if on))
+    return (c.prec, c.rounding, c.Emin, c.Emax, c.capitals, c.clamp, traps)
+
+
+@pytest.fixture(autouse=True)
+def _decimal_context_kept() -> Iterator[None]:
+    """A test that leaves the thread's decimal context changed fails, and the context is put
+    back: the project's money arithmetic (fees, P&L quantized in the default context) must not
+    depend on which test file ran before it on the same worker (ccxt, for one, sets rounding
+    to ROUND_HALF_UP on the context it finds: give it ``decimal.localcontext()``)."""
+    before, saved = _decimal_settings(), decimal.getcontext().copy()
+    yield
+    after = _decimal_settings()
+    if after != before:
+        decimal.setcontext(saved)
+        pytest.fail(f"the test changed the thread's decimal context: {before} -> {after}")

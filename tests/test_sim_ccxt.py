@@ -10,7 +10,7 @@ own parser. Everything else below is ccxt's code, unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 import ccxt
@@ -24,6 +24,13 @@ SYMBOL = "BTC/USDT:USDT"
 
 @pytest.fixture
 def aster(sim_server: SimServer, sim_keys: SimKeys) -> Iterator[Any]:
+    """ccxt's client, in a decimal context of its own: ccxt sets the rounding of the context
+    it finds (ROUND_HALF_UP), which would change the money arithmetic of later tests."""
+    with localcontext():
+        yield from _aster(sim_server, sim_keys)
+
+
+def _aster(sim_server: SimServer, sim_keys: SimKeys) -> Iterator[Any]:
     sim_server.market.pin("BTCUSDT", Decimal("50000.0"))
     exchange = ccxt.aster(
         {
