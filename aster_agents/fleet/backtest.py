@@ -411,7 +411,6 @@ def _runners(
     strategies: Mapping[str, Strategy],
 ) -> list[AgentRunner]:
     cache = MemoryCache()
-    closed: dict[tuple[str, str, str, int], Kline] = {}
     runners = []
     for agent in agents:
         ledger.register_agent(
@@ -425,7 +424,6 @@ def _runners(
             agent.exchange.user,
             agent_id=agent.id,
             wall_to_market=clock.wall_to_market,
-            closed_klines=closed,
         )
         runner = AgentRunner(
             fleet,

@@ -41,8 +41,8 @@ ORDERS_KEPT: Final = 1_000  # parsed open orders (and trades) kept per client, b
 class InProcessClient(AsterClient):
     """An :class:`AsterClient` answering from ``app`` for ``user`` (no network, no keys).
 
-    ``closed_klines`` is accepted and unused: the simulator keeps its closed candles as
-    ``Kline`` objects itself now (``ReplayMarket._kline``), for every client of a run.
+    Closed candles are shared by every client of a run without a cache here: the simulator
+    keeps them as ``Kline`` objects itself (``ReplayMarket._kline``).
     """
 
     def __init__(
@@ -52,7 +52,6 @@ class InProcessClient(AsterClient):
         *,
         agent_id: str | None = None,
         wall_to_market: Callable[[int], int] | None = None,
-        closed_klines: dict[tuple[str, str, str, int], Kline] | None = None,
     ) -> None:
         super().__init__(
             "http://in-process.invalid",
