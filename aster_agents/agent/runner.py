@@ -495,7 +495,7 @@ class AgentRunner:
                 logger.warning("{}: order refused: {}", symbol, exc)
                 report.errors.append(f"{symbol}: {exc}")
         self._snapshot()
-        self.governor.after_tick()  # kill switches, automatic rebalance
+        self.governor.after_tick(self.clock())  # kill switches, automatic rebalance
         return report
 
     def _tick_symbol(self, symbol: str, report: TickReport) -> None:

@@ -637,7 +637,12 @@ class Ledger:
             return books.marks(conn, user)
 
     def reallocate(
-        self, moves: Mapping[str, Decimal], *, reason: str, detail: Mapping[str, object]
+        self,
+        moves: Mapping[str, Decimal],
+        *,
+        reason: str,
+        detail: Mapping[str, object],
+        time_ms: int | None = None,
     ) -> int:
         """Set each agent's capital to its target, in one transaction; returns the rebalance id.
 
@@ -646,10 +651,11 @@ class Ledger:
         unallocated cash. Refused (LedgerError, nothing written) when a target is negative,
         an agent is unknown, an account has no unallocated sleeve yet, unallocated would go
         negative, or a sleeve would have less equity than the margin its open positions and
-        active open intents use.
+        active open intents use. ``time_ms`` (default now) is the rebalance's time: the
+        automatic rebalance's clock, which times the next one.
         """
         with self.store.write() as conn:
-            return books.reallocate(conn, moves, reason, detail)
+            return books.reallocate(conn, moves, reason, detail, time_ms)
 
     def last_rebalance(self) -> RebalanceRow | None:
         return books.last_rebalance(self.store.conn)

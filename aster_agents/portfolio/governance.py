@@ -25,13 +25,11 @@ carries out what it returns.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from aster_agents.ledger.history import OPERATOR_ENABLE
-from aster_agents.models import now_ms
 from aster_agents.portfolio import metrics
 from aster_agents.portfolio.metrics import MS_PER_DAY, CombinedNav, Metrics, NavPoint
 from aster_agents.portfolio.rebalance import (
@@ -54,8 +52,9 @@ if TYPE_CHECKING:
 
 ZERO: Final = Decimal(0)
 CENT: Final = Decimal("0.01")
-PORTFOLIO_CHECK_S: Final = 30.0  # wall seconds between a runner's portfolio kill-switch checks
-AUTO_CHECK_S: Final = 60.0  # wall seconds between a runner's looks at the automatic rebalance
+# On the runner's clock (market time in a backtest or lockstep replay, wall time live):
+PORTFOLIO_CHECK_MS: Final = 30_000  # between a runner's portfolio kill-switch checks
+AUTO_CHECK_MS: Final = 60_000  # between a runner's looks at the automatic rebalance
 
 
 def policy_of(fleet: FleetConfig) -> Policy:
@@ -403,7 +402,7 @@ def rebalance_now(fleet: FleetConfig, ledger: Ledger, *, now_ms: int, reason: st
         "moves": {a: {"from": _capital(rv, a), "to": c} for a, c in moves.items()},
         "weights": {x.agent_id: [x.current, x.proposed] for x in rv.proposal.changes},
     }
-    rid = ledger.reallocate(moves, reason=reason, detail=detail)
+    rid = ledger.reallocate(moves, reason=reason, detail=detail, time_ms=now_ms)
     return Applied(rv, rid, moves, f"applied rebalance {rid}: {len(moves)} sleeve(s) moved")
 
 
@@ -474,9 +473,11 @@ class Governor:
     """One agent process's share of governance, called once per tick after the snapshot.
 
     Checks the agent's own kill switch every tick (one row and the new snapshots), the
-    account's every ``PORTFOLIO_CHECK_S`` seconds, and the automatic rebalance every
-    ``AUTO_CHECK_S`` seconds. Peaks are kept in memory and restarted when an operator
-    enables an agent.
+    account's every ``PORTFOLIO_CHECK_MS`` and the automatic rebalance every
+    ``AUTO_CHECK_MS``, on the time the runner gives each tick: its clock, so that a backtest
+    and a lockstep replay (market time) check at the same market times whatever the speed
+    of the machine, as a live agent (wall time) does. Peaks are kept in memory and
+    restarted when an operator enables an agent.
     """
 
     def __init__(self, fleet: FleetConfig, agent_id: str, ledger: Ledger) -> None:
@@ -487,21 +488,23 @@ class Governor:
         self._seen: dict[str, tuple[str, str | None]] = {}
         self._peak: _Peak | None = None
         self._account: _Account | None = None
-        self._next_portfolio = 0.0
-        self._next_auto = time.monotonic() + AUTO_CHECK_S
+        self._next_portfolio: int | None = None  # the first tick checks
+        self._next_auto: int | None = None  # AUTO_CHECK_MS after the first tick
 
-    def after_tick(self) -> list[Transition]:
+    def after_tick(self, now_ms: int) -> list[Transition]:
+        """The transitions applied after the tick at ``now_ms`` (the runner's clock)."""
         row = self.ledger.agent(self.agent_id)
         if row is None:
             return []
         done = self._own(row)
-        clock = time.monotonic()
-        if clock >= self._next_portfolio:
-            self._next_portfolio = clock + PORTFOLIO_CHECK_S
+        if self._next_portfolio is None or now_ms >= self._next_portfolio:
+            self._next_portfolio = now_ms + PORTFOLIO_CHECK_MS
             done += self._portfolio(row.user)
-        if clock >= self._next_auto:
-            self._next_auto = clock + AUTO_CHECK_S
-            self._auto()
+        if self._next_auto is None:
+            self._next_auto = now_ms + AUTO_CHECK_MS
+        elif now_ms >= self._next_auto:
+            self._next_auto = now_ms + AUTO_CHECK_MS
+            self._auto(now_ms)
         return done
 
     def _reset_at(self, agent_ids: Sequence[str]) -> int | None:
@@ -546,9 +549,9 @@ class Governor:
         states = {r.agent_id: r.state for r in rows}
         return apply_transitions(self.ledger, portfolio_kill(states, drawdown, self.policy))
 
-    def _auto(self) -> None:
+    def _auto(self, now_ms: int) -> None:
         from aster_agents.logs import logger
 
-        applied = auto_rebalance(self.fleet, self.ledger, now_ms=now_ms())
+        applied = auto_rebalance(self.fleet, self.ledger, now_ms=now_ms)
         if applied is not None and applied.rebalance_id is not None:
             logger.info("{}", applied.message)
