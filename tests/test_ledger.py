@@ -614,7 +614,9 @@ def test_equity_history_is_in_time_order(ledger: Ledger) -> None:
     ]
 
 
-def _end_of_tick(ledger: Ledger, agent: str, user: str, *, one_call: bool) -> tuple[list, list]:
+def _end_of_tick(
+    ledger: Ledger, agent: str, user: str, *, one_call: bool
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     """The end of two ticks (marks, then none) in the two-call or the one-call form; the
     agent's equity rows and the account's marks rows, without their agent and user."""
     for t, marks in ((5_000, {"BTCUSDT": D("50000.5"), "ETHUSDT": D(3000)}), (6_000, {})):
@@ -661,6 +663,20 @@ def test_snapshot_with_marks_on_a_throwaway_ledger(tmp_path: Path) -> None:
         _two_forms(ledger)
         # limits and b1; two-call: 2 + 1 (no marks, no write); one-call: 1 + 1
         assert ledger.store.writes - writes == 2 + 3 + 2  # type: ignore[attr-defined]
+
+
+def test_sleeve_states_are_the_account_s_agent_rows_in_brief(ledger: Ledger) -> None:
+    """The account kill switch's per-tick read: state, reason and units of the account's
+    agents, as ``agent_rows`` has them."""
+    ledger.set_account_limits("u2", max_total_positions=3, max_gross_leverage=D(5))
+    ledger.register_agent("b1", "u2", max_positions=2, capital=D(50))
+    ledger.set_state("a2", "disabled", "kill switch")
+    ledger.allocate("a1", D(120))
+    for user in ("u1", "u2", "nobody"):
+        rows = [r for r in ledger.agent_rows() if r.user == user]
+        expected = [(r.agent_id, r.user, r.state, r.state_reason, r.units) for r in rows]
+        assert [tuple(s) for s in ledger.sleeve_states(user)] == expected
+    assert [s.state_reason for s in ledger.sleeve_states("u1")] == [None, "kill switch"]
 
 
 def test_audit_lists_every_state_change_newest_first(ledger: Ledger) -> None:

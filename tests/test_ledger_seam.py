@@ -167,9 +167,9 @@ def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_databa
 def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
     tmp_path: Path,
 ) -> None:
-    """A heartbeat, an equity snapshot or marks leave the kept positions and intents (their
-    tables unchanged), a heartbeat re-reads the agent's row; any other write re-reads all, and
-    every answer equals a file ledger's given the same writes."""
+    """A heartbeat, an equity snapshot or marks leave the kept positions, intents and sleeve
+    states (their tables or columns unchanged), a heartbeat re-reads the agent's row; any
+    other write re-reads all, and every answer equals a file ledger's given the same writes."""
     with Ledger(tmp_path / "mem", throwaway=True) as mem, Ledger(tmp_path / "file") as disk:
         both = (mem, disk)
         for ledger in both:
@@ -188,10 +188,12 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
                 lambda ledger: ledger.positions(agent_id="a-1"),
                 lambda ledger: ledger.unresolved_intents("a-1"),
                 lambda ledger: ledger.equity_history("a-1"),  # its units from the kept row
+                lambda ledger: ledger.sleeve_states("0xaa"),
             ):
                 assert [timeless(r) for r in read(mem)] == [timeless(r) for r in read(disk)]
 
         positions, intents = mem.positions(agent_id="a-1"), mem.unresolved_intents("a-1")
+        sleeves = mem.sleeve_states("0xaa")
         row = mem.agent("a-1")
         kept = mem._kept  # type: ignore[attr-defined]
         first = dict(kept)
@@ -201,7 +203,12 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
             ledger.record_marks("0xaa", {"BTCUSDT": Decimal(3000)})
         assert mem.positions(agent_id="a-1") == positions == []
         assert mem.unresolved_intents("a-1") == intents == []
-        for key in (("positions", "a-1", None), ("unresolved", "a-1", None)):
+        assert mem.sleeve_states("0xaa") == sleeves
+        for key in (
+            ("positions", "a-1", None),
+            ("unresolved", "a-1", None),
+            ("sleeves", "0xaa", None),
+        ):
             assert kept[key] is first[key]  # not read again
         again = mem.agent("a-1")
         assert row is not None and again is not None and again.ticks == row.ticks + 1
@@ -236,6 +243,10 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
             ledger.snapshot_equity("a-1", Decimal(100))
         assert [p.qty for p in mem.positions(agent_id="a-1")] == [Decimal("0.001")]
         assert (mem.agent("a-1") or row).positions == 1
+        same()
+        for ledger in both:
+            ledger.set_state("a-1", "probation", "drawdown")
+        assert [s.state for s in mem.sleeve_states("0xaa")] == ["probation"]
         same()
 
 

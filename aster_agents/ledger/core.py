@@ -45,6 +45,7 @@ from aster_agents.ledger.rows import (
     Intent,
     LedgerPosition,
     RebalanceRow,
+    SleeveState,
 )
 from aster_agents.models import Side
 
@@ -56,6 +57,7 @@ KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "agent": ("agents", "positions", "intents"),  # AGENT_COLS counts positions and intents
     "positions": ("positions",),
     "unresolved": ("intents",),
+    "sleeves": ("agents",),  # state and units: a heartbeat ("agent/ID") changes neither
 }
 KEPT_READ: Final = frozenset(t for tables in KEPT_TABLES.values() for t in tables)
 T = TypeVar("T")
@@ -258,6 +260,14 @@ class Ledger:
 
     def agent_rows(self) -> list[AgentRow]:
         return agents.rows(self.store.conn)
+
+    def sleeve_states(self, user: str) -> list[SleeveState]:
+        """The state and units of every agent of ``user`` (the account's kill switch, each
+        tick): a throwaway ledger keeps them until a write that may change them."""
+        found = self._keep(
+            ("sleeves", user, None), lambda: agents.sleeve_states(self.store.conn, user)
+        )
+        return list(found)
 
     # ----------------------------------------------------------------- reservations
 

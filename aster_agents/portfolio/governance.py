@@ -449,6 +449,23 @@ class _Peak:
         return min(1.0, (self.peak - self.nav) / self.peak) if self.peak > 0 else 0.0
 
 
+class Sleeve(Protocol):
+    """What the kill switches read of an agent: an ``AgentRow``, or the lighter
+    ``SleeveState`` the account's check reads for every agent of the account each tick."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def state_reason(self) -> str | None: ...
+
+    @property
+    def units(self) -> Decimal: ...
+
+
 class _Account:
     """The account's combined NAV since its reset time, fed snapshot by snapshot."""
 
@@ -457,7 +474,7 @@ class _Account:
         self.nav = CombinedNav()
         self.last_ms: dict[str, int] = {}
 
-    def feed(self, ledger: History, rows: Sequence[AgentRow]) -> float:
+    def feed(self, ledger: History, rows: Sequence[Sleeve]) -> float:
         events = []
         for r in rows:
             after = self.last_ms.get(r.agent_id, -1 if self.since_ms is None else self.since_ms - 1)
@@ -511,7 +528,7 @@ class Governor:
         resets = self.ledger.operator_enables(agent_ids)
         return max(resets.values(), default=None)
 
-    def _enabled_now(self, row: AgentRow) -> bool:
+    def _enabled_now(self, row: Sleeve) -> bool:
         """True when an operator enabled the agent since we last looked."""
         key = (row.state, row.state_reason)
         before = self._seen.get(row.agent_id)
@@ -538,16 +555,17 @@ class Governor:
         points = self.ledger.nav_after(row.agent_id, self._peak.last_ms)
         drawdown = self._peak.feed(nav_points(points, row.units, wiped=True))
         t = next_state(row.agent_id, row.state, drawdown, self.policy)
-        return apply_transitions(self.ledger, [t] if t else [])
+        return apply_transitions(self.ledger, [t]) if t else []
 
     def _portfolio(self, user: str) -> list[Transition]:
-        rows = [r for r in self.ledger.agent_rows() if r.user == user]
+        rows = self.ledger.sleeve_states(user)
         fresh = [self._enabled_now(r) for r in rows if r.agent_id != self.agent_id]
         if any(fresh) or self._account is None:
             self._account = _Account(self._reset_at([r.agent_id for r in rows]))
         drawdown = self._account.feed(self.ledger, rows)
         states = {r.agent_id: r.state for r in rows}
-        return apply_transitions(self.ledger, portfolio_kill(states, drawdown, self.policy))
+        kills = portfolio_kill(states, drawdown, self.policy)
+        return apply_transitions(self.ledger, kills) if kills else []
 
     def _auto(self, now_ms: int) -> None:
         from aster_agents.logs import logger
