@@ -22,6 +22,7 @@ from aster_agents.ledger.rows import DB_NAME
 from aster_agents.models import Side, now_ms
 from aster_agents.portfolio.governance import (
     Governor,
+    _TickReads,
     auto_rebalance,
     capital_moves,
     check_kill_switches,
@@ -314,6 +315,27 @@ def test_governor_checks_the_account_and_rebalances_on_the_clock_it_is_given(
         assert [(t.agent_id, t.new) for t in done] == [("a1", "disabled"), ("a2", "disabled")]
         assert all(t.reason.startswith("portfolio kill switch") for t in done)
         assert len(ledger.rebalances()) == 1  # the next look at +2 min is not due yet
+
+
+def test_a_tick_reads_the_agents_snapshots_once_and_answers_as_the_ledger(
+    setup: tuple[FleetConfig, Ledger],
+) -> None:
+    """Both kill switches read the agent's new snapshots: the tick's reads ask the ledger
+    once and give every later (or equal) ``after`` exactly the ledger's answer."""
+    _, ledger = setup
+    now = now_ms()
+    for i, nav in enumerate([1.0, 1.1, 1.05, 0.9]):
+        snapshots(ledger, "a1", [nav], now + i // 2)  # two snapshots share each time
+    snapshots(ledger, "a2", [1.0], now)
+    asked = [("a1", now - 1), ("a1", now - 1), ("a1", now), ("a1", now + 1), ("a1", now + 2)]
+    asked += [("a2", now - 1), ("a1", None)]  # another agent; then all of a1's again
+    expected = [ledger.nav_after(agent, after) for agent, after in asked]
+    trace: list[str] = []
+    ledger.store.conn.set_trace_callback(trace.append)  # type: ignore[attr-defined]
+    reads = _TickReads(ledger)
+    assert [reads.nav_after(agent, after) for agent, after in asked] == expected
+    assert len(expected[0]) == 4 and len(expected[2]) == 2 and expected[3] == []
+    assert len([q for q in trace if "FROM equity" in q]) == 3  # a1 once, a2, a1 from -1
 
 
 def backtest_fleet(root: Path, portfolio: str, users: tuple[int, ...]) -> FleetConfig:

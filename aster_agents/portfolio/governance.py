@@ -466,6 +466,36 @@ class Sleeve(Protocol):
     def units(self) -> Decimal: ...
 
 
+NavRows = list[tuple[int, float, float | None]]
+
+
+class NavReads(Protocol):
+    def nav_after(self, agent_id: str, after_ms: int | None = None) -> NavRows: ...
+
+
+class _TickReads:
+    """One tick's equity reads: the agent's own kill switch and the account's both read the
+    agent's new snapshots, so the first read serves the second.
+
+    ``nav_after`` is "snapshots with time > after_ms, by time then insertion": those after a
+    later time are the tail of an earlier read's rows, as long as nothing was written to
+    ``equity`` between the reads (a governor writes only states within a tick).
+    """
+
+    def __init__(self, ledger: NavReads) -> None:
+        self.ledger = ledger
+        self.read: tuple[str, int, NavRows] | None = None
+
+    def nav_after(self, agent_id: str, after_ms: int | None = None) -> NavRows:
+        after = -1 if after_ms is None else after_ms
+        read = self.read
+        if read is not None and read[0] == agent_id and read[1] <= after:
+            return [r for r in read[2] if r[0] > after] if read[1] < after else read[2]
+        rows = self.ledger.nav_after(agent_id, after)
+        self.read = (agent_id, after, rows)
+        return rows
+
+
 class _Account:
     """The account's combined NAV since its reset time, fed snapshot by snapshot."""
 
@@ -474,7 +504,7 @@ class _Account:
         self.nav = CombinedNav()
         self.last_ms: dict[str, int] = {}
 
-    def feed(self, ledger: History, rows: Sequence[Sleeve]) -> float:
+    def feed(self, ledger: NavReads, rows: Sequence[Sleeve]) -> float:
         events = []
         for r in rows:
             after = self.last_ms.get(r.agent_id, -1 if self.since_ms is None else self.since_ms - 1)
@@ -513,10 +543,11 @@ class Governor:
         row = self.ledger.agent(self.agent_id)
         if row is None:
             return []
-        done = self._own(row)
+        reads = _TickReads(self.ledger)
+        done = self._own(row, reads)
         if self._next_portfolio is None or now_ms >= self._next_portfolio:
             self._next_portfolio = now_ms + PORTFOLIO_CHECK_MS
-            done += self._portfolio(row.user)
+            done += self._portfolio(row.user, reads)
         if self._next_auto is None:
             self._next_auto = now_ms + AUTO_CHECK_MS
         elif now_ms >= self._next_auto:
@@ -536,7 +567,7 @@ class Governor:
         reason = row.state_reason or ""
         return before is not None and before != key and reason.startswith(OPERATOR_ENABLE)
 
-    def _own(self, row: AgentRow) -> list[Transition]:
+    def _own(self, row: AgentRow, reads: NavReads) -> list[Transition]:
         if self._peak is None and row.state == "disabled":
             from aster_agents.logs import logger
 
@@ -552,24 +583,24 @@ class Governor:
             self._account = None  # the account's peak restarts with it
         if row.state == "disabled":
             return []
-        points = self.ledger.nav_after(row.agent_id, self._peak.last_ms)
+        points = reads.nav_after(row.agent_id, self._peak.last_ms)
         drawdown = self._peak.feed(nav_points(points, row.units, wiped=True))
         t = next_state(row.agent_id, row.state, drawdown, self.policy)
         return apply_transitions(self.ledger, [t]) if t else []
 
-    def _portfolio(self, user: str) -> list[Transition]:
+    def _portfolio(self, user: str, reads: NavReads) -> list[Transition]:
         rows = self.ledger.sleeve_states(user)
         fresh = [self._enabled_now(r) for r in rows if r.agent_id != self.agent_id]
         if any(fresh) or self._account is None:
             self._account = _Account(self._reset_at([r.agent_id for r in rows]))
-        drawdown = self._account.feed(self.ledger, rows)
+        drawdown = self._account.feed(reads, rows)
         states = {r.agent_id: r.state for r in rows}
         kills = portfolio_kill(states, drawdown, self.policy)
         return apply_transitions(self.ledger, kills) if kills else []
 
     def _auto(self, now_ms: int) -> None:
-        from aster_agents.logs import logger
-
         applied = auto_rebalance(self.fleet, self.ledger, now_ms=now_ms)
         if applied is not None and applied.rebalance_id is not None:
+            from aster_agents.logs import logger
+
             logger.info("{}", applied.message)
