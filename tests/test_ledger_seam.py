@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aster_agents.errors import ReservationDenied
+from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import Ledger, agents
 from aster_agents.ledger.rows import AGENT_COLS
 from aster_agents.models import Side
@@ -248,6 +248,32 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
             ledger.set_state("a-1", "probation", "drawdown")
         assert [s.state for s in mem.sleeve_states("0xaa")] == ["probation"]
         same()
+
+
+@pytest.mark.parametrize("throwaway", [False, True])
+def test_a_failed_write_rolls_back_and_drops_the_kept_reads(
+    tmp_path: Path, throwaway: bool
+) -> None:
+    """A write whose block raises leaves nothing (the in-memory store's plain-class write as
+    the file store's generator), lets the next write in, and a throwaway ledger reads again
+    what it kept rather than trusting it."""
+    with Ledger(tmp_path, throwaway=throwaway) as ledger:
+        ledger.set_account_limits(
+            "0xaa", max_total_positions=2, max_gross_leverage=Decimal(3), equity=Decimal(900)
+        )
+        ledger.register_agent("a-1", "0xaa", max_positions=1, capital=Decimal(100))
+        before = ledger.agent("a-1")
+        with pytest.raises(ZeroDivisionError), ledger._write_to(("equity",)) as conn:  # type: ignore[attr-defined]
+            conn.execute("UPDATE agents SET capital = '7' WHERE agent_id = 'a-1'")
+            conn.execute("INSERT INTO equity (agent_id, time_ms, equity) VALUES ('a-1', 1, '7')")
+            _ = 1 / 0
+        assert ledger.equity_history("a-1") == []
+        assert ledger.agent("a-1") == before == agents.get(ledger.store.conn, "a-1")
+        with pytest.raises(LedgerError, match="ghost is not registered"):
+            ledger.heartbeat("ghost", 1)  # raised inside the write: rolled back too
+        ledger.snapshot_equity("a-1", Decimal(101), 5)
+        assert [(p.time_ms, p.equity) for p in ledger.equity_history("a-1")] == [(5, Decimal(101))]
+        assert not ledger.store.conn.in_transaction  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("throwaway", [False, True])

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
+from types import TracebackType
 from typing import Final, TypeVar
 
 from aster_agents.errors import LedgerError, ReservationDenied
@@ -61,6 +62,7 @@ KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
 }
 KEPT_READ: Final = frozenset(t for tables in KEPT_TABLES.values() for t in tables)
 T = TypeVar("T")
+KeptKey = tuple[str, str | None, str | None]  # (kind, agent or None, user or None)
 _NONE: Final = object()  # no kept read
 
 
@@ -85,9 +87,7 @@ class Ledger:
         self.store: Store = open_store(Path(state_dir), url, throwaway=throwaway)
         # A throwaway ledger has no other writer: a read is kept until this process writes
         # (a write declared narrow by ``_write_to`` drops only the reads of its tables).
-        self._kept: dict[tuple[str, str | None, str | None], object] | None = (
-            {} if throwaway else None
-        )
+        self._kept: dict[KeptKey, object] | None = {} if throwaway else None
         self._clean_at = self._writes()  # the store's write count the kept reads are of
         self.state_dir = self.store.state_dir
         self.host = host_name()
@@ -108,7 +108,7 @@ class Ledger:
         writes: int = getattr(self.store, "writes", -1)
         return writes
 
-    def _kept_reads(self) -> dict[tuple[str, str | None, str | None], object] | None:
+    def _kept_reads(self) -> dict[KeptKey, object] | None:
         """The kept reads, emptied first if any write not declared narrow happened since."""
         kept = self._kept
         if kept is not None and self._writes() != self._clean_at:
@@ -116,7 +116,7 @@ class Ledger:
             self._clean_at = self._writes()
         return kept
 
-    def _keep(self, key: tuple[str, str | None, str | None], read: Callable[[], T]) -> T:
+    def _keep(self, key: KeptKey, read: Callable[[], T]) -> T:
         """``read()``, or (throwaway ledger) its last answer while nothing was written since."""
         kept = self._kept_reads()
         if kept is None:
@@ -128,13 +128,15 @@ class Ledger:
         kept[key] = value
         return value
 
-    @contextmanager
-    def _write_to(self, tables: Sequence[str], *, durable: bool = True) -> Iterator[Conn]:
+    def _write_to(
+        self, tables: Sequence[str], *, durable: bool = True
+    ) -> AbstractContextManager[Conn]:
         """``store.write()`` for a write that touches only ``tables`` (triggers included):
         a throwaway ledger keeps its reads of other tables across it."""
-        kept = self._kept_reads()
-        with self.store.write(durable=durable) as conn:
-            yield conn
+        return _NarrowWrite(self, tables, self.store.write(durable=durable))
+
+    def _wrote_to(self, kept: dict[KeptKey, object] | None, tables: Sequence[str]) -> None:
+        """A write to ``tables`` committed: drop the kept reads of those tables only."""
         if kept is None:
             return
         for t in tables:
@@ -802,3 +804,31 @@ class Ledger:
         Raises ``LedgerError`` when the ledger cannot be written (doctor's check).
         """
         return self.store.touch()
+
+
+class _NarrowWrite:
+    """``Ledger._write_to``: the store's write, then the kept reads of its tables dropped
+    once it committed. A plain class rather than a generator: the heartbeat and the equity
+    snapshot of every agent tick go through it."""
+
+    __slots__ = ("kept", "ledger", "tables", "write")
+
+    def __init__(
+        self, ledger: Ledger, tables: Sequence[str], write: AbstractContextManager[Conn]
+    ) -> None:
+        self.ledger, self.tables, self.write = ledger, tables, write
+        self.kept: dict[KeptKey, object] | None = None
+
+    def __enter__(self) -> Conn:
+        self.kept = self.ledger._kept_reads()
+        return self.write.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.write.__exit__(kind, exc, tb)  # raises what the write raised (it suppresses none)
+        if kind is None:
+            self.ledger._wrote_to(self.kept, self.tables)
