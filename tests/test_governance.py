@@ -15,19 +15,23 @@ from typer.testing import CliRunner
 
 from aster_agents.cli.main import build_app, main
 from aster_agents.config.schema import FleetConfig, load_fleet
+from aster_agents.fleet.backtest import run_backtest
 from aster_agents.ledger import AgentRow, Ledger, LedgerPosition
 from aster_agents.ledger.readonly import open_readonly
 from aster_agents.ledger.rows import DB_NAME
 from aster_agents.models import Side, now_ms
 from aster_agents.portfolio.governance import (
     Governor,
+    _TickReads,
     auto_rebalance,
     capital_moves,
     check_kill_switches,
     fleet_metrics,
+    nav_points,
     operator_set,
     review,
 )
+from aster_agents.portfolio.metrics import CombinedNav
 from aster_agents.signing import Signer, generate_private_key
 from aster_agents.sim.server import SimConfig, SimServer
 from tests.kit.agents import Fleet, make_fleet
@@ -35,6 +39,8 @@ from tests.kit.books import Trader
 from tests.kit.wait import wait_for
 
 HOUR = 3_600_000
+FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"
+BT_START = 1_637_180_400_000  # the fixture's first candle + 100 (the replay's default start)
 USER = Signer(generate_private_key()).address
 PORTFOLIO = """state_dir: state
 rebalance:
@@ -124,7 +130,7 @@ def test_runner_hook_puts_on_probation_then_kills_on_drawdown(
     now = now_ms()
     for i, nav in enumerate([1.0, 1.1, 1.0, 0.98, 0.95, 0.87]):
         snapshots(ledger, "a1", [nav], now + i)
-        gov.after_tick()
+        gov.after_tick(now_ms())
         if i == 3:
             assert state_of(ledger, "a1") == "probation"  # 0.98 / 1.1 = -10.9%
     row = ledger.agent("a1")
@@ -141,16 +147,16 @@ def test_operator_enable_restarts_the_peak(setup: tuple[FleetConfig, Ledger]) ->
     gov = Governor(fleet, "a1", ledger)
     now = now_ms() - 1000
     snapshots(ledger, "a1", [1.0, 0.7], now)
-    gov.after_tick()
+    gov.after_tick(now_ms())
     assert state_of(ledger, "a1") == "disabled"
     operator_set(ledger, "a1", enabled=True, note="reviewed", now_ms=now_ms())
-    gov.after_tick()
+    gov.after_tick(now_ms())
     assert state_of(ledger, "a1") == "active"
     snapshots(ledger, "a1", [0.7, 0.69], now_ms() + 10)
-    gov.after_tick()
+    gov.after_tick(now_ms())
     assert state_of(ledger, "a1") == "active"
     snapshots(ledger, "a1", [0.55], now_ms() + 20)
-    gov.after_tick()
+    gov.after_tick(now_ms())
     assert state_of(ledger, "a1") == "disabled"
 
 
@@ -160,7 +166,7 @@ def test_a_disabled_agent_never_re_enables_itself(setup: tuple[FleetConfig, Ledg
     operator_set(ledger, "a1", enabled=False, note="manual", now_ms=now_ms())
     gov = Governor(fleet, "a1", ledger)
     snapshots(ledger, "a1", [1.0, 1.2, 1.5], now_ms())
-    gov.after_tick()
+    gov.after_tick(now_ms())
     assert state_of(ledger, "a1") == "disabled"
 
 
@@ -178,7 +184,7 @@ def test_portfolio_kill_switch_disables_every_agent(tmp_path: Path) -> None:
         assert "portfolio kill switch: combined drawdown 13.0%" in row.state_reason
         gov = Governor(fleet, "a1", ledger)
         operator_set(ledger, "a1", enabled=True, note=None, now_ms=now_ms())
-        gov.after_tick()
+        gov.after_tick(now_ms())
         assert state_of(ledger, "a1") == "active"  # the enable restarted the account's peak
 
 
@@ -276,6 +282,136 @@ def test_auto_rebalance_applies_once_and_only_one_process_at_a_time(tmp_path: Pa
         assert auto_rebalance(fleet, ledger, now_ms=now_ms()) is None
         row = ledger.agent("a1")
         assert row is not None and row.capital == Decimal("350.00")
+
+
+# ---------------------------------------------------------------------- the runner's clock
+
+MARKET = BT_START  # a replay's market time, years before the wall clock
+MINUTE = 60_000
+
+
+def test_governor_checks_the_account_and_rebalances_on_the_clock_it_is_given(
+    tmp_path: Path,
+) -> None:
+    """The account's kill switch every 30 s and the automatic rebalance every 60 s of the
+    runner's clock (market time here), whatever the wall clock did meanwhile; the rebalance
+    is stamped with that time, which times the next one."""
+    fleet = load_fleet(
+        write_config(tmp_path, enabled=True, portfolio_kill=0.12), check_strategies=False
+    )
+    with open_ledger(tmp_path / "state") as ledger:
+        history(ledger)  # a1 rises, a2 drifts down: the rebalance moves capital
+        gov = Governor(fleet, "a1", ledger)
+        assert gov.after_tick(MARKET) == []  # the account checked, next at +30 s
+        assert gov.after_tick(MARKET + 59_999) == [] and ledger.rebalances() == []  # next +89.999
+        gov.after_tick(MARKET + MINUTE)  # the first automatic look, one minute in
+        (applied,) = ledger.rebalances()
+        assert applied.time_ms == MARKET + MINUTE and applied.reason == "automatic rebalance"
+        end = ledger.nav_after("a2")[-1][0]
+        snapshots(ledger, "a2", [0.6], end + 1)  # the account falls past 12%
+        done = gov.after_tick(MARKET + 89_998)  # a1's own switch only: the account is not due
+        assert done == [] and state_of(ledger, "a2") == "active"
+        done = gov.after_tick(MARKET + 89_999)
+        assert [(t.agent_id, t.new) for t in done] == [("a1", "disabled"), ("a2", "disabled")]
+        assert all(t.reason.startswith("portfolio kill switch") for t in done)
+        assert len(ledger.rebalances()) == 1  # the next look at +2 min is not due yet
+
+
+def test_a_tick_reads_the_agents_snapshots_once_and_answers_as_the_ledger(
+    setup: tuple[FleetConfig, Ledger],
+) -> None:
+    """Both kill switches read the agent's new snapshots: the tick's reads ask the ledger
+    once and give every later (or equal) ``after`` exactly the ledger's answer."""
+    _, ledger = setup
+    now = now_ms()
+    for i, nav in enumerate([1.0, 1.1, 1.05, 0.9]):
+        snapshots(ledger, "a1", [nav], now + i // 2)  # two snapshots share each time
+    snapshots(ledger, "a2", [1.0], now)
+    asked = [("a1", now - 1), ("a1", now - 1), ("a1", now), ("a1", now + 1), ("a1", now + 2)]
+    asked += [("a2", now - 1), ("a1", None)]  # another agent; then all of a1's again
+    expected = [ledger.nav_after(agent, after) for agent, after in asked]
+    trace: list[str] = []
+    ledger.store.conn.set_trace_callback(trace.append)  # type: ignore[attr-defined]
+    reads = _TickReads(ledger)
+    assert [reads.nav_after(agent, after) for agent, after in asked] == expected
+    assert len(expected[0]) == 4 and len(expected[2]) == 2 and expected[3] == []
+    assert len([q for q in trace if "FROM equity" in q]) == 3  # a1 once, a2, a1 from -1
+
+
+def backtest_fleet(root: Path, portfolio: str, users: tuple[int, ...]) -> FleetConfig:
+    """Agents trend, mean_reversion, ... on XRPUSDT 5m, the i-th on account ``users[i]``."""
+    d = root / "agents.d"
+    d.mkdir(parents=True)
+    (d / "_portfolio.yaml").write_text(f"state_dir: state\nrebalance:\n{portfolio}")
+    for i, user in enumerate(users, 1):
+        strategy = ("trend", "mean_reversion")[(i - 1) % 2]
+        (d / f"bt-{i}.yaml").write_text(
+            f"id: bt-{i}\nname: backtest {i}\nexchange:\n"
+            f'  user: "0x{user:040x}"\n  signer: "0x{i + 100:040x}"\n'
+            f"  signer_key_env: BT_{i}_KEY\n  base_url: http://127.0.0.1:1\n"
+            f"trading:\n  strategy: {strategy}\n  symbols: [XRPUSDT]\n  interval: 5m\n"
+            "  scan_interval_seconds: 60\n  max_positions: 1\n  min_confidence: 0.5\n"
+            "  position_size_pct: 0.5\n  leverage: 5\n  stop_loss_pct: 0.01\n"
+            "  take_profit_pct: 0.02\nallocation:\n  capital_pct: 0.4\n"
+        )
+    return load_fleet(d)
+
+
+def account_drawdowns(state_dir: Path, agent_id: str) -> list[float]:
+    """The account's combined drawdown after each of its only sleeve's snapshots."""
+    with Ledger(state_dir) as ledger:
+        row = ledger.agent(agent_id)
+        assert row is not None
+        combined, out = CombinedNav(), []
+        for point in nav_points(ledger.nav_after(agent_id), row.units):
+            combined.add(agent_id, point)
+            out.append(combined.drawdown)
+        return out
+
+
+def test_backtest_account_kill_switch_fires_at_the_market_tick_it_is_due(tmp_path: Path) -> None:
+    """The account's drawdown first reaches the limit at tick k of a run without the switch;
+    with it, the same run trades alike up to that tick's market time and opens nothing
+    after it (on the wall clock a fast run checked the account only at its first tick)."""
+    loose = "  probation_drawdown: 0.5\n  kill_drawdown: 0.9\n"
+    end = BT_START + 12 * HOUR
+    free = run_backtest(
+        backtest_fleet(tmp_path / "free", loose + "  portfolio_kill_drawdown: 0.95\n", (1,)),
+        FIXTURE,
+        to_ms=end,
+        state_dir=tmp_path / "free" / "state",
+    )
+    drawdowns = account_drawdowns(tmp_path / "free" / "state", "bt-1")
+    assert len(drawdowns) == free.agent_ticks + 1  # start-up's snapshot, then one per tick
+    k = next(i for i, d in enumerate(drawdowns) if d >= 0.03)
+    due_ms = BT_START + (k - 1) * MINUTE  # snapshot k is the one of tick k - 1
+    assert any(f.kind == "open" and f.time_ms > due_ms for f in free.fills)
+    killed = run_backtest(
+        backtest_fleet(tmp_path / "kill", loose + "  portfolio_kill_drawdown: 0.03\n", (1,)),
+        FIXTURE,
+        to_ms=end,
+        state_dir=tmp_path / "kill" / "state",
+    )
+    assert [f for f in killed.fills if f.time_ms <= due_ms] == [
+        f for f in free.fills if f.time_ms <= due_ms
+    ]
+    assert not [f for f in killed.fills if f.kind == "open" and f.time_ms > due_ms]
+    with Ledger(tmp_path / "kill" / "state") as ledger:
+        row = ledger.agent("bt-1")
+        assert row is not None and row.state == "disabled"
+        assert (row.state_reason or "").startswith("portfolio kill switch")
+
+
+def test_backtest_automatic_rebalance_looks_at_the_market_times_it_is_due(tmp_path: Path) -> None:
+    """Two agents of one account, rebalancing every 60 market minutes: the first look one
+    minute into the run, then every interval; the lock's stamp is the last look's market
+    time (on the wall clock a run of seconds never looked)."""
+    fleet = backtest_fleet(tmp_path, "  enabled: true\n  interval_minutes: 60\n", (1, 1))
+    for hours, last in ((2, 61), (6, 301)):
+        state_dir = tmp_path / f"state-{hours}"
+        run_backtest(fleet, FIXTURE, to_ms=BT_START + hours * HOUR, state_dir=state_dir)
+        with Ledger(state_dir) as ledger, ledger.rebalance_lock() as held:
+            assert held is not None and held.stamp() == BT_START + last * MINUTE
 
 
 # ---------------------------------------------------------------------- CLI

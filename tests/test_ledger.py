@@ -614,6 +614,71 @@ def test_equity_history_is_in_time_order(ledger: Ledger) -> None:
     ]
 
 
+def _end_of_tick(
+    ledger: Ledger, agent: str, user: str, *, one_call: bool
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The end of two ticks (marks, then none) in the two-call or the one-call form; the
+    agent's equity rows and the account's marks rows, without their agent and user."""
+    for t, marks in ((5_000, {"BTCUSDT": D("50000.5"), "ETHUSDT": D(3000)}), (6_000, {})):
+        equity = D("101.12345678") + t
+        if one_call:
+            ledger.snapshot_with_marks(agent, equity, marks, user=user, time_ms=t)
+        else:
+            ledger.record_marks(user, marks, t)
+            ledger.snapshot_equity(agent, equity, t)
+    conn = ledger.store.conn
+    equity_rows = conn.execute(
+        "SELECT time_ms, equity, units, nav FROM equity WHERE agent_id = ? ORDER BY rowid",
+        (agent,),
+    ).fetchall()
+    mark_rows = conn.execute(
+        "SELECT symbol, mark, time_ms FROM marks WHERE user = ? ORDER BY symbol", (user,)
+    ).fetchall()
+    return [tuple(r) for r in equity_rows], [tuple(r) for r in mark_rows]
+
+
+def _two_forms(ledger: Ledger) -> None:
+    ledger.set_account_limits("u2", max_total_positions=3, max_gross_leverage=D(5))
+    ledger.register_agent("b1", "u2", max_positions=2, capital=D(100))
+    ledger.agent("a1"), ledger.agent("b1")  # a throwaway ledger takes the units from these
+    two = _end_of_tick(ledger, "a1", "u1", one_call=False)
+    one = _end_of_tick(ledger, "b1", "u2", one_call=True)
+    assert two[0] and two[1] and len(two[0]) == 2
+    assert one == two
+
+
+def test_snapshot_with_marks_writes_the_rows_of_record_marks_and_snapshot_equity(
+    ledger: Ledger,
+) -> None:
+    """The end of a tick in one transaction leaves the rows of its two-call form."""
+    _two_forms(ledger)
+
+
+def test_snapshot_with_marks_on_a_throwaway_ledger(tmp_path: Path) -> None:
+    """The same on a throwaway ledger, whose units come from its kept agent row."""
+    with Ledger(tmp_path, throwaway=True) as ledger:
+        ledger.set_account_limits("u1", max_total_positions=3, max_gross_leverage=D(5))
+        ledger.register_agent("a1", "u1", max_positions=2, capital=D(100))
+        writes = ledger.store.writes  # type: ignore[attr-defined]
+        _two_forms(ledger)
+        # limits and b1; two-call: 2 + 1 (no marks, no write); one-call: 1 + 1
+        assert ledger.store.writes - writes == 2 + 3 + 2  # type: ignore[attr-defined]
+
+
+def test_sleeve_states_are_the_account_s_agent_rows_in_brief(ledger: Ledger) -> None:
+    """The account kill switch's per-tick read: state, reason and units of the account's
+    agents, as ``agent_rows`` has them."""
+    ledger.set_account_limits("u2", max_total_positions=3, max_gross_leverage=D(5))
+    ledger.register_agent("b1", "u2", max_positions=2, capital=D(50))
+    ledger.set_state("a2", "disabled", "kill switch")
+    ledger.allocate("a1", D(120))
+    for user in ("u1", "u2", "nobody"):
+        rows = [r for r in ledger.agent_rows() if r.user == user]
+        expected = [(r.agent_id, r.user, r.state, r.state_reason, r.units) for r in rows]
+        assert [tuple(s) for s in ledger.sleeve_states(user)] == expected
+    assert [s.state_reason for s in ledger.sleeve_states("u1")] == [None, "kill switch"]
+
+
 def test_audit_lists_every_state_change_newest_first(ledger: Ledger) -> None:
     """Every state change leaves an audit row; audit() is newest first and limited."""
     intent = _open(ledger)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from aster_agents.errors import ReservationDenied
+from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import Ledger, agents
 from aster_agents.ledger.rows import AGENT_COLS
 from aster_agents.models import Side
@@ -167,9 +167,9 @@ def test_a_throwaway_ledger_lives_in_memory_and_never_uses_the_configured_databa
 def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
     tmp_path: Path,
 ) -> None:
-    """A heartbeat, an equity snapshot or marks leave the kept positions and intents (their
-    tables unchanged), a heartbeat re-reads the agent's row; any other write re-reads all, and
-    every answer equals a file ledger's given the same writes."""
+    """A heartbeat, an equity snapshot or marks leave the kept positions, intents and sleeve
+    states (their tables or columns unchanged), a heartbeat re-reads the agent's row; any
+    other write re-reads all, and every answer equals a file ledger's given the same writes."""
     with Ledger(tmp_path / "mem", throwaway=True) as mem, Ledger(tmp_path / "file") as disk:
         both = (mem, disk)
         for ledger in both:
@@ -188,10 +188,12 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
                 lambda ledger: ledger.positions(agent_id="a-1"),
                 lambda ledger: ledger.unresolved_intents("a-1"),
                 lambda ledger: ledger.equity_history("a-1"),  # its units from the kept row
+                lambda ledger: ledger.sleeve_states("0xaa"),
             ):
                 assert [timeless(r) for r in read(mem)] == [timeless(r) for r in read(disk)]
 
         positions, intents = mem.positions(agent_id="a-1"), mem.unresolved_intents("a-1")
+        sleeves = mem.sleeve_states("0xaa")
         row = mem.agent("a-1")
         kept = mem._kept  # type: ignore[attr-defined]
         first = dict(kept)
@@ -201,7 +203,12 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
             ledger.record_marks("0xaa", {"BTCUSDT": Decimal(3000)})
         assert mem.positions(agent_id="a-1") == positions == []
         assert mem.unresolved_intents("a-1") == intents == []
-        for key in (("positions", "a-1", None), ("unresolved", "a-1", None)):
+        assert mem.sleeve_states("0xaa") == sleeves
+        for key in (
+            ("positions", "a-1", None),
+            ("unresolved", "a-1", None),
+            ("sleeves", "0xaa", None),
+        ):
             assert kept[key] is first[key]  # not read again
         again = mem.agent("a-1")
         assert row is not None and again is not None and again.ticks == row.ticks + 1
@@ -237,6 +244,36 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
         assert [p.qty for p in mem.positions(agent_id="a-1")] == [Decimal("0.001")]
         assert (mem.agent("a-1") or row).positions == 1
         same()
+        for ledger in both:
+            ledger.set_state("a-1", "probation", "drawdown")
+        assert [s.state for s in mem.sleeve_states("0xaa")] == ["probation"]
+        same()
+
+
+@pytest.mark.parametrize("throwaway", [False, True])
+def test_a_failed_write_rolls_back_and_drops_the_kept_reads(
+    tmp_path: Path, throwaway: bool
+) -> None:
+    """A write whose block raises leaves nothing (the in-memory store's plain-class write as
+    the file store's generator), lets the next write in, and a throwaway ledger reads again
+    what it kept rather than trusting it."""
+    with Ledger(tmp_path, throwaway=throwaway) as ledger:
+        ledger.set_account_limits(
+            "0xaa", max_total_positions=2, max_gross_leverage=Decimal(3), equity=Decimal(900)
+        )
+        ledger.register_agent("a-1", "0xaa", max_positions=1, capital=Decimal(100))
+        before = ledger.agent("a-1")
+        with pytest.raises(ZeroDivisionError), ledger._write_to(("equity",)) as conn:  # type: ignore[attr-defined]
+            conn.execute("UPDATE agents SET capital = '7' WHERE agent_id = 'a-1'")
+            conn.execute("INSERT INTO equity (agent_id, time_ms, equity) VALUES ('a-1', 1, '7')")
+            _ = 1 / 0
+        assert ledger.equity_history("a-1") == []
+        assert ledger.agent("a-1") == before == agents.get(ledger.store.conn, "a-1")
+        with pytest.raises(LedgerError, match="ghost is not registered"):
+            ledger.heartbeat("ghost", 1)  # raised inside the write: rolled back too
+        ledger.snapshot_equity("a-1", Decimal(101), 5)
+        assert [(p.time_ms, p.equity) for p in ledger.equity_history("a-1")] == [(5, Decimal(101))]
+        assert not ledger.store.conn.in_transaction  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("throwaway", [False, True])

@@ -495,7 +495,7 @@ class AgentRunner:
                 logger.warning("{}: order refused: {}", symbol, exc)
                 report.errors.append(f"{symbol}: {exc}")
         self._snapshot()
-        self.governor.after_tick()  # kill switches, automatic rebalance
+        self.governor.after_tick(self.clock())  # kill switches, automatic rebalance
         return report
 
     def _tick_symbol(self, symbol: str, report: TickReport) -> None:
@@ -946,10 +946,9 @@ class AgentRunner:
         self._book_funding()
         positions = self.ledger.positions(agent_id=self.agent.id)
         marks = {p.symbol: self.client.premium_index(p.symbol).mark_price for p in positions}
-        self.ledger.record_marks(self.agent.exchange.user, marks)
-        row = self.ledger.agent(self.agent.id) or row
-        equity = sleeve_equity(row, positions, marks)
-        self.ledger.snapshot_equity(self.agent.id, equity.quantize(Decimal("0.00000001")))
+        row = self.ledger.agent(self.agent.id) or row  # funding booked just now included
+        equity = sleeve_equity(row, positions, marks).quantize(Decimal("0.00000001"))
+        self.ledger.snapshot_with_marks(self.agent.id, equity, marks, user=self.agent.exchange.user)
 
     def _book_funding(self) -> None:
         """Every FUNDING_EVERY ticks: book the account's new FUNDING_FEE income (any agent's

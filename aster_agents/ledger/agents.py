@@ -14,7 +14,16 @@ from aster_agents.errors import LedgerError
 from aster_agents.ledger import books
 from aster_agents.ledger.audit import now_ms, record, require_agent
 from aster_agents.ledger.backend import Conn
-from aster_agents.ledger.rows import AGENT_COLS, AccountLimits, AgentRow, agent_row, dec
+from aster_agents.ledger.rows import (
+    AGENT_COLS,
+    SLEEVE_STATE_COLS,
+    AccountLimits,
+    AgentRow,
+    SleeveState,
+    agent_row,
+    dec,
+    sleeve_state,
+)
 
 ZERO: Final = Decimal(0)
 MAX_NONCE_SLOTS: Final = 64
@@ -205,3 +214,11 @@ def get(conn: Conn, agent_id: str) -> AgentRow | None:
 def rows(conn: Conn) -> list[AgentRow]:
     found = conn.execute(f"SELECT {AGENT_COLS} FROM agents a ORDER BY a.user, a.agent_id")
     return [agent_row(r) for r in found.fetchall()]
+
+
+def sleeve_states(conn: Conn, user: str) -> list[SleeveState]:
+    """The state and units of every agent of ``user``, by agent id."""
+    found = conn.execute(
+        f"SELECT {SLEEVE_STATE_COLS} FROM agents WHERE user = ? ORDER BY agent_id", (user,)
+    )
+    return [sleeve_state(r) for r in found.fetchall()]

@@ -182,7 +182,11 @@ def equity_history(conn: Conn, agent_id: str) -> list[EquityPoint]:
 
 
 def reallocate(
-    conn: Conn, moves: Mapping[str, Decimal], reason: str, detail: Mapping[str, object]
+    conn: Conn,
+    moves: Mapping[str, Decimal],
+    reason: str,
+    detail: Mapping[str, object],
+    time_ms: int | None = None,
 ) -> int:
     """Set each agent's capital to its target (see ``Ledger.reallocate``); the rebalance id."""
     plan = _plan_moves(conn, moves)
@@ -205,7 +209,11 @@ def reallocate(
     doc = {**detail, **plan.detail()}
     rid = conn.execute(
         "INSERT INTO rebalances (time_ms, reason, detail) VALUES (?, ?, ?) RETURNING id",
-        (now_ms(), reason, json.dumps(doc, default=str, sort_keys=True)),
+        (
+            now_ms() if time_ms is None else time_ms,
+            reason,
+            json.dumps(doc, default=str, sort_keys=True),
+        ),
     ).fetchone()[0]
     record(conn, None, "rebalance", id=rid, reason=reason)
     return int(rid)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
+from types import TracebackType
 from typing import Final, TypeVar
 
 from aster_agents.errors import LedgerError, ReservationDenied
@@ -45,6 +46,7 @@ from aster_agents.ledger.rows import (
     Intent,
     LedgerPosition,
     RebalanceRow,
+    SleeveState,
 )
 from aster_agents.models import Side
 
@@ -56,9 +58,11 @@ KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "agent": ("agents", "positions", "intents"),  # AGENT_COLS counts positions and intents
     "positions": ("positions",),
     "unresolved": ("intents",),
+    "sleeves": ("agents",),  # state and units: a heartbeat ("agent/ID") changes neither
 }
 KEPT_READ: Final = frozenset(t for tables in KEPT_TABLES.values() for t in tables)
 T = TypeVar("T")
+KeptKey = tuple[str, str | None, str | None]  # (kind, agent or None, user or None)
 _NONE: Final = object()  # no kept read
 
 
@@ -83,9 +87,7 @@ class Ledger:
         self.store: Store = open_store(Path(state_dir), url, throwaway=throwaway)
         # A throwaway ledger has no other writer: a read is kept until this process writes
         # (a write declared narrow by ``_write_to`` drops only the reads of its tables).
-        self._kept: dict[tuple[str, str | None, str | None], object] | None = (
-            {} if throwaway else None
-        )
+        self._kept: dict[KeptKey, object] | None = {} if throwaway else None
         self._clean_at = self._writes()  # the store's write count the kept reads are of
         self.state_dir = self.store.state_dir
         self.host = host_name()
@@ -106,7 +108,7 @@ class Ledger:
         writes: int = getattr(self.store, "writes", -1)
         return writes
 
-    def _kept_reads(self) -> dict[tuple[str, str | None, str | None], object] | None:
+    def _kept_reads(self) -> dict[KeptKey, object] | None:
         """The kept reads, emptied first if any write not declared narrow happened since."""
         kept = self._kept
         if kept is not None and self._writes() != self._clean_at:
@@ -114,7 +116,7 @@ class Ledger:
             self._clean_at = self._writes()
         return kept
 
-    def _keep(self, key: tuple[str, str | None, str | None], read: Callable[[], T]) -> T:
+    def _keep(self, key: KeptKey, read: Callable[[], T]) -> T:
         """``read()``, or (throwaway ledger) its last answer while nothing was written since."""
         kept = self._kept_reads()
         if kept is None:
@@ -126,13 +128,15 @@ class Ledger:
         kept[key] = value
         return value
 
-    @contextmanager
-    def _write_to(self, tables: Sequence[str], *, durable: bool = True) -> Iterator[Conn]:
+    def _write_to(
+        self, tables: Sequence[str], *, durable: bool = True
+    ) -> AbstractContextManager[Conn]:
         """``store.write()`` for a write that touches only ``tables`` (triggers included):
         a throwaway ledger keeps its reads of other tables across it."""
-        kept = self._kept_reads()
-        with self.store.write(durable=durable) as conn:
-            yield conn
+        return _NarrowWrite(self, tables, self.store.write(durable=durable))
+
+    def _wrote_to(self, kept: dict[KeptKey, object] | None, tables: Sequence[str]) -> None:
+        """A write to ``tables`` committed: drop the kept reads of those tables only."""
         if kept is None:
             return
         for t in tables:
@@ -258,6 +262,14 @@ class Ledger:
 
     def agent_rows(self) -> list[AgentRow]:
         return agents.rows(self.store.conn)
+
+    def sleeve_states(self, user: str) -> list[SleeveState]:
+        """The state and units of every agent of ``user`` (the account's kill switch, each
+        tick): a throwaway ledger keeps them until a write that may change them."""
+        found = self._keep(
+            ("sleeves", user, None), lambda: agents.sleeve_states(self.store.conn, user)
+        )
+        return list(found)
 
     # ----------------------------------------------------------------- reservations
 
@@ -566,11 +578,34 @@ class Ledger:
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
         """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
-        kept = self._kept_reads()  # a throwaway ledger's current row: its units
-        row = None if kept is None else kept.get(("agent", agent_id, None))
-        units = row.units if isinstance(row, AgentRow) else None
+        units = self._kept_units(agent_id)
         with self._write_to(("equity",)) as conn:
             books.snapshot_equity(conn, agent_id, equity, time_ms, units=units)
+
+    def snapshot_with_marks(
+        self,
+        agent_id: str,
+        equity: Decimal,
+        marks: Mapping[str, Decimal],
+        *,
+        user: str,
+        time_ms: int | None = None,
+    ) -> None:
+        """``record_marks(user, marks)`` then ``snapshot_equity(agent_id, equity)``, in one
+        transaction stamped with one time: the end of every agent tick. The rows are those
+        of the two calls; one commit (and one writer lock) fewer per tick and live agent."""
+        units = self._kept_units(agent_id)
+        when = now_ms() if time_ms is None else time_ms
+        with self._write_to(("marks", "equity")) as conn:
+            if marks:
+                books.record_marks(conn, user, marks, when)
+            books.snapshot_equity(conn, agent_id, equity, when, units=units)
+
+    def _kept_units(self, agent_id: str) -> Decimal | None:
+        """The agent's units from a throwaway ledger's kept row (None: read them in the write)."""
+        kept = self._kept_reads()
+        row = None if kept is None else kept.get(("agent", agent_id, None))
+        return row.units if isinstance(row, AgentRow) else None
 
     def equity_history(self, agent_id: str) -> list[EquityPoint]:
         """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
@@ -614,7 +649,12 @@ class Ledger:
             return books.marks(conn, user)
 
     def reallocate(
-        self, moves: Mapping[str, Decimal], *, reason: str, detail: Mapping[str, object]
+        self,
+        moves: Mapping[str, Decimal],
+        *,
+        reason: str,
+        detail: Mapping[str, object],
+        time_ms: int | None = None,
     ) -> int:
         """Set each agent's capital to its target, in one transaction; returns the rebalance id.
 
@@ -623,10 +663,11 @@ class Ledger:
         unallocated cash. Refused (LedgerError, nothing written) when a target is negative,
         an agent is unknown, an account has no unallocated sleeve yet, unallocated would go
         negative, or a sleeve would have less equity than the margin its open positions and
-        active open intents use.
+        active open intents use. ``time_ms`` (default now) is the rebalance's time: the
+        automatic rebalance's clock, which times the next one.
         """
         with self.store.write() as conn:
-            return books.reallocate(conn, moves, reason, detail)
+            return books.reallocate(conn, moves, reason, detail, time_ms)
 
     def last_rebalance(self) -> RebalanceRow | None:
         return books.last_rebalance(self.store.conn)
@@ -763,3 +804,31 @@ class Ledger:
         Raises ``LedgerError`` when the ledger cannot be written (doctor's check).
         """
         return self.store.touch()
+
+
+class _NarrowWrite:
+    """``Ledger._write_to``: the store's write, then the kept reads of its tables dropped
+    once it committed. A plain class rather than a generator: the heartbeat and the equity
+    snapshot of every agent tick go through it."""
+
+    __slots__ = ("kept", "ledger", "tables", "write")
+
+    def __init__(
+        self, ledger: Ledger, tables: Sequence[str], write: AbstractContextManager[Conn]
+    ) -> None:
+        self.ledger, self.tables, self.write = ledger, tables, write
+        self.kept: dict[KeptKey, object] | None = None
+
+    def __enter__(self) -> Conn:
+        self.kept = self.ledger._kept_reads()
+        return self.write.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.write.__exit__(kind, exc, tb)  # raises what the write raised (it suppresses none)
+        if kind is None:
+            self.ledger._wrote_to(self.kept, self.tables)

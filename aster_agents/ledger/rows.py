@@ -101,6 +101,17 @@ class AgentRow(NamedTuple):
         return self.book_equity / self.units if self.units > 0 else Decimal(1)
 
 
+class SleeveState(NamedTuple):
+    """An agent's state and units: what the account's kill switch reads of every sleeve
+    each tick (``AgentRow`` has them too, at the price of two counts and eight decimals)."""
+
+    agent_id: str
+    user: str
+    state: str
+    state_reason: str | None
+    units: Decimal
+
+
 class AccountLimits(NamedTuple):
     """Per-account (``user``) limits shared by all of its agents."""
 
@@ -205,6 +216,13 @@ def sleeve_equity(
 ) -> Decimal:
     """capital + realized - fees + funding + unrealized at ``marks`` (the agent's positions)."""
     return row.book_equity + unrealized((p for p in positions if p.agent_id == row.agent_id), marks)
+
+
+SLEEVE_STATE_COLS: Final = "agent_id, user, state, state_reason, units"
+
+
+def sleeve_state(row: tuple[Any, ...]) -> SleeveState:
+    return SleeveState(str(row[0]), str(row[1]), str(row[2]), row[3], dec(row[4]))
 
 
 def equity_point(row: tuple[Any, ...]) -> EquityPoint:

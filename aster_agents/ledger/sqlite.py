@@ -46,8 +46,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
+from types import TracebackType
 from typing import Final
 
 from aster_agents.errors import LedgerError, StateDirFull
@@ -319,10 +320,9 @@ class SqliteStore:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             self.last_hold_ns = time.perf_counter_ns() - locked
 
-    @contextmanager
     def write(
         self, *, durable: bool = True, account: str | None = None
-    ) -> Iterator[sqlite3.Connection]:
+    ) -> AbstractContextManager[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction under the flock; rolled back on any error.
 
         A durable write returns only after the WAL holding its commit is synced, which is
@@ -334,19 +334,13 @@ class SqliteStore:
         A process crash never loses a committed transaction either way.
         ``account`` changes nothing here: one flock covers every account of the file.
         """
+        if self.throwaway:
+            return _MemoryWrite(self)
+        return self._file_write(durable)
+
+    @contextmanager
+    def _file_write(self, durable: bool) -> Iterator[sqlite3.Connection]:
         try:
-            if self.throwaway:  # one process, in memory: no flock, counters or sync
-                with self._thread_lock:
-                    self.writes += 1
-                    self.conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        yield self.conn
-                        self.conn.execute("COMMIT")
-                    except BaseException:
-                        if self.conn.in_transaction:
-                            self.conn.execute("ROLLBACK")
-                        raise
-                return
             with self._thread_lock:
                 self.writes += 1
                 with self._flock():
@@ -368,6 +362,12 @@ class SqliteStore:
             if self._is_full(exc):
                 raise self._full() from exc
             raise
+
+    def full_error(self, exc: BaseException) -> StateDirFull | None:
+        """The error to raise instead of ``exc`` when it says the state dir is full."""
+        if isinstance(exc, (sqlite3.Error, OSError)) and self._is_full(exc):
+            return self._full()
+        return None
 
     def _count(self, wait_ns: int) -> tuple[int, bool] | None:
         """Observe this write's lock wait; when due, add the waits (and, when the host's turn
@@ -488,3 +488,55 @@ class SqliteStore:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+
+
+class _MemoryWrite:
+    """A throwaway store's write: one transaction under the thread lock, with no flock,
+    counters or sync (one process, in memory). A plain class rather than a generator:
+    a backtest runs a few per agent tick, where the generator machinery cost about as
+    much as the in-memory ``BEGIN``/``COMMIT`` themselves."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        store._thread_lock.acquire()
+        try:
+            store.writes += 1
+            store.conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            store._thread_lock.release()
+            full = store.full_error(exc)
+            if full is not None:
+                raise full from exc
+            raise
+        return store.conn
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Commit, or roll back when the block (or the commit) failed; the block's error
+        propagates, a full state dir as ``StateDirFull``."""
+        store = self.store
+        try:
+            if exc is None:
+                try:
+                    store.conn.execute("COMMIT")
+                except BaseException as failed:
+                    exc = failed
+            if exc is not None:
+                if store.conn.in_transaction:
+                    store.conn.execute("ROLLBACK")
+                full = store.full_error(exc)
+                if full is not None:
+                    raise full from exc
+                if kind is None:  # the commit failed: its error, not the block's (none)
+                    raise exc
+        finally:
+            store._thread_lock.release()

@@ -25,13 +25,11 @@ carries out what it returns.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from decimal import ROUND_CEILING, Decimal
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 
 from aster_agents.ledger.history import OPERATOR_ENABLE
-from aster_agents.models import now_ms
 from aster_agents.portfolio import metrics
 from aster_agents.portfolio.metrics import MS_PER_DAY, CombinedNav, Metrics, NavPoint
 from aster_agents.portfolio.rebalance import (
@@ -54,8 +52,9 @@ if TYPE_CHECKING:
 
 ZERO: Final = Decimal(0)
 CENT: Final = Decimal("0.01")
-PORTFOLIO_CHECK_S: Final = 30.0  # wall seconds between a runner's portfolio kill-switch checks
-AUTO_CHECK_S: Final = 60.0  # wall seconds between a runner's looks at the automatic rebalance
+# On the runner's clock (market time in a backtest or lockstep replay, wall time live):
+PORTFOLIO_CHECK_MS: Final = 30_000  # between a runner's portfolio kill-switch checks
+AUTO_CHECK_MS: Final = 60_000  # between a runner's looks at the automatic rebalance
 
 
 def policy_of(fleet: FleetConfig) -> Policy:
@@ -403,7 +402,7 @@ def rebalance_now(fleet: FleetConfig, ledger: Ledger, *, now_ms: int, reason: st
         "moves": {a: {"from": _capital(rv, a), "to": c} for a, c in moves.items()},
         "weights": {x.agent_id: [x.current, x.proposed] for x in rv.proposal.changes},
     }
-    rid = ledger.reallocate(moves, reason=reason, detail=detail)
+    rid = ledger.reallocate(moves, reason=reason, detail=detail, time_ms=now_ms)
     return Applied(rv, rid, moves, f"applied rebalance {rid}: {len(moves)} sleeve(s) moved")
 
 
@@ -450,6 +449,53 @@ class _Peak:
         return min(1.0, (self.peak - self.nav) / self.peak) if self.peak > 0 else 0.0
 
 
+class Sleeve(Protocol):
+    """What the kill switches read of an agent: an ``AgentRow``, or the lighter
+    ``SleeveState`` the account's check reads for every agent of the account each tick."""
+
+    @property
+    def agent_id(self) -> str: ...
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def state_reason(self) -> str | None: ...
+
+    @property
+    def units(self) -> Decimal: ...
+
+
+NavRows = list[tuple[int, float, float | None]]
+
+
+class NavReads(Protocol):
+    def nav_after(self, agent_id: str, after_ms: int | None = None) -> NavRows: ...
+
+
+class _TickReads:
+    """One tick's equity reads: the agent's own kill switch and the account's both read the
+    agent's new snapshots, so the first read serves the second.
+
+    ``nav_after`` is "snapshots with time > after_ms, by time then insertion": those after a
+    later time are the tail of an earlier read's rows, as long as nothing was written to
+    ``equity`` between the reads (a governor writes only states within a tick).
+    """
+
+    def __init__(self, ledger: NavReads) -> None:
+        self.ledger = ledger
+        self.read: tuple[str, int, NavRows] | None = None
+
+    def nav_after(self, agent_id: str, after_ms: int | None = None) -> NavRows:
+        after = -1 if after_ms is None else after_ms
+        read = self.read
+        if read is not None and read[0] == agent_id and read[1] <= after:
+            return [r for r in read[2] if r[0] > after] if read[1] < after else read[2]
+        rows = self.ledger.nav_after(agent_id, after)
+        self.read = (agent_id, after, rows)
+        return rows
+
+
 class _Account:
     """The account's combined NAV since its reset time, fed snapshot by snapshot."""
 
@@ -458,7 +504,7 @@ class _Account:
         self.nav = CombinedNav()
         self.last_ms: dict[str, int] = {}
 
-    def feed(self, ledger: History, rows: Sequence[AgentRow]) -> float:
+    def feed(self, ledger: NavReads, rows: Sequence[Sleeve]) -> float:
         events = []
         for r in rows:
             after = self.last_ms.get(r.agent_id, -1 if self.since_ms is None else self.since_ms - 1)
@@ -474,9 +520,11 @@ class Governor:
     """One agent process's share of governance, called once per tick after the snapshot.
 
     Checks the agent's own kill switch every tick (one row and the new snapshots), the
-    account's every ``PORTFOLIO_CHECK_S`` seconds, and the automatic rebalance every
-    ``AUTO_CHECK_S`` seconds. Peaks are kept in memory and restarted when an operator
-    enables an agent.
+    account's every ``PORTFOLIO_CHECK_MS`` and the automatic rebalance every
+    ``AUTO_CHECK_MS``, on the time the runner gives each tick: its clock, so that a backtest
+    and a lockstep replay (market time) check at the same market times whatever the speed
+    of the machine, as a live agent (wall time) does. Peaks are kept in memory and
+    restarted when an operator enables an agent.
     """
 
     def __init__(self, fleet: FleetConfig, agent_id: str, ledger: Ledger) -> None:
@@ -487,28 +535,31 @@ class Governor:
         self._seen: dict[str, tuple[str, str | None]] = {}
         self._peak: _Peak | None = None
         self._account: _Account | None = None
-        self._next_portfolio = 0.0
-        self._next_auto = time.monotonic() + AUTO_CHECK_S
+        self._next_portfolio: int | None = None  # the first tick checks
+        self._next_auto: int | None = None  # AUTO_CHECK_MS after the first tick
 
-    def after_tick(self) -> list[Transition]:
+    def after_tick(self, now_ms: int) -> list[Transition]:
+        """The transitions applied after the tick at ``now_ms`` (the runner's clock)."""
         row = self.ledger.agent(self.agent_id)
         if row is None:
             return []
-        done = self._own(row)
-        clock = time.monotonic()
-        if clock >= self._next_portfolio:
-            self._next_portfolio = clock + PORTFOLIO_CHECK_S
-            done += self._portfolio(row.user)
-        if clock >= self._next_auto:
-            self._next_auto = clock + AUTO_CHECK_S
-            self._auto()
+        reads = _TickReads(self.ledger)
+        done = self._own(row, reads)
+        if self._next_portfolio is None or now_ms >= self._next_portfolio:
+            self._next_portfolio = now_ms + PORTFOLIO_CHECK_MS
+            done += self._portfolio(row.user, reads)
+        if self._next_auto is None:
+            self._next_auto = now_ms + AUTO_CHECK_MS
+        elif now_ms >= self._next_auto:
+            self._next_auto = now_ms + AUTO_CHECK_MS
+            self._auto(now_ms)
         return done
 
     def _reset_at(self, agent_ids: Sequence[str]) -> int | None:
         resets = self.ledger.operator_enables(agent_ids)
         return max(resets.values(), default=None)
 
-    def _enabled_now(self, row: AgentRow) -> bool:
+    def _enabled_now(self, row: Sleeve) -> bool:
         """True when an operator enabled the agent since we last looked."""
         key = (row.state, row.state_reason)
         before = self._seen.get(row.agent_id)
@@ -516,7 +567,7 @@ class Governor:
         reason = row.state_reason or ""
         return before is not None and before != key and reason.startswith(OPERATOR_ENABLE)
 
-    def _own(self, row: AgentRow) -> list[Transition]:
+    def _own(self, row: AgentRow, reads: NavReads) -> list[Transition]:
         if self._peak is None and row.state == "disabled":
             from aster_agents.logs import logger
 
@@ -532,23 +583,24 @@ class Governor:
             self._account = None  # the account's peak restarts with it
         if row.state == "disabled":
             return []
-        points = self.ledger.nav_after(row.agent_id, self._peak.last_ms)
+        points = reads.nav_after(row.agent_id, self._peak.last_ms)
         drawdown = self._peak.feed(nav_points(points, row.units, wiped=True))
         t = next_state(row.agent_id, row.state, drawdown, self.policy)
-        return apply_transitions(self.ledger, [t] if t else [])
+        return apply_transitions(self.ledger, [t]) if t else []
 
-    def _portfolio(self, user: str) -> list[Transition]:
-        rows = [r for r in self.ledger.agent_rows() if r.user == user]
+    def _portfolio(self, user: str, reads: NavReads) -> list[Transition]:
+        rows = self.ledger.sleeve_states(user)
         fresh = [self._enabled_now(r) for r in rows if r.agent_id != self.agent_id]
         if any(fresh) or self._account is None:
             self._account = _Account(self._reset_at([r.agent_id for r in rows]))
-        drawdown = self._account.feed(self.ledger, rows)
+        drawdown = self._account.feed(reads, rows)
         states = {r.agent_id: r.state for r in rows}
-        return apply_transitions(self.ledger, portfolio_kill(states, drawdown, self.policy))
+        kills = portfolio_kill(states, drawdown, self.policy)
+        return apply_transitions(self.ledger, kills) if kills else []
 
-    def _auto(self) -> None:
-        from aster_agents.logs import logger
-
-        applied = auto_rebalance(self.fleet, self.ledger, now_ms=now_ms())
+    def _auto(self, now_ms: int) -> None:
+        applied = auto_rebalance(self.fleet, self.ledger, now_ms=now_ms)
         if applied is not None and applied.rebalance_id is not None:
+            from aster_agents.logs import logger
+
             logger.info("{}", applied.message)
