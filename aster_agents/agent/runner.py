@@ -96,6 +96,7 @@ SPEED_ENV: Final = "ASTER_AGENTS_MARKET_SPEED"  # simulator market-time multipli
 FAILPOINT_ENV: Final = "ASTER_AGENTS_FAILPOINT"  # crash tests: SIGKILL ourselves at this step
 FAILPOINTS: Final = ("after_reserve", "after_send", "after_confirm", "after_fills")
 FUNDING_EVERY: Final = 10  # ticks between two reads of the funding income
+BOOKED_KEPT: Final = 10_000  # trades remembered as booked (then forgotten, asked again)
 EXCHANGE_CHECK_EVERY: Final = 5  # ticks between two positionRisk reads (weight 5)
 LOCKSTEP: Final = "lockstep"  # ExchangeInfo.market_clock of a simulator stepping on turns
 FLATTENED: Final = "flattened by operator"  # the disabled reason `flatten` sets
@@ -180,6 +181,7 @@ class AgentRunner:
         self.info: ExchangeInfo | None = None
         # exchange order id -> our order, from answers that named our client order id
         self.known: dict[int, Order] = {}
+        self._booked_trades: set[tuple[str, int]] = set()  # (symbol, trade id) seen booked
         self.distrusted = 0  # exchange answers refused as not matching their intent
         self.full = FullDisk()
         self.last_prices: dict[str, Decimal] = {}
@@ -325,12 +327,10 @@ class AgentRunner:
         self.known[order.order_id] = order
         if intent.state == "reserved":
             self.ledger.confirm(coid)
-        seen = (
-            self._sync_fills(intent.symbol, since_ms=intent.created_ms)
-            if order.executed_qty
-            else {}
+        booked = (
+            self._sync_fills(intent.symbol, intent.created_ms, coid) if order.executed_qty else ZERO
         )
-        self._after_order(intent, order, seen)
+        self._after_order(intent, order, booked)
 
     def _not_on_exchange(self, intent: Intent, nonce_spent: bool = False) -> None:
         """Write off an intent the exchange does not know, once its order can never land."""
@@ -607,9 +607,9 @@ class AgentRunner:
         verified = self._verified(intent, order)
         if verified is None:
             return
-        seen = self._sync_fills(symbol, since_ms=intent.created_ms)
+        booked = self._sync_fills(symbol, intent.created_ms, intent.client_order_id)
         failpoint("after_fills")
-        self._after_order(intent, verified, seen)
+        self._after_order(intent, verified, booked)
         position = self._position(symbol)
         if position is not None:
             self._protect(symbol, position)
@@ -678,11 +678,12 @@ class AgentRunner:
         logger.warning("distrusting the exchange: {}; left to reconcile", what)
         facts.note_distrusted(self.ledger, self.agent.id, what)
 
-    def _after_order(self, intent: Intent, order: Order, seen: dict[str, Decimal]) -> None:
-        """Finish the intent once its order is final and every fill of it is booked."""
+    def _after_order(self, intent: Intent, order: Order, booked: Decimal) -> None:
+        """Finish the intent once its order is final and every fill of it (``booked``) is
+        booked."""
         if order.status.is_open:
             return
-        if order.executed_qty == seen.get(intent.client_order_id, ZERO):
+        if order.executed_qty == booked:
             self.ledger.finish_intent(intent.client_order_id, _final_state(order.status))
 
     # ------------------------------------------------------------------ exits
@@ -719,8 +720,8 @@ class AgentRunner:
         report.closed.append(symbol)
         verified = self._verified(intent, order)
         if verified is not None:
-            seen = self._sync_fills(symbol, since_ms=intent.created_ms)
-            self._after_order(intent, verified, seen)
+            booked = self._sync_fills(symbol, intent.created_ms, intent.client_order_id)
+            self._after_order(intent, verified, booked)
         logger.info(
             "closed {} {} ({}; confidence {:.2f}){}",
             symbol,
@@ -848,25 +849,33 @@ class AgentRunner:
 
     # ------------------------------------------------------------------ fills
 
-    def _sync_fills(self, symbol: str, since_ms: int) -> dict[str, Decimal]:
-        """Book every trade of our orders on ``symbol`` since ``since_ms`` (idempotent).
+    def _sync_fills(self, symbol: str, since_ms: int, client_order_id: str) -> Decimal:
+        """Book every trade of our orders on ``symbol`` since ``since_ms`` (idempotent);
+        returns the quantity of ``client_order_id`` booked so far.
 
         A trade is booked only when it is of ``symbol``, of an order known by our client order
         id, on that order's side, and within the order's ``executedQty``; anything else is
-        distrusted. Returns the quantity booked so far per client order id seen.
+        distrusted. A trade this runner has seen booked is not looked up again: a booked trade
+        stays booked (fills are never deleted), and a protective order's window reaches back
+        to the position's opening, so the same trades come back every time.
         """
         seen: dict[str, Decimal] = {}
+        booked = self._booked_trades
         for trade in self.client.user_trades(
             symbol, start_time=max(0, self._market_ms(since_ms) - 1000), limit=1000
         ):
+            key = (trade.symbol, trade.id)
+            if key in booked:
+                continue
             order = self.known.get(trade.order_id)
             if order is None:
+                continue
+            if facts.trade_booked(self.ledger, self.agent.id, trade.id):
+                self._seen_booked(key)
                 continue
             coid = order.client_order_id
             if coid not in seen:
                 seen[coid] = facts.booked_qty(self.ledger, self.agent.id, coid)
-            if facts.trade_booked(self.ledger, self.agent.id, trade.id):
-                continue
             problem = _fill_problem(symbol, order, trade, seen[coid])
             if problem is not None:
                 self._distrust(f"trade {trade.id} of order {order.order_id}: {problem}")
@@ -882,8 +891,16 @@ class AgentRunner:
                 commission=trade.commission,
                 time_ms=trade.time,
             )
+            self._seen_booked(key)
             seen[coid] += trade.qty
-        return seen
+        if client_order_id in seen:
+            return seen[client_order_id]
+        return facts.booked_qty(self.ledger, self.agent.id, client_order_id)
+
+    def _seen_booked(self, key: tuple[str, int]) -> None:
+        if len(self._booked_trades) >= BOOKED_KEPT:
+            self._booked_trades.clear()  # a bound, not a correctness matter: asked again
+        self._booked_trades.add(key)
 
     # ------------------------------------------------------------------ exchange-made closes
 
