@@ -15,6 +15,7 @@ import pytest
 from aster_agents.config.schema import FleetConfig, load_fleet
 from aster_agents.errors import AsterAgentsError, ConfigError
 from aster_agents.fleet.backtest import independent_groups, run_backtest, share_out
+from aster_agents.ledger import Ledger
 from aster_agents.models import Kline
 from aster_agents.sim.recording import load_recording
 from aster_agents.sim.sources import ReplayMarket
@@ -262,3 +263,43 @@ def test_an_error_in_a_worker_process_is_raised_by_the_backtest(tmp_path: Path) 
             jobs=2,
             strategies={"bt-2": RefusesInAWorker(os.getpid())},
         )
+
+
+def test_a_backtest_keeps_its_books_on_the_recording_dates(tmp_path: Path) -> None:
+    """Kept books: equity snapshots and fills in market time, inside the run; the account's
+    exchange equity noted at the end equals the books (sleeves plus unallocated cash)."""
+    fleet = _fleet(tmp_path)
+    books = tmp_path / "books"
+    books.mkdir()
+    result = run_backtest(fleet, FIXTURE, to_ms=START + 4 * HOUR, state_dir=books)
+    with Ledger(books) as ledger:
+        for agent in ("bt-1", "bt-2"):
+            times = [p.time_ms for p in ledger.equity_history(agent)]
+            assert len(times) == 4 * 60 + 2  # every tick, and the start-up's
+            assert times[0] >= START and times[-1] <= result.end_ms
+            assert times == sorted(times)
+        assert all(START <= f.time_ms <= result.end_ms for f in ledger.trade_fills())
+        for user in ("0x" + "0" * 39 + "1", "0x" + "0" * 39 + "2"):
+            account = ledger.account_books(user)
+            assert account is not None and account.exchange_equity_ms is not None
+            assert START + 4 * HOUR - 60_000 <= account.exchange_equity_ms <= result.end_ms
+
+
+def test_backtest_cli_writes_the_report_of_its_books(tmp_path: Path) -> None:
+    """--report: the fleet report of the run (the recording's dates, the books agreeing with
+    the simulated exchange), never the fleet's PostgreSQL ledger (an unreachable URL here)."""
+    d = write_fleet(tmp_path, ("trend", "breakout"))
+    out = tmp_path / "out" / "report.html"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "aster_agents", "--config-dir", str(d), "backtest"]
+    args = ["--data", str(FIXTURE), "--to", "2021-11-18T06:00:00", "--report", str(out), "--json"]
+    env = {**os.environ, "ASTER_AGENTS_LEDGER_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["report"] == str(out) and doc["fills"]
+    html = out.read_text()
+    assert 'data-difference="0.00000000"' in html and "books agree" in html
+    assert "generated 2021-11-18 06:00:00Z" in html  # "now" is the end of the run (--to)
+    assert html.count("2021-11-18") > 10 and "2026-" not in html  # no wall-clock date
+    assert all(f">{a}<" in html for a in ("bt-1", "bt-2"))  # each sleeve in the table

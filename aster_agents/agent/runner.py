@@ -262,10 +262,12 @@ class AgentRunner:
             return
         facts.note_margin_type(self.ledger, user, symbol, MarginType.CROSSED.value)
 
-    def _ensure_capital(self) -> None:
+    def note_exchange_equity(self) -> Decimal:
+        """The account's equity on the exchange (its total margin balance) into the ledger,
+        with the account's limits, stamped with the exchange's time; returns it. The books'
+        check (``portfolio``, ``report``) compares the sleeves and unallocated cash with it."""
         exchange_ms = self.client.server_time()
-        account = self.client.account()
-        equity = account.total_margin_balance
+        equity = self.client.account().total_margin_balance
         limits = self.fleet.portfolio.limits
         self.ledger.set_account_limits(
             self.agent.exchange.user,
@@ -274,6 +276,10 @@ class AgentRunner:
             equity=equity,
             equity_time_ms=exchange_ms,  # opens the unallocated sleeve the first time
         )
+        return equity
+
+    def _ensure_capital(self) -> None:
+        equity = self.note_exchange_equity()
         row = self.ledger.agent(self.agent.id)
         if row is not None and row.capital == 0 and row.units == 0:
             capital = (equity * Decimal(str(self.agent.allocation.capital_pct))).quantize(
@@ -956,7 +962,10 @@ class AgentRunner:
     # ------------------------------------------------------------------ equity
 
     def _snapshot(self) -> None:
-        """Sleeve equity at the exchange's mark prices (one premiumIndex per held symbol)."""
+        """Sleeve equity at the exchange's mark prices (one premiumIndex per held symbol),
+        stamped with the runner's clock: the wall clock live, market time in a backtest or a
+        lockstep replay (so the governor's drawdowns, the rebalance's lookback and a backtest's
+        report see the recording's dates)."""
         row = self.ledger.agent(self.agent.id)
         if row is None:
             return
@@ -965,7 +974,9 @@ class AgentRunner:
         marks = {p.symbol: self.client.premium_index(p.symbol).mark_price for p in positions}
         row = self.ledger.agent(self.agent.id) or row  # funding booked just now included
         equity = sleeve_equity(row, positions, marks).quantize(Decimal("0.00000001"))
-        self.ledger.snapshot_with_marks(self.agent.id, equity, marks, user=self.agent.exchange.user)
+        self.ledger.snapshot_with_marks(
+            self.agent.id, equity, marks, user=self.agent.exchange.user, time_ms=self.clock()
+        )
 
     def _book_funding(self) -> None:
         """Every FUNDING_EVERY ticks: book the account's new FUNDING_FEE income (any agent's

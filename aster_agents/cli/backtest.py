@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aster_agents.cli.common import console, emit_json, iso_utc, parse_since, state
+
+if TYPE_CHECKING:
+    from aster_agents.config.schema import FleetConfig
+    from aster_agents.fleet.backtest import BacktestResult
 
 
 def backtest(
@@ -19,6 +23,11 @@ def backtest(
         list[str] | None, typer.Option("--agents", help="Agent ids (default: every enabled one).")
     ] = None,
     as_json: bool = typer.Option(False, "--json", help="One JSON document: summary and fills."),
+    report_to: Path | None = typer.Option(
+        None,
+        "--report",
+        help="Also write the run's HTML report (as `report` writes a fleet's) to this file.",
+    ),
     jobs: int = typer.Option(
         0,
         "--jobs",
@@ -39,9 +48,13 @@ def backtest(
     fleet = state(ctx).fleet()
     ids = [i for value in agents or [] for i in value.replace(",", " ").split()]
     workers = jobs or usable_cores()
-    result = run_backtest(fleet, data, agent_ids=ids, from_ms=start, to_ms=end, jobs=workers)
+    if report_to is None:
+        result = run_backtest(fleet, data, agent_ids=ids, from_ms=start, to_ms=end, jobs=workers)
+        wrote: list[str] = []
+    else:
+        result, wrote = _with_report(fleet, data, ids, start, end, report_to)
     if as_json:
-        emit_json(result.to_json())
+        emit_json({**result.to_json(), "report": None if report_to is None else str(report_to)})
         return
     from rich.table import Table
 
@@ -67,6 +80,33 @@ def backtest(
         f"{result.elapsed_s:.1f}s ({result.agent_ticks / max(result.elapsed_s, 1e-9):.0f}/s, "
         f"{result.workers} process{'es' if result.workers > 1 else ''})"
     )
+    for line in wrote:
+        out.print(line)
+
+
+def _with_report(
+    fleet: FleetConfig,
+    data: Path,
+    ids: list[str],
+    start: int | None,
+    end: int | None,
+    out: Path,
+) -> tuple[BacktestResult, list[str]]:
+    """The backtest with its books kept in a scratch SQLite file (one process), then the
+    report of those books, "now" being the end of the run; the books are deleted after."""
+    import tempfile
+
+    from aster_agents.cli.report import write_report
+    from aster_agents.config.view import load_view
+    from aster_agents.fleet.backtest import run_backtest, scratch_dir
+    from aster_agents.ledger.rows import STATE_DIR_FILE
+
+    with tempfile.TemporaryDirectory(prefix="aster-backtest-books-", dir=scratch_dir()) as tmp:
+        books = Path(tmp)
+        result = run_backtest(fleet, data, agent_ids=ids, from_ms=start, to_ms=end, state_dir=books)
+        view = load_view(fleet.config_dir)
+        view = view._replace(portfolio=view.portfolio._replace(ledger_url=STATE_DIR_FILE))
+        return result, write_report(view, books, out, now_ms=result.end_ms)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ import typer
 from aster_agents.cli.common import iso_utc, parse_since, plain, write_csv
 
 if TYPE_CHECKING:
+    from aster_agents.config.view import FleetView
     from aster_agents.fleet.report import ReportData
 
 
@@ -30,23 +31,40 @@ def report(
     Reads the ledger only (no exchange, no key); the file opens offline.
     """
     from aster_agents.cli.status import load
+
+    fleet, state_dir = load(ctx)
+    for line in write_report(
+        fleet, state_dir, out, since_ms=parse_since(since), png=png, csv_dir=csv_dir
+    ):
+        typer.echo(line)
+
+
+def write_report(
+    fleet: FleetView,
+    state_dir: Path,
+    out: Path,
+    *,
+    since_ms: int | None = None,
+    now_ms: int | None = None,
+    png: Path | None = None,
+    csv_dir: Path | None = None,
+) -> list[str]:
+    """The report of the ledger of ``fleet``/``state_dir`` into ``out`` (and the PNG and CSV
+    exports); a line per file written. ``now_ms``: the report's "now" (default: the clock)."""
     from aster_agents.fleet import charts
     from aster_agents.fleet.report import collect_report
     from aster_agents.fleet.report_html import render_html
     from aster_agents.fsutil import write_private_file
 
-    since_ms = parse_since(since)
-    fleet, state_dir = load(ctx)
-    data = collect_report(fleet, state_dir, since_ms=since_ms)
+    data = collect_report(fleet, state_dir, since_ms=since_ms, now_ms=now_ms)
     svgs = {name: charts.svg_markup(raw) for name, raw in charts.render(data, "svg").items()}
     write_private_file(out, render_html(data, svgs).encode("utf-8"), replace=True)
-    typer.echo(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    lines = [f"wrote {out} ({out.stat().st_size:,} bytes)"]
     if png is not None:
-        for path in charts.write_pngs(data, png):
-            typer.echo(f"wrote {path}")
+        lines += [f"wrote {path}" for path in charts.write_pngs(data, png)]
     if csv_dir is not None:
-        for path in write_csvs(data, csv_dir):
-            typer.echo(f"wrote {path}")
+        lines += [f"wrote {path}" for path in write_csvs(data, csv_dir)]
+    return lines
 
 
 def write_csvs(data: ReportData, directory: Path) -> list[Path]:

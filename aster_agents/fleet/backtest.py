@@ -37,6 +37,7 @@ from aster_agents.config.schema import AgentConfig, FleetConfig
 from aster_agents.config.view import natural_key
 from aster_agents.errors import AsterAgentsError, ConfigError
 from aster_agents.ledger import Ledger, MarketDataCache
+from aster_agents.ledger.rows import STATE_DIR_FILE
 from aster_agents.logs import logger
 from aster_agents.models import Kline
 from aster_agents.portfolio.trades import read_trips, totals
@@ -336,11 +337,14 @@ def _run_part(
         ((a.exchange.user, a.exchange.signer) for a in mine), plan.balance
     ):
         app.add_account(account)
-    with tempfile.TemporaryDirectory(prefix="aster-backtest-", dir=_fast_tmp()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="aster-backtest-", dir=scratch_dir()) as tmp:
         books = Path(tmp) if state_dir is None else state_dir
-        with Ledger(books, throwaway=state_dir is None) as ledger:
+        # kept books are a SQLite file of their own, never the fleet's PostgreSQL ledger
+        with Ledger(books, throwaway=state_dir is None, url=STATE_DIR_FILE) as ledger:
             runners = _runners(plan.fleet, mine, app, ledger, clock, plan.strategies)
             ticks = _drive(app, clock, plan.agents, runners, plan.start, plan.end)
+            for runner in {r.agent.exchange.user: r for r in runners}.values():
+                runner.note_exchange_equity()  # the books' check of a report: at the end
             summaries, fills = _books(mine, ledger)
     return _Part(ticks, time.process_time() - cpu, summaries, fills)
 
@@ -441,8 +445,8 @@ def _runners(
     return runners
 
 
-def _fast_tmp() -> str | None:
-    """/dev/shm when there is one: a throwaway ledger needs no fsync to reach a disk."""
+def scratch_dir() -> str | None:
+    """/dev/shm when there is one: a backtest's books need no fsync to reach a disk."""
     shm = Path("/dev/shm")
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from aster_agents.config.view import LEDGER_URL_ENV, mask_url
 from aster_agents.errors import LedgerError
+from aster_agents.ledger.rows import STATE_DIR_FILE
 
 
 class Cursor(Protocol):
@@ -102,11 +103,12 @@ def ledger_url(configured: str | None = None) -> str | None:
 
 def open_store(state_dir: Path, url: str | None = None, *, throwaway: bool = False) -> Store:
     """The store for ``url`` (see ``ledger_url``), else the SQLite file in ``state_dir``;
-    ``throwaway``: an in-memory SQLite database for this process only, whatever the URL."""
-    if throwaway:
+    ``throwaway``: an in-memory SQLite database for this process only, whatever the URL;
+    ``url=STATE_DIR_FILE``: the SQLite file, whatever ``$ASTER_AGENTS_LEDGER_URL`` says."""
+    if throwaway or url == STATE_DIR_FILE:
         from aster_agents.ledger.sqlite import SqliteStore
 
-        return SqliteStore(state_dir, throwaway=True)
+        return SqliteStore(state_dir, throwaway=throwaway)
     url = ledger_url(url)
     if url is None:
         from aster_agents.ledger.sqlite import SqliteStore

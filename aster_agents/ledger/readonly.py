@@ -31,6 +31,7 @@ from aster_agents.ledger.rows import (
     INDEXED_EVENTS,
     POSITION_COLS,
     REBALANCE_COLS,
+    STATE_DIR_FILE,
     AccountBooks,
     AccountLimits,
     AgentRow,
@@ -420,11 +421,13 @@ def open_readonly(
 ) -> ReadOnlyLedger | None:
     """The ledger opened read-only, or None if it does not exist yet: the PostgreSQL ledger
     of ``$ASTER_AGENTS_LEDGER_URL`` or ``url`` (``ledger.url``) when one is set, else the
-    file under ``state_dir``. ``threads``: as for ``ReadOnlyLedger``."""
+    file under ``state_dir`` (always for ``url=STATE_DIR_FILE``). ``threads``: as for
+    ``ReadOnlyLedger``."""
     from aster_agents.config.view import LEDGER_URL_ENV
 
-    url = os.environ.get(LEDGER_URL_ENV) or url
-    if url:
+    if url != STATE_DIR_FILE:
+        url = os.environ.get(LEDGER_URL_ENV) or url
+    if url and url != STATE_DIR_FILE:
         return _open_postgres(url)
     path = Path(state_dir) / DB_NAME
     if not path.is_file():

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from aster_agents.models import Side
 
 DB_NAME: Final = "ledger.sqlite3"
+# A ledger "URL" meaning the SQLite file in the state dir whatever ``$ASTER_AGENTS_LEDGER_URL`` or
+# ``ledger.url`` say: a backtest's own books, never the fleet's shared ledger.
+STATE_DIR_FILE: Final = "file:state-dir"
 LOCK_NAME: Final = "ledger.lock"
 BUSY_TIMEOUT_MS: Final = 10_000
 INTENT_KINDS: Final = ("open", "close", "protect")
