@@ -416,7 +416,14 @@ def _sync_income(
 
 def book_income(ledger: Ledger, user: str, income: Income) -> bool:
     """Book one income entry: funding to the agent that held the symbol, the rest to
-    unallocated; once per (user, tranId). False if it was already booked."""
+    unallocated; once per (user, tranId). False if it was already booked.
+
+    An entry already booked is known by one indexed read, before the holder is looked up
+    (a scan of the symbol's fills) and a write is taken: the runner asks for funding from
+    the newest booked entry on, so that one comes back every time.
+    """
+    if ledger.income_booked(user, f"tran:{income.tran_id}"):
+        return False
     holder = None
     if income.income_type == FUNDING and income.symbol:
         holder = ledger.holder_at(user, income.symbol, income.time)
