@@ -24,6 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from backtest import STRATEGIES as FLEET  # noqa: E402  # bench/backtest.py's agents
+
+from aster_agents.agent.runner import KLINE_FLOOR, KLINE_LIMIT_MAX  # noqa: E402  # its window
 from aster_agents.models import Kline  # noqa: E402
 from aster_agents.sim.market import Market  # noqa: E402
 from aster_agents.strategies import (  # noqa: E402
@@ -36,19 +39,6 @@ from aster_agents.strategies import (  # noqa: E402
 
 START = 1_767_225_600_000  # 2026-01-01 00:00 UTC
 MINUTE = 60_000
-KLINE_FLOOR, KLINE_LIMIT_MAX = 60, 499  # the runner's window: see agent/runner.py
-FLEET = (  # bench/backtest.py's agents
-    "trend",
-    "mean_reversion",
-    "breakout",
-    "momentum",
-    "scalper",
-    "swing",
-    "conservative",
-    "aggressive",
-    "trend",
-    "mean_reversion",
-)
 
 
 def candles(count: int) -> list[Kline]:
