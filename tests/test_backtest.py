@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -205,17 +206,22 @@ def test_the_automatic_rebalance_keeps_the_whole_fleet_in_one_process(tmp_path: 
 
 
 @dataclass
-class DiesInAWorker:
-    """Exits the process it decides in, unless that is the test's own process."""
+class FailsInAWorker:
+    """Calls ``fail`` in the process it decides in, unless that is the test's own."""
 
     parent: int
-    name: str = "dies"
+    fail: Callable[[], None]
+    name: str = "fails"
     min_klines: int = 1
 
     def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
         if os.getpid() != self.parent:
-            os._exit(3)
+            self.fail()
         return Signal(Action.HOLD, 0.0, "in the parent")
+
+
+def _refuse() -> None:
+    raise ConfigError("refused in the worker")
 
 
 def test_a_worker_process_that_dies_fails_the_backtest_with_its_exit_code(tmp_path: Path) -> None:
@@ -227,7 +233,7 @@ def test_a_worker_process_that_dies_fails_the_backtest_with_its_exit_code(tmp_pa
             FIXTURE,
             to_ms=START + HOUR,
             jobs=2,
-            strategies={"bt-2": DiesInAWorker(os.getpid())},
+            strategies={"bt-2": FailsInAWorker(os.getpid(), lambda: os._exit(3))},
         )
 
 
@@ -236,20 +242,6 @@ def test_share_out_deals_the_largest_groups_first_to_the_emptiest_bucket() -> No
     assert share_out(groups, 2) == [["b", "c", "d", "g"], ["e", "f", "a"]]  # 4 and 3
     assert share_out(groups, 1) == [["b", "c", "d", "e", "f", "a", "g"]]
     assert share_out(groups, 9) == [["b", "c", "d"], ["e", "f"], ["a"], ["g"]]
-
-
-@dataclass
-class RefusesInAWorker:
-    """Raises the project's ConfigError in the process it decides in, unless the test's own."""
-
-    parent: int
-    name: str = "refuses"
-    min_klines: int = 1
-
-    def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
-        if os.getpid() != self.parent:
-            raise ConfigError("refused in the worker")
-        return Signal(Action.HOLD, 0.0, "in the parent")
 
 
 def test_an_error_in_a_worker_process_is_raised_by_the_backtest(tmp_path: Path) -> None:
@@ -261,7 +253,7 @@ def test_an_error_in_a_worker_process_is_raised_by_the_backtest(tmp_path: Path) 
             FIXTURE,
             to_ms=START + HOUR,
             jobs=2,
-            strategies={"bt-2": RefusesInAWorker(os.getpid())},
+            strategies={"bt-2": FailsInAWorker(os.getpid(), _refuse)},
         )
 
 
