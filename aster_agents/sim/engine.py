@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Final, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from aster_agents.sim import liquidation
 from aster_agents.sim.brackets import bracket_for, brackets_json, maint_margin
@@ -208,6 +208,40 @@ class SimIncome:
         }
 
 
+class _Timed(Protocol):
+    @property
+    def time(self) -> int: ...
+
+
+_T = TypeVar("_T", bound=_Timed)
+
+
+class Timeline(Generic[_T]):
+    """An account's history rows grouped by a key (a trade's symbol, an income's type), each
+    group oldest first, found from a time by bisection: a month's backtest asks for its
+    trades after every fill and for its funding every few ticks, and a scan of the account's
+    whole history grew with the run. Callers still filter: ``since`` only skips a prefix."""
+
+    __slots__ = ("groups", "ordered")
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[_T]] = {}
+        self.ordered = True  # no row older than the one before it in its group
+
+    def add(self, key: str, row: _T) -> None:
+        group = self.groups.setdefault(key, [])
+        if group and row.time < group[-1].time:  # a clock gone back: scan, not bisect
+            self.ordered = False
+        group.append(row)
+
+    def since(self, key: str, start: int | None) -> list[_T]:
+        """The group's rows, from the first at or after ``start`` (all with None)."""
+        rows = self.groups.get(key, [])
+        if start is None or not self.ordered:
+            return rows
+        return rows[bisect.bisect_left(rows, start, key=lambda r: r.time) :]
+
+
 @dataclass(slots=True)
 class SimAccountState:
     user: str
@@ -219,9 +253,9 @@ class SimAccountState:
     open_orders: dict[int, SimOrder] = field(default_factory=dict)
     orders: list[SimOrder] = field(default_factory=list)
     trades: list[SimTrade] = field(default_factory=list)
-    by_symbol: dict[str, list[SimTrade]] = field(default_factory=dict)  # the same, per symbol
-    trades_in_time_order: bool = True  # no trade older than the one before it (see add_trade)
+    trades_by_symbol: Timeline[SimTrade] = field(default_factory=lambda: Timeline[SimTrade]())
     income: list[SimIncome] = field(default_factory=list)
+    income_by_kind: Timeline[SimIncome] = field(default_factory=lambda: Timeline[SimIncome]())
     stp_mode: str = DEFAULT_STP_MODE
     multi_assets: bool = False
     countdowns: dict[str, float] = field(default_factory=dict)  # symbol -> wall-clock deadline
@@ -232,20 +266,12 @@ class SimAccountState:
         return self.leverage.get(symbol, DEFAULT_LEVERAGE)
 
     def add_trade(self, trade: SimTrade) -> None:
-        symbol = self.by_symbol.setdefault(trade.symbol, [])
-        if symbol and trade.time < symbol[-1].time:  # a clock gone back: scan, not bisect
-            self.trades_in_time_order = False
         self.trades.append(trade)
-        symbol.append(trade)
+        self.trades_by_symbol.add(trade.symbol, trade)
 
-    def symbol_trades(self, symbol: str, start: int | None) -> list[SimTrade]:
-        """``symbol``'s trades, oldest first; with ``start``, from the first one at or after
-        it (a bisection: a month's backtest asks after every fill, so a scan of every trade
-        of the account grew with the run). Callers still filter: this only skips a prefix."""
-        trades = self.by_symbol.get(symbol, [])
-        if start is None or not self.trades_in_time_order:
-            return trades
-        return trades[bisect.bisect_left(trades, start, key=lambda t: t.time) :]
+    def add_income(self, row: SimIncome) -> None:
+        self.income.append(row)
+        self.income_by_kind.add(row.income_type, row)
 
 
 def _dec(params: Mapping[str, str], name: str, required: bool = False) -> Decimal | None:
@@ -634,7 +660,7 @@ class Engine:
         time_ms: int | None = None,
     ) -> None:
         when = self.market.now_ms() if time_ms is None else time_ms
-        acct.income.append(SimIncome(self._next_tran_id, symbol, kind, amount, trade_id, when))
+        acct.add_income(SimIncome(self._next_tran_id, symbol, kind, amount, trade_id, when))
         self._next_tran_id += 1
 
     # ---- funding ------------------------------------------------------------------------
@@ -1351,7 +1377,7 @@ class Engine:
             acct = self.account(user)
             self._tick_account(acct)
             start = None if "fromId" in params else _int(params, "startTime")
-            trades = acct.symbol_trades(sym.symbol, start)
+            trades = acct.trades_by_symbol.since(sym.symbol, start)
             return [t.to_json() for t in _page(trades, params, "fromId", lambda t: t.id)]
 
     def income_json(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
@@ -1362,9 +1388,10 @@ class Engine:
         with self.lock:
             acct = self.account(user)
             self._tick_account(acct)
+            history = acct.income if not kind else acct.income_by_kind.since(kind, start)
             rows = [
                 i
-                for i in acct.income
+                for i in history
                 if (sym is None or i.symbol == sym.symbol)
                 and (not kind or i.income_type == kind)
                 and (start is None or i.time >= start)
