@@ -139,13 +139,22 @@ class InProcessClient(AsterClient):
         """The route's answer as ``Kline`` objects straight from the simulator (no rows built
         as text and parsed back): the same parameters, checks, errors and values. The three
         kinds are one route in the simulator."""
+        path = f"/fapi/v3/{kind}"
+        if ("GET", path) in self._app.routes and _plain(
+            symbol, interval, limit, start_time, end_time
+        ):
+            try:
+                return self._app.kline_objects_of(symbol, interval, start_time, end_time, limit)
+            except ApiError as exc:
+                raise _error_for(
+                    exc.status, exc.code, exc.msg, f"{self._prefix}GET {path}"
+                ) from None
         params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
         if start_time is not None:
             params.append(("startTime", start_time))
         if end_time is not None:
             params.append(("endTime", end_time))
         params.append(("limit", limit))
-        path = f"/fapi/v3/{kind}"
         if ("GET", path) not in self._app.routes:  # the route's own error
             return parse.klines(
                 self._request(_Call("GET", path, klines_weight(limit), signed=False), params)
@@ -170,6 +179,17 @@ class InProcessClient(AsterClient):
 
 
 _T = TypeVar("_T")
+
+
+def _plain(symbol: object, interval: object, *numbers: object) -> bool:
+    """True when the names are ``str`` and every number an ``int`` or None (not a bool: its
+    text is "true"): values whose text reads back as themselves, so the typed klines path
+    may skip writing and reading the text."""
+    return (
+        type(symbol) is str
+        and type(interval) is str
+        and all(v is None or type(v) is int for v in numbers)
+    )
 
 
 def _parsed_each(
