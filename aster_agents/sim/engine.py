@@ -112,6 +112,32 @@ class SimOrder:
     def is_open(self) -> bool:
         return self.status in ("NEW", "PARTIALLY_FILLED")
 
+    def state(self) -> tuple[object, ...]:
+        """Every field ``to_json`` reads: equal states give equal documents (a Decimal is
+        written normalised, so equal values are one text). The in-process client keys the
+        ``Order`` parsed from an open order's document by it."""
+        return (
+            self.order_id,
+            self.symbol,
+            self.status,
+            self.client_order_id,
+            self.price,
+            self.quantity,
+            self.executed_qty,
+            self.cum_quote,
+            self.time_in_force,
+            self.type,
+            self.reduce_only,
+            self.close_position,
+            self.side,
+            self.position_side,
+            self.stop_price,
+            self.working_type,
+            self.price_protect,
+            self.update_time,
+            self.time,
+        )
+
     def to_json(self, with_time: bool = True) -> dict[str, object]:
         avg = self.cum_quote / self.executed_qty if self.executed_qty else ZERO
         out: dict[str, object] = {
@@ -1033,15 +1059,16 @@ class Engine:
             return order.to_json()
 
     def open_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        return [o.to_json() for o in self.open_order_objects(user, params)]
+
+    def open_order_objects(self, user: str, params: Mapping[str, str]) -> list[SimOrder]:
+        """The orders ``open_orders`` answers with, as the engine's own objects (the
+        in-process client's typed path: it reads them, never changes them)."""
         sym = _symbol(params, required=False)
         with self.lock:
             acct = self.account(user)
             self._tick_account(acct)
-            return [
-                o.to_json()
-                for o in acct.open_orders.values()
-                if sym is None or o.symbol == sym.symbol
-            ]
+            return [o for o in acct.open_orders.values() if sym is None or o.symbol == sym.symbol]
 
     def all_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
         sym = _symbol(params)
