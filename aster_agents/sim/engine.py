@@ -1010,21 +1010,31 @@ class Engine:
             liquidation.liquidate_if_due(self, acct)
 
     def _work_orders(self, acct: SimAccountState) -> None:
+        """Fill crossed LIMIT orders and fire triggered ones, oldest first.
+
+        The book is read only where an order needs it (a LIMIT order, or a triggered one):
+        a resting stop needs the mark alone, and the book is a pure function of the moment.
+        """
         marks: dict[str, Decimal] = {}
         books: dict[str, tuple[Decimal, Decimal]] = {}
-        for o in sorted(acct.open_orders.values(), key=lambda x: x.order_id):
-            if o.order_id not in acct.open_orders:  # expired by self-trade prevention
+        for oid in sorted(acct.open_orders):  # the ids: the orders' order, without a key
+            o = acct.open_orders.get(oid)
+            if o is None:  # expired by self-trade prevention
                 continue
-            if o.symbol not in marks:
-                marks[o.symbol] = self.market.mark(o.symbol)
-                books[o.symbol] = self.market.book(o.symbol)
-            bid, ask = books[o.symbol]
+            symbol = o.symbol
+            mark = marks.get(symbol)
+            if mark is None:
+                mark = marks[symbol] = self.market.mark(symbol)
+            if o.type != "LIMIT" and not self._triggered(o, mark):
+                continue
+            quote = books.get(symbol)
+            if quote is None:
+                quote = books[symbol] = self.market.book(symbol)
+            bid, ask = quote
             if o.type == "LIMIT":
                 if (o.price >= ask) if o.side == "BUY" else (o.price <= bid):
                     self._execute(acct, o, o.price, maker=True)
-            elif self._triggered(o, marks[o.symbol]) and self._prevent_self_trade(
-                acct, o, bid, ask
-            ):
+            elif self._prevent_self_trade(acct, o, bid, ask):
                 self._execute(acct, o, ask if o.side == "BUY" else bid, maker=False)
 
     # ---- queries and cancels ------------------------------------------------------------
