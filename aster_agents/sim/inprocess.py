@@ -210,14 +210,16 @@ class InProcessClient(AsterClient):
 _T = TypeVar("_T")
 
 
-def _plain(symbol: object, interval: object, *numbers: object) -> bool:
-    """True when the names are ``str`` and every number an ``int`` or None (not a bool: its
-    text is "true"): values whose text reads back as themselves, so the typed klines path
-    may skip writing and reading the text."""
+def _plain(symbol: object, interval: object, limit: object, start: object, end: object) -> bool:
+    """True when the names are ``str`` and the numbers ``int`` (or None for the times; not a
+    bool: its text is "true"): values whose text reads back as themselves, so the typed
+    klines path may skip writing and reading the text."""
     return (
         type(symbol) is str
         and type(interval) is str
-        and all(v is None or type(v) is int for v in numbers)
+        and type(limit) is int
+        and (start is None or type(start) is int)
+        and (end is None or type(end) is int)
     )
 
 
