@@ -180,8 +180,8 @@ def kline_object(
     """The ``Kline`` that parsing ``kline_row`` of the same values gives, without the row:
     the in-process client's candles (the same text, so the same Decimal digits)."""
     pp, qp = symbol_places(sym)
-    known = _DECIMALS.get  # ``decimal``'s memo read inline (a zero is never in it: falsy,
-    # it is converted afresh like any value not held)
+    known = _DECIMALS.get  # ``decimal``'s memo read inline; a miss, or a held value that
+    # reads as zero (falsy), is asked of ``decimal`` itself: the same Decimal either way
     return Kline(
         open_ms,
         known((op, pp)) or decimal(op, pp),
