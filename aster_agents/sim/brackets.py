@@ -68,17 +68,28 @@ def brackets(symbol: str) -> tuple[Bracket, ...]:
 
 
 def bracket_for(symbol: str, notional: Decimal) -> Bracket:
-    tiers = brackets(symbol)
+    return _bracket_of(brackets(symbol), abs(notional))
+
+
+def _bracket_of(tiers: tuple[Bracket, ...], size: Decimal) -> Bracket:
+    """The tier of an absolute notional ``size``."""
     for b in tiers:
-        if abs(notional) < b.notional_cap:
+        if size < b.notional_cap:
             return b
     return tiers[-1]
 
 
+_ZERO: Final = D(0)
+
+
 def maint_margin(symbol: str, notional: Decimal) -> Decimal:
-    """Maintenance margin of a position of ``notional`` (absolute value) on ``symbol``."""
-    b = bracket_for(symbol, notional)
-    return max(D(0), abs(notional) * b.maint_margin_ratio - b.cum)
+    """Maintenance margin of a position of ``notional`` (absolute value) on ``symbol``.
+
+    The liquidation check asks it of every held position at every step: the absolute value
+    is taken once, and the floor is one Decimal zero, not a new one per call."""
+    size = abs(notional)
+    b = _bracket_of(brackets(symbol), size)
+    return max(_ZERO, size * b.maint_margin_ratio - b.cum)
 
 
 def brackets_json(symbol: str) -> dict[str, object]:

@@ -113,6 +113,32 @@ class SimOrder:
     def is_open(self) -> bool:
         return self.status in ("NEW", "PARTIALLY_FILLED")
 
+    def state(self) -> tuple[object, ...]:
+        """Every field ``to_json`` reads: equal states give equal documents (a Decimal is
+        written normalised, so equal values are one text). The in-process client keys the
+        ``Order`` parsed from an open order's document by it."""
+        return (
+            self.order_id,
+            self.symbol,
+            self.status,
+            self.client_order_id,
+            self.price,
+            self.quantity,
+            self.executed_qty,
+            self.cum_quote,
+            self.time_in_force,
+            self.type,
+            self.reduce_only,
+            self.close_position,
+            self.side,
+            self.position_side,
+            self.stop_price,
+            self.working_type,
+            self.price_protect,
+            self.update_time,
+            self.time,
+        )
+
     def to_json(self, with_time: bool = True) -> dict[str, object]:
         avg = self.cum_quote / self.executed_qty if self.executed_qty else ZERO
         out: dict[str, object] = {
@@ -1029,21 +1055,31 @@ class Engine:
             liquidation.liquidate_if_due(self, acct)
 
     def _work_orders(self, acct: SimAccountState) -> None:
+        """Fill crossed LIMIT orders and fire triggered ones, oldest first.
+
+        The book is read only where an order needs it (a LIMIT order, or a triggered one):
+        a resting stop needs the mark alone, and the book is a pure function of the moment.
+        """
         marks: dict[str, Decimal] = {}
         books: dict[str, tuple[Decimal, Decimal]] = {}
-        for o in sorted(acct.open_orders.values(), key=lambda x: x.order_id):
-            if o.order_id not in acct.open_orders:  # expired by self-trade prevention
+        for oid in sorted(acct.open_orders):  # the ids: the orders' order, without a key
+            o = acct.open_orders.get(oid)
+            if o is None:  # expired by self-trade prevention
                 continue
-            if o.symbol not in marks:
-                marks[o.symbol] = self.market.mark(o.symbol)
-                books[o.symbol] = self.market.book(o.symbol)
-            bid, ask = books[o.symbol]
+            symbol = o.symbol
+            mark = marks.get(symbol)
+            if mark is None:
+                mark = marks[symbol] = self.market.mark(symbol)
+            if o.type != "LIMIT" and not self._triggered(o, mark):
+                continue
+            quote = books.get(symbol)
+            if quote is None:
+                quote = books[symbol] = self.market.book(symbol)
+            bid, ask = quote
             if o.type == "LIMIT":
                 if (o.price >= ask) if o.side == "BUY" else (o.price <= bid):
                     self._execute(acct, o, o.price, maker=True)
-            elif self._triggered(o, marks[o.symbol]) and self._prevent_self_trade(
-                acct, o, bid, ask
-            ):
+            elif self._prevent_self_trade(acct, o, bid, ask):
                 self._execute(acct, o, ask if o.side == "BUY" else bid, maker=False)
 
     # ---- queries and cancels ------------------------------------------------------------
@@ -1078,15 +1114,16 @@ class Engine:
             return order.to_json()
 
     def open_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
+        return [o.to_json() for o in self.open_order_objects(user, params)]
+
+    def open_order_objects(self, user: str, params: Mapping[str, str]) -> list[SimOrder]:
+        """The orders ``open_orders`` answers with, as the engine's own objects (the
+        in-process client's typed path: it reads them, never changes them)."""
         sym = _symbol(params, required=False)
         with self.lock:
             acct = self.account(user)
             self._tick_account(acct)
-            return [
-                o.to_json()
-                for o in acct.open_orders.values()
-                if sym is None or o.symbol == sym.symbol
-            ]
+            return [o for o in acct.open_orders.values() if sym is None or o.symbol == sym.symbol]
 
     def all_orders(self, user: str, params: Mapping[str, str]) -> list[dict[str, object]]:
         sym = _symbol(params)

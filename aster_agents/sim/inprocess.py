@@ -31,7 +31,7 @@ from aster_agents.exchange.http import (
 )
 from aster_agents.models import Kline, Order, UserTrade
 from aster_agents.signing import NonceSource
-from aster_agents.sim.engine import ApiError
+from aster_agents.sim.engine import ApiError, SimOrder
 from aster_agents.sim.server import SimApp
 
 _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
@@ -70,13 +70,42 @@ class InProcessClient(AsterClient):
         # for every tick, unchanged)
         self._orders: dict[tuple[tuple[str, object], ...], Order] = {}
         self._trades: dict[tuple[tuple[str, object], ...], UserTrade] = {}  # likewise
+        self._states: dict[tuple[object, ...], Order] = {}  # an open order's state -> Order
 
     def open_orders(self, symbol: str | None = None) -> list[Order]:
-        """As ``AsterClient.open_orders``, parsing an order's document once while it is the
-        same: the same JSON gives the same (immutable) ``Order``."""
+        """As ``AsterClient.open_orders``. From the engine's own orders when the route is the
+        engine's: each parsed from its document once while its state is the same (a resting
+        stop is asked for every tick, unchanged), with no document written for it meanwhile.
+        Otherwise from the route's documents, each parsed once while it is the same."""
         call = _Call("GET", "/fapi/v3/openOrders", 1 if symbol else 40)
-        data = self._request(call, _optional(symbol=symbol))
-        return _parsed_each(data, self._orders, parse.order, parse.orders)
+        params = _optional(symbol=symbol)
+        engine = self._app.engine
+        route = self._app.routes.get((call.method, call.path))
+        if route is None or route.handler != engine.open_orders:
+            data = self._request(call, params)
+            return _parsed_each(data, self._orders, parse.order, parse.orders)
+        args = {k: _fmt(v) for k, v in params}
+        try:
+            found = engine.open_order_objects(self._user or "", args)
+        except ApiError as exc:
+            raise _error_for(
+                exc.status, exc.code, exc.msg, f"{self._prefix}GET {call.path}"
+            ) from None
+        return [self._order(o) for o in found]
+
+    def _order(self, o: SimOrder) -> Order:
+        """``parse.order(o.to_json())``, kept by the order's state (``ORDERS_KEPT`` at most)."""
+        key = o.state()
+        try:
+            hit = self._states.get(key)
+        except TypeError:  # an unhashable value (a signalling NaN): no memo
+            return parse.order(o.to_json())
+        if hit is None:
+            hit = parse.order(o.to_json())
+            if len(self._states) >= ORDERS_KEPT:
+                self._states.clear()
+            self._states[key] = hit
+        return hit
 
     def user_trades(
         self,
@@ -139,13 +168,22 @@ class InProcessClient(AsterClient):
         """The route's answer as ``Kline`` objects straight from the simulator (no rows built
         as text and parsed back): the same parameters, checks, errors and values. The three
         kinds are one route in the simulator."""
+        path = f"/fapi/v3/{kind}"
+        if ("GET", path) in self._app.routes and _plain(
+            symbol, interval, limit, start_time, end_time
+        ):
+            try:
+                return self._app.kline_objects_of(symbol, interval, start_time, end_time, limit)
+            except ApiError as exc:
+                raise _error_for(
+                    exc.status, exc.code, exc.msg, f"{self._prefix}GET {path}"
+                ) from None
         params: list[tuple[str, ParamValue]] = [("symbol", symbol), ("interval", interval)]
         if start_time is not None:
             params.append(("startTime", start_time))
         if end_time is not None:
             params.append(("endTime", end_time))
         params.append(("limit", limit))
-        path = f"/fapi/v3/{kind}"
         if ("GET", path) not in self._app.routes:  # the route's own error
             return parse.klines(
                 self._request(_Call("GET", path, klines_weight(limit), signed=False), params)
@@ -170,6 +208,19 @@ class InProcessClient(AsterClient):
 
 
 _T = TypeVar("_T")
+
+
+def _plain(symbol: object, interval: object, limit: object, start: object, end: object) -> bool:
+    """True when the names are ``str`` and the numbers ``int`` (or None for the times; not a
+    bool: its text is "true"): values whose text reads back as themselves, so the typed
+    klines path may skip writing and reading the text."""
+    return (
+        type(symbol) is str
+        and type(interval) is str
+        and type(limit) is int
+        and (start is None or type(start) is int)
+        and (end is None or type(end) is int)
+    )
 
 
 def _parsed_each(

@@ -32,6 +32,7 @@ _CHUNK: Final = 1440
 _DAY_MS: Final = 86_400_000
 DEFAULT_HISTORY_MINUTES: Final = 30 * 1440
 MAX_FUNDING_RATE: Final = Decimal("0.0001")  # +-0.01% per funding interval
+_HALF_SPREAD: Final = Decimal("0.00005")  # of the mark: the book's half spread
 
 
 @dataclass(slots=True)
@@ -178,14 +179,16 @@ def kline_object(
 ) -> Kline:
     """The ``Kline`` that parsing ``kline_row`` of the same values gives, without the row:
     the in-process client's candles (the same text, so the same Decimal digits)."""
-    pp, qp = _places(sym.tick_size), _places(sym.step_size)
+    pp, qp = symbol_places(sym)
+    known = _DECIMALS.get  # ``decimal``'s memo read inline; a miss, or a held value that
+    # reads as zero (falsy), is asked of ``decimal`` itself: the same Decimal either way
     return Kline(
         open_ms,
-        decimal(op, pp),
-        decimal(hi, pp),
-        decimal(low, pp),
-        decimal(cl, pp),
-        decimal(vol, qp),
+        known((op, pp)) or decimal(op, pp),
+        known((hi, pp)) or decimal(hi, pp),
+        known((low, pp)) or decimal(low, pp),
+        known((cl, pp)) or decimal(cl, pp),
+        known((vol, qp)) or decimal(vol, qp),
         close_ms,
     )
 
@@ -235,6 +238,20 @@ _FIXED: Final = tuple(f".{n}f" for n in range(7))  # format specs of 0..6 places
 @functools.cache  # a handful of tick and step sizes
 def _places(step: Decimal) -> int:
     return max(0, -int(step.normalize().as_tuple().exponent))
+
+
+_SYMBOL_PLACES: dict[str, tuple[SimSymbol, tuple[int, int]]] = {}
+
+
+def symbol_places(sym: SimSymbol) -> tuple[int, int]:
+    """(price places, quantity places) of ``sym``: ``_places`` of its tick and step sizes,
+    kept per symbol object (a candle asks for both; hashing two Decimals costs more than
+    the candle's other conversions)."""
+    hit = _SYMBOL_PLACES.get(sym.symbol)
+    if hit is None or hit[0] is not sym:
+        hit = (sym, (_places(sym.tick_size), _places(sym.step_size)))
+        _SYMBOL_PLACES[sym.symbol] = hit
+    return hit[1]
 
 
 def bucket_open(interval: str, t: int) -> int:
@@ -363,7 +380,7 @@ class Market:
             return pinned
         sym = SYMBOLS[symbol]
         t = self.now_ms() if t is None else t
-        price = decimal(self.raw_price(symbol, t), _places(sym.tick_size))
+        price = decimal(self.raw_price(symbol, t), symbol_places(sym)[0])
         if symbol in self._shocks:
             price = max(sym.tick_size, price * self._shock_factor(symbol, t))
         return price.quantize(sym.tick_size)
@@ -372,7 +389,7 @@ class Market:
         """(best bid, best ask): a tight spread around the mark, on the tick grid."""
         sym = SYMBOLS[symbol]
         mark = self.mark(symbol, t)
-        half = max(sym.tick_size, mark * Decimal("0.00005"))
+        half = max(sym.tick_size, mark * _HALF_SPREAD)
         bid = ((mark - half) / sym.tick_size).to_integral_value(ROUND_FLOOR) * sym.tick_size
         ask = ((mark + half) / sym.tick_size).to_integral_value(ROUND_CEILING) * sym.tick_size
         return bid, ask

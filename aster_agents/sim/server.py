@@ -147,6 +147,16 @@ def _by_symbol(with_symbol: int, without: int) -> Callable[[Params], int]:
     return lambda p: with_symbol if p.get("symbol") else without
 
 
+def _check_interval(interval: str) -> None:
+    if interval not in INTERVAL_MS:
+        raise ApiError(-1120, "Invalid interval.")
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= 1500:
+        raise ApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+
+
 def _kline_weight(p: Params) -> int:
     limit = int(p.get("limit") or 500)
     return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
@@ -455,16 +465,27 @@ class SimApp:
         typed path."""
         return self.market.kline_objects(*self._kline_query(p))
 
+    def kline_objects_of(
+        self, symbol: str, interval: str, start: int | None, end: int | None, limit: int
+    ) -> list[Kline]:
+        """``kline_objects`` of the parameters a client sends for these values (``startTime``
+        and ``endTime`` only when not None), without writing them as text and reading them
+        back: the same checks in the same order, so the same errors. For ``int`` values only
+        (the text of anything else may not read back as the same number)."""
+        name = self._symbol({"symbol": symbol})
+        assert name is not None
+        _check_interval(interval)
+        _check_limit(limit)
+        return self.market.kline_objects(name, interval, start, end, limit)
+
     def _kline_query(self, p: Params) -> tuple[str, str, int | None, int | None, int]:
         """(symbol, interval, start, end, limit) of a klines request, checked."""
         symbol = self._symbol(p)
         assert symbol is not None
         interval = p.get("interval") or ""
-        if interval not in INTERVAL_MS:
-            raise ApiError(-1120, "Invalid interval.")
+        _check_interval(interval)
         limit = int(p.get("limit") or 500)
-        if not 1 <= limit <= 1500:
-            raise ApiError(-1130, "Data sent for parameter 'limit' is not valid.")
+        _check_limit(limit)
         start = int(p["startTime"]) if p.get("startTime") else None
         end = int(p["endTime"]) if p.get("endTime") else None
         return symbol, interval, start, end, limit

@@ -31,7 +31,7 @@ from aster_agents.exchange.base import Exchange
 from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.sim.engine import ApiError
 from aster_agents.sim.market import CandleValues, Market, bucket_close
-from aster_agents.sim.recording import Recording, SymbolRecording
+from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
 WEEK_MS: Final = 7 * 86_400_000
@@ -45,12 +45,21 @@ def held(o: float, h: float, lo: float, c: float, frac: float) -> tuple[float, f
     return seen[-1], max(seen), min(seen)
 
 
+def held_price(o: float, h: float, lo: float, c: float, frac: float) -> float:
+    """``held(o, h, lo, c, frac)[0]`` for ``frac`` in [0, 1]: the price alone (a mark needs
+    no high and low so far, and the engine asks for every symbol's at every step)."""
+    path = (o, lo, h, c) if c >= o else (o, h, lo, c)
+    return path[min(3, int(frac * 4))]
+
+
 def week_offset(recording_start: int, reference_ms: int) -> int:
     """The whole-week shift that moves ``recording_start`` to at or after ``reference_ms``."""
     return max(0, math.ceil((reference_ms - recording_start) / WEEK_MS)) * WEEK_MS
 
 
 CLOSED_ROWS_KEPT: Final = 50_000  # closed candle rows (and Klines) a replay keeps built
+
+FORMING_KEPT: Final = 1_000  # forming candles remembered (a few per symbol and interval)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -90,6 +99,8 @@ class ReplayMarket(Market):
         self.end_ms = recording.end_ms + self.offset_ms - 1
         self._closed: dict[tuple[str, str, int], list[object]] = {}
         self._closed_klines: dict[tuple[str, str, int], Kline] = {}
+        # (symbol, interval, open) -> (the moment, the forming candle then)
+        self._forming: dict[tuple[str, str, int], tuple[int, Kline]] = {}
         self._marks: dict[str, tuple[int, Decimal]] = {}  # symbol -> the last (time, mark)
         self._books: dict[str, tuple[int, tuple[Decimal, Decimal]]] = {}
 
@@ -144,10 +155,11 @@ class ReplayMarket(Market):
             return super().raw_price(symbol, t)
         t = self.now_ms() if t is None else t
         series = rec.mark or rec.klines
+        step = series.step_ms  # a property: read once (the engine asks every step)
         rel = t - self.offset_ms - series.first_open
-        i = min(max(0, rel // series.step_ms), len(series.c) - 1)
-        frac = min(1.0, max(0.0, (rel - i * series.step_ms) / series.step_ms))
-        return held(series.o[i], series.h[i], series.low[i], series.c[i], frac)[0]
+        i = min(max(0, rel // step), len(series.c) - 1)
+        frac = min(1.0, max(0.0, (rel - i * step) / step))
+        return held_price(series.o[i], series.h[i], series.low[i], series.c[i], frac)
 
     def klines(
         self,
@@ -192,14 +204,25 @@ class ReplayMarket(Market):
         return row
 
     def _kline(self, symbol: str, interval: str, open_ms: int, now: int) -> Kline:
+        """The candle as ``Market._kline`` builds it: a closed one built once per run, the
+        forming one once per moment (every client asking at that moment shares it)."""
         if self._recorded(symbol) is None:
             return super()._kline(symbol, interval, open_ms, now)
         key = (symbol, interval, open_ms)
         kline = self._closed_klines.get(key)
-        if kline is None:
+        if kline is not None:
+            return kline
+        if bucket_close(interval, open_ms) <= now:  # closed candles never change
             kline = super()._kline(symbol, interval, open_ms, now)
-            if bucket_close(interval, open_ms) <= now:  # closed candles never change
-                _keep(self._closed_klines, key, kline)
+            _keep(self._closed_klines, key, kline)
+            return kline
+        forming = self._forming.get(key)
+        if forming is not None and forming[0] == now:
+            return forming[1]
+        kline = super()._kline(symbol, interval, open_ms, now)
+        if len(self._forming) >= FORMING_KEPT:
+            self._forming.clear()
+        self._forming[key] = (now, kline)
         return kline
 
     def _candle_values(self, symbol: str, interval: str, open_ms: int, now: int) -> CandleValues:
@@ -212,6 +235,23 @@ class ReplayMarket(Market):
         base = s.first_open + self.offset_ms
         lo_i = max(0, (open_ms - base) // step)
         hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // step)
+        if lo_i == hi_i:  # one recorded candle (the recording's own interval)
+            return self._one_candle(s, lo_i, open_ms, close_ms, base, step, now)
+        return self._candles(s, lo_i, hi_i, open_ms, close_ms, base, step, now)
+
+    @staticmethod
+    def _candles(
+        s: Series,
+        lo_i: int,
+        hi_i: int,
+        open_ms: int,
+        close_ms: int,
+        base: int,
+        step: int,
+        now: int,
+    ) -> CandleValues:
+        """Recorded candles ``lo_i..hi_i`` (the last one as of ``now``) as one candle; ``base``
+        is the first candle's open in market time, ``step`` a candle's length."""
         op, hi, low, cl, vol = s.o[lo_i], -math.inf, math.inf, s.o[lo_i], 0.0
         for i in range(lo_i, hi_i + 1):
             h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
@@ -222,6 +262,20 @@ class ReplayMarket(Market):
                 v *= frac
             hi, low, cl, vol = max(hi, h), min(low, lw), c, vol + v
         return open_ms, close_ms, op, hi, low, cl, vol
+
+    @staticmethod
+    def _one_candle(
+        s: Series, i: int, open_ms: int, close_ms: int, base: int, step: int, now: int
+    ) -> CandleValues:
+        """``_candles(s, i, i, ...)``: the loop's one turn, the same expressions (``max(-inf,
+        h)`` and ``0.0 + v`` included) without its bookkeeping. A replay in the recording's
+        own interval (a backtest's) builds two such candles per agent-tick."""
+        h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
+        if base + (i + 1) * step - 1 > now:
+            frac = min(1.0, max(0.0, (now - base - i * step) / step))
+            c, h, lw = held(s.o[i], h, lw, c, frac)
+            v *= frac
+        return open_ms, close_ms, s.o[i], max(-math.inf, h), min(math.inf, lw), c, 0.0 + v
 
 
 # premiumIndex + bookTicker per symbol (weight 1 each) every LIVE_POLL_S: at most a quarter of
