@@ -21,6 +21,7 @@ from aster_agents.models import Kline
 from aster_agents.sim.recording import load_recording
 from aster_agents.sim.sources import ReplayMarket
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
+from tests.kit.wait import wait_for
 
 FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"
 PINNED = FIXTURE.parent / "xrp-backtest.json"  # rewritten by tests/data/replay/pin.py
@@ -206,18 +207,18 @@ def test_the_automatic_rebalance_keeps_the_whole_fleet_in_one_process(tmp_path: 
 
 
 @dataclass
-class FailsInAWorker:
-    """Calls ``fail`` in the process it decides in, unless that is the test's own."""
+class InAWorker:
+    """Calls ``act`` in the process it decides in, unless that is ``parent``, and holds."""
 
     parent: int
-    fail: Callable[[], None]
-    name: str = "fails"
+    act: Callable[[], None]
+    name: str = "in-a-worker"
     min_klines: int = 1
 
     def decide(self, market: MarketSnapshot, position: PositionView) -> Signal:
         if os.getpid() != self.parent:
-            self.fail()
-        return Signal(Action.HOLD, 0.0, "in the parent")
+            self.act()
+        return Signal(Action.HOLD, 0.0, "held")
 
 
 def _refuse() -> None:
@@ -233,7 +234,7 @@ def test_a_worker_process_that_dies_fails_the_backtest_with_its_exit_code(tmp_pa
             FIXTURE,
             to_ms=START + HOUR,
             jobs=2,
-            strategies={"bt-2": FailsInAWorker(os.getpid(), lambda: os._exit(3))},
+            strategies={"bt-2": InAWorker(os.getpid(), lambda: os._exit(3))},
         )
 
 
@@ -253,7 +254,7 @@ def test_an_error_in_a_worker_process_is_raised_by_the_backtest(tmp_path: Path) 
             FIXTURE,
             to_ms=START + HOUR,
             jobs=2,
-            strategies={"bt-2": FailsInAWorker(os.getpid(), _refuse)},
+            strategies={"bt-2": InAWorker(os.getpid(), _refuse)},
         )
 
 
@@ -295,3 +296,51 @@ def test_backtest_cli_writes_the_report_of_its_books(tmp_path: Path) -> None:
     assert "generated 2021-11-18 06:00:00Z" in html  # "now" is the end of the run (--to)
     assert html.count("2021-11-18") > 10 and "2026-" not in html  # no wall-clock date
     assert all(f">{a}<" in html for a in ("bt-1", "bt-2"))  # each sleeve in the table
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_a_worker_process_dies_with_its_killed_parent(tmp_path: Path) -> None:
+    """The backtest's process SIGKILLed mid-run: its worker (slowed to run for minutes) is
+    gone within seconds, not left trading on alone."""
+    d = write_fleet(tmp_path)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import os, time\n"
+        "from pathlib import Path\n"
+        "from aster_agents.config.schema import load_fleet\n"
+        "from aster_agents.fleet.backtest import run_backtest\n"
+        "from tests.test_backtest import FIXTURE, InAWorker\n"
+        "slow = InAWorker(os.getpid(), lambda: time.sleep(0.1))\n"
+        f"fleet = load_fleet(Path({str(d)!r}))\n"
+        "run_backtest(fleet, FIXTURE, jobs=2, strategies={'bt-2': slow})\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=root, env=env)
+
+    def started() -> list[int]:
+        assert proc.poll() is None, f"the backtest exited early ({proc.returncode})"
+        return _children(proc.pid)
+
+    try:
+        workers = wait_for(started, timeout=60, what="the worker process")
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not any(map(_alive, workers)), timeout=15, what="the worker to die")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

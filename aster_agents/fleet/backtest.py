@@ -359,7 +359,9 @@ def _run_forked(plan: _Plan, market: ReplayMarket, buckets: Sequence[Sequence[st
     try:
         for ids in buckets[1:]:
             receive, send = ctx.Pipe(duplex=False)
-            child = ctx.Process(target=_child, args=(send, plan, market, ids), daemon=True)
+            child = ctx.Process(
+                target=_child, args=(send, plan, market, ids, os.getpid()), daemon=True
+            )
             child.start()
             send.close()
             children.append((child, receive))
@@ -384,9 +386,10 @@ def _run_forked(plan: _Plan, market: ReplayMarket, buckets: Sequence[Sequence[st
             receive.close()
 
 
-def _child(send: Any, plan: _Plan, market: ReplayMarket, ids: Sequence[str]) -> None:
+def _child(send: Any, plan: _Plan, market: ReplayMarket, ids: Sequence[str], parent: int) -> None:
     import pickle
 
+    _die_with_parent(parent)
     try:
         doc: tuple[str, object] = ("ok", _run_part(plan, market, ids, None))
     except BaseException as exc:  # handed to the parent, which raises it
@@ -394,6 +397,22 @@ def _child(send: Any, plan: _Plan, market: ReplayMarket, ids: Sequence[str]) -> 
         doc = ("error", said)
     send.send_bytes(pickle.dumps(doc))
     send.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (Linux ``PR_SET_PDEATHSIG``):
+    a backtest killed by SIGTERM or SIGKILL leaves no worker running on alone."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not glibc/musl Linux: the parent's cleanup only
+        return
+    if os.getppid() != parent:  # it died before the call: nothing would signal us
+        os._exit(1)
 
 
 def _picklable(exc: BaseException) -> bool:
