@@ -18,8 +18,6 @@ import itertools
 import json
 import math
 import random
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -39,6 +37,7 @@ from aster_agents.strategies import (
 )
 from aster_agents.strategies import indicators as ind
 from aster_agents.strategies.base import Series
+from tests.test_bench_ledger import _bench
 
 RULE_STRATEGIES = tuple(n for n in STRATEGY_NAMES if n not in ("llm", "random"))
 FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp" / "XRPUSDT-5m-klines.csv"
@@ -299,16 +298,7 @@ def test_decisions_are_those_of_the_code_before_the_fast_paths() -> None:
 def test_the_strategies_bench_reports_every_fleet_strategy() -> None:
     """bench/strategies.py runs as a user would and reports a figure per strategy and
     position (no timing is asserted)."""
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(
-        [sys.executable, "bench/strategies.py", "--ticks", "20", "--rounds", "1", "--json"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _bench("strategies.py", "--ticks", "20", "--rounds", "1", "--json")
     result = json.loads(done.stdout)
     assert set(result["us_per_decide"]) == set(RULE_STRATEGIES)
     for row in result["us_per_decide"].values():
