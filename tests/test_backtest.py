@@ -344,3 +344,15 @@ def test_a_worker_process_dies_with_its_killed_parent(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_backtest_cli_refuses_a_report_path_that_is_a_directory_before_running(
+    tmp_path: Path,
+) -> None:
+    """--report DIR: exit 2 naming the option, at once (no backtest run, no fills printed)."""
+    d = write_fleet(tmp_path, ("trend",))
+    cmd = [sys.executable, "-m", "aster_agents", "--config-dir", str(d), "backtest"]
+    args = ["--data", str(FIXTURE), "--report", str(tmp_path), "--json"]
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--report" in done.stderr and "is a directory" in done.stderr
+    assert done.stdout == "" and "Traceback" not in done.stderr

@@ -47,6 +47,10 @@ def backtest(
     start, end = parse_since(from_), parse_since(to)
     fleet = state(ctx).fleet()
     ids = [i for value in agents or [] for i in value.replace(",", " ").split()]
+    if report_to is not None and report_to.is_dir():  # said before a run of minutes, not after
+        from aster_agents.errors import ConfigError
+
+        raise ConfigError(f"--report {report_to}: is a directory; give the HTML file to write")
     workers = jobs or usable_cores()
     if report_to is None:
         result = run_backtest(fleet, data, agent_ids=ids, from_ms=start, to_ms=end, jobs=workers)
