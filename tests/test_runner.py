@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from decimal import Decimal
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.agent.runner import FAILPOINTS, AgentRunner, RequestMeter
+from aster_agents.agent.runner import FAILPOINT_ENV, FAILPOINTS, AgentRunner, RequestMeter
 from aster_agents.config.schema import load_fleet
 from aster_agents.exchange.base import RequestLog
 from aster_agents.exchange.http import AsterClient
@@ -152,6 +155,40 @@ def test_request_meter_adds_up_every_request_through_the_hook(
     assert meter.wall_ms >= sum(e.elapsed_ms for e in entries)  # plus forwarding each entry
     assert meter.cpu_ms >= sum(e.cpu_ms for e in entries)
     assert all(e.elapsed_ms > 0 and e.cpu_ms >= 0 for e in entries)
+
+
+def test_timed_tick_is_safe_tick_with_its_debug_line(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """The live loop's tick (``timed_tick``) does what ``safe_tick`` does and says its times
+    at DEBUG; ``safe_tick`` (a backtest's) writes no such line."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), format="{message}", level="DEBUG")
+    closing.callback(logger.remove, sink)
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT"])
+    runner, _ = in_process(fleet, "agent-1", Scripted([Action.HOLD, Action.HOLD]), closing)
+    ticks = [line for line in lines if line.startswith("tick ")]
+    plain = runner.safe_tick()
+    assert [line for line in lines if line.startswith("tick ")] == ticks
+    timed = runner.timed_tick()
+    assert plain is not None and timed == plain
+    said = [line for line in lines if line.startswith("tick ")][len(ticks) :]
+    assert len(said) == 1 and ", network " in said[0] and ", cpu " in said[0], said
+
+
+def test_failpoint_kills_the_process_at_the_named_step_only(tmp_path: Path) -> None:
+    """``$ASTER_AGENTS_FAILPOINT`` in the environment a process starts with (read once at
+    import) SIGKILLs it at that step and at no other."""
+    code = (
+        "import sys; from aster_agents.agent.runner import failpoint; "
+        "failpoint('after_send'); print('passed after_send', flush=True); failpoint(sys.argv[1])"
+    )
+    env = {**os.environ, FAILPOINT_ENV: "after_confirm"}
+    for step, returncode in (("after_reserve", 0), ("after_confirm", -signal.SIGKILL)):
+        done = subprocess.run(
+            [sys.executable, "-c", code, step], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert (done.returncode, done.stdout) == (returncode, "passed after_send\n"), done.stderr
 
 
 def test_triggered_stop_is_booked_and_its_twin_canceled(
