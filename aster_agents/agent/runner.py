@@ -145,6 +145,10 @@ class FullDisk:
             )
 
 
+# the cache key, limit, freshness (ms) and candle length (ms) of a symbol's klines
+_KlineRequest = tuple[str, int, int, int]
+
+
 @dataclass
 class TickReport:
     """What one tick did, for logs and tests."""
@@ -205,6 +209,7 @@ class AgentRunner:
         self.turn = Turn(0, 0)  # the last turn the simulator gave (0: none yet)
         self.turn_walls: list[int] = []  # when each turn began (wall ms), and its market time
         self.turn_marks: list[int] = []
+        self._kline_requests: dict[tuple[str, int], _KlineRequest] = {}  # see _kline_request
 
     # ------------------------------------------------------------------ start-up
 
@@ -498,12 +503,14 @@ class AgentRunner:
             return report
         if self.tick_count % EXCHANGE_CHECK_EVERY == 0:
             self.check_exchange_closes()
-        for intent in self.ledger.unresolved_intents(self.agent.id):
-            if intent.kind != "protect" or intent.state == "reserved":
-                self._resolve(intent)  # resting stops are checked per symbol below
-        in_flight = {
-            i.symbol for i in self.ledger.unresolved_intents(self.agent.id) if i.kind != "protect"
-        }
+        unresolved = self.ledger.unresolved_intents(self.agent.id)
+        # resting stops are checked per symbol below
+        stale = [i for i in unresolved if i.kind != "protect" or i.state == "reserved"]
+        for intent in stale:
+            self._resolve(intent)
+        if stale:  # else nothing was written since: the same list
+            unresolved = self.ledger.unresolved_intents(self.agent.id)
+        in_flight = {i.symbol for i in unresolved if i.kind != "protect"}
         for symbol in self.agent.trading.symbols:
             if self.stop.is_set():
                 break
@@ -531,9 +538,7 @@ class AgentRunner:
             self._check_protection(symbol, position)
             position = self._position(symbol)
         view = _view(position)
-        snapshot = MarketSnapshot(
-            symbol, self.agent.trading.interval, tuple(klines), price, self.clock()
-        )
+        snapshot = MarketSnapshot(symbol, self.agent.trading.interval, klines, price, self.clock())
         signal = self.strategy.decide(snapshot, view)
         if signal.confidence < self.agent.trading.min_confidence or signal.action is Action.HOLD:
             return
@@ -546,19 +551,35 @@ class AgentRunner:
 
     # ------------------------------------------------------------------ market data
 
-    def market_data(self, symbol: str) -> list[Kline]:
+    def market_data(self, symbol: str) -> tuple[Kline, ...]:
         """Closed klines for the agent's interval, shared with every agent on the host."""
         interval = self.agent.trading.interval
-        limit = min(KLINE_LIMIT_MAX, max(KLINE_FLOOR, self.strategy.min_klines + 2))
-        ttl_ms = max(1000, int(INTERVAL_MS[interval] / self.market_speed / 4))
-        key = f"klines:{self.agent.exchange.base_url}:{symbol}:{interval}:{limit}"
-        now, step = self.clock(), INTERVAL_MS[interval]
+        key, limit, ttl_ms, step = self._kline_request(symbol)
+        now = self.clock()
         # never past the forming candle's close: the next tick after it sees the closed one
         fresh_until = min(now + ttl_ms, (now // step + 1) * step)
         klines = self.cache.klines(
             key, fresh_until, lambda: self.client.klines(symbol, interval, limit=limit), now_ms=now
         )
-        return klines[:-1]  # the last one is the candle still forming
+        return tuple(klines[:-1])  # the last one is the candle still forming
+
+    def _kline_request(self, symbol: str) -> _KlineRequest:
+        """The cache key, limit, freshness and candle length of ``symbol``'s klines: the same
+        every tick, so made once (per ``min_klines``, which a strategy sets when built)."""
+        min_klines = self.strategy.min_klines
+        made = self._kline_requests.get((symbol, min_klines))
+        if made is None:
+            interval = self.agent.trading.interval
+            limit = min(KLINE_LIMIT_MAX, max(KLINE_FLOOR, min_klines + 2))
+            ttl_ms = max(1000, int(INTERVAL_MS[interval] / self.market_speed / 4))
+            key = f"klines:{self.agent.exchange.base_url}:{symbol}:{interval}:{limit}"
+            made = self._kline_requests[symbol, min_klines] = (
+                key,
+                limit,
+                ttl_ms,
+                INTERVAL_MS[interval],
+            )
+        return made
 
     # ------------------------------------------------------------------ entries
 
@@ -778,16 +799,18 @@ class AgentRunner:
         """Settle stops that fired or vanished, then put back whichever protection is missing."""
         live = {o.client_order_id: o for o in self.client.open_orders(symbol)}
         vanished = False
-        for intent in self._protective(symbol):
+        protective = self._protective(symbol)
+        for intent in protective:
             if intent.client_order_id not in live and intent.state != "reserved":
                 self._resolve(intent)
                 vanished = True
         if vanished:  # fired, or cancelled by a liquidation: did the exchange close us?
             self._book_exchange_closes(symbol, position.opened_ms)
+            protective = self._protective(symbol)  # else nothing was written: the same
         position_now = self._position(symbol)
         if position_now is None:
             return
-        ours = {i.client_order_id for i in self._protective(symbol)}
+        ours = {i.client_order_id for i in protective}
         have = {o.type for coid, o in live.items() if coid in ours}
         missing = [t for t in PROTECTIVE_TYPES if t not in have]
         if missing:
@@ -1041,9 +1064,12 @@ def _final_state(status: OrderStatus) -> str:
     }.get(status, "canceled")
 
 
+_FLAT: Final = PositionView(ZERO, ZERO, None)  # immutable: one for every flat tick
+
+
 def _view(position: LedgerPosition | None) -> PositionView:
     if position is None:
-        return PositionView(ZERO, ZERO, None)
+        return _FLAT
     return PositionView(position.qty, position.entry_price, position.opened_ms)
 
 
