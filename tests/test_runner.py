@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from aster_agents.agent.runner import FAILPOINT_ENV, FAILPOINTS, AgentRunner, RequestMeter
+from aster_agents.agent.runner import (
+    FAILPOINT_ENV,
+    FAILPOINTS,
+    KLINE_FLOOR,
+    KLINE_LIMIT_MAX,
+    AgentRunner,
+    RequestMeter,
+)
 from aster_agents.config.schema import load_fleet
 from aster_agents.exchange.base import RequestLog
 from aster_agents.exchange.http import AsterClient
 from aster_agents.ledger import Ledger, MarketDataCache
 from aster_agents.logs import logger
+from aster_agents.models import INTERVAL_MS
 from aster_agents.signing import NonceSource, Signer
 from aster_agents.sim.server import SimConfig, SimServer
 from aster_agents.strategies import Action, MarketSnapshot, PositionView, Signal
@@ -174,6 +182,30 @@ def test_timed_tick_is_safe_tick_with_its_debug_line(
     assert plain is not None and timed == plain
     said = [line for line in lines if line.startswith("tick ")][len(ticks) :]
     assert len(said) == 1 and ", network " in said[0] and ", cpu " in said[0], said
+
+
+def test_kline_request_made_once_is_the_plain_one(
+    sim: SimServer, tmp_path: Path, closing: ExitStack
+) -> None:
+    """The klines' cache key, limit, freshness and candle length kept per symbol are those
+    made from the config and the strategy's ``min_klines`` at the time of asking."""
+    fleet = make_fleet(tmp_path, sim, ["agent-1"], symbols=["BTCUSDT", "ETHUSDT"])
+    strategy = Scripted([])
+    runner, _ = in_process(fleet, "agent-1", strategy, closing)
+    interval, url = runner.agent.trading.interval, runner.agent.exchange.base_url
+    step = INTERVAL_MS[interval]
+    for min_klines in (1, 200, 1000, 200):
+        strategy.min_klines = min_klines
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            limit = min(KLINE_LIMIT_MAX, max(KLINE_FLOOR, min_klines + 2))
+            plain = (
+                f"klines:{url}:{symbol}:{interval}:{limit}",
+                limit,
+                max(1000, int(step / runner.market_speed / 4)),
+                step,
+            )
+            assert runner._kline_request(symbol) == plain
+            assert runner._kline_request(symbol) is runner._kline_request(symbol)
 
 
 def test_failpoint_kills_the_process_at_the_named_step_only(tmp_path: Path) -> None:
