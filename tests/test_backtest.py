@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -69,6 +70,23 @@ def test_two_backtests_of_the_same_recording_are_identical(tmp_path: Path) -> No
     one = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
     two = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
     assert one.fills and one.fills == two.fills
+
+
+def test_a_backtest_freezing_the_gc_books_what_one_on_the_plain_gc_books(tmp_path: Path) -> None:
+    """The run's objects kept out of the GC's passes (and released at the end) change no
+    trade; a caller that froze objects itself gets the plain GC and keeps its freeze."""
+    fleet = _fleet(tmp_path, "trend", "scalper")
+    frozen = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
+    assert gc.get_freeze_count() == 0  # released: the run's objects are collectable
+    gc.freeze()  # as a caller with objects of its own frozen
+    try:
+        kept = gc.get_freeze_count()
+        plain = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
+        assert 0 < gc.get_freeze_count() <= kept  # neither released nor added to
+    finally:
+        gc.unfreeze()
+    assert frozen.fills and frozen.fills == plain.fills
+    assert frozen.agents == plain.agents and frozen.agent_ticks == plain.agent_ticks
 
 
 def pinned_run(root: Path, strategies: list[str], start: int, end: int) -> dict[str, object]:
