@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from aster_agents.config.schema import FleetConfig, load_fleet
 from aster_agents.errors import AsterAgentsError, ConfigError
-from aster_agents.fleet.backtest import independent_groups, run_backtest, share_out
+from aster_agents.fleet.backtest import Turns, independent_groups, run_backtest, share_out
 from aster_agents.ledger import Ledger
 from aster_agents.models import Kline
 from aster_agents.sim.recording import load_recording
@@ -69,6 +70,23 @@ def test_two_backtests_of_the_same_recording_are_identical(tmp_path: Path) -> No
     one = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
     two = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
     assert one.fills and one.fills == two.fills
+
+
+def test_a_backtest_freezing_the_gc_books_what_one_on_the_plain_gc_books(tmp_path: Path) -> None:
+    """The run's objects kept out of the GC's passes (and released at the end) change no
+    trade; a caller that froze objects itself gets the plain GC and keeps its freeze."""
+    fleet = _fleet(tmp_path, "trend", "scalper")
+    frozen = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
+    assert gc.get_freeze_count() == 0  # released: the run's objects are collectable
+    gc.freeze()  # as a caller with objects of its own frozen
+    try:
+        kept = gc.get_freeze_count()
+        plain = run_backtest(fleet, FIXTURE, to_ms=START + 8 * HOUR)
+        assert 0 < gc.get_freeze_count() <= kept  # neither released nor added to
+    finally:
+        gc.unfreeze()
+    assert frozen.fills and frozen.fills == plain.fills
+    assert frozen.agents == plain.agents and frozen.agent_ticks == plain.agent_ticks
 
 
 def pinned_run(root: Path, strategies: list[str], start: int, end: int) -> dict[str, object]:
@@ -243,6 +261,49 @@ def test_share_out_deals_the_largest_groups_first_to_the_emptiest_bucket() -> No
     assert share_out(groups, 2) == [["b", "c", "d", "g"], ["e", "f", "a"]]  # 4 and 3
     assert share_out(groups, 1) == [["b", "c", "d", "e", "f", "a", "g"]]
     assert share_out(groups, 9) == [["b", "c", "d"], ["e", "f"], ["a"], ["g"]]
+
+
+def test_turns_go_to_parts_yet_to_run_then_to_the_most_work_left() -> None:
+    """Unknown costs first; then the CPU per turn so far times the turns left decides."""
+    turns = Turns(4, 2, turns=10)
+    assert turns.begin() == [0, 1]
+    assert turns.passed(0, 1.0) == 2  # 2 and 3 have not run: they come before 0
+    assert turns.passed(1, 4.0) == 3
+    assert turns.passed(2, 0.5) == 1  # left: 0 -> 9 s, 1 -> 36 s, 2 -> 4.5 s
+    assert turns.left(1) == 36.0 and turns.left(2) == 4.5
+    assert turns.finished() == 0  # 3 finished: 0 (9 s left) before 2
+    assert turns.finished() == 2
+    assert turns.finished() is None
+
+
+def _makespan(costs: list[float], at_once: int, count: int) -> float:
+    """When the last of parts costing ``costs`` CPU s per turn (``count`` turns each) ends,
+    on ``at_once`` cores handed out by ``Turns``: a small event simulation."""
+    turns = Turns(len(costs), at_once, turns=count)
+    done, used = [0] * len(costs), [0.0] * len(costs)
+    running = {part: costs[part] for part in turns.begin()}  # part -> when its turn ends
+    end = 0.0
+    while running:
+        part = min(running, key=lambda p: running[p])
+        now = running.pop(part)
+        done[part] += 1
+        used[part] += costs[part]
+        end = now
+        after = turns.passed(part, used[part]) if done[part] < count else turns.finished()
+        if after is not None:
+            running[after] = now + costs[after]
+    assert done == [count] * len(costs)
+    return end
+
+
+def test_turns_keep_every_core_busy_until_the_last_turns() -> None:
+    """Parts of very different costs on two cores end within half a turn of the ideal
+    (their total / 2): the cheap parts do not finish first and leave the costly one alone
+    on a core (as taking turns first come, first served would: 78 s here for 64)."""
+    costs = [0.033, 0.031, 0.025, 0.018]  # CPU s per turn of 64: bench parts of 2-3 agents
+    assert _makespan(costs, 2, 64) <= sum(costs) * 64 / 2 + max(costs) / 2
+    skewed = [1.0, 0.2, 0.2, 0.2, 0.2, 0.2]  # one part as costly as all others together
+    assert _makespan(skewed, 2, 64) <= sum(skewed) * 64 / 2 + max(skewed) / 2
 
 
 def test_an_error_in_a_worker_process_is_raised_by_the_backtest(tmp_path: Path) -> None:

@@ -10,10 +10,13 @@ forming candle and the market never serves a candle after the simulated now.
 
 Agents of different main accounts share nothing but the market (balance, positions, limits
 and kill switches are the account's; the in-process client has no rate limit), so with
-``jobs`` > 1 groups of them run in forked processes at once, each on its own engine and
+``jobs`` > 1 groups of them run in forked processes, each part on its own engine and
 throwaway ledger, on the schedule of the whole fleet; their books are merged into the result
-one process would give. The automatic rebalance, which moves capital between accounts, keeps
-the whole fleet in one process.
+one process would give. There are more parts than ``jobs`` and they take turns, ``jobs`` at
+a time, each turn a slice of market time: agents cost very different CPU (a scalper trades
+far more than a swing agent), and parts run whole on ``jobs`` processes would leave a core
+idle while the costliest part finished. The automatic rebalance, which moves capital between
+accounts, keeps the whole fleet in one process.
 
 The recording keeps its own dates (no shift); the ledger keeps its bookkeeping times on the
 wall clock, which the in-process client translates back into market time for the two
@@ -23,14 +26,17 @@ history queries that use them.
 from __future__ import annotations
 
 import bisect
+import gc
+import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 from aster_agents.agent.runner import AgentRunner, risk_limits
 from aster_agents.config.schema import AgentConfig, FleetConfig
@@ -50,7 +56,15 @@ from aster_agents.sim.sources import ReplayMarket
 from aster_agents.sim.symbols import SYMBOLS
 from aster_agents.strategies import Strategy, attached, get_strategy
 
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
 DEFAULT_BALANCE = Decimal("10000")
+PARTS_PER_JOB: Final = 2  # parts per process at once: a costly part is half a process's share
+TURNS: Final = 64  # turns per part: the idle tail of a run is one turn of one part
+_PASS: Final = b"p"  # a worker's message: my turn is over (+ its CPU s); else its pickled part
+_GO: Final = b"g"  # the parent's message: your turn
 
 
 class MemoryCache(MarketDataCache):
@@ -248,20 +262,24 @@ def run_backtest(
     end = market.end_ms if to_ms is None else min(market.end_ms, to_ms)
     if end <= start:
         raise ConfigError(f"backtest: --from/--to leave nothing of the recording {data_dir}")
-    plan = _Plan(fleet, data_dir, tuple(agents), start, end, strategies or {}, balance)
     workers = jobs if state_dir is None and _can_fork() else 1
-    buckets = share_out(independent_groups(fleet, agents), workers)
+    parts_wanted = workers * PARTS_PER_JOB if workers > 1 else 1
+    buckets = share_out(independent_groups(fleet, agents), parts_wanted)
     started = time.perf_counter()
     logger.disable("aster_agents")
     try:
-        if len(buckets) == 1:
-            parts = [_run_part(plan, market, buckets[0], state_dir)]
-        else:
-            parts = _run_forked(plan, market, buckets)
+        with _gc_frozen() as freezing:
+            plan = _Plan(
+                fleet, data_dir, tuple(agents), start, end, strategies or {}, balance, freezing
+            )
+            if len(buckets) == 1:
+                parts = [_run_part(plan, market, buckets[0], state_dir)]
+            else:
+                parts = _run_forked(plan, market, buckets, min(workers, len(buckets)))
     finally:
         logger.enable("aster_agents")
     elapsed = time.perf_counter() - started
-    return _merge(plan, parts, elapsed)
+    return _merge(plan, parts, elapsed, min(workers, len(buckets)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +293,28 @@ class _Plan:
     end: int
     strategies: Mapping[str, Strategy]
     balance: Decimal
+    freeze_gc: bool  # each part freezes its objects at its start and at every turn
+
+
+@contextmanager
+def _gc_frozen() -> Iterator[bool]:
+    """The objects alive now moved out of the cyclic GC's passes (``gc.freeze``), and back
+    at the end (the run's objects must then be collectable); yields whether it froze.
+
+    A run keeps what it builds to its end (candles, orders, trades, its books' rows) and
+    makes almost no cyclic garbage, yet the GC's full passes walk all of it over and over:
+    ~3% of a 2-day run's CPU. Frozen at the start and at every turn of a part, a pass sees
+    only the newest objects. A caller that has frozen objects of its own (which the final
+    unfreeze would release) gets the plain GC.
+    """
+    if gc.get_freeze_count():
+        yield False
+        return
+    gc.freeze()  # before any fork, too: the workers' passes leave the parent's pages shared
+    try:
+        yield True
+    finally:
+        gc.unfreeze()
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,9 +365,21 @@ def _can_fork() -> bool:
 
 
 def _run_part(
-    plan: _Plan, market: ReplayMarket, ids: Sequence[str], state_dir: Path | None
+    plan: _Plan,
+    market: ReplayMarket,
+    ids: Sequence[str],
+    state_dir: Path | None,
+    between: Callable[[], None] | None = None,
 ) -> _Part:
-    """The agents ``ids`` on their own engine and ledger, on the whole plan's schedule."""
+    """The agents ``ids`` on their own engine and ledger, on the whole plan's schedule;
+    ``between`` is called between turns (``TURNS`` slices of market time), if given."""
+
+    def turn() -> None:
+        if plan.freeze_gc:
+            gc.freeze()
+        if between is not None:
+            between()
+
     cpu = time.process_time()
     clock = SimClock(market)
     clock.move_to(plan.start)
@@ -342,61 +394,146 @@ def _run_part(
         # kept books are a SQLite file of their own, never the fleet's PostgreSQL ledger
         with Ledger(books, throwaway=state_dir is None, url=STATE_DIR_FILE) as ledger:
             runners = _runners(plan.fleet, mine, app, ledger, clock, plan.strategies)
-            ticks = _drive(app, clock, plan.agents, runners, plan.start, plan.end)
+            if plan.freeze_gc:
+                gc.freeze()
+            ticks = _drive(app, clock, plan.agents, runners, plan.start, plan.end, turn)
             for runner in {r.agent.exchange.user: r for r in runners}.values():
                 runner.note_exchange_equity()  # the books' check of a report: at the end
             summaries, fills = _books(mine, ledger)
     return _Part(ticks, time.process_time() - cpu, summaries, fills)
 
 
-def _run_forked(plan: _Plan, market: ReplayMarket, buckets: Sequence[Sequence[str]]) -> list[_Part]:
-    """The first bucket here, each other one in a forked child sending its part back."""
+def _run_forked(
+    plan: _Plan, market: ReplayMarket, buckets: Sequence[Sequence[str]], at_once: int
+) -> list[_Part]:
+    """Each bucket in a forked worker, ``at_once`` of them running at a time (``Turns``);
+    this process hands out the turns and collects the parts."""
     import multiprocessing
-    import pickle
 
     ctx = multiprocessing.get_context("fork")
-    children = []
+    children: list[tuple[BaseProcess, Connection]] = []
     try:
-        for ids in buckets[1:]:
-            receive, send = ctx.Pipe(duplex=False)
-            child = ctx.Process(
-                target=_child, args=(send, plan, market, ids, os.getpid()), daemon=True
+        for ids in buckets:
+            here, there = ctx.Pipe()
+            worker = ctx.Process(
+                target=_child, args=(there, plan, market, ids, os.getpid()), daemon=True
             )
-            child.start()
-            send.close()
-            children.append((child, receive))
-        parts = [_run_part(plan, market, buckets[0], None)]
-        for child, receive in children:
+            worker.start()
+            there.close()
+            children.append((worker, here))
+        return _hand_out_turns(children, at_once)
+    finally:
+        for child, here in children:
+            if child.is_alive():  # it failed here, or it is still at work on a failed run
+                child.kill()
+            child.join()
+            here.close()
+
+
+def _hand_out_turns(
+    children: Sequence[tuple[BaseProcess, Connection]], at_once: int
+) -> list[_Part]:
+    """Give the workers their turns until each has sent its part (in ``children``'s order);
+    a worker's error is raised here, a worker's death is an error naming its exit code."""
+    import pickle
+    from multiprocessing.connection import wait
+
+    turns = Turns(len(children), at_once)
+    for i in turns.begin():
+        children[i][1].send_bytes(_GO)
+    index = {id(conn): i for i, (_, conn) in enumerate(children)}
+    parts: dict[int, _Part] = {}
+    while len(parts) < len(children):
+        for ready in wait([c for i, (_, c) in enumerate(children) if i not in parts]):
+            i = index[id(ready)]
+            child, conn = children[i]
             try:
-                status, payload = pickle.loads(receive.recv_bytes())
+                said = conn.recv_bytes()
             except EOFError:
                 child.join()
                 raise AsterAgentsError(
                     f"backtest: a worker process died (exit {child.exitcode})"
                 ) from None
-            if status != "ok":
-                raise payload
-            parts.append(payload)
-        return parts
-    finally:
-        for child, receive in children:
-            if child.is_alive():  # it failed here, or it is still at work on a failed run
-                child.kill()
-            child.join()
-            receive.close()
+            after: int | None
+            if said[:1] == _PASS:
+                after = turns.passed(i, float(said[1:]))
+            else:
+                status, payload = pickle.loads(said)
+                if status != "ok":
+                    raise payload
+                parts[i] = payload
+                after = turns.finished()
+            if after is not None:
+                children[after][1].send_bytes(_GO)
+    return [parts[i] for i in range(len(children))]
 
 
-def _child(send: Any, plan: _Plan, market: ReplayMarket, ids: Sequence[str], parent: int) -> None:
+class Turns:
+    """Which parts run: at most ``at_once`` at a time, the one with the most work left next.
+
+    A part gives up its turn after each of its ``turns`` slices of market time, saying the
+    CPU time it has used so far; its work left is that CPU per turn times the turns left (a
+    part yet to run comes first: its cost is unknown). Costly parts thus run most of the
+    time and cheap ones fill in, so no process idles until the last turns (the costliest
+    part first would otherwise finish alone, long after the others).
+    """
+
+    def __init__(self, parts: int, at_once: int, turns: int = TURNS) -> None:
+        self._turns = turns
+        self._done = [0] * parts
+        self._cpu = [0.0] * parts
+        self._waiting = list(range(parts))
+        self._at_once = max(1, at_once)
+
+    def begin(self) -> list[int]:
+        """The parts that run first."""
+        first = self._waiting[: self._at_once]
+        del self._waiting[: self._at_once]
+        return first
+
+    def passed(self, part: int, cpu_s: float) -> int:
+        """``part`` ended a turn, having used ``cpu_s`` so far: the part to run now."""
+        self._done[part] += 1
+        self._cpu[part] = cpu_s
+        self._waiting.append(part)
+        return self._take()
+
+    def finished(self) -> int | None:
+        """A part has finished: the part to run in its place, if any waits."""
+        return self._take() if self._waiting else None
+
+    def left(self, part: int) -> float:
+        """The CPU seconds ``part`` is expected to need still (infinite before it ran)."""
+        done = self._done[part]
+        if not done:
+            return math.inf
+        return self._cpu[part] / done * max(self._turns - done, 0)
+
+    def _take(self) -> int:
+        part = max(self._waiting, key=self.left)
+        self._waiting.remove(part)
+        return part
+
+
+def _child(conn: Any, plan: _Plan, market: ReplayMarket, ids: Sequence[str], parent: int) -> None:
+    """A worker: waits for its first turn, runs its part taking turns, sends the part."""
     import pickle
 
     _die_with_parent(parent)
+
+    def between() -> None:
+        conn.send_bytes(_PASS + repr(time.process_time() - cpu).encode())
+        conn.recv_bytes()
+
     try:
-        doc: tuple[str, object] = ("ok", _run_part(plan, market, ids, None))
+        conn.recv_bytes()
+        cpu = time.process_time()
+        doc: tuple[str, object] = ("ok", _run_part(plan, market, ids, None, between))
     except BaseException as exc:  # handed to the parent, which raises it
         said = exc if _picklable(exc) else AsterAgentsError(f"{type(exc).__name__}: {exc}")
         doc = ("error", said)
-    send.send_bytes(pickle.dumps(doc))
-    send.close()
+    conn.send_bytes(pickle.dumps(doc))
+    conn.close()
 
 
 def _die_with_parent(parent: int) -> None:
@@ -483,19 +620,26 @@ def _drive(
     runners: Sequence[AgentRunner],
     start: int,
     end: int,
+    between: Callable[[], None],
 ) -> int:
     """Step market time through the replay's events (``sim/lockstep.py``, the schedule
     ``sim --lockstep`` gives agent processes); returns the agent-ticks run.
 
     The events are those of all ``agents`` (the whole backtest), also when ``runners`` are
     only some of them: the engine then works resting orders at the same moments as in a
-    run of them all.
+    run of them all. ``between`` is called before the first event of each of ``TURNS``
+    slices of market time after the first (a part's turns).
     """
     scans = [int(a.trading.scan_interval_seconds * 1000) for a in agents]
     by_id = {r.agent.id: r for r in runners}
     mine = [by_id.get(a.id) for a in agents]
+    every = -(-(end - start + 1) // TURNS)  # ceil: TURNS slices cover [start, end]
+    turn_ends = start + every
     ticks = 0
     for t, due in replay_events(start, end, step_of(clock.market), scans):
+        if t >= turn_ends:
+            between()
+            turn_ends = t + every - (t - start) % every
         clock.move_to(t)
         app.engine.settle_funding()
         app.engine.tick()
@@ -550,7 +694,7 @@ def _books(
     return tuple(summaries), fills
 
 
-def _merge(plan: _Plan, parts: Sequence[_Part], elapsed: float) -> BacktestResult:
+def _merge(plan: _Plan, parts: Sequence[_Part], elapsed: float, workers: int) -> BacktestResult:
     """One result from the parts: agents in tick order; fills by time, then agent, then
     trade id (the order one engine gives an agent's fills), so any split gives one order."""
     rank = {a.id: i for i, a in enumerate(plan.agents)}
@@ -568,5 +712,5 @@ def _merge(plan: _Plan, parts: Sequence[_Part], elapsed: float) -> BacktestResul
         sum(p.cpu_s for p in parts),
         tuple(summaries),
         tuple(f for _, f in fills),
-        len(parts),
+        workers,
     )
