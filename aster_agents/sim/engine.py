@@ -703,8 +703,13 @@ class Engine:
         return last + self.funding_interval_ms if self.funding_interval_ms else 0
 
     def settle_funding(self) -> int:
-        """Apply every settlement passed since the last one; returns how many were applied."""
-        if not self.funding_interval_ms:
+        """Apply every settlement passed since the last one; returns how many were applied.
+
+        Nothing is due before the next settlement time: every request and every engine step
+        asks, so that answer takes no lock (``_funded_until`` only grows, and a stale read of
+        it only sends the caller on to the locked check)."""
+        interval = self.funding_interval_ms
+        if not interval or self.market.now_ms() < self._funded_until + interval:
             return 0
         with self.lock:
             due = self.last_funding_time()
@@ -1025,9 +1030,13 @@ class Engine:
         """Settle funding, fill crossed LIMIT orders and fire triggered stop orders."""
         with self.lock:
             self.settle_funding()
-            for acct in self.accounts.values():
-                self._fire_countdowns(acct)
-                self._tick_account(acct)
+            for acct in self.accounts.values():  # ``tick_user``'s steps, inline: every step
+                if acct.countdowns:  # of a backtest ticks every account
+                    self._fire_countdowns(acct)
+                if acct.open_orders:
+                    self._work_orders(acct)
+                if acct.positions:
+                    liquidation.liquidate_if_due(self, acct)
 
     def _fire_countdowns(self, acct: SimAccountState) -> None:
         """countdownCancelAll: a symbol whose countdown ran out loses its open orders."""
@@ -1070,8 +1079,10 @@ class Engine:
             mark = marks.get(symbol)
             if mark is None:
                 mark = marks[symbol] = self.market.mark(symbol)
-            if o.type != "LIMIT" and not self._triggered(o, mark):
-                continue
+            if o.type != "LIMIT":  # ``_triggered``, inline: a resting stop is asked every step
+                up = (o.type == "STOP_MARKET") == (o.side == "BUY")
+                if not (mark >= o.stop_price if up else mark <= o.stop_price):
+                    continue
             quote = books.get(symbol)
             if quote is None:
                 quote = books[symbol] = self.market.book(symbol)

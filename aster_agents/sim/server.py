@@ -440,7 +440,12 @@ class SimApp:
 
     @staticmethod
     def _symbol(p: Params, required: bool = True) -> str | None:
-        name = p.get("symbol") or p.get("pair")
+        return SimApp._named_symbol(p.get("symbol") or p.get("pair"), required)
+
+    @staticmethod
+    def _named_symbol(name: str | None, required: bool = True) -> str | None:
+        """``_symbol`` of parameters naming ``name``: its checks, without a dict to hold it
+        (the in-process client's typed klines path asks every tick)."""
         if not name:
             if required:
                 raise ApiError(
@@ -472,7 +477,7 @@ class SimApp:
         and ``endTime`` only when not None), without writing them as text and reading them
         back: the same checks in the same order, so the same errors. For ``int`` values only
         (the text of anything else may not read back as the same number)."""
-        name = self._symbol({"symbol": symbol})
+        name = self._named_symbol(symbol)
         assert name is not None
         _check_interval(interval)
         _check_limit(limit)

@@ -30,7 +30,7 @@ from aster_agents.errors import AsterAgentsError
 from aster_agents.exchange.base import Exchange
 from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.sim.engine import ApiError
-from aster_agents.sim.market import CandleValues, Market, bucket_close
+from aster_agents.sim.market import CandleValues, Market, bucket_close, kline_object
 from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
@@ -97,6 +97,7 @@ class ReplayMarket(Market):
         super().__init__(seed, start + self.offset_ms, speed, history_minutes=0, wall=wall)
         self.genesis_ms = recording.start_ms + self.offset_ms
         self.end_ms = recording.end_ms + self.offset_ms - 1
+        self._held_now: int | None = None  # now_ms of the frozen clock (``_hold``)
         self._closed: dict[tuple[str, str, int], list[object]] = {}
         self._closed_klines: dict[tuple[str, str, int], Kline] = {}
         # (symbol, interval, open) -> (the moment, the forming candle then)
@@ -105,10 +106,30 @@ class ReplayMarket(Market):
         self._books: dict[str, tuple[int, tuple[Decimal, Decimal]]] = {}
 
     def now_ms(self) -> int:
-        frozen = self._frozen_ms
-        if frozen is not None:  # a backtest asks often, always frozen
-            return frozen if frozen < self.end_ms else self.end_ms
+        held = self._held_now
+        if held is not None:  # a backtest asks often, always frozen
+            return held
         return min(super().now_ms(), self.end_ms)
+
+    def freeze(self, at_ms: int | None = None) -> int:
+        frozen = super().freeze(at_ms)
+        self._hold()
+        return frozen
+
+    def advance(self, ms: int) -> int:
+        moved = super().advance(ms)
+        self._hold()
+        return moved
+
+    def thaw(self) -> None:
+        super().thaw()
+        self._hold()
+
+    def _hold(self) -> None:
+        """Keep the frozen clock's answer (the frozen time, at most the end) for ``now_ms``:
+        a backtest asks for it thousands of times at each moment. None while it runs."""
+        frozen = self._frozen_ms
+        self._held_now = None if frozen is None else min(frozen, self.end_ms)
 
     @property
     def finished(self) -> bool:
@@ -206,20 +227,22 @@ class ReplayMarket(Market):
     def _kline(self, symbol: str, interval: str, open_ms: int, now: int) -> Kline:
         """The candle as ``Market._kline`` builds it: a closed one built once per run, the
         forming one once per moment (every client asking at that moment shares it)."""
-        if self._recorded(symbol) is None:
+        rec = self.recording.symbols.get(symbol)
+        if rec is None:
             return super()._kline(symbol, interval, open_ms, now)
         key = (symbol, interval, open_ms)
         kline = self._closed_klines.get(key)
         if kline is not None:
             return kline
-        if bucket_close(interval, open_ms) <= now:  # closed candles never change
-            kline = super()._kline(symbol, interval, open_ms, now)
+        close_ms = bucket_close(interval, open_ms)
+        if close_ms <= now:  # closed candles never change
+            kline = kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))
             _keep(self._closed_klines, key, kline)
             return kline
         forming = self._forming.get(key)
         if forming is not None and forming[0] == now:
             return forming[1]
-        kline = super()._kline(symbol, interval, open_ms, now)
+        kline = kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))
         if len(self._forming) >= FORMING_KEPT:
             self._forming.clear()
         self._forming[key] = (now, kline)
@@ -229,9 +252,13 @@ class ReplayMarket(Market):
         rec = self._recorded(symbol)
         if rec is None:
             return super()._candle_values(symbol, interval, open_ms, now)
+        return self._values(rec, open_ms, bucket_close(interval, open_ms), now)
+
+    def _values(self, rec: SymbolRecording, open_ms: int, close_ms: int, now: int) -> CandleValues:
+        """``_candle_values`` of a recorded symbol's candle ``open_ms``..``close_ms``: what
+        ``Market._kline`` would convert (``_kline`` calls it with the close it has found)."""
         s = rec.klines
         step = s.step_ms  # a property: read once (a tick builds two candles per agent)
-        close_ms = bucket_close(interval, open_ms)
         base = s.first_open + self.offset_ms
         lo_i = max(0, (open_ms - base) // step)
         hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // step)
