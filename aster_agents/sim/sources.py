@@ -35,6 +35,8 @@ from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
 WEEK_MS: Final = 7 * 86_400_000
+_INF: Final = math.inf
+_NEG_INF: Final = -math.inf
 DEFAULT_WARMUP: Final = 100  # base candles of history before the replay's market time starts
 
 
@@ -148,27 +150,49 @@ class ReplayMarket(Market):
 
     def mark(self, symbol: str, t: int | None = None) -> Decimal:
         """As ``Market.mark``, kept for the last time asked per symbol (a price is a pure
-        function of the time; the engine and every agent ask again at the same instant)."""
-        t = self.now_ms() if t is None else t
-        if symbol in self._pinned or symbol in self._shocks:
-            return super().mark(symbol, t)
+        function of the time; the engine and every agent ask again at the same instant).
+        A pinned or shocked symbol's mark is never kept, and ``pin`` and ``shock`` drop the
+        symbol's kept one: a kept mark is always the path's."""
+        if t is None:
+            t = self._held_now  # ``now_ms`` of a frozen clock, read inline
+            if t is None:
+                t = self.now_ms()
         hit = self._marks.get(symbol)
         if hit is not None and hit[0] == t:
             return hit[1]
         price = super().mark(symbol, t)
-        self._marks[symbol] = (t, price)
+        if symbol not in self._pinned and symbol not in self._shocks:
+            self._marks[symbol] = (t, price)
         return price
 
     def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
-        t = self.now_ms() if t is None else t
-        if symbol in self._pinned or symbol in self._shocks:
-            return super().book(symbol, t)
+        """As ``Market.book``, kept like ``mark``."""
+        if t is None:
+            t = self._held_now
+            if t is None:
+                t = self.now_ms()
         hit = self._books.get(symbol)
         if hit is not None and hit[0] == t:
             return hit[1]
         quote = super().book(symbol, t)
-        self._books[symbol] = (t, quote)
+        if symbol not in self._pinned and symbol not in self._shocks:
+            self._books[symbol] = (t, quote)
         return quote
+
+    def pin(self, symbol: str, price: Decimal | None) -> None:
+        super().pin(symbol, price)
+        self._forget(symbol)
+
+    def shock(self, symbol: str, pct: Decimal, at_ms: int | None = None) -> int:
+        when = super().shock(symbol, pct, at_ms)
+        self._forget(symbol)
+        return when
+
+    def _forget(self, symbol: str) -> None:
+        """Drop the kept mark and book of ``symbol``: its price just left (or rejoined) the
+        path."""
+        self._marks.pop(symbol, None)
+        self._books.pop(symbol, None)
 
     def raw_price(self, symbol: str, t: int | None = None) -> float:
         rec = self._recorded(symbol)
@@ -176,7 +200,7 @@ class ReplayMarket(Market):
             return super().raw_price(symbol, t)
         t = self.now_ms() if t is None else t
         series = rec.mark or rec.klines
-        step = series.step_ms  # a property: read once (the engine asks every step)
+        step = INTERVAL_MS[series.interval]  # ``series.step_ms``, without the property's call
         rel = t - self.offset_ms - series.first_open
         i = min(max(0, rel // step), len(series.c) - 1)
         frac = min(1.0, max(0.0, (rel - i * step) / step))
@@ -227,13 +251,13 @@ class ReplayMarket(Market):
     def _kline(self, symbol: str, interval: str, open_ms: int, now: int) -> Kline:
         """The candle as ``Market._kline`` builds it: a closed one built once per run, the
         forming one once per moment (every client asking at that moment shares it)."""
+        key = (symbol, interval, open_ms)
+        kline = self._closed_klines.get(key)  # a recorded symbol's, or none
+        if kline is not None:
+            return kline
         rec = self.recording.symbols.get(symbol)
         if rec is None:
             return super()._kline(symbol, interval, open_ms, now)
-        key = (symbol, interval, open_ms)
-        kline = self._closed_klines.get(key)
-        if kline is not None:
-            return kline
         close_ms = bucket_close(interval, open_ms)
         if close_ms <= now:  # closed candles never change
             kline = kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))
@@ -258,7 +282,7 @@ class ReplayMarket(Market):
         """``_candle_values`` of a recorded symbol's candle ``open_ms``..``close_ms``: what
         ``Market._kline`` would convert (``_kline`` calls it with the close it has found)."""
         s = rec.klines
-        step = s.step_ms  # a property: read once (a tick builds two candles per agent)
+        step = INTERVAL_MS[s.interval]  # ``s.step_ms`` without the property's call
         base = s.first_open + self.offset_ms
         lo_i = max(0, (open_ms - base) // step)
         hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // step)
@@ -302,7 +326,7 @@ class ReplayMarket(Market):
             frac = min(1.0, max(0.0, (now - base - i * step) / step))
             c, h, lw = held(s.o[i], h, lw, c, frac)
             v *= frac
-        return open_ms, close_ms, s.o[i], max(-math.inf, h), min(math.inf, lw), c, 0.0 + v
+        return open_ms, close_ms, s.o[i], max(_NEG_INF, h), min(_INF, lw), c, 0.0 + v
 
 
 # premiumIndex + bookTicker per symbol (weight 1 each) every LIVE_POLL_S: at most a quarter of
