@@ -14,10 +14,11 @@ from pathlib import Path
 
 from aster_agents.models import INTERVAL_MS
 from aster_agents.sim import liquidation
-from aster_agents.sim.engine import Engine
+from aster_agents.sim.engine import Engine, SimAccountState
 from aster_agents.sim.market import Market, _walk_backward, _walk_forward, bucket_open
 from aster_agents.sim.recording import load_recording
 from aster_agents.sim.sources import ReplayMarket
+from aster_agents.sim.symbols import SYMBOLS
 
 FIXTURE = Path(__file__).parent / "data" / "replay" / "xrp"
 DAY = 86_400_000
@@ -118,3 +119,82 @@ def test_an_account_holding_nothing_is_never_liquidated_whatever_its_wallet() ->
     assert not liquidation.covered(engine, acct)
     engine.tick()
     assert acct.liquidating_until > 0 and engine.position(USER, "BTCUSDT") == 0
+
+
+def _plain_none_fire(engine: Engine, acct: SimAccountState) -> bool:
+    """The plain rule: every open order a stop order and none triggered at its mark."""
+    orders = list(acct.open_orders.values())
+    return all(o.type != "LIMIT" for o in orders) and not any(
+        Engine._triggered(o, engine.market.mark(o.symbol)) for o in orders
+    )
+
+
+def test_stops_that_cannot_fire_are_found_as_the_plain_rule_finds_them() -> None:
+    """Stops of both kinds and sides on two symbols, marks swept across every stop (each
+    stop exactly too), orders cancelled and added, a LIMIT order among them: ``_none_fire``
+    answers as checking each order does, and the engine's step fires what the rule fires."""
+    market = Market(seed=4, history_minutes=60)
+    market.freeze()
+    engine = Engine(market)
+    acct = engine.add_account(USER, Decimal(100_000))
+    btc, eth = market.mark("BTCUSDT"), market.mark("ETHUSDT")
+    tick = {s: SYMBOLS[s].tick_size for s in ("BTCUSDT", "ETHUSDT")}
+
+    def stop(symbol: str, side: str, kind: str, at: Decimal) -> None:
+        price = (at / tick[symbol]).to_integral_value() * tick[symbol]
+        engine.new_order(
+            USER,
+            {
+                "symbol": symbol,
+                "side": side,
+                "type": kind,
+                "quantity": "0.01",
+                "stopPrice": str(price),
+                "reduceOnly": "false",
+            },
+        )
+
+    for symbol, mark in (("BTCUSDT", btc), ("ETHUSDT", eth)):
+        for pct in (2, 5):
+            stop(symbol, "BUY", "STOP_MARKET", mark * (1 + Decimal(pct) / 100))
+            stop(symbol, "SELL", "STOP_MARKET", mark * (1 - Decimal(pct) / 100))
+            stop(symbol, "SELL", "TAKE_PROFIT_MARKET", mark * (1 + Decimal(pct + 1) / 100))
+            stop(symbol, "BUY", "TAKE_PROFIT_MARKET", mark * (1 - Decimal(pct + 1) / 100))
+    stops = sorted({o.stop_price for o in acct.open_orders.values() if o.symbol == "BTCUSDT"})
+    sweep = [btc * (1 + Decimal(k) / 1000) for k in range(-80, 81, 4)]
+    seen = set()
+    for step, price in enumerate(sorted({*sweep, *stops})):
+        market.pin("BTCUSDT", price.quantize(tick["BTCUSDT"]))
+        market.pin(
+            "ETHUSDT", eth if step % 3 else (eth * Decimal("1.055")).quantize(tick["ETHUSDT"])
+        )
+        if step == 10:  # the orders change: the triggers are found again
+            first = next(iter(acct.open_orders))
+            engine.cancel_order(USER, {"symbol": "BTCUSDT", "orderId": str(first)})
+        plain = _plain_none_fire(engine, acct)
+        assert engine._none_fire(acct) is plain, price
+        seen.add(plain)
+    assert seen == {True, False}
+    market.pin("BTCUSDT", (btc * Decimal("1.03")).quantize(tick["BTCUSDT"]))
+    market.pin("ETHUSDT", eth)
+    due = {
+        o.order_id for o in acct.open_orders.values() if Engine._triggered(o, market.mark(o.symbol))
+    }
+    resting = set(acct.open_orders) - due
+    assert due and resting
+    engine.tick()  # the step fires exactly the triggered ones
+    assert set(acct.open_orders) == resting
+    assert all(engine.orders[i].status == "FILLED" for i in due)
+    market.pin("BTCUSDT", btc)
+    engine.new_order(
+        USER,
+        {
+            "symbol": "BTCUSDT",
+            "side": "BUY",
+            "type": "LIMIT",
+            "timeInForce": "GTC",
+            "quantity": "0.01",
+            "price": str((btc * Decimal("0.99")).quantize(tick["BTCUSDT"])),
+        },
+    )
+    assert not engine._none_fire(acct) and not _plain_none_fire(engine, acct)
