@@ -260,17 +260,39 @@ class ReplayMarket(Market):
             return super()._kline(symbol, interval, open_ms, now)
         close_ms = bucket_close(interval, open_ms)
         if close_ms <= now:  # closed candles never change
-            kline = kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))
+            kline = self._recorded_kline(symbol, rec, open_ms, close_ms, now)
             _keep(self._closed_klines, key, kline)
             return kline
         forming = self._forming.get(key)
         if forming is not None and forming[0] == now:
             return forming[1]
-        kline = kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))
+        kline = self._recorded_kline(symbol, rec, open_ms, close_ms, now)
         if len(self._forming) >= FORMING_KEPT:
             self._forming.clear()
         self._forming[key] = (now, kline)
         return kline
+
+    def _recorded_kline(
+        self, symbol: str, rec: SymbolRecording, open_ms: int, close_ms: int, now: int
+    ) -> Kline:
+        """``kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))``. A
+        candle of the recording's own interval (a backtest builds two per agent-tick) is
+        ``_one_candle``'s expressions inline, without the calls and the values' tuple."""
+        s = rec.klines
+        step = INTERVAL_MS[s.interval]
+        base = s.first_open + self.offset_ms
+        i = max(0, (open_ms - base) // step)
+        if i != min(len(s.c) - 1, (min(close_ms, now) - base) // step):
+            return kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))
+        h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
+        if base + (i + 1) * step - 1 > now:
+            frac = min(1.0, max(0.0, (now - base - i * step) / step))
+            c, h, lw = held(s.o[i], h, lw, c, frac)
+            v *= frac
+        sym = SYMBOLS[symbol]
+        return kline_object(
+            sym, open_ms, close_ms, s.o[i], max(_NEG_INF, h), min(_INF, lw), c, 0.0 + v
+        )
 
     def _candle_values(self, symbol: str, interval: str, open_ms: int, now: int) -> CandleValues:
         rec = self._recorded(symbol)
