@@ -127,3 +127,18 @@ def test_a_recorded_candle_object_is_the_plain_candle_converted_at_every_moment(
                     s, lo_i, hi_i, open_ms, close_ms, base, s.step_ms, now
                 )
                 assert repr(got) == repr(kline_object(sym, *plain)), (interval, open_ms, m)
+
+
+def test_a_replay_mark_is_the_plain_mark_at_every_moment() -> None:
+    """A recorded symbol's mark (its steps inline) is ``Market.mark`` of the same moment
+    (the held price converted and rounded): quarter steps, a millisecond either side, and
+    past the recording's end; asked again at once, the kept one."""
+    market = ReplayMarket(load_recording(FIXTURE), reference_ms=0, warmup=0)
+    s = market.recording.symbols["XRPUSDT"].klines
+    base = s.first_open + market.offset_ms
+    for i in range(len(s.c) + 2):
+        for m in sorted({q * s.step_ms // 4 + d for q in range(5) for d in (-1, 0, 1)}):
+            t = base + i * s.step_ms + m
+            got = market.mark("XRPUSDT", t)
+            assert repr(got) == repr(Market.mark(market, "XRPUSDT", t)), (i, m)
+            assert market.mark("XRPUSDT", t) is got

@@ -30,7 +30,14 @@ from aster_agents.errors import AsterAgentsError
 from aster_agents.exchange.base import Exchange
 from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.sim.engine import ApiError
-from aster_agents.sim.market import CandleValues, Market, bucket_close, kline_object
+from aster_agents.sim.market import (
+    CandleValues,
+    Market,
+    bucket_close,
+    decimal,
+    kline_object,
+    symbol_places,
+)
 from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
@@ -160,9 +167,17 @@ class ReplayMarket(Market):
         hit = self._marks.get(symbol)
         if hit is not None and hit[0] == t:
             return hit[1]
-        price = super().mark(symbol, t)
-        if symbol not in self._pinned and symbol not in self._shocks:
-            self._marks[symbol] = (t, price)
+        rec = self.recording.symbols.get(symbol)
+        if rec is None or symbol in self._pinned or symbol in self._shocks:
+            price = super().mark(symbol, t)
+            if symbol not in self._pinned and symbol not in self._shocks:
+                self._marks[symbol] = (t, price)
+            return price
+        # ``Market.mark`` of a recorded symbol on its path, its steps inline (a new moment
+        # asks it of every held symbol)
+        sym = SYMBOLS[symbol]
+        price = decimal(self._held_at(rec, t), symbol_places(sym)[0]).quantize(sym.tick_size)
+        self._marks[symbol] = (t, price)
         return price
 
     def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
@@ -198,7 +213,10 @@ class ReplayMarket(Market):
         rec = self._recorded(symbol)
         if rec is None:
             return super().raw_price(symbol, t)
-        t = self.now_ms() if t is None else t
+        return self._held_at(rec, self.now_ms() if t is None else t)
+
+    def _held_at(self, rec: SymbolRecording, t: int) -> float:
+        """The recorded symbol's held price at market time ``t`` (``raw_price``)."""
         series = rec.mark or rec.klines
         step = INTERVAL_MS[series.interval]  # ``series.step_ms``, without the property's call
         rel = t - self.offset_ms - series.first_open
