@@ -154,3 +154,26 @@ def test_typed_open_orders_equal_the_parsed_route_through_an_orders_life() -> No
         AsterClient.open_orders(client, "NOPEUSDT")  # the route's document path
     assert type(typed.value) is type(plain.value) and str(typed.value) == str(plain.value)
     assert "Invalid symbol" in str(typed.value)
+
+
+def test_premium_index_is_the_parsed_document_at_every_moment() -> None:
+    """The typed premium index equals parsing the route's document (``repr``: the same
+    digits) across settlements, with a pinned mark, with funding off; errors alike."""
+    for funding_s in (8 * 3600.0, 0.0):
+        app = SimApp(SimConfig(funding_interval_s=funding_s))
+        client = InProcessClient(app, USER)
+        market = app.market
+        start = market.freeze()
+        for k in range(0, 40):
+            market.freeze(start + k * 3_600_000 // 3 + k)
+            if k == 20:
+                market.pin("ETHUSDT", Decimal("1234.50"))
+            for symbol in ("BTCUSDT", "ETHUSDT"):
+                typed = client.premium_index(symbol)
+                assert repr(typed) == repr(AsterClient.premium_index(client, symbol))
+        for bad in ("NOPEUSDT", ""):
+            with pytest.raises(AsterAgentsError) as typed_err:
+                client.premium_index(bad)
+            with pytest.raises(AsterAgentsError) as plain_err:
+                AsterClient.premium_index(client, bad)
+            assert repr(typed_err.value) == repr(plain_err.value)

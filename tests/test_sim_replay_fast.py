@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aster_agents.models import INTERVAL_MS
 from aster_agents.sim.inprocess import InProcessClient
 from aster_agents.sim.market import Market, _places, decimal, kline_object, symbol_places
 from aster_agents.sim.recording import (
@@ -99,3 +100,45 @@ def test_a_forming_candle_is_shared_at_its_moment_and_rebuilt_at_the_next(tmp_pa
     later = two.klines("BTCUSDT", "1m", limit=3)[-1]
     assert later is not first[-1] and later.open_time == first[-1].open_time
     assert later.volume > first[-1].volume
+
+
+def test_a_recorded_candle_object_is_the_plain_candle_converted_at_every_moment() -> None:
+    """``_recorded_kline`` (one recorded candle inline) is ``kline_object`` of the plain
+    aggregation's values, in the recording's interval and in coarser ones, at quarter steps
+    and a millisecond either side of them, up to the recording's end."""
+    market = ReplayMarket(load_recording(FIXTURE), reference_ms=0, warmup=0)
+    rec = market.recording.symbols["XRPUSDT"]
+    s, sym = rec.klines, SYMBOLS["XRPUSDT"]
+    base = s.first_open + market.offset_ms
+    for interval in ("5m", "15m", "1h"):
+        size = INTERVAL_MS[interval]
+        for open_ms in range(base // size * size, market.end_ms + size, size):
+            close_ms = open_ms + size - 1
+            for m in sorted({q * size // 4 + d for q in range(5) for d in (-1, 0, 1)}):
+                now = open_ms + m
+                if now > market.end_ms:  # the clock stops there
+                    break
+                if now < max(open_ms, base):  # before the candle or the recording
+                    continue
+                got = market._recorded_kline("XRPUSDT", rec, open_ms, close_ms, now)
+                lo_i = max(0, (open_ms - base) // s.step_ms)
+                hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // s.step_ms)
+                plain = ReplayMarket._candles(
+                    s, lo_i, hi_i, open_ms, close_ms, base, s.step_ms, now
+                )
+                assert repr(got) == repr(kline_object(sym, *plain)), (interval, open_ms, m)
+
+
+def test_a_replay_mark_is_the_plain_mark_at_every_moment() -> None:
+    """A recorded symbol's mark (its steps inline) is ``Market.mark`` of the same moment
+    (the held price converted and rounded): quarter steps, a millisecond either side, and
+    past the recording's end; asked again at once, the kept one."""
+    market = ReplayMarket(load_recording(FIXTURE), reference_ms=0, warmup=0)
+    s = market.recording.symbols["XRPUSDT"].klines
+    base = s.first_open + market.offset_ms
+    for i in range(len(s.c) + 2):
+        for m in sorted({q * s.step_ms // 4 + d for q in range(5) for d in (-1, 0, 1)}):
+            t = base + i * s.step_ms + m
+            got = market.mark("XRPUSDT", t)
+            assert repr(got) == repr(Market.mark(market, "XRPUSDT", t)), (i, m)
+            assert market.mark("XRPUSDT", t) is got

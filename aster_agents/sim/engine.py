@@ -27,7 +27,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Final, Generic, Protocol, TypeVar
@@ -287,6 +287,8 @@ class SimAccountState:
     countdowns: dict[str, float] = field(default_factory=dict)  # symbol -> wall-clock deadline
     margin_changes: list[dict[str, object]] = field(default_factory=list)
     liquidating_until: int = 0  # market ms: new orders answer -2023 until then
+    # the open orders' ids when ``triggers`` was found, and it (``Engine._none_fire``)
+    triggers: tuple[tuple[int, ...], Triggers | None] | None = None
 
     def lev(self, symbol: str) -> int:
         return self.leverage.get(symbol, DEFAULT_LEVERAGE)
@@ -298,6 +300,35 @@ class SimAccountState:
     def add_income(self, row: SimIncome) -> None:
         self.income.append(row)
         self.income_by_kind.add(row.income_type, row)
+
+
+# per symbol: the lowest stop a rising mark fires at, the highest a falling one fires at
+Triggers = tuple[tuple[str, Decimal | None, Decimal | None], ...]
+
+
+def fires_rising(o: SimOrder) -> bool:
+    """A stop order fires when the mark rises to its stop (else when it falls to it)."""
+    return (o.type == "STOP_MARKET") == (o.side == "BUY")
+
+
+def triggers(orders: Iterable[SimOrder]) -> Triggers | None:
+    """Where ``orders`` fire, per symbol; None when one is not a stop order (a LIMIT order
+    is worked against the book, not a trigger). An order fires at mark ``m`` exactly when
+    ``m >= stop`` (rising) or ``m <= stop`` (falling), so one of them fires exactly when
+    ``m`` reaches the lowest rising stop or the highest falling one."""
+    rising: dict[str, Decimal] = {}
+    falling: dict[str, Decimal] = {}
+    for o in orders:
+        if o.type not in _CONDITIONAL:
+            return None
+        stop, symbol = o.stop_price, o.symbol
+        if fires_rising(o):
+            if symbol not in rising or stop < rising[symbol]:
+                rising[symbol] = stop
+        elif symbol not in falling or stop > falling[symbol]:
+            falling[symbol] = stop
+    names = sorted(rising.keys() | falling.keys())
+    return tuple((s, rising.get(s), falling.get(s)) for s in names)
 
 
 def _dec(params: Mapping[str, str], name: str, required: bool = False) -> Decimal | None:
@@ -703,8 +734,13 @@ class Engine:
         return last + self.funding_interval_ms if self.funding_interval_ms else 0
 
     def settle_funding(self) -> int:
-        """Apply every settlement passed since the last one; returns how many were applied."""
-        if not self.funding_interval_ms:
+        """Apply every settlement passed since the last one; returns how many were applied.
+
+        Nothing is due before the next settlement time: every request and every engine step
+        asks, so that answer takes no lock (``_funded_until`` only grows, and a stale read of
+        it only sends the caller on to the locked check)."""
+        interval = self.funding_interval_ms
+        if not interval or self.market.now_ms() < self._funded_until + interval:
             return 0
         with self.lock:
             due = self.last_funding_time()
@@ -1025,9 +1061,13 @@ class Engine:
         """Settle funding, fill crossed LIMIT orders and fire triggered stop orders."""
         with self.lock:
             self.settle_funding()
-            for acct in self.accounts.values():
-                self._fire_countdowns(acct)
-                self._tick_account(acct)
+            for acct in self.accounts.values():  # ``tick_user``'s steps, inline: every step
+                if acct.countdowns:  # of a backtest ticks every account
+                    self._fire_countdowns(acct)
+                if acct.open_orders:
+                    self._work_orders(acct)
+                if acct.positions:
+                    liquidation.liquidate_if_due(self, acct)
 
     def _fire_countdowns(self, acct: SimAccountState) -> None:
         """countdownCancelAll: a symbol whose countdown ran out loses its open orders."""
@@ -1054,12 +1094,34 @@ class Engine:
         if acct.positions:
             liquidation.liquidate_if_due(self, acct)
 
+    def _none_fire(self, acct: SimAccountState) -> bool:
+        """True when the account's open orders are all stop orders and none fires at the
+        marks now: ``_work_orders`` would only have read the marks. The triggers are found
+        again when the open orders are not the same ones (their ids, in their order: an id is
+        one order, whose symbol, side, type and stop never change)."""
+        ids = tuple(acct.open_orders)
+        kept = acct.triggers
+        if kept is None or kept[0] != ids:
+            kept = acct.triggers = (ids, triggers(acct.open_orders.values()))
+        found = kept[1]
+        if found is None:
+            return False
+        for symbol, rise, fall in found:
+            mark = self.market.mark(symbol)
+            if (rise is not None and mark >= rise) or (fall is not None and mark <= fall):
+                return False
+        return True
+
     def _work_orders(self, acct: SimAccountState) -> None:
         """Fill crossed LIMIT orders and fire triggered ones, oldest first.
 
         The book is read only where an order needs it (a LIMIT order, or a triggered one):
         a resting stop needs the mark alone, and the book is a pure function of the moment.
+        An account whose stops cannot fire at these marks is done at once (``_none_fire``):
+        an agent's protective stops rest for hours, asked at every step.
         """
+        if self._none_fire(acct):
+            return
         marks: dict[str, Decimal] = {}
         books: dict[str, tuple[Decimal, Decimal]] = {}
         for oid in sorted(acct.open_orders):  # the ids: the orders' order, without a key
@@ -1070,8 +1132,10 @@ class Engine:
             mark = marks.get(symbol)
             if mark is None:
                 mark = marks[symbol] = self.market.mark(symbol)
-            if o.type != "LIMIT" and not self._triggered(o, mark):
-                continue
+            if o.type != "LIMIT":  # ``_triggered``, inline: a resting stop is asked every step
+                up = (o.type == "STOP_MARKET") == (o.side == "BUY")
+                if not (mark >= o.stop_price if up else mark <= o.stop_price):
+                    continue
             quote = books.get(symbol)
             if quote is None:
                 quote = books[symbol] = self.market.book(symbol)

@@ -29,12 +29,13 @@ from aster_agents.exchange.http import (
     _optional,
     klines_weight,
 )
-from aster_agents.models import Kline, Order, UserTrade
+from aster_agents.models import Kline, Order, PremiumIndex, UserTrade
 from aster_agents.signing import NonceSource
 from aster_agents.sim.engine import ApiError, SimOrder
 from aster_agents.sim.server import SimApp
 
 _HISTORY = frozenset({"/fapi/v3/userTrades", "/fapi/v3/income"})
+_PREMIUM_ROUTE: Final = ("GET", "/fapi/v3/premiumIndex")
 ORDERS_KEPT: Final = 1_000  # parsed open orders (and trades) kept per client, by their JSON
 
 
@@ -92,6 +93,22 @@ class InProcessClient(AsterClient):
                 exc.status, exc.code, exc.msg, f"{self._prefix}GET {call.path}"
             ) from None
         return [self._order(o) for o in found]
+
+    def premium_index(self, symbol: str) -> PremiumIndex:
+        """As ``AsterClient.premium_index``: from ``SimApp.premium_object`` when the route is
+        the simulator's own (the runner asks it for every held symbol every tick), the model
+        parsing the route's document gives, without the document."""
+        route = self._app.routes.get(_PREMIUM_ROUTE)
+        if route is None or route.handler != self._app.premium_json or type(symbol) is not str:
+            return super().premium_index(symbol)
+        if not symbol:  # the route answers every symbol's row: parsing says what is wrong
+            return super().premium_index(symbol)
+        try:
+            return self._app.premium_object(symbol)
+        except ApiError as exc:
+            raise _error_for(
+                exc.status, exc.code, exc.msg, f"{self._prefix}GET {_PREMIUM_ROUTE[1]}"
+            ) from None
 
     def _order(self, o: SimOrder) -> Order:
         """``parse.order(o.to_json())``, kept by the order's state (``ORDERS_KEPT`` at most)."""

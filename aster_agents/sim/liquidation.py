@@ -56,9 +56,9 @@ def forced_kind(client_order_id: str) -> str | None:
 
 def liquidate_if_due(e: Engine, acct: SimAccountState) -> bool:
     """Run rule 1-3 on ``acct``; True when it was liquidated."""
-    held = [(k, p) for k, p in acct.positions.items() if p.amount]
-    if not held or covered(e, acct):
+    if covered(e, acct):  # also when nothing is held: the plain rule's "not held"
         return False
+    held = [(k, p) for k, p in acct.positions.items() if p.amount]
     now = e.market.now_ms()
     acct.liquidating_until = now + LIQUIDATION_MS
     for order in list(acct.open_orders.values()):
@@ -78,16 +78,19 @@ def covered(e: Engine, acct: SimAccountState) -> bool:
 
     The same products, added in the same order; a position without amount adds an exact zero
     to each sum there, which cannot change its value, so it is left out here. (On a running
-    clock the plain sums may read two instants; this reads each mark once.)
+    clock the plain sums may read two instants; this reads each mark once.) True also when
+    nothing is held: there is nothing to liquidate, whatever the wallet says.
     """
     unrealized = maint = ZERO
+    held = False
     for (symbol, _), pos in acct.positions.items():
         amount = pos.amount
         if amount:
+            held = True
             mark = e.market.mark(symbol)
             unrealized += (mark - pos.entry_price) * amount
             maint += maint_margin(symbol, amount * mark)
-    return acct.balance + unrealized >= maint
+    return not held or acct.balance + unrealized >= maint
 
 
 def _maint(e: Engine, acct: SimAccountState) -> Decimal:

@@ -274,6 +274,29 @@ def bucket_close(interval: str, open_ms: int) -> int:
     return open_ms + INTERVAL_MS[interval] - 1
 
 
+def _walk_forward(interval: str, first: int, end: int, limit: int) -> list[int]:
+    """Opens from ``first`` to ``end`` (at most ``limit``), candle after candle: the plain
+    rule, for any interval (``Market._opens_forward`` takes it for 1M, whose months differ)."""
+    out: list[int] = []
+    t = first
+    while t <= end and len(out) < limit:
+        out.append(t)
+        t = bucket_close(interval, t) + 1
+    return out
+
+
+def _walk_backward(interval: str, end: int, limit: int, genesis_ms: int) -> list[int]:
+    """The latest ``limit`` opens up to ``end`` of candles closing at or after genesis,
+    oldest first, candle before candle (the plain rule; see ``_walk_forward``)."""
+    out: list[int] = []
+    t = bucket_open(interval, end)
+    while len(out) < limit and bucket_close(interval, t) >= genesis_ms:
+        out.append(t)
+        t = bucket_open(interval, t - 1)
+    out.reverse()
+    return out
+
+
 class Market:
     """Prices as a pure function of (seed, market time), plus a clock for market time."""
 
@@ -434,21 +457,25 @@ class Market:
         return self._opens_backward(interval, end, limit)
 
     def _opens_forward(self, interval: str, first: int, end: int, limit: int) -> list[int]:
-        out: list[int] = []
-        t = first
-        while t <= end and len(out) < limit:
-            out.append(t)
-            t = bucket_close(interval, t) + 1
-        return out
+        """Opens from ``first`` (a candle's open) to ``end``, at most ``limit``. Candles of a
+        fixed length (all but 1M) follow one another every ``size`` ms: a range, not a walk
+        (the in-process client asks for the candles after its last closed one every tick)."""
+        if interval == "1M":
+            return _walk_forward(interval, first, end, limit)
+        size = INTERVAL_MS[interval]
+        count = min(limit, (end - first) // size + 1) if first <= end else 0
+        return list(range(first, first + max(0, count) * size, size))
 
     def _opens_backward(self, interval: str, end: int, limit: int) -> list[int]:
-        out: list[int] = []
-        t = bucket_open(interval, end)
-        while len(out) < limit and bucket_close(interval, t) >= self.genesis_ms:
-            out.append(t)
-            t = bucket_open(interval, t - 1)
-        out.reverse()
-        return out
+        """The latest ``limit`` opens up to ``end``, none of a candle closed before genesis;
+        for a fixed length, as a range (see ``_opens_forward``)."""
+        if interval == "1M":
+            return _walk_backward(interval, end, limit, self.genesis_ms)
+        size = INTERVAL_MS[interval]
+        last = bucket_open(interval, end)
+        reach = last + size - 1 - self.genesis_ms  # candles closing at or after genesis
+        count = min(limit, reach // size + 1) if reach >= 0 else 0
+        return list(range(last - (max(0, count) - 1) * size, last + 1, size)) if count > 0 else []
 
     def _candle(self, symbol: str, interval: str, open_ms: int, now: int) -> list[object]:
         return kline_row(SYMBOLS[symbol], *self._candle_values(symbol, interval, open_ms, now))

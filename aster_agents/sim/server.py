@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
 from aster_agents.errors import ConfigError
-from aster_agents.models import INTERVAL_MS, Kline
+from aster_agents.exchange import parse
+from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.signing import MAINNET_CHAIN_ID
 from aster_agents.sim import controls
 from aster_agents.sim.auth import NONCE_WINDOW_US, Authenticator
@@ -353,7 +354,7 @@ class SimApp:
             ("GET", "klines"): Route(self._klines, _kline_weight, False),
             ("GET", "markPriceKlines"): Route(self._klines, _kline_weight, False),
             ("GET", "indexPriceKlines"): Route(self._klines, _kline_weight, False),
-            ("GET", "premiumIndex"): Route(self._premium, _const(1), False),
+            ("GET", "premiumIndex"): Route(self.premium_json, _const(1), False),
             ("GET", "fundingRate"): Route(self._funding_rate, _const(1), False),
             ("GET", "ticker/price"): Route(self._ticker_price, _by_symbol(1, 2), False),
             ("GET", "ticker/bookTicker"): Route(self._book_ticker, _by_symbol(1, 2), False),
@@ -440,7 +441,12 @@ class SimApp:
 
     @staticmethod
     def _symbol(p: Params, required: bool = True) -> str | None:
-        name = p.get("symbol") or p.get("pair")
+        return SimApp._named_symbol(p.get("symbol") or p.get("pair"), required)
+
+    @staticmethod
+    def _named_symbol(name: str | None, required: bool = True) -> str | None:
+        """``_symbol`` of parameters naming ``name``: its checks, without a dict to hold it
+        (the in-process client's typed klines path asks every tick)."""
         if not name:
             if required:
                 raise ApiError(
@@ -472,7 +478,7 @@ class SimApp:
         and ``endTime`` only when not None), without writing them as text and reading them
         back: the same checks in the same order, so the same errors. For ``int`` values only
         (the text of anything else may not read back as the same number)."""
-        name = self._symbol({"symbol": symbol})
+        name = self._named_symbol(symbol)
         assert name is not None
         _check_interval(interval)
         _check_limit(limit)
@@ -525,7 +531,21 @@ class SimApp:
             "time": now,
         }
 
-    def _premium(self, _u: str, p: Params) -> Json:
+    def premium_object(self, symbol: str) -> PremiumIndex:
+        """``parse.premium_index`` of ``_premium``'s answer for ``symbol`` (not empty), without
+        the document: the in-process client's typed path (the runner asks it for every held
+        symbol every tick). The same calls in the same order; each field as parsing its text
+        reads it (``str`` of a finite Decimal reads back as the same Decimal)."""
+        name = self._named_symbol(symbol)
+        assert name is not None
+        now = self.market.now_ms()
+        mark = self.market.mark(name)
+        rate = self._rate(name, self.engine.last_funding_time(now))
+        if not mark.is_finite():  # parsing refuses it: say so as parsing does
+            return parse.premium_index(self._premium_row(name))
+        return PremiumIndex(name, mark, mark, Decimal(rate), self.engine.next_funding_time(), now)
+
+    def premium_json(self, _u: str, p: Params) -> Json:
         rows = [self._premium_row(s) for s in self._symbols(p)]
         return rows[0] if p.get("symbol") else rows
 

@@ -30,11 +30,20 @@ from aster_agents.errors import AsterAgentsError
 from aster_agents.exchange.base import Exchange
 from aster_agents.models import INTERVAL_MS, Kline, PremiumIndex
 from aster_agents.sim.engine import ApiError
-from aster_agents.sim.market import CandleValues, Market, bucket_close
+from aster_agents.sim.market import (
+    CandleValues,
+    Market,
+    bucket_close,
+    decimal,
+    kline_object,
+    symbol_places,
+)
 from aster_agents.sim.recording import Recording, Series, SymbolRecording
 from aster_agents.sim.symbols import SYMBOLS, SimSymbol
 
 WEEK_MS: Final = 7 * 86_400_000
+_INF: Final = math.inf
+_NEG_INF: Final = -math.inf
 DEFAULT_WARMUP: Final = 100  # base candles of history before the replay's market time starts
 
 
@@ -97,6 +106,7 @@ class ReplayMarket(Market):
         super().__init__(seed, start + self.offset_ms, speed, history_minutes=0, wall=wall)
         self.genesis_ms = recording.start_ms + self.offset_ms
         self.end_ms = recording.end_ms + self.offset_ms - 1
+        self._held_now: int | None = None  # now_ms of the frozen clock (``_hold``)
         self._closed: dict[tuple[str, str, int], list[object]] = {}
         self._closed_klines: dict[tuple[str, str, int], Kline] = {}
         # (symbol, interval, open) -> (the moment, the forming candle then)
@@ -105,10 +115,30 @@ class ReplayMarket(Market):
         self._books: dict[str, tuple[int, tuple[Decimal, Decimal]]] = {}
 
     def now_ms(self) -> int:
-        frozen = self._frozen_ms
-        if frozen is not None:  # a backtest asks often, always frozen
-            return frozen if frozen < self.end_ms else self.end_ms
+        held = self._held_now
+        if held is not None:  # a backtest asks often, always frozen
+            return held
         return min(super().now_ms(), self.end_ms)
+
+    def freeze(self, at_ms: int | None = None) -> int:
+        frozen = super().freeze(at_ms)
+        self._hold()
+        return frozen
+
+    def advance(self, ms: int) -> int:
+        moved = super().advance(ms)
+        self._hold()
+        return moved
+
+    def thaw(self) -> None:
+        super().thaw()
+        self._hold()
+
+    def _hold(self) -> None:
+        """Keep the frozen clock's answer (the frozen time, at most the end) for ``now_ms``:
+        a backtest asks for it thousands of times at each moment. None while it runs."""
+        frozen = self._frozen_ms
+        self._held_now = None if frozen is None else min(frozen, self.end_ms)
 
     @property
     def finished(self) -> bool:
@@ -127,35 +157,68 @@ class ReplayMarket(Market):
 
     def mark(self, symbol: str, t: int | None = None) -> Decimal:
         """As ``Market.mark``, kept for the last time asked per symbol (a price is a pure
-        function of the time; the engine and every agent ask again at the same instant)."""
-        t = self.now_ms() if t is None else t
-        if symbol in self._pinned or symbol in self._shocks:
-            return super().mark(symbol, t)
+        function of the time; the engine and every agent ask again at the same instant).
+        A pinned or shocked symbol's mark is never kept, and ``pin`` and ``shock`` drop the
+        symbol's kept one: a kept mark is always the path's."""
+        if t is None:
+            t = self._held_now  # ``now_ms`` of a frozen clock, read inline
+            if t is None:
+                t = self.now_ms()
         hit = self._marks.get(symbol)
         if hit is not None and hit[0] == t:
             return hit[1]
-        price = super().mark(symbol, t)
+        rec = self.recording.symbols.get(symbol)
+        if rec is None or symbol in self._pinned or symbol in self._shocks:
+            price = super().mark(symbol, t)
+            if symbol not in self._pinned and symbol not in self._shocks:
+                self._marks[symbol] = (t, price)
+            return price
+        # ``Market.mark`` of a recorded symbol on its path, its steps inline (a new moment
+        # asks it of every held symbol)
+        sym = SYMBOLS[symbol]
+        price = decimal(self._held_at(rec, t), symbol_places(sym)[0]).quantize(sym.tick_size)
         self._marks[symbol] = (t, price)
         return price
 
     def book(self, symbol: str, t: int | None = None) -> tuple[Decimal, Decimal]:
-        t = self.now_ms() if t is None else t
-        if symbol in self._pinned or symbol in self._shocks:
-            return super().book(symbol, t)
+        """As ``Market.book``, kept like ``mark``."""
+        if t is None:
+            t = self._held_now
+            if t is None:
+                t = self.now_ms()
         hit = self._books.get(symbol)
         if hit is not None and hit[0] == t:
             return hit[1]
         quote = super().book(symbol, t)
-        self._books[symbol] = (t, quote)
+        if symbol not in self._pinned and symbol not in self._shocks:
+            self._books[symbol] = (t, quote)
         return quote
+
+    def pin(self, symbol: str, price: Decimal | None) -> None:
+        super().pin(symbol, price)
+        self._forget(symbol)
+
+    def shock(self, symbol: str, pct: Decimal, at_ms: int | None = None) -> int:
+        when = super().shock(symbol, pct, at_ms)
+        self._forget(symbol)
+        return when
+
+    def _forget(self, symbol: str) -> None:
+        """Drop the kept mark and book of ``symbol``: its price just left (or rejoined) the
+        path."""
+        self._marks.pop(symbol, None)
+        self._books.pop(symbol, None)
 
     def raw_price(self, symbol: str, t: int | None = None) -> float:
         rec = self._recorded(symbol)
         if rec is None:
             return super().raw_price(symbol, t)
-        t = self.now_ms() if t is None else t
+        return self._held_at(rec, self.now_ms() if t is None else t)
+
+    def _held_at(self, rec: SymbolRecording, t: int) -> float:
+        """The recorded symbol's held price at market time ``t`` (``raw_price``)."""
         series = rec.mark or rec.klines
-        step = series.step_ms  # a property: read once (the engine asks every step)
+        step = INTERVAL_MS[series.interval]  # ``series.step_ms``, without the property's call
         rel = t - self.offset_ms - series.first_open
         i = min(max(0, rel // step), len(series.c) - 1)
         frac = min(1.0, max(0.0, (rel - i * step) / step))
@@ -206,32 +269,60 @@ class ReplayMarket(Market):
     def _kline(self, symbol: str, interval: str, open_ms: int, now: int) -> Kline:
         """The candle as ``Market._kline`` builds it: a closed one built once per run, the
         forming one once per moment (every client asking at that moment shares it)."""
-        if self._recorded(symbol) is None:
-            return super()._kline(symbol, interval, open_ms, now)
         key = (symbol, interval, open_ms)
-        kline = self._closed_klines.get(key)
+        kline = self._closed_klines.get(key)  # a recorded symbol's, or none
         if kline is not None:
             return kline
-        if bucket_close(interval, open_ms) <= now:  # closed candles never change
-            kline = super()._kline(symbol, interval, open_ms, now)
+        rec = self.recording.symbols.get(symbol)
+        if rec is None:
+            return super()._kline(symbol, interval, open_ms, now)
+        close_ms = bucket_close(interval, open_ms)
+        if close_ms <= now:  # closed candles never change
+            kline = self._recorded_kline(symbol, rec, open_ms, close_ms, now)
             _keep(self._closed_klines, key, kline)
             return kline
         forming = self._forming.get(key)
         if forming is not None and forming[0] == now:
             return forming[1]
-        kline = super()._kline(symbol, interval, open_ms, now)
+        kline = self._recorded_kline(symbol, rec, open_ms, close_ms, now)
         if len(self._forming) >= FORMING_KEPT:
             self._forming.clear()
         self._forming[key] = (now, kline)
         return kline
 
+    def _recorded_kline(
+        self, symbol: str, rec: SymbolRecording, open_ms: int, close_ms: int, now: int
+    ) -> Kline:
+        """``kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))``. A
+        candle of the recording's own interval (a backtest builds two per agent-tick) is
+        ``_one_candle``'s expressions inline, without the calls and the values' tuple."""
+        s = rec.klines
+        step = INTERVAL_MS[s.interval]
+        base = s.first_open + self.offset_ms
+        i = max(0, (open_ms - base) // step)
+        if i != min(len(s.c) - 1, (min(close_ms, now) - base) // step):
+            return kline_object(SYMBOLS[symbol], *self._values(rec, open_ms, close_ms, now))
+        h, lw, c, v = s.h[i], s.low[i], s.c[i], s.v[i]
+        if base + (i + 1) * step - 1 > now:
+            frac = min(1.0, max(0.0, (now - base - i * step) / step))
+            c, h, lw = held(s.o[i], h, lw, c, frac)
+            v *= frac
+        sym = SYMBOLS[symbol]
+        return kline_object(
+            sym, open_ms, close_ms, s.o[i], max(_NEG_INF, h), min(_INF, lw), c, 0.0 + v
+        )
+
     def _candle_values(self, symbol: str, interval: str, open_ms: int, now: int) -> CandleValues:
         rec = self._recorded(symbol)
         if rec is None:
             return super()._candle_values(symbol, interval, open_ms, now)
+        return self._values(rec, open_ms, bucket_close(interval, open_ms), now)
+
+    def _values(self, rec: SymbolRecording, open_ms: int, close_ms: int, now: int) -> CandleValues:
+        """``_candle_values`` of a recorded symbol's candle ``open_ms``..``close_ms``: what
+        ``Market._kline`` would convert (``_kline`` calls it with the close it has found)."""
         s = rec.klines
-        step = s.step_ms  # a property: read once (a tick builds two candles per agent)
-        close_ms = bucket_close(interval, open_ms)
+        step = INTERVAL_MS[s.interval]  # ``s.step_ms`` without the property's call
         base = s.first_open + self.offset_ms
         lo_i = max(0, (open_ms - base) // step)
         hi_i = min(len(s.c) - 1, (min(close_ms, now) - base) // step)
@@ -275,7 +366,7 @@ class ReplayMarket(Market):
             frac = min(1.0, max(0.0, (now - base - i * step) / step))
             c, h, lw = held(s.o[i], h, lw, c, frac)
             v *= frac
-        return open_ms, close_ms, s.o[i], max(-math.inf, h), min(math.inf, lw), c, 0.0 + v
+        return open_ms, close_ms, s.o[i], max(_NEG_INF, h), min(_INF, lw), c, 0.0 + v
 
 
 # premiumIndex + bookTicker per symbol (weight 1 each) every LIVE_POLL_S: at most a quarter of
