@@ -155,13 +155,14 @@ def process_replay(root: Path, data: Path) -> dict[str, Any]:
         lockstep = sim.app.lockstep
         assert lockstep is not None
         try:
-            while lockstep.turns == 0:  # every agent has started its process and asked
+            while lockstep.turns < len(ids):  # every agent has started and had its start-up turn
                 time.sleep(0.05)
             started, first = time.perf_counter(), lockstep.turns
             while not lockstep.finished:
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
-            ticks = lockstep.turns - first - (len(ids) - 1)  # less the start-up turns
+            timed = lockstep.turns - first  # the turns seen, timed from the first one seen
+            ticks = lockstep.turns - len(ids)  # every turn but the start-up ones
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
@@ -171,6 +172,7 @@ def process_replay(root: Path, data: Path) -> dict[str, Any]:
         fills = [f._replace(time_ms=f.time_ms - offset) for f in ledger.trade_fills()]
     return {
         "agent_ticks": ticks,
+        "timed_agent_ticks": timed,
         "elapsed_s": elapsed,
         "exit_codes_ok": codes == [0] * len(codes),
         "fills": fills,
@@ -192,7 +194,9 @@ def compare(root: Path, data: Path, minutes: int) -> dict[str, Any]:
         "process_minutes": minutes,
         "process_agent_ticks": run["agent_ticks"],
         "process_elapsed_s": round(run["elapsed_s"], 2),
-        "process_agent_ticks_per_s": round(run["agent_ticks"] / max(run["elapsed_s"], 1e-9), 1),
+        "process_agent_ticks_per_s": round(
+            run["timed_agent_ticks"] / max(run["elapsed_s"], 1e-9), 1
+        ),
         "process_exit_codes_ok": run["exit_codes_ok"],
         "process_fills": len(got),
         "process_equals_backtest": got == strip and bt.agent_ticks == run["agent_ticks"],
