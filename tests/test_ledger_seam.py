@@ -182,7 +182,9 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
             return row._replace(**{f: 0 for f in row._fields if f.endswith("_ms")})
 
         def same() -> None:
-            assert mem.agent("a-1") == agents.get(mem.store.conn, "a-1")  # kept = stored
+            row = mem.agent("a-1")
+            mem._kept.clear()  # type: ignore[attr-defined]  # read again: kept = stored
+            assert mem.agent("a-1") == row
             for read in (
                 lambda ledger: [ledger.agent("a-1")],
                 lambda ledger: ledger.positions(agent_id="a-1"),
@@ -248,6 +250,79 @@ def test_a_throwaway_ledger_keeps_a_read_across_writes_to_other_tables_only(
             ledger.set_state("a-1", "probation", "drawdown")
         assert [s.state for s in mem.sleeve_states("0xaa")] == ["probation"]
         same()
+
+
+def test_a_throwaway_ledger_writes_a_heartbeat_with_the_next_write_that_may_read_it(
+    tmp_path: Path,
+) -> None:
+    """A heartbeat without an error of a known agent writes nothing on a throwaway ledger;
+    every read of agent rows shows it (kept or read again) and the next write that may read
+    or change an agent row (the reaper reads heartbeats) writes it first, in its own
+    transaction, ticks summed: the answers, and the rows then stored, are a file ledger's
+    given the same calls. A write that fails gives the heartbeats back."""
+    ids = ("a-1", "a-2")
+    with Ledger(tmp_path / "mem", throwaway=True) as mem, Ledger(tmp_path / "file") as disk:
+        both = (mem, disk)
+        for ledger in both:
+            ledger.set_account_limits("0xaa", max_total_positions=2, max_gross_leverage=Decimal(3))
+            for agent_id in ids:
+                ledger.register_agent(agent_id, "0xaa", max_positions=1, capital=Decimal(100))
+        mem.agent("a-1")  # kept: a-1's beats change the kept row, a-2's are read with its row
+
+        def timeless(row: Any) -> Any:  # the two ledgers beat at different wall times
+            return row._replace(heartbeat_ms=0)
+
+        def answers(ledger: Ledger) -> list[Any]:
+            return [timeless(ledger.agent(a)) for a in ids] + [
+                timeless(r) for r in ledger.agent_rows()
+            ]
+
+        def stored(ledger: Ledger) -> list[tuple[Any, ...]]:
+            return ledger.store.conn.execute(  # type: ignore[no-any-return]
+                "SELECT agent_id, hb_pid, hb_error, ticks, hb_host, hb_stopped FROM agents "
+                "ORDER BY agent_id"
+            ).fetchall()
+
+        writes = mem.store.writes  # type: ignore[attr-defined]
+        for ledger in both:
+            ledger.heartbeat("a-1", 7, tick=True)
+            ledger.heartbeat("a-1", 8, tick=True)
+            ledger.heartbeat("a-2", 9, tick=True)
+            ledger.heartbeat("a-2", 9)
+            ledger.snapshot_equity("a-1", Decimal(101))  # equity only: carries no heartbeat
+        assert mem.store.writes == writes + 1  # type: ignore[attr-defined]  # the snapshot
+        assert stored(mem) != stored(disk)
+        assert answers(mem) == answers(disk)
+        assert [(r.heartbeat_pid, r.ticks) for r in mem.agent_rows()] == [(8, 2), (9, 1)]
+        mem._kept.clear()  # type: ignore[attr-defined]  # read again: stored + not written
+        assert answers(mem) == answers(disk)
+        with pytest.raises(ZeroDivisionError), mem._write() as conn:  # type: ignore[attr-defined]
+            seen = conn.execute("SELECT ticks FROM agents ORDER BY agent_id").fetchall()
+            assert [r[0] for r in seen] == [2, 1]  # written before the write's own statements
+            _ = 1 / 0
+        assert stored(mem) != stored(disk)  # rolled back, and given back:
+        assert answers(mem) == answers(disk)
+        for ledger in both:
+            ledger.reserve("a-1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3))
+        assert stored(mem) == stored(disk)
+        beaten = mem.agent("a-1")
+        assert beaten is not None
+        assert (
+            mem.store.conn.execute(  # type: ignore[attr-defined]
+                "SELECT hb_ms FROM agents WHERE agent_id = 'a-1'"
+            ).fetchone()[0]
+            == beaten.heartbeat_ms
+        )
+        for ledger in both:
+            ledger.heartbeat("a-2", 9, tick=True)
+            ledger.heartbeat("a-2", 9, error="boom")  # written now, with the one before
+            ledger.heartbeat("a-1", 7, tick=True)
+        assert answers(mem) == answers(disk)
+        assert [r[1:4] for r in stored(mem)] == [(8, None, 2), (9, "boom", 2)]
+        assert mem.heartbeat_stopped("a-1", 7) and disk.heartbeat_stopped("a-1", 7)
+        assert stored(mem) == stored(disk) and answers(mem) == answers(disk)
+        with pytest.raises(LedgerError, match="ghost is not registered"):
+            mem.heartbeat("ghost", 1)  # an agent it does not know: written (and refused) now
 
 
 @pytest.mark.parametrize("throwaway", [False, True])

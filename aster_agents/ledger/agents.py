@@ -7,8 +7,9 @@ Functions over a ``backend.Conn``. Capital given at registration is allocated th
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Final
+from typing import Final, NamedTuple
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger import books
@@ -191,6 +192,41 @@ def heartbeat(
     if error is not None:
         record(conn, agent_id, "error", pid=pid, error=error)
     return ms
+
+
+class Beat(NamedTuple):
+    """A heartbeat a throwaway ledger has not written yet (``Ledger.heartbeat``): the last
+    beat's pid, time and host, and how many ticks the beats since the last write counted."""
+
+    pid: int
+    ms: int
+    host: str | None
+    ticks: int
+
+    def then(self, pid: int, ms: int, host: str | None, tick: bool) -> Beat:
+        """This beat followed by another: the newer pid, time and host, the ticks of both."""
+        return Beat(pid, ms, host, self.ticks + int(tick))
+
+
+def beaten(row: AgentRow, beat: Beat) -> AgentRow:
+    """``row`` as it reads once ``beat`` is written (what ``carry_beats`` sets)."""
+    return row._replace(
+        heartbeat_pid=beat.pid,
+        heartbeat_ms=beat.ms,
+        heartbeat_error=None,
+        ticks=row.ticks + beat.ticks,
+        heartbeat_host=beat.host,
+        heartbeat_stopped=False,
+    )
+
+
+def carry_beats(conn: Conn, beats: Mapping[str, Beat]) -> None:
+    """Write the heartbeats not written yet: the UPDATE ``heartbeat`` makes, ticks summed."""
+    conn.executemany(
+        "UPDATE agents SET hb_pid = ?, hb_ms = ?, hb_error = NULL, ticks = ticks + ?, "
+        "hb_host = ?, hb_stopped = 0 WHERE agent_id = ?",
+        [(b.pid, b.ms, b.ticks, b.host, agent_id) for agent_id, b in beats.items()],
+    )
 
 
 def stopped(conn: Conn, agent_id: str, pid: int, host: str | None) -> bool:

@@ -89,6 +89,10 @@ class Ledger:
         # (a write declared narrow by ``_write_to`` drops only the reads of its tables).
         self._kept: dict[KeptKey, object] | None = {} if throwaway else None
         self._clean_at = self._writes()  # the store's write count the kept reads are of
+        # A throwaway ledger's heartbeats wait for the next write that may read or change an
+        # agent row (``heartbeat``); reads of agent rows show them meanwhile.
+        self._beats: dict[str, agents.Beat] = {}
+        self._known: set[str] = set()  # agents read or registered here (none is ever deleted)
         self.state_dir = self.store.state_dir
         self.host = host_name()
         # PostgreSQL: the common intent writes are one statement each (see ``intents.Call``)
@@ -128,12 +132,47 @@ class Ledger:
         kept[key] = value
         return value
 
+    def _write(self, *, durable: bool = True) -> AbstractContextManager[Conn]:
+        """``store.write()``, which first writes the heartbeats a throwaway ledger has not
+        written yet (any write may read or change an agent row: the reaper reads them)."""
+        if not self._beats:
+            return self.store.write(durable=durable)
+        return _NarrowWrite(self, None, self.store.write(durable=durable))
+
     def _write_to(
         self, tables: Sequence[str], *, durable: bool = True
     ) -> AbstractContextManager[Conn]:
         """``store.write()`` for a write that touches only ``tables`` (triggers included):
-        a throwaway ledger keeps its reads of other tables across it."""
+        a throwaway ledger keeps its reads of other tables across it, and writes its
+        heartbeats not yet written only when ``tables`` have an agent row."""
         return _NarrowWrite(self, tables, self.store.write(durable=durable))
+
+    def _carry_beats(self, conn: Conn) -> dict[str, agents.Beat]:
+        """Write the heartbeats not written yet in the transaction of ``conn``; the ones
+        written, to be given back (``_uncarry``) if that transaction fails."""
+        beats, self._beats = self._beats, {}
+        try:
+            agents.carry_beats(conn, beats)
+        except BaseException:
+            self._uncarry(beats)
+            raise
+        return beats
+
+    def _uncarry(self, beats: Mapping[str, agents.Beat]) -> None:
+        """The transaction that wrote ``beats`` rolled back: they wait again (before any
+        beaten since, which are newer)."""
+        newer, self._beats = self._beats, dict(beats)
+        for agent_id, b in newer.items():
+            old = self._beats.get(agent_id)
+            self._beats[agent_id] = b if old is None else b._replace(ticks=old.ticks + b.ticks)
+
+    def _beaten(self, row: AgentRow | None) -> AgentRow | None:
+        """An agent row read from the store, with the heartbeat not written yet if any."""
+        if row is None:
+            return None
+        self._known.add(row.agent_id)
+        beat = self._beats.get(row.agent_id)
+        return row if beat is None else agents.beaten(row, beat)
 
     def _wrote_to(self, kept: dict[KeptKey, object] | None, tables: Sequence[str]) -> None:
         """A write to ``tables`` committed: drop the kept reads of those tables only."""
@@ -170,10 +209,12 @@ class Ledger:
         ``set_state`` does). A changed ``capital`` is allocated at the sleeve's NAV.
         """
         agents.check_new(agent_id, max_positions)
-        with self.store.write() as conn:
-            return agents.register(
+        with self._write() as conn:
+            slot = agents.register(
                 conn, agent_id, user, max_positions=max_positions, capital=capital, enabled=enabled
             )
+        self._known.add(agent_id)
+        return slot
 
     def set_account_limits(
         self,
@@ -189,7 +230,7 @@ class Ledger:
         ``equity`` also opens the account's unallocated sleeve the first time (see
         ``ensure_account``); ``equity_time_ms`` is the exchange's time of that equity.
         """
-        with self.store.write() as conn:
+        with self._write() as conn:
             agents.set_account_limits(
                 conn,
                 user,
@@ -217,7 +258,7 @@ class Ledger:
         """
         if state not in AGENT_STATES:
             raise LedgerError(f"agent state {state!r} is not one of {', '.join(AGENT_STATES)}")
-        with self.store.write() as conn:
+        with self._write() as conn:
             return agents.set_state(conn, agent_id, state, reason, expect)
 
     def allocate(self, agent_id: str, capital: Decimal, *, equity: Decimal | None = None) -> None:
@@ -227,18 +268,35 @@ class Ledger:
         otherwise the sleeve at the recorded marks prices the units. The capital moved comes
         from (or goes back to) the account's unallocated cash once that sleeve exists.
         """
-        with self.store.write() as conn:
+        with self._write() as conn:
             books.allocate(conn, agent_id, capital, equity)
 
     def heartbeat(
         self, agent_id: str, pid: int, *, error: str | None = None, tick: bool = False
     ) -> None:
-        """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None)."""
-        beat = (f"agent/{agent_id}",)  # this agent's row only
-        tables = beat if error is None else (*beat, "audit", "counters")
+        """Record that ``pid`` runs ``agent_id`` now; ``error`` is the last error (or None).
+
+        A throwaway ledger (nothing outside this process reads it) writes a beat without an
+        error of an agent it knows only with its next write that may read or change agent
+        rows, in that write's transaction: one write transaction fewer per agent tick. Its
+        reads of agent rows show the beat meanwhile, so every answer is the same.
+        """
         key = ("agent", agent_id, None)
         kept = self._kept_reads()
         row = None if kept is None else kept.get(key)
+        if error is None and kept is not None and agent_id in self._known:
+            ms = now_ms()
+            last = self._beats.get(agent_id)
+            self._beats[agent_id] = (
+                agents.Beat(pid, ms, self.host, int(tick))
+                if last is None
+                else last.then(pid, ms, self.host, tick)
+            )
+            if isinstance(row, AgentRow):
+                kept[key] = agents.beaten(row, agents.Beat(pid, ms, self.host, int(tick)))
+            return
+        beat = (f"agent/{agent_id}",)  # this agent's row only
+        tables = beat if error is None else (*beat, "audit", "counters")
         with self._write_to(tables, durable=False) as conn:
             ms = agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
         if isinstance(row, AgentRow) and kept is not None:  # kept: what the UPDATE set
@@ -254,14 +312,20 @@ class Ledger:
     def heartbeat_stopped(self, agent_id: str, pid: int) -> bool:
         """Record that ``pid``'s run of ``agent_id`` ended normally (status on any host then
         shows STOPPED, not a stale heartbeat); False if a newer run has beaten since."""
-        with self.store.write(durable=False) as conn:
+        with self._write(durable=False) as conn:
             return agents.stopped(conn, agent_id, pid, self.host)
 
     def agent(self, agent_id: str) -> AgentRow | None:
-        return self._keep(("agent", agent_id, None), lambda: agents.get(self.store.conn, agent_id))
+        return self._keep(
+            ("agent", agent_id, None),
+            lambda: self._beaten(agents.get(self.store.conn, agent_id)),
+        )
 
     def agent_rows(self) -> list[AgentRow]:
-        return agents.rows(self.store.conn)
+        rows = agents.rows(self.store.conn)
+        if not self._beats:
+            return rows
+        return [r for r in map(self._beaten, rows) if r is not None]
 
     def sleeve_states(self, user: str) -> list[SleeveState]:
         """The state and units of every agent of ``user`` (the account's kill switch, each
@@ -334,7 +398,7 @@ class Ledger:
             if intent is not None:
                 return intent
             now = now_ms()  # not granted there: the full check below says why, or grants
-        with self.store.write(durable=False) as conn:
+        with self._write(durable=False) as conn:
             got = intents.reserve(
                 conn,
                 self._reaper,
@@ -371,7 +435,7 @@ class Ledger:
         """
         if self._call is not None:
             return intents.mark_sent_call(self._call, client_order_id, now_ms(), nonce)
-        with self.store.write() as conn:
+        with self._write() as conn:
             return intents.mark_sent(conn, client_order_id, now_ms(), nonce)
 
     def confirm(self, client_order_id: str) -> bool:
@@ -380,7 +444,7 @@ class Ledger:
             return intents.transition_call(
                 self._call, client_order_id, ("reserved",), "confirmed", None, now_ms(), True
             )
-        with self.store.write() as conn:
+        with self._write() as conn:
             return intents.transition(
                 conn, client_order_id, ("reserved",), "confirmed", None, now_ms()
             )
@@ -395,7 +459,7 @@ class Ledger:
             return intents.transition_call(
                 self._call, client_order_id, ACTIVE_STATES, "released", reason, now_ms(), False
             )
-        with self.store.write(durable=False) as conn:
+        with self._write(durable=False) as conn:
             return intents.transition(
                 conn, client_order_id, ACTIVE_STATES, "released", reason, now_ms()
             )
@@ -403,14 +467,14 @@ class Ledger:
     def release_unsent(self, client_order_id: str, reason: str) -> bool:
         """Release a reservation only if its order was never marked sent (another process's
         too: its ``mark_sent`` then fails, so that order never goes out); False otherwise."""
-        with self.store.write() as conn:
+        with self._write() as conn:
             return intents.release_unsent(conn, client_order_id, reason, now_ms())
 
     def finish_intent(self, client_order_id: str, state: str) -> None:
         """Close an intent with a final state (filled, canceled, rejected, ...)."""
         if state not in FINAL_STATES:
             raise LedgerError(f"final intent state {state!r} is not one of {FINAL_STATES}")
-        with self.store.write() as conn:
+        with self._write() as conn:
             intents.finish(conn, client_order_id, state, now_ms())
 
     def intent(self, client_order_id: str) -> Intent | None:
@@ -445,7 +509,7 @@ class Ledger:
         """Book one trade of the order ``client_order_id``; False if already booked."""
         if qty <= 0:
             raise LedgerError(f"fill {trade_id} of {client_order_id}: qty must be > 0")
-        with self.store.write() as conn:
+        with self._write() as conn:
             return fills.book_fill(
                 conn,
                 client_order_id,
@@ -486,7 +550,7 @@ class Ledger:
         """
         if event not in EXCHANGE_CLOSE_KINDS:
             raise LedgerError(f"exchange close {event!r} is not one of {EXCHANGE_CLOSE_KINDS}")
-        with self.store.write() as conn:
+        with self._write() as conn:
             return fills.book_exchange_close(
                 conn,
                 user,
@@ -505,14 +569,14 @@ class Ledger:
 
     def close_position(self, agent_id: str, symbol: str, reason: str) -> bool:
         """Drop a position without a fill (reconcile found it flat); frees slot and symbol."""
-        with self.store.write() as conn:
+        with self._write() as conn:
             return fills.close_position(conn, agent_id, symbol, reason)
 
     def book_funding(
         self, agent_id: str, symbol: str, amount: Decimal, tran_id: int, time_ms: int
     ) -> bool:
         """Book one funding payment (signed: + received); False if already booked."""
-        with self.store.write() as conn:
+        with self._write() as conn:
             return fills.book_funding(conn, agent_id, symbol, amount, tran_id, time_ms)
 
     def positions(
@@ -557,7 +621,7 @@ class Ledger:
         marks), in one transaction, so the books add up to the exchange at that instant.
         Later calls only record the equity. Returns the unallocated cash.
         """
-        with self.store.write() as conn:
+        with self._write() as conn:
             return books.ensure_account(conn, user, equity, time_ms)
 
     def account_books(self, user: str) -> AccountBooks | None:
@@ -614,7 +678,7 @@ class Ledger:
     def import_equity(self, agent_id: str, points: Iterable[tuple[int, Decimal]]) -> int:
         """Append many ``(time_ms, equity)`` snapshots at the agent's current units, in one
         transaction (history imports, benches); the number written."""
-        with self.store.write() as conn:
+        with self._write() as conn:
             return reports.import_equity(conn, agent_id, points)
 
     # ----------------------------------------------------------------- trade history
@@ -666,7 +730,7 @@ class Ledger:
         active open intents use. ``time_ms`` (default now) is the rebalance's time: the
         automatic rebalance's clock, which times the next one.
         """
-        with self.store.write() as conn:
+        with self._write() as conn:
             return books.reallocate(conn, moves, reason, detail, time_ms)
 
     def last_rebalance(self) -> RebalanceRow | None:
@@ -701,7 +765,7 @@ class Ledger:
         With ``agent_id`` the amount is the agent's funding; without, it goes to the
         account's unallocated cash (funding on a symbol no agent held, transfers, ...).
         """
-        with self.store.write() as conn:
+        with self._write() as conn:
             return income.book_income(
                 conn,
                 user,
@@ -724,7 +788,7 @@ class Ledger:
         time_ms: int,
     ) -> bool:
         """Book a trade of an order no agent placed (web UI, another tool) to unallocated."""
-        with self.store.write() as conn:
+        with self._write() as conn:
             return income.book_unowned_trade(
                 conn,
                 user,
@@ -751,7 +815,7 @@ class Ledger:
 
     def note_reconcile(self, user: str, exchange_ms: int, differences: int) -> None:
         """Remember that reconcile ran for ``user`` up to the exchange time ``exchange_ms``."""
-        with self.store.write(durable=False) as conn:
+        with self._write(durable=False) as conn:
             audit.record(
                 conn,
                 None,
@@ -766,7 +830,7 @@ class Ledger:
     ) -> bool:
         """Record that the exchange at ``url`` has given no answer since ``since_ms`` (or
         answers again after ``down_s``); the first agent to see a change writes the one row."""
-        with self.store.write(durable=False) as conn:
+        with self._write(durable=False) as conn:
             return audit.note_reachability(
                 conn, agent_id, url, reachable, since_ms=since_ms, down_s=round(down_s, 1)
             )
@@ -807,21 +871,33 @@ class Ledger:
 
 
 class _NarrowWrite:
-    """``Ledger._write_to``: the store's write, then the kept reads of its tables dropped
-    once it committed. A plain class rather than a generator: the heartbeat and the equity
-    snapshot of every agent tick go through it."""
+    """``Ledger._write_to`` (``tables``) and ``Ledger._write`` with heartbeats to write
+    (``tables`` None): the store's write, carrying the heartbeats not written yet when it
+    may read or change an agent row, then the kept reads of its tables dropped once it
+    committed. A plain class rather than a generator: the equity snapshot of every agent
+    tick goes through it."""
 
-    __slots__ = ("kept", "ledger", "tables", "write")
+    __slots__ = ("beats", "kept", "ledger", "tables", "write")
 
     def __init__(
-        self, ledger: Ledger, tables: Sequence[str], write: AbstractContextManager[Conn]
+        self, ledger: Ledger, tables: Sequence[str] | None, write: AbstractContextManager[Conn]
     ) -> None:
         self.ledger, self.tables, self.write = ledger, tables, write
         self.kept: dict[KeptKey, object] | None = None
+        self.beats: dict[str, agents.Beat] | None = None
 
     def __enter__(self) -> Conn:
-        self.kept = self.ledger._kept_reads()
-        return self.write.__enter__()
+        ledger, tables = self.ledger, self.tables
+        if tables is not None:
+            self.kept = ledger._kept_reads()
+        conn = self.write.__enter__()
+        if ledger._beats and (tables is None or any(t.startswith("agent") for t in tables)):
+            try:
+                self.beats = ledger._carry_beats(conn)
+            except BaseException as exc:
+                self.write.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+        return conn
 
     def __exit__(
         self,
@@ -829,6 +905,14 @@ class _NarrowWrite:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.write.__exit__(kind, exc, tb)  # raises what the write raised (it suppresses none)
-        if kind is None:
+        try:
+            self.write.__exit__(kind, exc, tb)  # raises what the write raised (suppresses none)
+        except BaseException:
+            if self.beats is not None:
+                self.ledger._uncarry(self.beats)
+            raise
+        if kind is not None:
+            if self.beats is not None:
+                self.ledger._uncarry(self.beats)
+        elif self.tables is not None:
             self.ledger._wrote_to(self.kept, self.tables)
