@@ -12,8 +12,11 @@ import pytest
 
 from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import Ledger, agents
+from aster_agents.ledger.core import KeptKey
 from aster_agents.ledger.rows import AGENT_COLS
 from aster_agents.models import Side
+
+D0, D1, D900 = Decimal(0), Decimal(1), Decimal(900)
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aster_agents"
 LEDGER = PACKAGE / "ledger"
@@ -323,6 +326,116 @@ def test_a_throwaway_ledger_writes_a_heartbeat_with_the_next_write_that_may_read
         assert stored(mem) == stored(disk) and answers(mem) == answers(disk)
         with pytest.raises(LedgerError, match="ghost is not registered"):
             mem.heartbeat("ghost", 1)  # an agent it does not know: written (and refused) now
+
+
+def test_a_throwaway_ledger_keeps_the_reads_of_other_agents_across_an_orders_writes(
+    tmp_path: Path,
+) -> None:
+    """An order's writes (reserve, mark_sent, confirm, fills, finish, release) drop the kept
+    reads of its agent and account only: another account's stay (not read again), and every
+    answer equals a file ledger's given the same calls. A reservation whose sweep expired
+    someone's intent drops all, and so does everything once an agent moved to another
+    account."""
+    users = {"a-1": "0xaa", "a-2": "0xaa", "b-1": "0xbb"}
+    with Ledger(tmp_path / "mem", throwaway=True) as mem, Ledger(tmp_path / "file") as disk:
+        both = (mem, disk)
+        for ledger in both:
+            for user in ("0xaa", "0xbb"):
+                ledger.set_account_limits(
+                    user, max_total_positions=3, max_gross_leverage=Decimal(3), equity=D900
+                )
+            for agent_id, user in users.items():
+                ledger.register_agent(agent_id, user, max_positions=2, capital=Decimal(100))
+
+        def timeless(row: Any) -> Any:  # the two ledgers write at different wall times
+            return row._replace(**{f: 0 for f in row._fields if f.endswith("_ms")})
+
+        reads: dict[str, Any] = {
+            "agent": lambda ledger, a, u: [ledger.agent(a)],
+            "positions": lambda ledger, a, u: ledger.positions(agent_id=a),
+            "account positions": lambda ledger, a, u: ledger.positions(user=u),
+            "unresolved": lambda ledger, a, u: ledger.unresolved_intents(a),
+            "sleeves": lambda ledger, a, u: ledger.sleeve_states(u),
+        }
+
+        def same() -> dict[KeptKey, object]:
+            for agent_id, user in users.items():
+                for read in reads.values():
+                    got = [timeless(r) for r in read(mem, agent_id, user)]
+                    assert got == [timeless(r) for r in read(disk, agent_id, user)]
+            return dict(mem._kept)  # type: ignore[attr-defined]
+
+        def fill(ledger: Ledger, coid: str, trade_id: int, side: Side) -> None:
+            ledger.book_fill(
+                coid,
+                trade_id=trade_id,
+                symbol="BTCUSDT",
+                side=side,
+                qty=Decimal("0.001"),
+                price=Decimal(3000),
+                realized_pnl=Decimal(0),
+                commission=Decimal("0.01"),
+                time_ms=trade_id,
+            )
+
+        def kept_of_b(before: dict[KeptKey, object]) -> None:  # 0xbb's reads, not read again
+            kept = mem._kept  # type: ignore[attr-defined]
+            for key in [k for k in before if "b-1" in k or "0xbb" in k]:
+                assert kept[key] is before[key], key
+
+        steps: list[Any] = [
+            lambda ledger: (
+                ledger.reserve(
+                    "a-1", "BTCUSDT", Side.BUY, margin=Decimal(1), notional=Decimal(3)
+                ).client_order_id
+            ),
+            lambda ledger, coid: ledger.mark_sent(coid),
+            lambda ledger, coid: ledger.confirm(coid),
+            lambda ledger, coid: fill(ledger, coid, 1, Side.BUY),
+            lambda ledger, coid: ledger.finish_intent(coid, "filled"),
+        ]
+        coids = [steps[0](ledger) for ledger in both]
+        kept_of_b(same())
+        for step in steps[1:]:
+            before = same()
+            for ledger, coid in zip(both, coids, strict=True):
+                step(ledger, coid)
+            kept_of_b(before)
+            assert mem._kept != before  # type: ignore[attr-defined]  # a-1's: dropped
+        closing = [
+            ledger.reserve("a-1", "BTCUSDT", Side.SELL, kind="close", margin=D0, notional=D0)
+            for ledger in both
+        ]
+        before = same()
+        for ledger, intent in zip(both, closing, strict=True):
+            fill(ledger, intent.client_order_id, 2, Side.SELL)
+            ledger.release(intent.client_order_id, "done")
+        kept_of_b(before)
+        assert mem.positions(user="0xaa") == disk.positions(user="0xaa") == []
+        same()
+        # a sweep that expires an intent (here: b-1's, its TTL gone) drops every kept read
+        stale = [
+            ledger.reserve("b-1", "ETHUSDT", Side.BUY, margin=D1, notional=D1, ttl_seconds=0)
+            for ledger in both
+        ]
+        before = same()
+        for ledger in both:
+            with pytest.raises(ReservationDenied):  # a close sweeps first, whatever its answer
+                ledger.reserve("a-2", "BTCUSDT", Side.SELL, kind="close", margin=D0, notional=D0)
+        assert [i.state for i in (mem.intent(x.client_order_id) for x in stale)] == ["expired"] * 2
+        assert before and mem._kept_reads() == {}  # type: ignore[attr-defined]
+        same()
+        # an agent moved to another account: its older rows are that one's no more
+        for ledger in both:
+            ledger.register_agent("a-2", "0xbb", max_positions=2)
+        again = [
+            ledger.reserve("a-2", "BTCUSDT", Side.BUY, margin=D1, notional=D1) for ledger in both
+        ]
+        assert same()
+        for ledger, intent in zip(both, again, strict=True):
+            ledger.mark_sent(intent.client_order_id)
+        assert mem._kept_reads() == {}  # type: ignore[attr-defined]
+        same()
 
 
 @pytest.mark.parametrize("throwaway", [False, True])

@@ -240,6 +240,12 @@ def stopped(conn: Conn, agent_id: str, pid: int, host: str | None) -> bool:
     return cur.rowcount == 1
 
 
+def user_of(conn: Conn, agent_id: str) -> str | None:
+    """The account of ``agent_id``, or None when it is not registered."""
+    row = conn.execute("SELECT user FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def get(conn: Conn, agent_id: str) -> AgentRow | None:
     row = conn.execute(
         f"SELECT {AGENT_COLS} FROM agents a WHERE a.agent_id = ?", (agent_id,)

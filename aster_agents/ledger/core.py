@@ -12,6 +12,7 @@ case: ``agents``, ``intents`` (with ``limits``), ``fills``, ``books``, ``income`
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -61,6 +62,11 @@ KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "sleeves": ("agents",),  # state and units: a heartbeat ("agent/ID") changes neither
 }
 KEPT_READ: Final = frozenset(t for tables in KEPT_TABLES.values() for t in tables)
+# The tables the order path's writes touch (triggers and the audit included), for the
+# kept reads of one agent and account they drop (``Ledger._write_for``).
+RESERVE_TABLES: Final = ("intents", "audit", "counters")
+INTENT_TABLES: Final = ("intents", "audit", "counters")
+FILL_TABLES: Final = ("fills", "positions", "agents", "intents", "audit", "counters")
 T = TypeVar("T")
 KeptKey = tuple[str, str | None, str | None]  # (kind, agent or None, user or None)
 _NONE: Final = object()  # no kept read
@@ -93,6 +99,11 @@ class Ledger:
         # agent row (``heartbeat``); reads of agent rows show them meanwhile.
         self._beats: dict[str, agents.Beat] = {}
         self._known: set[str] = set()  # agents read or registered here (none is ever deleted)
+        # A throwaway ledger's writes on one intent drop only the kept reads of its agent and
+        # account (``_write_for``): the agent and account of each intent it has seen, while
+        # no agent has moved to another account (then every row of an agent is its account's).
+        self._owners: dict[str, tuple[str, str]] = {}
+        self._scoping = throwaway
         self.state_dir = self.store.state_dir
         self.host = host_name()
         # PostgreSQL: the common intent writes are one statement each (see ``intents.Call``)
@@ -146,6 +157,50 @@ class Ledger:
         a throwaway ledger keeps its reads of other tables across it, and writes its
         heartbeats not yet written only when ``tables`` have an agent row."""
         return _NarrowWrite(self, tables, self.store.write(durable=durable))
+
+    def _write_for(
+        self, tables: Sequence[str], owner: tuple[str, str | None] | None, *, durable: bool = True
+    ) -> AbstractContextManager[Conn]:
+        """``store.write()`` for a write that touches only ``tables`` rows of one agent (and
+        of its account, when ``owner`` names it): ``owner`` is (agent, account or None). A
+        throwaway ledger keeps its reads of other agents and accounts across it, unless the
+        reaper expired someone's reservation in it. ``owner`` None: any rows (``_write``)."""
+        if owner is None or not self._scoping:
+            return self._write(durable=durable)
+        return _NarrowWrite(self, tables, self.store.write(durable=durable), owner)
+
+    def _wrote_for(
+        self,
+        kept: dict[KeptKey, object] | None,
+        tables: Sequence[str],
+        owner: tuple[str, str | None],
+    ) -> None:
+        """A write to ``tables`` rows of ``owner`` committed: drop the kept reads of them."""
+        if kept is None:
+            return
+        agent_id, user = owner
+        for kind in _kinds(tuple(tables)):
+            if kind == "agent" or kind == "unresolved":  # rows of the agent only
+                kept.pop((kind, agent_id, None), None)
+            elif user is None:  # of an account: which one is not known
+                for key in [k for k in kept if k[0] == kind]:
+                    del kept[key]
+            elif kind == "sleeves":
+                kept.pop((kind, user, None), None)
+            else:  # positions by agent, by account, by both, or all
+                for a, u in ((agent_id, None), (None, user), (agent_id, user), (None, None)):
+                    kept.pop((kind, a, u), None)
+        self._clean_at = self._writes()  # a write that fails leaves it behind: all dropped
+
+    def _owner(self, client_order_id: str) -> tuple[str, str] | None:
+        """The agent and account of an intent this (throwaway) ledger has seen, or None."""
+        return self._owners.get(client_order_id) if self._scoping else None
+
+    def _seen(self, found: Iterable[Intent]) -> None:
+        """Remember the agent and account of each intent (throwaway: see ``_write_for``)."""
+        if self._scoping:
+            for i in found:
+                self._owners[i.client_order_id] = (i.agent_id, i.user)
 
     def _carry_beats(self, conn: Conn) -> dict[str, agents.Beat]:
         """Write the heartbeats not written yet in the transaction of ``conn``; the ones
@@ -210,6 +265,8 @@ class Ledger:
         """
         agents.check_new(agent_id, max_positions)
         with self._write() as conn:
+            if self._scoping and agents.user_of(conn, agent_id) not in (None, user):
+                self._scoping = False  # an agent's older rows are another account's
             slot = agents.register(
                 conn, agent_id, user, max_positions=max_positions, capital=capital, enabled=enabled
             )
@@ -398,7 +455,7 @@ class Ledger:
             if intent is not None:
                 return intent
             now = now_ms()  # not granted there: the full check below says why, or grants
-        with self._write(durable=False) as conn:
+        with self._write_for(RESERVE_TABLES, (agent_id, None), durable=False) as conn:
             got = intents.reserve(
                 conn,
                 self._reaper,
@@ -421,6 +478,7 @@ class Ledger:
                 )
         if isinstance(got, str):
             raise ReservationDenied(f"agent {agent_id} {kind} {symbol}: {got}")
+        self._seen((got,))
         return got
 
     def mark_sent(self, client_order_id: str, nonce: int | None = None) -> bool:
@@ -435,7 +493,7 @@ class Ledger:
         """
         if self._call is not None:
             return intents.mark_sent_call(self._call, client_order_id, now_ms(), nonce)
-        with self._write() as conn:
+        with self._write_for(INTENT_TABLES, self._owner(client_order_id)) as conn:
             return intents.mark_sent(conn, client_order_id, now_ms(), nonce)
 
     def confirm(self, client_order_id: str) -> bool:
@@ -444,7 +502,7 @@ class Ledger:
             return intents.transition_call(
                 self._call, client_order_id, ("reserved",), "confirmed", None, now_ms(), True
             )
-        with self._write() as conn:
+        with self._write_for(INTENT_TABLES, self._owner(client_order_id)) as conn:
             return intents.transition(
                 conn, client_order_id, ("reserved",), "confirmed", None, now_ms()
             )
@@ -459,7 +517,8 @@ class Ledger:
             return intents.transition_call(
                 self._call, client_order_id, ACTIVE_STATES, "released", reason, now_ms(), False
             )
-        with self._write(durable=False) as conn:
+        owner = self._owner(client_order_id)
+        with self._write_for(INTENT_TABLES, owner, durable=False) as conn:
             return intents.transition(
                 conn, client_order_id, ACTIVE_STATES, "released", reason, now_ms()
             )
@@ -467,25 +526,33 @@ class Ledger:
     def release_unsent(self, client_order_id: str, reason: str) -> bool:
         """Release a reservation only if its order was never marked sent (another process's
         too: its ``mark_sent`` then fails, so that order never goes out); False otherwise."""
-        with self._write() as conn:
+        with self._write_for(INTENT_TABLES, self._owner(client_order_id)) as conn:
             return intents.release_unsent(conn, client_order_id, reason, now_ms())
 
     def finish_intent(self, client_order_id: str, state: str) -> None:
         """Close an intent with a final state (filled, canceled, rejected, ...)."""
         if state not in FINAL_STATES:
             raise LedgerError(f"final intent state {state!r} is not one of {FINAL_STATES}")
-        with self._write() as conn:
+        with self._write_for(INTENT_TABLES, self._owner(client_order_id)) as conn:
             intents.finish(conn, client_order_id, state, now_ms())
 
     def intent(self, client_order_id: str) -> Intent | None:
-        return intents.get(self.store.conn, client_order_id)
+        found = intents.get(self.store.conn, client_order_id)
+        if found is not None:
+            self._seen((found,))
+        return found
 
     def unresolved_intents(self, agent_id: str) -> list[Intent]:
         """Intents still reserved or confirmed, plus reaped ones that were marked sent."""
         found = self._keep(
-            ("unresolved", agent_id, None), lambda: intents.unresolved(self.store.conn, agent_id)
+            ("unresolved", agent_id, None),
+            lambda: self._seeing(intents.unresolved(self.store.conn, agent_id)),
         )
         return list(found)
+
+    def _seeing(self, found: list[Intent]) -> list[Intent]:
+        self._seen(found)
+        return found
 
     def intent_symbols(self, user: str) -> set[str]:
         """Every symbol an agent of ``user`` ever placed an order on."""
@@ -509,7 +576,7 @@ class Ledger:
         """Book one trade of the order ``client_order_id``; False if already booked."""
         if qty <= 0:
             raise LedgerError(f"fill {trade_id} of {client_order_id}: qty must be > 0")
-        with self._write() as conn:
+        with self._write_for(FILL_TABLES, self._owner(client_order_id)) as conn:
             return fills.book_fill(
                 conn,
                 client_order_id,
@@ -870,28 +937,43 @@ class Ledger:
         return self.store.touch()
 
 
-class _NarrowWrite:
-    """``Ledger._write_to`` (``tables``) and ``Ledger._write`` with heartbeats to write
-    (``tables`` None): the store's write, carrying the heartbeats not written yet when it
-    may read or change an agent row, then the kept reads of its tables dropped once it
-    committed. A plain class rather than a generator: the equity snapshot of every agent
-    tick goes through it."""
+@functools.cache
+def _kinds(tables: tuple[str, ...]) -> tuple[str, ...]:
+    """The kinds of kept reads a write to ``tables`` may change."""
+    return tuple(k for k, deps in KEPT_TABLES.items() if not set(deps).isdisjoint(tables))
 
-    __slots__ = ("beats", "kept", "ledger", "tables", "write")
+
+class _NarrowWrite:
+    """``Ledger._write_to`` (``tables``), ``Ledger._write_for`` (``tables`` of ``owner``)
+    and ``Ledger._write`` with heartbeats to write (``tables`` None): the store's write,
+    carrying the heartbeats not written yet when it may read or change an agent row, then
+    the kept reads it may change dropped once it committed. A plain class rather than a
+    generator: the equity snapshot of every agent tick goes through it."""
+
+    __slots__ = ("beats", "kept", "ledger", "owner", "reaped", "tables", "write")
 
     def __init__(
-        self, ledger: Ledger, tables: Sequence[str] | None, write: AbstractContextManager[Conn]
+        self,
+        ledger: Ledger,
+        tables: Sequence[str] | None,
+        write: AbstractContextManager[Conn],
+        owner: tuple[str, str | None] | None = None,
     ) -> None:
-        self.ledger, self.tables, self.write = ledger, tables, write
+        self.ledger, self.tables, self.write, self.owner = ledger, tables, write, owner
         self.kept: dict[KeptKey, object] | None = None
         self.beats: dict[str, agents.Beat] | None = None
+        self.reaped = ledger._reaper.reaped
 
     def __enter__(self) -> Conn:
         ledger, tables = self.ledger, self.tables
         if tables is not None:
             self.kept = ledger._kept_reads()
         conn = self.write.__enter__()
-        if ledger._beats and (tables is None or any(t.startswith("agent") for t in tables)):
+        if ledger._beats and (
+            tables is None
+            or self.owner is not None  # the reaper reads heartbeats
+            or any(t.startswith("agent") for t in tables)
+        ):
             try:
                 self.beats = ledger._carry_beats(conn)
             except BaseException as exc:
@@ -905,14 +987,19 @@ class _NarrowWrite:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        ledger = self.ledger
         try:
             self.write.__exit__(kind, exc, tb)  # raises what the write raised (suppresses none)
         except BaseException:
             if self.beats is not None:
-                self.ledger._uncarry(self.beats)
+                ledger._uncarry(self.beats)
             raise
         if kind is not None:
             if self.beats is not None:
-                self.ledger._uncarry(self.beats)
-        elif self.tables is not None:
-            self.ledger._wrote_to(self.kept, self.tables)
+                ledger._uncarry(self.beats)
+        elif self.tables is None:
+            pass  # any rows: the kept reads are all dropped (``_kept_reads``)
+        elif self.owner is None:
+            ledger._wrote_to(self.kept, self.tables)
+        elif ledger._reaper.reaped == self.reaped:  # else someone's intent expired: all dropped
+            ledger._wrote_for(self.kept, self.tables, self.owner)

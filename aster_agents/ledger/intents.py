@@ -126,6 +126,7 @@ class Reaper:
         self._interval_s = interval_s
         self.min_age_ms = int(min_age_s * 1000)
         self._next = 0.0  # time.monotonic() from which the next reserve sweeps anyway
+        self.reaped = 0  # intents expired so far (a throwaway ledger's kept reads follow it)
 
     def due(self) -> bool:
         return time.monotonic() >= self._next
@@ -164,6 +165,7 @@ class Reaper:
                 )
                 record(conn, agent_id, "reap", coid=coid, reason=why, pid=pid)
                 reaped += 1
+                self.reaped += 1
         return reaped
 
     def _reason(
