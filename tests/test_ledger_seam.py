@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from aster_agents.errors import LedgerError, ReservationDenied
-from aster_agents.ledger import Ledger, agents
+from aster_agents.ledger import Ledger, agents, history
 from aster_agents.ledger.core import KeptKey
 from aster_agents.ledger.rows import AGENT_COLS
 from aster_agents.models import Side
@@ -436,6 +436,45 @@ def test_a_throwaway_ledger_keeps_the_reads_of_other_agents_across_an_orders_wri
             ledger.mark_sent(intent.client_order_id)
         assert mem._kept_reads() == {}  # type: ignore[attr-defined]
         same()
+
+
+def test_a_throwaway_ledger_keeps_the_newest_snapshots_and_extends_them_as_it_writes(
+    tmp_path: Path,
+) -> None:
+    """``nav_after`` on a throwaway ledger answers from the rows newer than its last ask,
+    extended by each snapshot of the agent (as SQLite converts the stored text, ordered by
+    time then insertion, also for a snapshot older than the last): every answer is the
+    query's on the same database, another agent's snapshots leave it kept, and an ask
+    further back than kept reads again."""
+    with Ledger(tmp_path, throwaway=True) as ledger:
+        ledger.set_account_limits("0xaa", max_total_positions=2, max_gross_leverage=D1)
+        for agent_id in ("a-1", "a-2"):
+            ledger.register_agent(agent_id, "0xaa", max_positions=1, capital=Decimal(300))
+        ledger.agent("a-1")  # its units kept: a snapshot's NAV from them
+        conn = ledger.store.conn
+        trace: list[str] = []
+        conn.set_trace_callback(trace.append)  # type: ignore[attr-defined]
+
+        def asks(after: int | None) -> list[tuple[int, float, float | None]]:
+            got = ledger.nav_after("a-1", after)
+            assert got == history.nav_after(conn, "a-1", after)  # the plain query's rows
+            return got
+
+        assert asks(None) == []
+        equities = ["300.1", "299.87654321", "301.33333333", "0.00000001", "298", "302.5"]
+        for i, (t, equity) in enumerate(zip((10, 20, 20, 15, 30, 5), equities, strict=True)):
+            ledger.snapshot_with_marks(
+                "a-1", Decimal(equity), {"BTCUSDT": D1}, user="0xaa", time_ms=t
+            )
+            ledger.snapshot_equity("a-2", Decimal(equity), t)  # another agent's
+            assert len(asks(i * 3)) > 0
+        kept = [q for q in trace if "FROM equity WHERE" in q and "a-1" in q]
+        assert len(kept) == 7 + 1  # the plain query of each ask, and the first ask's read
+        assert [r[0] for r in asks(5)] == [10, 15, 20, 20, 30]  # by time, then insertion
+        trace.clear()
+        assert asks(12) == ledger.nav_after("a-1", 12) and asks(3)  # further back: read again
+        assert len([q for q in trace if "FROM equity WHERE" in q]) == 3
+        conn.set_trace_callback(None)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("throwaway", [False, True])

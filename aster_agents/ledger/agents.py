@@ -203,20 +203,25 @@ class Beat(NamedTuple):
     host: str | None
     ticks: int
 
-    def then(self, pid: int, ms: int, host: str | None, tick: bool) -> Beat:
-        """This beat followed by another: the newer pid, time and host, the ticks of both."""
-        return Beat(pid, ms, host, self.ticks + int(tick))
+    def then(self, newer: Beat) -> Beat:
+        """This beat followed by ``newer``: its pid, time and host, the ticks of both."""
+        return Beat(newer.pid, newer.ms, newer.host, self.ticks + newer.ticks)
 
 
 def beaten(row: AgentRow, beat: Beat) -> AgentRow:
-    """``row`` as it reads once ``beat`` is written (what ``carry_beats`` sets)."""
-    return row._replace(
-        heartbeat_pid=beat.pid,
-        heartbeat_ms=beat.ms,
-        heartbeat_error=None,
-        ticks=row.ticks + beat.ticks,
-        heartbeat_host=beat.host,
-        heartbeat_stopped=False,
+    """``row`` as it reads once ``beat`` is written (what ``carry_beats`` sets). Built
+    field by field rather than by ``_replace``, which costs several times as much: a
+    backtest does this once per agent tick."""
+    return AgentRow(
+        *row[:12],  # agent_id .. funding
+        beat.pid,
+        beat.ms,
+        None,
+        row.ticks + beat.ticks,
+        row.positions,
+        row.reserved,
+        beat.host,
+        False,
     )
 
 

@@ -148,25 +148,40 @@ def allocate(conn: Conn, agent_id: str, capital: Decimal, equity: Decimal | None
     record(conn, agent_id, "allocate", capital=capital, units=new_units, nav=nav)
 
 
+_INSERT_EQUITY: Final = (
+    "INSERT INTO equity (agent_id, time_ms, equity, units, nav) VALUES (?, ?, ?, ?, ?)"
+)
+_AS_NAV_AFTER: Final = " RETURNING time_ms, CAST(equity AS REAL), CAST(nav AS REAL)"
+
+
 def snapshot_equity(
-    conn: Conn, agent_id: str, equity: Decimal, time_ms: int | None, *, units: Decimal | None = None
-) -> None:
+    conn: Conn,
+    agent_id: str,
+    equity: Decimal,
+    time_ms: int | None,
+    *,
+    units: Decimal | None = None,
+    returning: bool = False,
+) -> tuple[int, float, float | None] | None:
     """Append a sleeve equity point with the agent's units and NAV per unit at that time
-    (``units``: the agent's, when the caller has just read them)."""
+    (``units``: the agent's, when the caller has just read them). ``returning``: the row as
+    ``history.nav_after`` reads it (SQLite's conversion of the stored text to a float)."""
     if units is None:
         row = conn.execute("SELECT units FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
         units = None if row is None else dec(row[0])
     nav = equity / units if units is not None and units > 0 else None
-    conn.execute(
-        "INSERT INTO equity (agent_id, time_ms, equity, units, nav) VALUES (?, ?, ?, ?, ?)",
-        (
-            agent_id,
-            now_ms() if time_ms is None else time_ms,
-            str(equity),
-            None if units is None else str(units),
-            None if nav is None else str(nav),
-        ),
+    values = (
+        agent_id,
+        now_ms() if time_ms is None else time_ms,
+        str(equity),
+        None if units is None else str(units),
+        None if nav is None else str(nav),
     )
+    if not returning:
+        conn.execute(_INSERT_EQUITY, values)
+        return None
+    (stored,) = conn.execute(_INSERT_EQUITY + _AS_NAV_AFTER, values).fetchall()
+    return (int(stored[0]), float(stored[1]), None if stored[2] is None else float(stored[2]))
 
 
 def equity_history(conn: Conn, agent_id: str) -> list[EquityPoint]:

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import agents, audit, books, fills, history, income, intents, reports
@@ -54,12 +54,14 @@ from aster_agents.models import Side
 REBALANCE_LOCK: Final = "rebalance"
 # The tables each read a throwaway ledger keeps depends on: a write declared to touch only
 # other tables (``_write_to``) leaves it kept. "agent/ID" stands for one row of ``agents``
-# (the read of kind "agent" for ID depends on it too).
+# (the read of kind "agent" for ID depends on it too), "equity/ID" for rows of ``equity`` of
+# agent ID (the read of kind "nav" for ID depends on them).
 KEPT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "agent": ("agents", "positions", "intents"),  # AGENT_COLS counts positions and intents
     "positions": ("positions",),
     "unresolved": ("intents",),
     "sleeves": ("agents",),  # state and units: a heartbeat ("agent/ID") changes neither
+    "nav": ("equity",),  # an agent's newest snapshots (``nav_after``): a snapshot extends them
 }
 KEPT_READ: Final = frozenset(t for tables in KEPT_TABLES.values() for t in tables)
 # The tables the order path's writes touch (triggers and the audit included), for the
@@ -68,6 +70,8 @@ RESERVE_TABLES: Final = ("intents", "audit", "counters")
 INTENT_TABLES: Final = ("intents", "audit", "counters")
 FILL_TABLES: Final = ("fills", "positions", "agents", "intents", "audit", "counters")
 T = TypeVar("T")
+NavRow = tuple[int, float, float | None]  # history.nav_after: time_ms, equity, nav per unit
+NAV_TAIL_MAX: Final = 1000  # snapshots a kept tail holds before it is read (then: read again)
 KeptKey = tuple[str, str | None, str | None]  # (kind, agent or None, user or None)
 _NONE: Final = object()  # no kept read
 
@@ -219,7 +223,7 @@ class Ledger:
         newer, self._beats = self._beats, dict(beats)
         for agent_id, b in newer.items():
             old = self._beats.get(agent_id)
-            self._beats[agent_id] = b if old is None else b._replace(ticks=old.ticks + b.ticks)
+            self._beats[agent_id] = b if old is None else old.then(b)
 
     def _beaten(self, row: AgentRow | None) -> AgentRow | None:
         """An agent row read from the store, with the heartbeat not written yet if any."""
@@ -236,6 +240,8 @@ class Ledger:
         for t in tables:
             if t.startswith("agent/"):  # one agent's row
                 kept.pop(("agent", t.removeprefix("agent/"), None), None)
+            elif t.startswith("equity/"):  # one agent's snapshots
+                kept.pop(("nav", t.removeprefix("equity/"), None), None)
             elif t in KEPT_READ:
                 for key in [k for k in kept if t in KEPT_TABLES[k[0]]]:
                     del kept[key]
@@ -342,18 +348,14 @@ class Ledger:
         kept = self._kept_reads()
         row = None if kept is None else kept.get(key)
         if error is None and kept is not None and agent_id in self._known:
-            ms = now_ms()
+            beat = agents.Beat(pid, now_ms(), self.host, int(tick))
             last = self._beats.get(agent_id)
-            self._beats[agent_id] = (
-                agents.Beat(pid, ms, self.host, int(tick))
-                if last is None
-                else last.then(pid, ms, self.host, tick)
-            )
+            self._beats[agent_id] = beat if last is None else last.then(beat)
             if isinstance(row, AgentRow):
-                kept[key] = agents.beaten(row, agents.Beat(pid, ms, self.host, int(tick)))
+                kept[key] = agents.beaten(row, beat)
             return
-        beat = (f"agent/{agent_id}",)  # this agent's row only
-        tables = beat if error is None else (*beat, "audit", "counters")
+        own = (f"agent/{agent_id}",)  # this agent's row only
+        tables = own if error is None else (*own, "audit", "counters")
         with self._write_to(tables, durable=False) as conn:
             ms = agents.heartbeat(conn, agent_id, pid, error, tick, self.host)
         if isinstance(row, AgentRow) and kept is not None:  # kept: what the UPDATE set
@@ -710,8 +712,12 @@ class Ledger:
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
         """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
         units = self._kept_units(agent_id)
-        with self._write_to(("equity",)) as conn:
-            books.snapshot_equity(conn, agent_id, equity, time_ms, units=units)
+        tail = self._nav_tail(agent_id)
+        with self._write_to((f"equity/{agent_id}",)) as conn:
+            row = books.snapshot_equity(
+                conn, agent_id, equity, time_ms, units=units, returning=tail is not None
+            )
+        self._extend_tail(agent_id, tail, row)
 
     def snapshot_with_marks(
         self,
@@ -727,10 +733,33 @@ class Ledger:
         of the two calls; one commit (and one writer lock) fewer per tick and live agent."""
         units = self._kept_units(agent_id)
         when = now_ms() if time_ms is None else time_ms
-        with self._write_to(("marks", "equity")) as conn:
+        tail = self._nav_tail(agent_id)
+        with self._write_to(("marks", f"equity/{agent_id}")) as conn:
             if marks:
                 books.record_marks(conn, user, marks, when)
-            books.snapshot_equity(conn, agent_id, equity, when, units=units)
+            row = books.snapshot_equity(
+                conn, agent_id, equity, when, units=units, returning=tail is not None
+            )
+        self._extend_tail(agent_id, tail, row)
+
+    def _nav_tail(self, agent_id: str) -> _NavTail | None:
+        """The agent's kept ``nav_after`` rows (throwaway ledger), which a snapshot extends."""
+        kept = self._kept_reads()
+        tail = None if kept is None else kept.get(("nav", agent_id, None))
+        return tail if isinstance(tail, _NavTail) else None
+
+    def _extend_tail(self, agent_id: str, tail: _NavTail | None, row: NavRow | None) -> None:
+        """Keep ``tail`` with the snapshot ``row`` just written (as ``nav_after`` reads it):
+        ``nav_after`` orders by time, then by insertion, as a stable sort of the appended."""
+        kept = self._kept_reads()
+        if tail is None or row is None or kept is None or len(tail.rows) >= NAV_TAIL_MAX:
+            return
+        rows = tail.rows
+        if row[0] > tail.since:
+            rows = [*rows, row]
+            if len(rows) > 1 and rows[-2][0] > row[0]:
+                rows.sort(key=lambda r: r[0])
+        kept[("nav", agent_id, None)] = _NavTail(tail.since, rows)
 
     def _kept_units(self, agent_id: str) -> Decimal | None:
         """The agent's units from a throwaway ledger's kept row (None: read them in the write)."""
@@ -913,8 +942,23 @@ class Ledger:
     def nav_after(
         self, agent_id: str, after_ms: int | None = None
     ) -> list[tuple[int, float, float | None]]:
-        """Equity snapshots newer than ``after_ms`` as floats (time_ms, equity, nav or None)."""
-        return history.nav_after(self.store.conn, agent_id, after_ms)
+        """Equity snapshots newer than ``after_ms`` as floats (time_ms, equity, nav or None).
+
+        A throwaway ledger keeps the rows newer than the last ``after_ms`` asked, which its
+        snapshots extend (``_extend_tail``): the kill switches ask each tick for the ones
+        since the last they saw, so most ticks read nothing."""
+        kept = self._kept_reads()
+        if kept is None:
+            return history.nav_after(self.store.conn, agent_id, after_ms)
+        after = -1 if after_ms is None else after_ms
+        key = ("nav", agent_id, None)
+        tail = kept.get(key)
+        if isinstance(tail, _NavTail) and tail.since <= after:
+            rows = tail.rows if tail.since == after else [r for r in tail.rows if r[0] > after]
+        else:
+            rows = history.nav_after(self.store.conn, agent_id, after)
+        kept[key] = _NavTail(after, rows)
+        return list(rows)
 
     def operator_enables(self, agent_ids: Sequence[str]) -> dict[str, int]:
         """The time of each agent's latest enable by an operator."""
@@ -935,6 +979,13 @@ class Ledger:
         Raises ``LedgerError`` when the ledger cannot be written (doctor's check).
         """
         return self.store.touch()
+
+
+class _NavTail(NamedTuple):
+    """An agent's equity snapshots newer than ``since`` (``Ledger.nav_after``'s rows)."""
+
+    since: int
+    rows: list[NavRow]
 
 
 @functools.cache
