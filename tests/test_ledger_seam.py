@@ -292,8 +292,9 @@ def test_a_throwaway_ledger_writes_a_heartbeat_with_the_next_write_that_may_read
             ledger.heartbeat("a-1", 8, tick=True)
             ledger.heartbeat("a-2", 9, tick=True)
             ledger.heartbeat("a-2", 9)
-            ledger.snapshot_equity("a-1", Decimal(101))  # equity only: carries no heartbeat
-        assert mem.store.writes == writes + 1  # type: ignore[attr-defined]  # the snapshot
+            ledger.snapshot_equity("a-1", Decimal(101))  # written with the next write too
+            ledger.record_marks("0xaa", {"BTCUSDT": D1})  # marks only: carries no heartbeat
+        assert mem.store.writes == writes + 1  # type: ignore[attr-defined]  # the marks
         assert stored(mem) != stored(disk)
         assert answers(mem) == answers(disk)
         assert [(r.heartbeat_pid, r.ticks) for r in mem.agent_rows()] == [(8, 2), (9, 1)]
@@ -457,6 +458,7 @@ def test_a_throwaway_ledger_keeps_the_newest_snapshots_and_extends_them_as_it_wr
 
         def asks(after: int | None) -> list[tuple[int, float, float | None]]:
             got = ledger.nav_after("a-1", after)
+            ledger.marks("0xaa")  # a read of marks: the snapshots that wait are written
             assert got == history.nav_after(conn, "a-1", after)  # the plain query's rows
             return got
 
@@ -468,13 +470,74 @@ def test_a_throwaway_ledger_keeps_the_newest_snapshots_and_extends_them_as_it_wr
             )
             ledger.snapshot_equity("a-2", Decimal(equity), t)  # another agent's
             assert len(asks(i * 3)) > 0
-        kept = [q for q in trace if "FROM equity WHERE" in q and "a-1" in q]
+        kept = [q for q in trace if "CAST(equity AS REAL)" in q and "a-1" in q]
         assert len(kept) == 7 + 1  # the plain query of each ask, and the first ask's read
         assert [r[0] for r in asks(5)] == [10, 15, 20, 20, 30]  # by time, then insertion
         trace.clear()
         assert asks(12) == ledger.nav_after("a-1", 12) and asks(3)  # further back: read again
-        assert len([q for q in trace if "FROM equity WHERE" in q]) == 3
+        assert len([q for q in trace if "CAST(equity AS REAL)" in q]) == 3
         conn.set_trace_callback(None)  # type: ignore[attr-defined]
+
+
+def test_a_throwaway_ledger_writes_its_snapshots_with_the_next_write_or_read_of_them(
+    tmp_path: Path,
+) -> None:
+    """The end of a tick (``snapshot_with_marks``) of an agent whose row a throwaway ledger
+    keeps writes nothing; the next write (any) or read of equity or marks writes the
+    snapshots and marks first, in order: every answer and the rows stored then are a file
+    ledger's given the same calls. A write that fails gives them back."""
+    with Ledger(tmp_path / "mem", throwaway=True) as mem, Ledger(tmp_path / "file") as disk:
+        both = (mem, disk)
+        for ledger in both:
+            ledger.set_account_limits(
+                "0xaa", max_total_positions=3, max_gross_leverage=D1, equity=D900
+            )
+            for agent_id in ("a-1", "a-2"):
+                ledger.register_agent(agent_id, "0xaa", max_positions=1, capital=Decimal(300))
+            ledger.agent("a-1"), ledger.agent("a-2")
+
+        def stored(ledger: Ledger) -> list[Any]:
+            conn = ledger.store.conn
+            return [
+                conn.execute("SELECT * FROM equity ORDER BY rowid").fetchall(),
+                conn.execute("SELECT rowid, * FROM marks ORDER BY rowid").fetchall(),
+            ]
+
+        def ticks(t: int) -> None:
+            for ledger in both:
+                for agent_id, marks in (
+                    ("a-1", {"BTCUSDT": Decimal(t), "ETHUSDT": Decimal("0.5") + t}),
+                    ("a-2", {"SOLUSDT": Decimal(7) / 3, "BTCUSDT": Decimal(t + 1)}),
+                    ("a-1", {}),
+                ):
+                    equity = Decimal(300) + Decimal(t) / 7
+                    ledger.snapshot_with_marks(agent_id, equity, marks, user="0xaa", time_ms=t)
+
+        reads: list[Any] = [
+            lambda ledger: ledger.marks("0xaa"),
+            lambda ledger: ledger.sleeve_equities("0xaa"),
+            lambda ledger: ledger.books_equity("0xaa"),
+            lambda ledger: ledger.equity_history("a-2"),
+            lambda ledger: ledger.nav_after("a-1", 2),
+            lambda ledger: (
+                ledger.reserve("a-1", "BTCUSDT", Side.BUY, margin=D1, notional=D1).client_order_id
+            ),
+        ]
+        writes = mem.store.writes  # type: ignore[attr-defined]
+        for t, read in enumerate(reads, start=1):
+            ticks(t)
+            assert mem.store.writes == writes  # type: ignore[attr-defined]
+            assert stored(mem) != stored(disk)
+            assert read(mem) == read(disk)
+            assert stored(mem) == stored(disk)
+            writes = mem.store.writes  # type: ignore[attr-defined]
+        ticks(10)
+        with pytest.raises(ZeroDivisionError), mem._write() as conn:  # type: ignore[attr-defined]
+            assert conn.execute("SELECT MAX(time_ms) FROM equity").fetchone()[0] == 10
+            _ = 1 / 0
+        ticks(11)
+        assert mem.marks("0xaa") == disk.marks("0xaa")
+        assert stored(mem) == stored(disk)
 
 
 @pytest.mark.parametrize("throwaway", [False, True])

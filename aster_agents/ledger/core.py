@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 from aster_agents.errors import LedgerError, ReservationDenied
 from aster_agents.ledger import agents, audit, books, fills, history, income, intents, reports
@@ -107,6 +107,11 @@ class Ledger:
         # account (``_write_for``): the agent and account of each intent it has seen, while
         # no agent has moved to another account (then every row of an agent is its account's).
         self._owners: dict[str, tuple[str, str]] = {}
+        # A throwaway ledger's end-of-tick snapshots (and their marks) wait for its next write,
+        # or for a read of equity or marks (``_defer_snapshot``); by (user, symbol) the marks
+        # keep the order of their first recording and the last price, as the upserts would.
+        self._snaps: list[books.EquityRow] = []
+        self._marks: dict[tuple[str, str], tuple[str, int]] = {}
         self._scoping = throwaway
         self.state_dir = self.store.state_dir
         self.host = host_name()
@@ -150,7 +155,7 @@ class Ledger:
     def _write(self, *, durable: bool = True) -> AbstractContextManager[Conn]:
         """``store.write()``, which first writes the heartbeats a throwaway ledger has not
         written yet (any write may read or change an agent row: the reaper reads them)."""
-        if not self._beats:
+        if not (self._beats or self._snaps or self._marks):
             return self.store.write(durable=durable)
         return _NarrowWrite(self, None, self.store.write(durable=durable))
 
@@ -216,6 +221,33 @@ class Ledger:
             self._uncarry(beats)
             raise
         return beats
+
+    def _carry_snapshots(self, conn: Conn) -> tuple[list[books.EquityRow], dict[Any, Any]]:
+        """Write the snapshots and marks not written yet in the transaction of ``conn``; the
+        ones written, to be given back (``_uncarry_snapshots``) if it fails."""
+        snaps, marks = self._snaps, self._marks
+        self._snaps, self._marks = [], {}
+        try:
+            rows = [(user, symbol, mark, when) for (user, symbol), (mark, when) in marks.items()]
+            books.write_snapshots(conn, rows, snaps)
+        except BaseException:
+            self._uncarry_snapshots((snaps, marks))
+            raise
+        return snaps, marks
+
+    def _uncarry_snapshots(self, carried: tuple[list[books.EquityRow], dict[Any, Any]]) -> None:
+        """The transaction that wrote ``carried`` rolled back: they wait again, before any
+        recorded since."""
+        snaps, marks = carried
+        self._snaps = snaps + self._snaps
+        newer, self._marks = self._marks, dict(marks)
+        self._marks.update(newer)
+
+    def _flush_snapshots(self) -> None:
+        """Write the snapshots and marks not written yet, before a read of them."""
+        if self._snaps or self._marks:
+            with self._write_to(()):
+                pass
 
     def _uncarry(self, beats: Mapping[str, agents.Beat]) -> None:
         """The transaction that wrote ``beats`` rolled back: they wait again (before any
@@ -701,17 +733,22 @@ class Ledger:
         self, user: str, marks: Mapping[str, Decimal] | None = None
     ) -> dict[str, Decimal]:
         """Each sleeve of ``user`` at ``marks`` (default: the marks recorded in the ledger)."""
+        self._flush_snapshots()
         with self.store.read() as conn:
             return books.sleeve_equities(conn, user, marks)
 
     def books_equity(self, user: str, marks: Mapping[str, Decimal] | None = None) -> Decimal:
         """Sum of the account's sleeves at ``marks`` plus its unallocated cash."""
+        self._flush_snapshots()
         with self.store.read() as conn:
             return books.books_equity(conn, user, marks)
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
         """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
         units = self._kept_units(agent_id)
+        if units is not None:
+            self._defer_snapshot(agent_id, equity, {}, "", time_ms, units)
+            return
         tail = self._nav_tail(agent_id)
         with self._write_to((f"equity/{agent_id}",)) as conn:
             row = books.snapshot_equity(
@@ -733,6 +770,9 @@ class Ledger:
         of the two calls; one commit (and one writer lock) fewer per tick and live agent."""
         units = self._kept_units(agent_id)
         when = now_ms() if time_ms is None else time_ms
+        if units is not None:
+            self._defer_snapshot(agent_id, equity, marks, user, when, units)
+            return
         tail = self._nav_tail(agent_id)
         with self._write_to(("marks", f"equity/{agent_id}")) as conn:
             if marks:
@@ -741,6 +781,29 @@ class Ledger:
                 conn, agent_id, equity, when, units=units, returning=tail is not None
             )
         self._extend_tail(agent_id, tail, row)
+
+    def _defer_snapshot(
+        self,
+        agent_id: str,
+        equity: Decimal,
+        marks: Mapping[str, Decimal],
+        user: str,
+        time_ms: int | None,
+        units: Decimal,
+    ) -> None:
+        """A throwaway ledger's snapshot (``units`` from its kept agent row): the rows
+        ``snapshot_with_marks`` writes, kept for the next write (``_carry_snapshots``); a
+        kept ``nav_after`` tail gets the row as it will read. No write transaction per tick:
+        nothing outside this process reads the ledger, and its own reads of equity and marks
+        write them first (``_flush_snapshots``)."""
+        row = books.equity_row(agent_id, equity, time_ms, units)
+        pending = self._marks
+        for _, symbol, mark, when in books.mark_rows(user, marks, row[1]):
+            pending[(user, symbol)] = (mark, when)
+        self._snaps.append(row)
+        tail = self._nav_tail(agent_id)
+        if tail is not None:
+            self._extend_tail(agent_id, tail, books.nav_row(self.store.conn, row))
 
     def _nav_tail(self, agent_id: str) -> _NavTail | None:
         """The agent's kept ``nav_after`` rows (throwaway ledger), which a snapshot extends."""
@@ -769,6 +832,7 @@ class Ledger:
 
     def equity_history(self, agent_id: str) -> list[EquityPoint]:
         """Equity snapshots oldest first: (time_ms, equity, nav per unit or None)."""
+        self._flush_snapshots()
         return books.equity_history(self.store.conn, agent_id)
 
     def import_equity(self, agent_id: str, points: Iterable[tuple[int, Decimal]]) -> int:
@@ -805,6 +869,7 @@ class Ledger:
             books.record_marks(conn, user, marks, when)
 
     def marks(self, user: str) -> dict[str, Decimal]:
+        self._flush_snapshots()
         with self.store.read() as conn:
             return books.marks(conn, user)
 
@@ -956,6 +1021,7 @@ class Ledger:
         if isinstance(tail, _NavTail) and tail.since <= after:
             rows = tail.rows if tail.since == after else [r for r in tail.rows if r[0] > after]
         else:
+            self._flush_snapshots()
             rows = history.nav_after(self.store.conn, agent_id, after)
         kept[key] = _NavTail(after, rows)
         return list(rows)
@@ -1001,7 +1067,7 @@ class _NarrowWrite:
     the kept reads it may change dropped once it committed. A plain class rather than a
     generator: the equity snapshot of every agent tick goes through it."""
 
-    __slots__ = ("beats", "kept", "ledger", "owner", "reaped", "tables", "write")
+    __slots__ = ("beats", "kept", "ledger", "owner", "reaped", "snaps", "tables", "write")
 
     def __init__(
         self,
@@ -1013,6 +1079,7 @@ class _NarrowWrite:
         self.ledger, self.tables, self.write, self.owner = ledger, tables, write, owner
         self.kept: dict[KeptKey, object] | None = None
         self.beats: dict[str, agents.Beat] | None = None
+        self.snaps: tuple[list[books.EquityRow], dict[Any, Any]] | None = None
         self.reaped = ledger._reaper.reaped
 
     def __enter__(self) -> Conn:
@@ -1020,17 +1087,26 @@ class _NarrowWrite:
         if tables is not None:
             self.kept = ledger._kept_reads()
         conn = self.write.__enter__()
-        if ledger._beats and (
-            tables is None
-            or self.owner is not None  # the reaper reads heartbeats
-            or any(t.startswith("agent") for t in tables)
-        ):
-            try:
+        try:
+            if ledger._beats and (
+                tables is None
+                or self.owner is not None  # the reaper reads heartbeats
+                or any(t.startswith("agent") for t in tables)
+            ):
                 self.beats = ledger._carry_beats(conn)
-            except BaseException as exc:
-                self.write.__exit__(type(exc), exc, exc.__traceback__)
-                raise
+            if ledger._snaps or ledger._marks:  # any write: first in the order of writes
+                self.snaps = ledger._carry_snapshots(conn)
+        except BaseException as exc:
+            self._uncarry()
+            self.write.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return conn
+
+    def _uncarry(self) -> None:
+        if self.beats is not None:
+            self.ledger._uncarry(self.beats)
+        if self.snaps is not None:
+            self.ledger._uncarry_snapshots(self.snaps)
 
     def __exit__(
         self,
@@ -1042,12 +1118,10 @@ class _NarrowWrite:
         try:
             self.write.__exit__(kind, exc, tb)  # raises what the write raised (suppresses none)
         except BaseException:
-            if self.beats is not None:
-                ledger._uncarry(self.beats)
+            self._uncarry()
             raise
         if kind is not None:
-            if self.beats is not None:
-                ledger._uncarry(self.beats)
+            self._uncarry()
         elif self.tables is None:
             pass  # any rows: the kept reads are all dropped (``_kept_reads``)
         elif self.owner is None:
