@@ -22,6 +22,7 @@ from aster_agents.ledger import (
     MarketDataCache,
     SharedBudget,
     apply_fill,
+    audit,
     facts,
     make_client_order_id,
     pid_alive,
@@ -693,6 +694,20 @@ def test_audit_lists_every_state_change_newest_first(ledger: Ledger) -> None:
     reserve = ledger.audit(3)[2].detail
     expected = {"coid": intent.client_order_id, "kind": "open", "pid": os.getpid()}
     assert reserve == json.dumps({**expected, "symbol": intent.symbol}, sort_keys=True)
+
+
+def test_audit_details_are_the_json_dumps_text_with_one_encoder() -> None:
+    """``audit.DETAIL_JSON`` (one encoder for every row) writes what ``json.dumps(detail,
+    default=str, sort_keys=True)`` writes, for every kind of value an audit row holds."""
+    details: list[dict[str, object]] = [
+        {},
+        {"coid": "a-000001-open", "kind": "open", "pid": 12, "symbol": "BTCUSDT"},
+        {"qty": Decimal("-0.001"), "reason": None, "was": "confirmed", "trade_id": 2**40},
+        {"z": 1.5, "a": float("nan"), "m": [Decimal(1), {"b": True, "a": 'é\n"x'}]},
+        {"detail": {"moves": {"a": {"from": Decimal("1.10"), "to": Decimal(2)}}}, "t": (1, 2)},
+    ]
+    for detail in details:
+        assert audit.DETAIL_JSON.encode(detail) == json.dumps(detail, default=str, sort_keys=True)
 
 
 def test_agent_rows_carry_status_fields(ledger: Ledger) -> None:

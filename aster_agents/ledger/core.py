@@ -135,9 +135,11 @@ class Ledger:
     def _kept_reads(self) -> dict[KeptKey, object] | None:
         """The kept reads, emptied first if any write not declared narrow happened since."""
         kept = self._kept
-        if kept is not None and self._writes() != self._clean_at:
-            kept.clear()
-            self._clean_at = self._writes()
+        if kept is not None:
+            writes = self._writes()
+            if writes != self._clean_at:
+                kept.clear()
+                self._clean_at = writes
         return kept
 
     def _keep(self, key: KeptKey, read: Callable[[], T]) -> T:
