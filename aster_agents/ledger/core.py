@@ -155,8 +155,9 @@ class Ledger:
         return value
 
     def _write(self, *, durable: bool = True) -> AbstractContextManager[Conn]:
-        """``store.write()``, which first writes the heartbeats a throwaway ledger has not
-        written yet (any write may read or change an agent row: the reaper reads them)."""
+        """``store.write()``, which first writes the heartbeats, snapshots and marks a
+        throwaway ledger has not written yet (any write may read them: the reaper reads
+        heartbeats, a reallocation equity and marks)."""
         if not (self._beats or self._snaps or self._marks):
             return self.store.write(durable=durable)
         return _NarrowWrite(self, None, self.store.write(durable=durable))
