@@ -476,6 +476,11 @@ def test_a_throwaway_ledger_keeps_the_newest_snapshots_and_extends_them_as_it_wr
         trace.clear()
         assert asks(12) == ledger.nav_after("a-1", 12) and asks(3)  # further back: read again
         assert len([q for q in trace if "CAST(equity AS REAL)" in q]) == 3
+        trace.clear()
+        for t in (40, 50):  # a flat sleeve: the same equity again, converted once
+            ledger.snapshot_with_marks("a-1", Decimal("303.25"), {}, user="0xaa", time_ms=t)
+            assert [r[0] for r in asks(20)][-1] == t
+        assert len([q for q in trace if q.startswith("SELECT CAST(")]) == 1
         conn.set_trace_callback(None)  # type: ignore[attr-defined]
 
 

@@ -113,6 +113,8 @@ class Ledger:
         self._snaps: list[books.EquityRow] = []
         self._marks: dict[tuple[str, str], tuple[str, int]] = {}
         self._scoping = throwaway
+        # agent -> (equity text, nav text, as floats) of its last snapshot (``_nav_row``)
+        self._last_nav: dict[str, tuple[str, str | None, float, float | None]] = {}
         self.state_dir = self.store.state_dir
         self.host = host_name()
         # PostgreSQL: the common intent writes are one statement each (see ``intents.Call``)
@@ -806,7 +808,17 @@ class Ledger:
         self._snaps.append(row)
         tail = self._nav_tail(agent_id)
         if tail is not None:
-            self._extend_tail(agent_id, tail, books.nav_row(self.store.conn, row))
+            self._extend_tail(agent_id, tail, self._nav_row(row))
+
+    def _nav_row(self, row: books.EquityRow) -> NavRow:
+        """``books.nav_row(row)``, converting the texts again only when they changed since
+        the agent's last snapshot (a flat sleeve's equity stays the same, tick after tick)."""
+        last = self._last_nav.get(row[0])
+        if last is not None and last[0] == row[2] and last[1] == row[4]:
+            return (row[1], last[2], last[3])
+        found = books.nav_row(self.store.conn, row)
+        self._last_nav[row[0]] = (row[2], row[4], found[1], found[2])
+        return found
 
     def _nav_tail(self, agent_id: str) -> _NavTail | None:
         """The agent's kept ``nav_after`` rows (throwaway ledger), which a snapshot extends."""
