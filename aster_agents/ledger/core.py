@@ -207,7 +207,8 @@ class Ledger:
         self._clean_at = self._writes()  # a write that fails leaves it behind: all dropped
 
     def _owner(self, client_order_id: str) -> tuple[str, str] | None:
-        """The agent and account of an intent this (throwaway) ledger has seen, or None."""
+        """The agent and account of an intent this (throwaway) ledger has seen and not seen
+        resolved (finished or released), or None: then a write on it drops every kept read."""
         return self._owners.get(client_order_id) if self._scoping else None
 
     def _seen(self, found: Iterable[Intent]) -> None:
@@ -558,9 +559,11 @@ class Ledger:
             )
         owner = self._owner(client_order_id)
         with self._write_for(INTENT_TABLES, owner, durable=False) as conn:
-            return intents.transition(
+            done = intents.transition(
                 conn, client_order_id, ACTIVE_STATES, "released", reason, now_ms()
             )
+        self._owners.pop(client_order_id, None)  # resolved: a later write is rare (see _owner)
+        return done
 
     def release_unsent(self, client_order_id: str, reason: str) -> bool:
         """Release a reservation only if its order was never marked sent (another process's
@@ -574,6 +577,7 @@ class Ledger:
             raise LedgerError(f"final intent state {state!r} is not one of {FINAL_STATES}")
         with self._write_for(INTENT_TABLES, self._owner(client_order_id)) as conn:
             intents.finish(conn, client_order_id, state, now_ms())
+        self._owners.pop(client_order_id, None)  # resolved: a later write is rare (see _owner)
 
     def intent(self, client_order_id: str) -> Intent | None:
         found = intents.get(self.store.conn, client_order_id)
