@@ -22,6 +22,7 @@ from aster_agents.ledger import (
     MarketDataCache,
     SharedBudget,
     apply_fill,
+    audit,
     facts,
     make_client_order_id,
     pid_alive,
@@ -626,6 +627,7 @@ def _end_of_tick(
         else:
             ledger.record_marks(user, marks, t)
             ledger.snapshot_equity(agent, equity, t)
+    assert len(ledger.equity_history(agent)) == 2  # a read of equity: all written by now
     conn = ledger.store.conn
     equity_rows = conn.execute(
         "SELECT time_ms, equity, units, nav FROM equity WHERE agent_id = ? ORDER BY rowid",
@@ -661,8 +663,9 @@ def test_snapshot_with_marks_on_a_throwaway_ledger(tmp_path: Path) -> None:
         ledger.register_agent("a1", "u1", max_positions=2, capital=D(100))
         writes = ledger.store.writes  # type: ignore[attr-defined]
         _two_forms(ledger)
-        # limits and b1; two-call: 2 + 1 (no marks, no write); one-call: 1 + 1
-        assert ledger.store.writes - writes == 2 + 3 + 2  # type: ignore[attr-defined]
+        # limits and b1; two-call: the marks of the first tick (the second has none) and the
+        # snapshots, written before equity_history reads them; one-call: the snapshots so
+        assert ledger.store.writes - writes == 2 + 2 + 1  # type: ignore[attr-defined]
 
 
 def test_sleeve_states_are_the_account_s_agent_rows_in_brief(ledger: Ledger) -> None:
@@ -691,6 +694,20 @@ def test_audit_lists_every_state_change_newest_first(ledger: Ledger) -> None:
     reserve = ledger.audit(3)[2].detail
     expected = {"coid": intent.client_order_id, "kind": "open", "pid": os.getpid()}
     assert reserve == json.dumps({**expected, "symbol": intent.symbol}, sort_keys=True)
+
+
+def test_audit_details_are_the_json_dumps_text_with_one_encoder() -> None:
+    """``audit.DETAIL_JSON`` (one encoder for every row) writes what ``json.dumps(detail,
+    default=str, sort_keys=True)`` writes, for every kind of value an audit row holds."""
+    details: list[dict[str, object]] = [
+        {},
+        {"coid": "a-000001-open", "kind": "open", "pid": 12, "symbol": "BTCUSDT"},
+        {"qty": Decimal("-0.001"), "reason": None, "was": "confirmed", "trade_id": 2**40},
+        {"z": 1.5, "a": float("nan"), "m": [Decimal(1), {"b": True, "a": 'é\n"x'}]},
+        {"detail": {"moves": {"a": {"from": Decimal("1.10"), "to": Decimal(2)}}}, "t": (1, 2)},
+    ]
+    for detail in details:
+        assert audit.DETAIL_JSON.encode(detail) == json.dumps(detail, default=str, sort_keys=True)
 
 
 def test_agent_rows_carry_status_fields(ledger: Ledger) -> None:

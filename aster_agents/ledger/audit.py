@@ -13,6 +13,9 @@ from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.rows import INDEXED_EVENTS, AuditEntry
 from aster_agents.models import now_ms as now_ms  # the ledger modules' clock, re-exported
 
+# ``json.dumps(detail, default=str, sort_keys=True)``, without building an encoder per call
+# (``json.dumps`` makes one for any non-default option): the same text, every audit row.
+DETAIL_JSON: Final = json.JSONEncoder(default=str, sort_keys=True)
 RECONCILE: Final = "reconcile"
 EXCHANGE_DOWN: Final = "exchange_unreachable"
 EXCHANGE_UP: Final = "exchange_reachable"
@@ -26,7 +29,7 @@ def record(conn: Conn, agent_id: str | None, event: str, **detail: Any) -> None:
 def record_at(conn: Conn, time_ms: int, agent_id: str | None, event: str, **detail: Any) -> None:
     conn.execute(
         "INSERT INTO audit (time_ms, agent_id, event, detail) VALUES (?, ?, ?, ?)",
-        (time_ms, agent_id, event, json.dumps(detail, default=str, sort_keys=True)),
+        (time_ms, agent_id, event, DETAIL_JSON.encode(detail)),
     )
 
 

@@ -9,7 +9,7 @@ NAV per unit, so reallocations do not move any NAV per unit.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Final, NamedTuple
@@ -45,13 +45,52 @@ def marks(conn: Conn, user: str) -> dict[str, Decimal]:
     return {str(r[0]): dec(r[1]) for r in rows}
 
 
+_MARKS_SQL: Final = (
+    "INSERT INTO marks (user, symbol, mark, time_ms) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (user, symbol) DO UPDATE SET mark = excluded.mark, "
+    "time_ms = excluded.time_ms"
+)
+MarkRow = tuple[str, str, str, int]  # user, symbol, mark (text), time_ms
+EquityRow = tuple[str, int, str, str | None, str | None]  # agent, time_ms, equity, units, nav
+
+
+def mark_rows(user: str, prices: Mapping[str, Decimal], when: int) -> list[MarkRow]:
+    """The rows ``record_marks`` writes, in the order it writes them."""
+    return [(user, s, str(m), when) for s, m in sorted(prices.items())]
+
+
 def record_marks(conn: Conn, user: str, prices: Mapping[str, Decimal], when: int) -> None:
-    conn.executemany(
-        "INSERT INTO marks (user, symbol, mark, time_ms) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (user, symbol) DO UPDATE SET mark = excluded.mark, "
-        "time_ms = excluded.time_ms",
-        [(user, s, str(m), when) for s, m in sorted(prices.items())],
+    conn.executemany(_MARKS_SQL, mark_rows(user, prices, when))
+
+
+def equity_row(
+    agent_id: str, equity: Decimal, time_ms: int | None, units: Decimal | None
+) -> EquityRow:
+    """The row ``snapshot_equity`` writes: NAV per unit is equity / units (None without)."""
+    nav = equity / units if units is not None and units > 0 else None
+    return (
+        agent_id,
+        now_ms() if time_ms is None else time_ms,
+        str(equity),
+        None if units is None else str(units),
+        None if nav is None else str(nav),
     )
+
+
+def write_snapshots(conn: Conn, marks: Sequence[MarkRow], equity: Sequence[EquityRow]) -> None:
+    """Write marks and equity rows made by ``mark_rows`` and ``equity_row``, in order."""
+    if marks:
+        conn.executemany(_MARKS_SQL, marks)
+    if equity:
+        conn.executemany(_INSERT_EQUITY, equity)
+
+
+def nav_row(conn: Conn, row: EquityRow) -> tuple[int, float, float | None]:
+    """``row`` as ``history.nav_after`` reads it once written: the stored text (the columns
+    are TEXT) converted by the same SQLite ``CAST``, not by Python's ``float``, whose
+    rounding of a long decimal SQLite's need not match."""
+    found = conn.execute("SELECT CAST(? AS REAL), CAST(? AS REAL)", (row[2], row[4])).fetchone()
+    return (row[1], float(found[0]), None if found[1] is None else float(found[1]))
 
 
 def sleeve_equities(
@@ -148,25 +187,33 @@ def allocate(conn: Conn, agent_id: str, capital: Decimal, equity: Decimal | None
     record(conn, agent_id, "allocate", capital=capital, units=new_units, nav=nav)
 
 
+_INSERT_EQUITY: Final = (
+    "INSERT INTO equity (agent_id, time_ms, equity, units, nav) VALUES (?, ?, ?, ?, ?)"
+)
+_AS_NAV_AFTER: Final = " RETURNING time_ms, CAST(equity AS REAL), CAST(nav AS REAL)"
+
+
 def snapshot_equity(
-    conn: Conn, agent_id: str, equity: Decimal, time_ms: int | None, *, units: Decimal | None = None
-) -> None:
+    conn: Conn,
+    agent_id: str,
+    equity: Decimal,
+    time_ms: int | None,
+    *,
+    units: Decimal | None = None,
+    returning: bool = False,
+) -> tuple[int, float, float | None] | None:
     """Append a sleeve equity point with the agent's units and NAV per unit at that time
-    (``units``: the agent's, when the caller has just read them)."""
+    (``units``: the agent's, when the caller has just read them). ``returning``: the row as
+    ``history.nav_after`` reads it (SQLite's conversion of the stored text to a float)."""
     if units is None:
         row = conn.execute("SELECT units FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
         units = None if row is None else dec(row[0])
-    nav = equity / units if units is not None and units > 0 else None
-    conn.execute(
-        "INSERT INTO equity (agent_id, time_ms, equity, units, nav) VALUES (?, ?, ?, ?, ?)",
-        (
-            agent_id,
-            now_ms() if time_ms is None else time_ms,
-            str(equity),
-            None if units is None else str(units),
-            None if nav is None else str(nav),
-        ),
-    )
+    values = equity_row(agent_id, equity, time_ms, units)
+    if not returning:
+        conn.execute(_INSERT_EQUITY, values)
+        return None
+    (stored,) = conn.execute(_INSERT_EQUITY + _AS_NAV_AFTER, values).fetchall()
+    return (int(stored[0]), float(stored[1]), None if stored[2] is None else float(stored[2]))
 
 
 def equity_history(conn: Conn, agent_id: str) -> list[EquityPoint]:

@@ -15,7 +15,7 @@ from typing import Any, Final, Protocol
 
 from aster_agents.errors import LedgerError
 from aster_agents.ledger import limits
-from aster_agents.ledger.audit import record, record_at
+from aster_agents.ledger.audit import DETAIL_JSON, record, record_at
 from aster_agents.ledger.backend import Conn
 from aster_agents.ledger.liveness import PidLiveness
 from aster_agents.ledger.rows import INTENT_COLS, UNRESOLVED, Intent, dec
@@ -65,7 +65,7 @@ _MARK_SENT_CALL: Final = "SELECT r_agent, r_known FROM ledger_mark_sent($1, $2, 
 
 
 def _detail(**detail: Any) -> str:
-    return json.dumps(detail, default=str, sort_keys=True)  # as ``audit.record_at`` writes it
+    return DETAIL_JSON.encode(detail)  # as ``audit.record_at`` writes it
 
 
 def make_client_order_id(agent_id: str, seq: int, kind: str) -> str:
@@ -126,6 +126,7 @@ class Reaper:
         self._interval_s = interval_s
         self.min_age_ms = int(min_age_s * 1000)
         self._next = 0.0  # time.monotonic() from which the next reserve sweeps anyway
+        self.reaped = 0  # intents expired so far (a throwaway ledger's kept reads follow it)
 
     def due(self) -> bool:
         return time.monotonic() >= self._next
@@ -164,6 +165,7 @@ class Reaper:
                 )
                 record(conn, agent_id, "reap", coid=coid, reason=why, pid=pid)
                 reaped += 1
+                self.reaped += 1
         return reaped
 
     def _reason(
