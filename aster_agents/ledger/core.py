@@ -753,17 +753,9 @@ class Ledger:
             return books.books_equity(conn, user, marks)
 
     def snapshot_equity(self, agent_id: str, equity: Decimal, time_ms: int | None = None) -> None:
-        """Append a sleeve equity point with the agent's units and NAV per unit at that time."""
-        units = self._kept_units(agent_id)
-        if units is not None:
-            self._defer_snapshot(agent_id, equity, {}, "", time_ms, units)
-            return
-        tail = self._nav_tail(agent_id)
-        with self._write_to((f"equity/{agent_id}",)) as conn:
-            row = books.snapshot_equity(
-                conn, agent_id, equity, time_ms, units=units, returning=tail is not None
-            )
-        self._extend_tail(agent_id, tail, row)
+        """Append a sleeve equity point with the agent's units and NAV per unit at that time
+        (``snapshot_with_marks`` without marks)."""
+        self.snapshot_with_marks(agent_id, equity, {}, user="", time_ms=time_ms)
 
     def snapshot_with_marks(
         self,
