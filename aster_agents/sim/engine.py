@@ -873,8 +873,7 @@ class Engine:
 
     @staticmethod
     def _triggered(o: SimOrder, mark: Decimal) -> bool:
-        up = (o.type == "STOP_MARKET") == (o.side == "BUY")
-        return mark >= o.stop_price if up else mark <= o.stop_price
+        return mark >= o.stop_price if fires_rising(o) else mark <= o.stop_price
 
     def _accept(self, acct: SimAccountState, order: SimOrder, req: _NewOrder) -> None:
         self._next_order_id += 1
@@ -1132,10 +1131,8 @@ class Engine:
             mark = marks.get(symbol)
             if mark is None:
                 mark = marks[symbol] = self.market.mark(symbol)
-            if o.type != "LIMIT":  # ``_triggered``, inline: a resting stop is asked every step
-                up = (o.type == "STOP_MARKET") == (o.side == "BUY")
-                if not (mark >= o.stop_price if up else mark <= o.stop_price):
-                    continue
+            if o.type != "LIMIT" and not self._triggered(o, mark):
+                continue
             quote = books.get(symbol)
             if quote is None:
                 quote = books[symbol] = self.market.book(symbol)
