@@ -9,7 +9,6 @@ import json
 import os
 import pty
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from aster_agents.portfolio.metrics import NavPoint
 from tests.kit.books import AGENTS, build_books, copy_config
 from tests.kit.browser import Browser, chromium_binary
 from tests.kit.cli import run_cli
+from tests.kit.terminal import interrupt_reading
 
 CHARTS = ("equity", "nav", "weights")
 PNG_SIZE = (1000, 450)  # charts.WIDTH_IN x HEIGHT_IN at DPI
@@ -255,8 +255,7 @@ def test_portfolio_watch_refreshes_and_exits_0_on_ctrl_c(books: list[str]) -> No
             if select.select([master], [], [], 0.1)[0]:
                 seen += os.read(master, 65536)
         assert seen.count(b"unallocated") >= 2, seen[-2000:]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert interrupt_reading(proc, master) == 0  # a terminal keeps reading
     finally:
         if proc.poll() is None:
             proc.kill()

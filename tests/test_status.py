@@ -31,6 +31,7 @@ from aster_agents.fleet.view import (
 from aster_agents.ledger import Ledger
 from aster_agents.models import Side
 from tests.kit.cli import run_cli
+from tests.kit.terminal import interrupt_reading
 
 REPO = Path(__file__).resolve().parent.parent
 EQUITY = Decimal(10000)
@@ -259,8 +260,7 @@ def test_watch_refreshes_and_exits_0_on_ctrl_c(fleet: FleetConfig, tmp_path: Pat
             if select.select([master], [], [], 0.1)[0]:
                 seen += os.read(master, 65536)
         assert seen.count(b"agent-10") >= 2, seen[-2000:]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert interrupt_reading(proc, master) == 0  # a terminal keeps reading
     finally:
         if proc.poll() is None:
             proc.kill()
