@@ -5,6 +5,7 @@ from __future__ import annotations
 import compileall
 import decimal
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,3 +74,20 @@ def _decimal_context_kept() -> Iterator[None]:
     if after != before:
         decimal.setcontext(saved)
         pytest.fail(f"the test changed the thread's decimal context: {before} -> {after}")
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept() -> Iterator[None]:
+    """A test that leaves a SIGINT/SIGTERM handler changed fails, and the handler is put back:
+    a process the next test starts inherits an ignored signal (SIG_IGN survives exec), so its
+    Ctrl-C or stop would do nothing."""
+    before = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+    yield
+    changed = {s: signal.getsignal(s) for s in _STOP_SIGNALS if signal.getsignal(s) != before[s]}
+    for s in changed:
+        signal.signal(s, before[s])
+    if changed:
+        pytest.fail(f"the test left signal handlers changed: {changed} (was {before})")

@@ -24,7 +24,7 @@ from aster_agents.portfolio.metrics import NavPoint
 from tests.kit.books import AGENTS, build_books, copy_config
 from tests.kit.browser import Browser, chromium_binary
 from tests.kit.cli import run_cli
-from tests.kit.terminal import interrupt_reading
+from tests.kit.terminal import interrupt_reading, shell_like
 
 CHARTS = ("equity", "nav", "weights")
 PNG_SIZE = (1000, 450)  # charts.WIDTH_IN x HEIGHT_IN at DPI
@@ -246,6 +246,7 @@ def test_portfolio_watch_refreshes_and_exits_0_on_ctrl_c(books: list[str]) -> No
         stderr=slave,
         stdin=subprocess.DEVNULL,
         env={**os.environ, "COLUMNS": "160"},
+        preexec_fn=shell_like,
     )
     os.close(slave)
     seen = b""

@@ -31,7 +31,7 @@ from aster_agents.fleet.view import (
 from aster_agents.ledger import Ledger
 from aster_agents.models import Side
 from tests.kit.cli import run_cli
-from tests.kit.terminal import interrupt_reading
+from tests.kit.terminal import interrupt_reading, shell_like
 
 REPO = Path(__file__).resolve().parent.parent
 EQUITY = Decimal(10000)
@@ -251,7 +251,9 @@ def test_watch_refreshes_and_exits_0_on_ctrl_c(fleet: FleetConfig, tmp_path: Pat
         "aster_agents",
         *args(fleet, tmp_path / "state", "status", "--watch", "--interval", "0.1"),
     ]
-    proc = subprocess.Popen(cmd, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, preexec_fn=shell_like
+    )
     os.close(slave)
     seen = b""
     try:
